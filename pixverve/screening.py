@@ -1,0 +1,111 @@
+"""Stage 1 resolution screening (the paper's two criteria) and a full-decode check.
+
+Paper, stage 1: keep an image when (i) it has more than 25 MP and a shorter side >= 3000 px, or
+(ii) it has 10-25 MP and a shorter side >= 1500 px.  Thresholds are config keys written at the
+100 MP reference and scaled by ``target_megapixels`` (see :mod:`pixverve.config`).
+
+The screen decides from the header first (no decode for images that fail), then decodes the
+images that pass -- at a reduced JPEG scale, which still reads every byte -- so truncated or
+corrupt files are rejected here with their reason, and the perceptual hash for deduplication
+comes from the same decode.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from . import images
+from .config import ScreeningCriterion, screening_criteria, sr_tiers, tier_for
+from .dedup import phash
+from .index import roots_from_config
+from .tables import fail, ok
+
+# The pHash only needs ~32 px; decoding JPEGs at >= 256 px keeps it stable across DCT scales.
+HASH_DECODE_MIN_SIDE = 256
+
+
+def check_resolution(width: int, height: int, criteria: list[ScreeningCriterion]) -> tuple[str | None, str, str]:
+    """Return (criterion name or None, reason code, detail)."""
+    pixels, short = width * height, min(width, height)
+    in_range = [c for c in criteria if c.pixel_range_ok(pixels)]
+    for c in in_range:
+        if short >= c.min_side_px:
+            return c.name, "", ""
+    mp = pixels / 1e6
+    rules = "; ".join(c.describe() for c in criteria)
+    if in_range:
+        c = in_range[0]
+        return None, "short_side", (
+            f"{width}x{height} ({mp:.3g} MP): shorter side {short} px < {c.min_side_px} px required by ({c.name}); rules: {rules}"
+        )
+    return None, "below_min_pixels" if pixels <= min(c.min_pixels for c in criteria) else "outside_pixel_ranges", (
+        f"{width}x{height} ({mp:.3g} MP) matches no pixel range; rules: {rules}"
+    )
+
+
+def _screen_one(rec: dict, path: Path, criteria, tiers, max_megapixels: float, background) -> dict:
+    w, h = int(rec["width"]), int(rec["height"])
+    row = {
+        "image_id": rec["image_id"],
+        "root": rec["root"],
+        "relpath": rec["relpath"],
+        "shard": rec["shard"],
+        "width": w,
+        "height": h,
+        "bytes": int(rec["bytes"]),
+        "megapixels": round(w * h / 1e6, 6),
+        "min_side": min(w, h),
+        "criterion": "",
+        "sr_tier": "",
+        "sr_scale": 0,
+        "phash": "",
+        "decoded_width": 0,
+        "decoded_height": 0,
+        "conversion": "",
+        "criteria_used": "; ".join(c.describe() for c in criteria),
+    }
+    name, code, detail = check_resolution(w, h, criteria)
+    if name is None:
+        return fail(row, code, detail)
+    row["criterion"] = name
+    tier = tier_for(w * h, tiers)
+    if tier is not None:
+        row["sr_tier"], row["sr_scale"] = tier.name, tier.scale
+    try:
+        rgb, info = images.read_rgb(path, max_megapixels, reduce_to_min_side=HASH_DECODE_MIN_SIDE, background=background)
+    except images.ImageError as exc:
+        return fail(row, exc.code, exc.detail)
+    row["decoded_height"], row["decoded_width"] = rgb.shape[:2]
+    row["conversion"] = ",".join(info.conversion)
+    if (rgb.shape[1] >= rgb.shape[0]) != (w >= h) and w != h:
+        return fail(row, "orientation_mismatch", f"header says {w}x{h}, decoded {rgb.shape[1]}x{rgb.shape[0]}")
+    row["phash"] = f"{phash(images.grey_luma(rgb)):016x}"
+    return ok(row)
+
+
+def screen_shard(shard: pd.DataFrame, config: dict, base_dir=".", threads: int = 1) -> pd.DataFrame:
+    images.set_pixel_cap(config["io"]["max_megapixels"])
+    criteria = screening_criteria(config)
+    tiers = sr_tiers(config)
+    roots = roots_from_config(config, base_dir)
+    background = tuple(config["io"]["alpha_background"])
+    recs = shard.to_dict("records")
+
+    def work(rec):
+        path = images_path(roots, rec["root"], rec["relpath"])
+        return _screen_one(rec, path, criteria, tiers, config["io"]["max_megapixels"], background)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        rows = list(tqdm(pool.map(work, recs), total=len(recs), desc="screen", unit="img", mininterval=2))
+    return pd.DataFrame(rows)
+
+
+def images_path(roots, root_name: str, relpath: str) -> Path:
+    """Absolute path of an indexed image, re-checked to lie inside its root."""
+    from .index import resolve_inside
+
+    return resolve_inside(roots[root_name].path, relpath)

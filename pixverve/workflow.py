@@ -1,0 +1,37 @@
+"""Glue between Snakemake's ``script:`` jobs and the library: logging and config checks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def start_script(snakemake, name: str) -> logging.Logger:
+    """Send this job's stderr (tracebacks, tqdm progress) and log lines to the rule's log file."""
+    if snakemake.log:
+        sys.stderr = open(snakemake.log[0], "w", buffering=1, encoding="utf-8")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    return logging.getLogger(f"pixverve.{name}")
+
+
+def check_config(config: dict) -> None:
+    """Checks the JSON schema cannot express; each error names the offending key."""
+    roots = [r["name"] for r in config["sources"]["roots"]]
+    dupes = sorted({n for n in roots if roots.count(n) > 1})
+    if dupes:
+        raise ValueError(f"config key sources.roots: root name(s) {dupes} used more than once")
+    for i, m in enumerate(config["sources"].get("manifests", [])):
+        if m["root"] not in roots:
+            raise ValueError(f"config key sources.manifests[{i}].root: {m['root']!r} is not one of sources.roots {roots}")
+    for i, c in enumerate(config["screening"]["criteria"]):
+        top = c.get("max_megapixels")
+        if top is not None and top < c["min_megapixels"]:
+            raise ValueError(f"config key screening.criteria[{i}].max_megapixels: {top} is below min_megapixels {c['min_megapixels']}")
+    scales = [t["scale"] for t in sorted(config["sr_tiers"], key=lambda t: -t["min_megapixels"])]
+    if scales != sorted(scales):
+        raise ValueError(f"config key sr_tiers: smaller sources must get larger scales, got {scales} from largest tier down")

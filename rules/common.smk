@@ -1,0 +1,38 @@
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The pixverve package sits next to the Snakefile; scripts import it from there too.
+sys.path.insert(0, workflow.basedir)
+
+from pixverve.workflow import check_config  # noqa: E402
+
+validate(config, "../schemas/config.schema.yaml")
+check_config(config)
+
+
+wildcard_constraints:
+    shard=r"s\d{5}",
+
+
+def index_inputs(wildcards):
+    """Manifests and scanned folders of every root: the index reruns when they change."""
+    manifests = [m["path"] for m in config["sources"]["manifests"]]
+    folders = [r["path"] for r in config["sources"]["roots"] if r.get("scan", True)]
+    return manifests + folders
+
+
+def shard_names():
+    """Shard names written by the index checkpoint (re-evaluated once it has run)."""
+    shards_dir = Path(checkpoints.index.get().output.shards)
+    return sorted(p.stem for p in shards_dir.glob("s*.parquet"))
+
+
+def all_shards(pattern):
+    def expand_shards(wildcards):
+        return expand(pattern, shard=shard_names())
+
+    return expand_shards

@@ -1,0 +1,107 @@
+# Stage 1: demo pool, index + shards, resolution screening, deduplication, summary.
+
+
+rule demo_pool:
+    output:
+        images=directory("resources/demo_pool/images"),
+        manifest="resources/demo_pool/sources.csv",
+    params:
+        target_megapixels=config["target_megapixels"],
+        # the demo's decompression bomb claims 1.5x the configured pixel cap
+        bomb_megapixels=1.5 * config["io"]["max_megapixels"],
+    log:
+        "logs/demo_pool.log",
+    conda:
+        "../envs/cv.yaml"
+    script:
+        "../scripts/demo_pool.py"
+
+
+checkpoint index:
+    input:
+        index_inputs,
+    output:
+        table="results/index/index.parquet",
+        shards=directory("results/index/shards"),
+    params:
+        sources=config["sources"],
+        io=config["io"],
+        shards=config["shards"],
+        hash_cache="results/cache/sha256.tsv",
+    threads: 4
+    log:
+        "logs/index.log",
+    benchmark:
+        "results/benchmarks/index.tsv"
+    conda:
+        "../envs/cv.yaml"
+    script:
+        "../scripts/index.py"
+
+
+rule screen:
+    input:
+        "results/index/shards/{shard}.parquet",
+    output:
+        "results/screen/{shard}.parquet",
+    params:
+        target_megapixels=config["target_megapixels"],
+        screening=config["screening"],
+        sr_tiers=config["sr_tiers"],
+        io=config["io"],
+    threads: 2
+    log:
+        "logs/screen/{shard}.log",
+    benchmark:
+        "results/benchmarks/screen/{shard}.tsv"
+    conda:
+        "../envs/cv.yaml"
+    script:
+        "../scripts/screen.py"
+
+
+rule dedup:
+    input:
+        all_shards("results/screen/{shard}.parquet"),
+    output:
+        "results/dedup/decisions.parquet",
+    params:
+        dedup=config["dedup"],
+    log:
+        "logs/dedup.log",
+    benchmark:
+        "results/benchmarks/dedup.tsv"
+    conda:
+        "../envs/cv.yaml"
+    script:
+        "../scripts/dedup.py"
+
+
+rule ingest_summary:
+    input:
+        index="results/index/index.parquet",
+        screen=all_shards("results/screen/{shard}.parquet"),
+        dedup="results/dedup/decisions.parquet",
+    output:
+        table="results/summary/ingest.csv",
+        figure=report(
+            "results/summary/ingest.png",
+            caption="../report/ingest.rst",
+            category="Stage 1: collection",
+            labels={"figure": "screening and deduplication"},
+        ),
+    params:
+        target_megapixels=config["target_megapixels"],
+        screening=config["screening"],
+    log:
+        "logs/ingest_summary.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/ingest_summary.py"
+
+
+rule ingest:
+    input:
+        rules.dedup.output,
+        rules.ingest_summary.output,
