@@ -101,3 +101,28 @@ def tier_for(pixels: int, tiers: list[SRTier]) -> SRTier | None:
         if tier.admits(pixels):
             return tier
     return None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge, lists replaced -- the way Snakemake layers --configfile files."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(*paths: str | Path) -> dict:
+    """config.yaml plus overrides, validated against the schema (defaults filled in)."""
+    from snakemake.utils import validate
+
+    from .workflow import check_config
+
+    config: dict = {}
+    for p in paths:
+        config = merge(config, load_yaml(p))
+    validate(config, str(Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"))
+    check_config(config)
+    return config

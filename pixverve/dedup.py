@@ -24,6 +24,9 @@ import pandas as pd
 
 PHASH_SIZE = 32
 PHASH_LOW = 8
+# Blocks up to this many bits are looked up in a dense table (2^24 x 8 bytes = 128 MB at most)
+# instead of by binary search: one gather per probe instead of two log(n) searches.
+DIRECT_TABLE_BITS = 24
 
 
 def phash(grey: np.ndarray) -> int:
@@ -81,12 +84,21 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 1 <
         block = (h >> np.uint64(shift)) & np.uint64((1 << b) - 1)
         shift += b
         order = np.argsort(block, kind="stable")
-        sorted_block = block[order]
+        if b <= DIRECT_TABLE_BITS:
+            # direct addressing: where each block value's run starts in `order`, and its length
+            table_count = np.bincount(block.astype(np.int64), minlength=1 << b).astype(np.int32)
+            table_start = (np.cumsum(table_count, dtype=np.int64) - table_count).astype(np.int32)
+        else:
+            sorted_block = block[order]
         for mask in _flip_masks(b, radius):
             keys = block ^ mask
-            lo = np.searchsorted(sorted_block, keys, side="left")
-            hi = np.searchsorted(sorted_block, keys, side="right")
-            counts = hi - lo
+            if b <= DIRECT_TABLE_BITS:
+                k64 = keys.astype(np.int64)
+                lo = table_start[k64]
+                counts = table_count[k64]
+            else:
+                lo = np.searchsorted(sorted_block, keys, side="left")
+                counts = np.searchsorted(sorted_block, keys, side="right") - lo
             queries = np.nonzero(counts)[0]
             if len(queries) == 0:
                 continue
@@ -151,10 +163,12 @@ def deduplicate(screened: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     kept_path = (out["root"] + "/" + out["relpath"])[first]
     kept_path.index = out.loc[first, "image_id"]
     copies = ~first
-    out.loc[copies, "passed"] = False
-    out.loc[copies, "reason"] = "exact_duplicate"
-    out.loc[copies, "duplicate_of"] = out.loc[copies, "image_id"]
-    out.loc[copies, "reason_detail"] = "byte-identical to " + out.loc[copies, "image_id"].map(kept_path) + " (kept)"
+    if copies.any():
+        out.loc[copies, "passed"] = False
+        out.loc[copies, "reason"] = "exact_duplicate"
+        out.loc[copies, "duplicate_of"] = out.loc[copies, "image_id"]
+        detail = "byte-identical to " + out.loc[copies, "image_id"].map(kept_path).astype(str) + " (kept)"
+        out.loc[copies, "reason_detail"] = detail
 
     # near duplicates among the distinct images
     uniq = out[first]

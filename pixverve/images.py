@@ -117,11 +117,12 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
-def _open_pil(path: Path) -> Image.Image:
+def _open_pil(path: Path, max_megapixels: float) -> Image.Image:
+    set_pixel_cap(max_megapixels)
     try:
         return Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise ImageError("over_pixel_cap", str(exc)) from exc
+        raise ImageError("over_pixel_cap", f"{exc} (io.max_megapixels = {max_megapixels:g})") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError("not_an_image", "no image format recognises this file") from exc
     except OSError as exc:
@@ -144,7 +145,7 @@ def probe(path: str | os.PathLike, max_megapixels: float) -> ImageInfo:
     if path.suffix.lower() in TIFF_SUFFIXES:
         info = _probe_tiff(path)
     else:
-        img = _open_pil(path)
+        img = _open_pil(path, max_megapixels)
         with img:
             orientation = _orientation_of_pil(img)
             width, height = img.size
@@ -314,7 +315,7 @@ def read_rgb(
         if path.suffix.lower() in TIFF_SUFFIXES:
             arr, orientation = _tiff_to_rgb(path, background, conversion)
         else:
-            with _open_pil(path) as img:
+            with _open_pil(path, max_megapixels) as img:
                 orientation = _orientation_of_pil(img)
                 if reduce_to_min_side and img.format == "JPEG":
                     w, h = img.size
@@ -326,7 +327,7 @@ def read_rgb(
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError("over_pixel_cap", str(exc)) from exc
+        raise ImageError("over_pixel_cap", f"{exc} (io.max_megapixels = {max_megapixels:g})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc) or type(exc).__name__
         code = "truncated" if "truncated" in msg.lower() else "decode_error"

@@ -5,14 +5,14 @@ rule demo_pool:
     output:
         images=directory("resources/demo_pool/images"),
         manifest="resources/demo_pool/sources.csv",
-    params:
-        target_megapixels=config["target_megapixels"],
-        # the demo's decompression bomb claims 1.5x the configured pixel cap
-        bomb_megapixels=1.5 * config["io"]["max_megapixels"],
     log:
         "logs/demo_pool.log",
     conda:
         "../envs/cv.yaml"
+    params:
+        target_megapixels=config["target_megapixels"],
+        # the demo's decompression bomb claims 1.5x the configured pixel cap
+        bomb_megapixels=1.5 * config["io"]["max_megapixels"],
     script:
         "../scripts/demo_pool.py"
 
@@ -23,18 +23,18 @@ checkpoint index:
     output:
         table="results/index/index.parquet",
         shards=directory("results/index/shards"),
-    params:
-        sources=config["sources"],
-        io=config["io"],
-        shards=config["shards"],
-        hash_cache="results/cache/sha256.tsv",
-    threads: 4
     log:
         "logs/index.log",
     benchmark:
         "results/benchmarks/index.tsv"
     conda:
         "../envs/cv.yaml"
+    threads: 4
+    params:
+        sources=config["sources"],
+        io=config["io"],
+        shards=config["shards"],
+        hash_cache="results/cache/sha256.tsv",
     script:
         "../scripts/index.py"
 
@@ -44,18 +44,18 @@ rule screen:
         "results/index/shards/{shard}.parquet",
     output:
         "results/screen/{shard}.parquet",
-    params:
-        target_megapixels=config["target_megapixels"],
-        screening=config["screening"],
-        sr_tiers=config["sr_tiers"],
-        io=config["io"],
-    threads: 2
     log:
         "logs/screen/{shard}.log",
     benchmark:
         "results/benchmarks/screen/{shard}.tsv"
     conda:
         "../envs/cv.yaml"
+    threads: 2
+    params:
+        target_megapixels=config["target_megapixels"],
+        screening=config["screening"],
+        sr_tiers=config["sr_tiers"],
+        io=config["io"],
     script:
         "../scripts/screen.py"
 
@@ -65,14 +65,14 @@ rule dedup:
         all_shards("results/screen/{shard}.parquet"),
     output:
         "results/dedup/decisions.parquet",
-    params:
-        dedup=config["dedup"],
     log:
         "logs/dedup.log",
     benchmark:
         "results/benchmarks/dedup.tsv"
     conda:
         "../envs/cv.yaml"
+    params:
+        dedup=config["dedup"],
     script:
         "../scripts/dedup.py"
 
@@ -90,13 +90,13 @@ rule ingest_summary:
             category="Stage 1: collection",
             labels={"figure": "screening and deduplication"},
         ),
-    params:
-        target_megapixels=config["target_megapixels"],
-        screening=config["screening"],
     log:
         "logs/ingest_summary.log",
     conda:
         "../envs/figures.yaml"
+    params:
+        target_megapixels=config["target_megapixels"],
+        screening=config["screening"],
     script:
         "../scripts/ingest_summary.py"
 

@@ -1,0 +1,32 @@
+# The two commands of the README, each doing its own set-up on a fresh machine:
+#   make demo   -- the whole workflow on the bundled demo pool (CPU, minutes)
+#   make test   -- the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: demo test lint report clean-demo
+
+$(BIN)/.installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/snakemake --configfile configs/demo.yaml --cores $(CORES)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+
+report: $(BIN)/.installed
+	$(BIN)/snakemake --configfile configs/demo.yaml --report results/report.html
+
+clean-demo:
+	rm -rf results resources/demo_pool logs .snakemake

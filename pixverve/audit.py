@@ -1,0 +1,124 @@
+"""``python -m pixverve audit IMAGE_ID``: one image's path through every stage that ran.
+
+Reads the stage tables under ``results/`` and prints, per stage in pipeline order, the row(s)
+of that image: decision, reason, every score and threshold, and any output file it names.
+Stages are found from the folders under ``results/``: a stage added later appears without
+changes here (known stages are printed in pipeline order, others after them, alphabetically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+# Pipeline order of the stage folders under results/; unknown folders come after these.
+STAGE_ORDER = ["index", "screen", "dedup", "purify", "upscale", "verify", "caption", "annotate", "train", "bench"]
+SKIP_DIRS = {"summary", "benchmarks", "cache"}
+SHORT_ID = 6
+
+
+class AuditError(Exception):
+    pass
+
+
+def _read_rows(path: Path, image_ids: list[str]) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path, filters=[("image_id", "in", image_ids)])
+    except Exception:
+        df = pd.read_parquet(path)
+        return df[df["image_id"].isin(image_ids)] if "image_id" in df.columns else df.iloc[0:0]
+
+
+def find_images(results: Path, key: str) -> pd.DataFrame:
+    """Index rows matching an image_id (or a unique prefix of >= 6 hex digits) or a file path."""
+    index_path = results / "index" / "index.parquet"
+    if not index_path.exists():
+        raise AuditError(f"{index_path} does not exist: run the workflow (at least the index) first")
+    index = pd.read_parquet(index_path)
+    rows = index[index["image_id"] == key]
+    if rows.empty and len(key) >= SHORT_ID:
+        rows = index[index["image_id"].str.startswith(key)]
+    if rows.empty:
+        full = index["root"] + "/" + index["relpath"]
+        rows = index[(full == key) | full.str.endswith("/" + key.lstrip("/"))]
+    if rows.empty:
+        raise AuditError(f"no image with id or path {key!r} in {index_path}")
+    if rows["image_id"].nunique() > 1:
+        listing = "\n".join(f"  {r.image_id}  {r.root}/{r.relpath}" for r in rows.itertuples())
+        raise AuditError(f"{key!r} matches several images; use a longer id:\n{listing}")
+    return rows
+
+
+def stage_dirs(results: Path) -> list[Path]:
+    dirs = [d for d in results.iterdir() if d.is_dir() and d.name not in SKIP_DIRS and not d.name.startswith(".")]
+    known = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return sorted(dirs, key=lambda d: (known.get(d.name, len(known)), d.name))
+
+
+def stage_tables(stage_dir: Path, shards: set[str]) -> list[Path]:
+    """The shard tables this image can be in, plus the stage's pool-level tables."""
+    out = []
+    for p in sorted(stage_dir.rglob("*.parquet")):
+        if p.parent.name == "shards" and stage_dir.name == "index":
+            continue  # the index's shard manifests repeat index.parquet
+        if p.stem.startswith("s") and p.stem[1:].isdigit() and p.stem not in shards:
+            continue
+        out.append(p)
+    return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def audit(results: str | Path, key: str, out=sys.stdout) -> int:
+    """Print the image's rows in every stage; return how many stage rows were found."""
+    results = Path(results)
+    rows = find_images(results, key)
+    image_id = rows["image_id"].iloc[0]
+    shards = set(rows["shard"]) - {""}
+    print(f"image {image_id}", file=out)
+    for r in rows.itertuples():
+        print(f"  file: {r.root}/{r.relpath}  (source {r.source}, licence {r.licence or '?'})", file=out)
+    found = 0
+    for stage_dir in stage_dirs(results):
+        for table in stage_tables(stage_dir, shards):
+            sub = _read_rows(table, [image_id])
+            for rec in sub.to_dict("records"):
+                found += 1
+                verdict = "PASSED" if rec.get("passed") else f"REJECTED: {rec.get('reason', '?')}"
+                where = f"{rec.get('root', '')}/{rec.get('relpath', '')}".strip("/")
+                print(f"\n== {stage_dir.name}  [{table.relative_to(results)}]  {verdict}  {where}", file=out)
+                if rec.get("reason_detail"):
+                    print(f"   why: {rec['reason_detail']}", file=out)
+                for col, value in rec.items():
+                    if col in ("image_id", "passed", "reason", "reason_detail", "root", "relpath"):
+                        continue
+                    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+                        continue
+                    label = "output" if col.endswith("_path") else col
+                    print(f"   {label:<22} {_fmt(value)}", file=out)
+    if found == 0:
+        print("(no stage tables found)", file=out)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pixverve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("audit", help="print one image's path through every stage")
+    p.add_argument("image", help="image_id, a unique prefix (>= 6 hex digits), or root/relpath of the file")
+    p.add_argument("--results", default="results", help="the workflow's results folder (default: results)")
+    args = parser.parse_args(argv)
+    try:
+        audit(args.results, args.image)
+    except AuditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

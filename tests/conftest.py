@@ -1,0 +1,71 @@
+"""Shared fixtures: the repository root, the demo config, and the demo pool run through stage 1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_config():
+    from pixverve.config import load_config
+
+    return load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory, demo_config):
+    """A work folder holding the demo pool, laid out as the demo config expects."""
+    from pixverve import demo_pool
+
+    work = tmp_path_factory.mktemp("demo")
+    pool = work / "resources" / "demo_pool"
+    demo_pool.build(
+        pool / "images",
+        pool / "sources.csv",
+        target_megapixels=demo_config["target_megapixels"],
+        bomb_megapixels=1.5 * demo_config["io"]["max_megapixels"],
+    )
+    return work
+
+
+@pytest.fixture(scope="session")
+def stage1(demo_workdir, demo_config):
+    """index -> screen (every shard) -> dedup on the demo pool, through the library."""
+    import pandas as pd
+
+    from pixverve.dedup import deduplicate
+    from pixverve.index import build_index
+    from pixverve.screening import screen_shard
+
+    index = build_index(demo_config, demo_workdir, threads=2, log=lambda *_: None)
+    readable = index[index["passed"]]
+    screen = pd.concat(
+        [screen_shard(g, demo_config, demo_workdir) for _, g in readable.groupby("shard")], ignore_index=True
+    )
+    dedup = deduplicate(screen[screen["passed"]], demo_config["dedup"]["phash_max_hamming"])
+    return {"index": index, "screen": screen, "dedup": dedup}
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Copy the workflow's source (not results) so a test can run Snakemake in isolation."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "config.yaml", "rules", "scripts", "pixverve", "schemas", "envs", "configs", "report"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    shutil.copytree(ROOT / "tests" / "e2e", dest / "tests" / "e2e")
+    return dest
