@@ -7,8 +7,17 @@
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/ingest.smk"
+
+
+localrules:
+    all,
+    ingest,
+    demo_pool,
 
 
 rule all:

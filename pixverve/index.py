@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -271,10 +272,10 @@ def assign_shards(df: pd.DataFrame, images_per_shard: int) -> pd.DataFrame:
     failed at the index get shard ``""`` -- no later stage has work for them.
     """
     df = df.sort_values(["image_id", "root", "relpath"], kind="mergesort").reset_index(drop=True)
-    df["shard"] = ""
-    good = df.index[df["passed"].astype(bool)]
-    for pos, i in enumerate(good):
-        df.at[i, "shard"] = f"s{pos // images_per_shard:05d}"
+    good = df["passed"].astype(bool).to_numpy()
+    position = np.cumsum(good) - 1  # rank among the readable images
+    shard_no = pd.Series(position // images_per_shard).map("s{:05d}".format)
+    df["shard"] = np.where(good, shard_no, "")
     return df
 
 
@@ -285,7 +286,8 @@ def write_shards(df: pd.DataFrame, table_path, shards_dir) -> list[str]:
     write_table(df, table_path, sort_by=["image_id", "root", "relpath"])
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
-    names = sorted(s for s in df["shard"].unique() if s)
-    for name in names:
-        write_table(df[df["shard"] == name], shards_dir / f"{name}.parquet", sort_by=["image_id", "root", "relpath"])
+    names = []
+    for name, rows in df[df["shard"] != ""].groupby("shard", sort=True):
+        write_table(rows, shards_dir / f"{name}.parquet", sort_by=["image_id", "root", "relpath"])
+        names.append(name)
     return names

@@ -55,6 +55,8 @@ def plot_ingest(index: pd.DataFrame, screen: pd.DataFrame, dedup: pd.DataFrame, 
         top = (c.max_pixels / 1e6) if c.max_pixels else max(index["megapixels"].max(), c.min_pixels / 1e6) * 1.2
         ax1.fill_between([c.min_pixels / 1e6, top], c.min_side_px, 1e9, alpha=0.08)
         ax1.text(c.min_pixels / 1e6, c.min_side_px, f" ({c.name})", fontsize=8, va="bottom")
+    if ax1.get_legend() is not None:
+        ax1.get_legend().set_title("outcome")
     ax1.set_xscale("log")
     ax1.set_yscale("log")
     ymax = max(index.loc[readable, ["width", "height"]].min(axis=1).max() * 1.5, 10) if readable.any() else 10
@@ -70,6 +72,7 @@ def plot_ingest(index: pd.DataFrame, screen: pd.DataFrame, dedup: pd.DataFrame, 
     if reasons:
         r = pd.DataFrame(reasons).sort_values("reason")
         sns.barplot(data=r, y="reason", x="images", ax=ax2, color="tab:red")
+    ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_title("Rejections by stage and reason")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -83,7 +83,12 @@ rule ingest_summary:
         screen=all_shards("results/screen/{shard}.parquet"),
         dedup="results/dedup/decisions.parquet",
     output:
-        table="results/summary/ingest.csv",
+        table=report(
+            "results/summary/ingest.csv",
+            caption="../report/ingest_table.rst",
+            category="Stage 1: collection",
+            labels={"table": "images per stage"},
+        ),
         figure=report(
             "results/summary/ingest.png",
             caption="../report/ingest.rst",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,27 @@ def copy_workflow(dest: Path) -> Path:
             shutil.copy2(src, dest / name)
     shutil.copytree(ROOT / "tests" / "e2e", dest / "tests" / "e2e")
     return dest
+
+
+E2E_CONFIGS = ["--configfile", "configs/demo.yaml", "tests/e2e/config.yaml"]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run Snakemake on the tests' end-to-end config in ``workdir``; fail with its output."""
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *E2E_CONFIGS, *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One end-to-end run of the demo DAG in a copy of the workflow (shared by the e2e tests)."""
+    work = copy_workflow(tmp_path_factory.mktemp("demo_run"))
+    snakemake(work)
+    return work

@@ -10,22 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import copy_workflow
+from conftest import copy_workflow, snakemake
 
 pytestmark = pytest.mark.e2e
-CONFIGS = ["--configfile", "configs/demo.yaml", "tests/e2e/config.yaml"]
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *CONFIGS, *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
 
 
 def tables(workdir: Path) -> dict[str, bytes]:
@@ -34,10 +21,8 @@ def tables(workdir: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def run_a(tmp_path_factory):
-    work = copy_workflow(tmp_path_factory.mktemp("run_a"))
-    snakemake(work)
-    return work
+def run_a(demo_run):
+    return demo_run
 
 
 def test_outputs_and_funnel(run_a):

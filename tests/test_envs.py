@@ -1,0 +1,148 @@
+"""Per-rule conda envs, checked statically (conda channels are unreachable here).
+
+Every rule that runs a script declares a conda env; every env file parses and pins its packages;
+and every third-party module a rule's script imports -- directly or through the pixverve modules
+it reaches -- is provided by that rule's env.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# import name -> conda-forge package name
+CONDA_NAME = {
+    "cv2": "opencv",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "skimage": "scikit-image",
+    "matplotlib": "matplotlib-base",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "pyarrow": "pyarrow",
+    "scipy": "scipy",
+    "tifffile": "tifffile",
+    "seaborn": "seaborn",
+    "tqdm": "tqdm",
+    "jsonschema": "jsonschema",
+    "torch": "pytorch",
+}
+# provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
+PROVIDED = {"snakemake"}
+
+
+def rules_with_envs():
+    """(rule name, conda env path or None, script path) for every rule that runs a script."""
+    out = []
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        text = smk.read_text()
+        blocks = re.split(r"^(?=(?:rule|checkpoint) \w+:)", text, flags=re.M)
+        for block in blocks:
+            head = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if not head:
+                continue
+            script = re.search(r"^\s+script:\s*\n\s+\"([^\"]+)\"", block, re.M)
+            conda = re.search(r"^\s+conda:\s*\n\s+\"([^\"]+)\"", block, re.M)
+            if script:
+                env = (smk.parent / conda.group(1)).resolve() if conda else None
+                out.append((head.group(1), env, (smk.parent / script.group(1)).resolve()))
+    return out
+
+
+def module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    path = ROOT.joinpath(*parts)
+    if path.with_suffix(".py").exists():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").exists():
+        return path / "__init__.py"
+    return None
+
+
+def imports_of(path: Path, package: str | None) -> set[str]:
+    """Absolute module names imported anywhere in a file (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and package:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = f"{base}.{node.module}" if node.module else base
+                found.add(mod)
+                if not node.module:
+                    found.update(f"{base}.{a.name}" for a in node.names)
+            elif node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
+    return found
+
+
+def third_party_closure(script: Path) -> set[str]:
+    todo, seen, third = [(script, None)], set(), set()
+    while todo:
+        path, package = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for mod in imports_of(path, package):
+            top = mod.split(".")[0]
+            if top == "pixverve":
+                f = module_file(mod)
+                if f is not None:
+                    todo.append((f, "pixverve" if f.name != "__init__.py" or mod == "pixverve" else mod))
+                    if f.name != "__init__.py":
+                        todo.append((ROOT / "pixverve" / "__init__.py", "pixverve"))
+            elif top not in sys.stdlib_module_names and top not in PROVIDED:
+                third.add(top)
+    return third
+
+
+def env_packages(env: Path) -> dict[str, str]:
+    spec = yaml.safe_load(env.read_text())
+    pkgs = {}
+    for dep in spec["dependencies"]:
+        if isinstance(dep, dict):
+            continue
+        name, _, version = dep.partition("=")
+        pkgs[name.strip()] = version.strip("= ")
+    return pkgs
+
+
+RULES = rules_with_envs()
+
+
+def test_rules_were_found():
+    names = {r[0] for r in RULES}
+    assert {"index", "screen", "dedup", "demo_pool"} <= names
+
+
+@pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_env_file_parses_and_pins(env):
+    spec = yaml.safe_load(env.read_text())
+    assert spec["channels"] and "defaults" not in spec["channels"]
+    for name, version in env_packages(env).items():
+        assert version, f"{env.name}: {name} is not pinned"
+
+
+@pytest.mark.parametrize("rule, env, script", RULES, ids=[r[0] for r in RULES])
+def test_env_covers_script_imports(rule, env, script):
+    assert env is not None, f"rule {rule} runs {script.name} but declares no conda env"
+    assert env.exists(), f"rule {rule}: env file {env} is missing"
+    have = env_packages(env)
+    for top in sorted(third_party_closure(script)):
+        assert top in CONDA_NAME, f"rule {rule}: import {top!r} has no conda name in CONDA_NAME (add it)"
+        assert CONDA_NAME[top] in have, f"rule {rule}: {script.name} imports {top}; add {CONDA_NAME[top]} to {env.name}"
+
+
+def test_closure_sees_through_pixverve():
+    closure = third_party_closure(ROOT / "scripts" / "screen.py")
+    assert {"numpy", "pandas", "PIL", "cv2", "scipy", "tqdm", "tifffile"} <= closure
+    # `from pixverve import demo_pool` reaches the module and its lazy imports
+    assert {"skimage", "matplotlib", "tifffile"} <= third_party_closure(ROOT / "scripts" / "demo_pool.py")
