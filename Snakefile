@@ -12,11 +12,13 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/ingest.smk"
+include: "rules/purify.smk"
 
 
 localrules:
     all,
     ingest,
+    purify,
     demo_pool,
 
 
@@ -24,3 +26,4 @@ rule all:
     default_target: True
     input:
         rules.ingest.input,
+        rules.purify.input,

@@ -350,3 +350,42 @@ def grey_luma(rgb: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
+def read_grey(
+    path: str | os.PathLike, max_megapixels: float, *, background: tuple[int, int, int] = (255, 255, 255)
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode a file straight to its 8-bit BT.601 grey image, oriented for display.
+
+    Colour JPEGs decode only their stored luma plane (libjpeg skips the colour conversion and the
+    chroma planes' upsampling): that plane *is* BT.601 luma, up to the encoder's rounding.  Other
+    files go through :func:`read_rgb` and :func:`grey_luma`, so alpha, CMYK and 16-bit handling
+    are the same everywhere.
+    """
+    path = Path(path)
+    info = probe(path, max_megapixels)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        try:
+            with _open_pil(path, max_megapixels) as img:
+                if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    orientation = _orientation_of_pil(img)
+                    if img.mode == "RGB":
+                        img.draft("L", None)
+                    img.load()
+                    grey = np.asarray(img)
+                    if grey.ndim != 2:  # the decoder refused the luma-only path
+                        grey = grey_luma(grey)
+                    info.conversion = ["jpeg luma plane"]
+                    if orientation != 1:
+                        grey = apply_orientation(grey, orientation)
+                        info.conversion.append(f"exif_orientation={orientation}")
+                    return np.ascontiguousarray(grey), info
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageError("over_pixel_cap", f"{exc} (io.max_megapixels = {max_megapixels:g})") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            msg = str(exc) or type(exc).__name__
+            raise ImageError("truncated" if "truncated" in msg.lower() else "decode_error", msg) from exc
+    rgb, info = read_rgb(path, max_megapixels, background=background)
+    return grey_luma(rgb), info

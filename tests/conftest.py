@@ -49,6 +49,7 @@ def stage1(demo_workdir, demo_config):
 
     from pixverve.dedup import deduplicate
     from pixverve.index import build_index
+    from pixverve.purify import decide, score_classical_shard
     from pixverve.screening import screen_shard
 
     index = build_index(demo_config, demo_workdir, threads=2, log=lambda *_: None)
@@ -57,7 +58,12 @@ def stage1(demo_workdir, demo_config):
         [screen_shard(g, demo_config, demo_workdir) for _, g in readable.groupby("shard")], ignore_index=True
     )
     dedup = deduplicate(screen[screen["passed"]], demo_config["dedup"]["phash_max_hamming"])
-    return {"index": index, "screen": screen, "dedup": dedup}
+    kept = dedup[dedup["passed"]]
+    classical = pd.concat(
+        [score_classical_shard(g, demo_config, demo_workdir) for _, g in kept.groupby("shard")], ignore_index=True
+    )
+    purify, cutoffs = decide(classical, None, demo_config)
+    return {"index": index, "screen": screen, "dedup": dedup, "purify": purify, "cutoffs": cutoffs}
 
 
 def copy_workflow(dest: Path) -> Path:

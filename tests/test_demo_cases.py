@@ -8,7 +8,7 @@ import pytest
 from pixverve import images
 from pixverve.demo_pool import CASES
 
-STAGE1 = ["index", "screen", "dedup"]
+STAGES = ["index", "screen", "dedup", "purify"]
 
 
 def _row(table, file):
@@ -19,19 +19,19 @@ def _row(table, file):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.file for c in CASES])
 def test_case_outcome(stage1, case):
-    for stage in STAGE1:
+    for stage in STAGES:
         row = _row(stage1[stage], case.file)
         if stage == case.expected_stage:
             assert not row["passed"], f"{case.file} should be rejected at {stage}"
             assert row["reason"] == case.expected_reason, row["reason_detail"]
             assert row["reason_detail"], "a rejection must say why"
-            later = STAGE1[STAGE1.index(stage) + 1 :]
+            later = STAGES[STAGES.index(stage) + 1 :]
             for nxt in later:
                 assert case.file not in set(stage1[nxt]["relpath"]), f"{case.file} went on to {nxt}"
             return
         assert row["passed"], f"{case.file} rejected at {stage}: {row['reason']} ({row['reason_detail']})"
-    # survivors of stage 1: kept cases and those for a later stage (purification)
-    assert case.expected_stage in (None, "purify")
+    # survivors of every stage that exists: the clean cases
+    assert case.expected_stage is None
 
 
 def test_every_tier_is_exercised(stage1):
@@ -44,7 +44,7 @@ def test_conversions_recorded(stage1):
     screen = stage1["screen"].set_index("relpath")
     assert "cmyk->rgb" in screen.loc["motorcycle_cmyk.jpg", "conversion"]
     assert "16bit->8bit" in screen.loc["ihc_16bit.png", "conversion"]
-    assert "alpha composited on background" in screen.loc["cell_alpha.png", "conversion"]
+    assert "alpha composited on background" in screen.loc["coins_alpha.png", "conversion"]
     assert "exif_orientation=6" in screen.loc["grace_hopper_exif6.jpg", "conversion"]
     index = stage1["index"].set_index("relpath")
     exif = index.loc["grace_hopper_exif6.jpg"]
@@ -68,3 +68,19 @@ def test_licence_and_attribution_recorded(stage1):
     assert index.loc["astronaut_x2.png", "licence"] == "public domain"
     assert index.loc["astronaut_x2.png", "author"] == "NASA"
     assert (index["source"] == "demo").all()
+
+
+def test_purify_failures_name_every_failed_filter(stage1):
+    purify = stage1["purify"].set_index("relpath")
+    assert purify.loc["gravel_underexposed.jpg", "failed_filters"].startswith("exposure")
+    assert "sharpness" in purify.loc["moon_blurred.jpg", "failed_filters"]
+    assert purify.loc["brick_flat.png", "sharpness_ok"]  # the flat case isolates flatness
+    assert "Laplacian variance" in purify.loc["moon_blurred.jpg", "reason_detail"]
+    cut = stage1["cutoffs"].set_index("score").loc["entropy_bits"]
+    assert cut["kept"] == -(-cut["pool_size"] * 6 // 10)  # ceil(0.6 N)
+
+
+def test_candidates_cover_every_sr_tier(stage1):
+    kept = stage1["purify"][stage1["purify"]["passed"]]
+    tiers = stage1["screen"].set_index("image_id").loc[kept["image_id"], "sr_tier"]
+    assert set(tiers) == {"native", "x2", "x4"}

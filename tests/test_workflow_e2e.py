@@ -44,17 +44,33 @@ def test_second_run_does_nothing(run_a):
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
+def _lose(run, *paths):
+    for path in paths:
+        (run / path).unlink()
+
+
+def _planned_jobs(run) -> dict[str, int]:
+    res = snakemake(run, "-n", "--quiet", "rules")
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M) if k != "total"}
+
+
 def test_resume_redoes_only_the_lost_shard(run_a):
     # a run killed while screening shard s00001: that shard and everything after it are missing
     lost = run_a / "results/screen/s00001.parquet"
     before = lost.read_bytes()
-    for path in (lost, run_a / "results/dedup/decisions.parquet", run_a / "results/summary/ingest.csv"):
-        path.unlink()
-    res = snakemake(run_a, "-n", "--quiet", "rules")
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M))
-    assert counts == {"screen": "1", "dedup": "1", "ingest_summary": "1", "all": "1", "total": "4"}
+    downstream = [p.relative_to(run_a) for p in (run_a / "results").rglob("*") if p.is_file() and "purify" in str(p)]
+    downstream += [Path("results/dedup/decisions.parquet"), Path("results/summary/ingest.csv")]
+    _lose(run_a, lost.relative_to(run_a), *downstream)
+    jobs = _planned_jobs(run_a)
+    assert jobs["screen"] == 1 and "index" not in jobs and "demo_pool" not in jobs
     snakemake(run_a)
     assert lost.read_bytes() == before
+    # a purification job killed later: only that shard's scores and the gather steps rerun
+    _lose(run_a, "results/purify/classical/s00002.parquet", "results/purify/decisions.parquet")
+    jobs = _planned_jobs(run_a)
+    assert jobs.get("purify_classical") == 1 and jobs.get("purify_decide") == 1
+    assert "screen" not in jobs and "dedup" not in jobs
+    snakemake(run_a)
 
 
 def test_deterministic_across_runs(run_a, tmp_path):
