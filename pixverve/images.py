@@ -357,35 +357,29 @@ def read_grey(
 ) -> tuple[np.ndarray, ImageInfo]:
     """Decode a file straight to its 8-bit BT.601 grey image, oriented for display.
 
-    Colour JPEGs decode only their stored luma plane (libjpeg skips the colour conversion and the
-    chroma planes' upsampling): that plane *is* BT.601 luma, up to the encoder's rounding.  Other
+    Colour JPEGs decode only their stored luma plane (libjpeg-turbo skips the colour conversion
+    and the chroma planes): that plane *is* BT.601 luma, up to the encoder's rounding.  Other
     files go through :func:`read_rgb` and :func:`grey_luma`, so alpha, CMYK and 16-bit handling
     are the same everywhere.
     """
     path = Path(path)
     info = probe(path, max_megapixels)
-    if path.suffix.lower() not in TIFF_SUFFIXES:
+    if info.format == "JPEG" and info.mode in ("RGB", "L"):
+        import simplejpeg
+
+        # simplejpeg has libjpeg-turbo write the luma plane straight into the numpy array: the
+        # file's bytes plus one grey image is all the memory this takes (Pillow needs ~3x)
         try:
-            with _open_pil(path, max_megapixels) as img:
-                if img.format == "JPEG" and img.mode in ("RGB", "L"):
-                    orientation = _orientation_of_pil(img)
-                    if img.mode == "RGB":
-                        img.draft("L", None)
-                    img.load()
-                    grey = np.asarray(img)
-                    if grey.ndim != 2:  # the decoder refused the luma-only path
-                        grey = grey_luma(grey)
-                    info.conversion = ["jpeg luma plane"]
-                    if orientation != 1:
-                        grey = apply_orientation(grey, orientation)
-                        info.conversion.append(f"exif_orientation={orientation}")
-                    return np.ascontiguousarray(grey), info
-        except ImageError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise ImageError("over_pixel_cap", f"{exc} (io.max_megapixels = {max_megapixels:g})") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            msg = str(exc) or type(exc).__name__
-            raise ImageError("truncated" if "truncated" in msg.lower() else "decode_error", msg) from exc
+            grey = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY")
+        except ValueError as exc:
+            msg = str(exc)
+            code = "truncated" if "premature end" in msg.lower() or "truncated" in msg.lower() else "decode_error"
+            raise ImageError(code, msg) from exc
+        grey = grey.reshape(grey.shape[0], grey.shape[1])
+        info.conversion = ["jpeg luma plane"]
+        if info.orientation != 1:
+            grey = apply_orientation(grey, info.orientation)
+            info.conversion.append(f"exif_orientation={info.orientation}")
+        return np.ascontiguousarray(grey), info
     rgb, info = read_rgb(path, max_megapixels, background=background)
     return grey_luma(rgb), info

@@ -39,7 +39,7 @@ class ClassicalParams:
     exposure_high: int = 250
     patch_px: int = 240
     smooth_variance: float = 800.0
-    band_rows: int = 0  # rows per band, rounded down to whole patches (0: ~1024)
+    band_rows: int = 0  # rows per band, rounded down to whole patches (0: ~256)
 
 
 def classical_params(config: dict) -> ClassicalParams:
@@ -65,7 +65,7 @@ class ClassicalScores:
 
 def _band_rows(patch: int, band_rows: int) -> int:
     """Bands hold whole patch rows, so every patch lies inside one band."""
-    return max(patch, ((band_rows or 1024) // patch) * patch)
+    return max(patch, ((band_rows or 256) // patch) * patch)
 
 
 def classical_scores(grey: np.ndarray, params: ClassicalParams) -> ClassicalScores:

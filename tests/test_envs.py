@@ -32,6 +32,7 @@ CONDA_NAME = {
     "tqdm": "tqdm",
     "jsonschema": "jsonschema",
     "torch": "pytorch",
+    "simplejpeg": "simplejpeg",  # PyPI only: listed under the env's pip section
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
 PROVIDED = {"snakemake"}
@@ -108,10 +109,14 @@ def env_packages(env: Path) -> dict[str, str]:
     spec = yaml.safe_load(env.read_text())
     pkgs = {}
     for dep in spec["dependencies"]:
-        if isinstance(dep, dict):
+        if isinstance(dep, dict):  # the pip section: name==version
+            for pip_dep in dep.get("pip", []):
+                name, _, version = pip_dep.partition("==")
+                pkgs[name.strip()] = version.strip()
             continue
         name, _, version = dep.partition("=")
         pkgs[name.strip()] = version.strip("= ")
+    pkgs.pop("pip", None)  # the pip tool itself needs no pin
     return pkgs
 
 

@@ -210,3 +210,30 @@ def test_grey_luma_is_bt601():
     rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], np.uint8)
     expected = np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(int)
     assert np.abs(images.grey_luma(rgb).astype(int) - expected).max() <= 1
+
+
+def test_read_grey_jpeg_luma_plane_matches_rgb_path(tmp_path):
+    yy, xx = np.mgrid[0:120, 0:200]
+    rgb = np.dstack([xx, yy * 2, 255 - xx]).astype(np.uint8)
+    path = tmp_path / "g.jpg"
+    exif = Image.Exif()
+    exif[274] = 8
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, k=-1))).save(path, quality=95, exif=exif)
+    grey, info = images.read_grey(path, CAP)
+    via_rgb = images.grey_luma(images.read_rgb(path, CAP)[0])
+    assert grey.shape == (120, 200) and grey.flags["C_CONTIGUOUS"]
+    assert "jpeg luma plane" in info.conversion and "exif_orientation=8" in info.conversion
+    assert np.abs(grey.astype(int) - via_rgb.astype(int)).max() <= 3
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(path.read_bytes()[:1500])
+    with pytest.raises(images.ImageError) as exc:
+        images.read_grey(cut, CAP)
+    assert exc.value.code == "truncated"
+
+
+def test_read_grey_other_formats_are_bt601_of_rgb(tmp_path):
+    rgb = photo()
+    path = tmp_path / "g.png"
+    Image.fromarray(rgb).save(path)
+    grey, _ = images.read_grey(path, CAP)
+    np.testing.assert_array_equal(grey, images.grey_luma(rgb))
