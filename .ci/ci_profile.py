@@ -15,6 +15,8 @@ profile.pop("conda-frontend", None)
 profile["default-resources"].update(slurm_partition=partition, mem_mb=1000, runtime=30)
 profile["default-resources"].pop("slurm_account", None)  # the plugin finds root's account
 for rule, res in profile.get("set-resources", {}).items():
+    if "slurm_partition" in res:
+        res["slurm_partition"] = partition  # the one CI partition (GPU partitions included)
     if "mem_mb" in res:
         res["mem_mb"] = min(int(res["mem_mb"]), 2000)  # the CI node has 24 GB
 profile["set-threads"] = {rule: min(int(n), 2) for rule, n in profile.get("set-threads", {}).items()}

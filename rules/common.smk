@@ -36,3 +36,11 @@ def all_shards(pattern):
         return expand(pattern, shard=shard_names())
 
     return expand_shards
+
+
+def uses_gpu(predictors):
+    """Whether any real (non-tiny) model backend in this block would run on a GPU."""
+    return any(
+        p.get("backend") not in ("tiny", "none") and p.get("device", "auto") != "cpu"
+        for p in predictors.values()
+    )

@@ -22,9 +22,32 @@ rule purify_classical:
         "../scripts/purify_classical.py"
 
 
+rule purify_aesthetics:
+    input:
+        shard="results/index/shards/{shard}.parquet",
+        dedup="results/dedup/decisions.parquet",
+    output:
+        "results/purify/aesthetics/{shard}.parquet",
+    log:
+        "logs/purify/aesthetics/{shard}.log",
+    benchmark:
+        "results/benchmarks/purify/aesthetics/{shard}.tsv"
+    conda:
+        "../envs/aesthetics.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(uses_gpu(config["purify"]["aesthetics"]["predictors"])),
+    params:
+        purify=config["purify"],
+        io=config["io"],
+    script:
+        "../scripts/purify_aesthetics.py"
+
+
 rule purify_decide:
     input:
         classical=all_shards("results/purify/classical/{shard}.parquet"),
+        aesthetics=all_shards("results/purify/aesthetics/{shard}.parquet"),
     output:
         decisions="results/purify/decisions.parquet",
         candidates="results/purify/candidates.parquet",

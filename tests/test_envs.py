@@ -32,6 +32,9 @@ CONDA_NAME = {
     "tqdm": "tqdm",
     "jsonschema": "jsonschema",
     "torch": "pytorch",
+    "torchvision": "torchvision",
+    "transformers": "transformers",
+    "safetensors": "safetensors",
     "simplejpeg": "simplejpeg",  # PyPI only: listed under the env's pip section
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path

@@ -1,0 +1,239 @@
+"""Aesthetic predictors for stage 2, behind one small interface.
+
+LAION aesthetic predictor ("improved aesthetic predictor", ``sac+logos+ava1-l14-linearMSE.pth``):
+CLIP ViT-L/14 image embedding (the projected 768-d ``image_embeds``), L2-normalised, into an MLP
+768-1024-128-64-16-1 with dropout and no activations.  The image is preprocessed the way CLIP
+expects (shorter side to 224 bicubic, centre crop 224, CLIP mean/std).  A 100 MP JPEG is decoded at
+a reduced DCT scale first (>= 448 px on the shorter side), never at full size.  Scores are ~1-10;
+above ~10 means the embedding was not normalised.
+
+Backends (``purify.aesthetics.predictors.<name>.backend``):
+* ``laion``: the real predictor -- CLIP from a local path or hub id (the hub's cache; offline with
+  HF_HUB_OFFLINE=1) and the published MLP weights file (sha256-checked, ``weights_only`` load);
+* ``tiny``: the same code path with a randomly initialised tiny CLIP vision tower and MLP built
+  in-process (seeded), for tests and the demo.  Its scores are marked ``smoke`` and mean nothing;
+* ``none``: the predictor is not run.
+
+Every missing file is an error that says which file, where it was looked for and how to get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+LAION_MLP_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
+EMBED_DIM = 768
+DECODE_MIN_SIDE = 448
+
+
+class ModelUnavailable(RuntimeError):
+    """A configured model cannot be loaded; the message says what is missing and how to get it."""
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def laion_mlp():
+    """The predictor head with the published layer layout (state-dict keys layers.0 ... layers.7)."""
+    nn = _torch().nn
+    return nn.Sequential(
+        nn.Linear(EMBED_DIM, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_laion_mlp(path: str | os.PathLike, expected_sha256: str | None):
+    """Load the published MLP weights (a plain state dict) with ``weights_only=True``."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelUnavailable(
+            f"LAION aesthetic MLP weights not found at {path.resolve()}: download {LAION_MLP_FILE} from "
+            f"{LAION_MLP_URL} and put it there (or set purify.aesthetics.predictors.laion.mlp_weights)"
+        )
+    digest = file_sha256(path)
+    if expected_sha256 and digest != expected_sha256:
+        raise ModelUnavailable(f"{path}: sha256 {digest} does not match the published {expected_sha256}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    # the original Lightning module stores the Sequential as `layers`
+    state = {k.removeprefix("layers."): v for k, v in state.items()}
+    mlp = laion_mlp()
+    mlp.load_state_dict(state)
+    return mlp.eval(), digest
+
+
+def load_clip_vision(model: str):
+    """CLIP vision tower with projection + its image processor, from a local path or the hub cache."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model).is_dir()
+    try:
+        vision = CLIPVisionModelWithProjection.from_pretrained(model, local_files_only=offline)
+        processor = CLIPImageProcessor.from_pretrained(model, local_files_only=offline)
+    except OSError as exc:
+        raise ModelUnavailable(
+            f"CLIP model {model!r} could not be loaded{' offline' if offline else ''}: {exc}. Put a local copy "
+            f"(config.json, model weights, preprocessor_config.json) at a path and set "
+            f"purify.aesthetics.predictors.laion.clip_model to it, or pre-fill the Hugging Face cache "
+            f"(huggingface-cli download {model}) on a machine with internet access"
+        ) from exc
+    return vision.eval(), processor
+
+
+def tiny_clip_vision(seed: int = 0):
+    """A randomly initialised tiny CLIP vision tower of the real class, and CLIP's preprocessing."""
+    torch = _torch()
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=32,
+        projection_dim=EMBED_DIM,
+    )
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        do_center_crop=True,
+        resample=3,  # bicubic, as CLIP
+    )
+    return CLIPVisionModelWithProjection(config).eval(), processor
+
+
+@dataclass
+class PredictorInfo:
+    name: str
+    backend: str
+    smoke: bool
+    weights: str  # what was loaded: file hash or model id, for the record
+
+
+class LaionPredictor:
+    """CLIP image embedding -> L2 normalise -> MLP; one score per image."""
+
+    def __init__(self, vision, processor, mlp, info: PredictorInfo, device: str = "cpu", batch_size: int = 8):
+        torch = _torch()
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.vision = vision.to(self.device, self.dtype)
+        self.mlp = mlp.to(self.device, torch.float32)
+        self.processor = processor
+        self.info = info
+        self.batch_size = batch_size
+
+    def embed(self, rgb_images: list[np.ndarray]):
+        torch = _torch()
+        # writable copies (decoders hand out read-only arrays; torch wants to own writable memory)
+        inputs = self.processor(images=[np.array(im) for im in rgb_images], return_tensors="pt")
+        with torch.inference_mode():
+            out = self.vision(pixel_values=inputs["pixel_values"].to(self.device, self.dtype))
+            emb = out.image_embeds.float()
+            return emb / emb.norm(dim=-1, keepdim=True)
+
+    def score(self, rgb_images: list[np.ndarray]) -> np.ndarray:
+        torch = _torch()
+        scores = []
+        for start in range(0, len(rgb_images), self.batch_size):
+            emb = self.embed(rgb_images[start : start + self.batch_size])
+            with torch.inference_mode():
+                scores.append(self.mlp(emb).squeeze(-1).cpu().numpy().astype(np.float64))
+        return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def _device(setting: str) -> str:
+    torch = _torch()
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def build_predictor(name: str, spec: dict):
+    """The predictor a config block asks for, or None for backend ``none``."""
+    backend = spec["backend"]
+    if backend == "none":
+        return None
+    if name != "laion":
+        raise ModelUnavailable(f"purify.aesthetics.predictors.{name}: backend {backend!r} is not available for {name}")
+    device = _device(spec.get("device", "auto"))
+    if backend == "tiny":
+        torch = _torch()
+        vision, processor = tiny_clip_vision(seed=0)
+        torch.manual_seed(1)
+        mlp = laion_mlp().eval()
+        info = PredictorInfo(name, "tiny", True, "tiny random CLIP + MLP (seed 0/1)")
+    elif backend == "laion":
+        vision, processor = load_clip_vision(spec["clip_model"])
+        mlp, digest = load_laion_mlp(spec["mlp_weights"], spec.get("mlp_sha256"))
+        info = PredictorInfo(name, "laion", False, f"{spec['clip_model']} + sha256:{digest[:16]}")
+    else:
+        raise ModelUnavailable(f"purify.aesthetics.predictors.{name}.backend: unknown backend {backend!r}")
+    return LaionPredictor(vision, processor, mlp, info, device=device, batch_size=int(spec.get("batch_size", 8)))
+
+
+def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, predictors=None):
+    """Every configured predictor's score for the images of one shard (reduced decodes)."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import images
+    from .index import roots_from_config
+    from .screening import images_path
+
+    torch = _torch()
+    torch.set_num_threads(max(1, threads))
+    specs = config["purify"]["aesthetics"]["predictors"]
+    if predictors is None:
+        predictors = {name: build_predictor(name, spec) for name, spec in specs.items()}
+    predictors = {k: v for k, v in predictors.items() if v is not None}
+    roots = roots_from_config(config, base_dir)
+    cap = config["io"]["max_megapixels"]
+    background = tuple(config["io"]["alpha_background"])
+    out = []
+    recs = rows.to_dict("records")
+    for rec in tqdm(recs, desc="aesthetics", unit="img", mininterval=2):
+        row = {"image_id": rec["image_id"], "root": rec["root"], "relpath": rec["relpath"], "shard": rec["shard"]}
+        try:
+            rgb, _ = images.read_rgb(
+                images_path(roots, rec["root"], rec["relpath"]), cap, reduce_to_min_side=DECODE_MIN_SIDE, background=background
+            )
+            row.update(passed=True, reason="", reason_detail="")
+        except images.ImageError as exc:
+            rgb = None
+            row.update(passed=False, reason=exc.code, reason_detail=exc.detail)
+        for name, pred in predictors.items():
+            # rounded so that tables are byte-stable across thread counts and machines
+            row[f"{name}_score"] = round(float(pred.score([rgb])[0]), 6) if rgb is not None else float("nan")
+            row[f"{name}_smoke"] = pred.info.smoke
+            row[f"{name}_backend"] = pred.info.backend
+            row[f"{name}_weights"] = pred.info.weights
+        out.append(row)
+    return pd.DataFrame(out)
