@@ -58,7 +58,10 @@ def fig4_purification(decisions: pd.DataFrame, cutoffs: pd.DataFrame, resolve_pa
         ax.axvline(thr, color="tab:red", lw=2)
         ax.set_xlabel(("log10 " if logx else "") + label)
         rule = "drop " + side + f" {threshold:.3g}"
-        ax.set_title(f"{name}: {rule}" + (" (pool cut-off)" if name in ("entropy", "aesthetics") else ""), fontsize=10)
+        title = f"{name}: {rule}" + (" (pool cut-off)" if name in ("entropy", "aesthetics") else "")
+        if "SMOKE" in label:
+            title = "SMOKE, not a result: " + title
+        ax.set_title(title, fontsize=10, color="tab:red" if "SMOKE" in label else "black")
         order = df.sort_values(col, kind="mergesort")
         worst = order.iloc[-1] if side == "above" else order.iloc[0]
         kept = order[order["passed"].astype(bool)]
