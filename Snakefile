@@ -13,12 +13,14 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/ingest.smk"
 include: "rules/purify.smk"
+include: "rules/upscale.smk"
 
 
 localrules:
     all,
     ingest,
     purify,
+    upscale_all,
     demo_pool,
 
 
@@ -27,3 +29,4 @@ rule all:
     input:
         rules.ingest.input,
         rules.purify.input,
+        rules.upscale_all.input,

@@ -19,6 +19,7 @@ for rule, res in profile.get("set-resources", {}).items():
         res["slurm_partition"] = partition  # the one CI partition (GPU partitions included)
     if "mem_mb" in res:
         res["mem_mb"] = min(int(res["mem_mb"]), 2000)  # the CI node has 24 GB
+    res.pop("gpu_model", None)  # the CI node has no GPU; the demo's models run on the CPU
 profile["set-threads"] = {rule: min(int(n), 2) for rule, n in profile.get("set-threads", {}).items()}
 # Group jobs sum the resources of the jobs they run in parallel; these global limits make
 # Snakemake lay a group out to fit one 2-CPU node (jobs run in series inside the allocation).

@@ -29,7 +29,7 @@ grep "has been submitted with SLURM jobid" "$tmp/slurm.log"
 jobs=$(sacct -X -n -S today -o JobID,JobName,State | grep -c COMPLETED || true)
 echo "sacct: $jobs completed SLURM job(s)"
 [ "$jobs" -ge 3 ] || { echo "expected SLURM jobs for index, screen (grouped) and dedup"; exit 1; }
-grep -q "group_cpu_shards" "$tmp/slurm.log" || { echo "the screen jobs were not grouped"; exit 1; }
+grep -q "group_screen_shards" "$tmp/slurm.log" || { echo "the screen jobs were not grouped"; exit 1; }
 
 echo "== compare tables"
 cd "$tmp/local"

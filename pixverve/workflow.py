@@ -35,3 +35,13 @@ def check_config(config: dict) -> None:
     scales = [t["scale"] for t in sorted(config["sr_tiers"], key=lambda t: -t["min_megapixels"])]
     if scales != sorted(scales):
         raise ValueError(f"config key sr_tiers: smaller sources must get larger scales, got {scales} from largest tier down")
+    up = config.get("upscale")
+    if up:
+        if up["stride_px"] > up["tile_px"]:
+            raise ValueError(f"config key upscale.stride_px: {up['stride_px']} is larger than tile_px {up['tile_px']}")
+        scales = {t["scale"] for t in config["sr_tiers"]} - {1}
+        bad = [s for s in scales if up["tile_px"] % s or up["stride_px"] % s]
+        if bad:
+            raise ValueError(f"config keys upscale.tile_px/stride_px must be multiples of every tier scale; not of {bad}")
+        if up["backend"] == "command" and not (up.get("command") or {}).get("template"):
+            raise ValueError("config key upscale.command.template: backend `command` needs the program's invocation")

@@ -44,3 +44,9 @@ def uses_gpu(predictors):
         p.get("backend") not in ("tiny", "none") and p.get("device", "auto") != "cpu"
         for p in predictors.values()
     )
+
+
+def sr_weights_input(wildcards):
+    """The SR weights file a realesrgan backend needs (made by sr_weights when it is the default)."""
+    up = config["upscale"]
+    return [up["realesrgan"]["weights"]] if up["backend"] == "realesrgan" else []

@@ -36,6 +36,7 @@ CONDA_NAME = {
     "transformers": "transformers",
     "safetensors": "safetensors",
     "simplejpeg": "simplejpeg",  # PyPI only: listed under the env's pip section
+    "spandrel": "spandrel",
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
 PROVIDED = {"snakemake"}
