@@ -59,6 +59,10 @@ def main() -> None:
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
         for folder in ("data/raw/pexels", "data/raw/unsplash"):
             (work / folder).mkdir(parents=True)
+        # model weights the paper config names (a dry run only checks that they exist)
+        weights = work / "resources/weights"
+        weights.mkdir(parents=True)
+        (weights / "sac+logos+ava1-l14-linearMSE.pth").touch()
         t0 = time.perf_counter()
         df = synthetic_index(args.images, args.per_shard)
         names = write_shards(df, work / "results/index/index.parquet", work / "results/index/shards")

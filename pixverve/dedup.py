@@ -216,3 +216,9 @@ def deduplicate(screened: pd.DataFrame, max_distance: int) -> pd.DataFrame:
         + " (distance to kept " + out.loc[dropped, "hamming_to_kept"].astype(str) + ")"
     )
     return out
+
+
+def kept_in_shard(shard: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one shard's index manifest that deduplication kept (the input of stage 2)."""
+    kept = decisions[decisions["passed"].astype(bool) & decisions["image_id"].isin(shard["image_id"])]
+    return shard.merge(kept[["image_id", "root", "relpath"]], on=["image_id", "root", "relpath"])

@@ -50,3 +50,9 @@ def sr_weights_input(wildcards):
     """The SR weights file a realesrgan backend needs (made by sr_weights when it is the default)."""
     up = config["upscale"]
     return [up["realesrgan"]["weights"]] if up["backend"] == "realesrgan" else []
+
+
+def aesthetic_weights_input(wildcards):
+    """Weights files the configured aesthetic predictors need: missing ones stop the run at once."""
+    laion = config["purify"]["aesthetics"]["predictors"].get("laion", {})
+    return [laion["mlp_weights"]] if laion.get("backend") == "laion" else []

@@ -26,6 +26,7 @@ rule purify_aesthetics:
     input:
         shard="results/index/shards/{shard}.parquet",
         dedup="results/dedup/decisions.parquet",
+        weights=aesthetic_weights_input,
     output:
         "results/purify/aesthetics/{shard}.parquet",
     log:

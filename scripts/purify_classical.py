@@ -4,16 +4,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
+from pixverve.dedup import kept_in_shard  # noqa: E402
 from pixverve.purify import score_classical_shard  # noqa: E402
 from pixverve.tables import read_table, write_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "purify_classical")
-shard = read_table(sm.input.shard)
-dedup = read_table(sm.input.dedup)
-kept = dedup[dedup["passed"].astype(bool) & dedup["image_id"].isin(shard["image_id"])]
-rows = shard.merge(kept[["image_id", "root", "relpath"]], on=["image_id", "root", "relpath"])
+rows = kept_in_shard(read_table(sm.input.shard), read_table(sm.input.dedup))
 config = dict(sm.config, target_megapixels=sm.params.target_megapixels, purify=sm.params.purify, io=sm.params.io)
 result = score_classical_shard(rows, config, ".", threads=sm.threads)
 write_table(result, sm.output[0])
