@@ -7,6 +7,7 @@ later stages read crops of it without decoding the whole 100-400 MP image.
 Backends (``upscale.backend``):
 * ``realesrgan``: any ESRGAN-family ``.pth``/``.safetensors`` through spandrel (the state dict is
   loaded by us with ``weights_only=True`` or safetensors, then handed to spandrel);
+* ``sd-x4``: diffusers' StableDiffusionUpscalePipeline, guided by ``upscale.prompt``;
 * ``lanczos``: OpenCV Lanczos-4, the classical baseline for comparison tables;
 * ``command``: an external program per image (how the paper's ODTSR is run), given input path,
   output path, scale and the guidance prompt through a template.
@@ -98,6 +99,52 @@ def spandrel_backend(weights: str, device: str = "cpu", half: bool | None = None
     return SRBackend("realesrgan", int(descriptor.scale), run, weights=f"{Path(weights).name} sha256:{digest[:16]}")
 
 
+def _pad_to(tile: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
+    h, w = tile.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+    return tile, h, w
+
+
+def sd_x4_backend(spec: dict, device: str = "cpu") -> SRBackend:
+    """diffusers StableDiffusionUpscalePipeline (prompt-guided x4), from a local folder or hub id."""
+    import torch
+    from diffusers import StableDiffusionUpscalePipeline
+    from PIL import Image
+
+    model = spec["model"]
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model).is_dir()
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    try:
+        pipe = StableDiffusionUpscalePipeline.from_pretrained(model, local_files_only=offline, torch_dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise SRUnavailable(
+            f"sd-x4 pipeline {model!r} could not be loaded{' offline' if offline else ''}: {exc}. Put a local copy of "
+            f"the pipeline folder there or pre-fill the Hugging Face cache, and set upscale.sd_x4.model"
+        ) from exc
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = spec.get("prompt", "")
+
+    def run(tiles, scale):
+        padded = [_pad_to(t, 8) for t in tiles]  # the latent grid needs sizes divisible by 8
+        generator = torch.Generator(device="cpu").manual_seed(int(spec.get("seed", 0)))
+        with torch.inference_mode():
+            out = pipe(
+                prompt=[prompt] * len(tiles),
+                image=[Image.fromarray(p) for p, _, _ in padded],
+                num_inference_steps=int(spec.get("steps", 20)),
+                guidance_scale=float(spec.get("guidance_scale", 7.5)),
+                noise_level=int(spec.get("noise_level", 20)),
+                generator=generator,
+                output_type="np",
+            ).images
+        return [(np.clip(o[: h * 4, : w * 4], 0, 1) * 255 + 0.5).astype(np.uint8) for o, (_, h, w) in zip(out, padded)]
+
+    return SRBackend("sd-x4", 4, run, weights=str(model), prompt_guided=True)
+
+
 def command_backend(template: str) -> SRBackend:
     """``template`` with {input} {output} {scale} {prompt}; run once per image, output checked."""
 
@@ -123,6 +170,13 @@ def build_backend(spec: dict) -> SRBackend:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return spandrel_backend(spec["realesrgan"]["weights"], device=device)
+    if backend == "sd-x4":
+        device = spec.get("device", "auto")
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return sd_x4_backend(dict(spec["sd_x4"], prompt=spec.get("prompt", "")), device=device)
     if backend == "command":
         template = (spec.get("command") or {}).get("template")
         if not template:

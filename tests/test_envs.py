@@ -37,6 +37,7 @@ CONDA_NAME = {
     "safetensors": "safetensors",
     "simplejpeg": "simplejpeg",  # PyPI only: listed under the env's pip section
     "spandrel": "spandrel",
+    "diffusers": "diffusers",
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
 PROVIDED = {"snakemake"}
