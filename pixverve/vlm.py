@@ -1,0 +1,239 @@
+"""The one VLM/LLM client every model-judged step uses (artefact judges, tagging, captions, MSFI/ICS).
+
+OpenAI-compatible chat completions (the ``openai`` package), as vLLM serves them:
+* images go in as base64 ``data:`` URLs (JPEG, downscaled by the caller to what the model needs);
+* many requests in flight, bounded by an asyncio semaphore (``max_in_flight``);
+* retries with exponential back-off on timeouts, broken connections, 429 (``Retry-After`` obeyed)
+  and 5xx; other 4xx fail at once (a wrong model name does not get better by retrying);
+* the reply's JSON is taken from ``<json>...</json>`` tags, a fenced code block, or the whole
+  text, and validated against the task's JSON schema; ``response_format`` is sent when the config
+  says the server supports it;
+* every attempt's raw reply is kept in the result for audit; a reply that stays unparseable or
+  invalid after the retries is a result with ``status`` "unparseable"/"invalid" and the
+  configured policy (keep or drop) -- never silently a pass.
+The API key is read from the environment variable named in config.  It is passed to the client
+and nowhere else: it is not logged, not put in results, not in error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+JSON_TAG = re.compile(r"<json>\s*(.*?)\s*</json>", re.S | re.I)
+JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S | re.I)
+
+
+class VLMConfigError(ValueError):
+    """The client cannot be set up (no endpoint, no key); the message says which config key."""
+
+
+@dataclass
+class VLMSettings:
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    max_in_flight: int = 32
+    timeout_s: float = 120.0
+    retries: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    temperature: float = 0.1
+    max_tokens: int = 1024
+    response_format: bool = False  # send a JSON schema as response_format (vLLM supports it)
+    invalid_policy: str = "drop"  # what a stage does with an unparseable/invalid reply: keep | drop
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "VLMSettings":
+        if not cfg.get("base_url"):
+            raise VLMConfigError("config key vlm.base_url: no endpoint configured (e.g. http://host:8000/v1)")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+    def api_key(self) -> str:
+        if not self.api_key_env:
+            return "EMPTY"  # vLLM without --api-key accepts any
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise VLMConfigError(f"config key vlm.api_key_env: environment variable {self.api_key_env} is not set")
+        return key
+
+
+@dataclass
+class VLMResult:
+    task: str
+    request_id: str
+    status: str  # ok | unparseable | invalid | failed
+    parsed: dict | None
+    raw_replies: list[str] = field(default_factory=list)
+    attempts: int = 0
+    error: str = ""
+    seconds: float = 0.0
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["parsed"] = json.dumps(self.parsed, sort_keys=True) if self.parsed is not None else ""
+        row["raw_replies"] = json.dumps(self.raw_replies)
+        return row
+
+
+def image_data_url(rgb: np.ndarray, quality: int = 95) -> str:
+    """An RGB uint8 array as a JPEG data URL."""
+    import simplejpeg
+
+    data = simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB")
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+def user_message(text: str, images: list[np.ndarray] | None = None) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(im)}} for im in images or []]
+    content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def extract_json(text: str):
+    """JSON from <json> tags, else a fenced block, else the whole reply; raises ValueError."""
+    for pattern in (JSON_TAG, JSON_FENCE):
+        m = pattern.search(text)
+        if m:
+            return json.loads(m.group(1))
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        raise ValueError("no JSON in the reply")
+    return json.loads(text[start:])
+
+
+class VLMClient:
+    def __init__(self, settings: VLMSettings):
+        from openai import AsyncOpenAI
+
+        self.settings = settings
+        self._client = AsyncOpenAI(
+            base_url=settings.base_url, api_key=settings.api_key(), timeout=settings.timeout_s, max_retries=0
+        )
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def _once(self, messages: list[dict], schema: dict | None) -> str:
+        import openai
+
+        kwargs = {}
+        if self.settings.response_format and schema is not None:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+        try:
+            reply = await self._client.chat.completions.create(
+                model=self.settings.model,
+                messages=messages,
+                temperature=self.settings.temperature,
+                max_tokens=self.settings.max_tokens,
+                **kwargs,
+            )
+        except openai.APIStatusError as exc:
+            raise _Retryable(exc.status_code, _retry_after(exc)) if _retryable_status(exc.status_code) else exc
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            raise _Retryable(None, None, type(exc).__name__) from None
+        return reply.choices[0].message.content or ""
+
+    async def ask(self, task: str, request_id: str, messages: list[dict], schema: dict | None = None) -> VLMResult:
+        """One request with retries; the result keeps every raw reply."""
+        import jsonschema
+
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.settings.max_in_flight)
+        result = VLMResult(task, request_id, "failed", None)
+        t0 = time.perf_counter()
+        rng = random.Random(request_id)  # jitter, reproducible per request
+        async with self._semaphore:
+            for attempt in range(self.settings.retries + 1):
+                result.attempts = attempt + 1
+                try:
+                    text = await self._once(messages, schema)
+                except _Retryable as exc:
+                    result.error = exc.describe()
+                    if attempt < self.settings.retries:
+                        await asyncio.sleep(self._delay(attempt, exc.retry_after, rng))
+                    continue
+                except Exception as exc:  # a 4xx or a client bug: no point retrying
+                    result.status, result.error = "failed", f"{type(exc).__name__}: {_scrub(str(exc), self)}"
+                    break
+                result.raw_replies.append(text)
+                try:
+                    parsed = extract_json(text)
+                except ValueError as exc:
+                    result.status, result.error = "unparseable", f"reply is not JSON: {exc}"
+                    continue
+                if schema is not None:
+                    try:
+                        jsonschema.validate(parsed, schema)
+                    except jsonschema.ValidationError as exc:
+                        result.status, result.parsed = "invalid", parsed
+                        result.error = f"schema: {exc.message}"
+                        continue
+                result.status, result.parsed, result.error = "ok", parsed, ""
+                break
+        result.seconds = round(time.perf_counter() - t0, 3)
+        return result
+
+    def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.settings.max_backoff_s)
+        base = min(self.settings.backoff_s * 2**attempt, self.settings.max_backoff_s)
+        return base * (0.5 + rng.random() / 2)
+
+    async def ask_many(self, requests: list[tuple[str, str, list[dict], dict | None]], progress=None) -> list[VLMResult]:
+        """Run (task, request_id, messages, schema) requests concurrently; results in input order."""
+
+        async def one(req):
+            res = await self.ask(*req)
+            if progress is not None:
+                progress(1)
+            return res
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def run_many(self, requests, progress=None) -> list[VLMResult]:
+        return asyncio.run(self._run_and_close(requests, progress))
+
+    async def _run_and_close(self, requests, progress):
+        try:
+            return await self.ask_many(requests, progress)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class _Retryable(Exception):
+    def __init__(self, status: int | None, retry_after: float | None, kind: str = ""):
+        super().__init__(kind or f"HTTP {status}")
+        self.status, self.retry_after, self.kind = status, retry_after, kind
+
+    def describe(self) -> str:
+        return self.kind or f"HTTP {self.status}"
+
+
+def _retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def _retry_after(exc) -> float | None:
+    try:
+        value = exc.response.headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (AttributeError, ValueError):
+        return None
+
+
+def _scrub(text: str, client: VLMClient) -> str:
+    """Never let the key into a message (some servers echo request headers in errors)."""
+    env = client.settings.api_key_env
+    key = os.environ.get(env) if env else None
+    return text.replace(key, "***") if key else text

@@ -1,0 +1,129 @@
+"""A local server on 127.0.0.1 that speaks the OpenAI chat-completions protocol, for tests and
+benchmarks.  The last text part of the user message picks the behaviour: ``scenario:NAME[:ARGS]``.
+
+  ok            <json>{"flagged": false, "reason": "fine"}</json>
+  fence         the same JSON in a ```json fence
+  garbage       a reply with no JSON
+  schema        JSON of the wrong shape ({"flagged": "maybe"})
+  fail:N:CODE   the first N calls with this exact text answer HTTP CODE (429 with Retry-After)
+  slow:S        sleep S seconds before answering
+Every reply waits ``latency`` seconds first.  The server records the Authorization headers it saw
+and the largest number of requests it was answering at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+OK_JSON = {"flagged": False, "reason": "fine"}
+
+
+class FakeOpenAI:
+    def __init__(self, latency: float = 0.0, retry_after: float = 0.2):
+        self.latency, self.retry_after = latency, retry_after
+        self.auth_headers: list[str] = []
+        self.calls: dict[str, int] = {}
+        self.active = 0
+        self.max_active = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, {"object": "list", "data": [{"id": "fake-vlm", "object": "model"}]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    server.auth_headers.append(self.headers.get("authorization", ""))
+                    server.active += 1
+                    server.requests += 1
+                    server.max_active = max(server.max_active, server.active)
+                try:
+                    server._answer(self, body)
+                finally:
+                    with server._lock:
+                        server.active -= 1
+
+            def _send(self, code, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # the default listen backlog of 5 would serialise bursts
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _answer(self, handler, body):
+        text = ""
+        for msg in body.get("messages", []):
+            content = msg.get("content")
+            if isinstance(content, str):
+                text = content
+            else:
+                text = next((c["text"] for c in content if c.get("type") == "text"), text)
+        scenario = text.split("scenario:", 1)[1] if "scenario:" in text else "ok"
+        name, _, args = scenario.partition(":")
+        time.sleep(self.latency)
+        with self._lock:
+            self.calls[text] = self.calls.get(text, 0) + 1
+            n_call = self.calls[text]
+        if name == "fail":
+            times, code = args.split(":")[:2]
+            if n_call <= int(times):
+                headers = {"retry-after": str(self.retry_after)} if code == "429" else None
+                return handler._send(int(code), {"error": {"message": f"scripted {code}"}}, headers)
+            name = "ok"
+        if name == "slow":
+            time.sleep(float(args))
+            name = "ok"
+        content = {
+            "ok": f"<json>{json.dumps(OK_JSON)}</json>",
+            "fence": f"Here you go:\n```json\n{json.dumps(OK_JSON)}\n```",
+            "garbage": "I looked at the image and it seems fine to me.",
+            "schema": json.dumps({"flagged": "maybe"}),
+        }.get(name, f"<json>{json.dumps(OK_JSON)}</json>")
+        handler._send(
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "fake-vlm"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        )

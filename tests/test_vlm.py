@@ -1,0 +1,126 @@
+"""The VLM client against a local chat-completions server: concurrency, retries, parsing, the key."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openai")
+
+from fake_openai import FakeOpenAI  # noqa: E402
+from pixverve.vlm import VLMClient, VLMConfigError, VLMSettings, extract_json, image_data_url, user_message  # noqa: E402
+
+SCHEMA = {
+    "type": "object",
+    "required": ["flagged", "reason"],
+    "properties": {"flagged": {"type": "boolean"}, "reason": {"type": "string"}},
+}
+KEY = "sk-test-PIXVERVE-SECRET-0123456789"
+
+
+def client(server, **kw):
+    settings = VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.05, timeout_s=5, **kw)
+    return VLMClient(settings)
+
+
+def req(i, scenario):
+    return ("artifact", f"r{i}", [user_message(f"is this patch broken? scenario:{scenario}")], SCHEMA)
+
+
+def test_requests_overlap_up_to_the_bound():
+    with FakeOpenAI(latency=0.4) as server:
+        t0 = time.perf_counter()
+        results = client(server, max_in_flight=8).run_many([req(i, "ok") for i in range(16)])
+        elapsed = time.perf_counter() - t0
+    assert [r.status for r in results] == ["ok"] * 16
+    assert server.max_active == 8  # eight at once, never more
+    assert elapsed < 0.4 * 16 / 8 + 0.6  # ~2 rounds of latency, not 16
+
+
+@pytest.mark.parametrize("code", [500, 503, 429])
+def test_retry_after_server_errors(code):
+    with FakeOpenAI(retry_after=0.2) as server:
+        t0 = time.perf_counter()
+        (res,) = client(server).run_many([req(0, f"fail:2:{code}")])
+        elapsed = time.perf_counter() - t0
+    assert res.status == "ok" and res.attempts == 3 and res.parsed == {"flagged": False, "reason": "fine"}
+    assert len(res.raw_replies) == 1
+    if code == 429:
+        assert elapsed >= 0.4  # Retry-After obeyed twice
+
+
+def test_client_errors_are_not_retried():
+    with FakeOpenAI() as server:
+        (res,) = client(server, retries=3).run_many([req(0, "fail:9:400")])
+    assert res.status == "failed" and res.attempts == 1 and "400" in res.error
+
+
+def test_timeout_is_retried_then_reported():
+    with FakeOpenAI() as server:
+        settings = VLMSettings(base_url=server.base_url, model="m", timeout_s=0.3, retries=1, backoff_s=0.01)
+        (res,) = VLMClient(settings).run_many([req(0, "slow:1.0")])
+    assert res.status == "failed" and res.attempts == 2 and "Timeout" in res.error
+
+
+def test_garbage_reply_is_recorded_not_passed():
+    with FakeOpenAI() as server:
+        (res,) = client(server, retries=2).run_many([req(0, "garbage")])
+    assert res.status == "unparseable" and res.parsed is None
+    assert len(res.raw_replies) == 3 and "seems fine" in res.raw_replies[0]  # every attempt kept
+
+
+def test_schema_violation_is_invalid():
+    with FakeOpenAI() as server:
+        (res,) = client(server, retries=1).run_many([req(0, "schema")])
+    assert res.status == "invalid" and res.parsed == {"flagged": "maybe"} and "schema" in res.error
+
+
+def test_json_in_tags_fences_and_plain():
+    assert extract_json('blah <json>{"a": 1}</json> blah') == {"a": 1}
+    assert extract_json('```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
+    assert extract_json('The answer: {"a": true}') == {"a": True}
+    with pytest.raises(ValueError):
+        extract_json("no json here")
+    with FakeOpenAI() as server:
+        (res,) = client(server).run_many([req(0, "fence")])
+    assert res.status == "ok"
+
+
+def test_images_go_as_jpeg_data_urls():
+    url = image_data_url(np.zeros((8, 8, 3), np.uint8))
+    assert url.startswith("data:image/jpeg;base64,")
+    msg = user_message("hi", [np.zeros((8, 8, 3), np.uint8)] * 2)
+    assert [c["type"] for c in msg["content"]] == ["image_url", "image_url", "text"]
+
+
+def test_key_comes_from_env_and_is_never_written(monkeypatch, caplog, tmp_path):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("PIXVERVE_TEST_VLM_KEY", KEY)
+    with FakeOpenAI() as server:
+        settings = VLMSettings(base_url=server.base_url, model="m", api_key_env="PIXVERVE_TEST_VLM_KEY", retries=1, backoff_s=0.01)
+        results = VLMClient(settings).run_many([req(0, "ok"), req(1, "garbage"), req(2, "fail:9:401")])
+    assert server.auth_headers and all(h == f"Bearer {KEY}" for h in server.auth_headers)  # it was sent
+    out = tmp_path / "results.jsonl"
+    out.write_text("\n".join(json.dumps(r.as_row()) for r in results))
+    assert KEY not in out.read_text()
+    assert KEY not in caplog.text
+    assert KEY not in repr(settings.__dict__.get("api_key_env"))
+
+
+def test_missing_key_or_endpoint_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("PIXVERVE_NO_SUCH_KEY", raising=False)
+    with pytest.raises(VLMConfigError, match="PIXVERVE_NO_SUCH_KEY"):
+        VLMClient(VLMSettings(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="PIXVERVE_NO_SUCH_KEY"))
+    with pytest.raises(VLMConfigError, match="vlm.base_url"):
+        VLMSettings.from_config({"model": "m"})
+
+
+def test_settings_from_the_paper_config(repo_root):
+    from pixverve.config import load_yaml
+
+    settings = VLMSettings.from_config(load_yaml(repo_root / "config.yaml")["vlm"])
+    assert settings.temperature == 0.1 and settings.api_key_env is None and settings.api_key() == "EMPTY"
