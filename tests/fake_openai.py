@@ -34,6 +34,7 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms Nagle stall
 
             def log_message(self, *args):  # quiet
                 pass
