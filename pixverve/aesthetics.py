@@ -205,8 +205,7 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
     from tqdm import tqdm
 
     from . import images
-    from .index import roots_from_config
-    from .screening import images_path
+    from .index import image_path, roots_from_config
 
     torch = _torch()
     torch.set_num_threads(max(1, threads))
@@ -223,7 +222,7 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
         row = {"image_id": rec["image_id"], "root": rec["root"], "relpath": rec["relpath"], "shard": rec["shard"]}
         try:
             rgb, _ = images.read_rgb(
-                images_path(roots, rec["root"], rec["relpath"]), cap, reduce_to_min_side=DECODE_MIN_SIDE, background=background
+                image_path(roots, rec["root"], rec["relpath"]), cap, reduce_to_min_side=DECODE_MIN_SIDE, background=background
             )
             row.update(passed=True, reason="", reason_detail="")
         except images.ImageError as exc:

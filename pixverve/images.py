@@ -199,7 +199,7 @@ def _to_uint8(arr: np.ndarray, conversion: list[str]) -> np.ndarray:
     if arr.dtype == np.bool_:
         conversion.append("1bit->8bit")
         return arr.astype(np.uint8) * 255
-    if arr.dtype in (np.uint16, np.int32, np.uint32) and arr.dtype != np.float32:
+    if arr.dtype in (np.uint16, np.int32, np.uint32):
         if arr.dtype == np.uint16 or arr.max(initial=0) <= 65535:
             conversion.append("16bit->8bit")
             return (arr.astype(np.uint16, copy=False) >> 8).astype(np.uint8)

@@ -71,6 +71,11 @@ def resolve_inside(root: Path, relpath: str) -> Path:
     return path
 
 
+def image_path(roots: dict[str, Root], root_name: str, relpath: str) -> Path:
+    """Absolute path of an indexed image, re-checked to lie inside its root."""
+    return resolve_inside(roots[root_name].path, relpath)
+
+
 def _scan_root(root: Root, extensions: set[str], log) -> list[Candidate]:
     if not root.path.is_dir():
         raise FileNotFoundError(f"source root {root.name!r}: folder {root.path} does not exist")

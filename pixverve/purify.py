@@ -190,8 +190,7 @@ def score_classical_shard(rows, config: dict, base_dir=".", threads: int = 1):
     from tqdm import tqdm
 
     from . import images
-    from .index import roots_from_config
-    from .screening import images_path
+    from .index import image_path, roots_from_config
     from .tables import fail, ok
 
     params = classical_params(config)
@@ -225,7 +224,7 @@ def score_classical_shard(rows, config: dict, base_dir=".", threads: int = 1):
             "flatness_max_smooth_share": float(p["flatness"]["max_smooth_share"]),
         }
         try:
-            grey, info = images.read_grey(images_path(roots, rec["root"], rec["relpath"]), cap, background=background)
+            grey, info = images.read_grey(image_path(roots, rec["root"], rec["relpath"]), cap, background=background)
         except images.ImageError as exc:
             return fail(row, exc.code, exc.detail)
         s = classical_scores(grey, params)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import images
 from .config import ScreeningCriterion, screening_criteria, sr_tiers, tier_for
 from .dedup import phash
-from .index import roots_from_config
+from .index import image_path, roots_from_config
 from .tables import fail, ok
 
 # The pHash only needs ~32 px; decoding JPEGs at >= 256 px keeps it stable across DCT scales.
@@ -96,16 +96,10 @@ def screen_shard(shard: pd.DataFrame, config: dict, base_dir=".", threads: int =
     recs = shard.to_dict("records")
 
     def work(rec):
-        path = images_path(roots, rec["root"], rec["relpath"])
+        path = image_path(roots, rec["root"], rec["relpath"])
         return _screen_one(rec, path, criteria, tiers, config["io"]["max_megapixels"], background)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         rows = list(tqdm(pool.map(work, recs), total=len(recs), desc="screen", unit="img", mininterval=2))
     return pd.DataFrame(rows)
 
-
-def images_path(roots, root_name: str, relpath: str) -> Path:
-    """Absolute path of an indexed image, re-checked to lie inside its root."""
-    from .index import resolve_inside
-
-    return resolve_inside(roots[root_name].path, relpath)

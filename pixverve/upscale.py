@@ -249,8 +249,7 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
     import pandas as pd
     from tqdm import tqdm
 
-    from .index import roots_from_config
-    from .screening import images_path
+    from .index import image_path, roots_from_config
 
     spec = config["upscale"]
     try:
@@ -304,7 +303,7 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
             status = "existing"
         else:
             try:
-                row.update(upscale_image(images_path(roots, rec["root"], rec["relpath"]), dst, scale, used, spec, cap, background))
+                row.update(upscale_image(image_path(roots, rec["root"], rec["relpath"]), dst, scale, used, spec, cap, background))
                 status = "done"
             except Exception as exc:  # one bad image must not stop the shard
                 from .images import ImageError
