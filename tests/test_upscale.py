@@ -257,3 +257,18 @@ def test_command_backend_and_a_failing_image(tmp_path):
     ok = table.iloc[0]
     assert ok["passed"] and ok["backend"] == "command" and ok["prompt"] == "sharp" and ok["out_width"] == 240
     assert not table.iloc[1]["passed"] and table.iloc[1]["reason"] == "sr_failed"
+
+
+def test_real_esrgan_through_the_engine_shows_no_seams(realesrgan_weights):
+    from skimage import data
+
+    from pixverve.verify import seam_positions, seam_ratios
+
+    backend = spandrel_backend(str(realesrgan_weights))
+    img = np.ascontiguousarray(data.astronaut()[150:310, 140:300])  # 160 x 160: 2 x 2 tiles of 128
+    g = TileGrid(160, 160, 4)
+    out = np.concatenate(list(upscale_bands(img, g, tile_function(backend, 4), batch=4)))
+    assert out.shape == (640, 640, 3)
+    grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+    ratios = seam_ratios(grey, *seam_positions(g))
+    assert ratios and max(r for _, _, r in ratios) < 2.0, ratios
