@@ -14,6 +14,7 @@ include: "rules/common.smk"
 include: "rules/ingest.smk"
 include: "rules/purify.smk"
 include: "rules/upscale.smk"
+include: "rules/verify.smk"
 
 
 localrules:
@@ -21,6 +22,7 @@ localrules:
     ingest,
     purify,
     upscale_all,
+    verify_all,
     demo_pool,
 
 
@@ -30,3 +32,4 @@ rule all:
         rules.ingest.input,
         rules.purify.input,
         rules.upscale_all.input,
+        rules.verify_all.input,

@@ -1,7 +1,8 @@
 """Stage 4 measures on SR outputs (library only so far; the rules come with the VLM judges).
 
 * Seam continuity: at every tile edge of the SR tile grid (from that image's SR record), the mean
-  absolute grey step *across* the edge divided by the mean step on the lines just beside it.  A
+  absolute grey step *across* the edge divided by the mean step on the lines just beside it
+  (floored at ``min_step`` grey levels, so flat regions do not amplify invisible differences).  A
   blended, seamless output gives ~1; a visible seam gives a large ratio.
 * Post-SR consistency: the SR output area-downsampled to the source size, compared with the
   source by PSNR and SSIM (scikit-image's definition: 7x7 uniform window, data range 255, the
@@ -38,8 +39,14 @@ def seam_positions(grid: TileGrid) -> tuple[list[int], list[int]]:
     )
 
 
-def seam_ratios(grey: np.ndarray, xs: list[int], ys: list[int], beside: int = 6) -> list[tuple[str, int, float]]:
-    """(axis, position, ratio) for every seam; the steps are averaged along the whole seam line."""
+def seam_ratios(
+    grey: np.ndarray, xs: list[int], ys: list[int], beside: int = 6, min_step: float = 1.0
+) -> list[tuple[str, int, float]]:
+    """(axis, position, ratio) for every seam; the steps are averaged along the whole seam line.
+
+    The typical step beside a seam is floored at ``min_step`` grey levels: in a flat sky the steps
+    are tiny, and a sub-level difference across a seam (invisible) must not become a big ratio.
+    """
     g = grey.astype(np.int16, copy=False)
     out = []
     for axis, positions in (("x", xs), ("y", ys)):
@@ -52,7 +59,7 @@ def seam_ratios(grey: np.ndarray, xs: list[int], ys: list[int], beside: int = 6)
             centre = beside  # the step from line p-1 to line p
             across = steps[centre]
             side = np.concatenate([steps[: centre - 1], steps[centre + 2 :]]).mean()
-            out.append((axis, p, float(across / max(side, 1e-6))))
+            out.append((axis, p, float(across / max(side, min_step))))
     return out
 
 
@@ -102,3 +109,81 @@ def downsample_to(sr: np.ndarray, width: int, height: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(sr, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def verify_shard(upscaled, config: dict, base_dir=".", log=print):
+    """Seam continuity then post-SR consistency for one shard's SR outputs (the paper's order).
+
+    ``upscaled``: the shard's upscale table.  The tile grid is rebuilt from the SR record and the
+    source's decoded size (what SR saw).  Every image gets every measure that could be computed
+    and the thresholds used.
+    """
+    import cv2
+    import pandas as pd
+    import tifffile
+    from tqdm import tqdm
+
+    from . import images
+    from .index import image_path, roots_from_config
+    from .tables import fail, ok
+
+    v = config["verify"]
+    roots = roots_from_config(config, base_dir)
+    cap = config["io"]["max_megapixels"]
+    background = tuple(config["io"]["alpha_background"])
+    rows = []
+    for rec in tqdm(upscaled.to_dict("records"), desc="verify", unit="img", mininterval=2):
+        row = {
+            "image_id": rec["image_id"],
+            "root": rec["root"],
+            "relpath": rec["relpath"],
+            "shard": rec["shard"],
+            "scale": int(rec["scale"]),
+            "n_seams": 0,
+            "max_seam_ratio": 0.0,
+            "worst_seam": "",
+            "psnr": math.nan,
+            "ssim": math.nan,
+            "seam_ok": False,
+            "consistency_ok": False,
+            "seam_max_ratio": float(v["seam"]["max_ratio"]),
+            "min_psnr": float(v["consistency"]["min_psnr"]),
+            "min_ssim": float(v["consistency"]["min_ssim"]),
+        }
+        if not rec["passed"]:
+            rows.append(fail(row, "no_sr_output", f"SR failed: {rec['reason']}"))
+            continue
+        try:
+            src, _ = images.read_rgb(image_path(roots, rec["root"], rec["relpath"]), cap, background=background)
+            sr = tifffile.imread(rec["output_path"])
+        except (images.ImageError, OSError, ValueError) as exc:
+            rows.append(fail(row, "unreadable", str(exc)))
+            continue
+        h, w = src.shape[:2]
+        if row["scale"] > 1 and rec["tile_px"]:
+            grid = TileGrid(h, w, row["scale"], int(rec["tile_px"]), int(rec["stride_px"]))
+            ratios = seam_ratios(
+                cv2.cvtColor(sr, cv2.COLOR_RGB2GRAY),
+                *seam_positions(grid),
+                beside=int(v["seam"]["beside_px"]),
+                min_step=float(v["seam"]["min_step"]),
+            )
+            if ratios:
+                axis, pos, worst = max(ratios, key=lambda t: t[2])
+                row.update(n_seams=len(ratios), max_seam_ratio=round(worst, 6), worst_seam=f"{axis}={pos}")
+        row["seam_ok"] = row["max_seam_ratio"] <= row["seam_max_ratio"]
+        back = downsample_to(sr, src.shape[1], src.shape[0]) if sr.shape[:2] != src.shape[:2] else sr
+        del sr
+        row["psnr"], row["ssim"] = round(psnr(back, src), 6), round(ssim(back, src), 6)
+        row["consistency_ok"] = row["psnr"] >= row["min_psnr"] and row["ssim"] >= row["min_ssim"]
+        if not row["seam_ok"]:
+            rows.append(fail(row, "seam", f"seam at {row['worst_seam']} px: step ratio {row['max_seam_ratio']:.2f} > {row['seam_max_ratio']:g}"))
+        elif not row["consistency_ok"]:
+            rows.append(
+                fail(row, "consistency", f"downsampled SR vs source: PSNR {row['psnr']:.2f} dB (min {row['min_psnr']:g}), "
+                     f"SSIM {row['ssim']:.3f} (min {row['min_ssim']:g})")
+            )
+        else:
+            rows.append(ok(row))
+        log(f"{rec['relpath']}: seam {row['max_seam_ratio']:.2f}, PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.3f} -> {rows[-1]['reason'] or 'ok'}")
+    return pd.DataFrame(rows)

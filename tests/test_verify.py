@@ -60,3 +60,66 @@ def test_sr_then_downsample_is_consistent_with_the_source():
     assert psnr(back, src) > 30 and ssim(back, src) > 0.9
     shifted = np.roll(back, 6, axis=1)  # a geometric error drops both
     assert psnr(shifted, src) < 25 and ssim(shifted, src) < 0.8
+
+
+def _shard_fixture(tmp_path, mutate):
+    """A source image, its lanczos x4 SR TIFF (optionally damaged) and the SR record."""
+    import pandas as pd
+    from PIL import Image
+
+    from pixverve.tiling import TiledTiffWriter, bands_of
+
+    (tmp_path / "src").mkdir()
+    src = ramps(150, 180)
+    Image.fromarray(src).save(tmp_path / "src" / "a.png")
+    g = TileGrid(150, 180, 4)
+    sr = mutate(np.concatenate(list(upscale_bands(src, g, lambda t: _lanczos(t, 4)))).copy())
+    out = tmp_path / "a.tif"
+    TiledTiffWriter(out, *sr.shape[:2]).write(bands_of(sr))
+    record = {"image_id": "a" * 16, "root": "r", "relpath": "a.png", "shard": "s00000", "scale": 4, "tile_px": 512,
+              "stride_px": 384, "output_path": str(out), "passed": True, "reason": ""}
+    config = {
+        "sources": {"roots": [{"name": "r", "path": str(tmp_path / "src")}]},
+        "io": {"max_megapixels": 10, "alpha_background": [255, 255, 255]},
+        "verify": {"seam": {"max_ratio": 2.0, "beside_px": 6, "min_step": 1.0}, "consistency": {"min_psnr": 28.0, "min_ssim": 0.88}},
+    }
+    return pd.DataFrame([record]), config
+
+
+def _verify(tmp_path, mutate):
+    from pixverve.verify import verify_shard
+
+    table, config = _shard_fixture(tmp_path, mutate)
+    return verify_shard(table, config, tmp_path, log=lambda *_: None).iloc[0]
+
+
+def test_verify_passes_a_clean_output(tmp_path):
+    row = _verify(tmp_path, lambda sr: sr)
+    assert row["passed"] and row["n_seams"] > 0 and row["max_seam_ratio"] < 2 and row["psnr"] > 30
+
+
+def test_verify_rejects_a_planted_seam(tmp_path):
+    xs, _ = seam_positions(TileGrid(150, 180, 4))
+    assert xs == [208, 512]
+
+    def seam(sr):
+        sr[:, 512:] = np.clip(sr[:, 512:].astype(int) + 15, 0, 255)
+        return sr
+
+    row = _verify(tmp_path, seam)
+    assert row["reason"] == "seam" and row["worst_seam"] == "x=512" and not row["seam_ok"]
+
+
+def test_verify_rejects_an_inconsistent_output(tmp_path):
+    row = _verify(tmp_path, lambda sr: np.roll(sr, 12, axis=1))  # 3 source pixels off
+    assert row["reason"] == "consistency" and row["seam_ok"] and row["psnr"] < 28
+
+
+def test_flat_regions_do_not_amplify_invisible_steps():
+    flat = np.full((64, 64), 120, np.uint8)
+    flat[:, 32:] += 0  # identical halves
+    flat[::2, 32:] = 121  # a half-level mean step across x=32: invisible
+    (ratio,) = [r for a, p, r in seam_ratios(flat, [32], [], min_step=1.0)]
+    assert ratio <= 0.5
+    (unfloored,) = [r for a, p, r in seam_ratios(flat, [32], [], min_step=1e-6)]
+    assert unfloored > 10  # what the floor prevents

@@ -36,6 +36,11 @@ def test_outputs_and_funnel(run_a):
     assert funnel.loc["dedup", "passed"] == int(dedup["passed"].sum())
     assert len(list((run_a / "results/screen").glob("s*.parquet"))) >= 3  # several shard jobs ran
     assert (run_a / "results/summary/ingest.png").stat().st_size > 10_000
+    upscale = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/upscale").glob("s*.parquet")))
+    verify = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/verify").glob("s*.parquet")))
+    candidates = pd.read_parquet(run_a / "results/purify/candidates.parquet")
+    assert len(upscale) == len(candidates) and upscale["passed"].all()
+    assert sorted(verify["image_id"]) == sorted(upscale["image_id"]) and verify["passed"].all()
     assert (run_a / "logs/index.log").read_text().count("rejected at index") == 3
 
 
