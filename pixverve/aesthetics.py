@@ -19,12 +19,14 @@ Every missing file is an error that says which file, where it was looked for and
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .devices import resolve_device
+from .index import file_sha256
 
 LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 LAION_MLP_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
@@ -55,14 +57,6 @@ def laion_mlp():
         nn.Linear(64, 16),
         nn.Linear(16, 1),
     )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_laion_mlp(path: str | os.PathLike, expected_sha256: str | None):
@@ -169,13 +163,6 @@ class LaionPredictor:
         return np.concatenate(scores) if scores else np.zeros(0)
 
 
-def _device(setting: str) -> str:
-    torch = _torch()
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
-
-
 def build_predictor(name: str, spec: dict):
     """The predictor a config block asks for, or None for backend ``none``."""
     backend = spec["backend"]
@@ -183,7 +170,7 @@ def build_predictor(name: str, spec: dict):
         return None
     if name != "laion":
         raise ModelUnavailable(f"purify.aesthetics.predictors.{name}: backend {backend!r} is not available for {name}")
-    device = _device(spec.get("device", "auto"))
+    device = resolve_device(spec.get("device", "auto"))
     if backend == "tiny":
         torch = _torch()
         vision, processor = tiny_clip_vision(seed=0)

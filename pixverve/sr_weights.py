@@ -12,7 +12,6 @@ The result is written as safetensors (no pickle) by the ``sr_weights`` rule.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -101,4 +100,6 @@ def write_safetensors(state: dict[str, np.ndarray], path: str | Path) -> str:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
     tmp.replace(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from .index import file_sha256
+
+    return file_sha256(path)

@@ -17,7 +17,6 @@ each output tile is area-averaged down to the tier's scale before blending.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import subprocess
@@ -28,11 +27,17 @@ from typing import Callable
 
 import numpy as np
 
+from .devices import resolve_device
+from .index import file_sha256
 from .tiling import TiledTiffWriter, TileGrid, bands_of, upscale_bands
 
 
 class SRUnavailable(RuntimeError):
-    """A configured SR backend cannot run; the message says what is missing."""
+    """A configured SR backend cannot run at all; the job stops with this message."""
+
+
+class SRImageFailed(RuntimeError):
+    """SR of one image failed; it becomes a row with its reason and the shard goes on."""
 
 
 @dataclass
@@ -95,7 +100,7 @@ def spandrel_backend(weights: str, device: str = "cpu", half: bool | None = None
         y = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return list(y)
 
-    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    digest = file_sha256(Path(weights))
     return SRBackend("realesrgan", int(descriptor.scale), run, weights=f"{Path(weights).name} sha256:{digest[:16]}")
 
 
@@ -151,10 +156,12 @@ def command_backend(template: str) -> SRBackend:
     def whole_image(src: Path, dst: Path, scale: int, prompt: str) -> None:
         cmd = template.format(input=shlex.quote(str(src)), output=shlex.quote(str(dst)), scale=scale, prompt=shlex.quote(prompt))
         res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        if res.returncode in (126, 127):  # the shell could not find or run the program: every image would fail
+            raise SRUnavailable(f"SR command cannot be run ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
         if res.returncode != 0:
-            raise SRUnavailable(f"SR command failed ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
+            raise SRImageFailed(f"SR command failed ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
         if not dst.exists():
-            raise SRUnavailable(f"SR command exited 0 but wrote no {dst}: {cmd}")
+            raise SRImageFailed(f"SR command exited 0 but wrote no {dst}: {cmd}")
 
     return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided="{prompt}" in template, whole_image=whole_image)
 
@@ -164,19 +171,9 @@ def build_backend(spec: dict) -> SRBackend:
     if backend == "lanczos":
         return SRBackend("lanczos", None, _lanczos)
     if backend == "realesrgan":
-        device = spec.get("device", "auto")
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return spandrel_backend(spec["realesrgan"]["weights"], device=device)
+        return spandrel_backend(spec["realesrgan"]["weights"], device=resolve_device(spec.get("device", "auto")))
     if backend == "sd-x4":
-        device = spec.get("device", "auto")
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return sd_x4_backend(dict(spec["sd_x4"], prompt=spec.get("prompt", "")), device=device)
+        return sd_x4_backend(dict(spec["sd_x4"], prompt=spec.get("prompt", "")), device=resolve_device(spec.get("device", "auto")))
     if backend == "command":
         template = (spec.get("command") or {}).get("template")
         if not template:
@@ -305,6 +302,8 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
             try:
                 row.update(upscale_image(image_path(roots, rec["root"], rec["relpath"]), dst, scale, used, spec, cap, background))
                 status = "done"
+            except SRUnavailable:
+                raise  # a broken backend is the job's error, not one image's
             except Exception as exc:  # one bad image must not stop the shard
                 from .images import ImageError
 

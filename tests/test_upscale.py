@@ -272,3 +272,10 @@ def test_real_esrgan_through_the_engine_shows_no_seams(realesrgan_weights):
     grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
     ratios = seam_ratios(grey, *seam_positions(g))
     assert ratios and max(r for _, _, r in ratios) < 2.0, ratios
+
+
+def test_a_missing_sr_program_stops_the_job(tmp_path):
+    rows = _rows(tmp_path, [(2, "x2")])
+    cfg = _config(tmp_path, "command", "pixverve-no-such-sr-tool --input {input} --output {output}")
+    with pytest.raises(SRUnavailable, match="cannot be run"):
+        upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
