@@ -11,6 +11,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/collect.smk"
 include: "rules/ingest.smk"
 include: "rules/purify.smk"
 include: "rules/upscale.smk"
@@ -23,7 +24,10 @@ localrules:
     purify,
     upscale_all,
     verify_all,
+    verify_decide,
     demo_pool,
+    collect,
+    import_dataset,
 
 
 rule all:

@@ -53,6 +53,21 @@ class Candidate:
     abspath: Path | None = field(default=None, repr=False)
 
 
+def generated_manifests(config: dict) -> list[dict]:
+    """Manifests the source rules write (collectors, importers, the synthetic stream), as
+    ``sources.manifests`` entries: the index reads them like hand-written ones."""
+    out = []
+    collect = config.get("collect") or {}
+    for source in collect.get("enabled") or []:
+        out.append({"path": f"results/collect/{source}_manifest.csv", "root": collect[source]["root"]})
+    for name, spec in (config.get("imports") or {}).items():
+        out.append({"path": f"results/collect/import_{name}_manifest.csv", "root": spec["root"]})
+    synthetic = config.get("synthetic") or {}
+    if synthetic.get("enabled"):
+        out.append({"path": "results/collect/synthetic_manifest.csv", "root": synthetic["root"]})
+    return out
+
+
 def roots_from_config(config: dict, base_dir: str | Path = ".") -> dict[str, Root]:
     roots = {}
     for r in config["sources"]["roots"]:
@@ -81,8 +96,12 @@ def _scan_root(root: Root, extensions: set[str], log) -> list[Candidate]:
         raise FileNotFoundError(f"source root {root.name!r}: folder {root.path} does not exist")
     found, skipped = [], {}
     for dirpath, dirnames, filenames in os.walk(root.path):
-        dirnames.sort()
+        # hidden entries are never images of the pool: collector journals and temp downloads,
+        # macOS "._" forks, .git folders
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
+            if name.startswith("."):
+                continue
             rel = os.path.relpath(os.path.join(dirpath, name), root.path)
             suffix = Path(name).suffix.lower()
             if suffix not in extensions:

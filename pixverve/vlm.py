@@ -111,6 +111,35 @@ def extract_json(text: str):
     return json.loads(text[start:])
 
 
+def parse_reply(text: str, schema: dict | None) -> tuple[str, object, str]:
+    """(status, parsed, error) for one raw reply: ok | unparseable | invalid (parsed but off-schema)."""
+    import jsonschema
+
+    try:
+        parsed = extract_json(text)
+    except ValueError as exc:
+        return "unparseable", None, f"reply is not JSON: {exc}"
+    if schema is not None:
+        try:
+            jsonschema.validate(parsed, schema)
+        except jsonschema.ValidationError as exc:
+            return "invalid", parsed, f"schema: {exc.message}"
+    return "ok", parsed, ""
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    """The RGB array inside an image data URL (what a local backend gets from a chat message)."""
+    import io
+
+    from PIL import Image
+
+    header, _, payload = url.partition(",")
+    if not header.startswith("data:image/") or ";base64" not in header:
+        raise ValueError("only base64 image data URLs are supported by local backends")
+    with Image.open(io.BytesIO(base64.b64decode(payload))) as im:
+        return np.array(im.convert("RGB"))  # writable: torch wants to own what it wraps
+
+
 class VLMClient:
     def __init__(self, settings: VLMSettings):
         from openai import AsyncOpenAI
@@ -143,8 +172,6 @@ class VLMClient:
 
     async def ask(self, task: str, request_id: str, messages: list[dict], schema: dict | None = None) -> VLMResult:
         """One request with retries; the result keeps every raw reply."""
-        import jsonschema
-
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.settings.max_in_flight)
         result = VLMResult(task, request_id, "failed", None)
@@ -164,20 +191,9 @@ class VLMClient:
                     result.status, result.error = "failed", f"{type(exc).__name__}: {_scrub(str(exc), self)}"
                     break
                 result.raw_replies.append(text)
-                try:
-                    parsed = extract_json(text)
-                except ValueError as exc:
-                    result.status, result.error = "unparseable", f"reply is not JSON: {exc}"
-                    continue
-                if schema is not None:
-                    try:
-                        jsonschema.validate(parsed, schema)
-                    except jsonschema.ValidationError as exc:
-                        result.status, result.parsed = "invalid", parsed
-                        result.error = f"schema: {exc.message}"
-                        continue
-                result.status, result.parsed, result.error = "ok", parsed, ""
-                break
+                result.status, result.parsed, result.error = parse_reply(text, schema)
+                if result.status == "ok":
+                    break
         result.seconds = round(time.perf_counter() - t0, 3)
         return result
 

@@ -45,3 +45,26 @@ def check_config(config: dict) -> None:
             raise ValueError(f"config keys upscale.tile_px/stride_px must be multiples of every tier scale; not of {bad}")
         if up["backend"] == "command" and not (up.get("command") or {}).get("template"):
             raise ValueError("config key upscale.command.template: backend `command` needs the program's invocation")
+    collect = config.get("collect") or {}
+    for source in collect.get("enabled") or []:
+        if source not in collect:
+            raise ValueError(f"config key collect.{source}: collector {source!r} is enabled but has no settings")
+        if collect[source]["root"] not in roots:
+            raise ValueError(f"config key collect.{source}.root: {collect[source]['root']!r} is not one of sources.roots {roots}")
+    for name, spec in (config.get("imports") or {}).items():
+        if spec["root"] not in roots:
+            raise ValueError(f"config key imports.{name}.root: {spec['root']!r} is not one of sources.roots {roots}")
+    synthetic = config.get("synthetic") or {}
+    if synthetic.get("enabled"):
+        if synthetic["root"] not in roots:
+            raise ValueError(f"config key synthetic.root: {synthetic['root']!r} is not one of sources.roots {roots}")
+        if synthetic["backend"] == "diffusers" and not (synthetic.get("diffusers") or {}).get("model"):
+            raise ValueError("config key synthetic.diffusers.model: backend `diffusers` needs a local folder or hub id")
+        if synthetic["backend"] == "command" and not (synthetic.get("command") or {}).get("template"):
+            raise ValueError("config key synthetic.command.template: backend `command` needs the generator's invocation")
+    vlm = config.get("vlm")
+    if vlm:
+        if vlm.get("backend") == "transformers" and not (vlm.get("transformers") or {}).get("model"):
+            raise ValueError("config key vlm.transformers.model: backend `transformers` needs a local folder or hub id")
+        if (vlm.get("serve") or {}).get("enabled") and vlm.get("backend", "endpoint") != "endpoint":
+            raise ValueError("config key vlm.serve.enabled: starting vLLM only makes sense with vlm.backend: endpoint")

@@ -8,6 +8,7 @@ min_version("9.0")
 # The pixverve package sits next to the Snakefile; scripts import it from there too.
 sys.path.insert(0, workflow.basedir)
 
+from pixverve.index import generated_manifests  # noqa: E402
 from pixverve.workflow import check_config  # noqa: E402
 
 validate(config, "../schemas/config.schema.yaml")
@@ -22,7 +23,21 @@ def index_inputs(wildcards):
     """Manifests and scanned folders of every root: the index reruns when they change."""
     manifests = [m["path"] for m in config["sources"]["manifests"]]
     folders = [r["path"] for r in config["sources"]["roots"] if r.get("scan", True)]
-    return manifests + folders
+    generated = [
+        m["path"] for m in generated_manifests(config)
+    ]  # made by the source rules
+    return manifests + folders + generated
+
+
+def import_metadata(wildcards):
+    """The metadata file of one configured dataset import (the rule reruns when it changes)."""
+    from pixverve.imports import PRESETS
+
+    spec = config["imports"][wildcards.dataset]
+    if spec.get("metadata"):
+        return spec["metadata"]
+    root = next(r for r in config["sources"]["roots"] if r["name"] == spec["root"])
+    return f"{root['path']}/{PRESETS[spec.get('preset', 'generic')]['metadata']}"
 
 
 def shard_names():
@@ -56,3 +71,12 @@ def aesthetic_weights_input(wildcards):
     """Weights files the configured aesthetic predictors need: missing ones stop the run at once."""
     laion = config["purify"]["aesthetics"]["predictors"].get("laion", {})
     return [laion["mlp_weights"]] if laion.get("backend") == "laion" else []
+
+
+def judge_uses_gpu():
+    """Whether the region judge runs a model in its own job (vLLM started there, or transformers)."""
+    vlm = config["vlm"]
+    if (vlm.get("serve") or {}).get("enabled"):
+        return True
+    spec = vlm.get("transformers") or {}
+    return vlm.get("backend") == "transformers" and spec.get("device", "auto") != "cpu"

@@ -32,6 +32,7 @@ checkpoint index:
     threads: 4
     params:
         sources=config["sources"],
+        generated=generated_manifests(config),
         io=config["io"],
         shards=config["shards"],
         hash_cache="results/cache/sha256.tsv",

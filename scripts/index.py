@@ -9,7 +9,8 @@ from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "index")
-config = {"sources": sm.params.sources, "io": sm.params.io, "shards": sm.params.shards}
+sources = dict(sm.params.sources, manifests=sm.params.sources.get("manifests", []) + sm.params.generated)
+config = {"sources": sources, "io": sm.params.io, "shards": sm.params.shards}
 df = build_index(config, ".", threads=sm.threads, cache_path=sm.params.hash_cache, log=log.info)
 names = write_shards(df, sm.output.table, sm.output.shards)
 failed = df[~df["passed"].astype(bool)]

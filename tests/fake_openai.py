@@ -7,6 +7,7 @@ benchmarks.  The last text part of the user message picks the behaviour: ``scena
   schema        JSON of the wrong shape ({"flagged": "maybe"})
   fail:N:CODE   the first N calls with this exact text answer HTTP CODE (429 with Retry-After)
   slow:S        sleep S seconds before answering
+A ``responder(body) -> str | None`` may answer instead (e.g. judge the image it was sent).
 Every reply waits ``latency`` seconds first.  The server records the Authorization headers it saw
 and the largest number of requests it was answering at once.
 """
@@ -22,8 +23,8 @@ OK_JSON = {"flagged": False, "reason": "fine"}
 
 
 class FakeOpenAI:
-    def __init__(self, latency: float = 0.0, retry_after: float = 0.2):
-        self.latency, self.retry_after = latency, retry_after
+    def __init__(self, latency: float = 0.0, retry_after: float = 0.2, responder=None, port: int = 0, models=("fake-vlm",)):
+        self.latency, self.retry_after, self.responder, self.models = latency, retry_after, responder, list(models)
         self.auth_headers: list[str] = []
         self.calls: dict[str, int] = {}
         self.active = 0
@@ -41,7 +42,7 @@ class FakeOpenAI:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": "fake-vlm", "object": "model"}]})
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
@@ -72,7 +73,7 @@ class FakeOpenAI:
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # the default listen backlog of 5 would serialise bursts
 
-        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.httpd = Server(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -111,7 +112,8 @@ class FakeOpenAI:
         if name == "slow":
             time.sleep(float(args))
             name = "ok"
-        content = {
+        answer = self.responder(body) if self.responder is not None else None
+        content = answer if answer is not None else {
             "ok": f"<json>{json.dumps(OK_JSON)}</json>",
             "fence": f"Here you go:\n```json\n{json.dumps(OK_JSON)}\n```",
             "garbage": "I looked at the image and it seems fine to me.",
@@ -128,3 +130,20 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
         )
+
+
+if __name__ == "__main__":
+    # Stands in for `vllm serve MODEL --host H --port P ...` in the tests of pixverve.vllm_server.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("serve")
+    parser.add_argument("model")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--startup-delay", type=float, default=0.0)
+    args, _ = parser.parse_known_args()
+    time.sleep(args.startup_delay)
+    print(f"serving {args.model} on {args.host}:{args.port}", flush=True)
+    server = FakeOpenAI(port=args.port, models=[args.model])
+    server.httpd.serve_forever()

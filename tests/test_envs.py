@@ -38,6 +38,10 @@ CONDA_NAME = {
     "simplejpeg": "simplejpeg",  # PyPI only: listed under the env's pip section
     "spandrel": "spandrel",
     "diffusers": "diffusers",
+    "lpips": "lpips",
+    "openai": "openai",
+    "tokenizers": "tokenizers",
+    "requests": "requests",
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
 PROVIDED = {"snakemake"}

@@ -3,7 +3,6 @@ offline through the same loader real weights use, run through the tiling engine 
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -15,33 +14,10 @@ from pixverve.tiling import TileGrid, upscale_bands  # noqa: E402
 from pixverve.upscale import SRUnavailable, build_backend, tile_function  # noqa: E402
 
 
-def byte_level_alphabet() -> list[str]:
-    """The 256 printable stand-ins byte-level BPE uses for the bytes 0-255 (GPT-2 / CLIP)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-def tiny_clip_tokenizer(folder):
-    """A byte-level CLIP tokenizer with no merges: every byte is a token (vocab and merges files)."""
-    from transformers import CLIPTokenizer
-
-    chars = byte_level_alphabet()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    # transformers 5 ignores vocab_file=/merges_file= keywords: pass the paths positionally
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-
-
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from pixverve.tiny_models import tiny_clip_text_model, tiny_clip_tokenizer
 
     root = tmp_path_factory.mktemp("sdx4")
     tokenizer = tiny_clip_tokenizer(root / "tok")
@@ -68,19 +44,7 @@ def tiny_pipeline_dir(tmp_path_factory):
         up_block_types=["UpDecoderBlock2D"] * 3,
         latent_channels=4,
     )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            hidden_act="gelu",
-            projection_dim=32,
-        )
-    )
+    text = tiny_clip_text_model(tokenizer)
     pipe = StableDiffusionUpscalePipeline(
         vae=vae,
         text_encoder=text,

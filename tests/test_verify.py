@@ -81,7 +81,8 @@ def _shard_fixture(tmp_path, mutate):
     config = {
         "sources": {"roots": [{"name": "r", "path": str(tmp_path / "src")}]},
         "io": {"max_megapixels": 10, "alpha_background": [255, 255, 255]},
-        "verify": {"seam": {"max_ratio": 2.0, "beside_px": 6, "min_step": 1.0}, "consistency": {"min_psnr": 28.0, "min_ssim": 0.88}},
+        "verify": {"seam": {"max_ratio": 2.0, "beside_px": 6, "min_step": 1.0}, "consistency": {
+            "min_psnr": 28.0, "min_ssim": 0.88, "lpips": {"net": "alex", "weights": "random", "max": None}}},
     }
     return pd.DataFrame([record]), config
 
@@ -123,3 +124,71 @@ def test_flat_regions_do_not_amplify_invisible_steps():
     assert ratio <= 0.5
     (unfloored,) = [r for a, p, r in seam_ratios(flat, [32], [], min_step=1e-6)]
     assert unfloored > 10  # what the floor prevents
+
+
+def test_lpips_is_zero_for_identical_images_and_grows_with_damage():
+    from pixverve.verify import load_lpips, lpips_tiled
+
+    model = load_lpips({"net": "alex", "weights": "random"})
+    src = ramps(150, 180)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(src.astype(int) + rng.integers(-40, 41, src.shape), 0, 255).astype(np.uint8)
+    assert lpips_tiled(model, src, src) == 0.0
+    assert lpips_tiled(model, src, noisy, tile_px=64) > 0
+
+
+def test_lpips_tiles_are_the_area_weighted_mean_and_one_tile_is_the_whole_image():
+    import torch
+
+    from pixverve.verify import _even_splits, load_lpips, lpips_tiled
+
+    model = load_lpips({"net": "alex", "weights": "random"})
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (150, 180, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
+
+    def whole(x, y):
+        t = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() / 127.5 - 1 for im in (x, y)]
+        return float(model(*t).item())
+
+    assert lpips_tiled(model, a, b, tile_px=1024) == pytest.approx(whole(a, b), rel=1e-6)
+    ys, xs = _even_splits(150, 64), _even_splits(180, 64)
+    assert ys == [0, 50, 100, 150] and xs == [0, 60, 120, 180]  # near-equal tiles, none a sliver
+    expected = sum(whole(a[y0:y1, x0:x1], b[y0:y1, x0:x1]) * (y1 - y0) * (x1 - x0)
+                   for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])) / (150 * 180)
+    assert lpips_tiled(model, a, b, tile_px=64) == pytest.approx(expected, rel=1e-6)
+
+
+def test_missing_lpips_backbone_is_a_clear_error(tmp_path, monkeypatch):
+    from pixverve.verify import LPIPSUnavailable, load_lpips
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(LPIPSUnavailable, match=r"alexnet-owt-7be5be79\.pth.*weights: random"):
+        load_lpips({"net": "alex", "weights": "pretrained"})
+
+
+def test_pretrained_lpips_loads_the_backbone_from_torchvisions_cache(tmp_path, monkeypatch):
+    """The real loading path, with a stand-in AlexNet file where torchvision looks (no download)."""
+    import torch
+    import torchvision
+
+    from pixverve.verify import load_lpips, lpips_backbone_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(3)
+    alexnet = torchvision.models.alexnet()
+    path = lpips_backbone_file("alex")
+    path.parent.mkdir(parents=True)
+    torch.save(alexnet.state_dict(), path)
+    model = load_lpips({"net": "alex", "weights": "pretrained"})
+    first_conv = model.net.slice1[0].weight
+    assert torch.equal(first_conv, alexnet.features[0].weight)
+
+
+def test_verify_rejects_on_lpips_when_a_maximum_is_set(tmp_path):
+    from pixverve.verify import verify_shard
+
+    table, config = _shard_fixture(tmp_path, lambda sr: sr)
+    config["verify"]["consistency"]["lpips"]["max"] = -1.0  # nothing can pass: the threshold is applied
+    row = verify_shard(table, config, tmp_path, log=lambda *_: None).iloc[0]
+    assert row["reason"] == "consistency" and row["psnr"] > 30 and row["lpips"] >= 0 and row["lpips_smoke"]

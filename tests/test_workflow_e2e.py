@@ -42,6 +42,20 @@ def test_outputs_and_funnel(run_a):
     assert len(upscale) == len(candidates) and upscale["passed"].all()
     assert sorted(verify["image_id"]) == sorted(upscale["image_id"]) and verify["passed"].all()
     assert (run_a / "logs/index.log").read_text().count("rejected at index") == 3
+    # stage 4: every SR output has seam/consistency numbers, its judged patches and an outcome
+    assert verify["lpips"].notna().all() and verify["lpips_smoke"].all()  # random backbone in the demo
+    decisions = pd.read_parquet(run_a / "results/verify/verified.parquet")
+    regions = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/verify/regions").glob("s*.parquet")))
+    patches = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/verify/patches").glob("s*.parquet")))
+    assert sorted(decisions["image_id"]) == sorted(upscale["image_id"]) and decisions["judge_smoke"].all()
+    assert sorted(regions["image_id"]) == sorted(verify.loc[verify["passed"], "image_id"]) and regions["smoke"].all()
+    per_image = patches.groupby("image_id").size()
+    assert (per_image == regions.set_index("image_id")["n_patches"].clip(upper=10).loc[per_image.index]).all()
+    assert patches["smoke"].all() and (patches["picked"] == "random").groupby(patches["image_id"]).sum().max() <= 4
+    counts = pd.read_csv(run_a / "results/summary/verify.csv").set_index("check")
+    assert counts.loc["sr_output", "entering"] == len(upscale)
+    assert counts.loc["regions", "kept"] == int(decisions["passed"].sum())
+    assert (counts["entering"] - counts["dropped"] == counts["kept"]).all()
 
 
 def test_second_run_does_nothing(run_a):
@@ -75,6 +89,12 @@ def test_resume_redoes_only_the_lost_shard(run_a):
     jobs = _planned_jobs(run_a)
     assert jobs.get("purify_classical") == 1 and jobs.get("purify_decide") == 1
     assert "screen" not in jobs and "dedup" not in jobs
+    snakemake(run_a)
+    # a judge job killed (so the stage 4 gather never ran): that shard's judgments and the gather
+    # rerun, nothing before them
+    regions = sorted((run_a / "results/verify/regions").glob("s*.parquet"))[0]
+    _lose(run_a, regions.relative_to(run_a), "results/verify/verified.parquet", "results/summary/verify.csv")
+    assert _planned_jobs(run_a) == {"verify_regions": 1, "verify_decide": 1, "all": 1}
     snakemake(run_a)
 
 
@@ -115,3 +135,19 @@ def test_audit_cli_shows_every_stage(run_a):
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert missing.returncode == 2 and "no image" in missing.stderr
+
+
+def test_audit_shows_patch_coordinates_replies_and_decisions(run_a):
+    res = subprocess.run(
+        [sys.executable, "-m", "pixverve", "audit", "rocket_x2.jpg", "--results", str(run_a / "results")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for needle in ("== upscale", "== verify", "verify/patches/", "verify/regions/", "verify/verified.parquet",
+                   "lpips", "picked", "raw_replies", "judge_smoke", "prompt_sha"):
+        assert needle in out, needle
+    assert out.count("verify/patches/") == 10  # one block per judged patch, with x/y/w/h
+    assert re.search(r"^   x\s+\d+$", out, re.M) and re.search(r"^   w\s+\d+$", out, re.M)
