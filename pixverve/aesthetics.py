@@ -14,6 +14,22 @@ Backends (``purify.aesthetics.predictors.<name>.backend``):
   in-process (seeded), for tests and the demo.  Its scores are marked ``smoke`` and mean nothing;
 * ``none``: the predictor is not run.
 
+ArtiMuse (an InternVL-3 chat model fine-tuned for aesthetics) scores an image in one forward pass:
+the image resized to 448x448 (bicubic), its fixed rating question asked in the InternVL chat
+template, and the model's next-token distribution restricted to the 101 answer tokens "aa".."az"
+(0-25), "ca".."cy" (26-50), "da".."dy" (51-75), "ea".."ey" (76-100); the score is the expectation
+of 0..100 under the softmax over those 101 logits -- equal to the next-token probabilities of the
+101 tokens renormalised to sum 1.  Backends (``purify.aesthetics.predictors.artimuse.backend``):
+* ``endpoint``: the checkpoint served by vLLM (``vllm serve <ArtiMuse> --trust-remote-code
+  --max-logprobs 128 --mm-processor-kwargs '{"max_dynamic_patch": 1}'``), asked through the
+  project's VLM client for one token with its ``top_logprobs``; the image is sent as a lossless
+  448x448 PNG.  The 101 tokens found among the top alternatives are renormalised; how many were
+  found and their total probability are recorded (``artimuse_tokens_found``, ``artimuse_token_mass``):
+  with all 101 found the score is exact, otherwise the missing ones had less probability than the
+  last alternative returned (raise ``top_logprobs``);
+* ``tiny``: the same computation on a tiny random Qwen2-VL whose tokenizer holds the 101 tokens
+  (smoke).
+
 Every missing file is an error that says which file, where it was looked for and how to get it.
 """
 
@@ -163,11 +179,110 @@ class LaionPredictor:
         return np.concatenate(scores) if scores else np.zeros(0)
 
 
+def artimuse_token(score: int) -> str:
+    """ArtiMuse's answer token for an integer score 0..100 (two letters; 'b' is never used)."""
+    for first, low in (("a", 0), ("c", 26), ("d", 51), ("e", 76)):
+        high = 25 if first == "a" else low + 24
+        if low <= score <= high:
+            return first + chr(ord("a") + score - low)
+    raise ValueError(f"score {score} is outside 0..100")
+
+
+ARTIMUSE_TOKENS = [artimuse_token(i) for i in range(101)]
+ARTIMUSE_INPUT_PX = 448
+# The rating question of ArtiMuse's published ``score()``: the model was trained to answer it with
+# one of the 101 tokens, so its wording (whitespace included) is part of the model's interface.
+ARTIMUSE_QUESTION = """
+        Rate the aesthetics score of the image in 0-100.
+        In the output format, numbers are replaced by 2 corresponding letters,
+        and the mapping relationship is:
+        score 0 to 25: 0-aa, 1-ab, 2-ac, 3-ad, ... , 25-az,
+        score 26 to 50: 26-ca, 27-cb, 28-cc, 29-cd, ..., 50-cy,
+        score 51 to 75: 51-da, 52-db, 53-dc, 54-dd, ..., 75-dy,
+        score 76 to 100: 76-ea, 77-eb, 78-ec, 79-ed, ..., 100-ey.
+
+        The answer only outputs 2 corresponding letters.
+        """
+
+
+def artimuse_expectation(logprobs: dict[str, float]) -> tuple[float, int, float]:
+    """(score, tokens found, their total probability) from next-token log-probabilities."""
+    import math
+
+    found = [(i, math.exp(logprobs[t])) for i, t in enumerate(ARTIMUSE_TOKENS) if t in logprobs]
+    mass = sum(p for _, p in found)
+    if not found or mass <= 0:
+        return float("nan"), 0, 0.0
+    return sum(i * p for i, p in found) / mass, len(found), mass
+
+
+class ArtiMusePredictor:
+    """ArtiMuse's score through a VLM backend that returns next-token log-probabilities."""
+
+    def __init__(self, backend, info: PredictorInfo, top_logprobs: int = 128):
+        self.backend, self.info, self.top_logprobs = backend, info, top_logprobs
+        self.details: list[dict] = []
+
+    def messages(self, rgb: np.ndarray) -> list[dict]:
+        import base64
+        import io
+
+        from PIL import Image
+
+        square = Image.fromarray(np.ascontiguousarray(rgb)).resize((ARTIMUSE_INPUT_PX, ARTIMUSE_INPUT_PX), Image.BICUBIC)
+        buf = io.BytesIO()
+        square.save(buf, format="PNG")  # lossless: the server sees exactly these pixels
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": ARTIMUSE_QUESTION}]}]
+
+    def score(self, rgb_images: list[np.ndarray]) -> np.ndarray:
+        requests = [("artimuse", f"artimuse#{i}", self.messages(im), None, self.top_logprobs) for i, im in enumerate(rgb_images)]
+        results = self.backend.run_many(requests)
+        scores, self.details = [], []
+        for res in results:
+            if res.status != "ok" or not isinstance(res.parsed, dict):
+                scores.append(float("nan"))
+                self.details.append({"tokens_found": 0, "token_mass": 0.0, "error": res.error or res.status})
+                continue
+            value, found, mass = artimuse_expectation(res.parsed)
+            scores.append(value)
+            self.details.append({"tokens_found": found, "token_mass": round(mass, 6),
+                                 "error": "" if found else "no answer token among the top log-probabilities"})
+        return np.asarray(scores, dtype=np.float64)
+
+
+def build_artimuse(spec: dict) -> ArtiMusePredictor:
+    from .vlm import VLMClient, VLMSettings
+
+    backend = spec["backend"]
+    top = int(spec.get("top_logprobs", 128))
+    if backend == "endpoint":
+        settings = VLMSettings.from_config({k: v for k, v in spec.items() if k not in ("backend", "top_logprobs")})
+        info = PredictorInfo("artimuse", "endpoint", False, spec["model"])
+        client = VLMClient(settings)
+        client.check_server("purify.aesthetics.predictors.artimuse")
+        return ArtiMusePredictor(client, info, top)
+    if backend == "tiny":
+        import tempfile
+
+        from .vlm_local import TransformersVLM, build_tiny_qwen2_vl
+
+        with tempfile.TemporaryDirectory(prefix="pixverve-tiny-artimuse-") as folder:
+            build_tiny_qwen2_vl(folder, seed=2, extra_tokens=ARTIMUSE_TOKENS)
+            vlm = TransformersVLM(folder, "cpu", "float32", max_new_tokens=1, smoke=True)
+        info = PredictorInfo("artimuse", "tiny", True, "tiny random Qwen2-VL with the 101 answer tokens (seed 2)")
+        return ArtiMusePredictor(vlm, info, 1024)  # the whole tiny vocabulary: every answer token is seen
+    raise ModelUnavailable(f"purify.aesthetics.predictors.artimuse.backend: unknown backend {backend!r}")
+
+
 def build_predictor(name: str, spec: dict):
     """The predictor a config block asks for, or None for backend ``none``."""
     backend = spec["backend"]
     if backend == "none":
         return None
+    if name == "artimuse":
+        return build_artimuse(spec)
     if name != "laion":
         raise ModelUnavailable(f"purify.aesthetics.predictors.{name}: backend {backend!r} is not available for {name}")
     device = resolve_device(spec.get("device", "auto"))
@@ -218,6 +333,8 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
         for name, pred in predictors.items():
             # rounded so that tables are byte-stable across thread counts and machines
             row[f"{name}_score"] = round(float(pred.score([rgb])[0]), 6) if rgb is not None else float("nan")
+            for key, value in (getattr(pred, "details", None) or [{}])[0].items() if rgb is not None else ():
+                row[f"{name}_{key}"] = value
             row[f"{name}_smoke"] = pred.info.smoke
             row[f"{name}_backend"] = pred.info.backend
             row[f"{name}_weights"] = pred.info.weights

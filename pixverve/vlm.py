@@ -150,28 +150,60 @@ class VLMClient:
         )
         self._semaphore: asyncio.Semaphore | None = None
 
-    async def _once(self, messages: list[dict], schema: dict | None) -> str:
+    def check_server(self, config_key: str = "vlm") -> None:
+        """Fail now, with the URL and what to do, if the endpoint is unreachable or lacks the
+        model -- otherwise every request would fail after its retries, image by image."""
+        import urllib.error
+        import urllib.request
+
+        url = self.settings.base_url.rstrip("/") + "/models"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.settings.api_key()}"})
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.settings.timeout_s, 30)) as reply:  # noqa: S310
+                models = [m.get("id") for m in json.load(reply).get("data", [])]
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise VLMConfigError(
+                f"config key {config_key}.base_url: the model server at {url} does not answer ({reason}); "
+                "start it (or set vlm.serve.enabled) before this job runs"
+            ) from None
+        if models and self.settings.model not in models:
+            raise VLMConfigError(f"config key {config_key}.model: {self.settings.model!r} is not served at {url} (it serves {models})")
+
+    async def _once(self, messages: list[dict], schema: dict | None, top_logprobs: int | None = None) -> str:
         import openai
 
         kwargs = {}
+        if top_logprobs:  # one token, its top alternatives: the reply is their log-probabilities
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs)
         if self.settings.response_format and schema is not None:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
         try:
             reply = await self._client.chat.completions.create(
                 model=self.settings.model,
                 messages=messages,
-                temperature=self.settings.temperature,
-                max_tokens=self.settings.max_tokens,
+                temperature=0.0 if top_logprobs else self.settings.temperature,
+                max_tokens=1 if top_logprobs else self.settings.max_tokens,
                 **kwargs,
             )
         except openai.APIStatusError as exc:
             raise _Retryable(exc.status_code, _retry_after(exc)) if _retryable_status(exc.status_code) else exc
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise _Retryable(None, None, type(exc).__name__) from None
+        if top_logprobs:
+            content = (reply.choices[0].logprobs and reply.choices[0].logprobs.content) or []
+            alternatives = content[0].top_logprobs if content else []
+            return json.dumps({alt.token: alt.logprob for alt in alternatives})
         return reply.choices[0].message.content or ""
 
-    async def ask(self, task: str, request_id: str, messages: list[dict], schema: dict | None = None) -> VLMResult:
-        """One request with retries; the result keeps every raw reply."""
+    async def ask(
+        self, task: str, request_id: str, messages: list[dict], schema: dict | None = None, top_logprobs: int | None = None
+    ) -> VLMResult:
+        """One request with retries; the result keeps every raw reply.
+
+        With ``top_logprobs`` the server generates one token and the result's ``parsed`` is
+        ``{token: logprob}`` of its top alternatives (vLLM needs ``--max-logprobs`` >= that).
+        """
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.settings.max_in_flight)
         result = VLMResult(task, request_id, "failed", None)
@@ -181,7 +213,7 @@ class VLMClient:
             for attempt in range(self.settings.retries + 1):
                 result.attempts = attempt + 1
                 try:
-                    text = await self._once(messages, schema)
+                    text = await self._once(messages, schema, top_logprobs)
                 except _Retryable as exc:
                     result.error = exc.describe()
                     if attempt < self.settings.retries:
@@ -203,8 +235,8 @@ class VLMClient:
         base = min(self.settings.backoff_s * 2**attempt, self.settings.max_backoff_s)
         return base * (0.5 + rng.random() / 2)
 
-    async def ask_many(self, requests: list[tuple[str, str, list[dict], dict | None]], progress=None) -> list[VLMResult]:
-        """Run (task, request_id, messages, schema) requests concurrently; results in input order."""
+    async def ask_many(self, requests: list[tuple], progress=None) -> list[VLMResult]:
+        """Run (task, request_id, messages, schema[, top_logprobs]) requests concurrently; results in input order."""
 
         async def one(req):
             res = await self.ask(*req)

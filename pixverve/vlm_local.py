@@ -36,8 +36,10 @@ class VLMUnavailable(RuntimeError):
     """The local model cannot be loaded; the message says which path/id and what to do."""
 
 
-def build_tiny_qwen2_vl(folder: str | Path, seed: int = 0) -> Path:
-    """Save a randomly initialised ~0.1 M-parameter Qwen2-VL and its processor into ``folder``."""
+def build_tiny_qwen2_vl(folder: str | Path, seed: int = 0, extra_tokens: list[str] | None = None) -> Path:
+    """Save a randomly initialised ~0.1 M-parameter Qwen2-VL and its processor into ``folder``.
+
+    ``extra_tokens`` become single (non-special) tokens, e.g. a scorer's answer tokens."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
@@ -60,6 +62,8 @@ def build_tiny_qwen2_vl(folder: str | Path, seed: int = 0) -> Path:
         pad_token="<|endoftext|>",
         additional_special_tokens=TINY_SPECIAL_TOKENS,
     )
+    if extra_tokens:
+        tokenizer.add_tokens(list(extra_tokens))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in TINY_SPECIAL_TOKENS}
     # 28 px = one merged 2x2 group of 14 px patches; cap the image at 8x8 groups to stay tiny.
     processor = Qwen2VLProcessor(
@@ -147,12 +151,30 @@ class TransformersVLM:
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
 
+    def next_token_logprobs(self, messages: list[dict], top: int) -> str:
+        """JSON ``{token: logprob}`` of the ``top`` most likely next tokens (what an endpoint's
+        ``top_logprobs`` returns): one forward pass, no generation."""
+        import json
+
+        import torch
+
+        chat, images = _chat_for_processor(messages)
+        text = self.processor.apply_chat_template(chat, add_generation_prompt=True)
+        inputs = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits[0, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        values, ids = torch.topk(logprobs, min(top, logprobs.numel()))
+        tokens = self.processor.tokenizer.convert_ids_to_tokens(ids.tolist())
+        return json.dumps({t: round(float(v), 8) for t, v in zip(tokens, values.tolist())})
+
     def run_many(self, requests, progress=None) -> list[VLMResult]:
         results = []
-        for task, request_id, messages, schema in requests:
+        for task, request_id, messages, schema, *rest in requests:
+            top_logprobs = rest[0] if rest else None
             result = VLMResult(task, request_id, "failed", None, attempts=1)
             try:
-                text = self.generate(messages)
+                text = self.next_token_logprobs(messages, top_logprobs) if top_logprobs else self.generate(messages)
             except (RuntimeError, ValueError) as exc:  # one bad request (e.g. out of memory) is a row
                 result.error = f"{type(exc).__name__}: {exc}"
             else:
@@ -177,6 +199,7 @@ def build_judge(config: dict):
     max_new = int(vlm.get("max_tokens", 1024))
     if backend == "endpoint":
         client = VLMClient(VLMSettings.from_config(vlm))
+        client.check_server("vlm")
         client.smoke = False
         return client
     if backend == "transformers":

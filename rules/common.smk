@@ -56,7 +56,8 @@ def all_shards(pattern):
 def uses_gpu(predictors):
     """Whether any real (non-tiny) model backend in this block would run on a GPU."""
     return any(
-        p.get("backend") not in ("tiny", "none") and p.get("device", "auto") != "cpu"
+        p.get("backend") not in ("tiny", "none", "endpoint")
+        and p.get("device", "auto") != "cpu"
         for p in predictors.values()
     )
 

@@ -113,6 +113,10 @@ class FakeOpenAI:
             time.sleep(float(args))
             name = "ok"
         answer = self.responder(body) if self.responder is not None else None
+        if isinstance(answer, dict):  # a whole choice (e.g. with logprobs)
+            return handler._send(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+                                       "model": body.get("model", "fake-vlm"),
+                                       "choices": [{"index": 0, "finish_reason": "length", **answer}]})
         content = answer if answer is not None else {
             "ok": f"<json>{json.dumps(OK_JSON)}</json>",
             "fence": f"Here you go:\n```json\n{json.dumps(OK_JSON)}\n```",

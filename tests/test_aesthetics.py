@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,8 +95,8 @@ def test_tiny_predictor_is_seeded_and_marked_smoke():
     np.testing.assert_array_equal(a.score(imgs), b.score(imgs))
     assert a.info.smoke and a.info.backend == "tiny"
     assert ae.build_predictor("laion", {"backend": "none"}) is None
-    with pytest.raises(ae.ModelUnavailable):
-        ae.build_predictor("artimuse", {"backend": "tiny"})
+    with pytest.raises(ae.ModelUnavailable, match="artimuse.backend: unknown backend 'laion'"):
+        ae.build_predictor("artimuse", {"backend": "laion"})
 
 
 def test_shard_scores_in_the_demo(stage1, demo_workdir, demo_config):
@@ -103,3 +105,93 @@ def test_shard_scores_in_the_demo(stage1, demo_workdir, demo_config):
     assert len(table) == 3 and table["passed"].all()
     assert table["laion_smoke"].all() and table["laion_score"].notna().all()
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+# -- ArtiMuse ---------------------------------------------------------------------------------
+
+
+def test_artimuse_answer_tokens_match_the_published_mapping():
+    from pixverve.aesthetics import ARTIMUSE_TOKENS, artimuse_token
+
+    assert [artimuse_token(i) for i in (0, 25, 26, 50, 51, 75, 76, 100)] == ["aa", "az", "ca", "cy", "da", "dy", "ea", "ey"]
+    assert len(set(ARTIMUSE_TOKENS)) == 101 and not any(t.startswith("b") for t in ARTIMUSE_TOKENS)
+    with pytest.raises(ValueError):
+        artimuse_token(101)
+
+
+def test_artimuse_score_is_the_expectation_over_the_answer_tokens_renormalised():
+    import math
+
+    from pixverve.aesthetics import artimuse_expectation, artimuse_token
+
+    # 0.3 on 40, 0.1 on 90, 0.6 on tokens that are not answers: renormalised over the answers
+    lp = {artimuse_token(40): math.log(0.3), artimuse_token(90): math.log(0.1), "the": math.log(0.6)}
+    score, found, mass = artimuse_expectation(lp)
+    assert score == pytest.approx((40 * 0.3 + 90 * 0.1) / 0.4) and found == 2 and mass == pytest.approx(0.4)
+    # equal to the softmax over the 101 logits when all are present
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=101)
+    full = {artimuse_token(i): float(v - np.log(np.exp(logits).sum() * 3)) for i, v in enumerate(logits)}
+    soft = np.exp(logits) / np.exp(logits).sum()
+    assert artimuse_expectation(full)[0] == pytest.approx(float(soft @ np.arange(101)), rel=1e-12)
+    assert math.isnan(artimuse_expectation({"x": -1.0})[0])
+
+
+def _artimuse_server(body):
+    """Check the request the way vLLM would get it; answer one token with its alternatives."""
+    import base64
+    import io
+    import math
+
+    from PIL import Image
+
+    from pixverve.aesthetics import ARTIMUSE_QUESTION, artimuse_token
+
+    assert body["logprobs"] is True and body["top_logprobs"] == 128 and body["max_tokens"] == 1
+    content = body["messages"][-1]["content"]
+    url = content[0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and content[1]["text"] == ARTIMUSE_QUESTION
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+        assert im.size == (448, 448)
+        bright = np.asarray(im).mean() > 128
+    best = 80 if bright else 20  # the "model" likes bright images
+    alts = [(artimuse_token(best), 0.5), (artimuse_token(best + 10), 0.3), ("Sure", 0.2)]
+    top = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in alts]
+    return {"message": {"role": "assistant", "content": alts[0][0]},
+            "logprobs": {"content": [{"token": alts[0][0], "logprob": math.log(0.5), "bytes": [], "top_logprobs": top}]}}
+
+
+def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_openai import FakeOpenAI
+
+    from pixverve.aesthetics import build_predictor
+
+    with FakeOpenAI(responder=_artimuse_server) as server:
+        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0}
+        pred = build_predictor("artimuse", spec)
+        scores = pred.score([np.full((300, 500, 3), 220, np.uint8), np.full((64, 64, 3), 20, np.uint8)])
+    assert scores == pytest.approx([(80 * 0.5 + 90 * 0.3) / 0.8, (20 * 0.5 + 30 * 0.3) / 0.8])
+    assert pred.details[0] == {"tokens_found": 2, "token_mass": 0.8, "error": ""} and not pred.info.smoke
+
+
+def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_image():
+    from pixverve.aesthetics import build_predictor
+    from pixverve.vlm import VLMConfigError
+
+    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2}
+    with pytest.raises(VLMConfigError, match=r"artimuse.base_url: the model server at http://127.0.0.1:9/v1/models does not answer"):
+        build_predictor("artimuse", spec)
+
+
+def test_artimuse_tiny_backend_scores_through_a_real_model_forward(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from pixverve.aesthetics import build_predictor
+
+    pred = build_predictor("artimuse", {"backend": "tiny"})
+    images = [np.full((100, 120, 3), 200, np.uint8), np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+    scores = pred.score(images)
+    assert pred.info.smoke and all(0 <= s <= 100 for s in scores)
+    assert all(d["tokens_found"] == 101 for d in pred.details)  # the whole distribution: exact
+    assert pred.score(images) == pytest.approx(scores)  # deterministic
+    assert scores[0] != pytest.approx(scores[1])  # the image reaches the model

@@ -160,3 +160,25 @@ def test_closure_sees_through_pixverve():
     assert {"numpy", "pandas", "PIL", "cv2", "scipy", "tqdm", "tifffile"} <= closure
     # `from pixverve import demo_pool` reaches the module and its lazy imports
     assert {"skimage", "matplotlib", "tifffile"} <= third_party_closure(ROOT / "scripts" / "demo_pool.py")
+
+
+# conda-forge name -> pip distribution of the tested venv, where the two differ
+PIP_DIST = {"pytorch": "torch", "opencv": "opencv-python-headless", "matplotlib-base": "matplotlib", "pyyaml": "PyYAML"}
+
+
+@pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_env_pins_equal_the_tested_venv(env):
+    """A conda env pinned to another version than the one the tests ran with is untested."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name, pinned in env_packages(env).items():
+        if name == "python":
+            continue
+        try:
+            installed = version(PIP_DIST.get(name, name))
+        except PackageNotFoundError:
+            continue  # not in the venv (e.g. installed with --no-deps elsewhere)
+        base = installed.split("+")[0]
+        if name == "opencv":  # the pip wheel adds a build number: 5.0.0.93
+            base = ".".join(base.split(".")[:3])
+        assert base == pinned, f"{env.name}: {name} pinned {pinned}, tests run with {installed}"
