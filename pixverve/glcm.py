@@ -68,7 +68,7 @@ def _kernel():
     from numba import njit, prange
 
     @njit(cache=True, nogil=True)
-    def patch_entropy(q, top, left, offs, rows_of, table, counts, counts2, vcount, touched):
+    def patch_entropy(q, top, left, offs, weight, n_slices, rows_of, table, counts, counts2, vcount, touched):
         """Entropy (bits) of the value histogram of one patch's normalised symmetric GLCM.
 
         ``counts`` + ``counts2`` (zero on entry and exit) hold one slice's ordered pair counts;
@@ -107,6 +107,7 @@ def _kernel():
                         mult = 2
                     if v == 0:
                         continue
+                    mult *= weight[s]  # identical slices (same rounded offset) are counted once
                     nonzero += mult
                     vid = ids[v]
                     if vcount[vid] == 0:
@@ -115,8 +116,8 @@ def _kernel():
                     vcount[vid] += mult
             counts[:] = 0
             counts2[:] = 0
-            zeros += LEVELS * LEVELS - nonzero
-        n = offs.shape[0] * LEVELS * LEVELS
+            zeros += weight[s] * LEVELS * LEVELS - nonzero
+        n = n_slices * LEVELS * LEVELS
         ent = 0.0
         if zeros:
             p = zeros / n
@@ -128,7 +129,7 @@ def _kernel():
         return ent / math.log(2.0)
 
     @njit(parallel=True, cache=True)
-    def all_patches(q, offs, table, rows_of, n_ids):
+    def all_patches(q, offs, weight, n_slices, table, rows_of, n_ids):
         rows, cols = q.shape[0] // PATCH, q.shape[1] // PATCH
         out = np.empty(rows * cols, dtype=np.float64)
         n_chunks = min(rows * cols, 64)
@@ -139,7 +140,7 @@ def _kernel():
             vcount = np.zeros(n_ids, dtype=np.int32)
             touched = np.empty(offs.shape[0] * LEVELS * LEVELS, dtype=np.int64)
             for k in range(w * per, min((w + 1) * per, rows * cols)):
-                out[k] = patch_entropy(q, (k // cols) * PATCH, (k % cols) * PATCH, offs, rows_of, table,
+                out[k] = patch_entropy(q, (k // cols) * PATCH, (k % cols) * PATCH, offs, weight, n_slices, rows_of, table,
                                        counts, counts2, vcount, touched)
         return out
 
@@ -157,9 +158,10 @@ def patch_entropies(grey: np.ndarray) -> np.ndarray:
     q = np.ascontiguousarray(quantise(grey))
     if q.shape[0] < PATCH or q.shape[1] < PATCH:
         return np.zeros(0)
-    offs = offsets()
+    all_offs = offsets()
+    offs, weight = np.unique(all_offs, axis=0, return_counts=True)  # d=1 and d=2 share diagonal offsets
     table, rows_of, n_ids = value_ids(offs)
-    return _ALL_PATCHES(q, offs, table, rows_of, n_ids)
+    return _ALL_PATCHES(q, offs, weight.astype(np.int64), len(all_offs), table, rows_of, n_ids)
 
 
 def glcm_score(grey: np.ndarray) -> float:
