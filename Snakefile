@@ -16,6 +16,7 @@ include: "rules/ingest.smk"
 include: "rules/purify.smk"
 include: "rules/upscale.smk"
 include: "rules/verify.smk"
+include: "rules/bench.smk"
 
 
 localrules:

@@ -42,6 +42,9 @@ CONDA_NAME = {
     "openai": "openai",
     "tokenizers": "tokenizers",
     "requests": "requests",
+    "torchmetrics": "torchmetrics",
+    "torch_fidelity": "torch-fidelity",
+    "numba": "numba",
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
 PROVIDED = {"snakemake"}
@@ -163,7 +166,7 @@ def test_closure_sees_through_pixverve():
 
 
 # conda-forge name -> pip distribution of the tested venv, where the two differ
-PIP_DIST = {"pytorch": "torch", "opencv": "opencv-python-headless", "matplotlib-base": "matplotlib", "pyyaml": "PyYAML"}
+PIP_DIST = {"pytorch": "torch", "torch-fidelity": "torch_fidelity", "opencv": "opencv-python-headless", "matplotlib-base": "matplotlib", "pyyaml": "PyYAML"}
 
 
 @pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)

