@@ -130,3 +130,32 @@ def frechet_inception_distance(weights_path: str | Path, device: str = "cpu"):
     if not path.is_file():
         raise FIDWeightsUnavailable(f"FID weights {path} not found: run the rule fid_weights (snakemake {path})")
     return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path)).to(device)
+
+
+RESAMPLE = {"bicubic": 3, "lanczos": 1, "bilinear": 2}  # PIL.Image.Resampling values
+
+
+def _square_uint8(path, size: int, resample: str, max_megapixels: float):
+    import numpy as np
+    from PIL import Image
+
+    from . import images
+
+    rgb, _ = images.read_rgb(path, max_megapixels)
+    return np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE[resample]))
+
+
+def fid_for_pairs(items, weights_path, size: int = 4096, resample: str = "bicubic", device: str = "cpu",
+                  batch: int = 4, max_megapixels: float = 1000.0) -> float:
+    """PixVerve-Bench FID: real and generated images resized to ``size`` x ``size`` (aspect not
+    kept), uint8, through torchmetrics' FID with the converted Inception.  ``items``: BenchItems."""
+    import numpy as np
+    import torch
+
+    metric = frechet_inception_distance(weights_path, device)
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        for real, attr in ((True, "real"), (False, "generated")):
+            arr = np.stack([_square_uint8(getattr(i, attr), size, resample, max_megapixels) for i in chunk])
+            metric.update(torch.from_numpy(arr).permute(0, 3, 1, 2).to(device), real=real)
+    return float(metric.compute())

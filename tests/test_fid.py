@@ -59,3 +59,23 @@ def test_fid_of_a_set_with_itself_is_zero_and_of_different_sets_is_not(fid_weigh
 def test_missing_weights_are_a_clear_error(tmp_path):
     with pytest.raises(FIDWeightsUnavailable, match="rule fid_weights"):
         frechet_inception_distance(tmp_path / "nope.pth")
+
+
+def test_fid_for_pairs_on_image_files(fid_weights, tmp_path):
+    from PIL import Image
+
+    from pixverve.bench_inputs import BenchItem
+    from pixverve.fid import fid_for_pairs
+
+    photos = _photos(4, 160).permute(0, 2, 3, 1).numpy()
+    items_same, items_other = [], []
+    for k, im in enumerate(photos):
+        real = tmp_path / f"r{k}.png"
+        Image.fromarray(im).save(real)
+        other = tmp_path / f"g{k}.png"
+        Image.fromarray(np.ascontiguousarray(im[:, :, ::-1])).save(other)  # channels swapped
+        items_same.append(BenchItem(f"{k}", real, real, "", ""))
+        items_other.append(BenchItem(f"{k}", real, other, "", ""))
+    same = fid_for_pairs(items_same, fid_weights, size=128)
+    other = fid_for_pairs(items_other, fid_weights, size=128)
+    assert abs(same) < 1e-2 and other > 1.0
