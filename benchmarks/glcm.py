@@ -107,7 +107,7 @@ def main() -> None:
     ref = run("reference", grey_path, args.workers)
     a, b = np.load(grey_path + ".ours.npy"), np.load(grey_path + ".reference.npy")
     print(f"GLCM score, {args.megapixels:g} MP grey image ({grey_mb:.0f} MB), {ours['patches']} patches, {args.workers} workers")
-    print(f"| step | seconds | peak RSS MB |\n|---|---|---|")
+    print("| step | seconds | peak RSS MB |\n|---|---|---|")
     print(f"| reference: per-patch skimage, process pool | {ref['seconds']:.2f} | {ref['peak_mb']:.0f} (per process) |")
     print(f"| ours: pixverve.glcm (compile/cache load {ours['compile_s']:.1f} s, not counted) | {ours['seconds']:.3f} | {ours['peak_mb']:.0f} |")
     print(f"speed-up: {ref['seconds'] / ours['seconds']:.1f}x (target >= 30)")

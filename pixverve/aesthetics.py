@@ -48,6 +48,7 @@ LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 LAION_MLP_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
 EMBED_DIM = 768
 DECODE_MIN_SIDE = 448
+SCORE_CHUNK = 64  # images decoded and scored together
 
 
 class ModelUnavailable(RuntimeError):
@@ -320,23 +321,35 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
     background = tuple(config["io"]["alpha_background"])
     out = []
     recs = rows.to_dict("records")
-    for rec in tqdm(recs, desc="aesthetics", unit="img", mininterval=2):
-        row = {"image_id": rec["image_id"], "root": rec["root"], "relpath": rec["relpath"], "shard": rec["shard"]}
-        try:
-            rgb, _ = images.read_rgb(
-                image_path(roots, rec["root"], rec["relpath"]), cap, reduce_to_min_side=DECODE_MIN_SIDE, background=background
-            )
-            row.update(passed=True, reason="", reason_detail="")
-        except images.ImageError as exc:
-            rgb = None
-            row.update(passed=False, reason=exc.code, reason_detail=exc.detail)
+    bar = tqdm(total=len(recs), desc="aesthetics", unit="img", mininterval=2)
+    # Images go to the predictors in chunks: LAION batches them on the device, ArtiMuse sends
+    # them to its server concurrently.  Reduced decodes (>= 448 px) keep a chunk small.
+    for start in range(0, len(recs), SCORE_CHUNK):
+        chunk_rows, chunk_images = [], []
+        for rec in recs[start : start + SCORE_CHUNK]:
+            row = {"image_id": rec["image_id"], "root": rec["root"], "relpath": rec["relpath"], "shard": rec["shard"]}
+            try:
+                rgb, _ = images.read_rgb(
+                    image_path(roots, rec["root"], rec["relpath"]), cap, reduce_to_min_side=DECODE_MIN_SIDE, background=background
+                )
+                row.update(passed=True, reason="", reason_detail="")
+                chunk_images.append(rgb)
+            except images.ImageError as exc:
+                row.update(passed=False, reason=exc.code, reason_detail=exc.detail)
+            chunk_rows.append(row)
+        decoded = [row for row in chunk_rows if row["passed"]]
         for name, pred in predictors.items():
-            # rounded so that tables are byte-stable across thread counts and machines
-            row[f"{name}_score"] = round(float(pred.score([rgb])[0]), 6) if rgb is not None else float("nan")
-            for key, value in (getattr(pred, "details", None) or [{}])[0].items() if rgb is not None else ():
-                row[f"{name}_{key}"] = value
-            row[f"{name}_smoke"] = pred.info.smoke
-            row[f"{name}_backend"] = pred.info.backend
-            row[f"{name}_weights"] = pred.info.weights
-        out.append(row)
+            scores = pred.score(chunk_images) if chunk_images else []
+            details = getattr(pred, "details", None) or [{}] * len(decoded)
+            for row, score, extra in zip(decoded, scores, details, strict=True):
+                row[f"{name}_score"] = round(float(score), 6)  # byte-stable tables across threads/machines
+                row.update({f"{name}_{key}": value for key, value in extra.items()})
+            for row in chunk_rows:
+                row.setdefault(f"{name}_score", float("nan"))
+                row[f"{name}_smoke"] = pred.info.smoke
+                row[f"{name}_backend"] = pred.info.backend
+                row[f"{name}_weights"] = pred.info.weights
+        out.extend(chunk_rows)
+        bar.update(len(chunk_rows))
+    bar.close()
     return pd.DataFrame(out)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 # Pipeline order of the stage folders under results/; unknown folders come after these.
-STAGE_ORDER = ["index", "screen", "dedup", "purify", "upscale", "verify", "caption", "annotate", "train", "bench"]
+STAGE_ORDER = ["collect", "index", "screen", "dedup", "purify", "upscale", "verify", "caption", "annotate", "train", "bench"]
 SKIP_DIRS = {"summary", "benchmarks", "cache"}
 SHORT_ID = 6
 
@@ -25,12 +25,18 @@ class AuditError(Exception):
     pass
 
 
-def _read_rows(path: Path, image_ids: list[str]) -> pd.DataFrame:
+def _read_rows(path: Path, image_ids: list[str], files: set[tuple[str, str]] = frozenset()) -> pd.DataFrame:
+    """Rows of this image: by image_id, or -- in tables written before the index existed (the
+    source rules' collect/import tables) -- by (root, relpath)."""
     try:
         return pd.read_parquet(path, filters=[("image_id", "in", image_ids)])
     except Exception:
         df = pd.read_parquet(path)
-        return df[df["image_id"].isin(image_ids)] if "image_id" in df.columns else df.iloc[0:0]
+        if "image_id" in df.columns:
+            return df[df["image_id"].isin(image_ids)]
+        if {"root", "relpath"} <= set(df.columns) and files:
+            return df[[(r, p) in files for r, p in zip(df["root"], df["relpath"])]]
+        return df.iloc[0:0]
 
 
 def find_images(results: Path, key: str) -> pd.DataFrame:
@@ -89,7 +95,7 @@ def audit(results: str | Path, key: str, out=sys.stdout) -> int:
     found = 0
     for stage_dir in stage_dirs(results):
         for table in stage_tables(stage_dir, shards):
-            sub = _read_rows(table, [image_id])
+            sub = _read_rows(table, [image_id], set(zip(rows["root"], rows["relpath"])))
             for rec in sub.to_dict("records"):
                 found += 1
                 verdict = "PASSED" if rec.get("passed") else f"REJECTED: {rec.get('reason', '?')}"

@@ -73,7 +73,6 @@ def msfi_patches(grey, seed: int, n_sobel: int = 6, n_random: int = 4, analysis_
     full image.  The random draw's seeding is ours (the published one is not in PAPER.md).
     """
     import cv2
-    import numpy as np
 
     from .regions import choose_patches, patch_boxes, sobel_variances
 

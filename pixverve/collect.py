@@ -334,18 +334,12 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
     from tqdm import tqdm
 
     from .config import screening_criteria
-    from .index import roots_from_config
+    from .index import writable_root
     from .screening import check_resolution
 
     cfg = config["collect"][source]
     key = api_key(cfg, source)
-    roots = roots_from_config(config, base_dir)
-    if cfg["root"] not in roots:
-        raise CollectorConfigError(f"config key collect.{source}.root: {cfg['root']!r} is not one of sources.roots {sorted(roots)}")
-    folder = roots[cfg["root"]].path
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.download*"):
-        stale.unlink()  # a download a killed run left half-written
+    folder = writable_root(config, cfg["root"], f"collect.{source}.root", base_dir, stale_glob=".*.download*")
     criteria = screening_criteria(config)
     cap = float(config["io"]["max_megapixels"])
     licence, licence_url = LICENCES[source]
@@ -359,7 +353,7 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
                 bar.update(1)
                 if journal.done(photo.photo_id, folder):
                     continue  # finished in an earlier run, or seen on an earlier page
-                row = {**asdict(photo), "page": page, "licence": licence, "licence_url": licence_url,
+                row = {**asdict(photo), "root": cfg["root"], "page": page, "licence": licence, "licence_url": licence_url,
                        "attribution": f"Photo by {photo.author} on {source.capitalize()}", "relpath": "", "bytes": 0}
                 name, code, detail = check_resolution(photo.width, photo.height, criteria)
                 if name is None:

@@ -68,6 +68,19 @@ def generated_manifests(config: dict) -> list[dict]:
     return out
 
 
+def writable_root(config: dict, root_name: str, config_key: str, base_dir=".", stale_glob: str | None = None) -> Path:
+    """The folder of the source root a source rule writes into (created), with the temp files a
+    killed run left there (``stale_glob``) removed."""
+    roots = roots_from_config(config, base_dir)
+    if root_name not in roots:
+        raise ValueError(f"config key {config_key}: {root_name!r} is not one of sources.roots {sorted(roots)}")
+    folder = roots[root_name].path
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(stale_glob) if stale_glob else ():
+        stale.unlink()
+    return folder
+
+
 def roots_from_config(config: dict, base_dir: str | Path = ".") -> dict[str, Root]:
     roots = {}
     for r in config["sources"]["roots"]:

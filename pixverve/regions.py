@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+IMAGES_PER_BATCH = 16  # images whose patches are judged together (10 requests each)
+
 REGION_SCHEMA = {
     "type": "object",
     "properties": {"flagged": {"type": "boolean"}, "reason": {"type": "string"}},
@@ -100,82 +102,85 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
     max_flagged = int(r["max_flagged"])
     policy = config["vlm"].get("invalid_policy", "drop")
     prompt, prompt_sha = prompt_text(prompt_path)
-    backend = config["vlm"].get("backend", "endpoint")
-    model = {"endpoint": config["vlm"].get("model"), "tiny": "tiny-qwen2-vl"}.get(backend) or (config["vlm"].get("transformers") or {}).get("model", "")
     sr_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
 
     survivors = verified[verified["passed"]] if len(verified) else verified
-    requests, patch_rows, image_rows = [], [], {}
-    for rec in tqdm(survivors.to_dict("records"), desc="choose patches", unit="img", mininterval=2):
-        row = {
-            "image_id": rec["image_id"],
-            "root": rec["root"],
-            "relpath": rec["relpath"],
-            "shard": rec["shard"],
-            "patch_px": patch,
-            "n_patches": 0,
-            "n_judged": 0,
-            "n_flagged": 0,
-            "n_unjudged": 0,
-            "max_flagged": max_flagged,
-            "invalid_policy": policy,
-            "judge_backend": backend,
-            "judge_model": model,
-            "prompt_sha": prompt_sha,
-            "smoke": bool(judge.smoke),
-        }
-        image_rows[rec["image_id"]] = row
-        try:
-            sr = tifffile.imread(sr_paths[rec["image_id"]])
-        except (OSError, ValueError, KeyError) as exc:
-            image_rows[rec["image_id"]] = fail(row, "unreadable", f"SR output: {exc}")
-            continue
-        grey = cv2.cvtColor(sr, cv2.COLOR_RGB2GRAY)
-        boxes = patch_boxes(*grey.shape, patch)
-        variances = sobel_variances(grey, boxes)
-        del grey
-        row["n_patches"] = len(boxes)
-        for index, why in choose_patches(variances, rec["image_id"], int(r["n_sobel"]), int(r["n_random"])):
-            x, y, w, h = boxes[index]
-            request_id = f"{rec['image_id']}:{x},{y}"
-            requests.append(("region_artifact", request_id, [user_message(prompt, [sr[y : y + h, x : x + w]])], REGION_SCHEMA))
-            patch_rows.append(
-                {
-                    "image_id": rec["image_id"],
-                    "shard": rec["shard"],
-                    "patch_index": index,
-                    "x": x,
-                    "y": y,
-                    "w": w,
-                    "h": h,
-                    "sobel_var": round(float(variances[index]), 6),
-                    "picked": why,
-                }
+    patch_rows, image_rows = [], {}
+    recs = survivors.to_dict("records")
+    bar = tqdm(total=len(recs), desc="judge regions", unit="img", mininterval=2)
+    # A few images at a time: their patches are encoded for the judge together (many requests in
+    # flight) without holding a whole shard's encoded patches in memory.
+    for start in range(0, len(recs), IMAGES_PER_BATCH):
+        requests, chunk_rows = [], []
+        for rec in recs[start : start + IMAGES_PER_BATCH]:
+            row = {
+                "image_id": rec["image_id"],
+                "root": rec["root"],
+                "relpath": rec["relpath"],
+                "shard": rec["shard"],
+                "patch_px": patch,
+                "n_patches": 0,
+                "n_judged": 0,
+                "n_flagged": 0,
+                "n_unjudged": 0,
+                "max_flagged": max_flagged,
+                "invalid_policy": policy,
+                "judge_backend": config["vlm"].get("backend", "endpoint"),
+                "judge_model": judge.model_name,
+                "prompt_sha": prompt_sha,
+                "smoke": bool(judge.smoke),
+            }
+            image_rows[rec["image_id"]] = row
+            try:
+                sr = tifffile.imread(sr_paths[rec["image_id"]])
+            except (OSError, ValueError, KeyError) as exc:
+                image_rows[rec["image_id"]] = fail(row, "unreadable", f"SR output: {exc}")
+                continue
+            grey = cv2.cvtColor(sr, cv2.COLOR_RGB2GRAY)
+            boxes = patch_boxes(*grey.shape, patch)
+            variances = sobel_variances(grey, boxes)
+            del grey
+            row["n_patches"] = len(boxes)
+            for index, why in choose_patches(variances, rec["image_id"], int(r["n_sobel"]), int(r["n_random"])):
+                x, y, w, h = boxes[index]
+                request_id = f"{rec['image_id']}:{x},{y}"
+                requests.append(("region_artifact", request_id, [user_message(prompt, [sr[y : y + h, x : x + w]])], REGION_SCHEMA))
+                chunk_rows.append(
+                    {
+                        "image_id": rec["image_id"],
+                        "shard": rec["shard"],
+                        "patch_index": index,
+                        "x": x,
+                        "y": y,
+                        "w": w,
+                        "h": h,
+                        "sobel_var": round(float(variances[index]), 6),
+                        "picked": why,
+                    }
+                )
+            del sr
+        for prow, res in zip(chunk_rows, judge.run_many(requests), strict=True):
+            flagged = res.status == "ok" and bool(res.parsed["flagged"])
+            prow.update(
+                status=res.status,
+                flagged=flagged,
+                judge_reason=str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else "",
+                parsed=json.dumps(res.parsed, sort_keys=True) if res.parsed is not None else "",
+                raw_replies=json.dumps(res.raw_replies),
+                attempts=res.attempts,
+                error=res.error,
+                smoke=bool(judge.smoke),
+                reason_detail=res.error or (str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else ""),
+                passed=res.status == "ok" and not flagged,
+                reason="" if res.status == "ok" and not flagged else ("flagged" if flagged else f"judge_{res.status}"),
             )
-        del sr
-
-    bar = tqdm(total=len(requests), desc="judge patches", unit="patch", mininterval=2)
-    results = judge.run_many(requests, progress=bar.update)
+            irow = image_rows[prow["image_id"]]
+            irow["n_judged"] += 1
+            irow["n_flagged"] += int(flagged)
+            irow["n_unjudged"] += int(res.status != "ok")
+        patch_rows.extend(chunk_rows)
+        bar.update(len(recs[start : start + IMAGES_PER_BATCH]))
     bar.close()
-    for prow, res in zip(patch_rows, results, strict=True):
-        flagged = res.status == "ok" and bool(res.parsed["flagged"])
-        prow.update(
-            status=res.status,
-            flagged=flagged,
-            judge_reason=str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else "",
-            parsed=json.dumps(res.parsed, sort_keys=True) if res.parsed is not None else "",
-            raw_replies=json.dumps(res.raw_replies),
-            attempts=res.attempts,
-            error=res.error,
-            smoke=bool(judge.smoke),
-            reason_detail=res.error or (str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else ""),
-            passed=res.status == "ok" and not flagged,
-            reason="" if res.status == "ok" and not flagged else ("flagged" if flagged else f"judge_{res.status}"),
-        )
-        irow = image_rows[prow["image_id"]]
-        irow["n_judged"] += 1
-        irow["n_flagged"] += int(flagged)
-        irow["n_unjudged"] += int(res.status != "ok")
 
     images = []
     for row in image_rows.values():

@@ -211,16 +211,10 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
     from PIL import Image
     from tqdm import tqdm
 
-    from .index import roots_from_config
+    from .index import writable_root
 
     cfg = config["synthetic"]
-    roots = roots_from_config(config, base_dir)
-    if cfg["root"] not in roots:
-        raise ValueError(f"config key synthetic.root: {cfg['root']!r} is not one of sources.roots {sorted(roots)}")
-    folder = roots[cfg["root"]].path
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.rendering.png"):
-        stale.unlink()
+    folder = writable_root(config, cfg["root"], "synthetic.root", base_dir, stale_glob=".*.rendering.png")
     t2i = t2i or build_t2i(cfg)
     width, height = int(cfg["width"]), int(cfg["height"])
     rows, manifest = [], []
@@ -228,7 +222,8 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
     for rec in tqdm(kept.to_dict("records"), desc="render", unit="img", mininterval=2):
         seed = int(cfg["seed"]) + int(rec["prompt_id"][:8], 16)
         name = f"{rec['prompt_id']}.png"
-        row = {"prompt_id": rec["prompt_id"], "category": rec["category"], "prompt": rec["prompt"], "relpath": name,
+        row = {"prompt_id": rec["prompt_id"], "category": rec["category"], "prompt": rec["prompt"],
+               "root": cfg["root"], "relpath": name,
                "backend": cfg["backend"], "model": t2i.model, "seed": seed, "width": width, "height": height,
                "steps": getattr(t2i, "steps", None), "smoke": bool(t2i.smoke or rec.get("smoke", False)),
                "passed": True, "reason": "", "reason_detail": ""}

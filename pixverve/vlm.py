@@ -142,13 +142,24 @@ def decode_data_url(url: str) -> np.ndarray:
 
 class VLMClient:
     def __init__(self, settings: VLMSettings):
-        from openai import AsyncOpenAI
-
         self.settings = settings
-        self._client = AsyncOpenAI(
-            base_url=settings.base_url, api_key=settings.api_key(), timeout=settings.timeout_s, max_retries=0
-        )
+        settings.api_key()  # a missing key fails here, not at the first request
+        # The HTTP client and the bound on requests in flight belong to one event loop: made on
+        # first use inside it, dropped by close(), so run_many can be called again and again.
+        self._client = None
         self._semaphore: asyncio.Semaphore | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model
+
+    def _http(self):
+        if self._client is None:
+            from openai import AsyncOpenAI
+
+            s = self.settings
+            self._client = AsyncOpenAI(base_url=s.base_url, api_key=s.api_key(), timeout=s.timeout_s, max_retries=0)
+        return self._client
 
     def check_server(self, config_key: str = "vlm") -> None:
         """Fail now, with the URL and what to do, if the endpoint is unreachable or lacks the
@@ -179,7 +190,7 @@ class VLMClient:
         if self.settings.response_format and schema is not None:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
         try:
-            reply = await self._client.chat.completions.create(
+            reply = await self._http().chat.completions.create(
                 model=self.settings.model,
                 messages=messages,
                 temperature=0.0 if top_logprobs else self.settings.temperature,
@@ -256,7 +267,9 @@ class VLMClient:
             await self.close()
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._client is not None:
+            await self._client.close()
+        self._client, self._semaphore = None, None
 
 
 class _Retryable(Exception):

@@ -127,6 +127,7 @@ class TransformersVLM:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.smoke = smoke
+        self.model_name = model_id  # what the tables record
         self.max_new_tokens = max_new_tokens
         self.device = device
         torch_dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
@@ -211,7 +212,9 @@ def build_judge(config: dict):
         spec = vlm.get("tiny") or {}
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-vlm-") as folder:
             build_tiny_qwen2_vl(folder, seed=int(spec.get("seed", 0)))
-            return TransformersVLM(folder, "cpu", "float32", int(spec.get("max_new_tokens", 16)), smoke=True)
+            judge = TransformersVLM(folder, "cpu", "float32", int(spec.get("max_new_tokens", 16)), smoke=True)
+        judge.model_name = f"tiny random Qwen2-VL (seed {int(spec.get('seed', 0))})"
+        return judge
     raise VLMUnavailable(f"config key vlm.backend: unknown backend {backend!r} (endpoint | transformers | tiny)")
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_server import LocalServer
 
 OK_JSON = {"flagged": False, "reason": "fine"}
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalServer):
     def __init__(self, latency: float = 0.0, retry_after: float = 0.2, responder=None, port: int = 0, models=("fake-vlm",)):
         self.latency, self.retry_after, self.responder, self.models = latency, retry_after, responder, list(models)
         self.auth_headers: list[str] = []
@@ -70,24 +72,11 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 256  # the default listen backlog of 5 would serialise bursts
-
-        self.httpd = Server(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._serve(Handler, port)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return self.root_url + "/v1"
 
     def _answer(self, handler, body):
         text = ""

@@ -19,10 +19,11 @@ import io
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+from local_server import LocalServer
 
 
 def jpeg_bytes(width: int, height: int, seed: int) -> bytes:
@@ -36,7 +37,7 @@ def jpeg_bytes(width: int, height: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-class FakePhotoAPI:
+class FakePhotoAPI(LocalServer):
     def __init__(self, photos: dict[str, tuple[int, int]], pages: list[list[str]], key: str):
         """``photos``: id -> (width, height) of the real file; ``pages``: ids per listing page."""
         self.photos, self.pages, self.key = photos, pages, key
@@ -66,21 +67,11 @@ class FakePhotoAPI:
                     server.auth_seen.setdefault(url.path, set()).add(self.headers.get("Authorization", ""))
                 server.handle(self, url.path, {k: v[0] for k, v in parse_qs(url.query).items()}, n)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._serve(Handler)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return self.root_url
 
     def downloads(self, pid: str) -> int:
         return self.counts.get(f"/img/{pid}.jpg", 0)

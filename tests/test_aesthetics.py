@@ -171,6 +171,8 @@ def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path):
         spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0}
         pred = build_predictor("artimuse", spec)
         scores = pred.score([np.full((300, 500, 3), 220, np.uint8), np.full((64, 64, 3), 20, np.uint8)])
+        again = pred.score([np.full((64, 64, 3), 20, np.uint8)])  # the client is reusable across calls
+    assert again[0] == pytest.approx(scores[1])
     assert scores == pytest.approx([(80 * 0.5 + 90 * 0.3) / 0.8, (20 * 0.5 + 30 * 0.3) / 0.8])
     assert pred.details[0] == {"tokens_found": 2, "token_mass": 0.8, "error": ""} and not pred.info.smoke
 

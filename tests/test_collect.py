@@ -170,3 +170,24 @@ def test_collected_files_go_through_the_index_with_their_metadata(tmp_path):
     c = found["11.jpg"]
     assert (c.source, c.licence, c.author, c.url) == ("pexels", "Pexels License", "Author 11", "https://www.pexels.com/photo/11/")
     assert pd.notna(c.abspath)
+
+
+def test_audit_shows_an_images_collection_record(tmp_path):
+    from pixverve.audit import audit
+
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        table, _ = _run(tmp_path, server)
+    results = tmp_path / "results"
+    (results / "collect").mkdir(parents=True)
+    (results / "index").mkdir()
+    table.to_parquet(results / "collect" / "pexels.parquet")
+    index = pd.DataFrame([{"image_id": "ab" * 8, "root": "pexels", "relpath": "12.jpg", "source": "pexels",
+                           "licence": "Pexels License", "shard": "s00000", "passed": True}])
+    index.to_parquet(results / "index" / "index.parquet")
+    import io
+
+    out = io.StringIO()
+    audit(results, "12.jpg", out=out)
+    text = out.getvalue()
+    assert "== collect  [collect/pexels.parquet]  PASSED  pexels/12.jpg" in text and "Author 12" in text
+    assert "Author 11" not in text  # only this image's row

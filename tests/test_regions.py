@@ -199,3 +199,22 @@ def test_vllm_that_dies_or_never_gets_ready_is_a_clear_error(tmp_path):
     with pytest.raises(ServerFailed, match="did not list 'm'.*startup_timeout_s"):
         with served(slow, "m", tmp_path / "b.log"):
             pass
+
+
+def test_images_judged_in_several_batches_keep_their_own_verdicts(tmp_path, monkeypatch):
+    import pixverve.regions as regions
+    from pixverve.vlm_local import build_judge
+
+    monkeypatch.setattr(regions, "IMAGES_PER_BATCH", 1)  # one endpoint run per image: the client is reused
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one, up_one = _sr_shard(tmp_path / "a", 2)
+    two, up_two = _sr_shard(tmp_path / "b", 0)
+    two["image_id"] = up_two["image_id"] = "fedcba9876543210"
+    verified, upscaled = pd.concat([one, two], ignore_index=True), pd.concat([up_one, up_two], ignore_index=True)
+    with FakeOpenAI(responder=_judge_by_colour) as server:
+        config = _config(server.base_url)
+        images, patches = judge_regions_shard(verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None)
+    by_id = images.set_index("image_id")
+    assert by_id.loc["0123456789abcdef", "reason"] == "region_artifacts" and by_id.loc["fedcba9876543210", "passed"]
+    assert patches.groupby("image_id")["flagged"].sum().to_dict() == {"0123456789abcdef": 2, "fedcba9876543210": 0}

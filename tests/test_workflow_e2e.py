@@ -107,13 +107,17 @@ def test_deterministic_across_runs(run_a, tmp_path):
     assert not different, f"tables differ between identical runs: {different}"
 
 
-def test_audit_cli_shows_every_stage(run_a):
-    res = subprocess.run(
-        [sys.executable, "-m", "pixverve", "audit", "rocket_reencoded.jpg", "--results", str(run_a / "results")],
+def _audit(run, key: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pixverve", "audit", key, "--results", str(run / "results")],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+def test_audit_cli_shows_every_stage(run_a):
+    res = _audit(run_a, "rocket_reencoded.jpg")
     assert res.returncode == 0, res.stderr
     out = res.stdout
     for stage in ("== index", "== screen", "== dedup"):
@@ -121,29 +125,14 @@ def test_audit_cli_shows_every_stage(run_a):
     assert "REJECTED: near_duplicate" in out and "phash" in out and "criteria_used" in out
     dedup = pd.read_parquet(run_a / "results/dedup/decisions.parquet").set_index("relpath")
     iid = dedup.loc["rocket_reencoded.jpg", "image_id"]
-    by_id = subprocess.run(
-        [sys.executable, "-m", "pixverve", "audit", iid[:8], "--results", str(run_a / "results")],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    by_id = _audit(run_a, iid[:8])
     assert by_id.stdout == out
-    missing = subprocess.run(
-        [sys.executable, "-m", "pixverve", "audit", "nope", "--results", str(run_a / "results")],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    missing = _audit(run_a, "nope")
     assert missing.returncode == 2 and "no image" in missing.stderr
 
 
 def test_audit_shows_patch_coordinates_replies_and_decisions(run_a):
-    res = subprocess.run(
-        [sys.executable, "-m", "pixverve", "audit", "rocket_x2.jpg", "--results", str(run_a / "results")],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    res = _audit(run_a, "rocket_x2.jpg")
     assert res.returncode == 0, res.stderr
     out = res.stdout
     for needle in ("== upscale", "== verify", "verify/patches/", "verify/regions/", "verify/verified.parquet",
