@@ -16,6 +16,7 @@ include: "rules/ingest.smk"
 include: "rules/purify.smk"
 include: "rules/upscale.smk"
 include: "rules/verify.smk"
+include: "rules/caption.smk"
 include: "rules/bench.smk"
 
 
@@ -26,6 +27,7 @@ localrules:
     upscale_all,
     verify_all,
     verify_decide,
+    caption_all,
     demo_pool,
     collect,
     import_dataset,
@@ -38,3 +40,4 @@ rule all:
         rules.purify.input,
         rules.upscale_all.input,
         rules.verify_all.input,
+        rules.caption_all.input,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 # Pipeline order of the stage folders under results/; unknown folders come after these.
-STAGE_ORDER = ["collect", "index", "screen", "dedup", "purify", "upscale", "verify", "caption", "annotate", "train", "bench"]
+STAGE_ORDER = ["collect", "index", "screen", "dedup", "purify", "upscale", "verify", "caption", "dataset", "train", "bench"]
 SKIP_DIRS = {"summary", "benchmarks", "cache"}
 SHORT_ID = 6
 
@@ -98,7 +98,10 @@ def audit(results: str | Path, key: str, out=sys.stdout) -> int:
             sub = _read_rows(table, [image_id], set(zip(rows["root"], rows["relpath"])))
             for rec in sub.to_dict("records"):
                 found += 1
-                verdict = "PASSED" if rec.get("passed") else f"REJECTED: {rec.get('reason', '?')}"
+                if "passed" not in rec:  # a step that records, not decides (stage 5 tables)
+                    verdict = ""
+                else:
+                    verdict = "PASSED" if rec.get("passed") else f"REJECTED: {rec.get('reason', '?')}"
                 where = f"{rec.get('root', '')}/{rec.get('relpath', '')}".strip("/")
                 print(f"\n== {stage_dir.name}  [{table.relative_to(results)}]  {verdict}  {where}", file=out)
                 if rec.get("reason_detail"):
@@ -110,9 +113,33 @@ def audit(results: str | Path, key: str, out=sys.stdout) -> int:
                         continue
                     label = "output" if col.endswith("_path") else col
                     print(f"   {label:<22} {_fmt(value)}", file=out)
+    found += _print_record(results, image_id, shards, out)
     if found == 0:
         print("(no stage tables found)", file=out)
     return found
+
+
+def _print_record(results: Path, image_id: str, shards: set[str], out) -> int:
+    """The image's annotation record (stage 5), summarised: where it is, captions, counts."""
+    import json
+
+    for shard in sorted(shards):
+        path = results / "caption" / "records" / f"{shard}.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec["image_id"] != image_id:
+                continue
+            print(f"\n== annotation record  [{path.relative_to(results)}]{'  SMOKE: ' + ','.join(rec['smoke_steps']) if rec['smoke'] else ''}", file=out)
+            print(f"   {'tags':<22} {', '.join(rec['tags'])}", file=out)
+            print(f"   {'instances':<22} {len(rec['instances'])} (mask grid {rec['mask_grid']})", file=out)
+            for inst in rec["instances"]:
+                print(f"     #{inst['instance']} {inst['label']} box {inst['box']} importance {inst['importance']}: {inst['description']}", file=out)
+            print(f"   {'long_caption':<22} {rec['long_caption']}", file=out)
+            print(f"   {'short_caption':<22} {rec['short_caption']}", file=out)
+            return 1
+    return 0
 
 
 def main(argv=None) -> int:

@@ -111,10 +111,19 @@ def extract_json(text: str):
     return json.loads(text[start:])
 
 
-def parse_reply(text: str, schema: dict | None) -> tuple[str, object, str]:
-    """(status, parsed, error) for one raw reply: ok | unparseable | invalid (parsed but off-schema)."""
+TEXT = "text"  # the "schema" of a free-text task (a caption): the reply itself, stripped, is the result
+THINK = re.compile(r"<think>.*?</think>", re.S)
+
+
+def parse_reply(text: str, schema: dict | str | None) -> tuple[str, object, str]:
+    """(status, parsed, error) for one raw reply: ok | unparseable | invalid (parsed but off-schema).
+
+    With ``schema=TEXT`` the reply is prose: ok when non-empty after removing a ``<think>`` block."""
     import jsonschema
 
+    if schema == TEXT:
+        prose = THINK.sub("", text).strip()
+        return ("ok", prose, "") if prose else ("unparseable", None, "empty reply")
     try:
         parsed = extract_json(text)
     except ValueError as exc:
@@ -187,7 +196,7 @@ class VLMClient:
         kwargs = {}
         if top_logprobs:  # one token, its top alternatives: the reply is their log-probabilities
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
-        if self.settings.response_format and schema is not None:
+        if self.settings.response_format and isinstance(schema, dict):
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
         try:
             reply = await self._http().chat.completions.create(

@@ -81,3 +81,18 @@ def judge_uses_gpu():
         return True
     spec = vlm.get("transformers") or {}
     return vlm.get("backend") == "transformers" and spec.get("device", "auto") != "cpu"
+
+
+def caption_uses_gpu(step):
+    """Whether a captioning step runs a model in its own job (a local model or vLLM started there)."""
+    spec = config["caption"][step]
+    model = {"clip": "clip", "grounding_dino": "grounding_dino", "sam2": "sam2"}.get(
+        spec.get("backend")
+    )
+    on_gpu = bool(model) and (spec.get(model) or {}).get("device", "auto") != "cpu"
+    uses_vlm = (
+        step in ("instances", "aesthetics", "captions")
+        or spec.get("backend") in ("vlm", "rex_omni")
+        or (step == "tags" and spec["prune"]["enabled"])
+    )
+    return on_gpu or (uses_vlm and judge_uses_gpu())

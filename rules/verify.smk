@@ -73,3 +73,30 @@ rule verify_decide:
 rule verify_all:
     input:
         rules.verify_decide.output,
+
+
+rule verify_instances:
+    input:
+        masks="results/caption/masks/{shard}.parquet",
+        views="results/caption/views/{shard}",
+        upscaled="results/upscale/{shard}.parquet",
+        prompt=config["verify"]["instances"]["prompt"],
+    output:
+        images="results/verify/instances/{shard}.parquet",
+        crops="results/verify/instance_crops/{shard}.parquet",
+    log:
+        main="logs/verify_instances/{shard}.log",
+        server="logs/verify_instances/{shard}.vllm.log",
+    benchmark:
+        "results/benchmarks/verify_instances/{shard}.tsv"
+    conda:
+        "../envs/verify.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(judge_uses_gpu()),
+    params:
+        verify=config["verify"],
+        caption=config["caption"],
+        vlm=config["vlm"],
+    script:
+        "../scripts/verify_instances.py"

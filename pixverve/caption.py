@@ -1,0 +1,496 @@
+"""Stage 5: stage-wise captioning, one function per step (each a rule over shards).
+
+The chain, on the images that passed stage 4's checks 1-3 (``results/verify/verified.parquet``):
+
+1. ``tag_shard``: an analysis copy of each SR output (long side ``caption.view_px``, block-averaged
+   from the tiled TIFF one tile row at a time) is written once and used by every later step;
+   tags come from the tagger (VLM tag list, CLIP over a vocabulary, or tiny), then an LLM keeps
+   the tangible objects (the pruned list is always a subset of the tags; a reply that stays
+   unparseable leaves the list unpruned, recorded as such).
+2. ``boxes_shard``: the detector prompted with the kept tags on the view (downscaled to
+   ``boxes.detect_px``) and optionally on a grid of full-resolution tiles; boxes mapped to
+   full-resolution pixels and merged per label by NMS.
+3. ``masks_shard``: masks from the boxes on the analysis grid; mask NMS by IoU and a minimum
+   area (both config); masks stored as COCO RLE on the analysis grid.
+4. (stage 4, check 4, in ``pixverve.verify_instances``) each kept instance's crop judged for artefacts.
+5. ``describe_instances_shard``: per instance the crop centred on it with 5 % padding (read from
+   the tiled TIFF, or from the analysis copy when that has enough pixels) and the whole image
+   with the instance highlighted by its mask; the VLM returns a description and an importance.
+6. ``aesthetic_analysis_shard``: the six dimensions of the paper (score + analysis each).
+7. ``captions_shard``: a long caption from the image plus everything above, then a short
+   caption distilled from the long one (text only).
+
+Every VLM reply is kept raw next to its parsed value, with the prompt template's hash.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .annotate import TiledImage, box_nms, fit_within, highlight, map_box, mask_nms, padded_crop_box, rle_decode, rle_encode, tile_regions
+from .regions import prompt_text
+
+AESTHETIC_DIMENSIONS = [  # the paper's six dimensions (ArtiMuse's), in its order
+    ("composition_design", "composition & design"),
+    ("visual_elements_structure", "visual elements & structure"),
+    ("technical_execution", "technical execution"),
+    ("originality_creativity", "originality & creativity"),
+    ("theme_communication", "theme & communication"),
+    ("emotion_viewer_response", "emotion & viewer response"),
+]
+IMAGES_PER_BATCH = 16  # images whose VLM requests are in flight together
+
+TAGS_SCHEMA = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}, "required": ["tags"]}
+PRUNE_SCHEMA = {"type": "object", "properties": {"objects": {"type": "array", "items": {"type": "string"}}}, "required": ["objects"]}
+
+
+def instance_schema(low: int, high: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "description": {"type": "string", "minLength": 1},
+            "importance": {"type": "integer", "minimum": low, "maximum": high},
+        },
+        "required": ["description", "importance"],
+    }
+
+
+def aesthetic_schema(low: int, high: int) -> dict:
+    dim = {
+        "type": "object",
+        "properties": {"score": {"type": "integer", "minimum": low, "maximum": high}, "analysis": {"type": "string", "minLength": 1}},
+        "required": ["score", "analysis"],
+    }
+    return {"type": "object", "properties": {k: dim for k, _ in AESTHETIC_DIMENSIONS}, "required": [k for k, _ in AESTHETIC_DIMENSIONS]}
+
+
+def step_config(config: dict, overrides: dict | None) -> dict:
+    """A copy of the config whose ``vlm`` block has a step's overrides merged in (e.g. another model)."""
+    out = copy.deepcopy(config)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out["vlm"].get(key), dict):
+            out["vlm"][key].update(value)
+        else:
+            out["vlm"][key] = value
+    return out
+
+
+def survivors(verified, shard: str):
+    """Rows of one shard that passed stage 4's checks 1-3."""
+    if not len(verified):
+        return verified
+    return verified[(verified["shard"] == shard) & verified["passed"]].reset_index(drop=True)
+
+
+def view_file(views_dir, image_id: str) -> Path:
+    return Path(views_dir) / f"{image_id}.png"
+
+
+def write_view(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    tmp.replace(path)
+
+
+def read_view(views_dir, image_id: str) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(view_file(views_dir, image_id)), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"analysis copy of {image_id} missing in {views_dir}: rerun caption_tags")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _base(rec: dict) -> dict:
+    return {k: rec[k] for k in ("image_id", "root", "relpath", "shard")}
+
+
+def _reply_columns(res, prefix: str) -> dict:
+    return {
+        f"{prefix}_status": res.status,
+        f"{prefix}_replies": json.dumps(res.raw_replies),
+        f"{prefix}_error": res.error,
+    }
+
+
+def _chunks(items: list, size: int = IMAGES_PER_BATCH):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ----------------------------------------------------------------------------- 1. tags
+
+
+def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger, pruner, log=print):
+    """Analysis copies + tags + pruned tags for one shard; one row per image.
+
+    ``tagger``: a model tagger (``tag(images)``) or None when ``vlm_tagger`` (a VLM backend)
+    writes the tag list; ``pruner``: a VLM backend for the pruning LLM, or None when pruning is off.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from .vlm import user_message
+
+    spec = config["caption"]["tags"]
+    view_px = int(config["caption"]["view_px"])
+    tag_prompt, tag_sha = prompt_text(spec["prompt"])
+    prune_prompt, prune_sha = prompt_text(spec["prune"]["prompt"])
+    rows = []
+    recs = survivors(verified, shard).to_dict("records")
+    bar = tqdm(total=len(recs), desc="tags", unit="img", mininterval=2)
+    for chunk in _chunks(recs):
+        views = []
+        for rec in chunk:
+            with TiledImage(rec["output_path"]) as tiled:
+                view = tiled.downscaled(view_px)
+                size = (tiled.width, tiled.height)
+            write_view(view_file(views_dir, rec["image_id"]), view)
+            views.append(view)
+            rows.append(_base(rec) | {"width": size[0], "height": size[1], "view_width": view.shape[1], "view_height": view.shape[0]})
+        batch = rows[-len(chunk) :]
+        if tagger is not None:
+            for row, tags in zip(batch, tagger.tag(views), strict=True):
+                row.update(tagger_model=tagger.model_name, tags_raw=json.dumps(tags), tags_status="ok", tags_replies="[]",
+                           tags_error="", smoke=bool(tagger.smoke))
+                row["candidates"] = [t for t, _ in tags]
+        else:
+            requests = [("tags", r["image_id"], [user_message(tag_prompt, [fit_within(v, int(spec["vlm_px"]))])], TAGS_SCHEMA)
+                        for r, v in zip(batch, views, strict=True)]
+            for row, res in zip(batch, vlm_tagger.run_many(requests), strict=True):
+                tags = _clean_tags(res.parsed["tags"]) if res.status == "ok" else []
+                row.update(tagger_model=vlm_tagger.model_name, tags_raw=json.dumps(tags), smoke=bool(vlm_tagger.smoke),
+                           **_reply_columns(res, "tags"))
+                row["candidates"] = tags
+        for row in batch:
+            row["candidates"] = row["candidates"][: int(spec["max_tags"])]
+        _prune(batch, pruner, prune_prompt)
+        bar.update(len(chunk))
+    bar.close()
+    for row in rows:
+        row.update(tags_prompt_sha=tag_sha if tagger is None else "", prune_prompt_sha=prune_sha if pruner is not None else "")
+        row["n_tags_raw"] = len(row["candidates"])
+        row["n_tags"] = len(row["tags"])
+        row["tags"] = json.dumps(row["tags"])
+        del row["candidates"]
+        log(f"{row['relpath']}: {row['n_tags_raw']} tags -> {row['n_tags']} kept ({row['prune_status']})")
+    return pd.DataFrame(rows)
+
+
+def _clean_tags(tags) -> list[str]:
+    seen, out = set(), []
+    for t in tags:
+        t = " ".join(str(t).lower().split())
+        if t and t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out
+
+
+def _prune(batch: list[dict], pruner, prompt: str) -> None:
+    """Keep the tangible objects among each row's candidate tags (a subset, in the tags' order)."""
+    if pruner is None:
+        for row in batch:
+            row.update(tags=list(row["candidates"]), prune_status="off", prune_replies="[]", prune_error="", prune_model="")
+        return
+    todo = [r for r in batch if r["candidates"]]
+    requests = [("prune_tags", r["image_id"], [{"role": "user", "content": prompt.replace("{tags}", json.dumps(r["candidates"]))}],
+                 PRUNE_SCHEMA) for r in todo]
+    results = dict(zip([r["image_id"] for r in todo], pruner.run_many(requests) if requests else [], strict=True))
+    for row in batch:
+        res = results.get(row["image_id"])
+        row["prune_model"] = pruner.model_name
+        row["smoke"] = bool(row["smoke"] or pruner.smoke)
+        if res is None:
+            row.update(tags=[], prune_status="no_tags", prune_replies="[]", prune_error="")
+            continue
+        row.update(_reply_columns(res, "prune"))
+        if res.status == "ok":
+            keep = set(_clean_tags(res.parsed["objects"]))
+            row["tags"] = [t for t in row["candidates"] if t in keep]
+        else:  # the pruning LLM gave nothing usable: the unpruned list goes on, the status says so
+            row["tags"] = list(row["candidates"])
+
+
+# ----------------------------------------------------------------------------- 2. boxes
+
+
+def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, log=print):
+    """Boxes in full-resolution pixels per image (JSON list), from the view and optional tiles."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from .vlm import TEXT, user_message
+
+    spec = config["caption"]["boxes"]
+    detect_px, grid = int(spec["detect_px"]), int(spec["tiles"])
+    rex_prompt, rex_sha = prompt_text(spec["rex_omni"]["prompt"])
+    out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
+    rows = []
+    for rec in tqdm(tags.to_dict("records"), desc="boxes", unit="img", mininterval=2):
+        kept_tags = json.loads(rec["tags"])
+        W, H = int(rec["width"]), int(rec["height"])
+        row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "status": "ok"}
+        found = []
+        if kept_tags:
+            view = read_view(views_dir, rec["image_id"])
+            views = [(fit_within(view, detect_px), (0, 0, W, H), "view")]
+            if grid > 1:
+                with TiledImage(out_paths[rec["image_id"]]) as tiled:
+                    for i, region in enumerate(tile_regions(W, H, grid, float(spec["tile_overlap"]))):
+                        views.append((fit_within(tiled.read(*region), detect_px), region, f"tile{i}"))
+            row["n_views"] = len(views)
+            if detector is not None:
+                for image, region, name in views:
+                    for d in detector.detect(image, kept_tags):
+                        found.append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+            else:
+                prompt = rex_prompt.replace("{tags}", ", ".join(kept_tags))
+                requests = [("boxes", f"{rec['image_id']}:{name}", [user_message(prompt, [image])], TEXT) for image, _, name in views]
+                results = rex_judge.run_many(requests)
+                row["replies"] = json.dumps([r.raw_replies for r in results])
+                row["status"] = "ok" if all(r.status == "ok" for r in results) else "judge_" + next(r.status for r in results if r.status != "ok")
+                from .caption_models import parse_rex_boxes
+
+                for (image, region, name), res in zip(views, results, strict=True):
+                    text = res.parsed if res.status == "ok" else ""
+                    for d in parse_rex_boxes(text, image.shape[1], image.shape[0], int(spec["rex_omni"]["bins"])):
+                        found.append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+        else:
+            row["status"] = "no_tags"
+        boxes = _merge_boxes(found, float(spec["nms_iou"]), int(spec["max_boxes"]))
+        smoke = bool(getattr(detector, "smoke", False) or getattr(rex_judge, "smoke", False))
+        row.update(boxes=json.dumps(boxes), n_boxes=len(boxes), n_raw_boxes=len(found), smoke=smoke,
+                   detector=(detector.model_name if detector is not None else rex_judge.model_name),
+                   prompt_sha=rex_sha if detector is None else "")
+        rows.append(row)
+        log(f"{rec['relpath']}: {len(found)} raw boxes -> {len(boxes)} after NMS over {row['n_views']} views")
+    return pd.DataFrame(rows)
+
+
+def _merge_boxes(found: list[dict], iou: float, max_boxes: int) -> list[dict]:
+    """NMS per label over all views; boxes rounded to 0.01 px; highest score first, then position."""
+    kept = []
+    for label in sorted({d["label"] for d in found}):
+        group = [d for d in found if d["label"] == label]
+        for i in box_nms([d["box"] for d in group], [d["score"] for d in group], iou):
+            kept.append(group[i])
+    kept.sort(key=lambda d: (-d["score"], d["box"][1], d["box"][0], d["label"]))
+    return [{"label": d["label"], "phrase": d["phrase"], "score": round(float(d["score"]), 6),
+             "box": [round(float(v), 2) for v in d["box"]], "view": d["view"]} for d in kept[:max_boxes]]
+
+
+# ----------------------------------------------------------------------------- 3. masks
+
+
+def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
+    """Instances per image: box + mask (RLE on the analysis grid) + NMS outcome (JSON list)."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    spec = config["caption"]["masks"]
+    cap = spec.get("max_instances")
+    rows = []
+    for rec in tqdm(boxes.to_dict("records"), desc="masks", unit="img", mininterval=2):
+        found = json.loads(rec["boxes"])
+        W, H = int(rec["width"]), int(rec["height"])
+        instances = []
+        if found:
+            view = read_view(views_dir, rec["image_id"])
+            sx, sy = view.shape[1] / W, view.shape[0] / H
+            view_boxes = [[b["box"][0] * sx, b["box"][1] * sy, b["box"][2] * sx, b["box"][3] * sy] for b in found]
+            masks, mask_scores = segmenter.segment(view, view_boxes)
+            scores = [b["score"] * s for b, s in zip(found, mask_scores, strict=True)]
+            kept, dropped = mask_nms(masks, scores, float(spec["nms_iou"]), float(spec["min_area_fraction"]))
+            if cap is not None and len(kept) > int(cap):  # the highest-scoring ones stay
+                by_score = sorted(kept, key=lambda i: (-scores[i], i))
+                for i in by_score[int(cap) :]:
+                    dropped[i] = f"cap: more than caption.masks.max_instances={cap}"
+                kept = sorted(by_score[: int(cap)])
+            for i, (b, m) in enumerate(zip(found, masks, strict=True)):
+                instances.append({
+                    "instance": i, "label": b["label"], "box": b["box"], "det_score": b["score"],
+                    "mask_score": round(float(mask_scores[i]), 6), "score": round(float(scores[i]), 6),
+                    "area_fraction": round(float(np.count_nonzero(m) / m.size), 6),
+                    "kept": i in kept, "drop_reason": dropped.get(i, ""), "mask": rle_encode(m),
+                })
+        n_kept = sum(1 for x in instances if x["kept"])
+        rows.append(_base(rec) | {
+            "width": W, "height": H, "instances": json.dumps(instances), "n_candidates": len(instances), "n_instances": n_kept,
+            "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
+        })
+        log(f"{rec['relpath']}: {len(instances)} masks -> {n_kept} instances after NMS/area")
+    return pd.DataFrame(rows)
+
+
+def kept_instances(masks_row: dict) -> list[dict]:
+    return [x for x in json.loads(masks_row["instances"]) if x["kept"]]
+
+
+def instance_crop(tiled: TiledImage, view: np.ndarray, box, pad: float, max_side: int) -> tuple[np.ndarray, tuple]:
+    """The crop centred on an instance with ``pad`` padding, long side <= ``max_side``, and its
+    full-resolution (x, y, w, h).  Read from the analysis copy when that already holds at least
+    ``max_side`` pixels across the crop (a big instance), else from the tiled SR output."""
+    W, H = tiled.width, tiled.height
+    x, y, w, h = padded_crop_box(box, W, H, pad)
+    f = W / view.shape[1]
+    if max(w, h) / f >= max_side:
+        vx0, vy0 = int(x / f), int(y / f)
+        vx1, vy1 = max(vx0 + 1, math.ceil((x + w) / f)), max(vy0 + 1, math.ceil((y + h) / f))
+        return fit_within(view[vy0:vy1, vx0:vx1], max_side), (x, y, w, h)
+    return fit_within(tiled.read(x, y, w, h), max_side), (x, y, w, h)
+
+
+# ----------------------------------------------------------------------------- 5. descriptions
+
+
+def describe_instances_shard(masks, instance_checks, config: dict, views_dir, upscaled, judge, log=print):
+    """One row per kept instance of every image that passed the instance-level check."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from .vlm import user_message
+
+    spec = config["caption"]["instances"]
+    low, high = spec["importance_scale"]
+    schema = instance_schema(int(low), int(high))
+    prompt, sha = prompt_text(spec["prompt"])
+    prompt = prompt.replace("{low}", str(low)).replace("{high}", str(high))
+    passed = set(instance_checks.loc[instance_checks["passed"], "image_id"]) if len(instance_checks) else set()
+    out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
+    recs = [r for r in masks.to_dict("records") if r["image_id"] in passed]
+    rows = []
+    for chunk in tqdm(list(_chunks(recs, 4)), desc="instances", unit="batch", mininterval=2):
+        requests, meta = [], []
+        for rec in chunk:
+            view = read_view(views_dir, rec["image_id"])
+            context = fit_within(view, int(spec["context_px"]))
+            with TiledImage(out_paths[rec["image_id"]]) as tiled:
+                for inst in kept_instances(rec):
+                    crop, region = instance_crop(tiled, view, inst["box"], float(spec["padding"]), int(spec["crop_px"]))
+                    lit = highlight(context, rle_decode(inst["mask"]))
+                    text = prompt.replace("{label}", inst["label"])
+                    requests.append(("describe_instance", f"{rec['image_id']}:{inst['instance']}", [user_message(text, [crop, lit])], schema))
+                    meta.append(_base(rec) | {"instance": inst["instance"], "label": inst["label"], "crop_x": region[0],
+                                              "crop_y": region[1], "crop_w": region[2], "crop_h": region[3]})
+        for m, res in zip(meta, judge.run_many(requests) if requests else [], strict=True):
+            ok = res.status == "ok"
+            rows.append(m | {
+                "description": res.parsed["description"].strip() if ok else None,
+                "importance": int(res.parsed["importance"]) if ok else None,
+                "status": res.status, "replies": json.dumps(res.raw_replies), "error": res.error, "attempts": res.attempts,
+                "model": judge.model_name, "prompt_sha": sha, "smoke": bool(judge.smoke),
+            })
+    columns = ["image_id", "root", "relpath", "shard", "instance", "label", "crop_x", "crop_y", "crop_w", "crop_h", "description",
+               "importance", "status", "replies", "error", "attempts", "model", "prompt_sha", "smoke"]
+    table = pd.DataFrame(rows, columns=columns)
+    if len(table):
+        table["importance"] = table["importance"].astype("Int64")
+    log(f"{len(recs)} images, {len(table)} instances described, {int((table['status'] != 'ok').sum()) if len(table) else 0} without a valid reply")
+    return table
+
+
+# ----------------------------------------------------------------------------- 6. aesthetics
+
+
+def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, log=print):
+    """The paper's six aesthetic dimensions per image (score + analysis), one row per image."""
+    import pandas as pd
+
+    from .vlm import user_message
+
+    spec = config["caption"]["aesthetics"]
+    low, high = spec["score_scale"]
+    prompt, sha = prompt_text(spec["prompt"])
+    prompt = prompt.replace("{low}", str(low)).replace("{high}", str(high))
+    schema = aesthetic_schema(int(low), int(high))
+    recs = instance_checks[instance_checks["passed"]].to_dict("records") if len(instance_checks) else []
+    rows = []
+    for chunk in _chunks(recs):
+        requests = [("aesthetic_analysis", r["image_id"], [user_message(prompt, [fit_within(read_view(views_dir, r["image_id"]), int(spec["view_px"]))])], schema)
+                    for r in chunk]
+        for rec, res in zip(chunk, judge.run_many(requests), strict=True):
+            ok = res.status == "ok"
+            row = _base(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
+                                "prompt_sha": sha, "smoke": bool(judge.smoke), **_reply_columns(res, "judge")}
+            for key, _ in AESTHETIC_DIMENSIONS:
+                row[f"{key}_score"] = int(res.parsed[key]["score"]) if ok else None
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    for key, _ in AESTHETIC_DIMENSIONS:
+        if len(table):
+            table[f"{key}_score"] = table[f"{key}_score"].astype("Int64")
+    log(f"aesthetic analysis of {len(table)} images")
+    return table
+
+
+# ----------------------------------------------------------------------------- 7. captions
+
+
+def caption_metadata(rec: dict, tags_row: dict, instances: list[dict], analysis: str, source_row: dict) -> dict:
+    """Everything the long-caption prompt is given besides the image, most important instances first."""
+    described = [i for i in instances if i.get("description")]
+    described.sort(key=lambda i: (-(i.get("importance") or 0), i["instance"]))
+    meta = {
+        "size": f"{tags_row['width']}x{tags_row['height']}",
+        "tags": json.loads(tags_row["tags"]),
+        "instances": [{"label": i["label"], "importance": i["importance"], "description": i["description"]} for i in described],
+        "aesthetics": json.loads(analysis) if analysis else None,
+    }
+    for key in ("source", "source_caption"):
+        if source_row.get(key):
+            meta[key] = source_row[key]
+    return meta
+
+
+def captions_shard(instance_checks, tags, descriptions, aesthetics, index, config: dict, views_dir, judge, log=print):
+    """Long caption (image + metadata) then short caption (from the long one), one row per image."""
+    import pandas as pd
+
+    from .vlm import TEXT, user_message
+
+    spec = config["caption"]["captions"]
+    long_prompt, long_sha = prompt_text(spec["long_prompt"])
+    short_prompt, short_sha = prompt_text(spec["short_prompt"])
+    recs = instance_checks[instance_checks["passed"]].to_dict("records") if len(instance_checks) else []
+    tags_by = {r["image_id"]: r for r in tags.to_dict("records")}
+    aest_by = {r["image_id"]: r["analysis"] for r in aesthetics.to_dict("records")} if len(aesthetics) else {}
+    desc_by: dict[str, list] = {}
+    for r in descriptions.to_dict("records") if len(descriptions) else []:
+        desc_by.setdefault(r["image_id"], []).append(r)
+    index_by = {r["image_id"]: r for r in index.to_dict("records")}
+    rows = []
+    for chunk in _chunks(recs):
+        longs = []
+        for rec in chunk:
+            meta = caption_metadata(rec, tags_by[rec["image_id"]], desc_by.get(rec["image_id"], []), aest_by.get(rec["image_id"], ""),
+                                    index_by.get(rec["image_id"], {}))
+            text = long_prompt.replace("{metadata}", json.dumps(meta, ensure_ascii=False, indent=1))
+            view = fit_within(read_view(views_dir, rec["image_id"]), int(spec["view_px"]))
+            longs.append(("long_caption", rec["image_id"], [user_message(text, [view])], TEXT))
+        long_results = judge.run_many(longs)
+        shorts = [("short_caption", rec["image_id"], [{"role": "user", "content": short_prompt.replace("{long_caption}", res.parsed)}], TEXT)
+                  for rec, res in zip(chunk, long_results, strict=True) if res.status == "ok"]
+        short_results = dict(zip([s[1] for s in shorts], judge.run_many(shorts) if shorts else [], strict=True))
+        for rec, long_res in zip(chunk, long_results, strict=True):
+            short_res = short_results.get(rec["image_id"])
+            long_caption = long_res.parsed if long_res.status == "ok" else None
+            short_caption = short_res.parsed if short_res is not None and short_res.status == "ok" else None
+            rows.append(_base(rec) | {
+                "long_caption": long_caption, "short_caption": short_caption,
+                "long_words": len(long_caption.split()) if long_caption else 0,
+                "short_words": len(short_caption.split()) if short_caption else 0,
+                **_reply_columns(long_res, "long"),
+                **(_reply_columns(short_res, "short") if short_res is not None else {"short_status": "no_long_caption", "short_replies": "[]", "short_error": ""}),
+                "model": judge.model_name, "long_prompt_sha": long_sha, "short_prompt_sha": short_sha, "smoke": bool(judge.smoke),
+            })
+    log(f"captions for {len(rows)} images")
+    return pd.DataFrame(rows)

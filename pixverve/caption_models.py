@@ -1,0 +1,267 @@
+"""Model backends of stage 5: tagger, detector, segmenter (each: the paper's model or a practical
+alternative, plus ``tiny``).  VLM-driven steps (tag lists, pruning, instance descriptions,
+aesthetic analysis, captions, Rex-Omni boxes) go through the project's VLM client.
+
+Backends and what they load:
+* tagger ``vlm``: the VLM asked for a tag list (prompts/tags.md).  RAM++ itself is not offered:
+  its code is only published on GitHub (``recognize-anything``), not on PyPI, so it cannot be
+  installed on machines that reach PyPI only; ``clip`` is the open-vocabulary stand-in with the
+  same shape (image-text similarity against a tag vocabulary, like RAM++'s tag queries).
+* tagger ``clip``: transformers ``CLIPModel`` scoring every tag of a vocabulary file
+  (cosine similarity of L2-normalised embeddings, kept above a threshold, top k).
+* detector ``grounding_dino``: transformers zero-shot detection (``AutoModelForZeroShotObjectDetection``)
+  prompted with the kept tags; ``rex_omni``: Rex-Omni (or any grounding VLM) through the VLM
+  client, its ``<|box_start|><x0><y0><x1><y1><|box_end|>`` answers (coordinates in 0..999 bins)
+  parsed; ``tiny``: a random Grounding DINO.
+* segmenter ``sam2``: transformers ``Sam2Model`` from the boxes; ``box``: the box itself as the
+  mask (no model, coarse, for a cluster without SAM 2); ``tiny``: a random SAM 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class CaptionModelUnavailable(RuntimeError):
+    """A configured model cannot be loaded; the message names the config key and what to do."""
+
+
+def _offline(model: str) -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model).is_dir()
+
+
+def _load(loader, model: str, key: str):
+    try:
+        return loader(model, local_files_only=_offline(model))
+    except (OSError, ValueError) as exc:
+        raise CaptionModelUnavailable(
+            f"config key {key}: cannot load {model!r} ({type(exc).__name__}: {exc}). Give a local folder with the "
+            "model and processor files, or a hub id already in the Hugging Face cache (compute nodes run offline)."
+        ) from exc
+
+
+def _device(spec: dict) -> str:
+    from .devices import resolve_device
+
+    return resolve_device(spec.get("device", "auto"))
+
+
+# ----------------------------------------------------------------------------- tagging
+
+
+class ClipTagger:
+    """Open-vocabulary tags: cosine similarity between the image and every vocabulary entry."""
+
+    def __init__(self, model_id: str, vocabulary: list[str], threshold: float, top_k: int, device: str = "cpu",
+                 smoke: bool = False, key: str = "caption.tags.clip.model"):
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        if not vocabulary:
+            raise CaptionModelUnavailable("config key caption.tags.clip.vocabulary: the tag vocabulary file is empty")
+        self.model = _load(CLIPModel.from_pretrained, model_id, key).to(device).eval()
+        self.processor = _load(CLIPProcessor.from_pretrained, model_id, key)
+        self.vocabulary, self.threshold, self.top_k, self.device = vocabulary, threshold, top_k, device
+        self.smoke, self.model_name = smoke, model_id
+        with torch.inference_mode():
+            text = self.processor(text=[f"a photo of {t}" for t in vocabulary], return_tensors="pt", padding=True).to(device)
+            emb = self.model.get_text_features(**text)
+            emb = getattr(emb, "pooler_output", emb)
+            self.text_emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+
+    def tag(self, images: list[np.ndarray]) -> list[list[tuple[str, float]]]:
+        import torch
+
+        with torch.inference_mode():
+            pixels = self.processor(images=images, return_tensors="pt").to(self.device)
+            emb = self.model.get_image_features(**pixels)
+            emb = getattr(emb, "pooler_output", emb)
+            sims = torch.nn.functional.normalize(emb.float(), dim=-1) @ self.text_emb.T
+        out = []
+        for row in sims.cpu().numpy().astype(np.float64):
+            order = sorted(range(len(row)), key=lambda i: (-row[i], i))
+            out.append([(self.vocabulary[i], round(float(row[i]), 6)) for i in order[: self.top_k] if row[i] >= self.threshold])
+        return out
+
+
+def read_vocabulary(path: str | Path) -> list[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [t.strip() for t in lines if t.strip() and not t.startswith("#")]
+
+
+def build_tagger(spec: dict):
+    """``caption.tags`` -> a tagger with ``tag(images)``, or None for backend ``vlm`` (the caller
+    asks the VLM client)."""
+    backend = spec["backend"]
+    if backend == "vlm":
+        return None
+    clip = spec.get("clip") or {}
+    vocabulary = read_vocabulary(clip["vocabulary"])
+    if backend == "clip":
+        if not clip.get("model"):
+            raise CaptionModelUnavailable("config key caption.tags.clip.model: set a local folder or hub id")
+        return ClipTagger(clip["model"], vocabulary, float(clip["threshold"]), int(clip["top_k"]), _device(clip))
+    if backend == "tiny":
+        from .tiny_models import build_tiny_clip
+
+        with tempfile.TemporaryDirectory(prefix="pixverve-tiny-clip-") as folder:
+            build_tiny_clip(folder, seed=int(spec.get("seed", 0)))
+            # random embeddings: a threshold would keep an arbitrary number, so keep the top k
+            tagger = ClipTagger(folder, vocabulary, -1.0, int(clip["top_k"]), "cpu", smoke=True)
+        tagger.model_name = "tiny random CLIP"
+        return tagger
+    raise CaptionModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | clip | tiny)")
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+class GroundingDinoDetector:
+    """Zero-shot boxes for a list of phrases (transformers Grounding DINO)."""
+
+    def __init__(self, model_id: str, box_threshold: float, text_threshold: float, tags_per_prompt: int,
+                 device: str = "cpu", smoke: bool = False, key: str = "caption.boxes.grounding_dino.model"):
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        self.model = _load(AutoModelForZeroShotObjectDetection.from_pretrained, model_id, key).to(device).eval()
+        self.processor = _load(AutoProcessor.from_pretrained, model_id, key)
+        self.box_threshold, self.text_threshold = box_threshold, text_threshold
+        self.tags_per_prompt, self.device, self.smoke, self.model_name = tags_per_prompt, device, smoke, model_id
+
+    def detect(self, view: np.ndarray, tags: list[str]) -> list[dict]:
+        """Boxes on ``view`` (its pixel coordinates): [{label, score, box}]; the prompt is the
+        tags joined by ". " (Grounding DINO's phrase separator), in groups of ``tags_per_prompt``."""
+        import torch
+
+        found = []
+        for start in range(0, len(tags), self.tags_per_prompt):
+            group = [t.lower().strip() for t in tags[start : start + self.tags_per_prompt]]
+            text = ". ".join(group) + "."
+            inputs = self.processor(images=view, text=text, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                outputs = self.model(**inputs)
+            result = self.processor.post_process_grounded_object_detection(
+                outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
+                target_sizes=[view.shape[:2]],
+            )[0]
+            labels = result.get("text_labels", result.get("labels"))
+            for box, score, label in zip(result["boxes"].tolist(), result["scores"].tolist(), labels):
+                found.append({"label": nearest_tag(str(label), group), "phrase": str(label), "score": float(score), "box": box})
+        return found
+
+
+def nearest_tag(phrase: str, tags: list[str]) -> str:
+    """The tag a detected phrase belongs to (Grounding DINO returns the prompt's sub-words)."""
+    phrase = phrase.strip().lower()
+    if phrase in tags:
+        return phrase
+    containing = [t for t in tags if phrase and (phrase in t or t in phrase)]
+    return containing[0] if containing else (phrase or "object")
+
+
+REX_BOX = re.compile(
+    r"<\|object_ref_start\|>\s*(.*?)\s*<\|object_ref_end\|>\s*<\|box_start\|>(.*?)<\|box_end\|>", re.S
+)
+REX_COORDS = re.compile(r"<(\d+)><(\d+)><(\d+)><(\d+)>")
+
+
+def parse_rex_boxes(text: str, width: int, height: int, bins: int = 1000) -> list[dict]:
+    """Boxes from a Rex-Omni answer: ``<|object_ref_start|>label<|object_ref_end|><|box_start|>
+    <x0><y0><x1><y1>,<...><|box_end|>``, coordinates quantised to ``bins`` steps of the image
+    size -> view pixels.  Unparseable fragments are skipped (the raw reply is kept by the caller)."""
+    out = []
+    for label, body in REX_BOX.findall(text):
+        for coords in REX_COORDS.findall(body):
+            x0, y0, x1, y1 = (int(c) for c in coords)
+            box = [x0 / (bins - 1) * width, y0 / (bins - 1) * height, x1 / (bins - 1) * width, y1 / (bins - 1) * height]
+            if box[2] > box[0] and box[3] > box[1]:
+                out.append({"label": label.strip().lower(), "phrase": label.strip(), "score": 1.0, "box": box})
+    return out
+
+
+def build_detector(spec: dict):
+    """``caption.boxes`` -> a detector with ``detect(view, tags)``, or None for ``rex_omni`` (VLM client)."""
+    backend = spec["backend"]
+    if backend == "rex_omni":
+        return None
+    gd = spec.get("grounding_dino") or {}
+    args = (float(gd["box_threshold"]), float(gd["text_threshold"]), int(gd["tags_per_prompt"]))
+    if backend == "grounding_dino":
+        if not gd.get("model"):
+            raise CaptionModelUnavailable("config key caption.boxes.grounding_dino.model: set a local folder or hub id")
+        return GroundingDinoDetector(gd["model"], *args, device=_device(gd))
+    if backend == "tiny":
+        from .tiny_models import build_tiny_grounding_dino
+
+        with tempfile.TemporaryDirectory(prefix="pixverve-tiny-gdino-") as folder:
+            build_tiny_grounding_dino(folder, seed=int(spec.get("seed", 0)))
+            detector = GroundingDinoDetector(folder, *args, device="cpu", smoke=True)
+        detector.model_name = "tiny random Grounding DINO"
+        return detector
+    raise CaptionModelUnavailable(f"config key caption.boxes.backend: unknown backend {backend!r} (grounding_dino | rex_omni | tiny)")
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+class Sam2Segmenter:
+    """Masks from boxes (transformers SAM 2), one forward for all boxes of an image."""
+
+    def __init__(self, model_id: str, device: str = "cpu", smoke: bool = False, key: str = "caption.masks.sam2.model"):
+        from transformers import Sam2Model, Sam2Processor
+
+        self.model = _load(Sam2Model.from_pretrained, model_id, key).to(device).eval()
+        self.processor = _load(Sam2Processor.from_pretrained, model_id, key)
+        self.device, self.smoke, self.model_name = device, smoke, model_id
+
+    def segment(self, view: np.ndarray, boxes: list[list[float]]) -> tuple[list[np.ndarray], list[float]]:
+        import torch
+
+        if not boxes:
+            return [], []
+        inputs = self.processor(images=view, input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model(**inputs, multimask_output=False)
+        masks = self.processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"].cpu())[0]
+        scores = out.iou_scores[0, :, 0].float().cpu().tolist()
+        return [m[0].numpy().astype(bool) for m in masks], [float(s) for s in scores]
+
+
+class BoxSegmenter:
+    """The box itself as the mask: no model (coarse; for clusters without SAM 2)."""
+
+    smoke = False
+    model_name = "box (no segmentation model)"
+
+    def segment(self, view: np.ndarray, boxes: list[list[float]]) -> tuple[list[np.ndarray], list[float]]:
+        masks = []
+        for x0, y0, x1, y1 in boxes:
+            m = np.zeros(view.shape[:2], bool)
+            m[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = True
+            masks.append(m)
+        return masks, [1.0] * len(boxes)
+
+
+def build_segmenter(spec: dict):
+    backend = spec["backend"]
+    if backend == "box":
+        return BoxSegmenter()
+    sam = spec.get("sam2") or {}
+    if backend == "sam2":
+        if not sam.get("model"):
+            raise CaptionModelUnavailable("config key caption.masks.sam2.model: set a local folder or hub id")
+        return Sam2Segmenter(sam["model"], _device(sam))
+    if backend == "tiny":
+        from .tiny_models import build_tiny_sam2
+
+        with tempfile.TemporaryDirectory(prefix="pixverve-tiny-sam2-") as folder:
+            build_tiny_sam2(folder, seed=int(spec.get("seed", 0)))
+            segmenter = Sam2Segmenter(folder, "cpu", smoke=True)
+        segmenter.model_name = "tiny random SAM 2"
+        return segmenter
+    raise CaptionModelUnavailable(f"config key caption.masks.backend: unknown backend {backend!r} (sam2 | box | tiny)")

@@ -1,0 +1,225 @@
+# Stage 5: stage-wise captioning over shards of the images that passed stage 4's checks 1-3.
+# tags -> boxes -> masks -> (stage 4 check 4: verify_instances) -> instance descriptions,
+# aesthetic analysis -> long/short captions -> annotation records -> dataset export + tables.
+
+
+rule caption_tags:
+    input:
+        verified="results/verify/verified.parquet",
+        prompt=config["caption"]["tags"]["prompt"],
+        prune_prompt=config["caption"]["tags"]["prune"]["prompt"],
+        vocabulary=config["caption"]["tags"]["clip"]["vocabulary"],
+    output:
+        table="results/caption/tags/{shard}.parquet",
+        views=directory("results/caption/views/{shard}"),
+    log:
+        main="logs/caption_tags/{shard}.log",
+        server="logs/caption_tags/{shard}.vllm.log",
+    benchmark:
+        "results/benchmarks/caption_tags/{shard}.tsv"
+    conda:
+        "../envs/caption.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(caption_uses_gpu("tags")),
+    params:
+        caption=config["caption"],
+        vlm=config["vlm"],
+    script:
+        "../scripts/caption_tags.py"
+
+
+rule caption_boxes:
+    input:
+        tags="results/caption/tags/{shard}.parquet",
+        views="results/caption/views/{shard}",
+        upscaled="results/upscale/{shard}.parquet",
+        prompt=config["caption"]["boxes"]["rex_omni"]["prompt"],
+    output:
+        "results/caption/boxes/{shard}.parquet",
+    log:
+        main="logs/caption_boxes/{shard}.log",
+        server="logs/caption_boxes/{shard}.vllm.log",
+    benchmark:
+        "results/benchmarks/caption_boxes/{shard}.tsv"
+    conda:
+        "../envs/caption.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(caption_uses_gpu("boxes")),
+    params:
+        caption=config["caption"],
+        vlm=config["vlm"],
+    script:
+        "../scripts/caption_boxes.py"
+
+
+rule caption_masks:
+    input:
+        boxes="results/caption/boxes/{shard}.parquet",
+        views="results/caption/views/{shard}",
+    output:
+        "results/caption/masks/{shard}.parquet",
+    log:
+        "logs/caption_masks/{shard}.log",
+    benchmark:
+        "results/benchmarks/caption_masks/{shard}.tsv"
+    conda:
+        "../envs/caption.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(caption_uses_gpu("masks")),
+    params:
+        caption=config["caption"],
+    script:
+        "../scripts/caption_masks.py"
+
+
+rule caption_instances:
+    input:
+        masks="results/caption/masks/{shard}.parquet",
+        checks="results/verify/instances/{shard}.parquet",
+        views="results/caption/views/{shard}",
+        upscaled="results/upscale/{shard}.parquet",
+        prompt=config["caption"]["instances"]["prompt"],
+    output:
+        "results/caption/instances/{shard}.parquet",
+    log:
+        main="logs/caption_instances/{shard}.log",
+        server="logs/caption_instances/{shard}.vllm.log",
+    benchmark:
+        "results/benchmarks/caption_instances/{shard}.tsv"
+    conda:
+        "../envs/caption.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(caption_uses_gpu("instances")),
+    params:
+        caption=config["caption"],
+        vlm=config["vlm"],
+    script:
+        "../scripts/caption_instances.py"
+
+
+rule caption_aesthetics:
+    input:
+        checks="results/verify/instances/{shard}.parquet",
+        views="results/caption/views/{shard}",
+        prompt=config["caption"]["aesthetics"]["prompt"],
+    output:
+        "results/caption/aesthetics/{shard}.parquet",
+    log:
+        main="logs/caption_aesthetics/{shard}.log",
+        server="logs/caption_aesthetics/{shard}.vllm.log",
+    benchmark:
+        "results/benchmarks/caption_aesthetics/{shard}.tsv"
+    conda:
+        "../envs/caption.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(caption_uses_gpu("aesthetics")),
+    params:
+        caption=config["caption"],
+        vlm=config["vlm"],
+    script:
+        "../scripts/caption_aesthetics.py"
+
+
+rule caption_text:
+    input:
+        checks="results/verify/instances/{shard}.parquet",
+        tags="results/caption/tags/{shard}.parquet",
+        instances="results/caption/instances/{shard}.parquet",
+        aesthetics="results/caption/aesthetics/{shard}.parquet",
+        index="results/index/index.parquet",
+        views="results/caption/views/{shard}",
+        long_prompt=config["caption"]["captions"]["long_prompt"],
+        short_prompt=config["caption"]["captions"]["short_prompt"],
+    output:
+        "results/caption/captions/{shard}.parquet",
+    log:
+        main="logs/caption_text/{shard}.log",
+        server="logs/caption_text/{shard}.vllm.log",
+    benchmark:
+        "results/benchmarks/caption_text/{shard}.tsv"
+    conda:
+        "../envs/caption.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(caption_uses_gpu("captions")),
+    params:
+        caption=config["caption"],
+        vlm=config["vlm"],
+    script:
+        "../scripts/caption_text.py"
+
+
+rule caption_records:
+    input:
+        checks="results/verify/instances/{shard}.parquet",
+        tags="results/caption/tags/{shard}.parquet",
+        boxes="results/caption/boxes/{shard}.parquet",
+        masks="results/caption/masks/{shard}.parquet",
+        instances="results/caption/instances/{shard}.parquet",
+        aesthetics="results/caption/aesthetics/{shard}.parquet",
+        captions="results/caption/captions/{shard}.parquet",
+        index="results/index/index.parquet",
+        purify="results/purify/decisions.parquet",
+        verify="results/verify/{shard}.parquet",
+        upscaled="results/upscale/{shard}.parquet",
+        schema="schemas/annotation.schema.json",
+    output:
+        "results/caption/records/{shard}.jsonl",
+    log:
+        "logs/caption_records/{shard}.log",
+    conda:
+        "../envs/caption.yaml"
+    script:
+        "../scripts/caption_records.py"
+
+
+rule dataset_export:
+    input:
+        records=all_shards("results/caption/records/{shard}.jsonl"),
+        checks=all_shards("results/verify/instances/{shard}.parquet"),
+        upscaled=all_shards("results/upscale/{shard}.parquet"),
+        ingest="results/summary/ingest.csv",
+        purify="results/purify/decisions.parquet",
+        verify_counts="results/summary/verify.csv",
+    output:
+        metadata="results/dataset/metadata.parquet",
+        train="results/dataset/captions.jsonl",
+        benchmark="results/dataset/benchmark.jsonl",
+        flow=report(
+            "paper_figures/table1_data_flow.csv",
+            caption="../report/dataset.rst",
+            category="Stage 5: dataset",
+        ),
+        tables=multiext("paper_figures/table1_data_flow", ".md", ".tex")
+        + multiext("paper_figures/table2_datasets", ".csv", ".md", ".tex")
+        + multiext("paper_figures/pixel_buckets", ".csv", ".md", ".tex")
+        + multiext("paper_figures/source_mix", ".csv", ".md", ".tex"),
+        caption_plot=report(
+            "paper_figures/caption_lengths.png",
+            caption="../report/dataset.rst",
+            category="Stage 5: dataset",
+        ),
+        instance_plot=report(
+            "paper_figures/instance_counts.png",
+            caption="../report/dataset.rst",
+            category="Stage 5: dataset",
+        ),
+    log:
+        "logs/dataset_export.log",
+    conda:
+        "../envs/figures.yaml"
+    params:
+        export=config["caption"]["export"],
+        target_megapixels=config["target_megapixels"],
+    script:
+        "../scripts/dataset_export.py"
+
+
+rule caption_all:
+    input:
+        rules.dataset_export.output,
