@@ -28,6 +28,7 @@ localrules:
     verify_all,
     verify_decide,
     caption_all,
+    bench_all,
     demo_pool,
     collect,
     import_dataset,
@@ -41,3 +42,4 @@ rule all:
         rules.upscale_all.input,
         rules.verify_all.input,
         rules.caption_all.input,
+        rules.bench_all.input,

@@ -48,8 +48,9 @@ def padded_crop_box(box, width: int, height: int, pad: float = 0.05) -> tuple[in
     """
     x0, y0, x1, y1 = (float(v) for v in box)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    cw = min(width, max(1, math.ceil((x1 - x0) * (1 + 2 * pad))))
-    ch = min(height, max(1, math.ceil((y1 - y0) * (1 + 2 * pad))))
+    # rounded before ceil: 100 * 1.1 is 110.00000000000001 in floating point, not 111 pixels
+    cw = min(width, max(1, math.ceil(round((x1 - x0) * (1 + 2 * pad), 6))))
+    ch = min(height, max(1, math.ceil(round((y1 - y0) * (1 + 2 * pad), 6))))
     left = min(max(0, round(cx - cw / 2)), width - cw)
     top = min(max(0, round(cy - ch / 2)), height - ch)
     return int(left), int(top), int(cw), int(ch)

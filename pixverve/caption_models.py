@@ -107,7 +107,7 @@ def build_tagger(spec: dict):
             raise CaptionModelUnavailable("config key caption.tags.clip.model: set a local folder or hub id")
         return ClipTagger(clip["model"], vocabulary, float(clip["threshold"]), int(clip["top_k"]), _device(clip))
     if backend == "tiny":
-        from .tiny_models import build_tiny_clip
+        from .tiny_vision import build_tiny_clip
 
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-clip-") as folder:
             build_tiny_clip(folder, seed=int(spec.get("seed", 0)))
@@ -149,19 +149,31 @@ class GroundingDinoDetector:
                 outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
                 target_sizes=[view.shape[:2]],
             )[0]
-            labels = result.get("text_labels", result.get("labels"))
+            labels = result["text_labels"] if "text_labels" in result else result["labels"]  # "labels" warns in v5
             for box, score, label in zip(result["boxes"].tolist(), result["scores"].tolist(), labels):
                 found.append({"label": nearest_tag(str(label), group), "phrase": str(label), "score": float(score), "box": box})
         return found
 
 
 def nearest_tag(phrase: str, tags: list[str]) -> str:
-    """The tag a detected phrase belongs to (Grounding DINO returns the prompt's sub-words)."""
-    phrase = phrase.strip().lower()
+    """The prompt tag a detected phrase belongs to (Grounding DINO returns the prompt's sub-words,
+    sometimes several phrases run together): exact, then a tag inside the phrase (longest first),
+    then the phrase inside a tag, then the closest spelling; "object" for an empty phrase."""
+    import difflib
+
+    phrase = " ".join(phrase.replace("[SEP]", " ").replace("[CLS]", " ").replace("##", "").lower().split()).strip(" .")
+    if not phrase:
+        return "object"
     if phrase in tags:
         return phrase
-    containing = [t for t in tags if phrase and (phrase in t or t in phrase)]
-    return containing[0] if containing else (phrase or "object")
+    inside = sorted((t for t in tags if re.search(rf"\b{re.escape(t)}\b", phrase)), key=lambda t: (-len(t), tags.index(t)))
+    if inside:
+        return inside[0]
+    containing = [t for t in tags if phrase in t]
+    if containing:
+        return containing[0]
+    close = difflib.get_close_matches(phrase, tags, n=1, cutoff=0.0)
+    return close[0] if close else "object"
 
 
 REX_BOX = re.compile(
@@ -196,7 +208,7 @@ def build_detector(spec: dict):
             raise CaptionModelUnavailable("config key caption.boxes.grounding_dino.model: set a local folder or hub id")
         return GroundingDinoDetector(gd["model"], *args, device=_device(gd))
     if backend == "tiny":
-        from .tiny_models import build_tiny_grounding_dino
+        from .tiny_vision import build_tiny_grounding_dino
 
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-gdino-") as folder:
             build_tiny_grounding_dino(folder, seed=int(spec.get("seed", 0)))
@@ -257,7 +269,7 @@ def build_segmenter(spec: dict):
             raise CaptionModelUnavailable("config key caption.masks.sam2.model: set a local folder or hub id")
         return Sam2Segmenter(sam["model"], _device(sam))
     if backend == "tiny":
-        from .tiny_models import build_tiny_sam2
+        from .tiny_vision import build_tiny_sam2
 
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-sam2-") as folder:
             build_tiny_sam2(folder, seed=int(spec.get("seed", 0)))

@@ -93,8 +93,8 @@ def image_data_url(rgb: np.ndarray, quality: int = 95) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
-def user_message(text: str, images: list[np.ndarray] | None = None) -> dict:
-    content = [{"type": "image_url", "image_url": {"url": image_data_url(im)}} for im in images or []]
+def user_message(text: str, images: list[np.ndarray] | None = None, quality: int = 95) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(im, quality)}} for im in images or []]
     content.append({"type": "text", "text": text})
     return {"role": "user", "content": content}
 
@@ -132,7 +132,8 @@ def parse_reply(text: str, schema: dict | str | None) -> tuple[str, object, str]
         try:
             jsonschema.validate(parsed, schema)
         except jsonschema.ValidationError as exc:
-            return "invalid", parsed, f"schema: {exc.message}"
+            where = "/".join(str(p) for p in exc.absolute_path)
+            return "invalid", parsed, f"schema: {where + ': ' if where else ''}{exc.message}"
     return "ok", parsed, ""
 
 

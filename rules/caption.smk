@@ -212,7 +212,7 @@ rule dataset_export:
     log:
         "logs/dataset_export.log",
     conda:
-        "../envs/figures.yaml"
+        "../envs/caption.yaml"
     params:
         export=config["caption"]["export"],
         target_megapixels=config["target_megapixels"],

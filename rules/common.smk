@@ -96,3 +96,37 @@ def caption_uses_gpu(step):
         or (step == "tags" and spec["prune"]["enabled"])
     )
     return on_gpu or (uses_vlm and judge_uses_gpu())
+
+
+def bench_methods():
+    return sorted((config.get("bench") or {}).get("methods") or {})
+
+
+def bench_images(wildcards=None, method=None):
+    """A method's image folder: its own (external method) or what bench_generate writes."""
+    name = method or wildcards.method
+    spec = config["bench"]["methods"][name]
+    if spec.get("folder"):
+        return spec["folder"]
+    return f"results/bench/generated/{name}"
+
+
+def bench_method_uses_gpu(method):
+    spec = config["bench"]["methods"][method].get("generate") or {}
+    return spec.get("backend") == "diffusers" and spec.get("device", "auto") != "cpu"
+
+
+def bench_targets():
+    """The benchmark's outputs when methods are configured (else the benchmark is skipped)."""
+    if not bench_methods():
+        return []
+    return ["paper_figures/bench_table.csv", "paper_figures/bench_crops.png"]
+
+
+def bench_generated_infos():
+    """The generation records (model, smoke) of the methods the workflow generates itself."""
+    return [
+        f"results/bench/generated/{m}.json"
+        for m in bench_methods()
+        if not config["bench"]["methods"][m].get("folder")
+    ]

@@ -58,44 +58,47 @@ def test_outputs_and_funnel(run_a):
     assert (counts["entering"] - counts["dropped"] == counts["kept"]).all()
 
 
+def test_stage5_records_and_table1_add_up(run_a):
+    import jsonschema
+
+    from pixverve.dataset import load_schema, read_jsonl
+
+    checks = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/verify/instances").glob("s*.parquet")))
+    decisions = pd.read_parquet(run_a / "results/verify/verified.parquet")
+    assert sorted(checks["image_id"]) == sorted(decisions.loc[decisions["passed"], "image_id"])
+    records = read_jsonl(sorted((run_a / "results/caption/records").glob("s*.jsonl")))
+    # every image that survived stage 4 has a record; every record validates and says it is smoke
+    assert sorted(r["image_id"] for r in records) == sorted(checks.loc[checks["passed"], "image_id"])
+    schema = load_schema()
+    for r in records:
+        jsonschema.validate(r, schema)
+        assert r["smoke"] and {"tags", "boxes", "masks", "captions"} <= set(r["smoke_steps"])
+    assert sum(len(r["instances"]) for r in records) > 0 and all(r["long_caption"] for r in records)
+    # Table 1 against the stage tables themselves
+    flow = pd.read_csv(run_a / "paper_figures/table1_data_flow.csv").set_index("step")
+    index = pd.read_parquet(run_a / "results/index/index.parquet")
+    dedup = pd.read_parquet(run_a / "results/dedup/decisions.parquet")
+    purify = pd.read_parquet(run_a / "results/purify/decisions.parquet")
+    upscale = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/upscale").glob("s*.parquet")))
+    assert flow.loc["index", "entering"] == len(index) and flow.loc["index", "kept"] == int(index["passed"].sum())
+    assert flow.loc["dedup", "kept"] == int(dedup["passed"].sum()) == flow.loc["candidates (all five)", "entering"] == len(purify)
+    assert flow.loc["candidates (all five)", "kept"] == int(purify["passed"].sum()) == len(upscale)
+    assert flow.loc["filter: entropy", "dropped"] == int((~purify["entropy_ok"]).sum())
+    assert flow.loc["regions", "kept"] == int(decisions["passed"].sum()) == flow.loc["instances", "entering"]
+    assert flow.loc["annotation record", "kept"] == len(records)
+    assert (flow["entering"] - flow["dropped"] == flow["kept"]).all()
+    meta = pd.read_parquet(run_a / "results/dataset/metadata.parquet")
+    bench = (run_a / "results/dataset/benchmark.jsonl").read_text().splitlines()
+    train = (run_a / "results/dataset/captions.jsonl").read_text().splitlines()
+    assert len(meta) == len(records) and len(bench) == 2 and len(bench) + len(train) == len(records)
+    assert "SMOKE" in (run_a / "paper_figures/table2_datasets.md").read_text()
+    for name in ("caption_lengths.png", "instance_counts.png"):
+        assert (run_a / "paper_figures" / name).stat().st_size > 5_000
+
+
 def test_second_run_does_nothing(run_a):
     res = snakemake(run_a, "-n")
     assert "Nothing to be done" in res.stdout + res.stderr
-
-
-def _lose(run, *paths):
-    for path in paths:
-        (run / path).unlink()
-
-
-def _planned_jobs(run) -> dict[str, int]:
-    res = snakemake(run, "-n", "--quiet", "rules")
-    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M) if k != "total"}
-
-
-def test_resume_redoes_only_the_lost_shard(run_a):
-    # a run killed while screening shard s00001: that shard and everything after it are missing
-    lost = run_a / "results/screen/s00001.parquet"
-    before = lost.read_bytes()
-    downstream = [p.relative_to(run_a) for p in (run_a / "results").rglob("*") if p.is_file() and "purify" in str(p)]
-    downstream += [Path("results/dedup/decisions.parquet"), Path("results/summary/ingest.csv")]
-    _lose(run_a, lost.relative_to(run_a), *downstream)
-    jobs = _planned_jobs(run_a)
-    assert jobs["screen"] == 1 and "index" not in jobs and "demo_pool" not in jobs
-    snakemake(run_a)
-    assert lost.read_bytes() == before
-    # a purification job killed later: only that shard's scores and the gather steps rerun
-    _lose(run_a, "results/purify/classical/s00002.parquet", "results/purify/decisions.parquet")
-    jobs = _planned_jobs(run_a)
-    assert jobs.get("purify_classical") == 1 and jobs.get("purify_decide") == 1
-    assert "screen" not in jobs and "dedup" not in jobs
-    snakemake(run_a)
-    # a judge job killed (so the stage 4 gather never ran): that shard's judgments and the gather
-    # rerun, nothing before them
-    regions = sorted((run_a / "results/verify/regions").glob("s*.parquet"))[0]
-    _lose(run_a, regions.relative_to(run_a), "results/verify/verified.parquet", "results/summary/verify.csv")
-    assert _planned_jobs(run_a) == {"verify_regions": 1, "verify_decide": 1, "all": 1}
-    snakemake(run_a)
 
 
 def test_deterministic_across_runs(run_a, tmp_path):
@@ -140,3 +143,52 @@ def test_audit_shows_patch_coordinates_replies_and_decisions(run_a):
         assert needle in out, needle
     assert out.count("verify/patches/") == 10  # one block per judged patch, with x/y/w/h
     assert re.search(r"^   x\s+\d+$", out, re.M) and re.search(r"^   w\s+\d+$", out, re.M)
+
+
+def _lose(run, *paths):
+    for path in paths:
+        (run / path).unlink()
+
+
+def _planned_jobs(run, *targets) -> dict[str, int]:
+    res = snakemake(run, "-n", *targets, "--quiet", "rules")  # a flag before the targets ends --configfile's list
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M) if k != "total"}
+
+
+def test_resume_redoes_only_the_lost_shard(run_a):
+    """Last in this file: it leaves run_a's later stages out of date (each scenario reruns only as
+    far as its own stage, so the suite does not redo the whole demo four times)."""
+    # a stage 5 job killed (instance descriptions of one shard): that shard's later steps and the
+    # export rerun, nothing else
+    shard = sorted((run_a / "results/caption/instances").glob("s*.parquet"))[1].stem
+    _lose(run_a, f"results/caption/instances/{shard}.parquet", f"results/caption/captions/{shard}.parquet",
+          f"results/caption/records/{shard}.jsonl", "results/dataset/metadata.parquet")
+    assert _planned_jobs(run_a) == {"caption_instances": 1, "caption_text": 1, "caption_records": 1, "dataset_export": 1, "all": 1}
+    snakemake(run_a)
+    # a judge job killed (so the stage 4 gather and stage 5 never ran): that shard's judgments and
+    # the gather rerun, nothing before them
+    regions = sorted((run_a / "results/verify/regions").glob("s*.parquet"))[0]
+    stage5 = [p.relative_to(run_a) for p in (run_a / "results/caption").rglob("*") if p.is_file()]
+    stage5 += [p.relative_to(run_a) for p in (run_a / "results/dataset").rglob("*") if p.is_file()]
+    stage5 += [p.relative_to(run_a) for p in (run_a / "results/verify/instances").glob("*.parquet")]
+    _lose(run_a, regions.relative_to(run_a), "results/verify/verified.parquet", "results/summary/verify.csv", *stage5)
+    jobs = _planned_jobs(run_a)
+    assert jobs["verify_regions"] == 1 and jobs["verify_decide"] == 1 and jobs["caption_tags"] >= 3
+    assert not {"verify", "upscale", "purify_classical", "screen"} & set(jobs)
+    snakemake(run_a, "--rerun-incomplete", "verify_all")
+    # a run killed while screening shard s00001: that shard and everything after it are missing
+    lost = run_a / "results/screen/s00001.parquet"
+    before = lost.read_bytes()
+    downstream = [p.relative_to(run_a) for p in (run_a / "results").rglob("*") if p.is_file() and "purify" in str(p)]
+    downstream += [Path("results/dedup/decisions.parquet"), Path("results/summary/ingest.csv")]
+    _lose(run_a, lost.relative_to(run_a), *downstream)
+    jobs = _planned_jobs(run_a)
+    assert jobs["screen"] == 1 and "index" not in jobs and "demo_pool" not in jobs
+    snakemake(run_a, "--rerun-incomplete", "purify")
+    assert lost.read_bytes() == before
+    # a purification job killed later: only that shard's scores and the gather steps rerun
+    _lose(run_a, "results/purify/classical/s00002.parquet", "results/purify/decisions.parquet")
+    jobs = _planned_jobs(run_a, "purify")
+    assert jobs.get("purify_classical") == 1 and jobs.get("purify_decide") == 1
+    assert "screen" not in jobs and "dedup" not in jobs
+    snakemake(run_a, "--rerun-incomplete", "ingest", "purify")

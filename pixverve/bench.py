@@ -1,0 +1,290 @@
+"""PixVerve-Bench per method: the MLLM-agnostic metrics, the MLLM-judged ones, and the tables.
+
+Definitions follow the published evaluation code as PAPER.md gives it:
+* FID: real and generated resized to ``size`` x ``size`` (aspect not kept), uint8, torchmetrics
+  FID with the TF-FID Inception weights (``pixverve.fid``).
+* FID_patch: both resized to ``size`` x ``size`` with Lanczos, ``per_pair`` random ``crop`` x
+  ``crop`` crops per pair at the same coordinates in real and generated, one FID over all crops.
+  The crop positions come from one ``random.Random(seed)`` (Python's ``random`` seeded 42 once),
+  drawn pair by pair in benchmark order, ``x = randint(0, size - crop)`` then ``y`` likewise for
+  each crop.  PAPER.md does not give the call order (x before y, per pair or all at once): this
+  is our reading, tested as a sequence; change ``fid_patch_coordinates`` if the published code differs.
+* Aesthetics: the LAION predictor of stage 2 on every generated image, mean.
+* CLIPScore: torchmetrics ``clip_score`` (100 x max(cos, 0)) with CLIP ViT-B/16 on the short caption.
+* GLCM: ``pixverve.glcm`` on the generated image at its own size (BT.601 grey), mean over images.
+* compression ratio (Diffusion-4K's extra column): raw bytes at ``size`` / JPEG bytes.
+* MSFI / ICS: the judge through the VLM client, formulas in ``pixverve.bench_scores``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+
+LOWER_IS_BETTER = {"fid", "fid_patch", "compression"}  # compression: less compressible = more detail (Diffusion-4K)
+TABLE_COLUMNS = [("fid", "FID"), ("fid_patch", "FID_patch"), ("aesthetics", "Aes"), ("glcm", "GLCM"), ("msfi", "MSFI"),
+                 ("clip", "CLIP"), ("fgclip2", "FG-CLIP2"), ("ics", "ICS"), ("compression", "Compression")]
+
+
+def fid_patch_coordinates(n_pairs: int, size: int, crop: int = 299, per_pair: int = 20, seed: int = 42) -> list[list[tuple[int, int]]]:
+    """(x, y) of every crop, pair by pair, from one generator seeded once (see the module docstring)."""
+    if crop > size:
+        raise ValueError(f"FID_patch crop {crop} is larger than the resized image {size}: raise bench.fid_patch.size")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_pairs):
+        pair = []
+        for _ in range(per_pair):
+            x = rng.randint(0, size - crop)
+            y = rng.randint(0, size - crop)
+            pair.append((x, y))
+        out.append(pair)
+    return out
+
+
+def fid_patch(items, weights_path, size: int, crop: int, per_pair: int, seed: int, device: str = "cpu",
+              max_megapixels: float = 1000.0) -> float:
+    import torch
+
+    from .fid import _square_uint8, frechet_inception_distance
+
+    metric = frechet_inception_distance(weights_path, device)
+    for item, coords in zip(items, fid_patch_coordinates(len(items), size, crop, per_pair, seed), strict=True):
+        for attr, real in (("real", True), ("generated", False)):
+            full = _square_uint8(getattr(item, attr), size, "lanczos", max_megapixels)
+            crops = np.stack([full[y : y + crop, x : x + crop] for x, y in coords])
+            metric.update(torch.from_numpy(crops).permute(0, 3, 1, 2).to(device), real=real)
+    return float(metric.compute())
+
+
+class ClipScorer:
+    """torchmetrics' CLIPScore with a CLIP model loaded by our code (a local folder, a cached hub
+    id, or the tiny random one)."""
+
+    def __init__(self, spec: dict):
+        from .caption_models import _device, _load
+
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.smoke = spec.get("backend") == "tiny"
+        if self.smoke:
+            import tempfile
+
+            from .tiny_vision import build_tiny_clip
+
+            with tempfile.TemporaryDirectory(prefix="pixverve-tiny-clip-") as folder:
+                build_tiny_clip(folder, seed=int(spec.get("seed", 0)))
+                self.model, self.processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+            self.device, self.model_name = "cpu", "tiny random CLIP"
+        else:
+            self.model = _load(CLIPModel.from_pretrained, spec["model"], "bench.clip.model").eval()
+            self.processor = _load(CLIPProcessor.from_pretrained, spec["model"], "bench.clip.model")
+            self.device, self.model_name = _device(spec), spec["model"]
+            self.model.to(self.device)
+
+    def score(self, rgb: np.ndarray, text: str) -> float:
+        """torchmetrics' CLIPScore definition, 100 x max(cos(image, text), 0), computed here:
+        torchmetrics 1.9's ``clip_score`` breaks on transformers 5 (``get_image_features``
+        now returns an output object, not a tensor).  The text is truncated to the model's
+        77 tokens, as torchmetrics does."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = self.processor(text=[text], images=[rgb], return_tensors="pt", padding=True, truncation=True,
+                                    max_length=self.model.config.text_config.max_position_embeddings).to(self.device)
+            img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            img, txt = (getattr(t, "pooler_output", t).float() for t in (img, txt))
+            cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+        return float(100.0 * torch.clamp(cos, min=0.0)[0])
+
+
+# ----------------------------------------------------------------------------- MLLM judge
+
+def _judge_view(rgb: np.ndarray, long_edge: int) -> np.ndarray:
+    from .annotate import fit_within
+
+    return fit_within(rgb, long_edge)
+
+
+def judge_requests(item, rgb: np.ndarray, prompts: dict, spec: dict):
+    """(requests, patch rows) for MSFI (1 global + 10 local calls) and ICS (1 call) of one image."""
+    from .bench_scores import ICS_KEYS, MSFI_GLOBAL_WEIGHTS, MSFI_LOCAL_WEIGHTS, msfi_patches
+    from .images import grey_luma
+    from .vlm import user_message
+
+    h, w = rgb.shape[:2]
+    global_view = _judge_view(rgb, int(spec["msfi"]["global_long_edge"]))
+    score_1_5 = {"type": "integer", "minimum": 1, "maximum": 5}
+    g_schema = {"type": "object", "properties": {k: score_1_5 for k in MSFI_GLOBAL_WEIGHTS}, "required": list(MSFI_GLOBAL_WEIGHTS)}
+    l_schema = {"type": "object", "properties": {k: score_1_5 for k in MSFI_LOCAL_WEIGHTS}, "required": list(MSFI_LOCAL_WEIGHTS)}
+    i_schema = {"type": "object", "properties": {k: {"type": "integer", "minimum": 1, "maximum": 10} for k in ICS_KEYS},
+                "required": list(ICS_KEYS)}
+    requests = [("msfi_global", f"{item.name}:global", [user_message(prompts["msfi_global"], [global_view])], g_schema)]
+    seed = int.from_bytes(item.name.encode()[:8].ljust(8, b"\0"), "big")
+    patches = msfi_patches(grey_luma(rgb), seed, int(spec["msfi"]["n_sobel"]), int(spec["msfi"]["n_random"]),
+                           int(spec["msfi"]["analysis_long_edge"]))
+    rows = []
+    for x, y, pw, ph, why in patches:
+        where = f"x {x / w:.3f}-{(x + pw) / w:.3f}, y {y / h:.3f}-{(y + ph) / h:.3f} of the image width/height"
+        text = prompts["msfi_local"].replace("{coordinates}", where)
+        requests.append(("msfi_local", f"{item.name}:{x},{y}", [user_message(text, [rgb[y : y + ph, x : x + pw], global_view])], l_schema))
+        rows.append({"x": x, "y": y, "w": pw, "h": ph, "picked": why})
+    ics_view = _judge_view(rgb, int(spec["ics"]["long_edge"]))
+    ics_text = prompts["ics"].replace("{caption}", item.long_caption)
+    requests.append(("ics", f"{item.name}:ics", [user_message(ics_text, [ics_view], quality=int(spec["ics"]["jpeg_quality"]))], i_schema))
+    return requests, rows
+
+
+def judge_method(items, judge, prompts: dict, spec: dict, max_megapixels: float, log=print):
+    """Per-image MSFI and ICS rows (with every raw reply) for one method."""
+    import pandas as pd
+
+    from . import images
+    from .bench_scores import ics, msfi
+
+    rows = []
+    for item in items:
+        rgb, _ = images.read_rgb(item.generated, max_megapixels)
+        requests, patches = judge_requests(item, rgb, prompts, spec)
+        del rgb
+        results = judge.run_many(requests)
+        g, locals_, i = results[0], results[1:-1], results[-1]
+        m = msfi(g.parsed if g.status == "ok" else None, [r.parsed if r.status == "ok" else None for r in locals_])
+        ics_value = ics(i.parsed) if i.status == "ok" else float("nan")
+        rows.append({
+            "name": item.name, "msfi": m["msfi"], "s_global": m["s_global"], "s_local": m["s_local"],
+            "defaulted_global": ",".join(m["defaulted_global"]), "defaulted_local": m["defaulted_local"],
+            "ics": ics_value, "ics_status": i.status, "global_status": g.status,
+            "local_statuses": json.dumps([r.status for r in locals_]), "patches": json.dumps(patches),
+            "replies": json.dumps({r.request_id: r.raw_replies for r in results}), "judge_model": judge.model_name,
+            "smoke": bool(judge.smoke),
+        })
+        log(f"{item.name}: MSFI {m['msfi']:.3f} (global {g.status}), ICS {ics_value:.3f} ({i.status})")
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- per-image model metrics
+
+
+def score_method(items, spec: dict, aesthetic, clip, max_megapixels: float, log=print):
+    """Per-image LAION aesthetics, CLIPScore (short caption) and GLCM of one method's images."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import images
+    from .annotate import fit_within
+    from .glcm import glcm_score
+
+    rows = []
+    for item in tqdm(items, desc="bench scores", unit="img", mininterval=2):
+        rgb, _ = images.read_rgb(item.generated, max_megapixels)
+        small = fit_within(rgb, 1024)  # the models' inputs are 224 px: no need to hand them 100 MP
+        row = {"name": item.name, "width": rgb.shape[1], "height": rgb.shape[0]}
+        row["glcm"] = glcm_score(images.grey_luma(rgb))
+        del rgb
+        row["aesthetics"] = float(aesthetic.score([small])[0]) if aesthetic is not None else float("nan")
+        row["clip"] = clip.score(small, item.short_caption) if clip is not None else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def method_row(name: str, resolution: str, per_image, judged, sets: dict, smoke: dict) -> dict:
+    row = {"method": name, "resolution": resolution}
+    for key in ("aesthetics", "clip", "glcm"):
+        row[key] = float(per_image[key].mean()) if len(per_image) else float("nan")
+    for key in ("msfi", "ics"):
+        row[key] = float(judged[key].mean()) if len(judged) else float("nan")
+    row.update({k: sets.get(k, float("nan")) for k in ("fid", "fid_patch", "compression")})
+    row["fgclip2"] = float("nan")  # not computed yet (see README: FG-CLIP2)
+    row["smoke_columns"] = ",".join(sorted(k for k, v in smoke.items() if v))
+    return row
+
+
+def best_marks(df) -> dict[str, set[int]]:
+    """Row positions holding the best value of each metric column (ties all marked)."""
+    marks = {}
+    for key, _ in TABLE_COLUMNS:
+        values = df[key].to_numpy(dtype=float)
+        if np.isnan(values).all():
+            marks[key] = set()
+            continue
+        best = np.nanmin(values) if key in LOWER_IS_BETTER else np.nanmax(values)
+        marks[key] = {i for i, v in enumerate(values) if not math.isnan(v) and math.isclose(v, best, rel_tol=0, abs_tol=1e-12)}
+    return marks
+
+
+def write_bench_tables(df, stem, title: str) -> list[Path]:
+    """CSV (numbers + ``best_in``), Markdown (best in bold) and LaTeX (best in \\textbf) with the
+    paper's column order; a value a tiny model produced carries a ``*`` and the table a note."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    df = df.reset_index(drop=True)
+    marks = best_marks(df)
+    csv = df.copy()
+    csv["best_in"] = [",".join(k for k, _ in TABLE_COLUMNS if i in marks[k]) for i in range(len(df))]
+    csv.to_csv(stem.with_suffix(".csv"), index=False)
+
+    def cell(i, key, bold):
+        v = df.loc[i, key]
+        if isinstance(v, float) and math.isnan(v):
+            return "--"
+        text = f"{v:.3f}"
+        text = bold(text) if i in marks[key] else text
+        return text + ("*" if key in str(df.loc[i, "smoke_columns"]).split(",") else "")
+
+    heads = [label for _, label in TABLE_COLUMNS]
+    md = [f"**{title}**", "", "| method | resolution | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    tex_rows = []
+    for i in range(len(df)):
+        md.append(f"| {df.loc[i, 'method']} | {df.loc[i, 'resolution']} | " + " | ".join(cell(i, k, lambda t: f"**{t}**") for k, _ in TABLE_COLUMNS) + " |")
+        tex_rows.append(" & ".join([str(df.loc[i, "method"]).replace("_", r"\_"), str(df.loc[i, "resolution"])]
+                                   + [cell(i, k, lambda t: rf"\textbf{{{t}}}") for k, _ in TABLE_COLUMNS]) + r" \\")
+    if df["smoke_columns"].astype(bool).any():
+        md += ["", "\\* SMOKE: scored, judged or generated by a tiny random model -- exercises the code, not a result."]
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    tex_heads = " & ".join(["Method", "Res."] + [h.replace("_", r"\_") for h in heads]) + r" \\"
+    tex = [r"\begin{table}[t]", r"\centering", rf"\caption{{{title}}}", r"\begin{tabular}{ll" + "r" * len(heads) + "}", r"\toprule",
+           tex_heads, r"\midrule", *tex_rows, r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    stem.with_suffix(".tex").write_text("\n".join(tex) + "\n")
+    return [stem.with_suffix(s) for s in (".csv", ".md", ".tex")]
+
+
+def crops_figure(method_dirs: dict[str, Path], real_dir: Path, names: list[str], crop_px: int, out_png, max_megapixels: float,
+                 smoke_methods: frozenset = frozenset()) -> None:
+    """Side-by-side crops at 100 % zoom: one row per image, the real image then each method, the
+    same region (centre of the image, ``crop_px`` square, scaled to each image's size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import images
+
+    columns = [("real", real_dir)] + list(method_dirs.items())
+    fig, axes = plt.subplots(len(names), len(columns), figsize=(2.6 * len(columns), 2.6 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        for c, (label, folder) in enumerate(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            path = next((p for p in sorted(Path(folder).glob(name + ".*"))), None)
+            if path is None:
+                continue
+            rgb, _ = images.read_rgb(path, max_megapixels)
+            h, w = rgb.shape[:2]
+            side = min(crop_px, h, w)
+            y, x = (h - side) // 2, (w - side) // 2
+            ax.imshow(rgb[y : y + side, x : x + side], interpolation="nearest")
+            if r == 0:
+                ax.set_title(label + (" [SMOKE]" if label in smoke_methods else ""), fontsize=9)
+    fig.suptitle("centre crops at 100 % zoom", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)

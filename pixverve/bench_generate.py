@@ -1,0 +1,106 @@
+"""Images of one benchmark method that the workflow generates itself (rule bench_generate).
+
+Backends (``bench.methods.<name>.generate.backend``):
+* ``diffusers``: any diffusers text-to-image pipeline from a local folder or cached hub id (a
+  checkpoint of ours saved as a pipeline, or a base model sampled directly at high resolution --
+  the training-free baseline); the long caption is the prompt (as the published code does), one
+  seed per image derived from its name, tiled VAE decode when the pipeline offers it.
+* ``tiny``: a tiny random StableDiffusionPipeline through the same code (smoke output).
+* ``degrade``: the real image shrunk by ``factor`` and blown back up (bicubic) -- a sanity
+  baseline that must score between the real images and noise; not a method of the paper.
+Each image is written as ``<basename>.jpg`` (quality 95) atomically; a rerun skips images already
+written, so a killed generation job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class GeneratorUnavailable(RuntimeError):
+    pass
+
+
+def image_seed(name: str, base: int) -> int:
+    return (int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) + base) % (2**31)
+
+
+def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp.jpg")
+    Image.fromarray(rgb).save(tmp, quality=95)
+    tmp.replace(path)
+
+
+def load_pipeline(spec: dict):
+    import torch
+
+    backend = spec["backend"]
+    if backend == "tiny":
+        from .tiny_models import build_tiny_sd_pipeline
+
+        from diffusers import DiffusionPipeline
+
+        with tempfile.TemporaryDirectory(prefix="pixverve-tiny-sd-") as folder:
+            build_tiny_sd_pipeline(folder, seed=int(spec.get("seed", 0)))
+            pipe = DiffusionPipeline.from_pretrained(folder)
+        return pipe, "cpu", "tiny random StableDiffusionPipeline"
+    if backend == "diffusers":
+        from diffusers import DiffusionPipeline
+
+        from .devices import resolve_device
+
+        model = spec.get("model")
+        if not model:
+            raise GeneratorUnavailable("bench method generate.model: set a local pipeline folder or hub id for backend diffusers")
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[spec.get("dtype", "bfloat16")]
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise GeneratorUnavailable(f"bench method generate.model: cannot load {model!r}: {exc}") from exc
+        device = resolve_device(spec.get("device", "auto"))
+        return pipe.to(device), device, model
+    raise GeneratorUnavailable(f"unknown generate backend {backend!r} (diffusers | tiny | degrade)")
+
+
+def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapixels: float, log=print) -> dict:
+    """Write every benchmark row's image into ``out_dir``; returns a summary for the log/record."""
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from . import images
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in rows if not (out_dir / f"{Path(r['file_name']).stem}.jpg").exists()]
+    log(f"{len(rows) - len(todo)} of {len(rows)} images already generated; {len(todo)} to go")
+    if spec["backend"] == "degrade":
+        f = int(spec["factor"])
+        for r in tqdm(todo, desc="degrade", unit="img"):
+            rgb, _ = images.read_rgb(Path(real_dir) / r["file_name"], max_megapixels)
+            h, w = rgb.shape[:2]
+            small = Image.fromarray(rgb).resize((max(1, w // f), max(1, h // f)), Image.Resampling.BICUBIC)
+            _save_jpeg(np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)), out_dir / f"{Path(r['file_name']).stem}.jpg")
+        return {"model": f"real image down/up x{f} (sanity baseline)", "smoke": False, "generated": len(todo)}
+    if not todo:
+        return {"model": spec.get("model") or spec["backend"], "smoke": spec["backend"] == "tiny", "generated": 0}
+    pipe, device, model_name = load_pipeline(spec)
+    if hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_tiling"):
+        pipe.vae.enable_tiling()  # UHR decode in tiles
+    pipe.set_progress_bar_config(disable=True)
+    for r in tqdm(todo, desc="generate", unit="img"):
+        generator = torch.Generator(device="cpu").manual_seed(image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))))
+        kwargs = {"height": int(spec["height"]), "width": int(spec["width"]), "num_inference_steps": int(spec["steps"]),
+                  "generator": generator, "output_type": "np"}
+        if spec.get("guidance") is not None:
+            kwargs["guidance_scale"] = float(spec["guidance"])
+        out = pipe(r["long_caption"], **kwargs).images[0]
+        rgb = np.clip(np.asarray(out) * 255 + 0.5, 0, 255).astype(np.uint8)
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+    return {"model": model_name, "smoke": spec["backend"] == "tiny", "generated": len(todo), "device": device}

@@ -1,0 +1,43 @@
+"""Rule bench_scores: FID, FID_patch, compression ratio (per method) and LAION aesthetics,
+CLIPScore, GLCM (per image) of one benchmark method."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
+from pixverve import bench  # noqa: E402
+from pixverve.aesthetics import build_predictor  # noqa: E402
+from pixverve.bench_inputs import compression_ratio, pair_method, read_benchmark  # noqa: E402
+from pixverve.devices import resolve_device  # noqa: E402
+from pixverve.fid import fid_for_pairs  # noqa: E402
+from pixverve.tables import write_table  # noqa: E402
+from pixverve.workflow import start_script  # noqa: E402
+
+sm = snakemake  # noqa: F821
+log = start_script(sm, "bench_scores")
+spec, cap = sm.params.bench, float(sm.params.max_megapixels)
+items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.input.generated)
+device = resolve_device(spec["fid"]["device"])
+fid, fp = spec["fid"], spec["fid_patch"]
+sets = {
+    "method": sm.wildcards.method,
+    "images": len(items),
+    "fid": fid_for_pairs(items, sm.input.fid_weights, int(fid["size"]), fid["resample"], device, int(fid["batch"]), cap),
+    "fid_patch": bench.fid_patch(items, sm.input.fid_weights, int(fp["size"]), int(fp["crop"]), int(fp["per_pair"]), int(fp["seed"]), device, cap),
+    "compression": compression_ratio([i.generated for i in items], int(fid["size"])),
+    "fid_size": int(fid["size"]),
+    "fid_patch_size": int(fp["size"]),
+}
+log.info(f"FID {sets['fid']:.3f}, FID_patch {sets['fid_patch']:.3f} over {len(items)} pairs")
+laion = dict(sm.params.laion)
+aesthetic = build_predictor("laion", laion) if laion.get("backend", "none") != "none" else None
+clip = bench.ClipScorer(spec["clip"]) if spec["clip"]["backend"] != "none" else None
+per_image = bench.score_method(items, spec, aesthetic, clip, cap, log=log.info)
+per_image["aesthetics_smoke"] = bool(getattr(getattr(aesthetic, "info", None), "smoke", False))
+per_image["clip_smoke"] = bool(clip.smoke) if clip is not None else False
+per_image["clip_model"] = clip.model_name if clip is not None else ""
+sets["smoke"] = {"aesthetics": bool(per_image["aesthetics_smoke"].any()) if len(per_image) else False,
+                 "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False}
+write_table(per_image, sm.output.per_image, sort_by=["name"])
+Path(sm.output.sets).write_text(json.dumps(sets, indent=1, sort_keys=True) + "\n")

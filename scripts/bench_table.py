@@ -1,0 +1,41 @@
+"""Rule bench_table: one row per method in the paper's column order, best per column marked,
+as CSV, Markdown and LaTeX (per resolution when methods name one); the crops figure."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
+import pandas as pd  # noqa: E402
+
+from pixverve import bench  # noqa: E402
+from pixverve.bench_inputs import read_benchmark  # noqa: E402
+from pixverve.tables import read_table  # noqa: E402
+from pixverve.workflow import start_script  # noqa: E402
+
+sm = snakemake  # noqa: F821
+log = start_script(sm, "bench_table")
+spec = sm.params.bench
+infos = {json.loads(Path(p).read_text())["method"]: json.loads(Path(p).read_text()) for p in sm.input.infos}
+rows = []
+for method, scores, sets, judged in zip(sm.params.methods, sm.input.scores, sm.input.sets, sm.input.judged, strict=True):
+    per_image, judged_t, set_values = read_table(scores), read_table(judged), json.loads(Path(sets).read_text())
+    info = infos.get(method, {})
+    generated_smoke = bool(info.get("smoke", False))
+    smoke = dict(set_values.get("smoke", {}))
+    smoke.update(msfi=bool(judged_t["smoke"].any()) if len(judged_t) else False, ics=bool(judged_t["smoke"].any()) if len(judged_t) else False)
+    if generated_smoke:  # every column of a tiny generator's images is smoke
+        smoke = {k: True for k, _ in bench.TABLE_COLUMNS}
+    resolution = str(spec["methods"][method].get("resolution", ""))
+    rows.append(bench.method_row(method, resolution, per_image, judged_t, set_values, smoke))
+table = pd.DataFrame(rows)
+out = Path(sm.output.table).with_suffix("")
+bench.write_bench_tables(table, out, f"PixVerve-Bench ({len(read_benchmark(sm.input.benchmark))} prompts)")
+for resolution, group in table.groupby("resolution"):
+    if resolution and table["resolution"].nunique() > 1:
+        bench.write_bench_tables(group, out.with_name(f"bench_table_{resolution}"), f"PixVerve-Bench at {resolution}")
+names = [Path(r["file_name"]).stem for r in read_benchmark(sm.input.benchmark)][: int(spec["crops"]["images"])]
+bench.crops_figure(dict(zip(sm.params.methods, sm.input.generated, strict=True)), Path(spec["real_dir"]), names,
+                   int(spec["crops"]["px"]), sm.output.crops, float(sm.params.max_megapixels),
+                   frozenset(m for m, info in infos.items() if info.get("smoke")))
+log.info(f"table of {len(table)} methods written")

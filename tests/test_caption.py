@@ -1,0 +1,245 @@
+"""Stage 5 steps through the library against a local chat-completions server (the VLM client's
+real protocol) and the real model code on tiny random models: tags + pruning, Rex-Omni boxes
+mapped to full resolution, masks + NMS, the instance-level artefact check, descriptions,
+aesthetics, captions, schema-valid records, the export split and Table 1's bookkeeping."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("openai")
+
+from fake_openai import FakeOpenAI  # noqa: E402
+from pixverve import caption, dataset  # noqa: E402
+from pixverve.caption_models import BoxSegmenter, build_detector, build_segmenter, build_tagger  # noqa: E402
+from pixverve.instance_check import judge_instances_shard  # noqa: E402
+from pixverve.tiling import TiledTiffWriter, bands_of  # noqa: E402
+from pixverve.vlm import VLMClient, VLMSettings  # noqa: E402
+
+IDS = ["00000000000000aa", "00000000000000bb"]
+W, H = 400, 300
+AESTHETICS = {k: {"score": 7, "analysis": f"fine {k}"} for k, _ in caption.AESTHETIC_DIMENSIONS}
+REX = ("<|object_ref_start|>cat<|object_ref_end|><|box_start|><100><100><400><500>,<102><100><400><500><|box_end|>"
+       "<|object_ref_start|>red sofa<|object_ref_end|><|box_start|><500><500><999><999><|box_end|>")
+
+
+def _text(body) -> str:
+    content = body["messages"][-1]["content"]
+    return content if isinstance(content, str) else next(c["text"] for c in content if c["type"] == "text")
+
+
+class Scripted:
+    """Answers each stage-5 prompt the way a well-behaved VLM would; ``overrides`` replace one task's answer."""
+
+    def __init__(self, **overrides):
+        self.overrides, self.seen = overrides, []
+
+    def __call__(self, body):
+        text = _text(body)
+        self.seen.append(text)
+        for key, marker in (("tags", "List what can be seen"), ("prune", "Below is a list of tags"), ("rex", "Detect "),
+                            ("artifact", "centred on one object. Look"), ("describe", "Describe the highlighted object"),
+                            ("aesthetics", "Analyse the aesthetics"), ("long", "Write a detailed caption"), ("short", "Distil it")):
+            if marker in text:
+                if key in self.overrides:
+                    return self.overrides[key]
+                break
+        else:
+            raise AssertionError(f"unexpected prompt: {text[:80]}")
+        if key == "describe":
+            label = re.search(r'labelled "([^"]+)"', text).group(1)
+            return "<json>" + json.dumps({"description": f"a {label} seen closely", "importance": 9 if label == "cat" else 3}) + "</json>"
+        return {
+            "tags": '<json>{"tags": ["Cat", "sky", "cat", "red  sofa", "happiness"]}</json>',
+            "prune": '<json>{"objects": ["red sofa", "cat", "dragon"]}</json>',
+            "rex": REX,
+            "artifact": '<json>{"flagged": false, "reason": "clean"}</json>',
+            "aesthetics": "<json>" + json.dumps(AESTHETICS) + "</json>",
+            "long": "<think>plan</think>A cat sits on a red sofa in warm light, the sofa filling the lower right.",
+            "short": "A cat on a red sofa.",
+        }[key]
+
+
+@pytest.fixture
+def shard(tmp_path, demo_config):
+    rng = np.random.default_rng(0)
+    up_rows, ver_rows = [], []
+    for iid in IDS:
+        path = tmp_path / "sr" / f"{iid}.tif"
+        TiledTiffWriter(path, H, W, tile=128).write(bands_of(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), 64))
+        base = {"image_id": iid, "root": "demo", "relpath": f"{iid}.jpg", "shard": "s00000"}
+        up_rows.append(base | {"passed": True, "output_path": str(path), "backend": "lanczos", "scale": 2, "weights": ""})
+        ver_rows.append(base | {"passed": True, "output_path": str(path)})
+    config = copy.deepcopy(demo_config)
+    config["caption"]["view_px"] = 200
+    config["caption"]["tags"]["backend"] = "vlm"
+    config["caption"]["boxes"]["backend"] = "rex_omni"
+    config["caption"]["masks"].update(backend="box", max_instances=None)
+    config["vlm"]["invalid_policy"] = "drop"
+    return {"config": config, "verified": pd.DataFrame(ver_rows), "upscaled": pd.DataFrame(up_rows), "views": tmp_path / "views"}
+
+
+def _client(server, **kw):
+    c = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=1, timeout_s=10, **kw))
+    c.smoke = False
+    return c
+
+
+def _run_chain(shard, responder):
+    cfg, views = shard["config"], shard["views"]
+    with FakeOpenAI(responder=responder) as server:
+        judge = _client(server)
+        tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
+        boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, judge, log=lambda *_: None)
+        masks = caption.masks_shard(boxes, cfg, views, BoxSegmenter(), log=lambda *_: None)
+        checks, crops = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
+        desc = caption.describe_instances_shard(masks, checks, cfg, views, shard["upscaled"], judge, log=lambda *_: None)
+        aest = caption.aesthetic_analysis_shard(checks, cfg, views, judge, log=lambda *_: None)
+        index = shard["verified"].assign(source="demo", licence="CC0", url="", author="")
+        caps = caption.captions_shard(checks, tags, desc, aest, index, cfg, views, judge, log=lambda *_: None)
+    return dict(tags=tags, boxes=boxes, masks=masks, instance_checks=checks, crops=crops, descriptions=desc, aesthetics=aest,
+                captions=caps, index=index)
+
+
+def test_the_chain_with_a_well_behaved_vlm(shard):
+    responder = Scripted()
+    out = _run_chain(shard, responder)
+    tags = out["tags"].set_index("image_id")
+    # tags cleaned (lower case, spaces, duplicates); pruning keeps a subset in the tagger's order
+    assert json.loads(tags.loc[IDS[0], "tags_raw"]) == ["cat", "sky", "red sofa", "happiness"]
+    assert json.loads(tags.loc[IDS[0], "tags"]) == ["cat", "red sofa"]  # "dragon" was never a tag
+    assert (tags["prune_status"] == "ok").all() and tags["tags_prompt_sha"].str.len().eq(12).all()
+    assert (shard["views"] / f"{IDS[0]}.png").exists()
+    # Rex-Omni bins -> view pixels -> full resolution (view is 200x150 of 400x300: x2); the two
+    # near-identical cat boxes are one after NMS
+    boxes = json.loads(out["boxes"].set_index("image_id").loc[IDS[0], "boxes"])
+    assert sorted(b["label"] for b in boxes) == ["cat", "red sofa"]
+    cat = next(b for b in boxes if b["label"] == "cat")
+    assert cat["box"] == pytest.approx([100 / 999 * 400, 100 / 999 * 300, 400 / 999 * 400, 500 / 999 * 300], abs=0.01)
+    masks = out["masks"].set_index("image_id")
+    assert (masks["n_instances"] == 2).all()
+    # the instance check judged each crop; all clean -> both images go on
+    assert out["instance_checks"]["passed"].all() and len(out["crops"]) == 4
+    desc = out["descriptions"]
+    assert len(desc) == 4 and (desc["status"] == "ok").all()
+    assert set(desc.loc[desc["label"] == "cat", "importance"]) == {9}
+    assert (out["aesthetics"]["composition_design_score"] == 7).all()
+    caps = out["captions"].set_index("image_id")
+    assert caps.loc[IDS[0], "long_caption"].startswith("A cat sits")  # <think> removed
+    assert caps.loc[IDS[0], "short_caption"] == "A cat on a red sofa."
+    # the long-caption prompt got the metadata, most important instance first
+    long_prompt = next(t for t in responder.seen if "Write a detailed caption" in t)
+    meta = json.loads(long_prompt.split("source information) are given below as JSON.", 1)[1].split("The caption should", 1)[0]
+                      .split("never mention that annotations were given.", 1)[1])
+    assert [i["label"] for i in meta["instances"]] == ["cat", "red sofa"] and meta["tags"] == ["cat", "red sofa"]
+    # the record of each image validates and carries provenance and every step
+    purify = shard["verified"].assign(exposure_share=0.01, laplacian_var=50.0, flat_share=0.2, entropy_bits=7.0, laion_score=5.5)
+    verify = shard["verified"].assign(max_seam_ratio=1.1, psnr=33.0, ssim=0.95, lpips=float("nan"))
+    records = dataset.build_records(out | {"purify": purify, "verify": verify, "upscale": shard["upscaled"]})
+    assert len(records) == 2 and not any(r["smoke"] for r in records)
+    rec = records[0]
+    assert rec["scores"]["lpips"] is None and rec["scores"]["psnr"] == 33.0 and rec["scores"]["artimuse_score"] is None
+    assert len(rec["instances"]) == 2 and rec["instances"][0]["mask"]["size"] == [150, 200]
+    assert rec["provenance"]["sr_backend"] == "lanczos" and rec["file_name"] == f"{IDS[0]}.tif"
+    broken = copy.deepcopy(rec)
+    broken["instances"][0]["box"] = [1, 2, 3]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, dataset.load_schema())
+
+
+def test_unparseable_pruning_leaves_the_tags_unpruned_and_says_so(shard):
+    with FakeOpenAI(responder=Scripted(prune="I think the cat matters.")) as server:
+        judge = _client(server)
+        tags = caption.tag_shard(shard["verified"], "s00000", shard["config"], shard["views"], None, judge, judge, log=lambda *_: None)
+    assert (tags["prune_status"] == "unparseable").all()
+    assert json.loads(tags["tags"].iloc[0]) == ["cat", "sky", "red sofa", "happiness"]
+    assert "I think the cat matters." in tags["prune_replies"].iloc[0]
+
+
+def test_a_flagged_instance_drops_the_image_and_descriptions_skip_it(shard):
+    out = _run_chain(shard, Scripted(artifact='<json>{"flagged": true, "reason": "melted paw"}</json>'))
+    checks = out["instance_checks"]
+    assert not checks["passed"].any() and set(checks["reason"]) == {"instance_artifacts"}
+    assert (out["crops"]["judge_reason"] == "melted paw").all()
+    assert out["descriptions"].empty and out["captions"].empty
+
+
+@pytest.mark.parametrize("policy, passed", [("drop", False), ("keep", True)])
+def test_unparseable_instance_judgments_follow_the_policy(shard, policy, passed):
+    shard["config"]["vlm"]["invalid_policy"] = policy
+    out = _run_chain(shard, Scripted(artifact="looks fine to me"))
+    checks = out["instance_checks"]
+    assert (checks["passed"] == passed).all() and (checks["n_unjudged"] == 2).all()
+    if not passed:
+        assert set(checks["reason"]) == {"judge_unparseable"}
+
+
+def test_an_out_of_range_importance_is_invalid_not_kept(shard):
+    out = _run_chain(shard, Scripted(describe='<json>{"description": "a cat", "importance": 11}</json>'))
+    desc = out["descriptions"]
+    assert (desc["status"] == "invalid").all() and desc["importance"].isna().all() and desc["description"].isna().all()
+    assert "importance" in desc["error"].iloc[0]
+
+
+def test_tiny_models_run_the_real_code_paths(shard):
+    cfg = shard["config"]
+    tagger = build_tagger(cfg["caption"]["tags"] | {"backend": "tiny"})
+    detector = build_detector(cfg["caption"]["boxes"] | {"backend": "tiny"})
+    segmenter = build_segmenter(cfg["caption"]["masks"] | {"backend": "tiny"})
+    assert tagger.smoke and detector.smoke and segmenter.smoke
+    view = np.random.default_rng(1).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    (tags,) = tagger.tag([view])
+    assert len(tags) == cfg["caption"]["tags"]["clip"]["top_k"]
+    found = detector.detect(view, [t for t, _ in tags])
+    assert found and all(f["label"] in [t for t, _ in tags] or f["label"] for f in found)
+    assert all(0 <= f["box"][0] <= f["box"][2] <= 200 and 0 <= f["box"][1] <= f["box"][3] <= 150 for f in found)
+    masks, scores = segmenter.segment(view, [f["box"] for f in found[:3]])
+    assert len(masks) == len(scores) == min(3, len(found)) and masks[0].shape == (150, 200)
+
+
+def test_missing_real_models_are_clear_errors(shard):
+    from pixverve.caption_models import CaptionModelUnavailable
+
+    spec = shard["config"]["caption"]
+    with pytest.raises(CaptionModelUnavailable, match="caption.boxes.grounding_dino.model"):
+        build_detector(spec["boxes"] | {"backend": "grounding_dino", "grounding_dino": spec["boxes"]["grounding_dino"] | {"model": "/nonexistent/gdino"}})
+    with pytest.raises(CaptionModelUnavailable, match="caption.masks.sam2.model"):
+        build_segmenter(spec["masks"] | {"backend": "sam2", "sam2": {"model": None}})
+
+
+def test_benchmark_split_is_stable_when_images_are_added():
+    ids = [f"{i:016x}" for i in range(50)]
+    first = dataset.benchmark_split(ids, 10, seed=0)
+    more = dataset.benchmark_split(ids + [f"{i:016x}" for i in range(1000, 1100)], 10, seed=0)
+    assert len(first) == 10 and len(first & more) >= 1
+    assert first - more == {i for i in first if i not in more}  # a held-out image leaves only if a new one ranks lower
+    assert dataset.benchmark_split(ids, 10, seed=0) == first and dataset.benchmark_split(ids, 10, seed=1) != first
+
+
+def test_export_layout_and_split():
+    records = []
+    for i in range(5):
+        records.append({"image_id": f"{i:016x}", "file_name": f"{i:016x}.tif", "width": 100, "height": 50,
+                        "provenance": {"source": "demo", "licence": "CC0"}, "scores": {}, "tags": ["cat"], "instances": [],
+                        "aesthetics": None, "long_caption": "a long one" if i != 4 else None, "short_caption": "short",
+                        "smoke": False, "smoke_steps": []})
+    meta, train, bench = dataset.export_dataset(records, 2, seed=0)
+    assert len(bench) == 2 and len(train) == 2 and set(meta["split"]) == {"train", "benchmark", "uncaptioned"}
+    assert set(bench[0]) == {"file_name", "short_caption", "long_caption"}
+
+
+def test_data_flow_check_catches_counts_that_do_not_add_up():
+    good = pd.DataFrame([("1", "a", 10, 0, 10, True), ("2", "filter", 10, 5, 5, False), ("2", "b", 10, 2, 8, True)],
+                        columns=["stage", "step", "entering", "dropped", "kept", "sequential"])
+    dataset.check_data_flow(good)
+    bad = good.copy()
+    bad.loc[2, "entering"] = 9
+    with pytest.raises(ValueError, match="does not add up"):
+        dataset.check_data_flow(bad)
