@@ -19,11 +19,11 @@ done
 configs=(--configfile configs/demo.yaml tests/e2e/config.yaml)
 
 echo "== local run"
-(cd "$tmp/local" && timeout -k 10 600 "$venv/bin/snakemake" --cores 2 "${configs[@]}" -q)
+(cd "$tmp/local" && timeout -k 10 1200 "$venv/bin/snakemake" --cores 2 "${configs[@]}" -q)
 
 echo "== SLURM run"
 "$venv/bin/python" "$root/.ci/ci_profile.py" "$root/profiles/slurm" "$tmp/slurm/profiles/ci-slurm" ci
-(cd "$tmp/slurm" && timeout -k 10 900 "$venv/bin/snakemake" --profile profiles/ci-slurm "${configs[@]}") \
+(cd "$tmp/slurm" && timeout -k 10 1500 "$venv/bin/snakemake" --profile profiles/ci-slurm "${configs[@]}") \
   >"$tmp/slurm.log" 2>&1 || { tail -n 60 "$tmp/slurm.log"; exit 1; }
 grep "has been submitted with SLURM jobid" "$tmp/slurm.log"
 jobs=$(sacct -X -n -S today -o JobID,JobName,State | grep -c COMPLETED || true)

@@ -103,6 +103,72 @@ class ClipScorer:
         return float(100.0 * torch.clamp(cos, min=0.0)[0])
 
 
+FGCLIP2_BUCKETS = (128, 256, 576, 784, 1024)
+
+
+def fgclip2_patch_budget(width: int, height: int) -> int:
+    """FG-CLIP2's ``max_num_patches`` for an image: (w // 16) * (h // 16) rounded up to the next
+    bucket of 128/256/576/784/1024 (1024 at most)."""
+    n = (width // 16) * (height // 16)
+    return next((b for b in FGCLIP2_BUCKETS if n <= b), FGCLIP2_BUCKETS[-1])
+
+
+class FGClip2Scorer:
+    """FG-CLIP2 score: 100 x max(cos(image, long caption), 0), the image with its own patch
+    budget, the caption in the model's "long" text mode at max length 196.
+
+    Backend ``fgclip2``: the published model (e.g. qihoo360/fg-clip2-base) from a local folder;
+    it ships its own modelling code, so it is loaded with ``trust_remote_code=True`` -- only
+    point ``bench.fgclip2.model`` at a folder you trust.  ``tiny``: a random Siglip2Model (the
+    same NaFlex patch-budget image side), smoke.  Not run against the real weights here (none
+    offline): the calls follow the model card's usage (get_image_features /
+    get_text_features(walk_type="long")).
+    """
+
+    def __init__(self, spec: dict):
+        from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        from .caption_models import _device, _load
+
+        self.smoke = spec.get("backend") == "tiny"
+        if self.smoke:
+            import tempfile
+
+            from .tiny_vision import build_tiny_siglip2
+
+            with tempfile.TemporaryDirectory(prefix="pixverve-tiny-siglip2-") as folder:
+                build_tiny_siglip2(folder, seed=int(spec.get("seed", 0)))
+                self.model = AutoModel.from_pretrained(folder).eval()
+                self.tokenizer, self.image_processor = AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
+            self.device, self.model_name, self.long_mode = "cpu", "tiny random SigLIP 2 (FG-CLIP2 stand-in)", False
+            return
+        model = spec.get("model")
+        if not model:
+            raise RuntimeError("config key bench.fgclip2.model: set a local folder holding fg-clip2-base (with its code)")
+
+        def remote(loader):
+            return lambda m, **kw: loader(m, trust_remote_code=True, **kw)
+
+        self.model = _load(remote(AutoModelForCausalLM.from_pretrained), model, "bench.fgclip2.model").eval()
+        self.tokenizer = _load(AutoTokenizer.from_pretrained, model, "bench.fgclip2.model")
+        self.image_processor = _load(remote(AutoImageProcessor.from_pretrained), model, "bench.fgclip2.model")
+        self.device, self.model_name, self.long_mode = _device(spec), model, True
+        self.model.to(self.device)
+
+    def score(self, rgb: np.ndarray, long_caption: str) -> float:
+        import torch
+
+        h, w = rgb.shape[:2]
+        with torch.inference_mode():
+            image = self.image_processor(images=rgb, max_num_patches=fgclip2_patch_budget(w, h), return_tensors="pt").to(self.device)
+            text = self.tokenizer([long_caption], padding="max_length", max_length=196, truncation=True, return_tensors="pt").to(self.device)
+            img = self.model.get_image_features(**image)
+            txt = self.model.get_text_features(**text, walk_type="long") if self.long_mode else self.model.get_text_features(**text)
+            img, txt = (getattr(t, "pooler_output", t).float() for t in (img, txt))
+            cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+        return float(100.0 * torch.clamp(cos, min=0.0)[0])
+
+
 # ----------------------------------------------------------------------------- MLLM judge
 
 def _judge_view(rgb: np.ndarray, long_edge: int) -> np.ndarray:
@@ -171,8 +237,8 @@ def judge_method(items, judge, prompts: dict, spec: dict, max_megapixels: float,
 # ----------------------------------------------------------------------------- per-image model metrics
 
 
-def score_method(items, spec: dict, aesthetic, clip, max_megapixels: float, log=print):
-    """Per-image LAION aesthetics, CLIPScore (short caption) and GLCM of one method's images."""
+def score_method(items, spec: dict, aesthetic, clip, max_megapixels: float, log=print, fgclip2=None):
+    """Per-image LAION aesthetics, CLIPScore (short caption), FG-CLIP2 (long caption) and GLCM."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -189,6 +255,7 @@ def score_method(items, spec: dict, aesthetic, clip, max_megapixels: float, log=
         del rgb
         row["aesthetics"] = float(aesthetic.score([small])[0]) if aesthetic is not None else float("nan")
         row["clip"] = clip.score(small, item.short_caption) if clip is not None else float("nan")
+        row["fgclip2"] = fgclip2.score(small, item.long_caption) if fgclip2 is not None else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -198,12 +265,11 @@ def score_method(items, spec: dict, aesthetic, clip, max_megapixels: float, log=
 
 def method_row(name: str, resolution: str, per_image, judged, sets: dict, smoke: dict) -> dict:
     row = {"method": name, "resolution": resolution}
-    for key in ("aesthetics", "clip", "glcm"):
-        row[key] = float(per_image[key].mean()) if len(per_image) else float("nan")
+    for key in ("aesthetics", "clip", "glcm", "fgclip2"):
+        row[key] = float(per_image[key].mean()) if len(per_image) and key in per_image else float("nan")
     for key in ("msfi", "ics"):
         row[key] = float(judged[key].mean()) if len(judged) else float("nan")
     row.update({k: sets.get(k, float("nan")) for k in ("fid", "fid_patch", "compression")})
-    row["fgclip2"] = float("nan")  # not computed yet (see README: FG-CLIP2)
     row["smoke_columns"] = ",".join(sorted(k for k, v in smoke.items() if v))
     return row
 

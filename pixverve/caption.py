@@ -148,15 +148,28 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
     recs = survivors(verified, shard).to_dict("records")
     bar = tqdm(total=len(recs), desc="tags", unit="img", mininterval=2)
     for chunk in _chunks(recs):
-        views = []
+        views, batch = [], []
         for rec in chunk:
-            with TiledImage(rec["output_path"]) as tiled:
-                view = tiled.downscaled(view_px)
-                size = (tiled.width, tiled.height)
+            try:
+                with TiledImage(rec["output_path"]) as tiled:
+                    view = tiled.downscaled(view_px)
+                    size = (tiled.width, tiled.height)
+            except (OSError, ValueError, KeyError, IndexError) as exc:  # the rest of the shard goes on; the
+                # instance check rejects the image (no analysis copy), nothing downstream guesses
+                rows.append(_base(rec) | {"width": 0, "height": 0, "view_width": 0, "view_height": 0, "tagger_model": "",
+                                          "tags_raw": "[]", "tags_status": "unreadable", "tags_replies": "[]",
+                                          "tags_error": f"SR output {rec['output_path']}: {exc}", "smoke": False, "candidates": [],
+                                          "tags": [], "prune_status": "no_tags", "prune_replies": "[]", "prune_error": "",
+                                          "prune_model": ""})
+                log(f"{rec['relpath']}: SR output unreadable: {exc}")
+                continue
             write_view(view_file(views_dir, rec["image_id"]), view)
             views.append(view)
             rows.append(_base(rec) | {"width": size[0], "height": size[1], "view_width": view.shape[1], "view_height": view.shape[0]})
-        batch = rows[-len(chunk) :]
+            batch.append(rows[-1])
+        if not batch:
+            bar.update(len(chunk))
+            continue
         if tagger is not None:
             for row, tags in zip(batch, tagger.tag(views), strict=True):
                 row.update(tagger_model=tagger.model_name, tags_raw=json.dumps(tags), tags_status="ok", tags_replies="[]",
@@ -224,55 +237,73 @@ def _prune(batch: list[dict], pruner, prompt: str) -> None:
 
 
 def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, log=print):
-    """Boxes in full-resolution pixels per image (JSON list), from the view and optional tiles."""
+    """Boxes in full-resolution pixels per image (JSON list), from the view and optional tiles.
+
+    ``detector``: a model detector (``detect(view, tags)``), or None when ``rex_judge`` (a VLM
+    backend serving Rex-Omni) answers; its requests go out for a chunk of images at once."""
     import pandas as pd
     from tqdm import tqdm
 
+    from .caption_models import parse_rex_boxes
     from .vlm import TEXT, user_message
 
     spec = config["caption"]["boxes"]
     detect_px, grid = int(spec["detect_px"]), int(spec["tiles"])
     rex_prompt, rex_sha = prompt_text(spec["rex_omni"]["prompt"])
     out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
+    smoke = bool(getattr(detector, "smoke", False) or getattr(rex_judge, "smoke", False))
+    model = detector.model_name if detector is not None else rex_judge.model_name
+    recs = tags.to_dict("records")
     rows = []
-    for rec in tqdm(tags.to_dict("records"), desc="boxes", unit="img", mininterval=2):
-        kept_tags = json.loads(rec["tags"])
-        W, H = int(rec["width"]), int(rec["height"])
-        row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "status": "ok"}
-        found = []
-        if kept_tags:
-            view = read_view(views_dir, rec["image_id"])
-            views = [(fit_within(view, detect_px), (0, 0, W, H), "view")]
-            if grid > 1:
-                with TiledImage(out_paths[rec["image_id"]]) as tiled:
-                    for i, region in enumerate(tile_regions(W, H, grid, float(spec["tile_overlap"]))):
-                        views.append((fit_within(tiled.read(*region), detect_px), region, f"tile{i}"))
+    bar = tqdm(total=len(recs), desc="boxes", unit="img", mininterval=2)
+    for chunk in _chunks(recs):
+        work = []  # (row, kept tags, [(view image, full-resolution region, name)])
+        for rec in chunk:
+            kept_tags = json.loads(rec["tags"])
+            W, H = int(rec["width"]), int(rec["height"])
+            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "status": "ok" if kept_tags else "no_tags"}
+            views = []
+            if kept_tags:
+                view = read_view(views_dir, rec["image_id"])
+                views = [(fit_within(view, detect_px), (0, 0, W, H), "view")]
+                if grid > 1:
+                    with TiledImage(out_paths[rec["image_id"]]) as tiled:
+                        for i, region in enumerate(tile_regions(W, H, grid, float(spec["tile_overlap"]))):
+                            views.append((fit_within(tiled.read(*region), detect_px), region, f"tile{i}"))
             row["n_views"] = len(views)
-            if detector is not None:
+            work.append((row, kept_tags, views))
+        found_by_row: list[list[dict]] = [[] for _ in work]
+        if detector is not None:
+            for k, (_, kept_tags, views) in enumerate(work):
                 for image, region, name in views:
                     for d in detector.detect(image, kept_tags):
-                        found.append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
-            else:
-                prompt = rex_prompt.replace("{tags}", ", ".join(kept_tags))
-                requests = [("boxes", f"{rec['image_id']}:{name}", [user_message(prompt, [image])], TEXT) for image, _, name in views]
-                results = rex_judge.run_many(requests)
-                row["replies"] = json.dumps([r.raw_replies for r in results])
-                row["status"] = "ok" if all(r.status == "ok" for r in results) else "judge_" + next(r.status for r in results if r.status != "ok")
-                from .caption_models import parse_rex_boxes
-
-                for (image, region, name), res in zip(views, results, strict=True):
-                    text = res.parsed if res.status == "ok" else ""
-                    for d in parse_rex_boxes(text, image.shape[1], image.shape[0], int(spec["rex_omni"]["bins"])):
-                        found.append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+                        found_by_row[k].append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
         else:
-            row["status"] = "no_tags"
-        boxes = _merge_boxes(found, float(spec["nms_iou"]), int(spec["max_boxes"]))
-        smoke = bool(getattr(detector, "smoke", False) or getattr(rex_judge, "smoke", False))
-        row.update(boxes=json.dumps(boxes), n_boxes=len(boxes), n_raw_boxes=len(found), smoke=smoke,
-                   detector=(detector.model_name if detector is not None else rex_judge.model_name),
-                   prompt_sha=rex_sha if detector is None else "")
-        rows.append(row)
-        log(f"{rec['relpath']}: {len(found)} raw boxes -> {len(boxes)} after NMS over {row['n_views']} views")
+            requests, where = [], []
+            for k, (row, kept_tags, views) in enumerate(work):
+                prompt = rex_prompt.replace("{tags}", ", ".join(kept_tags))
+                for image, region, name in views:
+                    requests.append(("boxes", f"{row['image_id']}:{name}", [user_message(prompt, [image])], TEXT))
+                    where.append((k, image.shape[1], image.shape[0], region, name))
+            replies: list[list] = [[] for _ in work]
+            for (k, vw, vh, region, name), res in zip(where, rex_judge.run_many(requests) if requests else [], strict=True):
+                replies[k].append(res)
+                text = res.parsed if res.status == "ok" else ""
+                for d in parse_rex_boxes(text, vw, vh, int(spec["rex_omni"]["bins"])):
+                    found_by_row[k].append(d | {"box": map_box(d["box"], (vw, vh), region), "view": name})
+            for k, (row, _, _) in enumerate(work):
+                row["replies"] = json.dumps([r.raw_replies for r in replies[k]])
+                bad = [r.status for r in replies[k] if r.status != "ok"]
+                if bad:
+                    row["status"] = "judge_" + bad[0]
+        for (row, _, _), found in zip(work, found_by_row, strict=True):
+            boxes = _merge_boxes(found, float(spec["nms_iou"]), int(spec["max_boxes"]))
+            row.update(boxes=json.dumps(boxes), n_boxes=len(boxes), n_raw_boxes=len(found), smoke=smoke, detector=model,
+                       prompt_sha=rex_sha if detector is None else "")
+            rows.append(row)
+            log(f"{row['relpath']}: {len(found)} raw boxes -> {len(boxes)} after NMS over {row['n_views']} views")
+        bar.update(len(chunk))
+    bar.close()
     return pd.DataFrame(rows)
 
 

@@ -18,7 +18,7 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     from tqdm import tqdm
 
     from .annotate import TiledImage
-    from .caption import _base, _chunks, instance_crop, kept_instances, read_view
+    from .caption import _base, _chunks, instance_crop, kept_instances, read_view, view_file
     from .regions import REGION_SCHEMA, prompt_text
     from .tables import fail, ok
     from .vlm import user_message
@@ -37,6 +37,9 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
             images[rec["image_id"]] = _base(rec) | {"n_instances": 0, "n_flagged": 0, "n_unjudged": 0, "max_flagged": max_flagged,
                                                     "invalid_policy": policy, "judge_model": judge.model_name, "prompt_sha": sha,
                                                     "smoke": bool(judge.smoke)}
+            if not view_file(views_dir, rec["image_id"]).exists():  # caption_tags could not read it
+                images[rec["image_id"]]["unreadable"] = True
+                continue
             instances = kept_instances(rec)
             if not instances:
                 continue
@@ -60,7 +63,9 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
             row["n_unjudged"] += int(res.status != "ok")
     out = []
     for row in images.values():
-        if row["n_flagged"] > row["max_flagged"]:
+        if row.pop("unreadable", False):
+            out.append(fail(row, "unreadable", "the SR output could not be read for its analysis copy (see caption_tags)"))
+        elif row["n_flagged"] > row["max_flagged"]:
             out.append(fail(row, "instance_artifacts", f"{row['n_flagged']} of {row['n_instances']} instance crops flagged (max {row['max_flagged']})"))
         elif row["n_unjudged"] and policy == "drop":
             out.append(fail(row, "judge_unparseable", f"{row['n_unjudged']} of {row['n_instances']} instance crops got no valid reply (vlm.invalid_policy: drop)"))

@@ -68,3 +68,6 @@ def check_config(config: dict) -> None:
             raise ValueError("config key vlm.transformers.model: backend `transformers` needs a local folder or hub id")
         if (vlm.get("serve") or {}).get("enabled") and vlm.get("backend", "endpoint") != "endpoint":
             raise ValueError("config key vlm.serve.enabled: starting vLLM only makes sense with vlm.backend: endpoint")
+    bench = config.get("bench") or {}
+    if bench.get("methods") and (bench.get("fgclip2") or {}).get("backend") == "fgclip2" and not bench["fgclip2"].get("model"):
+        raise ValueError("config key bench.fgclip2.model: set a local folder with fg-clip2-base, or backend tiny/none")

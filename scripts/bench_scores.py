@@ -1,5 +1,5 @@
 """Rule bench_scores: FID, FID_patch, compression ratio (per method) and LAION aesthetics,
-CLIPScore, GLCM (per image) of one benchmark method."""
+CLIPScore, FG-CLIP2, GLCM (per image) of one benchmark method."""
 
 import json
 import sys
@@ -33,11 +33,15 @@ log.info(f"FID {sets['fid']:.3f}, FID_patch {sets['fid_patch']:.3f} over {len(it
 laion = dict(sm.params.laion)
 aesthetic = build_predictor("laion", laion) if laion.get("backend", "none") != "none" else None
 clip = bench.ClipScorer(spec["clip"]) if spec["clip"]["backend"] != "none" else None
-per_image = bench.score_method(items, spec, aesthetic, clip, cap, log=log.info)
+fgclip2 = bench.FGClip2Scorer(spec["fgclip2"]) if spec["fgclip2"]["backend"] != "none" else None
+per_image = bench.score_method(items, spec, aesthetic, clip, cap, log=log.info, fgclip2=fgclip2)
 per_image["aesthetics_smoke"] = bool(getattr(getattr(aesthetic, "info", None), "smoke", False))
 per_image["clip_smoke"] = bool(clip.smoke) if clip is not None else False
 per_image["clip_model"] = clip.model_name if clip is not None else ""
+per_image["fgclip2_smoke"] = bool(fgclip2.smoke) if fgclip2 is not None else False
+per_image["fgclip2_model"] = fgclip2.model_name if fgclip2 is not None else ""
 sets["smoke"] = {"aesthetics": bool(per_image["aesthetics_smoke"].any()) if len(per_image) else False,
-                 "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False}
+                 "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False,
+                 "fgclip2": bool(per_image["fgclip2_smoke"].any()) if len(per_image) else False}
 write_table(per_image, sm.output.per_image, sort_by=["name"])
 Path(sm.output.sets).write_text(json.dumps(sets, indent=1, sort_keys=True) + "\n")

@@ -148,3 +148,19 @@ def test_generation_degrade_and_tiny_resume(tmp_path):
     assert info["smoke"] and np.asarray(Image.open(tmp_path / "tiny" / "abc.jpg")).shape == (64, 64, 3)
     again = generate_method(rows, spec, tmp_path / "tiny", real_dir, 100.0, log=lambda *_: None)
     assert again["generated"] == 0 and (tmp_path / "tiny" / "abc.jpg").read_bytes() == first  # resumed, not redone
+
+
+@pytest.mark.parametrize("size, budget", [((160, 128), 128), ((176, 192), 256), ((400, 360), 576), ((448, 448), 784),
+                                          ((512, 512), 1024), ((4096, 4096), 1024), ((100, 50), 128)])
+def test_fgclip2_patch_budget_buckets(size, budget):
+    # (w // 16) * (h // 16) rounded up to 128/256/576/784/1024: 80, 132, 550, 784, 1024, 65536, 18
+    assert bench.fgclip2_patch_budget(*size) == budget
+
+
+def test_fgclip2_tiny_scores_with_the_long_caption():
+    scorer = bench.FGClip2Scorer({"backend": "tiny"})
+    rgb = np.random.default_rng(4).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    value = scorer.score(rgb, "a long caption " * 40)  # longer than 196 tokens: truncated, not an error
+    assert scorer.smoke and 0.0 <= value <= 100.0
+    with pytest.raises(RuntimeError, match="bench.fgclip2.model"):
+        bench.FGClip2Scorer({"backend": "fgclip2", "model": None})

@@ -6,6 +6,7 @@ aesthetics, captions, schema-valid records, the export split and Table 1's bookk
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import json
 import re
 
@@ -243,3 +244,13 @@ def test_data_flow_check_catches_counts_that_do_not_add_up():
     bad.loc[2, "entering"] = 9
     with pytest.raises(ValueError, match="does not add up"):
         dataset.check_data_flow(bad)
+
+
+def test_an_unreadable_sr_output_is_rejected_and_the_shard_goes_on(shard):
+    Path(shard["upscaled"].loc[1, "output_path"]).write_bytes(b"II*\x00 truncated")
+    out = _run_chain(shard, Scripted())
+    tags = out["tags"].set_index("image_id")
+    assert tags.loc[IDS[1], "tags_status"] == "unreadable" and "SR output" in tags.loc[IDS[1], "tags_error"]
+    checks = out["instance_checks"].set_index("image_id")
+    assert not checks.loc[IDS[1], "passed"] and checks.loc[IDS[1], "reason"] == "unreadable"
+    assert checks.loc[IDS[0], "passed"] and list(out["captions"]["image_id"]) == [IDS[0]]

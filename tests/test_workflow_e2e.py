@@ -103,8 +103,9 @@ def test_second_run_does_nothing(run_a):
 
 def test_deterministic_across_runs(run_a, tmp_path):
     run_b = copy_workflow(tmp_path / "run_b")
-    snakemake(run_b)
+    snakemake(run_b, "--rerun-incomplete", "caption_all")  # the benchmark is left out: it only re-reads these tables
     a, b = tables(run_a), tables(run_b)
+    a = {k: v for k, v in a.items() if not k.startswith("results/bench/")}
     assert a.keys() == b.keys() and len(a) > 5
     different = [k for k in a if a[k] != b[k]]
     assert not different, f"tables differ between identical runs: {different}"
@@ -163,8 +164,9 @@ def test_resume_redoes_only_the_lost_shard(run_a):
     shard = sorted((run_a / "results/caption/instances").glob("s*.parquet"))[1].stem
     _lose(run_a, f"results/caption/instances/{shard}.parquet", f"results/caption/captions/{shard}.parquet",
           f"results/caption/records/{shard}.jsonl", "results/dataset/metadata.parquet")
-    assert _planned_jobs(run_a) == {"caption_instances": 1, "caption_text": 1, "caption_records": 1, "dataset_export": 1, "all": 1}
-    snakemake(run_a)
+    assert _planned_jobs(run_a, "caption_all") == {"caption_instances": 1, "caption_text": 1, "caption_records": 1,
+                                                   "dataset_export": 1, "caption_all": 1}
+    snakemake(run_a, "--rerun-incomplete", "caption_all")
     # a judge job killed (so the stage 4 gather and stage 5 never ran): that shard's judgments and
     # the gather rerun, nothing before them
     regions = sorted((run_a / "results/verify/regions").glob("s*.parquet"))[0]
