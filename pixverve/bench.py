@@ -18,6 +18,7 @@ Definitions follow the published evaluation code as PAPER.md gives it:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -191,7 +192,7 @@ def judge_requests(item, rgb: np.ndarray, prompts: dict, spec: dict):
     i_schema = {"type": "object", "properties": {k: {"type": "integer", "minimum": 1, "maximum": 10} for k in ICS_KEYS},
                 "required": list(ICS_KEYS)}
     requests = [("msfi_global", f"{item.name}:global", [user_message(prompts["msfi_global"], [global_view])], g_schema)]
-    seed = int.from_bytes(item.name.encode()[:8].ljust(8, b"\0"), "big")
+    seed = int(hashlib.sha256(item.name.encode()).hexdigest()[:16], 16)  # the random patches: per image, reproducible
     patches = msfi_patches(grey_luma(rgb), seed, int(spec["msfi"]["n_sobel"]), int(spec["msfi"]["n_random"]),
                            int(spec["msfi"]["analysis_long_edge"]))
     rows = []
