@@ -19,8 +19,8 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
 
     from .annotate import TiledImage
     from .caption import _base, _chunks, instance_crop, kept_instances, read_view, view_file
-    from .regions import REGION_SCHEMA, prompt_text
-    from .tables import fail, ok
+    from .regions import REGION_SCHEMA, judged_outcome, prompt_text
+    from .tables import fail
     from .vlm import user_message
 
     spec = config["verify"]["instances"]
@@ -65,12 +65,8 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     for row in images.values():
         if row.pop("unreadable", False):
             out.append(fail(row, "unreadable", "the SR output could not be read for its analysis copy (see caption_tags)"))
-        elif row["n_flagged"] > row["max_flagged"]:
-            out.append(fail(row, "instance_artifacts", f"{row['n_flagged']} of {row['n_instances']} instance crops flagged (max {row['max_flagged']})"))
-        elif row["n_unjudged"] and policy == "drop":
-            out.append(fail(row, "judge_unparseable", f"{row['n_unjudged']} of {row['n_instances']} instance crops got no valid reply (vlm.invalid_policy: drop)"))
         else:
-            out.append(ok(row))
+            out.append(judged_outcome(row, row["n_instances"], "instance_artifacts", "instance crops", policy))
         log(f"{row['relpath']}: {row['n_flagged']}/{row['n_instances']} instance crops flagged, {row['n_unjudged']} unjudged -> {out[-1]['reason'] or 'ok'}")
     columns = ["image_id", "shard", "instance", "label", "crop_x", "crop_y", "crop_w", "crop_h", "status", "flagged", "judge_reason",
                "replies", "error", "attempts", "smoke"]

@@ -82,6 +82,18 @@ def prompt_text(path: str | Path) -> tuple[str, str]:
     return text, hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def judged_outcome(row: dict, n_judged: int, code: str, what: str, policy: str) -> dict:
+    """An image's verdict from its judged items (patches, instance crops): too many flagged is
+    ``code``; items without a valid reply reject it under ``vlm.invalid_policy: drop``."""
+    from .tables import fail, ok
+
+    if row["n_flagged"] > row["max_flagged"]:
+        return fail(row, code, f"{row['n_flagged']} of {n_judged} {what} flagged (max {row['max_flagged']})")
+    if row["n_unjudged"] and policy == "drop":
+        return fail(row, "judge_unparseable", f"{row['n_unjudged']} of {n_judged} {what} got no valid reply (vlm.invalid_policy: drop)")
+    return ok(row)
+
+
 def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, log=print):
     """Judge the chosen patches of every image that passed checks 1-2; returns (images, patches).
 
@@ -94,7 +106,7 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
     from tqdm import tqdm
 
     from .config import side_scale
-    from .tables import fail, ok
+    from .tables import fail
     from .vlm import user_message
 
     r = config["verify"]["regions"]
@@ -186,12 +198,8 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
     for row in image_rows.values():
         if "passed" in row:  # already decided (unreadable)
             images.append(row)
-        elif row["n_flagged"] > row["max_flagged"]:
-            images.append(fail(row, "region_artifacts", f"{row['n_flagged']} of {row['n_judged']} patches flagged (max {row['max_flagged']})"))
-        elif row["n_unjudged"] and policy == "drop":
-            images.append(fail(row, "judge_unparseable", f"{row['n_unjudged']} of {row['n_judged']} patches got no valid reply (vlm.invalid_policy: drop)"))
         else:
-            images.append(ok(row))
+            images.append(judged_outcome(row, row["n_judged"], "region_artifacts", "patches", policy))
         log(f"{row['relpath']}: {row['n_flagged']}/{row['n_judged']} flagged, {row['n_unjudged']} unjudged -> {images[-1]['reason'] or 'ok'}")
     columns = ["image_id", "shard", "patch_index", "x", "y", "w", "h", "sobel_var", "picked", "status", "flagged",
                "judge_reason", "parsed", "raw_replies", "attempts", "error", "smoke", "passed", "reason", "reason_detail"]
