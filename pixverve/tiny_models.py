@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .tiny_vision import byte_level_alphabet, tiny_clip_text_model, tiny_clip_tokenizer  # noqa: F401 (re-exported)
+from .tiny_vision import tiny_clip_text_model, tiny_clip_tokenizer  # noqa: F401 (re-exported for older imports)
 
 
 def build_tiny_sd_pipeline(folder: str | Path, seed: int = 0) -> Path:
