@@ -172,20 +172,15 @@ class FGClip2Scorer:
 
 # ----------------------------------------------------------------------------- MLLM judge
 
-def _judge_view(rgb: np.ndarray, long_edge: int) -> np.ndarray:
-    from .annotate import fit_within
-
-    return fit_within(rgb, long_edge)
-
-
 def judge_requests(item, rgb: np.ndarray, prompts: dict, spec: dict):
     """(requests, patch rows) for MSFI (1 global + 10 local calls) and ICS (1 call) of one image."""
+    from .annotate import fit_within
     from .bench_scores import ICS_KEYS, MSFI_GLOBAL_WEIGHTS, MSFI_LOCAL_WEIGHTS, msfi_patches
     from .images import grey_luma
     from .vlm import user_message
 
     h, w = rgb.shape[:2]
-    global_view = _judge_view(rgb, int(spec["msfi"]["global_long_edge"]))
+    global_view = fit_within(rgb, int(spec["msfi"]["global_long_edge"]))
     score_1_5 = {"type": "integer", "minimum": 1, "maximum": 5}
     g_schema = {"type": "object", "properties": {k: score_1_5 for k in MSFI_GLOBAL_WEIGHTS}, "required": list(MSFI_GLOBAL_WEIGHTS)}
     l_schema = {"type": "object", "properties": {k: score_1_5 for k in MSFI_LOCAL_WEIGHTS}, "required": list(MSFI_LOCAL_WEIGHTS)}
@@ -201,7 +196,7 @@ def judge_requests(item, rgb: np.ndarray, prompts: dict, spec: dict):
         text = prompts["msfi_local"].replace("{coordinates}", where)
         requests.append(("msfi_local", f"{item.name}:{x},{y}", [user_message(text, [rgb[y : y + ph, x : x + pw], global_view])], l_schema))
         rows.append({"x": x, "y": y, "w": pw, "h": ph, "picked": why})
-    ics_view = _judge_view(rgb, int(spec["ics"]["long_edge"]))
+    ics_view = fit_within(rgb, int(spec["ics"]["long_edge"]))
     ics_text = prompts["ics"].replace("{caption}", item.long_caption)
     requests.append(("ics", f"{item.name}:ics", [user_message(ics_text, [ics_view], quality=int(spec["ics"]["jpeg_quality"]))], i_schema))
     return requests, rows
@@ -238,7 +233,7 @@ def judge_method(items, judge, prompts: dict, spec: dict, max_megapixels: float,
 # ----------------------------------------------------------------------------- per-image model metrics
 
 
-def score_method(items, spec: dict, aesthetic, clip, max_megapixels: float, log=print, fgclip2=None):
+def score_method(items, aesthetic, clip, max_megapixels: float, log=print, fgclip2=None):
     """Per-image LAION aesthetics, CLIPScore (short caption), FG-CLIP2 (long caption) and GLCM."""
     import pandas as pd
     from tqdm import tqdm

@@ -9,7 +9,9 @@ Backends (``bench.methods.<name>.generate.backend``):
 * ``degrade``: the real image shrunk by ``factor`` and blown back up (bicubic) -- a sanity
   baseline that must score between the real images and noise; not a method of the paper.
 Each image is written as ``<basename>.jpg`` (quality 95) atomically; a rerun skips images already
-written, so a killed generation job resumes where it stopped.
+written, so a killed generation job resumes where it stopped.  The folder keeps the generation
+settings it was filled with (``settings.json``): when they change, its images are deleted first,
+so a new model never inherits an old model's images.
 """
 
 from __future__ import annotations
@@ -76,8 +78,18 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
 
     from . import images
 
+    import json
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = out_dir / "settings.json"
+    wanted = json.dumps(spec, sort_keys=True)
+    if settings.exists() and settings.read_text() != wanted:
+        stale = sorted(out_dir.glob("*.jpg"))
+        log(f"generation settings changed: deleting {len(stale)} images made with the old ones")
+        for path in stale:
+            path.unlink()
+    settings.write_text(wanted)
     todo = [r for r in rows if not (out_dir / f"{Path(r['file_name']).stem}.jpg").exists()]
     log(f"{len(rows) - len(todo)} of {len(rows)} images already generated; {len(todo)} to go")
     if spec["backend"] == "degrade":

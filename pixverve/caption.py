@@ -466,7 +466,7 @@ def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, lo
 # ----------------------------------------------------------------------------- 7. captions
 
 
-def caption_metadata(rec: dict, tags_row: dict, instances: list[dict], analysis: str, source_row: dict) -> dict:
+def caption_metadata(tags_row: dict, instances: list[dict], analysis: str, source_row: dict) -> dict:
     """Everything the long-caption prompt is given besides the image, most important instances first."""
     described = [i for i in instances if i.get("description")]
     described.sort(key=lambda i: (-(i.get("importance") or 0), i["instance"]))
@@ -502,7 +502,7 @@ def captions_shard(instance_checks, tags, descriptions, aesthetics, index, confi
     for chunk in _chunks(recs):
         longs = []
         for rec in chunk:
-            meta = caption_metadata(rec, tags_by[rec["image_id"]], desc_by.get(rec["image_id"], []), aest_by.get(rec["image_id"], ""),
+            meta = caption_metadata(tags_by[rec["image_id"]], desc_by.get(rec["image_id"], []), aest_by.get(rec["image_id"], ""),
                                     index_by.get(rec["image_id"], {}))
             text = long_prompt.replace("{metadata}", json.dumps(meta, ensure_ascii=False, indent=1))
             view = fit_within(read_view(views_dir, rec["image_id"]), int(spec["view_px"]))

@@ -70,8 +70,11 @@ def build_records(inputs: dict) -> list[dict]:
     boxes, aesthetics, captions = _by_id(inputs["boxes"]), _by_id(inputs["aesthetics"]), _by_id(inputs["captions"])
     index, purify, verify, upscale = (_by_id(inputs[k]) for k in ("index", "purify", "verify", "upscale"))
     desc: dict[tuple, dict] = {}
+    smoke_desc: set[str] = set()  # images whose descriptions a tiny model wrote
     for r in inputs["descriptions"].to_dict("records") if len(inputs["descriptions"]) else []:
         desc[(r["image_id"], int(r["instance"]))] = r
+        if r.get("smoke"):
+            smoke_desc.add(r["image_id"])
     checks = inputs["instance_checks"]
     records = []
     for check in checks[checks["passed"]].to_dict("records") if len(checks) else []:
@@ -95,7 +98,7 @@ def build_records(inputs: dict) -> list[dict]:
         analysis = json.loads(a["analysis"]) if a is not None and a["analysis"] else None
         smoke_steps = [name for name, row in (("tags", t), ("boxes", b), ("masks", m), ("instance_check", check),
                                                ("aesthetics", a), ("captions", c)) if row is not None and bool(row.get("smoke"))]
-        if any(bool(d.get("smoke")) for d in desc.values() if d["image_id"] == iid):
+        if iid in smoke_desc:
             smoke_steps.append("descriptions")
         record = {
             "image_id": iid,

@@ -17,7 +17,9 @@ rule bench_generate:
     input:
         benchmark=config["bench"]["benchmark"],
     output:
-        images=directory("results/bench/generated/{method}"),
+        # only the manifest is an output: the images folder is not, so a killed job's images
+        # stay and the rerun generates only the missing ones (Snakemake would delete a
+        # declared incomplete directory)
         info="results/bench/generated/{method}.json",
     log:
         "logs/bench_generate/{method}.log",
@@ -31,6 +33,7 @@ rule bench_generate:
     params:
         spec=lambda wc: config["bench"]["methods"][wc.method]["generate"],
         real_dir=config["bench"]["real_dir"],
+        images=lambda wc: bench_image_dir(wc.method),
         max_megapixels=config["io"]["max_megapixels"],
     script:
         "../scripts/bench_generate.py"
@@ -39,7 +42,7 @@ rule bench_generate:
 rule bench_scores:
     input:
         benchmark=config["bench"]["benchmark"],
-        generated=bench_images,
+        generated=bench_images_input,
         fid_weights="resources/weights/fid_inception_v3.pth",
         laion=aesthetic_weights_input,
     output:
@@ -58,6 +61,7 @@ rule bench_scores:
         bench=config["bench"],
         laion=config["purify"]["aesthetics"]["predictors"].get("laion", {}),
         real_dir=config["bench"]["real_dir"],
+        images=lambda wc: bench_image_dir(wc.method),
         max_megapixels=config["io"]["max_megapixels"],
     script:
         "../scripts/bench_scores.py"
@@ -66,7 +70,7 @@ rule bench_scores:
 rule bench_judge:
     input:
         benchmark=config["bench"]["benchmark"],
-        generated=bench_images,
+        generated=bench_images_input,
         prompts=[
             config["bench"]["judge"]["msfi_global_prompt"],
             config["bench"]["judge"]["msfi_local_prompt"],
@@ -88,6 +92,7 @@ rule bench_judge:
         bench=config["bench"],
         vlm=config["vlm"],
         real_dir=config["bench"]["real_dir"],
+        images=lambda wc: bench_image_dir(wc.method),
         max_megapixels=config["io"]["max_megapixels"],
     script:
         "../scripts/bench_judge.py"
@@ -99,7 +104,7 @@ rule bench_table:
         scores=expand("results/bench/{method}/scores.parquet", method=bench_methods()),
         sets=expand("results/bench/{method}/sets.json", method=bench_methods()),
         judged=expand("results/bench/{method}/judged.parquet", method=bench_methods()),
-        generated=[bench_images(method=m) for m in bench_methods()],
+        generated=[bench_images_input(method=m) for m in bench_methods()],
         infos=bench_generated_infos(),
     output:
         table=report(
@@ -120,6 +125,7 @@ rule bench_table:
     params:
         bench=config["bench"],
         methods=bench_methods(),
+        images=[bench_image_dir(m) for m in bench_methods()],
         max_megapixels=config["io"]["max_megapixels"],
     script:
         "../scripts/bench_table.py"

@@ -102,13 +102,18 @@ def bench_methods():
     return sorted((config.get("bench") or {}).get("methods") or {})
 
 
-def bench_images(wildcards=None, method=None):
-    """A method's image folder: its own (external method) or what bench_generate writes."""
+def bench_image_dir(method):
+    """A method's image folder: its own (external method) or the one bench_generate fills."""
+    spec = config["bench"]["methods"][method]
+    return spec["folder"] if spec.get("folder") else f"results/bench/generated/{method}"
+
+
+def bench_images_input(wildcards=None, method=None):
+    """What a method's scores depend on: the external folder, or bench_generate's manifest."""
     name = method or wildcards.method
-    spec = config["bench"]["methods"][name]
-    if spec.get("folder"):
-        return spec["folder"]
-    return f"results/bench/generated/{name}"
+    if config["bench"]["methods"][name].get("folder"):
+        return bench_image_dir(name)
+    return f"results/bench/generated/{name}.json"
 
 
 def bench_method_uses_gpu(method):

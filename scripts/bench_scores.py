@@ -17,7 +17,7 @@ from pixverve.workflow import start_script  # noqa: E402
 sm = snakemake  # noqa: F821
 log = start_script(sm, "bench_scores")
 spec, cap = sm.params.bench, float(sm.params.max_megapixels)
-items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.input.generated)
+items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.params.images)
 device = resolve_device(spec["fid"]["device"])
 fid, fp = spec["fid"], spec["fid_patch"]
 sets = {
@@ -34,7 +34,7 @@ laion = dict(sm.params.laion)
 aesthetic = build_predictor("laion", laion) if laion.get("backend", "none") != "none" else None
 clip = bench.ClipScorer(spec["clip"]) if spec["clip"]["backend"] != "none" else None
 fgclip2 = bench.FGClip2Scorer(spec["fgclip2"]) if spec["fgclip2"]["backend"] != "none" else None
-per_image = bench.score_method(items, spec, aesthetic, clip, cap, log=log.info, fgclip2=fgclip2)
+per_image = bench.score_method(items, aesthetic, clip, cap, log=log.info, fgclip2=fgclip2)
 per_image["aesthetics_smoke"] = bool(getattr(getattr(aesthetic, "info", None), "smoke", False))
 per_image["clip_smoke"] = bool(clip.smoke) if clip is not None else False
 per_image["clip_model"] = clip.model_name if clip is not None else ""

@@ -30,12 +30,13 @@ for method, scores, sets, judged in zip(sm.params.methods, sm.input.scores, sm.i
     rows.append(bench.method_row(method, resolution, per_image, judged_t, set_values, smoke))
 table = pd.DataFrame(rows)
 out = Path(sm.output.table).with_suffix("")
-bench.write_bench_tables(table, out, f"PixVerve-Bench ({len(read_benchmark(sm.input.benchmark))} prompts)")
+benchmark_rows = read_benchmark(sm.input.benchmark)
+bench.write_bench_tables(table, out, f"PixVerve-Bench ({len(benchmark_rows)} prompts)")
 for resolution, group in table.groupby("resolution"):
     if resolution and table["resolution"].nunique() > 1:
         bench.write_bench_tables(group, out.with_name(f"bench_table_{resolution}"), f"PixVerve-Bench at {resolution}")
-names = [Path(r["file_name"]).stem for r in read_benchmark(sm.input.benchmark)][: int(spec["crops"]["images"])]
-bench.crops_figure(dict(zip(sm.params.methods, sm.input.generated, strict=True)), Path(spec["real_dir"]), names,
+names = [Path(r["file_name"]).stem for r in benchmark_rows][: int(spec["crops"]["images"])]
+bench.crops_figure(dict(zip(sm.params.methods, sm.params.images, strict=True)), Path(spec["real_dir"]), names,
                    int(spec["crops"]["px"]), sm.output.crops, float(sm.params.max_megapixels),
                    frozenset(m for m, info in infos.items() if info.get("smoke")))
 log.info(f"table of {len(table)} methods written")

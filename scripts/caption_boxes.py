@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.caption import boxes_shard, step_config  # noqa: E402
+from pixverve.caption import boxes_shard  # noqa: E402
 from pixverve.caption_models import build_detector  # noqa: E402
 from pixverve.tables import read_table, write_table  # noqa: E402
-from pixverve.vlm_local import served_judge  # noqa: E402
+from pixverve.vlm_local import served_step_judge  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
@@ -18,7 +18,7 @@ spec = config["caption"]["boxes"]
 with contextlib.ExitStack() as stack:
     detector = build_detector(spec)
     if detector is None:
-        rex = served_judge(step_config(config, spec["rex_omni"].get("vlm")), stack, sm.log.server, log=log.info)
+        rex = served_step_judge(config, spec["rex_omni"].get("vlm"), stack, sm.log.server, log=log.info)
     else:
         Path(sm.log.server).write_text("no VLM used: the detector runs in this job\n")
         rex = None

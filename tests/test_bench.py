@@ -164,3 +164,16 @@ def test_fgclip2_tiny_scores_with_the_long_caption():
     assert scorer.smoke and 0.0 <= value <= 100.0
     with pytest.raises(RuntimeError, match="bench.fgclip2.model"):
         bench.FGClip2Scorer({"backend": "fgclip2", "model": None})
+
+
+def test_changed_generation_settings_discard_the_old_images(tmp_path):
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(real_dir / "abc.png")
+    rows = [{"file_name": "abc.png", "short_caption": "s", "long_caption": "l"}]
+    generate_method(rows, {"backend": "degrade", "factor": 4}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None)
+    first = (tmp_path / "m" / "abc.jpg").read_bytes()
+    again = generate_method(rows, {"backend": "degrade", "factor": 4}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None)
+    assert again["generated"] == 0  # same settings: kept
+    other = generate_method(rows, {"backend": "degrade", "factor": 2}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None)
+    assert other["generated"] == 1 and (tmp_path / "m" / "abc.jpg").read_bytes() != first  # new settings: remade
