@@ -17,6 +17,7 @@ include: "rules/purify.smk"
 include: "rules/upscale.smk"
 include: "rules/verify.smk"
 include: "rules/caption.smk"
+include: "rules/train.smk"
 include: "rules/bench.smk"
 
 
@@ -29,6 +30,7 @@ localrules:
     verify_decide,
     caption_all,
     bench_all,
+    train_all,
     demo_pool,
     collect,
     import_dataset,
@@ -42,4 +44,5 @@ rule all:
         rules.upscale_all.input,
         rules.verify_all.input,
         rules.caption_all.input,
+        rules.train_all.input,
         rules.bench_all.input,

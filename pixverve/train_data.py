@@ -71,6 +71,15 @@ def samples_from_records(records: list[dict], resolution: int, caption: str = "l
             for r in sorted(records, key=lambda r: r["image_id"])]
 
 
+def records_from_metadata(metadata, split: str = "train") -> list[dict]:
+    """The rows of results/dataset/metadata.parquet in ``split`` as the record fields training
+    reads (the held-out benchmark images are never trained on)."""
+    rows = metadata[metadata["split"] == split]
+    return [{"image_id": r.image_id, "width": int(r.width), "height": int(r.height),
+             "long_caption": r.long_caption, "short_caption": r.short_caption,
+             "provenance": {"sr_output": r.prov_sr_output}} for r in rows.itertuples()]
+
+
 class TrainSamples:
     """Indexable training samples: ``ts[i, epoch]`` -> (uint8 RGB array of the bucket's size, caption, crop box)."""
 

@@ -71,3 +71,6 @@ def check_config(config: dict) -> None:
     bench = config.get("bench") or {}
     if bench.get("methods") and (bench.get("fgclip2") or {}).get("backend") == "fgclip2" and not bench["fgclip2"].get("model"):
         raise ValueError("config key bench.fgclip2.model: set a local folder with fg-clip2-base, or backend tiny/none")
+    from .train_config import check_train_config
+
+    check_train_config(config)

@@ -17,6 +17,8 @@ check_config(config)
 
 wildcard_constraints:
     shard=r"s\d{5}",
+    run=r"[A-Za-z0-9_.-]+",
+    res=r"\d+",
 
 
 def index_inputs(wildcards):
@@ -134,4 +136,56 @@ def bench_generated_infos():
         f"results/bench/generated/{m}.json"
         for m in bench_methods()
         if not config["bench"]["methods"][m].get("folder")
+    ]
+
+
+# --- training (rules/train.smk) ---
+
+
+def train_spec(run, res):
+    from pixverve.train_config import resolve_run
+
+    return resolve_run(config, run, int(res))
+
+
+def train_resources(run, res):
+    return train_spec(run, res)["resources"]
+
+
+def train_uses_gpu(run, res):
+    spec = train_spec(run, res)
+    return spec["device"] != "cpu" and spec["resources"]["gpus_per_node"] > 0
+
+
+def train_gres(run, res):
+    """GPUs per node (the SLURM plugin's `gpu` is a job total; training wants them per node)."""
+    r = train_resources(run, res)
+    return f"gpu:{r['gpus_per_node']}" if train_uses_gpu(run, res) else ""
+
+
+def train_threads(run, res):
+    r = train_resources(run, res)
+    return max(1, r["gpus_per_node"]) * r["cpus_per_gpu"] if train_uses_gpu(run, res) else 2
+
+
+def train_mem_mb(run, res):
+    r = train_resources(run, res)
+    return max(1, r["gpus_per_node"]) * r["mem_mb_per_gpu"] if train_uses_gpu(run, res) else 8000
+
+
+def train_init_input(wildcards):
+    """A progressive run's previous resolution's final weights (none for the first)."""
+    from pixverve.train_config import previous_resolution
+
+    prev = previous_resolution(config, wildcards.run, int(wildcards.res))
+    return [] if prev is None else [f"results/train/{wildcards.run}/{prev}/final"]
+
+
+def train_targets():
+    from pixverve.train_config import enabled_runs
+
+    return [
+        f"results/train/{run}/{res}/{name}"
+        for run, res in enabled_runs(config)
+        for name in ("final", "sample.png")
     ]

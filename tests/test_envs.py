@@ -45,6 +45,9 @@ CONDA_NAME = {
     "torchmetrics": "torchmetrics",
     "torch_fidelity": "torch-fidelity",
     "numba": "numba",
+    "accelerate": "accelerate",
+    "peft": "peft",
+    "deepspeed": "deepspeed",
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
 PROVIDED = {"snakemake"}

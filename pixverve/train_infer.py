@@ -1,0 +1,102 @@
+"""Images from a trained checkpoint (rule train_sample; benchmark methods with backend checkpoint).
+
+Schemes I/II: the base Flux2KleinPipeline with the trained transformer (full weights or the LoRA
+adapter; window processors re-installed for scheme II), tiled VAE decode (paper: tile 512, stride
+256), CFG.  Scheme III: the pixel model sampled with an Euler flow-matching loop and CFG (no
+pipeline class exists for it), the base pipeline's text encoder and scheduler shift.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import train_models as tm
+
+
+def load_checkpoint(final_dir, device: str = "cpu", dtype=torch.float32):
+    """(kind, objects) rebuilt from ``final_dir`` (written by train.save_final)."""
+    from safetensors.torch import load_file
+
+    final_dir = Path(final_dir)
+    info = json.loads((final_dir / "model.json").read_text())
+    work = Path(tempfile.mkdtemp(prefix="pixverve-base-"))
+    if info["family"] == "flux2":
+        pipe = tm.load_pipeline("flux2", info["base"], dtype, work)
+        transformer = pipe.transformer
+        if info.get("lora"):
+            from peft import LoraConfig
+            from peft.utils import set_peft_model_state_dict
+
+            lora = info["lora"]
+            transformer.add_adapter(LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]),
+                                               target_modules=list(lora["target_modules"])))
+            result = set_peft_model_state_dict(transformer, load_file(final_dir / "transformer_lora.safetensors"))
+            if getattr(result, "unexpected_keys", None):
+                raise tm.ModelUnavailable(f"LoRA weights do not fit the base model: {result.unexpected_keys[:5]}")
+        else:
+            transformer.load_state_dict(load_file(final_dir / "transformer.safetensors"))
+        if info["scheme"] == "window":
+            w = info["window"]
+            tm.install_window_attention(transformer, int(w["size"]), w.get("shapes", {}).get(str(info["resolution"])),
+                                        int(w.get("chunk_windows", 0)))
+        from .train import configure_vae_tiling
+
+        configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
+        pipe = pipe.to(device)
+        tm.check_probe(load_file(final_dir / "probe.safetensors")["output"], tm.probe_output("flux2", transformer), dtype)
+        return info, pipe
+    from diffusers import ZImageTransformer2DModel
+
+    pipe = tm.load_pipeline("zimage", info["base"], dtype, work)
+    l2p = info["l2p"]
+    cfg = {k: v for k, v in l2p["transformer_config"].items() if not k.startswith("_")}
+    pixel = ZImageTransformer2DModel(**cfg)
+    pixel.load_state_dict(load_file(final_dir / "transformer.safetensors"))
+    head = tm.PixelHead(int(l2p["head_channels"]))
+    head.load_state_dict(load_file(final_dir / "pixel_head.safetensors"))
+    pipe.transformer, pipe.vae = None, None
+    model = tm.L2PModel(pixel, head).to(device, dtype).eval()
+    tm.check_probe(load_file(final_dir / "probe.safetensors")["output"],
+                   tm.probe_output("zimage", model, info["probe_patch"]), dtype)
+    return info, {"pipe": pipe.to(device), "model": model}
+
+
+def generate(info, loaded, prompt: str, width: int, height: int, steps: int, guidance: float, seed: int,
+             device: str = "cpu") -> np.ndarray:
+    """One uint8 RGB image (height, width, 3)."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    text = info["text"]
+    if info["family"] == "flux2":
+        out = loaded(prompt=prompt, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
+                     generator=generator, output_type="np", max_sequence_length=int(text["max_length"]),
+                     text_encoder_out_layers=tuple(text["out_layers"]))
+        return np.clip(out.images[0] * 255 + 0.5, 0, 255).astype(np.uint8)
+    pipe, model = loaded["pipe"], loaded["model"]
+    l2p = info["l2p"]
+    patch = tm.l2p_patch_size(int(info["resolution"]), int(l2p["token_grid"]))
+    if width % patch or height % patch:
+        raise ValueError(f"L2P at {info['resolution']}: width and height must be multiples of the patch {patch}")
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt([prompt], device=device, do_classifier_free_guidance=True,
+                                          negative_prompt=[""], max_sequence_length=int(text["max_length"]))
+        from .train import tm_shift_mu
+
+        tokens = (width // patch) * (height // patch)
+        sigmas = tm.shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), tm_shift_mu(pipe.scheduler.config, tokens))
+        sigmas[-1] = 0.0
+        x = torch.randn((1, 3, height, width), generator=generator).to(device, dtype)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            t = s.reshape(1).to(device, dtype)
+            v = model(x, t, [c.to(dtype) for c in cond], patch)
+            if guidance and guidance != 1.0:
+                v_u = model(x, t, [c.to(dtype) for c in uncond], patch)
+                v = v_u + guidance * (v - v_u)
+            x = x + (s_next - s) * v
+    rgb = ((x[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).permute(1, 2, 0).cpu().numpy()
+    return rgb.astype(np.uint8)
