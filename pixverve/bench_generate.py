@@ -6,6 +6,10 @@ Backends (``bench.methods.<name>.generate.backend``):
   the training-free baseline); the long caption is the prompt (as the published code does), one
   seed per image derived from its name, tiled VAE decode when the pipeline offers it.
 * ``tiny``: a tiny random StableDiffusionPipeline through the same code (smoke output).
+* ``checkpoint``: a checkpoint of ours from rule train (``run``, ``train_resolution``), through
+  pixverve.train_infer (schemes I/II: the Flux2KleinPipeline with tiled VAE decode; III: the L2P
+  sampler); smoke when the run's base was tiny.  The folder's settings include a fingerprint of
+  the checkpoint's weights, so retraining regenerates.
 * ``degrade``: the real image shrunk by ``factor`` and blown back up (bicubic) -- a sanity
   baseline that must score between the real images and noise; not a method of the paper.
 Each image is written as ``<basename>.jpg`` (quality 95) atomically; a rerun skips images already
@@ -82,6 +86,9 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if spec["backend"] == "checkpoint":
+        probe = Path(spec["checkpoint_dir"]) / "probe.safetensors"  # a function of the trained weights
+        spec = dict(spec, checkpoint_fingerprint=hashlib.sha256(probe.read_bytes()).hexdigest()[:16])
     settings = out_dir / "settings.json"
     wanted = json.dumps(spec, sort_keys=True)
     if settings.exists() and settings.read_text() != wanted:
@@ -100,6 +107,8 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
             small = Image.fromarray(rgb).resize((max(1, w // f), max(1, h // f)), Image.Resampling.BICUBIC)
             _save_jpeg(np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)), out_dir / f"{Path(r['file_name']).stem}.jpg")
         return {"model": f"real image down/up x{f} (sanity baseline)", "smoke": False, "generated": len(todo)}
+    if spec["backend"] == "checkpoint":
+        return _generate_from_checkpoint(todo, spec, out_dir, log)
     if not todo:
         return {"model": spec.get("model") or spec["backend"], "smoke": spec["backend"] == "tiny", "generated": 0}
     pipe, device, model_name = load_pipeline(spec)
@@ -116,3 +125,26 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
         rgb = np.clip(np.asarray(out) * 255 + 0.5, 0, 255).astype(np.uint8)
         _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
     return {"model": model_name, "smoke": spec["backend"] == "tiny", "generated": len(todo), "device": device}
+
+
+def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) -> dict:
+    import json
+
+    from tqdm import tqdm
+
+    from .devices import resolve_device
+    from .train_infer import generate, load_checkpoint
+
+    info = json.loads((Path(spec["checkpoint_dir"]) / "model.json").read_text())
+    name = f"ours: {spec['run']} @ {spec['train_resolution']} px ({info['scheme']}, {info['steps']} steps)"
+    if not todo:
+        return {"model": name, "smoke": info["smoke"], "generated": 0}
+    device = resolve_device(spec.get("device", "auto"))
+    info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device)
+    for r in tqdm(todo, desc="generate", unit="img"):
+        rgb = generate(info, loaded, r["long_caption"], int(spec["width"]), int(spec["height"]), int(spec["steps"]),
+                       float(spec.get("guidance") or 1.0), image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
+                       device=device)
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+    log(f"generated {len(todo)} images from {spec['checkpoint_dir']}")
+    return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device}

@@ -56,6 +56,18 @@ def check_train_config(config: dict) -> None:
     train = config.get("train")
     if not train:
         return
+    for name, method in ((config.get("bench") or {}).get("methods") or {}).items():
+        gen = method.get("generate") or {}
+        if gen.get("backend") != "checkpoint":
+            continue
+        key = f"config key bench.methods.{name}.generate"
+        missing = [k for k in ("run", "train_resolution", "width", "height", "steps") if k not in gen]
+        if missing:
+            raise ValueError(f"{key}: backend checkpoint needs {missing}")
+        if gen["run"] not in train["runs"]:
+            raise ValueError(f"{key}.run: {gen['run']!r} is not one of train.runs {sorted(train['runs'])}")
+        if int(gen["train_resolution"]) not in [int(r) for r in train["runs"][gen["run"]]["resolutions"]]:
+            raise ValueError(f"{key}.train_resolution: {gen['train_resolution']} is not a resolution of run {gen['run']}")
     for run in train.get("enabled", []):
         if run not in train["runs"]:
             raise ValueError(f"config key train.enabled: {run!r} is not one of train.runs {sorted(train['runs'])}")

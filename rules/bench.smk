@@ -16,6 +16,7 @@ rule fid_weights:
 rule bench_generate:
     input:
         benchmark=config["bench"]["benchmark"],
+        checkpoint=bench_checkpoint_input,
     output:
         # only the manifest is an output: the images folder is not, so a killed job's images
         # stay and the rerun generates only the missing ones (Snakemake would delete a
@@ -31,7 +32,7 @@ rule bench_generate:
     resources:
         gpu=lambda wc: int(bench_method_uses_gpu(wc.method)),
     params:
-        spec=lambda wc: config["bench"]["methods"][wc.method]["generate"],
+        spec=bench_generate_spec,
         real_dir=config["bench"]["real_dir"],
         images=lambda wc: bench_image_dir(wc.method),
         max_megapixels=config["io"]["max_megapixels"],

@@ -120,7 +120,31 @@ def bench_images_input(wildcards=None, method=None):
 
 def bench_method_uses_gpu(method):
     spec = config["bench"]["methods"][method].get("generate") or {}
+    if spec.get("backend") == "checkpoint":
+        return spec.get("device", "auto") != "cpu" and train_uses_gpu(
+            spec["run"], spec["train_resolution"]
+        )
     return spec.get("backend") == "diffusers" and spec.get("device", "auto") != "cpu"
+
+
+def bench_checkpoint_dir(method):
+    spec = config["bench"]["methods"][method].get("generate") or {}
+    if spec.get("backend") != "checkpoint":
+        return None
+    return f"results/train/{spec['run']}/{spec['train_resolution']}/final"
+
+
+def bench_checkpoint_input(wildcards):
+    """Our checkpoint a method generates from (rule train makes it), if any."""
+    folder = bench_checkpoint_dir(wildcards.method)
+    return [folder] if folder else []
+
+
+def bench_generate_spec(wildcards):
+    spec = dict(config["bench"]["methods"][wildcards.method]["generate"])
+    if spec["backend"] == "checkpoint":
+        spec["checkpoint_dir"] = bench_checkpoint_dir(wildcards.method)
+    return spec
 
 
 def bench_targets():
