@@ -36,7 +36,13 @@ cd "$tmp/local"
 status=0
 while IFS= read -r f; do
   if ! cmp -s "$f" "$tmp/slurm/$f"; then echo "DIFFERS: $f"; status=1; fi
-done < <(find results -name '*.parquet' -o -name '*.csv' | sort)
-n=$(find results -name '*.parquet' -o -name '*.csv' | wc -l)
-[ "$status" -eq 0 ] && echo "all $n tables of the SLURM run equal the local run's"
+done < <(find results \( -name '*.parquet' -o -name '*.csv' \) ! -name train_log.csv | sort)
+n=$(find results \( -name '*.parquet' -o -name '*.csv' \) ! -name train_log.csv | wc -l)
+# training logs hold throughput and peak memory (machine-dependent); the weights are compared
+while IFS= read -r f; do
+  if ! cmp -s "$f" "$tmp/slurm/$f"; then echo "DIFFERS: $f"; status=1; fi
+done < <(find results/train -path '*/final/*.safetensors' | sort)
+w=$(find results/train -path '*/final/*.safetensors' | wc -l)
+[ "$w" -ge 5 ] || { echo "expected the demo's trained checkpoints, found $w weight files"; status=1; }
+[ "$status" -eq 0 ] && echo "all $n tables and $w checkpoint files of the SLURM run equal the local run's"
 exit $status

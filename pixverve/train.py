@@ -276,10 +276,11 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
     device = accelerator.device
     weight_dtype = _dtype(spec["mixed_precision"]) if not cpu else torch.float32
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if spec["scheme"] == "l2p":
-        adapter = L2PAdapter(spec, ckpt_dir, device, weight_dtype, Path(init_from) if init_from else None, log)
-    else:
-        adapter = Flux2Adapter(spec, ckpt_dir, device, weight_dtype)
+    with accelerator.main_process_first():  # rank 0 builds/caches a tiny base before the others read it
+        if spec["scheme"] == "l2p":
+            adapter = L2PAdapter(spec, ckpt_dir, device, weight_dtype, Path(init_from) if init_from else None, log)
+        else:
+            adapter = Flux2Adapter(spec, ckpt_dir, device, weight_dtype)
     model = _trainable(adapter.model.to(device, torch.float32), spec)  # master weights fp32; autocast does bf16
     if spec["gradient_checkpointing"]:
         inner = model.transformer if spec["scheme"] == "l2p" else model

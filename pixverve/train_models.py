@@ -131,8 +131,16 @@ def load_pipeline(family: str, base: dict, dtype, work_dir: Path):
     cls = {"flux2": Flux2KleinPipeline, "zimage": ZImagePipeline}[family]
     if base["backend"] == "tiny":
         folder = Path(work_dir) / f"tiny-{family}"
-        if not (folder / "model_index.json").exists():
-            TINY_BUILDERS[family](folder, seed=int(base.get("seed", 0)))
+        if not folder.exists():  # built aside and renamed: a killed job never leaves half a model
+            import shutil
+            import tempfile
+
+            staging = Path(tempfile.mkdtemp(prefix=f".tiny-{family}-", dir=work_dir))
+            TINY_BUILDERS[family](staging, seed=int(base.get("seed", 0)))
+            try:
+                staging.rename(folder)
+            except OSError:  # another process finished first
+                shutil.rmtree(staging, ignore_errors=True)
         return cls.from_pretrained(folder, dtype=torch.float32)
     if base["backend"] != "diffusers":
         raise ModelUnavailable(f"train base backend must be diffusers or tiny, got {base['backend']!r}")

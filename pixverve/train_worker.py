@@ -19,6 +19,8 @@ def samples_for(spec: dict):
     records = records_from_metadata(pd.read_parquet(spec["data"]["metadata"]))
     if not records:
         raise SystemExit(f"no training images: {spec['data']['metadata']} has no rows in split 'train'")
+    logging.getLogger("pixverve.train").info("%d training images (split train of %s)", len(records),
+                                             spec["data"]["metadata"])
     return samples_from_records(records, int(spec["resolution"]), spec["data"]["caption"], bucket_multiple(spec),
                                 float(spec["data"]["bucket_max_ratio"]))
 

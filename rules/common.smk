@@ -189,12 +189,20 @@ def train_gres(run, res):
 
 def train_threads(run, res):
     r = train_resources(run, res)
-    return max(1, r["gpus_per_node"]) * r["cpus_per_gpu"] if train_uses_gpu(run, res) else 2
+    return (
+        max(1, r["gpus_per_node"]) * r["cpus_per_gpu"]
+        if train_uses_gpu(run, res)
+        else 2
+    )
 
 
 def train_mem_mb(run, res):
     r = train_resources(run, res)
-    return max(1, r["gpus_per_node"]) * r["mem_mb_per_gpu"] if train_uses_gpu(run, res) else 8000
+    return (
+        max(1, r["gpus_per_node"]) * r["mem_mb_per_gpu"]
+        if train_uses_gpu(run, res)
+        else 8000
+    )
 
 
 def train_init_input(wildcards):

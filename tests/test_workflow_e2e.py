@@ -96,6 +96,30 @@ def test_stage5_records_and_table1_add_up(run_a):
         assert (run_a / "paper_figures" / name).stat().st_size > 5_000
 
 
+def test_training_checkpoints_samples_and_bench_rows(run_a):
+    """#8 acceptance: one (smoke) checkpoint per scheme, an image from each, the benchmark rows."""
+    import json
+
+    meta = pd.read_parquet(run_a / "results/dataset/metadata.parquet")
+    runs = {"scheme1_full": [128], "scheme1_lora": [128], "scheme2_window": [128], "scheme3_l2p": [64, 128]}
+    for run, resolutions in runs.items():
+        for res in resolutions:
+            folder = run_a / "results/train" / run / str(res)
+            info = json.loads((folder / "final/model.json").read_text())
+            assert info["smoke"] is True and info["steps"] == 20 and info["resolution"] == res
+            log = pd.read_csv(folder / "train_log.csv")
+            assert list(log["step"]) == [5, 10, 15, 20] and (log["ranks_stepped"] == 1).all()
+            assert log["eval_loss"].notna().all()
+            sample = json.loads((folder / "sample.json").read_text())
+            assert sample["smoke"] is True and (folder / "sample.png").stat().st_size > 1000
+            text = (run_a / "logs/train" / run / f"{res}.log").read_text()
+            assert f"{int((meta['split'] == 'train').sum())} training images" in text  # the held-out split is not
+    l2p_log = (run_a / "logs/train/scheme3_l2p/128.log").read_text()
+    assert "L2P initialised from results/train/scheme3_l2p/64/final" in l2p_log  # progressive
+    table = pd.read_csv(run_a / "paper_figures/bench_table.csv")
+    assert {"ours-scheme1", "ours-scheme3"} <= set(table["method"])
+
+
 def test_second_run_does_nothing(run_a):
     res = snakemake(run_a, "-n")
     assert "Nothing to be done" in res.stdout + res.stderr
