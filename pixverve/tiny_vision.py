@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .tiny_text import byte_level_backend
+
 
 def byte_level_alphabet() -> list[str]:
     """The 256 printable stand-ins byte-level BPE uses for the bytes 0-255 (GPT-2 / CLIP)."""
@@ -167,15 +169,9 @@ def build_tiny_siglip2(folder: str | Path, seed: int = 0) -> Path:
     """Save a randomly initialised tiny Siglip2Model (NaFlex: variable patch budget) with its
     processor: the stand-in for FG-CLIP2, whose image side is SigLIP 2-style."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
 
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}  # alphabet() is a set
-    for special in ("<pad>", "<eos>", "<unk>"):
-        vocab[special] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
+    backend = byte_level_backend(("<pad>", "<eos>", "<unk>"), unk_token="<unk>")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     config = Siglip2Config(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=1,

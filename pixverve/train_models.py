@@ -66,16 +66,11 @@ def sample_sigmas(n: int, generator: torch.Generator, mu: float, logit_mean: flo
 
 
 def _tiny_qwen3(hidden: int, layers: int, seed: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-    from .vlm_local import TINY_CHAT_TEMPLATE
+    from .tiny_text import TINY_CHAT_TEMPLATE, byte_level_backend
 
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}  # alphabet() is a set
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level_backend(), eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                         additional_special_tokens=["<|im_start|>"])
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     torch.manual_seed(seed)

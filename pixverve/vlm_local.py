@@ -18,15 +18,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .tiny_text import TINY_CHAT_TEMPLATE, byte_level_backend
 from .vlm import VLMResult, decode_data_url, parse_reply
 
-# Qwen2-VL's chat layout (the image placeholder expands to the image's patch tokens in the processor).
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
-    "{% if c.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c.text }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 TINY_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
 ]
@@ -41,7 +35,6 @@ def build_tiny_qwen2_vl(folder: str | Path, seed: int = 0, extra_tokens: list[st
 
     ``extra_tokens`` become single (non-special) tokens, e.g. a scorer's answer tokens."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         PreTrainedTokenizerFast,
         Qwen2VLConfig,
@@ -51,13 +44,8 @@ def build_tiny_qwen2_vl(folder: str | Path, seed: int = 0, extra_tokens: list[st
         Qwen2VLVideoProcessor,
     )
 
-    # Byte-level BPE without merges: every byte is one token, so any text round-trips.
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}  # alphabet() is a set
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+        tokenizer_object=byte_level_backend(),  # every byte one token: any text round-trips
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=TINY_SPECIAL_TOKENS,
