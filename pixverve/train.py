@@ -320,6 +320,8 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
             step -= n
             epoch += 1
 
+    dist = spec.get("distributed") or {}
+    sharded = dist.get("strategy") == "fsdp" or (dist.get("strategy") == "deepspeed" and int(dist.get("zero_stage", 0)) == 3)
     eval_every = int(spec["eval_every"])
     eval_batch = _batch_pixels(data, batch_for(0)[1], batch_for(0)[0]) if eval_every else None
     eval_sigmas = torch.tensor([0.25, 0.5, 0.75])
@@ -362,7 +364,8 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
                    "images_per_s": f"{batch_size * world * int(spec['log_every']) / (now - last):.4g}",
                    "peak_mem_mb": f"{peak_memory_mb(device):.0f}", "grad_norm": f"{float(grad_norm):.6g}",
                    "grad_norm_spread": f"{float(gathered[:, 0].max() - gathered[:, 0].min()):.3g}",
-                   "param_spread": f"{float(gathered[:, 1].max() - gathered[:, 1].min()):.3g}",
+                   # sharded strategies hold different parameter shards per rank: no replica to compare
+                   "param_spread": "" if sharded else f"{float(gathered[:, 1].max() - gathered[:, 1].min()):.3g}",
                    "rank_loss_spread": f"{float(rank_losses.max() - rank_losses.min()):.3g}",  # > 0: ranks saw different data
                    "ranks_stepped": int(gathered[:, 2].sum())}
             last = now

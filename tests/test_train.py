@@ -328,3 +328,12 @@ def test_bad_train_config_is_an_error(tmp_path):
     config["train"]["runs"]["scheme3_l2p"]["resolutions"] = [4096, 5000]
     with pytest.raises(ValueError, match="token_grid"):
         check_train_config(config)
+    config["train"]["runs"]["scheme3_l2p"]["resolutions"] = [4096]
+    config["train"]["runs"]["scheme3_l2p"]["lora"] = {"rank": 4, "alpha": 4, "target_modules": ["to_q"]}
+    with pytest.raises(ValueError, match="LoRA"):
+        check_train_config(config)
+    config["train"]["runs"]["scheme3_l2p"]["lora"] = None
+    config["bench"]["methods"] = {"ours": {"generate": {"backend": "checkpoint", "run": "scheme1_full",
+                                                       "train_resolution": 1024, "width": 64, "height": 64, "steps": 2}}}
+    with pytest.raises(ValueError, match="train_resolution"):
+        check_train_config(config)
