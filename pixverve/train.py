@@ -289,6 +289,9 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
                                   weight_decay=float(spec["weight_decay"]))
     warmup = int(spec["warmup_steps"])
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # no dataloader goes through prepare(): DeepSpeed cannot infer the micro-batch
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(spec["batch_size"])
     model, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
 
     start = 0
@@ -346,7 +349,8 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
             loss = adapter.loss(model, pixels, captions, step_generator(seed, step, rank))
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(params, float(spec["max_grad_norm"])) \
-                if accelerator.sync_gradients else torch.tensor(float("nan"))
+                if accelerator.sync_gradients else None
+            grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed clips inside its engine
             optimizer.step()
             lr_sched.step()
             optimizer.zero_grad(set_to_none=True)
