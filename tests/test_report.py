@@ -38,6 +38,7 @@ def test_report_renders_with_figures(demo_run, tmp_path):
     snakemake(demo_run, "--report", str(report))
     html = report.read_text(encoding="utf-8", errors="replace")
     assert "Stage 1: collection" in html and "ingest.png" in html and "ingest.csv" in html
+    assert "Training" in html and "loss.png" in html and "sample.png" in html  # each run's curve and sample
 
     browser = chromium()
     profile = tmp_path / "chromium-profile"
