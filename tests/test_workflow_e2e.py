@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,22 @@ def _lose(run, *paths):
 def _planned_jobs(run, *targets) -> dict[str, int]:
     res = snakemake(run, "-n", *targets, "--quiet", "rules")  # a flag before the targets ends --configfile's list
     return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M) if k != "total"}
+
+
+def test_killed_training_job_resumes_from_its_checkpoint(run_a):
+    """A train job killed after its step-10 checkpoint (its outputs never written, the step-20
+    checkpoint not finished): the rerun starts at step 10 and ends with the same weights."""
+    folder = run_a / "results/train/scheme2_window/128"
+    before = (folder / "final/transformer.safetensors").read_bytes()
+    shutil.rmtree(folder / "final")
+    for name in ("train_log.csv", "loss.png", "resolved_config.yaml"):
+        (folder / name).unlink()
+    (folder / "checkpoints/step-000020/done").unlink()  # killed while saving step 20
+    snakemake(run_a, "--rerun-incomplete", "results/train/scheme2_window/128/final")
+    log = (run_a / "logs/train/scheme2_window/128.log").read_text()
+    assert "resumed from step-000010 at step 10" in log
+    assert list(pd.read_csv(folder / "train_log.csv")["step"]) == [5, 10, 15, 20]
+    assert (folder / "final/transformer.safetensors").read_bytes() == before
 
 
 def test_resume_redoes_only_the_lost_shard(run_a):
