@@ -19,12 +19,16 @@ from . import train_models as tm
 
 
 def load_checkpoint(final_dir, device: str = "cpu", dtype=torch.float32):
-    """(kind, objects) rebuilt from ``final_dir`` (written by train.save_final)."""
+    """(model.json, the loaded pipeline or pixel model) rebuilt from ``final_dir`` (written by
+    train.save_final).  A tiny base is rebuilt in a temporary folder that is removed after loading."""
+    with tempfile.TemporaryDirectory(prefix="pixverve-base-") as work:
+        return _load_checkpoint(Path(final_dir), device, dtype, Path(work))
+
+
+def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
     from safetensors.torch import load_file
 
-    final_dir = Path(final_dir)
     info = json.loads((final_dir / "model.json").read_text())
-    work = Path(tempfile.mkdtemp(prefix="pixverve-base-"))
     if info["family"] == "flux2":
         pipe = tm.load_pipeline("flux2", info["base"], dtype, work)
         transformer = pipe.transformer
