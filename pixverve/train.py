@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -74,7 +73,7 @@ class Flux2Adapter:
         self.pipe = tm.load_pipeline("flux2", spec["base"], weight_dtype, work_dir)
         self.pipe.text_encoder.to(device).requires_grad_(False)
         self.pipe.vae.to(device).requires_grad_(False)
-        configure_vae_tiling(self.pipe.vae, spec["vae_tile"], spec["vae_tile_stride"])
+        tm.configure_vae_tiling(self.pipe.vae, spec["vae_tile"], spec["vae_tile_stride"])
         self.model = self.pipe.transformer
         if spec["scheme"] == "window":
             w = spec["window"]
@@ -118,7 +117,8 @@ class L2PAdapter:
 
         self.spec, self.device = spec, device
         pipe = tm.load_pipeline("zimage", spec["base"], weight_dtype, work_dir)
-        self.text_encoder, self.tokenizer_pipe = pipe.text_encoder.to(device).requires_grad_(False), pipe
+        pipe.text_encoder.to(device).requires_grad_(False)
+        self.text_pipe = pipe  # kept for its tokenizer + text encoder only
         self.patch_sizes = [tm.l2p_patch_size(r, int(spec["l2p"]["token_grid"])) for r in spec["l2p"]["resolutions"]]
         self.patch = tm.l2p_patch_size(int(spec["resolution"]), int(spec["l2p"]["token_grid"]))
         self.model = tm.l2p_from_latent(pipe.transformer, self.patch_sizes, int(spec["l2p"]["head_channels"]))
@@ -127,11 +127,11 @@ class L2PAdapter:
             self.model.head.load_state_dict(load_file(init_from / "pixel_head.safetensors"))
             log(f"L2P initialised from {init_from} (progressive training)")
         pipe.transformer, pipe.vae = None, None  # no VAE in pixel space; the latent DiT was copied
-        self.mu = tm_shift_mu(pipe.scheduler.config, int(spec["l2p"]["token_grid"]) ** 2)
+        self.mu = tm.scheduler_mu(pipe.scheduler.config, int(spec["l2p"]["token_grid"]) ** 2)
 
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
-            return self.tokenizer_pipe.encode_prompt(captions, device=self.device, do_classifier_free_guidance=False,
+            return self.text_pipe.encode_prompt(captions, device=self.device, do_classifier_free_guidance=False,
                                                      max_sequence_length=int(self.spec["text"]["max_length"]))[0]
 
     def loss(self, model, pixels, captions, generator, sigmas=None):
@@ -144,25 +144,6 @@ class L2PAdapter:
         xt = (1 - s) * x0 + s * noise
         pred = model(xt, sigmas.to(x0), [c.to(x0.dtype) for c in caps], self.patch)
         return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
-
-
-def tm_shift_mu(scheduler_config, tokens: int) -> float:
-    """mu of the base scheduler: dynamic (Flux-style line through base/max sequence lengths) or
-    the static ``shift`` (s' = shift s / (1 + (shift - 1) s) is the exponential shift with mu = ln shift)."""
-    if scheduler_config.get("use_dynamic_shifting"):
-        base_len, max_len = scheduler_config.get("base_image_seq_len", 256), scheduler_config.get("max_image_seq_len", 4096)
-        b0, b1 = scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15)
-        return b0 + (b1 - b0) * (tokens - base_len) / (max_len - base_len)
-    return math.log(float(scheduler_config.get("shift", 1.0)))
-
-
-def configure_vae_tiling(vae, tile: int, stride: int) -> None:
-    """Tiled VAE encode/decode with ``tile`` px tiles every ``stride`` px (paper: 512 / 256)."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    vae.enable_tiling()
-    vae.tile_sample_min_size = int(tile)
-    vae.tile_latent_min_size = int(tile) // factor
-    vae.tile_overlap_factor = 1.0 - float(stride) / float(tile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +212,7 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
         save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
                   out / "transformer_lora.safetensors")
     else:
-        save_file(state, out / "transformer.safetensors")
-        info["transformer_config"] = {k: v for k, v in dict(model.config).items()}
+        save_file(state, out / "transformer.safetensors")  # the base's config rebuilds it
     probe_patch = adapter.patch if spec["scheme"] == "l2p" else None
     was_training = model.training
     model.eval()

@@ -83,6 +83,9 @@ def check_train_config(config: dict) -> None:
         if merged["eval_every"] % merged["log_every"]:
             raise ValueError(f"config key train eval_every ({merged['eval_every']}) of run {run}: must be a multiple of "
                              f"log_every ({merged['log_every']}): the fixed-batch loss is computed on logged steps")
+        if merged["vae_tile_stride"] > merged["vae_tile"]:
+            raise ValueError(f"config key train vae_tile_stride ({merged['vae_tile_stride']}) of run {run}: larger than "
+                             f"vae_tile ({merged['vae_tile']}) would leave gaps between VAE tiles")
         if spec["scheme"] == "l2p" and merged.get("lora"):
             raise ValueError(f"config key train.runs.{run}.lora: LoRA is offered for the FLUX.2 schemes (I, II), not L2P")
         if spec["scheme"] == "window" and not merged.get("window"):

@@ -48,9 +48,7 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
             w = info["window"]
             tm.install_window_attention(transformer, int(w["size"]), w.get("shapes", {}).get(str(info["resolution"])),
                                         int(w.get("chunk_windows", 0)))
-        from .train import configure_vae_tiling
-
-        configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
+        tm.configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
         pipe = pipe.to(device)
         tm.check_probe(load_file(final_dir / "probe.safetensors")["output"], tm.probe_output("flux2", transformer), dtype)
         return info, pipe
@@ -89,10 +87,8 @@ def generate(info, loaded, prompt: str, width: int, height: int, steps: int, gui
     with torch.no_grad():
         cond, uncond = pipe.encode_prompt([prompt], device=device, do_classifier_free_guidance=True,
                                           negative_prompt=[""], max_sequence_length=int(text["max_length"]))
-        from .train import tm_shift_mu
-
         tokens = (width // patch) * (height // patch)
-        sigmas = tm.shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), tm_shift_mu(pipe.scheduler.config, tokens))
+        sigmas = tm.shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), tm.scheduler_mu(pipe.scheduler.config, tokens))
         sigmas[-1] = 0.0
         x = torch.randn((1, 3, height, width), generator=generator).to(device, dtype)
         for s, s_next in zip(sigmas[:-1], sigmas[1:]):

@@ -61,6 +61,25 @@ def sample_sigmas(n: int, generator: torch.Generator, mu: float, logit_mean: flo
     return shift_sigmas(u, mu)
 
 
+def scheduler_mu(scheduler_config, tokens: int) -> float:
+    """mu of the base scheduler: dynamic (Flux-style line through base/max sequence lengths) or
+    the static ``shift`` (s' = shift s / (1 + (shift - 1) s) is the exponential shift with mu = ln shift)."""
+    if scheduler_config.get("use_dynamic_shifting"):
+        base_len, max_len = scheduler_config.get("base_image_seq_len", 256), scheduler_config.get("max_image_seq_len", 4096)
+        b0, b1 = scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15)
+        return b0 + (b1 - b0) * (tokens - base_len) / (max_len - base_len)
+    return math.log(float(scheduler_config.get("shift", 1.0)))
+
+
+def configure_vae_tiling(vae, tile: int, stride: int) -> None:
+    """Tiled VAE encode/decode with ``tile`` px tiles every ``stride`` px (paper: 512 / 256)."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.enable_tiling()
+    vae.tile_sample_min_size = int(tile)
+    vae.tile_latent_min_size = int(tile) // factor
+    vae.tile_overlap_factor = 1.0 - float(stride) / float(tile)
+
+
 # ---------------------------------------------------------------------------------------------
 # tiny pipelines (tests, demo)
 

@@ -337,6 +337,10 @@ def test_bad_train_config_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="LoRA"):
         check_train_config(config)
     config["train"]["runs"]["scheme3_l2p"]["lora"] = None
+    config["train"]["runs"]["scheme1_full"]["vae_tile_stride"] = 1024
+    with pytest.raises(ValueError, match="vae_tile_stride"):
+        check_train_config(config)
+    del config["train"]["runs"]["scheme1_full"]["vae_tile_stride"]
     config["bench"]["methods"] = {"ours": {"generate": {"backend": "checkpoint", "run": "scheme1_full",
                                                        "train_resolution": 1024, "width": 64, "height": 64, "steps": 2}}}
     with pytest.raises(ValueError, match="train_resolution"):
