@@ -63,10 +63,10 @@ def _child(task: str, grey_path: str, workers: int, queue) -> None:
         os.environ["NUMBA_NUM_THREADS"] = str(workers)
         from pixverve.glcm import patch_entropies
 
-        t0 = time.perf_counter()
-        patch_entropies(np.asarray(grey[:128, :128]))  # compile (or load the cache)
-        compile_s = time.perf_counter() - t0
         g = np.asarray(grey)
+        t0 = time.perf_counter()
+        patch_entropies(g[:128])  # compile (or load the cache) for this array type: C-contiguous, read-only
+        compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         values = patch_entropies(g)
         seconds = time.perf_counter() - t0

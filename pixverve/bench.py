@@ -233,21 +233,26 @@ def judge_method(items, judge, prompts: dict, spec: dict, max_megapixels: float,
 # ----------------------------------------------------------------------------- per-image model metrics
 
 
-def score_method(items, aesthetic, clip, max_megapixels: float, log=print, fgclip2=None):
-    """Per-image LAION aesthetics, CLIPScore (short caption), FG-CLIP2 (long caption) and GLCM."""
+def score_method(items, aesthetic, clip, max_megapixels: float, log=print, fgclip2=None, threads: int | None = None):
+    """Per-image LAION aesthetics, CLIPScore (short caption), FG-CLIP2 (long caption) and GLCM.
+
+    ``threads``: the job's CPUs, for torch and the GLCM kernel (both default to every CPU)."""
     import pandas as pd
+    import torch
     from tqdm import tqdm
 
     from . import images
     from .annotate import fit_within
     from .glcm import glcm_score
 
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
     rows = []
     for item in tqdm(items, desc="bench scores", unit="img", mininterval=2):
         rgb, _ = images.read_rgb(item.generated, max_megapixels)
         small = fit_within(rgb, 1024)  # the models' inputs are 224 px: no need to hand them 100 MP
         row = {"name": item.name, "width": rgb.shape[1], "height": rgb.shape[0]}
-        row["glcm"] = glcm_score(images.grey_luma(rgb))
+        row["glcm"] = glcm_score(images.grey_luma(rgb), threads)
         del rgb
         row["aesthetics"] = float(aesthetic.score([small])[0]) if aesthetic is not None else float("nan")
         row["clip"] = clip.score(small, item.short_caption) if clip is not None else float("nan")

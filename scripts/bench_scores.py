@@ -34,7 +34,7 @@ laion = dict(sm.params.laion)
 aesthetic = build_predictor("laion", laion) if laion.get("backend", "none") != "none" else None
 clip = bench.ClipScorer(spec["clip"]) if spec["clip"]["backend"] != "none" else None
 fgclip2 = bench.FGClip2Scorer(spec["fgclip2"]) if spec["fgclip2"]["backend"] != "none" else None
-per_image = bench.score_method(items, aesthetic, clip, cap, log=log.info, fgclip2=fgclip2)
+per_image = bench.score_method(items, aesthetic, clip, cap, log=log.info, fgclip2=fgclip2, threads=sm.threads)
 per_image["aesthetics_smoke"] = bool(getattr(getattr(aesthetic, "info", None), "smoke", False))
 per_image["clip_smoke"] = bool(clip.smoke) if clip is not None else False
 per_image["clip_model"] = clip.model_name if clip is not None else ""
