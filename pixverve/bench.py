@@ -6,9 +6,11 @@ Definitions follow the published evaluation code as PAPER.md gives it:
 * FID_patch: both resized to ``size`` x ``size`` with Lanczos, ``per_pair`` random ``crop`` x
   ``crop`` crops per pair at the same coordinates in real and generated, one FID over all crops.
   The crop positions come from one ``random.Random(seed)`` (Python's ``random`` seeded 42 once),
-  drawn pair by pair in benchmark order, ``x = randint(0, size - crop)`` then ``y`` likewise for
-  each crop.  PAPER.md does not give the call order (x before y, per pair or all at once): this
-  is our reading, tested as a sequence; change ``fid_patch_coordinates`` if the published code differs.
+  drawn pair by pair in benchmark order, ``randint(0, size - crop)`` twice per crop.  PAPER.md
+  does not say which coordinate is drawn first: config key ``order`` (``xy``, our reading, or
+  ``yx``).  Whether the published code uses ``randint(0, n)`` or ``randrange(n)`` hardly matters:
+  both take the same random bits when n and n + 1 have the same bit length (4096 - 299 = 3797:
+  they differ only when a draw hits 3797 itself).
 * Aesthetics: the LAION predictor of stage 2 on every generated image, mean.
 * CLIPScore: torchmetrics ``clip_score`` (100 x max(cos, 0)) with CLIP ViT-B/16 on the short caption.
 * GLCM: ``pixverve.glcm`` on the generated image at its own size (BT.601 grey), mean over images.
@@ -31,30 +33,34 @@ TABLE_COLUMNS = [("fid", "FID"), ("fid_patch", "FID_patch"), ("aesthetics", "Aes
                  ("clip", "CLIP"), ("fgclip2", "FG-CLIP2"), ("ics", "ICS"), ("compression", "Compression")]
 
 
-def fid_patch_coordinates(n_pairs: int, size: int, crop: int = 299, per_pair: int = 20, seed: int = 42) -> list[list[tuple[int, int]]]:
+def fid_patch_coordinates(n_pairs: int, size: int, crop: int = 299, per_pair: int = 20, seed: int = 42,
+                          order: str = "xy") -> list[list[tuple[int, int]]]:
     """(x, y) of every crop, pair by pair, from one generator seeded once (see the module docstring)."""
     if crop > size:
         raise ValueError(f"FID_patch crop {crop} is larger than the resized image {size}: raise bench.fid_patch.size")
+    if order not in ("xy", "yx"):
+        raise ValueError(f"bench.fid_patch.order must be xy or yx, got {order!r}")
     rng = random.Random(seed)
     out = []
     for _ in range(n_pairs):
         pair = []
         for _ in range(per_pair):
-            x = rng.randint(0, size - crop)
-            y = rng.randint(0, size - crop)
-            pair.append((x, y))
+            first = rng.randint(0, size - crop)
+            second = rng.randint(0, size - crop)
+            pair.append((first, second) if order == "xy" else (second, first))
         out.append(pair)
     return out
 
 
 def fid_patch(items, weights_path, size: int, crop: int, per_pair: int, seed: int, device: str = "cpu",
-              max_megapixels: float = 1000.0) -> float:
+              max_megapixels: float = 1000.0, order: str = "xy") -> float:
     import torch
 
     from .fid import _square_uint8, frechet_inception_distance
 
     metric = frechet_inception_distance(weights_path, device)
-    for item, coords in zip(items, fid_patch_coordinates(len(items), size, crop, per_pair, seed), strict=True):
+    for item, coords in zip(items, fid_patch_coordinates(len(items), size, crop, per_pair, seed, order),
+                            strict=True):
         for attr, real in (("real", True), ("generated", False)):
             full = _square_uint8(getattr(item, attr), size, "lanczos", max_megapixels)
             crops = np.stack([full[y : y + crop, x : x + crop] for x, y in coords])

@@ -32,6 +32,16 @@ def test_fid_patch_crops_are_the_seeded_sequence_pair_by_pair_x_then_y():
         bench.fid_patch_coordinates(1, size=256, crop=299)
 
 
+def test_fid_patch_draw_order_is_a_config_key():
+    """y first is the other reading of "Python random seeded 42 once"; it moves every crop."""
+    random.seed(42)
+    yx = [[tuple(reversed((random.randint(0, 701), random.randint(0, 701)))) for _ in range(5)] for _ in range(2)]
+    assert bench.fid_patch_coordinates(2, size=1000, per_pair=5, order="yx") == yx
+    assert yx != bench.fid_patch_coordinates(2, size=1000, per_pair=5)
+    with pytest.raises(ValueError, match="order"):
+        bench.fid_patch_coordinates(1, size=1000, order="x-first")
+
+
 def test_fid_patch_of_a_set_with_itself_is_zero(tmp_path):
     from pixverve.fid import convert_fid_weights, fid_helper_torchscript
 

@@ -32,6 +32,7 @@ def test_paper_values_are_the_defaults(repo_root):
         (lambda c: c["screening"].update(citeria=[]), "citeria"),
         (lambda c: c.update(target_megapixels=0), "target_megapixels"),
         (lambda c: c["io"].update(alpha_background=[255, 255]), "alpha_background"),
+        (lambda c: c["bench"]["fid_patch"].update(order="x-first"), "order"),
     ],
 )
 def test_schema_errors_name_the_key(repo_root, mutate, key):
