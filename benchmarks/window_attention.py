@@ -79,7 +79,7 @@ def main() -> None:
     if args.method:
         print(json.dumps(measure(args)))
         return
-    passthrough = [a for a in sys.argv[1:]]
+    passthrough = sys.argv[1:]
     print(f"attention over {args.text} text + grid^2 image tokens, {args.heads} heads x {args.head_dim}, "
           f"window {args.window}, {args.device}, median of {args.repeats}")
     print(f"{'grid':>6} {'tokens':>8} {'full s':>9} {'window s':>9} {'full/window':>12} {'full MB':>9} "

@@ -101,9 +101,10 @@ def _tables():
     global _TABLES
     if _TABLES is None:
         offs, weight = unique_offsets()
-        assert int(weight.sum()) == len(DISTANCES) * len(ANGLES) == 16
+        n_slices = int(weight.sum())
+        assert n_slices == len(DISTANCES) * len(ANGLES)
         table, rows_of, n_ids = value_ids(offs)
-        c = np.arange(16 * LEVELS * LEVELS + 1, dtype=np.float64)
+        c = np.arange(n_slices * LEVELS * LEVELS + 1, dtype=np.float64)  # every count the histogram can hold
         xlogx = c * np.log(np.maximum(c, 1.0))
         _TABLES = (weight, rows_of.astype(np.uint64), table, n_ids, xlogx)
     return _TABLES

@@ -132,7 +132,7 @@ class L2PAdapter:
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
             return self.text_pipe.encode_prompt(captions, device=self.device, do_classifier_free_guidance=False,
-                                                     max_sequence_length=int(self.spec["text"]["max_length"]))[0]
+                                                max_sequence_length=int(self.spec["text"]["max_length"]))[0]
 
     def loss(self, model, pixels, captions, generator, sigmas=None):
         x0 = pixels.to(self.device, next(model.parameters()).dtype)

@@ -29,6 +29,7 @@ sets = {
     "compression": compression_ratio([i.generated for i in items], int(fid["size"])),
     "fid_size": int(fid["size"]),
     "fid_patch_size": int(fp["size"]),
+    "fid_patch_order": fp["order"],  # not published: recorded so a table says which reading made it
 }
 log.info(f"FID {sets['fid']:.3f}, FID_patch {sets['fid_patch']:.3f} over {len(items)} pairs")
 laion = dict(sm.params.laion)

@@ -14,6 +14,7 @@ import csv
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +199,6 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     assert info["scheme"] == spec["scheme"] and info["smoke"] is True and info["steps"] == 30
     if run == "scheme1_lora":  # only the adapter is saved, and it is small
         assert (final / "transformer_lora.safetensors").exists() and not (final / "transformer.safetensors").exists()
-    import tempfile
-
     leftovers = set(Path(tempfile.gettempdir()).glob("pixverve-base-*"))
     info, loaded = load_checkpoint(final)  # recomputes the probe: raises if the model differs
     assert set(Path(tempfile.gettempdir()).glob("pixverve-base-*")) == leftovers  # its temp folder is gone

@@ -119,6 +119,8 @@ def test_training_checkpoints_samples_and_bench_rows(run_a):
     assert "L2P initialised from results/train/scheme3_l2p/64/final" in l2p_log  # progressive
     table = pd.read_csv(run_a / "paper_figures/bench_table.csv")
     assert {"ours-scheme1", "ours-scheme3"} <= set(table["method"])
+    sets = json.loads((run_a / "results/bench/ours-scheme1/sets.json").read_text())
+    assert sets["fid_patch_order"] == "xy" and sets["fid_patch_size"] == 512  # the unpublished reading is on record
 
 
 def test_second_run_does_nothing(run_a):
