@@ -48,7 +48,12 @@ class VLMSettings:
     max_backoff_s: float = 30.0
     temperature: float = 0.1
     max_tokens: int = 1024
-    response_format: bool = False  # send a JSON schema as response_format (vLLM supports it)
+    # response_format: False (none) | True or "json_schema" (the task's JSON schema, vLLM's guided
+    # decoding) | "json_object" (any JSON object, what the published bench sends on MSFI calls)
+    response_format: bool | str = False
+    # Sent verbatim as extra fields of the request body: vLLM's sampling/rendering options such as
+    # skip_special_tokens, top_k, repetition_penalty, chat_template_kwargs (per step, from config).
+    extra_body: dict = field(default_factory=dict)
     invalid_policy: str = "drop"  # what a stage does with an unparseable/invalid reply: keep | drop
 
     @classmethod
@@ -56,7 +61,30 @@ class VLMSettings:
         if not cfg.get("base_url"):
             raise VLMConfigError("config key vlm.base_url: no endpoint configured (e.g. http://host:8000/v1)")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in cfg.items() if k in known})
+        settings = cls(**{k: v for k, v in cfg.items() if k in known})
+        if settings.response_format not in (False, True, "json_schema", "json_object"):
+            raise VLMConfigError(
+                f"config key vlm.response_format: {settings.response_format!r} is not one of false, true, json_schema, json_object"
+            )
+        if not isinstance(settings.extra_body, dict):
+            raise VLMConfigError("config key vlm.extra_body: must be a mapping of request-body fields")
+        reserved = {"model", "messages", "temperature", "max_tokens", "response_format", "logprobs", "top_logprobs"}
+        if reserved & set(settings.extra_body):
+            raise VLMConfigError(f"config key vlm.extra_body: {sorted(reserved & set(settings.extra_body))} have their own vlm keys")
+        return settings
+
+    def request_options(self, top_logprobs: int | None = None) -> dict:
+        """What the request body carries besides model and messages (recorded with each reply)."""
+        options = {
+            "temperature": 0.0 if top_logprobs else self.temperature,
+            "max_tokens": 1 if top_logprobs else self.max_tokens,
+        }
+        if top_logprobs:
+            options.update(logprobs=True, top_logprobs=top_logprobs)
+        if self.response_format and not top_logprobs:
+            options["response_format"] = "json_object" if self.response_format == "json_object" else "json_schema"
+        options.update(self.extra_body)
+        return options
 
     def api_key(self) -> str:
         if not self.api_key_env:
@@ -77,6 +105,7 @@ class VLMResult:
     attempts: int = 0
     error: str = ""
     seconds: float = 0.0
+    request_options: str = ""  # JSON of VLMSettings.request_options() as sent (no key, no messages)
 
     def as_row(self) -> dict:
         row = asdict(self)
@@ -194,17 +223,22 @@ class VLMClient:
     async def _once(self, messages: list[dict], schema: dict | None, top_logprobs: int | None = None) -> str:
         import openai
 
+        s = self.settings
         kwargs = {}
         if top_logprobs:  # one token, its top alternatives: the reply is their log-probabilities
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
-        if self.settings.response_format and isinstance(schema, dict):
+        elif s.response_format == "json_object":
+            kwargs["response_format"] = {"type": "json_object"}
+        elif s.response_format and isinstance(schema, dict):
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+        if s.extra_body:
+            kwargs["extra_body"] = dict(s.extra_body)
         try:
             reply = await self._http().chat.completions.create(
-                model=self.settings.model,
+                model=s.model,
                 messages=messages,
-                temperature=0.0 if top_logprobs else self.settings.temperature,
-                max_tokens=1 if top_logprobs else self.settings.max_tokens,
+                temperature=0.0 if top_logprobs else s.temperature,
+                max_tokens=1 if top_logprobs else s.max_tokens,
                 **kwargs,
             )
         except openai.APIStatusError as exc:
@@ -228,6 +262,7 @@ class VLMClient:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.settings.max_in_flight)
         result = VLMResult(task, request_id, "failed", None)
+        result.request_options = json.dumps(self.settings.request_options(top_logprobs), sort_keys=True)
         t0 = time.perf_counter()
         rng = random.Random(request_id)  # jitter, reproducible per request
         async with self._semaphore:

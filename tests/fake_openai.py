@@ -8,8 +8,11 @@ benchmarks.  The last text part of the user message picks the behaviour: ``scena
   fail:N:CODE   the first N calls with this exact text answer HTTP CODE (429 with Retry-After)
   slow:S        sleep S seconds before answering
 A ``responder(body) -> str | None`` may answer instead (e.g. judge the image it was sent).
-Every reply waits ``latency`` seconds first.  The server records the Authorization headers it saw
-and the largest number of requests it was answering at once.
+Every reply waits ``latency`` seconds first.  The server records the Authorization headers it saw,
+every request body (``bodies``) and the largest number of requests it was answering at once.
+Fields vLLM's chat request model types strictly (``VLLM_FIELD_TYPES``) are checked the way its
+pydantic model reads them: a wrong type is a 400, as from vLLM; unknown fields are ignored, as
+vLLM ignores them (with a warning in its log).
 """
 
 from __future__ import annotations
@@ -23,11 +26,39 @@ from local_server import LocalServer
 
 OK_JSON = {"flagged": False, "reason": "fine"}
 
+# A few of vLLM's ChatCompletionRequest fields and the types its pydantic model accepts.
+VLLM_FIELD_TYPES = {
+    "temperature": (int, float),
+    "max_tokens": int,
+    "top_k": int,
+    "repetition_penalty": (int, float),
+    "skip_special_tokens": bool,
+    "chat_template_kwargs": dict,
+    "response_format": dict,
+}
+RESPONSE_FORMAT_TYPES = {"text", "json_object", "json_schema"}
+
+
+def vllm_request_error(body: dict) -> str | None:
+    """The message vLLM would answer 400 with for this chat request body, or None."""
+    for name, kind in VLLM_FIELD_TYPES.items():
+        if name in body and body[name] is not None:
+            value = body[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                return f"{name}: wrong type {type(value).__name__}"
+    fmt = body.get("response_format")
+    if fmt is not None and fmt.get("type") not in RESPONSE_FORMAT_TYPES:
+        return f"response_format.type: {fmt.get('type')!r} is not one of {sorted(RESPONSE_FORMAT_TYPES)}"
+    if fmt is not None and fmt.get("type") == "json_schema" and "json_schema" not in fmt:
+        return "response_format: json_schema is required when type is json_schema"
+    return None
+
 
 class FakeOpenAI(LocalServer):
     def __init__(self, latency: float = 0.0, retry_after: float = 0.2, responder=None, port: int = 0, models=("fake-vlm",)):
         self.latency, self.retry_after, self.responder, self.models = latency, retry_after, responder, list(models)
         self.auth_headers: list[str] = []
+        self.bodies: list[dict] = []
         self.calls: dict[str, int] = {}
         self.active = 0
         self.max_active = 0
@@ -53,6 +84,7 @@ class FakeOpenAI(LocalServer):
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with server._lock:
                     server.auth_headers.append(self.headers.get("authorization", ""))
+                    server.bodies.append(body)
                     server.active += 1
                     server.requests += 1
                     server.max_active = max(server.max_active, server.active)
@@ -79,6 +111,9 @@ class FakeOpenAI(LocalServer):
         return self.root_url + "/v1"
 
     def _answer(self, handler, body):
+        error = vllm_request_error(body)
+        if error:
+            return handler._send(400, {"object": "error", "message": error, "type": "BadRequestError", "code": 400})
         text = ""
         for msg in body.get("messages", []):
             content = msg.get("content")

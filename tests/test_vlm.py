@@ -124,3 +124,36 @@ def test_settings_from_the_paper_config(repo_root):
 
     settings = VLMSettings.from_config(load_yaml(repo_root / "config.yaml")["vlm"])
     assert settings.temperature == 0.1 and settings.api_key_env is None and settings.api_key() == "EMPTY"
+
+
+def test_extra_body_and_json_object_reach_the_server_and_are_recorded():
+    options = {"skip_special_tokens": False, "top_k": 1, "repetition_penalty": 1.05,
+               "chat_template_kwargs": {"enable_thinking": False}}
+    with FakeOpenAI() as server:
+        c = client(server, response_format="json_object", extra_body=options, max_tokens=4096)
+        [res] = c.run_many([req(0, "ok")])
+    assert res.status == "ok"
+    [body] = server.bodies
+    for key, value in options.items():
+        assert body[key] == value  # top-level fields of the body, where vLLM reads them
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["max_tokens"] == 4096
+    recorded = json.loads(res.request_options)
+    assert recorded == {**options, "temperature": 0.1, "max_tokens": 4096, "response_format": "json_object"}
+
+
+def test_schema_response_format_and_a_badly_typed_option():
+    with FakeOpenAI() as server:
+        [res] = client(server, response_format=True).run_many([req(0, "ok")])
+        assert server.bodies[0]["response_format"]["json_schema"]["schema"] == SCHEMA
+        assert "top_k" not in server.bodies[0]
+        # vLLM answers 400 to a wrongly typed field; the client does not retry a 4xx
+        [bad] = client(server, extra_body={"top_k": "one"}).run_many([req(1, "ok")])
+    assert res.status == "ok" and json.loads(res.request_options)["response_format"] == "json_schema"
+    assert bad.status == "failed" and "400" in bad.error and bad.attempts == 1
+
+
+@pytest.mark.parametrize("bad", [{"response_format": "yes"}, {"extra_body": {"temperature": 0}}, {"extra_body": [1]}])
+def test_bad_request_options_are_config_errors(bad):
+    with pytest.raises(VLMConfigError, match="config key vlm"):
+        VLMSettings.from_config({"base_url": "http://127.0.0.1:1/v1", "model": "m", **bad})
