@@ -1,49 +1,81 @@
 """Stage 1 sources: Pexels and Unsplash API collectors that fill a source root with photos.
 
+Nothing is requested until ``collect.<source>.terms_acknowledgement`` names the permission the
+user holds for this use (both APIs' terms restrict building datasets / training models from
+their content; README, "Stage 1 sources"); the text is kept on every row of the collect table.
+
 Each collector walks its API listings (search queries and the curated/editorial list, page by
 page to the end or ``max_pages``), screens every photo by the API's width and height *before*
 downloading (the same resolution rules as rule ``screen``, so small photos are never fetched),
 and downloads the rest into the root's folder:
 
-* streamed to a hidden temp file (``.<id>.download<ext>``; the index skips dot-files), then
-  checked -- HTTP content type is an image, byte count equals Content-Length, the file decodes
-  (every byte read, reduced-size DCT), its dimensions equal the API's (either orientation: EXIF
-  may rotate) -- and renamed atomically to ``<id><ext>``;
-* every photo's outcome is appended to a journal (``<root>/.collect-<source>.jsonl``) as soon as
-  it is known, so a killed run resumes without re-downloading finished files or repeating rows;
-  a photo listed on two pages (listings shift while you page) is handled once;
-* API calls honour the rate-limit headers (``X-Ratelimit-Remaining``/``-Reset``: wait for the
-  reset when none are left), obey ``Retry-After`` on 429, and retry 5xx and broken connections
-  with exponential back-off; Unsplash's ``links.download_location`` is requested before each
-  download, as its API guidelines require.
+* streamed to a hidden temp file (``.<id>.download<ext>``; the index skips dot-files) with
+  ``Accept-Encoding: identity`` (a compressed body would make the byte count differ from what
+  was sent), then checked -- HTTP content type is an image, byte count equals Content-Length,
+  the file decodes (every byte read, reduced-size DCT), its dimensions equal the API's (either
+  orientation: EXIF may rotate) -- and renamed atomically to ``<id><ext>``;
+* every photo's outcome, and every listing page once all its photos are done, is appended to a
+  journal (``<root>/.collect-<source>.jsonl``) as soon as it is known, so a killed run resumes
+  after the last finished page of each listing (no re-listing), without re-downloading finished
+  files or repeating rows; a photo listed on two pages (listings shift while you page) is handled
+  once; a query the API refuses with 410 (flagged) is skipped with a row saying so;
+* API calls are paced to the documented quotas (``hourly_limit``/``monthly_limit``, counted in a
+  call log ``<root>/.collect-<source>.calls.jsonl`` that outlives the run, Unsplash's
+  ``download_location`` calls included); the rate headers are remembered (Pexels sends
+  ``X-Ratelimit-Remaining`` of its monthly quota and ``X-Ratelimit-Reset`` as a UNIX time, and
+  none on a 429; Unsplash sends the hourly remaining and no reset, and answers an exceeded limit
+  with 403 "Rate Limit Exceeded" or 429); a quota that frees within ``max_rate_wait_s`` is waited
+  for, one further away stops the run at once with the date it resets.  5xx and broken
+  connections are retried with exponential back-off.  Unsplash's ``links.download_location`` is
+  requested before each download, as its API guidelines require.
 
 The API key comes from the environment variable named in config and is sent only to the API host
 in the ``Authorization`` header -- never to the image CDN, never logged, never written.
 Outputs: a table of every photo seen (``results/collect/<source>.parquet``: ids, sizes, author,
-licence, origin URL, decision and reason) and a manifest CSV in the index's format
-(path, source, licence, url, author) for the photos kept.
+licence, origin URL, decision and reason, the terms acknowledgement; one row per flagged query)
+and a manifest CSV in the index's format (path, source, licence, url, author) for the photos kept.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import email.utils
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 LICENCES = {
     "pexels": ("Pexels License", "https://www.pexels.com/license/"),
     "unsplash": ("Unsplash License", "https://unsplash.com/license"),
 }
 CONTENT_TYPE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/tiff": ".tif"}
+HOUR_S = 3600.0
+MONTH_S = 30 * 86400.0  # "per month": counted over any 30 days (conservative for calendar months)
+# Words that acknowledge nothing: the key must say which permission is held.
+BARE_YES = {"yes", "y", "true", "ok", "okay", "agree", "agreed", "i agree", "accept", "accepted", "ack", "1"}
+TERMS = {
+    "pexels": "Pexels' API terms forbid collecting its photos or metadata with the API to build datasets or to "
+              "train, fine-tune or evaluate ML/AI models unless Pexels has given you explicit permission",
+    "unsplash": "Unsplash's licence and API guidelines restrict using its photos for machine learning / AI and "
+                "automated, non-authentic use of the API; Unsplash directs such uses to its data programme "
+                "(https://unsplash.com/data)",
+}
 
 
 class CollectorConfigError(ValueError):
     """Bad or missing collector settings (the message names the config key / variable)."""
+
+
+class QuotaExhausted(RuntimeError):
+    """A rate limit that frees later than ``collect.http.max_rate_wait_s``: the run stops; rerun later."""
+
+
+class QueryFlagged(RuntimeError):
+    """HTTP 410 on a listing: the API refuses this query."""
 
 
 class DownloadRejected(Exception):
@@ -66,6 +98,18 @@ class Photo:
     track_url: str = ""  # Unsplash: links.download_location
 
 
+@dataclass
+class Listed:
+    """One listing page (or a flagged query): ``listing`` names the request without its page."""
+
+    query: str
+    listing: str
+    page: int
+    photos: list = field(default_factory=list)
+    last: bool = False
+    flagged: str = ""
+
+
 def api_key(cfg: dict, source: str) -> str:
     env = cfg.get("api_key_env")
     if not env:
@@ -79,63 +123,229 @@ def api_key(cfg: dict, source: str) -> str:
     return key
 
 
-class ApiSession:
-    """HTTP to one API host with retries, back-off and rate-limit handling; the key stays in here."""
+def terms_acknowledgement(cfg: dict, source: str) -> str:
+    """The user's statement of the permission they hold; refuses to go on without one."""
+    value = cfg.get("terms_acknowledgement")
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or text.lower().rstrip(".!") in BARE_YES:
+        got = "is not set" if value is None else f"is {value!r}, which names no permission"
+        raise CollectorConfigError(
+            f"config key collect.{source}.terms_acknowledgement {got}. {TERMS[source]}. Set it to the permission "
+            f"you hold (e.g. \"written permission from {source.capitalize()}, <date>, <reference>\"); it is recorded "
+            f"in results/collect/{source}.parquet. See README, 'Stage 1 sources'."
+        )
+    return text
 
-    def __init__(self, base_url: str, auth_header: str, http: dict, log=print, sleep=time.sleep):
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class CallLog:
+    """Times of one source's API calls and the rate headers last seen, kept in a JSONL file so that a
+    resumed run counts the calls made before it.  Lines: ``{"t"}`` a call; ``{"t", "remaining",
+    "limit", "reset"}`` what the server said (``remaining`` 0 also for a rate-limit answer)."""
+
+    def __init__(self, path: Path | None, clock):
+        self.clock = clock
+        self.calls: list[float] = []
+        self.seen: dict | None = None
+        self._fh = None
+        if path is None:
+            return
+        if path.exists():
+            horizon = clock() - MONTH_S
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # torn last line
+                if "remaining" in row:
+                    self.seen = row
+                elif row["t"] > horizon:
+                    self.calls.append(float(row["t"]))
+            self.calls.sort()
+        self._fh = open(path, "a", encoding="utf-8")
+        if path.exists() and len(self.calls) < sum(1 for _ in open(path, encoding="utf-8")) // 2:
+            self._compact(path)
+
+    def _compact(self, path: Path) -> None:
+        """Drop calls older than the monthly window (the file would otherwise grow for ever)."""
+        self._fh.close()
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps({"t": t}) + "\n" for t in self.calls)
+            if self.seen:
+                fh.write(json.dumps(self.seen) + "\n")
+        os.replace(tmp, path)
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def _write(self, row: dict) -> None:
+        if self._fh:
+            self._fh.write(json.dumps(row) + "\n")
+            self._fh.flush()
+
+    def add_call(self) -> None:
+        t = self.clock()
+        self.calls.append(t)
+        self._write({"t": t})
+
+    def observe(self, remaining: int, limit: int | None, reset: float | None, ours: bool = False) -> None:
+        self.seen = {"t": self.clock(), "remaining": int(remaining), "limit": limit, "reset": reset, "ours": ours}
+        self._write(self.seen)
+
+    def calls_since(self, t0: float) -> int:
+        return sum(1 for t in self.calls if t > t0)
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
+
+
+class ApiSession:
+    """HTTP to one API host with pacing, retries, back-off and rate-limit handling; the key stays in here.
+
+    ``clock`` (UNIX seconds) and ``sleep`` are injectable so tests run hours of pacing at once."""
+
+    def __init__(self, base_url: str, auth_header: str, http: dict, limits: dict | None = None, log=print,
+                 sleep=time.sleep, clock=time.time, call_log: CallLog | None = None, source: str = "api"):
         import requests
 
         self.base_url = base_url.rstrip("/")
         self._auth = {"Authorization": auth_header, "Accept-Version": "v1"}
         self.http = http
-        self.log, self.sleep = log, sleep
+        self.limits = limits or {}
+        self.source = source
+        self.log, self.sleep, self.clock = log, sleep, clock
+        self.calls = call_log or CallLog(None, clock)
         self.session = requests.Session()
         self.api_calls = 0
-        self._last_call = 0.0
-
-    def _wait_between_calls(self):
-        gap = float(self.http.get("min_interval_s", 0)) - (time.monotonic() - self._last_call)
-        if gap > 0:
-            self.sleep(gap)
-        self._last_call = time.monotonic()
+        self.rate_waited_s = 0.0
+        self._last_call = float("-inf")
 
     def _backoff(self, attempt: int) -> float:
         return min(float(self.http["backoff_s"]) * 2**attempt, float(self.http["max_backoff_s"]))
 
-    def _respect_rate_limit(self, headers) -> None:
-        remaining = headers.get("X-Ratelimit-Remaining")
-        if remaining is None or int(remaining) > 0:
-            return
-        reset = headers.get("X-Ratelimit-Reset")
-        wait = float(self.http["exhausted_wait_s"])
-        if reset is not None:
-            wait = max(0.0, float(reset) - time.time())  # Pexels: a UNIX time
-        wait = min(wait, float(self.http["max_rate_wait_s"]))
-        self.log(f"rate limit used up: waiting {wait:.0f} s")
-        self.sleep(wait)
+    # -- pacing ---------------------------------------------------------------------------
 
-    def request(self, url: str, params: dict | None = None, auth: bool = True, stream: bool = False):
+    def _free_at(self) -> tuple[float, str]:
+        """(the time the next API call may go, why): the hourly and monthly windows of our own
+        calls, and the server's last word on what is left."""
+        now = self.clock()
+        when, why = now, ""
+        gap = self._last_call + float(self.http.get("min_interval_s", 0))
+        if gap > when:
+            when, why = gap, "collect.http.min_interval_s"
+        for key, window in (("hourly_limit", HOUR_S), ("monthly_limit", MONTH_S)):
+            limit = self.limits.get(key)
+            if not limit:
+                continue
+            recent = [t for t in self.calls.calls if t > now - window]
+            if len(recent) >= int(limit):
+                t = recent[len(recent) - int(limit)] + window  # when enough of them leave the window
+                if t > when:
+                    when, why = t, f"collect.{self.source}.{key} = {int(limit)} calls per {'hour' if window == HOUR_S else '30 days'}"
+        seen = self.calls.seen
+        if seen is not None:
+            left = seen["remaining"] - self.calls.calls_since(seen["t"])
+            reset = seen.get("reset")
+            if left <= 0 and reset is not None and reset > now:
+                # a header's reset: whole seconds on another host's clock; Retry-After: on ours
+                back = float(reset) + (0.0 if seen.get("ours") else float(self.http.get("reset_margin_s", 5)))
+                if back > when:  # Pexels: the monthly quota, back at X-Ratelimit-Reset
+                    when, why = back, "the API's quota is used up (X-Ratelimit-Reset)"
+            elif left <= 0 and reset is None and now - seen["t"] < float(self.http["exhausted_wait_s"]):
+                # no reset time (Unsplash, or a bare 429).  If our own calls filled the server's hourly
+                # limit, it frees as they leave the hour; if not, someone else shares the key: wait it out.
+                limit = int(seen.get("limit") or self.limits.get("hourly_limit") or 0)
+                ours_then = sum(1 for t in self.calls.calls if seen["t"] - HOUR_S < t <= seen["t"])
+                t = seen["t"] + float(self.http["exhausted_wait_s"])
+                if limit and ours_then >= limit:
+                    recent = [c for c in self.calls.calls if c > now - HOUR_S]
+                    t = recent[len(recent) - limit] + HOUR_S if len(recent) >= limit else now
+                if t > when:
+                    when, why = t, "the API's hourly limit is used up"
+        return when, why
+
+    def _pace(self, spent: float = 0.0) -> float:
+        """Wait until the next call may go; returns the wait.  ``spent``: what this request has
+        already waited after rate-limit answers (counts against ``max_rate_wait_s`` too)."""
+        when, why = self._free_at()
+        wait = when - self.clock()
+        if wait <= 0:
+            return 0.0
+        cap = float(self.http["max_rate_wait_s"])
+        if wait + spent > cap:
+            waited = f" after waiting {spent:.0f} s for it" if spent else ""
+            raise QuotaExhausted(
+                f"{self.source}: {why}{waited}; it frees at {_utc(when)}, {wait / 3600:.1f} h from now -- beyond "
+                f"collect.http.max_rate_wait_s = {cap:.0f} s. Rerun after then: the journal resumes where this run stopped."
+            )
+        if wait > 1:
+            self.log(f"{self.source}: pacing ({why}): waiting {wait:.0f} s, until {_utc(when)}")
+        self.rate_waited_s += wait
+        self.sleep(wait)
+        return wait
+
+    def _remember_rate_headers(self, headers) -> None:
+        remaining = headers.get("X-Ratelimit-Remaining")
+        if remaining is None:
+            return
+        limit, reset = headers.get("X-Ratelimit-Limit"), headers.get("X-Ratelimit-Reset")
+        self.calls.observe(int(remaining), int(limit) if limit else None, float(reset) if reset else None)
+
+    def _rate_limited(self, url: str, resp) -> None:
+        """A rate-limit answer: note what it means so that _pace waits for it (or stops)."""
+        retry_after = _retry_after(resp.headers.get("Retry-After"), self.clock())
+        seen, now = self.calls.seen, self.clock()
+        if retry_after is not None:
+            self.calls.observe(0, None, now + retry_after, ours=True)
+            why = f"Retry-After {retry_after:.1f} s"
+        elif seen is not None and seen.get("reset") and seen["reset"] > now and (
+            seen["remaining"] - self.calls.calls_since(seen["t"]) <= 0
+        ):
+            # what we counted says the quota is gone; Pexels sends no headers on a 429, so its last reset stands
+            self.calls.observe(0, seen.get("limit"), seen["reset"])
+            why = f"quota used up, resets {_utc(seen['reset'])}"
+        else:  # an hourly limit: Unsplash's header limit is hourly, Pexels' (with a reset) monthly
+            hourly = None if (seen or {}).get("reset") else (seen or {}).get("limit")
+            self.calls.observe(0, hourly or self.limits.get("hourly_limit"), None)
+            why = "no reset time given: waiting for the hourly window"
+        self.log(f"HTTP {resp.status_code} (rate limit) from {_host_path(url)}: {why}")
+
+    # -- requests -------------------------------------------------------------------------
+
+    def request(self, url: str, params: dict | None = None, auth: bool = True, stream: bool = False,
+                headers: dict | None = None):
         """GET with retries; returns the response (2xx).  ``auth`` only for the API host."""
         import requests
 
-        headers = dict(self._auth) if auth else {}
-        last = ""
-        for attempt in range(int(self.http["retries"]) + 1):
+        sent = {**(self._auth if auth else {}), **(headers or {})}
+        last, spent, limited = "", 0.0, False
+        attempts = int(self.http["retries"]) + 1
+        for attempt in range(attempts):
             if auth:
-                self._wait_between_calls()
+                wait = self._pace(spent if limited else 0.0)
+                spent += wait if limited else 0.0
+                self.calls.add_call()
+                self._last_call = self.clock()
                 self.api_calls += 1
             try:
-                resp = self.session.get(url, params=params, headers=headers, timeout=float(self.http["timeout_s"]), stream=stream)
+                resp = self.session.get(url, params=params, headers=sent, timeout=float(self.http["timeout_s"]), stream=stream)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = type(exc).__name__
                 self.sleep(self._backoff(attempt))
                 continue
-            if resp.status_code == 429:
-                wait = _retry_after(resp.headers.get("Retry-After"))
-                wait = self._backoff(attempt) if wait is None else min(wait, float(self.http["max_rate_wait_s"]))
-                self.log(f"429 from {_host_path(url)}: waiting {wait:.1f} s")
+            if auth and (resp.status_code == 429 or _is_rate_limit_403(resp)):
+                self._rate_limited(url, resp)
+                limited = True
                 resp.close()
-                self.sleep(wait)
+                last = f"HTTP {resp.status_code} rate limit"
+                continue  # the next _pace() waits for it, or stops the run
+            if resp.status_code == 429:  # the CDN
+                wait = _retry_after(resp.headers.get("Retry-After"), self.clock())
+                resp.close()
+                self.sleep(self._backoff(attempt) if wait is None else min(wait, float(self.http["max_rate_wait_s"])))
                 last = "HTTP 429"
                 continue
             if resp.status_code >= 500:
@@ -143,14 +353,19 @@ class ApiSession:
                 last = f"HTTP {resp.status_code}"
                 self.sleep(self._backoff(attempt))
                 continue
+            if resp.status_code == 410 and auth:
+                resp.close()
+                raise QueryFlagged(f"{_host_path(url)} answered HTTP 410 Gone (the API refuses this query)")
             if resp.status_code >= 400:
                 resp.close()
-                hint = " (check the API key)" if resp.status_code in (401, 403) else ""
+                hint = " (check the API key and that the application may use this endpoint)" if resp.status_code in (401, 403) else ""
                 raise RuntimeError(f"{_host_path(url)} answered HTTP {resp.status_code}{hint}")
             if auth:
-                self._respect_rate_limit(resp.headers)
+                self._remember_rate_headers(resp.headers)
             return resp
-        raise RuntimeError(f"{_host_path(url)}: gave up after {int(self.http['retries']) + 1} attempts ({last})")
+        if auth and last.endswith("rate limit"):
+            raise QuotaExhausted(f"{_host_path(url)}: still rate-limited after {attempts} attempts ({last}); rerun later")
+        raise RuntimeError(f"{_host_path(url)}: gave up after {attempts} attempts ({last})")
 
     def get_json(self, path_or_url: str, params: dict | None = None):
         url = path_or_url if path_or_url.startswith("http") else self.base_url + path_or_url
@@ -158,14 +373,25 @@ class ApiSession:
         return resp.json()
 
 
-def _retry_after(value: str | None) -> float | None:
+def _is_rate_limit_403(resp) -> bool:
+    """Unsplash answers an exceeded limit with 403 and the plain body "Rate Limit Exceeded"."""
+    if resp.status_code != 403:
+        return False
+    try:
+        body = resp.content[:200].decode("utf-8", "replace")
+    except Exception:
+        return False
+    return "rate limit exceeded" in body.lower()
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
+        return max(0.0, when.timestamp() - now)
 
 
 def _host_path(url: str) -> str:
@@ -177,21 +403,41 @@ def _host_path(url: str) -> str:
 # -- listings ---------------------------------------------------------------------------------
 
 
-def pexels_listings(api: ApiSession, cfg: dict):
-    """(query, page, photos) for each search query, then the curated list."""
+def _listing_name(path: str, params: dict) -> str:
+    """A listing's identity without its page: a resumed run continues it only if this is unchanged."""
+    return f"{path}?{urlencode(sorted(params.items()))}"
+
+
+def _walk(api: ApiSession, label: str, path: str, params: dict, max_pages: int, first_page, parse):
+    """Pages ``first_page(label, listing)`` .. ``max_pages`` of one listing (None: already finished).
+    ``parse(data, page) -> (photos, is_last)``.  A 410 ends the listing with a flagged entry."""
+    listing = _listing_name(path, params)
+    page = first_page(label, listing)
+    while page is not None and page <= max_pages:
+        try:
+            data = api.get_json(path, {**params, "page": page})
+        except QueryFlagged as exc:
+            yield Listed(label, listing, page, last=True, flagged=str(exc))
+            return
+        photos, last = parse(data, page)
+        yield Listed(label, listing, page, photos, last or not photos)
+        if last or not photos:
+            return
+        page += 1
+
+
+def pexels_listings(api: ApiSession, cfg: dict, first_page):
+    """Each search query's pages, then the curated list's."""
     per_page = int(cfg["per_page"])
-    plans = [("/search", {"query": q}, q, int(cfg["max_pages"])) for q in cfg.get("queries") or []]
+    search = {"per_page": per_page, **({"size": cfg["size"]} if cfg.get("size") else {})}
+    plans = [("/search", {**search, "query": q}, q, int(cfg["max_pages"])) for q in cfg.get("queries") or []]
     if int(cfg.get("curated_pages", 0)):
-        plans.append(("/curated", {}, "curated", int(cfg["curated_pages"])))
+        plans.append(("/curated", {"per_page": per_page}, "curated", int(cfg["curated_pages"])))
     for path, params, label, max_pages in plans:
-        page = 1
-        while page <= max_pages:
-            data = api.get_json(path, {**params, "page": page, "per_page": per_page})
-            photos = [_pexels_photo(p, label) for p in data.get("photos", [])]
-            yield label, page, photos
-            if not photos or not data.get("next_page"):
-                break
-            page += 1
+        def parse(data, page, label=label):
+            return [_pexels_photo(p, label) for p in data.get("photos", [])], not data.get("next_page")
+
+        yield from _walk(api, label, path, params, max_pages, first_page, parse)
 
 
 def _pexels_photo(p: dict, query: str) -> Photo:
@@ -201,22 +447,19 @@ def _pexels_photo(p: dict, query: str) -> Photo:
     )
 
 
-def unsplash_listings(api: ApiSession, cfg: dict):
+def unsplash_listings(api: ApiSession, cfg: dict, first_page):
+    """Each search query's pages, then the editorial list's (/photos)."""
     per_page = int(cfg["per_page"])
     for q in cfg.get("queries") or []:
-        page = 1
-        while page <= int(cfg["max_pages"]):
-            data = api.get_json("/search/photos", {"query": q, "page": page, "per_page": per_page})
-            photos = [_unsplash_photo(p, q, cfg) for p in data.get("results", [])]
-            yield q, page, photos
-            if not photos or page >= int(data.get("total_pages", page)):
-                break
-            page += 1
-    for page in range(1, int(cfg.get("list_pages", 0)) + 1):
-        photos = [_unsplash_photo(p, "editorial", cfg) for p in api.get_json("/photos", {"page": page, "per_page": per_page})]
-        yield "editorial", page, photos
-        if not photos:
-            break
+        def parse(data, page, q=q):
+            return [_unsplash_photo(p, q, cfg) for p in data.get("results", [])], page >= int(data.get("total_pages", page))
+
+        yield from _walk(api, q, "/search/photos", {"query": q, "per_page": per_page}, int(cfg["max_pages"]), first_page, parse)
+    if int(cfg.get("list_pages", 0)):
+        def parse_list(data, page):
+            return [_unsplash_photo(p, "editorial", cfg) for p in data], False
+
+        yield from _walk(api, "editorial", "/photos", {"per_page": per_page}, int(cfg["list_pages"]), first_page, parse_list)
 
 
 def _unsplash_photo(p: dict, query: str, cfg: dict) -> Photo:
@@ -249,7 +492,9 @@ def download(api: ApiSession, photo: Photo, folder: Path, max_megapixels: float)
 
     retries = int(api.http["retries"])
     for attempt in range(retries + 1):
-        resp = api.request(photo.download_url, auth=False, stream=True)
+        # identity: with gzip the body would be decoded on the fly and its length could not be
+        # checked against Content-Length (which counts the encoded bytes)
+        resp = api.request(photo.download_url, auth=False, stream=True, headers={"Accept-Encoding": "identity"})
         content_type = resp.headers.get("Content-Type", "")
         if not content_type.lower().startswith("image/"):
             resp.close()
@@ -298,19 +543,44 @@ def download(api: ApiSession, photo: Photo, folder: Path, max_megapixels: float)
 
 
 class Journal:
-    """Append-only JSONL of photo outcomes; the resume state of a collector."""
+    """Append-only JSONL: photo outcomes (keyed by photo id) and finished listing pages (``kind``
+    ``page``; a flagged query is a finished last page with ``flagged`` set).  The resume state."""
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: dict[str, dict] = {}
+        self.pages: dict[tuple[str, str], set[int]] = {}
+        self.finished: set[tuple[str, str]] = set()
+        self.flagged: dict[tuple[str, str], dict] = {}
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from a killed run
-                self.rows[row["photo_id"]] = row
+                self._take(row)
         self._fh = open(path, "a", encoding="utf-8")
+
+    def _take(self, row: dict) -> None:
+        if row.get("kind") == "page":
+            key = (row["query"], row["listing"])
+            self.pages.setdefault(key, set()).add(int(row["page"]))
+            if row.get("last"):
+                self.finished.add(key)
+            if row.get("flagged"):
+                self.flagged[key] = row
+        else:  # photo rows (journals from before page rows have only these)
+            self.rows[row["photo_id"]] = row
+
+    def first_page(self, query: str, listing: str) -> int | None:
+        """The page a run starts this listing at: after the pages finished in a row from 1."""
+        key = (query, listing)
+        if key in self.finished:
+            return None
+        done, page = self.pages.get(key, set()), 1
+        while page in done:
+            page += 1
+        return page
 
     def done(self, photo_id: str, folder: Path) -> bool:
         row = self.rows.get(photo_id)
@@ -319,7 +589,7 @@ class Journal:
         return not row["passed"] or (folder / row["relpath"]).is_file()
 
     def add(self, row: dict) -> None:
-        self.rows[row["photo_id"]] = row
+        self._take(row)
         self._fh.write(json.dumps(row, sort_keys=True) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -328,8 +598,10 @@ class Journal:
         self._fh.close()
 
 
-def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep):
-    """Run one collector; returns (table of every photo seen, manifest rows for the kept ones)."""
+def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep, clock=time.time):
+    """Run one collector; returns (table of every photo seen, manifest rows for the kept ones).
+
+    ``sleep``/``clock`` (UNIX seconds): injectable for tests of the pacing."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -338,22 +610,40 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
     from .screening import check_resolution
 
     cfg = config["collect"][source]
+    ack = terms_acknowledgement(cfg, source)
     key = api_key(cfg, source)
     folder = writable_root(config, cfg["root"], f"collect.{source}.root", base_dir, stale_glob=".*.download*")
     criteria = screening_criteria(config)
     cap = float(config["io"]["max_megapixels"])
     licence, licence_url = LICENCES[source]
-    api = ApiSession(cfg["api_base"], AUTH[source](key), config["collect"]["http"], log=log, sleep=sleep)
+    limits = {"hourly_limit": cfg.get("hourly_limit"), "monthly_limit": cfg.get("monthly_limit")}
+    call_log = CallLog(folder / f".collect-{source}.calls.jsonl", clock)
+    api = ApiSession(cfg["api_base"], AUTH[source](key), config["collect"]["http"], limits, log=log, sleep=sleep,
+                     clock=clock, call_log=call_log, source=source)
     journal = Journal(folder / f".collect-{source}.jsonl")
     fetched = 0
+    base = {"root": cfg["root"], "licence": licence, "licence_url": licence_url, "terms_acknowledgement": ack}
+    log(f"{source}: terms acknowledgement (collect.{source}.terms_acknowledgement): {ack!r}")
+
+    def first_page(query, listing):
+        page = journal.first_page(query, listing)
+        if page != 1:
+            log(f"{source} '{query}': " + ("finished in an earlier run" if page is None else f"resuming at page {page}"))
+        return page
+
     bar = tqdm(desc=f"{source} photos", unit="photo", mininterval=2)
     try:
-        for query, page, photos in LISTINGS[source](api, cfg):
-            for photo in photos:
+        for listed in LISTINGS[source](api, cfg, first_page):
+            if listed.flagged:
+                journal.add({"kind": "page", "query": listed.query, "listing": listed.listing, "page": listed.page,
+                             "last": True, "flagged": listed.flagged, "photos": 0})
+                log(f"{source} '{listed.query}': skipped ({listed.flagged})")
+                continue
+            for photo in listed.photos:
                 bar.update(1)
                 if journal.done(photo.photo_id, folder):
                     continue  # finished in an earlier run, or seen on an earlier page
-                row = {**asdict(photo), "root": cfg["root"], "page": page, "licence": licence, "licence_url": licence_url,
+                row = {**asdict(photo), **base, "page": listed.page,
                        "attribution": f"Photo by {photo.author} on {source.capitalize()}", "relpath": "", "bytes": 0}
                 name, code, detail = check_resolution(photo.width, photo.height, criteria)
                 if name is None:
@@ -361,7 +651,7 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
                     continue
                 try:
                     if photo.track_url:
-                        api.request(photo.track_url)  # Unsplash: count the download
+                        api.request(photo.track_url)  # Unsplash: count the download (an API call: paced, counted)
                     relpath, nbytes = download(api, photo, folder, cap)
                 except DownloadRejected as exc:
                     journal.add({**row, "passed": False, "reason": exc.code, "reason_detail": exc.detail})
@@ -369,13 +659,23 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
                     continue
                 fetched += 1
                 journal.add({**row, "relpath": relpath, "bytes": nbytes, "passed": True, "reason": "", "reason_detail": ""})
-            log(f"{source} '{query}' page {page}: {len(photos)} photos listed")
+            # every photo of the page is in the journal: a resumed run starts after this page
+            journal.add({"kind": "page", "query": listed.query, "listing": listed.listing, "page": listed.page,
+                         "last": listed.last, "photos": len(listed.photos)})
+            log(f"{source} '{listed.query}' page {listed.page}: {len(listed.photos)} photos listed")
     finally:
         bar.close()
         journal.close()
-    log(f"{source}: {fetched} downloaded in this run, {api.api_calls} API calls")
-    table = pd.DataFrame(sorted(journal.rows.values(), key=lambda r: r["photo_id"]))
-    kept = table[table["passed"]] if len(table) else table
+        call_log.close()
+    log(f"{source}: {fetched} downloaded in this run, {api.api_calls} API calls, {api.rate_waited_s:.0f} s waited for quotas")
+    flagged = [
+        {"source": source, "photo_id": "", "width": 0, "height": 0, "page_url": "", "author": "", "author_url": "",
+         "query": r["query"], "page": r["page"], **base, "attribution": "", "relpath": "", "bytes": 0,
+         "passed": False, "reason": "query_flagged", "reason_detail": r["flagged"]}
+        for r in journal.flagged.values()
+    ]
+    table = pd.DataFrame(flagged + sorted(journal.rows.values(), key=lambda r: r["photo_id"]))
+    kept = table[table["passed"].astype(bool)] if len(table) else table
     manifest = [
         {"path": r["relpath"], "source": source, "licence": r["licence"], "url": r["page_url"], "author": r["author"]}
         for r in kept.to_dict("records")

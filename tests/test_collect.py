@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_photo_api import FakePhotoAPI  # noqa: E402
 
-from pixverve.collect import CollectorConfigError, collect, write_manifest  # noqa: E402
+from pixverve.collect import CollectorConfigError, QuotaExhausted, collect, write_manifest  # noqa: E402
 from pixverve.config import load_yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +26,31 @@ PHOTOS = {"11": (400, 300), "12": (420, 320), "13": (380, 300), "14": (100, 80),
 PAGES = [["11", "12", "13"], ["13", "14", "15"], ["16", "17"]]
 
 
+ACK = "test permission: local stand-in server, no real photos"
+
+
+class FakeClock:
+    """UNIX time that moves only when the collector sleeps: hours of pacing in no real time."""
+
+    def __init__(self):
+        self.now = time.time()
+        self.slept: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(0.0, seconds)
+
+
 def _config(tmp_path: Path, base: str, source: str) -> dict:
     config = load_yaml(ROOT / "config.yaml")
     config["target_megapixels"] = 0.25  # criterion (i): > 0.0625 MP, short side >= 150 px
     config["sources"]["roots"] = [{"name": source, "path": str(tmp_path / source), "source": source, "licence": "", "scan": True}]
     api_base = f"{base}/pexels/v1" if source == "pexels" else f"{base}/unsplash"
-    config["collect"][source].update(api_base=api_base, root=source, queries=["mountains"], max_pages=10)
+    config["collect"][source].update(api_base=api_base, root=source, queries=["mountains"], max_pages=10,
+                                     terms_acknowledgement=ACK)
     config["collect"]["http"].update(backoff_s=0.01, max_backoff_s=0.05, max_rate_wait_s=2)
     return config
 
@@ -42,11 +61,18 @@ def _keys(monkeypatch):
     monkeypatch.setenv("UNSPLASH_ACCESS_KEY", KEY)
 
 
-def _run(tmp_path, server, source="pexels", logs=None):
-    config = _config(tmp_path, server.base, source)
+def _run(tmp_path, server, source="pexels", logs=None, clock=None, config=None):
+    config = config or _config(tmp_path, server.base, source)
     lines = logs if logs is not None else []
-    table, manifest = collect(source, config, tmp_path, log=lines.append)
+    kw = {"clock": clock.time, "sleep": clock.sleep} if clock else {}
+    table, manifest = collect(source, config, tmp_path, log=lines.append, **kw)
     return table, manifest
+
+
+def _paced_config(tmp_path, server, source):
+    config = _config(tmp_path, server.base, source)
+    config["collect"]["http"]["max_rate_wait_s"] = 3600  # the default
+    return config
 
 
 @pytest.mark.parametrize("source", ["pexels", "unsplash"])
@@ -62,7 +88,10 @@ def test_collects_every_page_screens_before_downloading_and_records_attribution(
         # the key went to the API host only, never to the image CDN
         assert server.auth_seen[search] == {KEY if source == "pexels" else f"Client-ID {KEY}"}
         assert all(server.auth_seen[f"/img/{p}.jpg"] == {""} for p in PHOTOS if p != "14")
+        # identity: the server would send gzip otherwise, and the byte check would count decoded bytes
+        assert all(server.encoding_seen[p] == {"identity"} for p in PHOTOS if p != "14")
     assert sorted(table["photo_id"]) == sorted(PHOTOS) and table["photo_id"].is_unique
+    assert set(table["terms_acknowledgement"]) == {ACK}
     small = table.set_index("photo_id").loc["14"]
     assert not small["passed"] and small["reason"] == "below_min_pixels" and small["relpath"] == ""
     kept = table[table["passed"]]
@@ -74,24 +103,166 @@ def test_collects_every_page_screens_before_downloading_and_records_attribution(
 
 
 def test_429_retry_after_and_500_then_success(tmp_path):
-    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
         server.rate_limit_once.add("/pexels/v1/search")
         server.fail_once.add("/img/12.jpg")
-        t0 = time.monotonic()
         logs: list[str] = []
-        table, _ = _run(tmp_path, server, logs=logs)
-        assert time.monotonic() - t0 >= 1.0  # Retry-After: 1 was obeyed
-        assert server.counts["/img/12.jpg"] == 2
+        table, _ = _run(tmp_path, server, logs=logs, clock=clock)
+        assert server.counts["/img/12.jpg"] == 2 and server.counts["/pexels/v1/search"] == 1 + 3
+    assert 1.0 in clock.slept  # Retry-After: 1 was obeyed
     assert table.set_index("photo_id").loc["12", "passed"]
-    assert any("429" in line and "waiting 1.0 s" in line for line in logs)
+    assert any("429" in line and "Retry-After 1.0 s" in line for line in logs)
 
 
-def test_rate_limit_headers_make_it_wait_for_the_reset(tmp_path):
+def test_the_stand_in_server_compresses_images_unless_asked_not_to():
+    import requests
+
     with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
-        server.remaining_sequence = [0]  # the first listing uses up the quota; reset in ~1 s
+        resp = requests.get(f"{server.base}/img/11.jpg", stream=True)  # requests asks for gzip by default
+        raw = resp.raw.read(decode_content=False)
+        assert resp.headers["Content-Encoding"] == "gzip" and int(resp.headers["Content-Length"]) == len(raw)
+        assert len(b"".join(requests.get(f"{server.base}/img/11.jpg").iter_content(65536))) != len(raw)
+
+
+def test_refuses_to_start_without_a_terms_acknowledgement(tmp_path):
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        for source in ("pexels", "unsplash"):
+            config = _config(tmp_path, server.base, source)
+            for value in (None, "", "yes", "  True "):
+                config["collect"][source]["terms_acknowledgement"] = value
+                with pytest.raises(CollectorConfigError, match=f"collect.{source}.terms_acknowledgement") as err:
+                    collect(source, config, tmp_path, log=lambda *_: None)
+                assert ("Pexels" if source == "pexels" else "unsplash.com/data") in str(err.value)
+        assert server.counts == {}  # not one request went out
+        assert not (tmp_path / "pexels").exists()
+
+
+def test_pacing_keeps_pexels_under_its_hourly_limit(tmp_path):
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        server.hourly_limit["pexels"] = 3
+        config = _paced_config(tmp_path, server, "pexels")
+        config["collect"]["pexels"]["hourly_limit"] = 3
         logs: list[str] = []
-        _run(tmp_path, server, logs=logs)
-    assert any("rate limit used up" in line for line in logs)
+        table, manifest = _run(tmp_path, server, logs=logs, clock=clock, config=config)
+        assert server.counts["/pexels/v1/search"] == 3 and server.counts["/pexels/v1/curated"] == 3
+        assert server.refused == {}  # 6 listing calls, 3 an hour: never over the limit
+    assert len(manifest) == 6
+    assert any("hourly_limit = 3" in line for line in logs)
+
+
+def test_unsplash_pacing_counts_download_location_calls(tmp_path):
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        server.hourly_limit["unsplash"] = 5
+        config = _paced_config(tmp_path, server, "unsplash")
+        config["collect"]["unsplash"]["hourly_limit"] = 5
+        table, manifest = _run(tmp_path, server, "unsplash", clock=clock, config=config)
+        tracks = sum(n for path, n in server.counts.items() if path.startswith("/unsplash/track/"))
+        assert tracks == 6 and server.refused == {}  # 3 search + 4 list pages + 6 tracks at 5 an hour
+    assert len(manifest) == 6
+
+
+def test_unsplash_403_rate_limit_exceeded_waits_like_a_429(tmp_path):
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        server.hourly_limit["unsplash"] = 5
+        server.served["unsplash"] = [clock.now - 60] * 5  # another user of the key spent this hour's calls
+        config = _paced_config(tmp_path, server, "unsplash")
+        logs: list[str] = []
+        table, manifest = _run(tmp_path, server, "unsplash", logs=logs, clock=clock, config=config)
+        assert server.refused == {"/unsplash/search/photos": 1}  # 403 "Rate Limit Exceeded" once, then waited
+    assert len(manifest) == 6 and table["passed"].sum() == 6
+    assert any("HTTP 403 (rate limit)" in line for line in logs)
+    assert max(clock.slept) <= 3600
+
+
+def test_a_real_403_stops_with_a_clear_error(tmp_path):
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        server.forbidden = True
+        with pytest.raises(RuntimeError, match="HTTP 403 .*check the API key"):
+            _run(tmp_path, server, "unsplash")
+        assert server.counts["/unsplash/search/photos"] == 1  # not retried
+
+
+def test_pexels_429_without_headers_waits_for_the_hour(tmp_path):
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        server.hourly_limit["pexels"] = 2
+        config = _paced_config(tmp_path, server, "pexels")
+        config["collect"]["pexels"]["hourly_limit"] = None  # the 429 (no Retry-After, no rate headers) paces it
+        logs: list[str] = []
+        _, manifest = _run(tmp_path, server, logs=logs, clock=clock, config=config)
+        assert server.refused.get("/pexels/v1/search", 0) + server.refused.get("/pexels/v1/curated", 0) >= 1
+    assert len(manifest) == 6
+    assert any("HTTP 429 (rate limit)" in line and "hourly window" in line for line in logs)
+
+
+def test_monthly_quota_beyond_max_wait_stops_at_once_with_the_reset_date(tmp_path):
+    import datetime as dt
+
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        server.monthly_limit = 2
+        server.month_reset = clock.now + 10 * 86400
+        config = _paced_config(tmp_path, server, "pexels")
+        with pytest.raises(QuotaExhausted, match="X-Ratelimit-Reset") as err:
+            _run(tmp_path, server, clock=clock, config=config)
+        day = dt.datetime.fromtimestamp(server.month_reset, dt.timezone.utc).strftime("%Y-%m-%d")
+        assert day in str(err.value) and "max_rate_wait_s" in str(err.value)
+        assert server.counts["/pexels/v1/search"] == 2 and server.refused == {}  # stopped before asking again
+        assert clock.slept == [] or max(clock.slept) < 1  # and did not wait for it
+        # the call log outlives the run: a rerun before the reset stops without a request
+        with pytest.raises(QuotaExhausted):
+            _run(tmp_path, server, clock=clock, config=config)
+        assert server.counts["/pexels/v1/search"] == 2
+        journal = [json.loads(line) for line in (tmp_path / "pexels" / ".collect-pexels.jsonl").read_text().splitlines()]
+        assert [r["page"] for r in journal if r.get("kind") == "page"] == [1, 2]  # the work done is kept
+
+
+def test_a_quota_that_frees_within_max_wait_is_waited_for(tmp_path):
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        server.monthly_limit = 2
+        server.month_reset = clock.now + 600
+        config = _paced_config(tmp_path, server, "pexels")
+        _, manifest = _run(tmp_path, server, clock=clock, config=config)
+        assert server.refused == {}
+    assert len(manifest) == 6 and clock.now >= server.month_reset
+
+
+def test_flagged_query_is_skipped_with_a_row_and_the_run_goes_on(tmp_path):
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        server.flagged.add("forbidden words")
+        config = _config(tmp_path, server.base, "pexels")
+        config["collect"]["pexels"]["queries"] = ["forbidden words", "mountains"]
+        table, manifest = _run(tmp_path, server, config=config)
+        assert server.refused == {"/pexels/v1/search": 1}
+        again, _ = _run(tmp_path, server, config=config)
+        assert server.refused == {"/pexels/v1/search": 1}  # not asked again on a rerun
+    flagged = table[table["reason"] == "query_flagged"]
+    assert len(flagged) == 1 and flagged.iloc[0]["query"] == "forbidden words" and "410" in flagged.iloc[0]["reason_detail"]
+    assert len(manifest) == 6 and len(again) == len(table)
+
+
+def test_resume_starts_after_the_finished_pages(tmp_path):
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        config = _config(tmp_path, server.base, "pexels")
+        config["collect"]["pexels"].update(max_pages=2, curated_pages=0)
+        _run(tmp_path, server, config=config)
+        assert server.counts["/pexels/v1/search"] == 2
+        config["collect"]["pexels"]["max_pages"] = 10
+        logs: list[str] = []
+        _, manifest = _run(tmp_path, server, config=config, logs=logs)
+        assert server.counts["/pexels/v1/search"] == 3  # only page 3 was asked for
+        assert any("resuming at page 3" in line for line in logs)
+        _run(tmp_path, server, config=config)
+        assert server.counts["/pexels/v1/search"] == 3  # finished: no listing at all
+        config["collect"]["pexels"]["size"] = "large"  # another listing: walked from page 1
+        _run(tmp_path, server, config=config)
+        assert server.counts["/pexels/v1/search"] == 6 and server.sizes_asked == [None] * 3 + ["large"] * 3
+    assert len(manifest) == 6
 
 
 def test_truncated_download_and_wrong_size_are_rejected_with_reasons(tmp_path):
@@ -132,12 +303,17 @@ def test_killed_run_resumes_without_redownloading_or_duplicating(tmp_path):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        done_before = {json.loads(line)["photo_id"] for line in journal.read_text().splitlines()}
+        rows = [json.loads(line) for line in journal.read_text().splitlines()]
+        done_before = {r["photo_id"] for r in rows if r.get("kind") != "page"}
+        pages_before = [r["page"] for r in rows if r.get("kind") == "page"]
         assert 2 <= len(done_before) < len(PHOTOS)  # killed in the middle
         server.slow_image_s = 0.0
+        listed_before = server.counts["/pexels/v1/search"]
         table, manifest = collect("pexels", config, tmp_path, log=lambda *_: None)
         for pid in done_before - {"14"}:
             assert server.downloads(pid) == 1, pid  # finished files are not fetched again
+        # finished pages are not listed again
+        assert server.counts["/pexels/v1/search"] - listed_before == len(PAGES) - len(pages_before)
     assert sorted(table["photo_id"]) == sorted(PHOTOS) and table["photo_id"].is_unique
     assert len(manifest) == 6
     assert not list((tmp_path / "pexels").glob(".*.download*"))
