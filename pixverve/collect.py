@@ -38,6 +38,7 @@ and a manifest CSV in the index's format (path, source, licence, url, author) fo
 
 from __future__ import annotations
 
+import bisect
 import csv
 import datetime as dt
 import email.utils
@@ -142,43 +143,43 @@ def _utc(ts: float) -> str:
 
 
 class CallLog:
-    """Times of one source's API calls and the rate headers last seen, kept in a JSONL file so that a
-    resumed run counts the calls made before it.  Lines: ``{"t"}`` a call; ``{"t", "remaining",
-    "limit", "reset"}`` what the server said (``remaining`` 0 also for a rate-limit answer)."""
+    """Times of one source's API calls (sorted) and the rate headers last seen, kept in a JSONL file
+    so that a resumed run counts the calls made before it.  Lines: ``{"t"}`` a call; ``{"t",
+    "remaining", "limit", "reset"}`` what the server said (``remaining`` 0 also for a rate-limit
+    answer).  Calls older than ``horizon_s`` (the longest window paced) are dropped."""
 
-    def __init__(self, path: Path | None, clock):
-        self.clock = clock
+    def __init__(self, path: Path | None, clock, horizon_s: float = MONTH_S):
+        self.clock, self.horizon_s = clock, float(horizon_s)
         self.calls: list[float] = []
         self.seen: dict | None = None
         self._fh = None
         if path is None:
             return
+        lines = 0
         if path.exists():
-            horizon = clock() - MONTH_S
             for line in path.read_text(encoding="utf-8").splitlines():
+                lines += 1
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # torn last line
                 if "remaining" in row:
                     self.seen = row
-                elif row["t"] > horizon:
+                else:
                     self.calls.append(float(row["t"]))
             self.calls.sort()
+            self._prune()
+        if lines > 2 * len(self.calls) + 1000:  # mostly expired: rewrite it short
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({"t": t}) + "\n" for t in self.calls)
+                if self.seen:
+                    fh.write(json.dumps(self.seen) + "\n")
+            os.replace(tmp, path)
         self._fh = open(path, "a", encoding="utf-8")
-        if path.exists() and len(self.calls) < sum(1 for _ in open(path, encoding="utf-8")) // 2:
-            self._compact(path)
 
-    def _compact(self, path: Path) -> None:
-        """Drop calls older than the monthly window (the file would otherwise grow for ever)."""
-        self._fh.close()
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps({"t": t}) + "\n" for t in self.calls)
-            if self.seen:
-                fh.write(json.dumps(self.seen) + "\n")
-        os.replace(tmp, path)
-        self._fh = open(path, "a", encoding="utf-8")
+    def _prune(self) -> None:
+        del self.calls[: bisect.bisect_right(self.calls, self.clock() - self.horizon_s)]
 
     def _write(self, row: dict) -> None:
         if self._fh:
@@ -187,15 +188,24 @@ class CallLog:
 
     def add_call(self) -> None:
         t = self.clock()
+        if self.calls and t < self.calls[-1]:
+            t = self.calls[-1]  # the wall clock stepped back: keep the list sorted
         self.calls.append(t)
         self._write({"t": t})
+        if len(self.calls) % 1000 == 0:
+            self._prune()
 
     def observe(self, remaining: int, limit: int | None, reset: float | None, ours: bool = False) -> None:
         self.seen = {"t": self.clock(), "remaining": int(remaining), "limit": limit, "reset": reset, "ours": ours}
         self._write(self.seen)
 
-    def calls_since(self, t0: float) -> int:
-        return sum(1 for t in self.calls if t > t0)
+    def since(self, t0: float) -> int:
+        """Calls after ``t0``."""
+        return len(self.calls) - bisect.bisect_right(self.calls, t0)
+
+    def nth_last_after(self, t0: float, n: int) -> float | None:
+        """The time of the n-th last call, if at least n calls came after ``t0``."""
+        return self.calls[-n] if n and self.since(t0) >= n else None
 
     def close(self) -> None:
         if self._fh:
@@ -236,18 +246,14 @@ class ApiSession:
         gap = self._last_call + float(self.http.get("min_interval_s", 0))
         if gap > when:
             when, why = gap, "collect.http.min_interval_s"
-        for key, window in (("hourly_limit", HOUR_S), ("monthly_limit", MONTH_S)):
-            limit = self.limits.get(key)
-            if not limit:
-                continue
-            recent = [t for t in self.calls.calls if t > now - window]
-            if len(recent) >= int(limit):
-                t = recent[len(recent) - int(limit)] + window  # when enough of them leave the window
-                if t > when:
-                    when, why = t, f"collect.{self.source}.{key} = {int(limit)} calls per {'hour' if window == HOUR_S else '30 days'}"
+        for key, window, per in (("hourly_limit", HOUR_S, "hour"), ("monthly_limit", MONTH_S, "30 days")):
+            limit = int(self.limits.get(key) or 0)
+            oldest = self.calls.nth_last_after(now - window, limit)
+            if oldest is not None and oldest + window > when:  # free when it leaves the window
+                when, why = oldest + window, f"collect.{self.source}.{key} = {limit} calls per {per}"
         seen = self.calls.seen
         if seen is not None:
-            left = seen["remaining"] - self.calls.calls_since(seen["t"])
+            left = seen["remaining"] - self.calls.since(seen["t"])
             reset = seen.get("reset")
             if left <= 0 and reset is not None and reset > now:
                 # a header's reset: whole seconds on another host's clock; Retry-After: on ours
@@ -258,11 +264,11 @@ class ApiSession:
                 # no reset time (Unsplash, or a bare 429).  If our own calls filled the server's hourly
                 # limit, it frees as they leave the hour; if not, someone else shares the key: wait it out.
                 limit = int(seen.get("limit") or self.limits.get("hourly_limit") or 0)
-                ours_then = sum(1 for t in self.calls.calls if seen["t"] - HOUR_S < t <= seen["t"])
+                ours_then = self.calls.since(seen["t"] - HOUR_S) - self.calls.since(seen["t"])
                 t = seen["t"] + float(self.http["exhausted_wait_s"])
                 if limit and ours_then >= limit:
-                    recent = [c for c in self.calls.calls if c > now - HOUR_S]
-                    t = recent[len(recent) - limit] + HOUR_S if len(recent) >= limit else now
+                    oldest = self.calls.nth_last_after(now - HOUR_S, limit)
+                    t = now if oldest is None else oldest + HOUR_S
                 if t > when:
                     when, why = t, "the API's hourly limit is used up"
         return when, why
@@ -302,7 +308,7 @@ class ApiSession:
             self.calls.observe(0, None, now + retry_after, ours=True)
             why = f"Retry-After {retry_after:.1f} s"
         elif seen is not None and seen.get("reset") and seen["reset"] > now and (
-            seen["remaining"] - self.calls.calls_since(seen["t"]) <= 0
+            seen["remaining"] - self.calls.since(seen["t"]) <= 0
         ):
             # what we counted says the quota is gone; Pexels sends no headers on a 429, so its last reset stands
             self.calls.observe(0, seen.get("limit"), seen["reset"])
@@ -617,7 +623,8 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
     cap = float(config["io"]["max_megapixels"])
     licence, licence_url = LICENCES[source]
     limits = {"hourly_limit": cfg.get("hourly_limit"), "monthly_limit": cfg.get("monthly_limit")}
-    call_log = CallLog(folder / f".collect-{source}.calls.jsonl", clock)
+    horizon = MONTH_S if limits["monthly_limit"] else HOUR_S + float(config["collect"]["http"]["exhausted_wait_s"])
+    call_log = CallLog(folder / f".collect-{source}.calls.jsonl", clock, horizon)
     api = ApiSession(cfg["api_base"], AUTH[source](key), config["collect"]["http"], limits, log=log, sleep=sleep,
                      clock=clock, call_log=call_log, source=source)
     journal = Journal(folder / f".collect-{source}.jsonl")
