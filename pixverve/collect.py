@@ -79,6 +79,12 @@ class QueryFlagged(RuntimeError):
     """HTTP 410 on a listing: the API refuses this query."""
 
 
+class HttpError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class DownloadRejected(Exception):
     def __init__(self, code: str, detail: str):
         super().__init__(detail)
@@ -365,7 +371,7 @@ class ApiSession:
             if resp.status_code >= 400:
                 resp.close()
                 hint = " (check the API key and that the application may use this endpoint)" if resp.status_code in (401, 403) else ""
-                raise RuntimeError(f"{_host_path(url)} answered HTTP {resp.status_code}{hint}")
+                raise HttpError(resp.status_code, f"{_host_path(url)} answered HTTP {resp.status_code}{hint}")
             if auth:
                 self._remember_rate_headers(resp.headers)
             return resp
@@ -500,7 +506,10 @@ def download(api: ApiSession, photo: Photo, folder: Path, max_megapixels: float)
     for attempt in range(retries + 1):
         # identity: with gzip the body would be decoded on the fly and its length could not be
         # checked against Content-Length (which counts the encoded bytes)
-        resp = api.request(photo.download_url, auth=False, stream=True, headers={"Accept-Encoding": "identity"})
+        try:
+            resp = api.request(photo.download_url, auth=False, stream=True, headers={"Accept-Encoding": "identity"})
+        except HttpError as exc:  # this photo is gone or refused (5xx and broken connections stop the run instead)
+            raise DownloadRejected(f"http_{exc.status}", str(exc)) from None
         content_type = resp.headers.get("Content-Type", "")
         if not content_type.lower().startswith("image/"):
             resp.close()
@@ -658,7 +667,10 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
                     continue
                 try:
                     if photo.track_url:
-                        api.request(photo.track_url)  # Unsplash: count the download (an API call: paced, counted)
+                        try:
+                            api.request(photo.track_url)  # Unsplash: count the download (an API call: paced, counted)
+                        except QueryFlagged as exc:
+                            raise DownloadRejected("gone", str(exc)) from None
                     relpath, nbytes = download(api, photo, folder, cap)
                 except DownloadRejected as exc:
                     journal.add({**row, "passed": False, "reason": exc.code, "reason_detail": exc.detail})

@@ -20,7 +20,7 @@ track calls included; the server's time is ``clock``, shareable with a test's fa
 
 Scripted trouble (attributes): ``fail_once`` paths answer 500 the first time; ``rate_limit_once``
 paths answer 429 with ``Retry-After: 1`` the first time; ``truncate`` ids send half their bytes under
-a full Content-Length (always); ``lie_size`` ids are listed with a size that is not the file's;
+a full Content-Length (always); ``lie_size`` ids are listed with a size that is not the file's; ``missing`` images answer 404;
 ``slow_image_s`` delays every image.  Requests are counted per path (``counts``), rate-limit and
 410 answers too (``refused``); Authorization headers are kept per path so tests can check where
 the key went; ``sizes_asked`` keeps the Pexels ``size`` parameter of each search.
@@ -59,6 +59,7 @@ class FakePhotoAPI(LocalServer):
         self.rate_limit_once: set[str] = set()
         self.truncate: set[str] = set()
         self.lie_size: set[str] = set()
+        self.missing: set[str] = set()
         self.flagged: set[str] = set()
         self.forbidden = False
         self.slow_image_s = 0.0
@@ -178,6 +179,8 @@ class FakePhotoAPI(LocalServer):
             accept = h.headers.get("Accept-Encoding", "")
             with self._lock:
                 self.encoding_seen.setdefault(pid, set()).add(accept)
+            if pid in self.missing:
+                return self._send(h, 404, b"Not Found", "text/plain")
             data = self._bytes[pid]
             if pid in self.truncate:
                 return self._send(h, 200, data[: len(data) // 2], "image/jpeg", length=len(data))

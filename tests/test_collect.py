@@ -269,13 +269,15 @@ def test_truncated_download_and_wrong_size_are_rejected_with_reasons(tmp_path):
     with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
         server.truncate.add("15")
         server.lie_size.add("16")
+        server.missing.add("17")
         table, manifest = _run(tmp_path, server)
         assert server.downloads("15") == 1 + 5  # retried (retries: 5), still short
     rows = table.set_index("photo_id")
+    assert rows.loc["17", "reason"] == "http_404" and not rows.loc["17", "passed"]  # a row, the run went on
     assert rows.loc["15", "reason"] == "truncated" and "bytes" in rows.loc["15", "reason_detail"]
     assert rows.loc["16", "reason"] == "size_mismatch" and "448x330" in rows.loc["16", "reason_detail"]
     assert not (tmp_path / "pexels" / "15.jpg").exists() and not (tmp_path / "pexels" / "16.jpg").exists()
-    assert {m["path"] for m in manifest} == {"11.jpg", "12.jpg", "13.jpg", "17.jpg"}
+    assert {m["path"] for m in manifest} == {"11.jpg", "12.jpg", "13.jpg"}
 
 
 def test_missing_key_fails_fast_with_the_variable_name(tmp_path, monkeypatch):
