@@ -252,12 +252,16 @@ class ApiSession:
         gap = self._last_call + float(self.http.get("min_interval_s", 0))
         if gap > when:
             when, why = gap, "collect.http.min_interval_s"
+        seen = self.calls.seen
+        # the server's monthly count (Pexels: Remaining until Reset) is the better one where we have it
+        server_counts_month = bool(seen and seen.get("reset") and not seen.get("ours") and seen["reset"] > now)
         for key, window, per in (("hourly_limit", HOUR_S, "hour"), ("monthly_limit", MONTH_S, "30 days")):
             limit = int(self.limits.get(key) or 0)
+            if key == "monthly_limit" and server_counts_month:
+                continue
             oldest = self.calls.nth_last_after(now - window, limit)
             if oldest is not None and oldest + window > when:  # free when it leaves the window
                 when, why = oldest + window, f"collect.{self.source}.{key} = {limit} calls per {per}"
-        seen = self.calls.seen
         if seen is not None:
             left = seen["remaining"] - self.calls.since(seen["t"])
             reset = seen.get("reset")

@@ -369,3 +369,24 @@ def test_audit_shows_an_images_collection_record(tmp_path):
     text = out.getvalue()
     assert "== collect  [collect/pexels.parquet]  PASSED  pexels/12.jpg" in text and "Author 12" in text
     assert "Author 11" not in text  # only this image's row
+
+
+def test_monthly_limit_counts_calls_across_runs_until_the_api_says_what_is_left(tmp_path):
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        config = _paced_config(tmp_path, server, "pexels")
+        config["collect"]["pexels"].update(monthly_limit=4, curated_pages=0, max_pages=2)
+        log = tmp_path / "pexels" / ".collect-pexels.calls.jsonl"
+        log.parent.mkdir()
+        # four calls in an earlier run, whose rate headers were never seen
+        log.write_text("".join(json.dumps({"t": clock.now - 86400 + i}) + "\n" for i in range(4)))
+        with pytest.raises(QuotaExhausted, match="monthly_limit = 4"):
+            _run(tmp_path, server, clock=clock, config=config)
+        assert server.counts == {}
+        config["collect"]["pexels"]["monthly_limit"] = 6
+        _run(tmp_path, server, clock=clock, config=config)  # room for two: pages 1 and 2
+        assert server.counts["/pexels/v1/search"] == 2
+        # 6 of 6 counted by us, but the API has since said 19,998 are left until its reset: that governs
+        config["collect"]["pexels"]["max_pages"] = 10
+        _, manifest = _run(tmp_path, server, clock=clock, config=config)
+        assert server.counts["/pexels/v1/search"] == 3 and len(manifest) == 6
