@@ -238,6 +238,7 @@ class ApiSession:
         self.api_calls = 0
         self.rate_waited_s = 0.0
         self._last_call = float("-inf")
+        self._hinted = False
 
     def _backoff(self, attempt: int) -> float:
         return min(float(self.http["backoff_s"]) * 2**attempt, float(self.http["max_backoff_s"]))
@@ -309,6 +310,10 @@ class ApiSession:
             return
         limit, reset = headers.get("X-Ratelimit-Limit"), headers.get("X-Ratelimit-Reset")
         self.calls.observe(int(remaining), int(limit) if limit else None, float(reset) if reset else None)
+        ours = self.limits.get("hourly_limit")
+        if limit and not reset and ours and int(limit) > int(ours) and not self._hinted:
+            self._hinted = True  # Unsplash's limit is hourly: a production app may go faster
+            self.log(f"{self.source}: the API allows {limit} calls an hour; collect.{self.source}.hourly_limit is {ours}")
 
     def _rate_limited(self, url: str, resp) -> None:
         """A rate-limit answer: note what it means so that _pace waits for it (or stops)."""
