@@ -125,6 +125,22 @@ def test_the_stand_in_server_compresses_images_unless_asked_not_to():
         assert len(b"".join(requests.get(f"{server.base}/img/11.jpg").iter_content(65536))) != len(raw)
 
 
+def test_the_stand_in_server_answers_limits_as_the_real_ones_do():
+    import requests
+
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        server.hourly_limit.update(pexels=1, unsplash=1)
+        pexels, unsplash = f"{server.base}/pexels/v1/search", f"{server.base}/unsplash/search/photos"
+        ok = requests.get(pexels, params={"query": "x"}, headers={"Authorization": KEY})
+        assert float(ok.headers["X-Ratelimit-Reset"]) > time.time() + 86400  # a UNIX time, weeks away
+        over = requests.get(pexels, params={"query": "x"}, headers={"Authorization": KEY})
+        assert over.status_code == 429 and not any(h.lower().startswith(("x-ratelimit", "retry-after")) for h in over.headers)
+        ok = requests.get(unsplash, params={"query": "x"}, headers={"Authorization": f"Client-ID {KEY}"})
+        assert ok.headers["X-Ratelimit-Remaining"] == "0" and "X-Ratelimit-Reset" not in ok.headers
+        over = requests.get(unsplash, params={"query": "x"}, headers={"Authorization": f"Client-ID {KEY}"})
+        assert (over.status_code, over.text) == (403, "Rate Limit Exceeded")
+
+
 def test_refuses_to_start_without_a_terms_acknowledgement(tmp_path):
     with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
         for source in ("pexels", "unsplash"):
