@@ -244,12 +244,13 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
     import pandas as pd
     from tqdm import tqdm
 
-    from .caption_models import parse_rex_boxes
+    from .caption_models import parse_rex_boxes, rex_reply_problem
     from .vlm import TEXT, user_message
 
     spec = config["caption"]["boxes"]
     detect_px, grid = int(spec["detect_px"]), int(spec["tiles"])
     rex_prompt, rex_sha = prompt_text(spec["rex_omni"]["prompt"])
+    rex_system = spec["rex_omni"].get("system_prompt")  # upstream's wrapper sends one; none: the server's template default
     out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
     smoke = bool(getattr(detector, "smoke", False) or getattr(rex_judge, "smoke", False))
     model = detector.model_name if detector is not None else rex_judge.model_name
@@ -261,7 +262,8 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
         for rec in chunk:
             kept_tags = json.loads(rec["tags"])
             W, H = int(rec["width"]), int(rec["height"])
-            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "status": "ok" if kept_tags else "no_tags"}
+            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "error": "",
+                                 "status": "ok" if kept_tags else "no_tags"}
             views = []
             if kept_tags:
                 view = read_view(views_dir, rec["image_id"])
@@ -282,13 +284,18 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
             requests, where = [], []
             for k, (row, kept_tags, views) in enumerate(work):
                 prompt = rex_prompt.replace("{tags}", ", ".join(kept_tags))
+                system = [{"role": "system", "content": rex_system}] if rex_system else []
                 for image, region, name in views:
-                    requests.append(("boxes", f"{row['image_id']}:{name}", [user_message(prompt, [image])], TEXT))
+                    requests.append(("boxes", f"{row['image_id']}:{name}", system + [user_message(prompt, [image])], TEXT))
                     where.append((k, image.shape[1], image.shape[0], region, name))
             replies: list[list] = [[] for _ in work]
+            problems: list[list[str]] = [[] for _ in work]
             for (k, vw, vh, region, name), res in zip(where, rex_judge.run_many(requests) if requests else [], strict=True):
                 replies[k].append(res)
                 text = res.parsed if res.status == "ok" else ""
+                problem = rex_reply_problem(text)
+                if problem:  # zero boxes here is the server's doing, not an empty image: say so
+                    problems[k].append(f"{name}: {problem}")
                 for d in parse_rex_boxes(text, vw, vh, int(spec["rex_omni"]["bins"])):
                     found_by_row[k].append(d | {"box": map_box(d["box"], (vw, vh), region), "view": name})
             for k, (row, _, _) in enumerate(work):
@@ -296,6 +303,10 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
                 bad = [r.status for r in replies[k] if r.status != "ok"]
                 if bad:
                     row["status"] = "judge_" + bad[0]
+                elif problems[k]:
+                    row["status"] = "special_tokens_stripped"
+                    log(f"{row['relpath']}: {problems[k][0]}")
+                row["error"] = "; ".join([r.error for r in replies[k] if r.error] + problems[k])
         for (row, _, _), found in zip(work, found_by_row, strict=True):
             boxes = _merge_boxes(found, float(spec["nms_iou"]), int(spec["max_boxes"]))
             row.update(boxes=json.dumps(boxes), n_boxes=len(boxes), n_raw_boxes=len(found), smoke=smoke, detector=model,

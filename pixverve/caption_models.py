@@ -176,24 +176,46 @@ def nearest_tag(phrase: str, tags: list[str]) -> str:
     return close[0] if close else "object"
 
 
-REX_BOX = re.compile(
-    r"<\|object_ref_start\|>\s*(.*?)\s*<\|object_ref_end\|>\s*<\|box_start\|>(.*?)<\|box_end\|>", re.S
-)
-REX_COORDS = re.compile(r"<(\d+)><(\d+)><(\d+)><(\d+)>")
+# Checked against IDEA-Research/Rex-Omni rex_omni/parser.py (parse_standard_prediction): the answer
+# ends at <|im_end|>, a truncated one is closed with <|box_end|>, boxes are the comma-separated
+# groups of exactly four <bin> tokens, bins map to pixels as bin / 999 * size.
+REX_BOX = re.compile(r"<\|object_ref_start\|>\s*([^<]+?)\s*<\|object_ref_end\|>\s*<\|box_start\|>(.*?)<\|box_end\|>", re.S)
+REX_BIN = re.compile(r"<(\d+)>")
+REX_MARKERS = ("<|object_ref_start|>", "<|box_start|>")
 
 
 def parse_rex_boxes(text: str, width: int, height: int, bins: int = 1000) -> list[dict]:
     """Boxes from a Rex-Omni answer: ``<|object_ref_start|>label<|object_ref_end|><|box_start|>
-    <x0><y0><x1><y1>,<...><|box_end|>``, coordinates quantised to ``bins`` steps of the image
-    size -> view pixels.  Unparseable fragments are skipped (the raw reply is kept by the caller)."""
+    <x0><y0><x1><y1>, <...><|box_end|>``, coordinates quantised to ``bins`` steps of the image
+    size -> view pixels.  An answer cut off by the token limit is closed with ``<|box_end|>`` so
+    its last category keeps the boxes it completed.  Points/polygons and broken groups are skipped
+    (the raw reply is kept by the caller)."""
+    text = text.split("<|im_end|>")[0]
+    if not text.endswith("<|box_end|>"):
+        text += "<|box_end|>"
     out = []
     for label, body in REX_BOX.findall(text):
-        for coords in REX_COORDS.findall(body):
+        for group in body.split(","):
+            coords = REX_BIN.findall(group)
+            if len(coords) != 4:
+                continue
             x0, y0, x1, y1 = (int(c) for c in coords)
             box = [x0 / (bins - 1) * width, y0 / (bins - 1) * height, x1 / (bins - 1) * width, y1 / (bins - 1) * height]
             if box[2] > box[0] and box[3] > box[1]:
                 out.append({"label": label.strip().lower(), "phrase": label.strip(), "score": 1.0, "box": box})
     return out
+
+
+def rex_reply_problem(text: str) -> str:
+    """Why a Rex-Omni answer cannot hold boxes although it is not empty, or "": coordinate bins
+    without the ``<|box_start|>``/``<|object_ref_start|>`` markers is what a server that strips
+    special tokens (vLLM's default) returns."""
+    if any(m in text for m in REX_MARKERS) or not text.strip():
+        return ""
+    if REX_BIN.search(text):
+        return ("the reply has coordinate tokens but no <|box_start|>/<|object_ref_start|> markers: the server stripped "
+                "special tokens; set caption.boxes.rex_omni.vlm.extra_body.skip_special_tokens: false")
+    return ""
 
 
 def build_detector(spec: dict):

@@ -93,12 +93,21 @@ def _client(server, **kw):
     return c
 
 
+def _step_client(server, config, overrides):
+    """A client with a step's ``vlm`` overrides merged in, as scripts/ build it (served_step_judge)."""
+    vlm = caption.step_config(config, overrides)["vlm"] | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 1, "timeout_s": 10}
+    c = VLMClient(VLMSettings.from_config(vlm))
+    c.smoke = False
+    return c
+
+
 def _run_chain(shard, responder):
     cfg, views = shard["config"], shard["views"]
     with FakeOpenAI(responder=responder) as server:
         judge = _client(server)
+        rex = _step_client(server, cfg, cfg["caption"]["boxes"]["rex_omni"]["vlm"])
         tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
-        boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, judge, log=lambda *_: None)
+        boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, rex, log=lambda *_: None)
         masks = caption.masks_shard(boxes, cfg, views, BoxSegmenter(), log=lambda *_: None)
         checks, crops = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
         desc = caption.describe_instances_shard(masks, checks, cfg, views, shard["upscaled"], judge, log=lambda *_: None)
@@ -254,3 +263,38 @@ def test_an_unreadable_sr_output_is_rejected_and_the_shard_goes_on(shard):
     checks = out["instance_checks"].set_index("image_id")
     assert not checks.loc[IDS[1], "passed"] and checks.loc[IDS[1], "reason"] == "unreadable"
     assert checks.loc[IDS[0], "passed"] and list(out["captions"]["image_id"]) == [IDS[0]]
+
+
+def test_rex_omni_is_asked_the_way_its_own_code_decodes(shard):
+    """vLLM strips special tokens unless asked not to (the fake does too): with the paper config's
+    Rex-Omni options the markers survive and boxes come back; a client without them gets the
+    bins only, and the step says why instead of reporting zero boxes as success."""
+    cfg = shard["config"]
+    with FakeOpenAI(responder=Scripted()) as server:
+        judge = _client(server)
+        tags = caption.tag_shard(shard["verified"], "s00000", cfg, shard["views"], None, judge, None, log=lambda *_: None)
+        n_before = len(server.bodies)
+        rex = _step_client(server, cfg, cfg["caption"]["boxes"]["rex_omni"]["vlm"])
+        good = caption.boxes_shard(tags, cfg, shard["views"], shard["upscaled"], None, rex, log=lambda *_: None)
+        body = server.bodies[n_before]
+        stripped = caption.boxes_shard(tags, cfg, shard["views"], shard["upscaled"], None, judge, log=lambda *_: None)
+    # upstream rex_omni/wrapper.py: greedy, top_k 1, repetition penalty 1.05, 4096 new tokens, special tokens kept
+    assert body["skip_special_tokens"] is False and body["top_k"] == 1 and body["repetition_penalty"] == 1.05
+    assert body["max_tokens"] == 4096 and body["temperature"] == 0.0 and "response_format" not in body
+    assert body["messages"][0] == {"role": "system", "content": cfg["caption"]["boxes"]["rex_omni"]["system_prompt"]}
+    assert (good["status"] == "ok").all() and (good["n_boxes"] == 2).all()
+    assert (stripped["n_boxes"] == 0).all() and (stripped["status"] == "special_tokens_stripped").all()
+    assert stripped["error"].str.contains("skip_special_tokens: false").all()
+
+
+def test_a_truncated_rex_answer_keeps_its_last_category():
+    from pixverve.caption_models import parse_rex_boxes, rex_reply_problem
+
+    cut = ("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><999><999><|box_end|>"
+           "<|object_ref_start|>dog<|object_ref_end|><|box_start|><0><0><499><499>, <500><500><999><999>, <10><10>")
+    boxes = parse_rex_boxes(cut, 999, 999)
+    assert [b["label"] for b in boxes] == ["cat", "dog", "dog"]  # the half-written third dog box is dropped
+    assert boxes[2]["box"] == pytest.approx([500, 500, 999, 999])
+    ended = parse_rex_boxes("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><9><9><|box_end|><|im_end|>junk", 999, 999)
+    assert len(ended) == 1
+    assert rex_reply_problem("cat<0><0><9><9>") and not rex_reply_problem(cut) and not rex_reply_problem("")
