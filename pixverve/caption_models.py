@@ -244,26 +244,38 @@ def build_detector(spec: dict):
 
 
 class Sam2Segmenter:
-    """Masks from boxes (transformers SAM 2), one forward for all boxes of an image."""
+    """Masks from boxes (transformers SAM 2): the image is encoded once, then its embedding is
+    prompted with at most ``box_chunk`` boxes per forward (a 100 MP image can have ~1000 boxes;
+    all of them in one forward would hold every low- and full-resolution mask at once)."""
 
-    def __init__(self, model_id: str, device: str = "cpu", smoke: bool = False, key: str = "caption.masks.sam2.model"):
+    def __init__(self, model_id: str, device: str = "cpu", smoke: bool = False, key: str = "caption.masks.sam2.model",
+                 box_chunk: int = 64):
         from transformers import Sam2Model, Sam2Processor
 
+        if int(box_chunk) < 1:
+            raise CaptionModelUnavailable("config key caption.masks.box_chunk: must be at least 1")
         self.model = _load(Sam2Model.from_pretrained, model_id, key).to(device).eval()
         self.processor = _load(Sam2Processor.from_pretrained, model_id, key)
-        self.device, self.smoke, self.model_name = device, smoke, model_id
+        self.device, self.smoke, self.model_name, self.box_chunk = device, smoke, model_id, int(box_chunk)
 
     def segment(self, view: np.ndarray, boxes: list[list[float]]) -> tuple[list[np.ndarray], list[float]]:
         import torch
 
         if not boxes:
             return [], []
-        inputs = self.processor(images=view, input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt").to(self.device)
+        image = self.processor(images=view, return_tensors="pt").to(self.device)
+        sizes = image["original_sizes"].cpu()
+        masks, scores = [], []
         with torch.inference_mode():
-            out = self.model(**inputs, multimask_output=False)
-        masks = self.processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"].cpu())[0]
-        scores = out.iou_scores[0, :, 0].float().cpu().tolist()
-        return [m[0].numpy().astype(bool) for m in masks], [float(s) for s in scores]
+            embeddings = self.model.get_image_embeddings(image["pixel_values"])
+            for start in range(0, len(boxes), self.box_chunk):
+                chunk = [[list(map(float, b)) for b in boxes[start : start + self.box_chunk]]]
+                prompt = self.processor(input_boxes=chunk, original_sizes=sizes, return_tensors="pt").to(self.device)
+                out = self.model(image_embeddings=embeddings, input_boxes=prompt["input_boxes"], multimask_output=False)
+                full = self.processor.post_process_masks(out.pred_masks.cpu(), sizes)[0]
+                masks.extend(m[0].numpy().astype(bool) for m in full)
+                scores.extend(float(s) for s in out.iou_scores[0, :, 0].float().cpu().tolist())
+        return masks, scores
 
 
 class BoxSegmenter:
@@ -289,13 +301,13 @@ def build_segmenter(spec: dict):
     if backend == "sam2":
         if not sam.get("model"):
             raise CaptionModelUnavailable("config key caption.masks.sam2.model: set a local folder or hub id")
-        return Sam2Segmenter(sam["model"], _device(sam))
+        return Sam2Segmenter(sam["model"], _device(sam), box_chunk=int(spec.get("box_chunk", 64)))
     if backend == "tiny":
         from .tiny_vision import build_tiny_sam2
 
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-sam2-") as folder:
             build_tiny_sam2(folder, seed=int(spec.get("seed", 0)))
-            segmenter = Sam2Segmenter(folder, "cpu", smoke=True)
+            segmenter = Sam2Segmenter(folder, "cpu", smoke=True, box_chunk=int(spec.get("box_chunk", 64)))
         segmenter.model_name = "tiny random SAM 2"
         return segmenter
     raise CaptionModelUnavailable(f"config key caption.masks.backend: unknown backend {backend!r} (sam2 | box | tiny)")

@@ -298,3 +298,31 @@ def test_a_truncated_rex_answer_keeps_its_last_category():
     ended = parse_rex_boxes("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><9><9><|box_end|><|im_end|>junk", 999, 999)
     assert len(ended) == 1
     assert rex_reply_problem("cat<0><0><9><9>") and not rex_reply_problem(cut) and not rex_reply_problem("")
+
+
+def test_sam2_prompts_one_image_embedding_with_chunks_of_boxes(tmp_path):
+    """Chunked masks equal one forward over every box, and no forward sees more than box_chunk boxes."""
+    import torch
+
+    from pixverve.caption_models import Sam2Segmenter
+    from pixverve.tiny_vision import build_tiny_sam2
+
+    folder = build_tiny_sam2(tmp_path / "sam2", seed=0)
+    seg = Sam2Segmenter(str(folder), "cpu", smoke=True, box_chunk=2)
+    view = np.random.default_rng(3).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    boxes = [[10, 10, 80, 90], [50, 20, 190, 140], [0, 0, 199, 149], [100, 60, 130, 100], [5, 100, 60, 148]]
+    inputs = seg.processor(images=view, input_boxes=[boxes], return_tensors="pt")
+    with torch.inference_mode():
+        whole = seg.model(**inputs, multimask_output=False)
+    want = [m[0].numpy().astype(bool) for m in seg.processor.post_process_masks(whole.pred_masks, inputs["original_sizes"])[0]]
+    seen, forward = [], seg.model.forward
+
+    def counting(*args, **kw):
+        seen.append((kw.get("pixel_values") is None, int(kw["input_boxes"].shape[1])))
+        return forward(*args, **kw)
+
+    seg.model.forward = counting
+    masks, scores = seg.segment(view, boxes)
+    assert seen == [(True, 2), (True, 2), (True, 1)]  # the embedding is reused, never re-encoded
+    assert len(masks) == 5 and all(np.array_equal(a, b) for a, b in zip(masks, want))
+    assert scores == pytest.approx(whole.iou_scores[0, :, 0].tolist(), abs=1e-6)
