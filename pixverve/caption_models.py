@@ -133,16 +133,42 @@ class GroundingDinoDetector:
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.tags_per_prompt, self.device, self.smoke, self.model_name = tags_per_prompt, device, smoke, model_id
 
+    @property
+    def text_limit(self) -> int:
+        """Tokens one prompt may have: the model's own ``max_text_len`` (256 for the released
+        models), never more than its text encoder's positions."""
+        config = self.model.config
+        positions = getattr(getattr(config, "text_config", None), "max_position_embeddings", None) or config.max_text_len
+        return int(min(config.max_text_len, positions))
+
+    def prompt_groups(self, tags: list[str]) -> list[list[str]]:
+        """The tags split into prompts ("a. b. c.") that each fit ``text_limit`` tokens ([CLS] and
+        [SEP] included) and hold at most ``tags_per_prompt`` tags, in order.  A single tag longer
+        than the limit is a prompt of its own, truncated by the tokenizer."""
+        tokenizer, limit = self.processor.tokenizer, self.text_limit
+        groups: list[list[str]] = []
+        for tag in (t.lower().strip() for t in tags):
+            if not tag:
+                continue
+            candidate = (groups[-1] + [tag]) if groups else [tag]
+            fits = len(tokenizer(". ".join(candidate) + ".")["input_ids"]) <= limit
+            if groups and fits and len(candidate) <= self.tags_per_prompt:
+                groups[-1] = candidate
+            else:
+                groups.append([tag])
+        return groups
+
     def detect(self, view: np.ndarray, tags: list[str]) -> list[dict]:
         """Boxes on ``view`` (its pixel coordinates): [{label, score, box}]; the prompt is the
-        tags joined by ". " (Grounding DINO's phrase separator), in groups of ``tags_per_prompt``."""
+        tags joined by ". " (Grounding DINO's phrase separator), split by ``prompt_groups``; each
+        box's label is looked up among the tags of the prompt that found it."""
         import torch
 
         found = []
-        for start in range(0, len(tags), self.tags_per_prompt):
-            group = [t.lower().strip() for t in tags[start : start + self.tags_per_prompt]]
+        for group in self.prompt_groups(tags):
             text = ". ".join(group) + "."
-            inputs = self.processor(images=view, text=text, return_tensors="pt").to(self.device)
+            inputs = self.processor(images=view, text=text, truncation=True, max_length=self.text_limit,
+                                    return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 outputs = self.model(**inputs)
             result = self.processor.post_process_grounded_object_detection(

@@ -326,3 +326,29 @@ def test_sam2_prompts_one_image_embedding_with_chunks_of_boxes(tmp_path):
     assert seen == [(True, 2), (True, 2), (True, 1)]  # the embedding is reused, never re-encoded
     assert len(masks) == 5 and all(np.array_equal(a, b) for a, b in zip(masks, want))
     assert scores == pytest.approx(whole.iou_scores[0, :, 0].tolist(), abs=1e-6)
+
+
+def test_grounding_dino_splits_a_long_tag_list_to_fit_its_text_limit(tmp_path):
+    """40 tags are ~150 tokens for the tiny model, whose max_text_len is 64: one prompt crashed the
+    shard ("size of tensor a (152) must match ... (64)"); now each prompt fits and boxes merge."""
+    from pixverve.caption_models import GroundingDinoDetector
+    from pixverve.tiny_vision import build_tiny_grounding_dino
+
+    det = GroundingDinoDetector(str(build_tiny_grounding_dino(tmp_path / "gd")), 0.0, 0.0, 20, "cpu")
+    tags = [f"thing{i}" for i in range(38)] + ["red sofa", "a tag far too long to fit any prompt of this model " * 2]
+    view = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    lengths, forward = [], det.model.forward
+
+    def counting(*args, **kw):
+        lengths.append(int(kw["input_ids"].shape[1]))
+        return forward(*args, **kw)
+
+    det.model.forward = counting
+    groups = det.prompt_groups(tags)
+    assert det.text_limit == 64 and [t for g in groups for t in g] == [t.strip() for t in tags]
+    assert all(len(g) <= 20 for g in groups) and len(groups[-1]) == 1  # the over-long tag alone
+    found = det.detect(view, tags)
+    assert len(lengths) == len(groups) and max(lengths) <= 64
+    # each box is labelled among the tags of the prompt that found it: the merge equals the groups run one by one
+    assert found == [d for g in groups for d in det.detect(view, g)]
+    assert found and {d["label"] for d in found} <= {t.strip() for t in tags}
