@@ -121,6 +121,16 @@ def _reply_columns(res, prefix: str) -> dict:
     }
 
 
+# What a model raises on one image (a CUDA out-of-memory is a RuntimeError, a prompt the model
+# cannot take a RuntimeError/ValueError): that image's row records it, the shard goes on.
+MODEL_ERRORS = (RuntimeError, ValueError, IndexError)
+MODEL_ERROR = "model_error"
+
+
+def model_error_text(step: str, exc: BaseException) -> str:
+    return f"{step}: {type(exc).__name__}: {str(exc)[:500]}"
+
+
 def _chunks(items: list, size: int = IMAGES_PER_BATCH):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -171,10 +181,12 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
             bar.update(len(chunk))
             continue
         if tagger is not None:
-            for row, tags in zip(batch, tagger.tag(views), strict=True):
-                row.update(tagger_model=tagger.model_name, tags_raw=json.dumps(tags), tags_status="ok", tags_replies="[]",
-                           tags_error="", smoke=bool(tagger.smoke))
-                row["candidates"] = [t for t, _ in tags]
+            for row, tags in zip(batch, _tag_each(tagger, views, log), strict=True):
+                failed = isinstance(tags, str)
+                row.update(tagger_model=tagger.model_name, tags_raw="[]" if failed else json.dumps(tags),
+                           tags_status=MODEL_ERROR if failed else "ok", tags_replies="[]", tags_error=tags if failed else "",
+                           smoke=bool(tagger.smoke))
+                row["candidates"] = [] if failed else [t for t, _ in tags]
         else:
             requests = [("tags", r["image_id"], [user_message(tag_prompt, [fit_within(v, int(spec["vlm_px"]))])], TAGS_SCHEMA)
                         for r, v in zip(batch, views, strict=True)]
@@ -196,6 +208,23 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
         del row["candidates"]
         log(f"{row['relpath']}: {row['n_tags_raw']} tags -> {row['n_tags']} kept ({row['prune_status']})")
     return pd.DataFrame(rows)
+
+
+def _tag_each(tagger, views: list, log) -> list:
+    """The tagger over a batch; if the batch fails, image by image, a failing image giving its
+    error text instead of tags."""
+    try:
+        return tagger.tag(views)
+    except MODEL_ERRORS:
+        pass
+    out = []
+    for view in views:
+        try:
+            out.extend(tagger.tag([view]))
+        except MODEL_ERRORS as exc:
+            out.append(model_error_text("tagger", exc))
+            log(out[-1])
+    return out
 
 
 def _clean_tags(tags) -> list[str]:
@@ -264,6 +293,8 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
             W, H = int(rec["width"]), int(rec["height"])
             row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "error": "",
                                  "status": "ok" if kept_tags else "no_tags"}
+            if rec.get("tags_status") == MODEL_ERROR:  # no boxes because the tagger failed, not because nothing is there
+                row.update(status=MODEL_ERROR, error=rec["tags_error"])
             views = []
             if kept_tags:
                 view = read_view(views_dir, rec["image_id"])
@@ -276,10 +307,15 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
             work.append((row, kept_tags, views))
         found_by_row: list[list[dict]] = [[] for _ in work]
         if detector is not None:
-            for k, (_, kept_tags, views) in enumerate(work):
-                for image, region, name in views:
-                    for d in detector.detect(image, kept_tags):
-                        found_by_row[k].append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+            for k, (row, kept_tags, views) in enumerate(work):
+                try:
+                    for image, region, name in views:
+                        for d in detector.detect(image, kept_tags):
+                            found_by_row[k].append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+                except MODEL_ERRORS as exc:
+                    found_by_row[k] = []
+                    row.update(status=MODEL_ERROR, error=model_error_text("detector", exc))
+                    log(f"{row['relpath']}: {row['error']}")
         else:
             requests, where = [], []
             for k, (row, kept_tags, views) in enumerate(work):
@@ -345,11 +381,20 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
         found = json.loads(rec["boxes"])
         W, H = int(rec["width"]), int(rec["height"])
         instances = []
+        status, error = "ok", ""
+        if rec.get("status") == MODEL_ERROR:  # an earlier model failed on this image: carried to the instance check
+            status, error = MODEL_ERROR, rec.get("error", "")
+        masks = None
         if found:
             view = read_view(views_dir, rec["image_id"])
             sx, sy = view.shape[1] / W, view.shape[0] / H
             view_boxes = [[b["box"][0] * sx, b["box"][1] * sy, b["box"][2] * sx, b["box"][3] * sy] for b in found]
-            masks, mask_scores = segmenter.segment(view, view_boxes)
+            try:
+                masks, mask_scores = segmenter.segment(view, view_boxes)
+            except MODEL_ERRORS as exc:
+                status, error = MODEL_ERROR, model_error_text("segmenter", exc)
+                log(f"{rec['relpath']}: {error}")
+        if masks is not None:
             scores = [b["score"] * s for b, s in zip(found, mask_scores, strict=True)]
             kept, dropped = mask_nms(masks, scores, float(spec["nms_iou"]), float(spec["min_area_fraction"]))
             if cap is not None and len(kept) > int(cap):  # the highest-scoring ones stay
@@ -367,7 +412,7 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
         n_kept = sum(1 for x in instances if x["kept"])
         rows.append(_base(rec) | {
             "width": W, "height": H, "instances": json.dumps(instances), "n_candidates": len(instances), "n_instances": n_kept,
-            "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
+            "status": status, "error": error, "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
         })
         log(f"{rec['relpath']}: {len(instances)} masks -> {n_kept} instances after NMS/area")
     return pd.DataFrame(rows)

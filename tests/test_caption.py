@@ -352,3 +352,51 @@ def test_grounding_dino_splits_a_long_tag_list_to_fit_its_text_limit(tmp_path):
     # each box is labelled among the tags of the prompt that found it: the merge equals the groups run one by one
     assert found == [d for g in groups for d in det.detect(view, g)]
     assert found and {d["label"] for d in found} <= {t.strip() for t in tags}
+
+
+class _FailsOn:
+    """Wraps a real detector/segmenter; raises what a model raises on the image whose view has ``bad_px`` at (0, 0)."""
+
+    def __init__(self, inner, bad_px, method):
+        self.inner, self.bad_px, self.method = inner, bad_px, method
+        self.model_name, self.smoke = inner.model_name, False
+
+    def _call(self, view, arg):
+        if int(view[0, 0, 0]) == self.bad_px:
+            raise RuntimeError("The size of tensor a (94) must match the size of tensor b (64) at non-singleton dimension 2")
+        return getattr(self.inner, self.method)(view, arg)
+
+    def detect(self, view, tags):
+        return self._call(view, tags)
+
+    def segment(self, view, boxes):
+        return self._call(view, boxes)
+
+
+@pytest.mark.parametrize("step", ["detector", "segmenter"])
+def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step):
+    from pixverve.caption_models import BoxSegmenter
+
+    cfg, views = shard["config"], shard["views"]
+    with FakeOpenAI(responder=Scripted()) as server:
+        judge = _client(server)
+        tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
+        bad = int(caption.read_view(views, IDS[1])[0, 0, 0])
+        assert int(caption.read_view(views, IDS[0])[0, 0, 0]) != bad
+
+        class Boxes:  # a detector that always finds the whole image (the real GD path is tested above)
+            model_name, smoke = "whole-image boxes", False
+
+            def detect(self, view, kept):
+                return [{"label": kept[0], "phrase": kept[0], "score": 0.9, "box": [0, 0, view.shape[1] - 1, view.shape[0] - 1]}]
+
+        detector = _FailsOn(Boxes(), bad, "detect") if step == "detector" else Boxes()
+        segmenter = _FailsOn(BoxSegmenter(), bad, "segment") if step == "segmenter" else BoxSegmenter()
+        boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], detector, None, log=lambda *_: None)
+        masks = caption.masks_shard(boxes, cfg, views, segmenter, log=lambda *_: None)
+        checks, _ = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
+    masks, checks = masks.set_index("image_id"), checks.set_index("image_id")
+    assert masks.loc[IDS[0], "status"] == "ok" and masks.loc[IDS[0], "n_instances"] == 1
+    assert masks.loc[IDS[1], "status"] == "model_error" and f"{step}: RuntimeError" in masks.loc[IDS[1], "error"]
+    assert checks.loc[IDS[0], "passed"] and not checks.loc[IDS[1], "passed"]
+    assert checks.loc[IDS[1], "reason"] == "model_error" and "size of tensor" in checks.loc[IDS[1], "reason_detail"]
