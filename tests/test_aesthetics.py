@@ -137,6 +137,53 @@ def test_artimuse_score_is_the_expectation_over_the_answer_tokens_renormalised()
     assert math.isnan(artimuse_expectation({"x": -1.0})[0])
 
 
+# A stand-in for the user's ArtiMuse checkout: the same files, classes and names the project reads,
+# with our own wording (trailing spaces kept: the question must arrive byte for byte).
+STAND_IN_QUESTION = "\n        Rate this image 0-100 as two letters. \n        Two letters only. \n        "
+STAND_IN_FILES = {
+    "src/artimuse/internvl/model/internvl_chat/modeling_artimuse.py": (
+        "class InternVLChatModel:\n"
+        "    def chat(self, question):\n        question = 'not this one'\n\n"
+        f"    def score(self, device, tokenizer, pixel_values):\n        question = {STAND_IN_QUESTION!r}\n        return question\n"),
+    "src/artimuse/internvl/conversation.py": (
+        "class SeparatorStyle:\n    MPT = 1\n\n"
+        "register_conv_template(Conversation(name='other', roles=('a', 'b'), sep='x', sep_style=SeparatorStyle.MPT))\n"
+        "register_conv_template(Conversation(name='internvl2_5', system_template='<|im_start|>system\\n{system_message}',\n"
+        "    system_message='stand-in system', roles=('<|im_start|>user\\n', '<|im_start|>assistant\\n'),\n"
+        "    sep_style=SeparatorStyle.MPT, sep='<|im_end|>\\n'))\n"),
+    "src/eval/eval_image.py": (
+        "AESTHETIC_ATTRIBUTES = ['Composition & Design', 'Visual Elements & Structure', 'Technical Execution',\n"
+        "    'Originality & Creativity', 'Theme & Communication', 'Emotion & Viewer Response', 'Overall Gestalt']\n"
+        "def main(aspect=None):\n    for aspect in AESTHETIC_ATTRIBUTES:\n        prompt = f'Judge the {aspect} of it.'\n"),
+}
+# what upstream's Conversation.get_prompt (MPT style) builds for the rating question, written out by hand
+STAND_IN_PROMPT = ("<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n" + STAND_IN_QUESTION
+                   + "<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture
+def artimuse_checkout(tmp_path):
+    for rel, text in STAND_IN_FILES.items():
+        (tmp_path / "ArtiMuse" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ArtiMuse" / rel).write_text(text)
+    return tmp_path / "ArtiMuse"
+
+
+def vllm_render(body) -> str:
+    """What vLLM feeds the model for a request with a ``chat_template`` (string content format:
+    the image part becomes the model's "<image>" placeholder on its own line before the text)."""
+    import jinja2
+
+    messages = []
+    for m in body["messages"]:
+        content = m["content"]
+        if not isinstance(content, str):
+            images = ["<image>" for c in content if c["type"] == "image_url"]
+            content = "\n".join(images + [c["text"] for c in content if c["type"] == "text"])
+        messages.append({"role": m["role"], "content": content})
+    return jinja2.Environment().from_string(body["chat_template"]).render(messages=messages, add_generation_prompt=True)
+
+
 def _artimuse_server(body):
     """Check the request the way vLLM would get it; answer one token with its alternatives."""
     import base64
@@ -145,12 +192,13 @@ def _artimuse_server(body):
 
     from PIL import Image
 
-    from pixverve.aesthetics import ARTIMUSE_QUESTION, artimuse_token
+    from pixverve.aesthetics import artimuse_token
 
     assert body["logprobs"] is True and body["top_logprobs"] == 128 and body["max_tokens"] == 1
+    assert vllm_render(body) == STAND_IN_PROMPT  # the model's own conversation, the question byte for byte
     content = body["messages"][-1]["content"]
     url = content[0]["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,") and content[1]["text"] == ARTIMUSE_QUESTION
+    assert url.startswith("data:image/png;base64,") and content[1]["text"] == STAND_IN_QUESTION
     with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
         assert im.size == (448, 448)
         bright = np.asarray(im).mean() > 128
@@ -161,14 +209,15 @@ def _artimuse_server(body):
             "logprobs": {"content": [{"token": alts[0][0], "logprob": math.log(0.5), "bytes": [], "top_logprobs": top}]}}
 
 
-def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path):
+def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path, artimuse_checkout):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_openai import FakeOpenAI
 
     from pixverve.aesthetics import build_predictor
 
     with FakeOpenAI(responder=_artimuse_server) as server:
-        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0}
+        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
+                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
         pred = build_predictor("artimuse", spec)
         scores = pred.score([np.full((300, 500, 3), 220, np.uint8), np.full((64, 64, 3), 20, np.uint8)])
         again = pred.score([np.full((64, 64, 3), 20, np.uint8)])  # the client is reusable across calls
@@ -177,11 +226,22 @@ def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path):
     assert pred.details[0] == {"tokens_found": 2, "token_mass": 0.8, "error": ""} and not pred.info.smoke
 
 
-def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_image():
+def test_artimuse_without_a_checkout_is_a_clear_error(tmp_path):
+    from pixverve.aesthetics import build_predictor
+    from pixverve.artimuse_upstream import UpstreamUnavailable
+
+    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "upstream": None}
+    with pytest.raises(UpstreamUnavailable, match=r"artimuse.upstream: not set; `git clone https://github.com/thunderbolt215/ArtiMuse`"):
+        build_predictor("artimuse", spec)
+    with pytest.raises(UpstreamUnavailable, match="modeling_artimuse.py not found"):
+        build_predictor("artimuse", spec | {"upstream": str(tmp_path)})
+
+
+def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_image(artimuse_checkout):
     from pixverve.aesthetics import build_predictor
     from pixverve.vlm import VLMConfigError
 
-    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2}
+    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2, "upstream": str(artimuse_checkout)}
     with pytest.raises(VLMConfigError, match=r"artimuse.base_url: the model server at http://127.0.0.1:9/v1/models does not answer"):
         build_predictor("artimuse", spec)
 
