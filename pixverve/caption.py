@@ -488,34 +488,88 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
 # ----------------------------------------------------------------------------- 6. aesthetics
 
 
+def aesthetics_vlm_overrides(config: dict) -> dict:
+    """The aesthetic step's ``vlm`` overrides; with ``caption.aesthetics.backend: artimuse`` the
+    chat template rendering ArtiMuse's own conversation (from the user's checkout) is added."""
+    spec = config["caption"]["aesthetics"]
+    overrides = copy.deepcopy(spec.get("vlm") or {})
+    if spec.get("backend", "rubric") == "artimuse":
+        from .aesthetics import artimuse_request_setup
+
+        _, extra = artimuse_request_setup(spec.get("artimuse") or {}, "caption.aesthetics.artimuse")
+        overrides["extra_body"] = dict(overrides.get("extra_body") or {}) | extra
+    return overrides
+
+
+def artimuse_dimension_prompts(spec: dict) -> dict[str, str]:
+    """{our dimension key: ArtiMuse's trained per-attribute question} for the paper's six
+    dimensions, read from the checkout (its attributes matched to ours by name)."""
+    from .artimuse_upstream import attribute_prompts
+
+    upstream = attribute_prompts((spec.get("artimuse") or {}).get("upstream"), "caption.aesthetics.artimuse.upstream")
+    by_name = {a.lower(): q for a, q in upstream.items()}
+    missing = [label for _, label in AESTHETIC_DIMENSIONS if label not in by_name]
+    if missing:
+        raise ValueError(f"config key caption.aesthetics.artimuse.upstream: the checkout's AESTHETIC_ATTRIBUTES lack {missing}")
+    return {key: by_name[label] for key, label in AESTHETIC_DIMENSIONS}
+
+
 def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, log=print):
-    """The paper's six aesthetic dimensions per image (score + analysis), one row per image."""
+    """The paper's six aesthetic dimensions per image, one row per image: with ``backend: rubric``
+    one JSON reply (score + analysis each); with ``backend: artimuse`` ArtiMuse's own
+    per-attribute question once per dimension, its free-text answer the analysis (no score)."""
+    import hashlib
+
     import pandas as pd
 
-    from .vlm import user_message
+    from .vlm import TEXT, user_message
 
     spec = config["caption"]["aesthetics"]
+    backend = spec.get("backend", "rubric")
     low, high = spec["score_scale"]
-    prompt, sha = prompt_text(spec["prompt"])
-    prompt = prompt.replace("{low}", str(low)).replace("{high}", str(high))
-    schema = aesthetic_schema(int(low), int(high))
+    if backend == "artimuse":
+        questions = artimuse_dimension_prompts(spec)
+        sha = hashlib.sha256(json.dumps(questions, sort_keys=True).encode()).hexdigest()[:12]
+    elif backend == "rubric":
+        prompt, sha = prompt_text(spec["prompt"])
+        prompt = prompt.replace("{low}", str(low)).replace("{high}", str(high))
+        schema = aesthetic_schema(int(low), int(high))
+    else:
+        raise ValueError(f"config key caption.aesthetics.backend: {backend!r} is not one of rubric, artimuse")
     recs = instance_checks[instance_checks["passed"]].to_dict("records") if len(instance_checks) else []
     rows = []
     for chunk in _chunks(recs):
-        requests = [("aesthetic_analysis", r["image_id"], [user_message(prompt, [fit_within(read_view(views_dir, r["image_id"]), int(spec["view_px"]))])], schema)
-                    for r in chunk]
-        for rec, res in zip(chunk, judge.run_many(requests), strict=True):
-            ok = res.status == "ok"
-            row = _base(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
-                                "prompt_sha": sha, "smoke": bool(judge.smoke), **_reply_columns(res, "judge")}
+        views = [fit_within(read_view(views_dir, r["image_id"]), int(spec["view_px"])) for r in chunk]
+        if backend == "rubric":
+            requests = [("aesthetic_analysis", r["image_id"], [user_message(prompt, [v])], schema) for r, v in zip(chunk, views)]
+            for rec, res in zip(chunk, judge.run_many(requests), strict=True):
+                ok = res.status == "ok"
+                row = _base(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
+                                    "prompt_sha": sha, "smoke": bool(judge.smoke), **_reply_columns(res, "judge")}
+                for key, _ in AESTHETIC_DIMENSIONS:
+                    row[f"{key}_score"] = int(res.parsed[key]["score"]) if ok else None
+                rows.append(row)
+            continue
+        requests = [("aesthetic_analysis", f"{r['image_id']}:{key}", [user_message(questions[key], [v])], TEXT)
+                    for r, v in zip(chunk, views) for key, _ in AESTHETIC_DIMENSIONS]
+        results = judge.run_many(requests)
+        n = len(AESTHETIC_DIMENSIONS)
+        for i, rec in enumerate(chunk):
+            per_dim = results[i * n : (i + 1) * n]
+            bad = [r for r in per_dim if r.status != "ok"]
+            analysis = {key: {"analysis": r.parsed} for (key, _), r in zip(AESTHETIC_DIMENSIONS, per_dim)} if not bad else None
+            row = _base(rec) | {"analysis": json.dumps(analysis, sort_keys=True) if analysis else "", "model": judge.model_name,
+                                "prompt_sha": sha, "smoke": bool(judge.smoke), "judge_status": bad[0].status if bad else "ok",
+                                "judge_replies": json.dumps([r.raw_replies for r in per_dim]),
+                                "judge_error": "; ".join(r.error for r in bad)}
             for key, _ in AESTHETIC_DIMENSIONS:
-                row[f"{key}_score"] = int(res.parsed[key]["score"]) if ok else None
+                row[f"{key}_score"] = None  # ArtiMuse's analysis is prose; its score is purify's artimuse predictor
             rows.append(row)
     table = pd.DataFrame(rows)
     for key, _ in AESTHETIC_DIMENSIONS:
         if len(table):
             table[f"{key}_score"] = table[f"{key}_score"].astype("Int64")
-    log(f"aesthetic analysis of {len(table)} images")
+    log(f"aesthetic analysis of {len(table)} images ({backend})")
     return table
 
 

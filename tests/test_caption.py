@@ -400,3 +400,31 @@ def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step
     assert masks.loc[IDS[1], "status"] == "model_error" and f"{step}: RuntimeError" in masks.loc[IDS[1], "error"]
     assert checks.loc[IDS[0], "passed"] and not checks.loc[IDS[1], "passed"]
     assert checks.loc[IDS[1], "reason"] == "model_error" and "size of tensor" in checks.loc[IDS[1], "reason_detail"]
+
+
+def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_question(shard, tmp_path):
+    from artimuse_stand_in import make_checkout, vllm_render
+
+    cfg = shard["config"]
+    checkout = make_checkout(tmp_path / "ArtiMuse")
+    cfg["caption"]["aesthetics"].update(backend="artimuse", artimuse={"upstream": str(checkout), "template": "internvl2_5"})
+    rendered = []
+
+    def artimuse(body):
+        if "chat_template" not in body:  # the tagger, before
+            return Scripted()(body)
+        rendered.append(vllm_render(body))
+        return "Balanced, with the " + _text(body).split("the ", 1)[1].split(" of it")[0] + " well handled."
+
+    checks = shard["verified"][["image_id", "root", "relpath", "shard"]].assign(passed=True)
+    with FakeOpenAI(responder=artimuse) as server:
+        caption.tag_shard(shard["verified"], "s00000", cfg, shard["views"], None, _client(server), None, log=lambda *_: None)
+        judge = _step_client(server, cfg, caption.aesthetics_vlm_overrides(cfg))
+        table = caption.aesthetic_analysis_shard(checks, cfg, shard["views"], judge, log=lambda *_: None)
+    assert len(server.bodies) == 2 + 2 * 6  # tags, then one request per image and dimension
+    analysis = json.loads(table.set_index("image_id").loc[IDS[0], "analysis"])
+    assert analysis["composition_design"] == {"analysis": "Balanced, with the Composition & Design well handled."}
+    assert set(analysis) == {k for k, _ in caption.AESTHETIC_DIMENSIONS} and (table["judge_status"] == "ok").all()
+    assert table["composition_design_score"].isna().all()  # prose, not a rubric score
+    assert ("<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n"
+            "Judge the Composition & Design of it.<|im_end|>\n<|im_start|>assistant\n") in rendered  # requests overlap: any order
