@@ -3,10 +3,9 @@ alternative, plus ``tiny``).  VLM-driven steps (tag lists, pruning, instance des
 aesthetic analysis, captions, Rex-Omni boxes) go through the project's VLM client.
 
 Backends and what they load:
-* tagger ``vlm``: the VLM asked for a tag list (prompts/tags.md).  RAM++ itself is not offered:
-  its code is only published on GitHub (``recognize-anything``), not on PyPI, so it cannot be
-  installed on machines that reach PyPI only; ``clip`` is the open-vocabulary stand-in with the
-  same shape (image-text similarity against a tag vocabulary, like RAM++'s tag queries).
+* tagger ``vlm``: the VLM asked for a tag list (prompts/tags.md).
+* tagger ``ram_plus``: RAM++ (the paper's tagger) from recognize-anything, in its own conda env
+  (envs/ramplus.yaml: the package is on GitHub, not PyPI, and needs transformers < 5).
 * tagger ``clip``: transformers ``CLIPModel`` scoring every tag of a vocabulary file
   (cosine similarity of L2-normalised embeddings, kept above a threshold, top k).
 * detector ``grounding_dino``: transformers zero-shot detection (``AutoModelForZeroShotObjectDetection``)
@@ -89,6 +88,49 @@ class ClipTagger:
         return out
 
 
+RAM_PLUS_INSTALL = ("conda env create -f envs/ramplus.yaml (or, in an env with transformers<5: "
+                    "pip install git+https://github.com/xinyu1205/recognize-anything)")
+
+
+class RamPlusTagger:
+    """RAM++ (the paper's tagger), the way recognize-anything's ``inference_ram_plus.py`` runs it:
+    ``get_transform(image_size)`` (RGB, resize to a square, ImageNet normalisation), ``ram_plus(
+    pretrained=..., image_size=..., vit="swin_l")``, ``generate_tag`` (its per-class thresholds),
+    tags read from the English " | "-joined output.  The package is imported only here: it is on
+    GitHub, not PyPI, needs transformers < 5 and runs in its own env (envs/ramplus.yaml)."""
+
+    def __init__(self, weights: str, image_size: int = 384, vit: str = "swin_l", device: str = "cpu",
+                 key: str = "caption.tags.ram_plus"):
+        import importlib
+
+        try:  # imported by name: only envs/ramplus.yaml has it
+            ram = importlib.import_module("ram")
+            ram_models = importlib.import_module("ram.models")
+        except ImportError as exc:
+            raise CaptionModelUnavailable(
+                f"config key caption.tags.backend: ram_plus needs the recognize-anything package ({exc}); install it with "
+                f"{RAM_PLUS_INSTALL} and run with --use-conda"
+            ) from None
+        if not weights or not Path(weights).is_file():
+            raise CaptionModelUnavailable(
+                f"config key {key}.weights: RAM++ checkpoint {weights!r} not found; download ram_plus_swin_large_14m.pth "
+                "(https://huggingface.co/xinyu1205/recognize-anything-plus-model) and give its path"
+            )
+        self.transform = ram.get_transform(image_size=int(image_size))
+        self.model = ram_models.ram_plus(pretrained=str(weights), image_size=int(image_size), vit=vit).eval().to(device)
+        self.device, self.smoke, self.model_name = device, False, f"RAM++ {Path(weights).name}"
+
+    def tag(self, images: list[np.ndarray]) -> list[list[tuple[str, float]]]:
+        import torch
+        from PIL import Image
+
+        batch = torch.stack([self.transform(Image.fromarray(np.ascontiguousarray(im))) for im in images]).to(self.device)
+        with torch.no_grad():
+            english, _ = self.model.generate_tag(batch)
+        # RAM++ returns the tags above their thresholds, no scores: 1.0 each, in its tag-list order
+        return [[(t.strip(), 1.0) for t in line.split("|") if t.strip()] for line in english]
+
+
 def read_vocabulary(path: str | Path) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [t.strip() for t in lines if t.strip() and not t.startswith("#")]
@@ -100,6 +142,9 @@ def build_tagger(spec: dict):
     backend = spec["backend"]
     if backend == "vlm":
         return None
+    if backend == "ram_plus":
+        ram = spec.get("ram_plus") or {}
+        return RamPlusTagger(ram.get("weights"), int(ram.get("image_size", 384)), ram.get("vit", "swin_l"), _device(ram))
     clip = spec.get("clip") or {}
     vocabulary = read_vocabulary(clip["vocabulary"])
     if backend == "clip":
@@ -115,7 +160,7 @@ def build_tagger(spec: dict):
             tagger = ClipTagger(folder, vocabulary, -1.0, int(clip["top_k"]), "cpu", smoke=True)
         tagger.model_name = "tiny random CLIP"
         return tagger
-    raise CaptionModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | clip | tiny)")
+    raise CaptionModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | ram_plus | clip | tiny)")
 
 
 # ----------------------------------------------------------------------------- detection

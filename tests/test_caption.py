@@ -9,6 +9,7 @@ import copy
 from pathlib import Path
 import json
 import re
+import sys
 
 import jsonschema
 import numpy as np
@@ -428,3 +429,54 @@ def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_quest
     assert table["composition_design_score"].isna().all()  # prose, not a rubric score
     assert ("<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n"
             "Judge the Composition & Design of it.<|im_end|>\n<|im_start|>assistant\n") in rendered  # requests overlap: any order
+
+
+STAND_IN_RAM = {
+    # the names inference_ram_plus.py uses: ram.get_transform, ram.models.ram_plus(...), model.generate_tag
+    "ram/__init__.py": "from .transform import get_transform\n",
+    "ram/transform.py": (
+        "from torchvision.transforms import Compose, Normalize, Resize, ToTensor\n"
+        "def get_transform(image_size=384):\n"
+        "    return Compose([lambda im: im.convert('RGB'), Resize((image_size, image_size)), ToTensor(),\n"
+        "                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])\n"),
+    "ram/models/__init__.py": (
+        "import torch\n"
+        "CALLS = []\n"
+        "class _RamPlus(torch.nn.Module):\n"
+        "    def __init__(self, image_size):\n"
+        "        super().__init__()\n"
+        "        self.image_size = image_size\n"
+        "    def generate_tag(self, image):\n"
+        "        assert image.ndim == 4 and tuple(image.shape[1:]) == (3, self.image_size, self.image_size)\n"
+        "        bright = image.mean(dim=(1, 2, 3)) > 0\n"
+        "        return (['cat | red sofa | sky' if b else 'night | lamp' for b in bright], ['zh'] * len(bright))\n"
+        "def ram_plus(pretrained='', image_size=384, vit=''):\n"
+        "    CALLS.append((pretrained, image_size, vit))\n"
+        "    return _RamPlus(image_size)\n"),
+}
+
+
+def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_does(tmp_path, monkeypatch):
+    from pixverve.caption_models import CaptionModelUnavailable
+
+    spec = {"backend": "ram_plus", "ram_plus": {"weights": str(tmp_path / "ram_plus_swin_large_14m.pth"), "image_size": 64,
+                                                 "vit": "swin_l", "device": "cpu"}}
+    with pytest.raises(CaptionModelUnavailable, match="pip install git\\+https://github.com/xinyu1205/recognize-anything"):
+        build_tagger(spec)  # not installed in this venv: the error says how
+    for rel, text in STAND_IN_RAM.items():
+        (tmp_path / "pkgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkgs" / rel).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    with pytest.raises(CaptionModelUnavailable, match="caption.tags.ram_plus.weights"):
+        build_tagger(spec)
+    (tmp_path / "ram_plus_swin_large_14m.pth").write_bytes(b"stand-in")
+    try:
+        tagger = build_tagger(spec)
+        import ram.models
+
+        assert ram.models.CALLS == [(spec["ram_plus"]["weights"], 64, "swin_l")]
+        bright, dark = np.full((90, 120, 3), 230, np.uint8), np.full((50, 50, 3), 10, np.uint8)
+        assert tagger.tag([bright, dark]) == [[("cat", 1.0), ("red sofa", 1.0), ("sky", 1.0)], [("night", 1.0), ("lamp", 1.0)]]
+    finally:  # the stand-in must not outlive this test
+        for name in [m for m in sys.modules if m == "ram" or m.startswith("ram.")]:
+            sys.modules.pop(name)
