@@ -16,7 +16,7 @@ Backends (``purify.aesthetics.predictors.<name>.backend``):
 
 ArtiMuse (an InternVL-3 chat model fine-tuned for aesthetics) scores an image in one forward pass:
 the image resized to 448x448 (bicubic), its fixed rating question asked in the InternVL chat
-template, and the model's next-token distribution restricted to the 101 answer tokens "aa".."az"
+template (both read from the user's ArtiMuse checkout, ``pixverve.artimuse_upstream``), and the model's next-token distribution restricted to the 101 answer tokens "aa".."az"
 (0-25), "ca".."cy" (26-50), "da".."dy" (51-75), "ea".."ey" (76-100); the score is the expectation
 of 0..100 under the softmax over those 101 logits -- equal to the next-token probabilities of the
 101 tokens renormalised to sum 1.  Backends (``purify.aesthetics.predictors.artimuse.backend``):
@@ -191,19 +191,10 @@ def artimuse_token(score: int) -> str:
 
 ARTIMUSE_TOKENS = [artimuse_token(i) for i in range(101)]
 ARTIMUSE_INPUT_PX = 448
-# The rating question of ArtiMuse's published ``score()``: the model was trained to answer it with
-# one of the 101 tokens, so its wording (whitespace included) is part of the model's interface.
-ARTIMUSE_QUESTION = """
-        Rate the aesthetics score of the image in 0-100.
-        In the output format, numbers are replaced by 2 corresponding letters,
-        and the mapping relationship is:
-        score 0 to 25: 0-aa, 1-ab, 2-ac, 3-ad, ... , 25-az,
-        score 26 to 50: 26-ca, 27-cb, 28-cc, 29-cd, ..., 50-cy,
-        score 51 to 75: 51-da, 52-db, 53-dc, 54-dd, ..., 75-dy,
-        score 76 to 100: 76-ea, 77-eb, 78-ec, 79-ed, ..., 100-ey.
-
-        The answer only outputs 2 corresponding letters.
-        """
+# ArtiMuse's rating question (and its conversation template) are the model's interface, whitespace
+# included: they are read from the user's checkout at run time (pixverve.artimuse_upstream), not
+# kept in the project.  The tiny backend, which has no checkout to read, asks this instead.
+SMOKE_QUESTION = "smoke test: rate the image"
 
 
 def artimuse_expectation(logprobs: dict[str, float]) -> tuple[float, int, float]:
@@ -220,8 +211,8 @@ def artimuse_expectation(logprobs: dict[str, float]) -> tuple[float, int, float]
 class ArtiMusePredictor:
     """ArtiMuse's score through a VLM backend that returns next-token log-probabilities."""
 
-    def __init__(self, backend, info: PredictorInfo, top_logprobs: int = 128):
-        self.backend, self.info, self.top_logprobs = backend, info, top_logprobs
+    def __init__(self, backend, info: PredictorInfo, top_logprobs: int = 128, question: str = SMOKE_QUESTION):
+        self.backend, self.info, self.top_logprobs, self.question = backend, info, top_logprobs, question
         self.details: list[dict] = []
 
     def messages(self, rgb: np.ndarray) -> list[dict]:
@@ -235,7 +226,7 @@ class ArtiMusePredictor:
         square.save(buf, format="PNG")  # lossless: the server sees exactly these pixels
         url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
         return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": ARTIMUSE_QUESTION}]}]
+                                             {"type": "text", "text": self.question}]}]
 
     def score(self, rgb_images: list[np.ndarray]) -> np.ndarray:
         requests = [("artimuse", f"artimuse#{i}", self.messages(im), None, self.top_logprobs) for i, im in enumerate(rgb_images)]
@@ -253,17 +244,44 @@ class ArtiMusePredictor:
         return np.asarray(scores, dtype=np.float64)
 
 
+ARTIMUSE_KEYS = ("backend", "top_logprobs", "upstream", "template", "system_message", "chat_template")
+
+
+def artimuse_request_setup(spec: dict, key: str = "purify.aesthetics.predictors.artimuse") -> tuple[dict, dict]:
+    """(upstream reader results, extra request-body fields) for ArtiMuse behind vLLM: the
+    conversation template of the checkout rendered by our own Jinja template unless
+    ``chat_template: server`` (then the server's tokenizer template is trusted as it is)."""
+    from . import artimuse_upstream as up
+
+    root = spec.get("upstream")
+    conv = up.conversation(root, spec.get("template", "internvl2_5"), f"{key}.upstream")
+    extra = {}
+    mode = spec.get("chat_template", "upstream")
+    if mode == "upstream":
+        extra["chat_template"] = up.chat_template(conv, spec.get("system_message"))
+    elif mode != "server":
+        raise ModelUnavailable(f"config key {key}.chat_template: {mode!r} is not one of upstream, server")
+    return {"root": root, "conversation": conv}, extra
+
+
 def build_artimuse(spec: dict) -> ArtiMusePredictor:
     from .vlm import VLMClient, VLMSettings
 
     backend = spec["backend"]
     top = int(spec.get("top_logprobs", 128))
     if backend == "endpoint":
-        settings = VLMSettings.from_config({k: v for k, v in spec.items() if k not in ("backend", "top_logprobs")})
+        from .artimuse_upstream import rating_question
+
+        key = "purify.aesthetics.predictors.artimuse"
+        question = rating_question(spec.get("upstream"), f"{key}.upstream")
+        _, extra = artimuse_request_setup(spec, key)
+        cfg = {k: v for k, v in spec.items() if k not in ARTIMUSE_KEYS}
+        cfg["extra_body"] = dict(cfg.get("extra_body") or {}) | extra
+        settings = VLMSettings.from_config(cfg)
         info = PredictorInfo("artimuse", "endpoint", False, spec["model"])
         client = VLMClient(settings)
-        client.check_server("purify.aesthetics.predictors.artimuse")
-        return ArtiMusePredictor(client, info, top)
+        client.check_server(key)
+        return ArtiMusePredictor(client, info, top, question)
     if backend == "tiny":
         import tempfile
 

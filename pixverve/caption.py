@@ -121,6 +121,16 @@ def _reply_columns(res, prefix: str) -> dict:
     }
 
 
+# What a model raises on one image (a CUDA out-of-memory is a RuntimeError, a prompt the model
+# cannot take a RuntimeError/ValueError): that image's row records it, the shard goes on.
+MODEL_ERRORS = (RuntimeError, ValueError, IndexError)
+MODEL_ERROR = "model_error"
+
+
+def model_error_text(step: str, exc: BaseException) -> str:
+    return f"{step}: {type(exc).__name__}: {str(exc)[:500]}"
+
+
 def _chunks(items: list, size: int = IMAGES_PER_BATCH):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -171,10 +181,12 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
             bar.update(len(chunk))
             continue
         if tagger is not None:
-            for row, tags in zip(batch, tagger.tag(views), strict=True):
-                row.update(tagger_model=tagger.model_name, tags_raw=json.dumps(tags), tags_status="ok", tags_replies="[]",
-                           tags_error="", smoke=bool(tagger.smoke))
-                row["candidates"] = [t for t, _ in tags]
+            for row, tags in zip(batch, _tag_each(tagger, views, log), strict=True):
+                failed = isinstance(tags, str)
+                row.update(tagger_model=tagger.model_name, tags_raw="[]" if failed else json.dumps(tags),
+                           tags_status=MODEL_ERROR if failed else "ok", tags_replies="[]", tags_error=tags if failed else "",
+                           smoke=bool(tagger.smoke))
+                row["candidates"] = [] if failed else [t for t, _ in tags]
         else:
             requests = [("tags", r["image_id"], [user_message(tag_prompt, [fit_within(v, int(spec["vlm_px"]))])], TAGS_SCHEMA)
                         for r, v in zip(batch, views, strict=True)]
@@ -196,6 +208,23 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
         del row["candidates"]
         log(f"{row['relpath']}: {row['n_tags_raw']} tags -> {row['n_tags']} kept ({row['prune_status']})")
     return pd.DataFrame(rows)
+
+
+def _tag_each(tagger, views: list, log) -> list:
+    """The tagger over a batch; if the batch fails, image by image, a failing image giving its
+    error text instead of tags."""
+    try:
+        return tagger.tag(views)
+    except MODEL_ERRORS:
+        pass
+    out = []
+    for view in views:
+        try:
+            out.extend(tagger.tag([view]))
+        except MODEL_ERRORS as exc:
+            out.append(model_error_text("tagger", exc))
+            log(out[-1])
+    return out
 
 
 def _clean_tags(tags) -> list[str]:
@@ -244,12 +273,13 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
     import pandas as pd
     from tqdm import tqdm
 
-    from .caption_models import parse_rex_boxes
+    from .caption_models import parse_rex_boxes, rex_reply_problem
     from .vlm import TEXT, user_message
 
     spec = config["caption"]["boxes"]
     detect_px, grid = int(spec["detect_px"]), int(spec["tiles"])
     rex_prompt, rex_sha = prompt_text(spec["rex_omni"]["prompt"])
+    rex_system = spec["rex_omni"].get("system_prompt")  # upstream's wrapper sends one; none: the server's template default
     out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
     smoke = bool(getattr(detector, "smoke", False) or getattr(rex_judge, "smoke", False))
     model = detector.model_name if detector is not None else rex_judge.model_name
@@ -261,7 +291,10 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
         for rec in chunk:
             kept_tags = json.loads(rec["tags"])
             W, H = int(rec["width"]), int(rec["height"])
-            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "status": "ok" if kept_tags else "no_tags"}
+            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "error": "",
+                                 "status": "ok" if kept_tags else "no_tags"}
+            if rec.get("tags_status") == MODEL_ERROR:  # no boxes because the tagger failed, not because nothing is there
+                row.update(status=MODEL_ERROR, error=rec["tags_error"])
             views = []
             if kept_tags:
                 view = read_view(views_dir, rec["image_id"])
@@ -274,21 +307,31 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
             work.append((row, kept_tags, views))
         found_by_row: list[list[dict]] = [[] for _ in work]
         if detector is not None:
-            for k, (_, kept_tags, views) in enumerate(work):
-                for image, region, name in views:
-                    for d in detector.detect(image, kept_tags):
-                        found_by_row[k].append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+            for k, (row, kept_tags, views) in enumerate(work):
+                try:
+                    for image, region, name in views:
+                        for d in detector.detect(image, kept_tags):
+                            found_by_row[k].append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+                except MODEL_ERRORS as exc:
+                    found_by_row[k] = []
+                    row.update(status=MODEL_ERROR, error=model_error_text("detector", exc))
+                    log(f"{row['relpath']}: {row['error']}")
         else:
             requests, where = [], []
             for k, (row, kept_tags, views) in enumerate(work):
                 prompt = rex_prompt.replace("{tags}", ", ".join(kept_tags))
+                system = [{"role": "system", "content": rex_system}] if rex_system else []
                 for image, region, name in views:
-                    requests.append(("boxes", f"{row['image_id']}:{name}", [user_message(prompt, [image])], TEXT))
+                    requests.append(("boxes", f"{row['image_id']}:{name}", system + [user_message(prompt, [image])], TEXT))
                     where.append((k, image.shape[1], image.shape[0], region, name))
             replies: list[list] = [[] for _ in work]
+            problems: list[list[str]] = [[] for _ in work]
             for (k, vw, vh, region, name), res in zip(where, rex_judge.run_many(requests) if requests else [], strict=True):
                 replies[k].append(res)
                 text = res.parsed if res.status == "ok" else ""
+                problem = rex_reply_problem(text)
+                if problem:  # zero boxes here is the server's doing, not an empty image: say so
+                    problems[k].append(f"{name}: {problem}")
                 for d in parse_rex_boxes(text, vw, vh, int(spec["rex_omni"]["bins"])):
                     found_by_row[k].append(d | {"box": map_box(d["box"], (vw, vh), region), "view": name})
             for k, (row, _, _) in enumerate(work):
@@ -296,6 +339,10 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
                 bad = [r.status for r in replies[k] if r.status != "ok"]
                 if bad:
                     row["status"] = "judge_" + bad[0]
+                elif problems[k]:
+                    row["status"] = "special_tokens_stripped"
+                    log(f"{row['relpath']}: {problems[k][0]}")
+                row["error"] = "; ".join([r.error for r in replies[k] if r.error] + problems[k])
         for (row, _, _), found in zip(work, found_by_row, strict=True):
             boxes = _merge_boxes(found, float(spec["nms_iou"]), int(spec["max_boxes"]))
             row.update(boxes=json.dumps(boxes), n_boxes=len(boxes), n_raw_boxes=len(found), smoke=smoke, detector=model,
@@ -334,11 +381,20 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
         found = json.loads(rec["boxes"])
         W, H = int(rec["width"]), int(rec["height"])
         instances = []
+        status, error = "ok", ""
+        if rec.get("status") == MODEL_ERROR:  # an earlier model failed on this image: carried to the instance check
+            status, error = MODEL_ERROR, rec.get("error", "")
+        masks = None
         if found:
             view = read_view(views_dir, rec["image_id"])
             sx, sy = view.shape[1] / W, view.shape[0] / H
             view_boxes = [[b["box"][0] * sx, b["box"][1] * sy, b["box"][2] * sx, b["box"][3] * sy] for b in found]
-            masks, mask_scores = segmenter.segment(view, view_boxes)
+            try:
+                masks, mask_scores = segmenter.segment(view, view_boxes)
+            except MODEL_ERRORS as exc:
+                status, error = MODEL_ERROR, model_error_text("segmenter", exc)
+                log(f"{rec['relpath']}: {error}")
+        if masks is not None:
             scores = [b["score"] * s for b, s in zip(found, mask_scores, strict=True)]
             kept, dropped = mask_nms(masks, scores, float(spec["nms_iou"]), float(spec["min_area_fraction"]))
             if cap is not None and len(kept) > int(cap):  # the highest-scoring ones stay
@@ -356,7 +412,7 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
         n_kept = sum(1 for x in instances if x["kept"])
         rows.append(_base(rec) | {
             "width": W, "height": H, "instances": json.dumps(instances), "n_candidates": len(instances), "n_instances": n_kept,
-            "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
+            "status": status, "error": error, "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
         })
         log(f"{rec['relpath']}: {len(instances)} masks -> {n_kept} instances after NMS/area")
     return pd.DataFrame(rows)
@@ -432,34 +488,88 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
 # ----------------------------------------------------------------------------- 6. aesthetics
 
 
+def aesthetics_vlm_overrides(config: dict) -> dict:
+    """The aesthetic step's ``vlm`` overrides; with ``caption.aesthetics.backend: artimuse`` the
+    chat template rendering ArtiMuse's own conversation (from the user's checkout) is added."""
+    spec = config["caption"]["aesthetics"]
+    overrides = copy.deepcopy(spec.get("vlm") or {})
+    if spec.get("backend", "rubric") == "artimuse":
+        from .aesthetics import artimuse_request_setup
+
+        _, extra = artimuse_request_setup(spec.get("artimuse") or {}, "caption.aesthetics.artimuse")
+        overrides["extra_body"] = dict(overrides.get("extra_body") or {}) | extra
+    return overrides
+
+
+def artimuse_dimension_prompts(spec: dict) -> dict[str, str]:
+    """{our dimension key: ArtiMuse's trained per-attribute question} for the paper's six
+    dimensions, read from the checkout (its attributes matched to ours by name)."""
+    from .artimuse_upstream import attribute_prompts
+
+    upstream = attribute_prompts((spec.get("artimuse") or {}).get("upstream"), "caption.aesthetics.artimuse.upstream")
+    by_name = {a.lower(): q for a, q in upstream.items()}
+    missing = [label for _, label in AESTHETIC_DIMENSIONS if label not in by_name]
+    if missing:
+        raise ValueError(f"config key caption.aesthetics.artimuse.upstream: the checkout's AESTHETIC_ATTRIBUTES lack {missing}")
+    return {key: by_name[label] for key, label in AESTHETIC_DIMENSIONS}
+
+
 def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, log=print):
-    """The paper's six aesthetic dimensions per image (score + analysis), one row per image."""
+    """The paper's six aesthetic dimensions per image, one row per image: with ``backend: rubric``
+    one JSON reply (score + analysis each); with ``backend: artimuse`` ArtiMuse's own
+    per-attribute question once per dimension, its free-text answer the analysis (no score)."""
+    import hashlib
+
     import pandas as pd
 
-    from .vlm import user_message
+    from .vlm import TEXT, user_message
 
     spec = config["caption"]["aesthetics"]
+    backend = spec.get("backend", "rubric")
     low, high = spec["score_scale"]
-    prompt, sha = prompt_text(spec["prompt"])
-    prompt = prompt.replace("{low}", str(low)).replace("{high}", str(high))
-    schema = aesthetic_schema(int(low), int(high))
+    if backend == "artimuse":
+        questions = artimuse_dimension_prompts(spec)
+        sha = hashlib.sha256(json.dumps(questions, sort_keys=True).encode()).hexdigest()[:12]
+    elif backend == "rubric":
+        prompt, sha = prompt_text(spec["prompt"])
+        prompt = prompt.replace("{low}", str(low)).replace("{high}", str(high))
+        schema = aesthetic_schema(int(low), int(high))
+    else:
+        raise ValueError(f"config key caption.aesthetics.backend: {backend!r} is not one of rubric, artimuse")
     recs = instance_checks[instance_checks["passed"]].to_dict("records") if len(instance_checks) else []
     rows = []
     for chunk in _chunks(recs):
-        requests = [("aesthetic_analysis", r["image_id"], [user_message(prompt, [fit_within(read_view(views_dir, r["image_id"]), int(spec["view_px"]))])], schema)
-                    for r in chunk]
-        for rec, res in zip(chunk, judge.run_many(requests), strict=True):
-            ok = res.status == "ok"
-            row = _base(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
-                                "prompt_sha": sha, "smoke": bool(judge.smoke), **_reply_columns(res, "judge")}
+        views = [fit_within(read_view(views_dir, r["image_id"]), int(spec["view_px"])) for r in chunk]
+        if backend == "rubric":
+            requests = [("aesthetic_analysis", r["image_id"], [user_message(prompt, [v])], schema) for r, v in zip(chunk, views)]
+            for rec, res in zip(chunk, judge.run_many(requests), strict=True):
+                ok = res.status == "ok"
+                row = _base(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
+                                    "prompt_sha": sha, "smoke": bool(judge.smoke), **_reply_columns(res, "judge")}
+                for key, _ in AESTHETIC_DIMENSIONS:
+                    row[f"{key}_score"] = int(res.parsed[key]["score"]) if ok else None
+                rows.append(row)
+            continue
+        requests = [("aesthetic_analysis", f"{r['image_id']}:{key}", [user_message(questions[key], [v])], TEXT)
+                    for r, v in zip(chunk, views) for key, _ in AESTHETIC_DIMENSIONS]
+        results = judge.run_many(requests)
+        n = len(AESTHETIC_DIMENSIONS)
+        for i, rec in enumerate(chunk):
+            per_dim = results[i * n : (i + 1) * n]
+            bad = [r for r in per_dim if r.status != "ok"]
+            analysis = {key: {"analysis": r.parsed} for (key, _), r in zip(AESTHETIC_DIMENSIONS, per_dim)} if not bad else None
+            row = _base(rec) | {"analysis": json.dumps(analysis, sort_keys=True) if analysis else "", "model": judge.model_name,
+                                "prompt_sha": sha, "smoke": bool(judge.smoke), "judge_status": bad[0].status if bad else "ok",
+                                "judge_replies": json.dumps([r.raw_replies for r in per_dim]),
+                                "judge_error": "; ".join(r.error for r in bad)}
             for key, _ in AESTHETIC_DIMENSIONS:
-                row[f"{key}_score"] = int(res.parsed[key]["score"]) if ok else None
+                row[f"{key}_score"] = None  # ArtiMuse's analysis is prose; its score is purify's artimuse predictor
             rows.append(row)
     table = pd.DataFrame(rows)
     for key, _ in AESTHETIC_DIMENSIONS:
         if len(table):
             table[f"{key}_score"] = table[f"{key}_score"].astype("Int64")
-    log(f"aesthetic analysis of {len(table)} images")
+    log(f"aesthetic analysis of {len(table)} images ({backend})")
     return table
 
 

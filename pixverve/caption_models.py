@@ -3,10 +3,9 @@ alternative, plus ``tiny``).  VLM-driven steps (tag lists, pruning, instance des
 aesthetic analysis, captions, Rex-Omni boxes) go through the project's VLM client.
 
 Backends and what they load:
-* tagger ``vlm``: the VLM asked for a tag list (prompts/tags.md).  RAM++ itself is not offered:
-  its code is only published on GitHub (``recognize-anything``), not on PyPI, so it cannot be
-  installed on machines that reach PyPI only; ``clip`` is the open-vocabulary stand-in with the
-  same shape (image-text similarity against a tag vocabulary, like RAM++'s tag queries).
+* tagger ``vlm``: the VLM asked for a tag list (prompts/tags.md).
+* tagger ``ram_plus``: RAM++ (the paper's tagger) from recognize-anything, in its own conda env
+  (envs/ramplus.yaml: the package is on GitHub, not PyPI, and needs transformers < 5).
 * tagger ``clip``: transformers ``CLIPModel`` scoring every tag of a vocabulary file
   (cosine similarity of L2-normalised embeddings, kept above a threshold, top k).
 * detector ``grounding_dino``: transformers zero-shot detection (``AutoModelForZeroShotObjectDetection``)
@@ -89,6 +88,49 @@ class ClipTagger:
         return out
 
 
+RAM_PLUS_INSTALL = ("conda env create -f envs/ramplus.yaml (or, in an env with transformers<5: "
+                    "pip install git+https://github.com/xinyu1205/recognize-anything)")
+
+
+class RamPlusTagger:
+    """RAM++ (the paper's tagger), the way recognize-anything's ``inference_ram_plus.py`` runs it:
+    ``get_transform(image_size)`` (RGB, resize to a square, ImageNet normalisation), ``ram_plus(
+    pretrained=..., image_size=..., vit="swin_l")``, ``generate_tag`` (its per-class thresholds),
+    tags read from the English " | "-joined output.  The package is imported only here: it is on
+    GitHub, not PyPI, needs transformers < 5 and runs in its own env (envs/ramplus.yaml)."""
+
+    def __init__(self, weights: str, image_size: int = 384, vit: str = "swin_l", device: str = "cpu",
+                 key: str = "caption.tags.ram_plus"):
+        import importlib
+
+        try:  # imported by name: only envs/ramplus.yaml has it
+            ram = importlib.import_module("ram")
+            ram_models = importlib.import_module("ram.models")
+        except ImportError as exc:
+            raise CaptionModelUnavailable(
+                f"config key caption.tags.backend: ram_plus needs the recognize-anything package ({exc}); install it with "
+                f"{RAM_PLUS_INSTALL} and run with --use-conda"
+            ) from None
+        if not weights or not Path(weights).is_file():
+            raise CaptionModelUnavailable(
+                f"config key {key}.weights: RAM++ checkpoint {weights!r} not found; download ram_plus_swin_large_14m.pth "
+                "(https://huggingface.co/xinyu1205/recognize-anything-plus-model) and give its path"
+            )
+        self.transform = ram.get_transform(image_size=int(image_size))
+        self.model = ram_models.ram_plus(pretrained=str(weights), image_size=int(image_size), vit=vit).eval().to(device)
+        self.device, self.smoke, self.model_name = device, False, f"RAM++ {Path(weights).name}"
+
+    def tag(self, images: list[np.ndarray]) -> list[list[tuple[str, float]]]:
+        import torch
+        from PIL import Image
+
+        batch = torch.stack([self.transform(Image.fromarray(np.ascontiguousarray(im))) for im in images]).to(self.device)
+        with torch.no_grad():
+            english, _ = self.model.generate_tag(batch)
+        # RAM++ returns the tags above their thresholds, no scores: 1.0 each, in its tag-list order
+        return [[(t.strip(), 1.0) for t in line.split("|") if t.strip()] for line in english]
+
+
 def read_vocabulary(path: str | Path) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [t.strip() for t in lines if t.strip() and not t.startswith("#")]
@@ -100,6 +142,9 @@ def build_tagger(spec: dict):
     backend = spec["backend"]
     if backend == "vlm":
         return None
+    if backend == "ram_plus":
+        ram = spec.get("ram_plus") or {}
+        return RamPlusTagger(ram.get("weights"), int(ram.get("image_size", 384)), ram.get("vit", "swin_l"), _device(ram))
     clip = spec.get("clip") or {}
     vocabulary = read_vocabulary(clip["vocabulary"])
     if backend == "clip":
@@ -115,7 +160,7 @@ def build_tagger(spec: dict):
             tagger = ClipTagger(folder, vocabulary, -1.0, int(clip["top_k"]), "cpu", smoke=True)
         tagger.model_name = "tiny random CLIP"
         return tagger
-    raise CaptionModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | clip | tiny)")
+    raise CaptionModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | ram_plus | clip | tiny)")
 
 
 # ----------------------------------------------------------------------------- detection
@@ -133,16 +178,42 @@ class GroundingDinoDetector:
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.tags_per_prompt, self.device, self.smoke, self.model_name = tags_per_prompt, device, smoke, model_id
 
+    @property
+    def text_limit(self) -> int:
+        """Tokens one prompt may have: the model's own ``max_text_len`` (256 for the released
+        models), never more than its text encoder's positions."""
+        config = self.model.config
+        positions = getattr(getattr(config, "text_config", None), "max_position_embeddings", None) or config.max_text_len
+        return int(min(config.max_text_len, positions))
+
+    def prompt_groups(self, tags: list[str]) -> list[list[str]]:
+        """The tags split into prompts ("a. b. c.") that each fit ``text_limit`` tokens ([CLS] and
+        [SEP] included) and hold at most ``tags_per_prompt`` tags, in order.  A single tag longer
+        than the limit is a prompt of its own, truncated by the tokenizer."""
+        tokenizer, limit = self.processor.tokenizer, self.text_limit
+        groups: list[list[str]] = []
+        for tag in (t.lower().strip() for t in tags):
+            if not tag:
+                continue
+            candidate = (groups[-1] + [tag]) if groups else [tag]
+            fits = len(tokenizer(". ".join(candidate) + ".")["input_ids"]) <= limit
+            if groups and fits and len(candidate) <= self.tags_per_prompt:
+                groups[-1] = candidate
+            else:
+                groups.append([tag])
+        return groups
+
     def detect(self, view: np.ndarray, tags: list[str]) -> list[dict]:
         """Boxes on ``view`` (its pixel coordinates): [{label, score, box}]; the prompt is the
-        tags joined by ". " (Grounding DINO's phrase separator), in groups of ``tags_per_prompt``."""
+        tags joined by ". " (Grounding DINO's phrase separator), split by ``prompt_groups``; each
+        box's label is looked up among the tags of the prompt that found it."""
         import torch
 
         found = []
-        for start in range(0, len(tags), self.tags_per_prompt):
-            group = [t.lower().strip() for t in tags[start : start + self.tags_per_prompt]]
+        for group in self.prompt_groups(tags):
             text = ". ".join(group) + "."
-            inputs = self.processor(images=view, text=text, return_tensors="pt").to(self.device)
+            inputs = self.processor(images=view, text=text, truncation=True, max_length=self.text_limit,
+                                    return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 outputs = self.model(**inputs)
             result = self.processor.post_process_grounded_object_detection(
@@ -176,24 +247,46 @@ def nearest_tag(phrase: str, tags: list[str]) -> str:
     return close[0] if close else "object"
 
 
-REX_BOX = re.compile(
-    r"<\|object_ref_start\|>\s*(.*?)\s*<\|object_ref_end\|>\s*<\|box_start\|>(.*?)<\|box_end\|>", re.S
-)
-REX_COORDS = re.compile(r"<(\d+)><(\d+)><(\d+)><(\d+)>")
+# Checked against IDEA-Research/Rex-Omni rex_omni/parser.py (parse_standard_prediction): the answer
+# ends at <|im_end|>, a truncated one is closed with <|box_end|>, boxes are the comma-separated
+# groups of exactly four <bin> tokens, bins map to pixels as bin / 999 * size.
+REX_BOX = re.compile(r"<\|object_ref_start\|>\s*([^<]+?)\s*<\|object_ref_end\|>\s*<\|box_start\|>(.*?)<\|box_end\|>", re.S)
+REX_BIN = re.compile(r"<(\d+)>")
+REX_MARKERS = ("<|object_ref_start|>", "<|box_start|>")
 
 
 def parse_rex_boxes(text: str, width: int, height: int, bins: int = 1000) -> list[dict]:
     """Boxes from a Rex-Omni answer: ``<|object_ref_start|>label<|object_ref_end|><|box_start|>
-    <x0><y0><x1><y1>,<...><|box_end|>``, coordinates quantised to ``bins`` steps of the image
-    size -> view pixels.  Unparseable fragments are skipped (the raw reply is kept by the caller)."""
+    <x0><y0><x1><y1>, <...><|box_end|>``, coordinates quantised to ``bins`` steps of the image
+    size -> view pixels.  An answer cut off by the token limit is closed with ``<|box_end|>`` so
+    its last category keeps the boxes it completed.  Points/polygons and broken groups are skipped
+    (the raw reply is kept by the caller)."""
+    text = text.split("<|im_end|>")[0]
+    if not text.endswith("<|box_end|>"):
+        text += "<|box_end|>"
     out = []
     for label, body in REX_BOX.findall(text):
-        for coords in REX_COORDS.findall(body):
+        for group in body.split(","):
+            coords = REX_BIN.findall(group)
+            if len(coords) != 4:
+                continue
             x0, y0, x1, y1 = (int(c) for c in coords)
             box = [x0 / (bins - 1) * width, y0 / (bins - 1) * height, x1 / (bins - 1) * width, y1 / (bins - 1) * height]
             if box[2] > box[0] and box[3] > box[1]:
                 out.append({"label": label.strip().lower(), "phrase": label.strip(), "score": 1.0, "box": box})
     return out
+
+
+def rex_reply_problem(text: str) -> str:
+    """Why a Rex-Omni answer cannot hold boxes although it is not empty, or "": coordinate bins
+    without the ``<|box_start|>``/``<|object_ref_start|>`` markers is what a server that strips
+    special tokens (vLLM's default) returns."""
+    if any(m in text for m in REX_MARKERS) or not text.strip():
+        return ""
+    if REX_BIN.search(text):
+        return ("the reply has coordinate tokens but no <|box_start|>/<|object_ref_start|> markers: the server stripped "
+                "special tokens; set caption.boxes.rex_omni.vlm.extra_body.skip_special_tokens: false")
+    return ""
 
 
 def build_detector(spec: dict):
@@ -222,26 +315,38 @@ def build_detector(spec: dict):
 
 
 class Sam2Segmenter:
-    """Masks from boxes (transformers SAM 2), one forward for all boxes of an image."""
+    """Masks from boxes (transformers SAM 2): the image is encoded once, then its embedding is
+    prompted with at most ``box_chunk`` boxes per forward (a 100 MP image can have ~1000 boxes;
+    all of them in one forward would hold every low- and full-resolution mask at once)."""
 
-    def __init__(self, model_id: str, device: str = "cpu", smoke: bool = False, key: str = "caption.masks.sam2.model"):
+    def __init__(self, model_id: str, device: str = "cpu", smoke: bool = False, key: str = "caption.masks.sam2.model",
+                 box_chunk: int = 64):
         from transformers import Sam2Model, Sam2Processor
 
+        if int(box_chunk) < 1:
+            raise CaptionModelUnavailable("config key caption.masks.box_chunk: must be at least 1")
         self.model = _load(Sam2Model.from_pretrained, model_id, key).to(device).eval()
         self.processor = _load(Sam2Processor.from_pretrained, model_id, key)
-        self.device, self.smoke, self.model_name = device, smoke, model_id
+        self.device, self.smoke, self.model_name, self.box_chunk = device, smoke, model_id, int(box_chunk)
 
     def segment(self, view: np.ndarray, boxes: list[list[float]]) -> tuple[list[np.ndarray], list[float]]:
         import torch
 
         if not boxes:
             return [], []
-        inputs = self.processor(images=view, input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt").to(self.device)
+        image = self.processor(images=view, return_tensors="pt").to(self.device)
+        sizes = image["original_sizes"].cpu()
+        masks, scores = [], []
         with torch.inference_mode():
-            out = self.model(**inputs, multimask_output=False)
-        masks = self.processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"].cpu())[0]
-        scores = out.iou_scores[0, :, 0].float().cpu().tolist()
-        return [m[0].numpy().astype(bool) for m in masks], [float(s) for s in scores]
+            embeddings = self.model.get_image_embeddings(image["pixel_values"])
+            for start in range(0, len(boxes), self.box_chunk):
+                chunk = [[list(map(float, b)) for b in boxes[start : start + self.box_chunk]]]
+                prompt = self.processor(input_boxes=chunk, original_sizes=sizes, return_tensors="pt").to(self.device)
+                out = self.model(image_embeddings=embeddings, input_boxes=prompt["input_boxes"], multimask_output=False)
+                full = self.processor.post_process_masks(out.pred_masks.cpu(), sizes)[0]
+                masks.extend(m[0].numpy().astype(bool) for m in full)
+                scores.extend(float(s) for s in out.iou_scores[0, :, 0].float().cpu().tolist())
+        return masks, scores
 
 
 class BoxSegmenter:
@@ -267,13 +372,13 @@ def build_segmenter(spec: dict):
     if backend == "sam2":
         if not sam.get("model"):
             raise CaptionModelUnavailable("config key caption.masks.sam2.model: set a local folder or hub id")
-        return Sam2Segmenter(sam["model"], _device(sam))
+        return Sam2Segmenter(sam["model"], _device(sam), box_chunk=int(spec.get("box_chunk", 64)))
     if backend == "tiny":
         from .tiny_vision import build_tiny_sam2
 
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-sam2-") as folder:
             build_tiny_sam2(folder, seed=int(spec.get("seed", 0)))
-            segmenter = Sam2Segmenter(folder, "cpu", smoke=True)
+            segmenter = Sam2Segmenter(folder, "cpu", smoke=True, box_chunk=int(spec.get("box_chunk", 64)))
         segmenter.model_name = "tiny random SAM 2"
         return segmenter
     raise CaptionModelUnavailable(f"config key caption.masks.backend: unknown backend {backend!r} (sam2 | box | tiny)")

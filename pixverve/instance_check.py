@@ -18,7 +18,7 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     from tqdm import tqdm
 
     from .annotate import TiledImage
-    from .caption import _base, _chunks, instance_crop, kept_instances, read_view, view_file
+    from .caption import MODEL_ERROR, _base, _chunks, instance_crop, kept_instances, read_view, view_file
     from .regions import REGION_SCHEMA, judged_outcome, prompt_text
     from .tables import fail
     from .vlm import user_message
@@ -39,6 +39,9 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
                                                     "smoke": bool(judge.smoke)}
             if not view_file(views_dir, rec["image_id"]).exists():  # caption_tags could not read it
                 images[rec["image_id"]]["unreadable"] = True
+                continue
+            if rec.get("status") == MODEL_ERROR:  # a stage-5 model failed on it: its instances are unknown
+                images[rec["image_id"]]["model_error"] = rec.get("error", "")
                 continue
             instances = kept_instances(rec)
             if not instances:
@@ -63,8 +66,11 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
             row["n_unjudged"] += int(res.status != "ok")
     out = []
     for row in images.values():
+        error = row.pop("model_error", None)
         if row.pop("unreadable", False):
             out.append(fail(row, "unreadable", "the SR output could not be read for its analysis copy (see caption_tags)"))
+        elif error is not None:
+            out.append(fail(row, MODEL_ERROR, error))
         else:
             out.append(judged_outcome(row, row["n_instances"], "instance_artifacts", "instance crops", policy))
         log(f"{row['relpath']}: {row['n_flagged']}/{row['n_instances']} instance crops flagged, {row['n_unjudged']} unjudged -> {out[-1]['reason'] or 'ok'}")

@@ -9,8 +9,11 @@ Backends (``upscale.backend``):
   loaded by us with ``weights_only=True`` or safetensors, then handed to spandrel);
 * ``sd-x4``: diffusers' StableDiffusionUpscalePipeline, guided by ``upscale.prompt``;
 * ``lanczos``: OpenCV Lanczos-4, the classical baseline for comparison tables;
-* ``command``: an external program per image (how the paper's ODTSR is run), given input path,
-  output path, scale and the guidance prompt through a template.
+* ``command``: an external program per image (``command.template``: input path, output path,
+  scale and the guidance prompt), or -- ``command.batch_template`` -- one process per shard job
+  given a JSON list of every image's input, output, scale and prompt (``{jobs}``), so a 20B model
+  such as the paper's ODTSR loads once per job; every output is checked as in per-image mode.
+  ``python pixverve/odtsr_run.py {jobs}`` is a ready wrapper around ODTSR's published inference.
 A model whose native scale is larger than the tier's (x4 model, x2 tier) runs at its scale and
 each output tile is area-averaged down to the tier's scale before blending.
 """
@@ -49,6 +52,13 @@ class SRBackend:
     prompt_guided: bool = False
     smoke: bool = False
     whole_image: Callable[[Path, Path, int, str], None] | None = field(default=None, repr=False)
+    # shard-batched command: called once with every image's job before the per-image loop
+    batch: Callable[[list[dict]], None] | None = field(default=None, repr=False)
+
+
+def command_output(dst: Path) -> Path:
+    """Where a command backend writes an image's SR output before it is re-tiled into ``dst``."""
+    return dst.with_name(dst.name + ".cmd.tif")
 
 
 def _lanczos(tiles, scale):
@@ -166,6 +176,41 @@ def command_backend(template: str) -> SRBackend:
     return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided="{prompt}" in template, whole_image=whole_image)
 
 
+def command_batch_backend(template: str, options: dict | None = None) -> SRBackend:
+    """``template`` with {jobs}: the path of a JSON file ``{"options": ..., "jobs": [{input,
+    output, scale, prompt}]}``; run once per shard job, then each image's output is checked."""
+    import json
+    import tempfile
+
+    state = {"detail": ""}
+
+    def batch(jobs: list[dict]) -> None:
+        state["detail"] = ""
+        if not jobs:
+            return
+        for job in jobs:  # a leftover of an interrupted run is not this run's output
+            Path(job["output"]).unlink(missing_ok=True)
+        folder = Path(jobs[0]["output"]).parent
+        with tempfile.NamedTemporaryFile("w", suffix=".jobs.json", dir=folder, delete=False) as f:
+            json.dump({"options": options or {}, "jobs": jobs}, f, indent=1)
+        cmd = template.format(jobs=shlex.quote(f.name))
+        try:
+            res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+        if res.returncode in (126, 127):
+            raise SRUnavailable(f"SR batch command cannot be run ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
+        if res.returncode != 0:  # the images it did write are still checked and kept
+            state["detail"] = f"SR batch command failed ({res.returncode}): {cmd}\n{res.stderr[-2000:]}"
+
+    def whole_image(src: Path, dst: Path, scale: int, prompt: str) -> None:
+        if not dst.exists():
+            raise SRImageFailed(state["detail"] or f"SR batch command exited 0 but wrote no {dst}")
+
+    return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided=True,
+                     whole_image=whole_image, batch=batch)
+
+
 def build_backend(spec: dict) -> SRBackend:
     backend = spec["backend"]
     if backend == "lanczos":
@@ -175,10 +220,14 @@ def build_backend(spec: dict) -> SRBackend:
     if backend == "sd-x4":
         return sd_x4_backend(dict(spec["sd_x4"], prompt=spec.get("prompt", "")), device=resolve_device(spec.get("device", "auto")))
     if backend == "command":
-        template = (spec.get("command") or {}).get("template")
-        if not template:
-            raise SRUnavailable("upscale.backend is command but upscale.command.template is not set")
-        return command_backend(template)
+        command = spec.get("command") or {}
+        if command.get("batch_template"):
+            if "{jobs}" not in command["batch_template"]:
+                raise SRUnavailable("config key upscale.command.batch_template: must contain {jobs} (the JSON job list)")
+            return command_batch_backend(command["batch_template"], command.get("options"))
+        if not command.get("template"):
+            raise SRUnavailable("upscale.backend is command but neither upscale.command.template nor batch_template is set")
+        return command_backend(command["template"])
     raise SRUnavailable(f"upscale.backend: unknown backend {backend!r}")
 
 
@@ -208,7 +257,7 @@ def upscale_image(src: Path, dst: Path, scale: int, backend: SRBackend, spec: di
     tile_px, stride_px = int(spec["tile_px"]), int(spec["stride_px"])
     record = {"tile_px": tile_px, "stride_px": stride_px, "tiles": 0}
     if scale > 1 and backend.whole_image is not None:
-        tmp = dst.with_name(dst.name + ".cmd.tif")
+        tmp = command_output(dst)
         backend.whole_image(src, tmp, scale, spec.get("prompt", ""))
         rgb, _ = images.read_rgb(tmp, max_megapixels * scale * scale, background=background)
         TiledTiffWriter(dst, *rgb.shape[:2], tile=out_cfg["tiff_tile"], compression=out_cfg["compression"]).write(bands_of(rgb))
@@ -264,6 +313,13 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
     if backend is None and needs_model:
         backend = build_backend(spec)
     records, timings = [], []
+    if backend is not None and backend.batch is not None:  # one process for the shard's images still to do
+        jobs = [{"image_id": r["image_id"], "input": str(image_path(roots, r["root"], r["relpath"])),
+                 "output": str(command_output(out_dir / f"{r['image_id']}.tif")), "scale": int(r["sr_scale"]),
+                 "prompt": spec.get("prompt", "")}
+                for r in rows.to_dict("records") if int(r["sr_scale"]) > 1 and not (out_dir / f"{r['image_id']}.tif").exists()]
+        log(f"SR batch command: {len(jobs)} images in one process")
+        backend.batch(jobs)
     for rec in tqdm(rows.to_dict("records"), desc="upscale", unit="img", mininterval=2):
         scale = int(rec["sr_scale"])
         dst = out_dir / f"{rec['image_id']}.tif"

@@ -142,16 +142,29 @@ def extract_json(text: str):
 
 TEXT = "text"  # the "schema" of a free-text task (a caption): the reply itself, stripped, is the result
 THINK = re.compile(r"<think>.*?</think>", re.S)
+THINK_END = "</think>"
+
+
+def strip_think(text: str) -> str:
+    """The answer without a thinking model's reasoning: a whole ``<think>...</think>`` block, or
+    everything up to a lone closing ``</think>`` (Qwen3/3.5 templates open the block in the prompt,
+    so without a reasoning parser the reply carries only the closing tag)."""
+    text = THINK.sub("", text)
+    if THINK_END in text:
+        text = text.rpartition(THINK_END)[2]
+    return text
 
 
 def parse_reply(text: str, schema: dict | str | None) -> tuple[str, object, str]:
     """(status, parsed, error) for one raw reply: ok | unparseable | invalid (parsed but off-schema).
 
-    With ``schema=TEXT`` the reply is prose: ok when non-empty after removing a ``<think>`` block."""
+    A thinking model's reasoning (``strip_think``) is removed first.  With ``schema=TEXT`` the
+    reply is prose: ok when non-empty."""
     import jsonschema
 
+    text = strip_think(text)
     if schema == TEXT:
-        prose = THINK.sub("", text).strip()
+        prose = text.strip()
         return ("ok", prose, "") if prose else ("unparseable", None, "empty reply")
     try:
         parsed = extract_json(text)

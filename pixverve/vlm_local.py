@@ -110,11 +110,18 @@ def _chat_for_processor(messages: list[dict]) -> tuple[list[dict], list]:
 class TransformersVLM:
     """A chat VLM run locally; ``run_many`` mirrors :class:`pixverve.vlm.VLMClient`."""
 
-    def __init__(self, model_id: str, device: str = "cpu", dtype: str = "auto", max_new_tokens: int = 1024, smoke: bool = False):
+    def __init__(self, model_id: str, device: str = "cpu", dtype: str = "auto", max_new_tokens: int = 1024, smoke: bool = False,
+                 extra_body: dict | None = None):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.smoke = smoke
+        # the vLLM request options that mean the same here (a model such as Rex-Omni answers in
+        # special tokens and needs them kept; Qwen3.5 needs enable_thinking off in its template)
+        extra = dict(extra_body or {})
+        self.skip_special_tokens = bool(extra.get("skip_special_tokens", True))
+        self.generate_kwargs = {k: extra[k] for k in ("repetition_penalty",) if k in extra}
+        self.template_kwargs = dict(extra.get("chat_template_kwargs") or {})
         self.model_name = model_id  # what the tables record
         self.max_new_tokens = max_new_tokens
         self.device = device
@@ -133,12 +140,12 @@ class TransformersVLM:
         import torch
 
         chat, images = _chat_for_processor(messages)
-        text = self.processor.apply_chat_template(chat, add_generation_prompt=True)
+        text = self.processor.apply_chat_template(chat, add_generation_prompt=True, **self.template_kwargs)
         inputs = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **self.generate_kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=self.skip_special_tokens)[0]
 
     def next_token_logprobs(self, messages: list[dict], top: int) -> str:
         """JSON ``{token: logprob}`` of the ``top`` most likely next tokens (what an endpoint's
@@ -195,7 +202,8 @@ def build_judge(config: dict):
         spec = vlm.get("transformers") or {}
         if not spec.get("model"):
             raise VLMUnavailable("config key vlm.transformers.model: set a local folder or hub id for backend transformers")
-        return TransformersVLM(spec["model"], resolve_device(spec.get("device", "auto")), spec.get("dtype", "auto"), max_new)
+        return TransformersVLM(spec["model"], resolve_device(spec.get("device", "auto")), spec.get("dtype", "auto"), max_new,
+                               extra_body=vlm.get("extra_body"))
     if backend == "tiny":
         spec = vlm.get("tiny") or {}
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-vlm-") as folder:

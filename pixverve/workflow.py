@@ -43,8 +43,9 @@ def check_config(config: dict) -> None:
         bad = [s for s in scales if up["tile_px"] % s or up["stride_px"] % s]
         if bad:
             raise ValueError(f"config keys upscale.tile_px/stride_px must be multiples of every tier scale; not of {bad}")
-        if up["backend"] == "command" and not (up.get("command") or {}).get("template"):
-            raise ValueError("config key upscale.command.template: backend `command` needs the program's invocation")
+        command = up.get("command") or {}
+        if up["backend"] == "command" and not (command.get("template") or command.get("batch_template")):
+            raise ValueError("config key upscale.command.template (or batch_template): backend `command` needs the program's invocation")
     collect = config.get("collect") or {}
     for source in collect.get("enabled") or []:
         if source not in collect:

@@ -19,6 +19,8 @@ rule caption_tags:
         "results/benchmarks/caption_tags/{shard}.tsv"
     conda:
         "../envs/caption.yaml"
+        if config["caption"]["tags"]["backend"] != "ram_plus"
+        else "../envs/ramplus.yaml"
     threads: 2
     resources:
         gpu=lambda wc: int(caption_uses_gpu("tags")),

@@ -88,9 +88,12 @@ def judge_uses_gpu():
 def caption_uses_gpu(step):
     """Whether a captioning step runs a model in its own job (a local model or vLLM started there)."""
     spec = config["caption"][step]
-    model = {"clip": "clip", "grounding_dino": "grounding_dino", "sam2": "sam2"}.get(
-        spec.get("backend")
-    )
+    model = {
+        "clip": "clip",
+        "ram_plus": "ram_plus",
+        "grounding_dino": "grounding_dino",
+        "sam2": "sam2",
+    }.get(spec.get("backend"))
     on_gpu = bool(model) and (spec.get(model) or {}).get("device", "auto") != "cpu"
     uses_vlm = (
         step in ("instances", "aesthetics", "captions")

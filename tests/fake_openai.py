@@ -10,6 +10,9 @@ benchmarks.  The last text part of the user message picks the behaviour: ``scena
 A ``responder(body) -> str | None`` may answer instead (e.g. judge the image it was sent).
 Every reply waits ``latency`` seconds first.  The server records the Authorization headers it saw,
 every request body (``bodies``) and the largest number of requests it was answering at once.
+Special tokens (``<|...|>``, Qwen-style) are removed from a text answer unless the request sets
+``skip_special_tokens: false``: vLLM's chat endpoint decodes with skip_special_tokens true by
+default, so a Rex-Omni answer reaches a client that does not ask otherwise without its markers.
 Fields vLLM's chat request model types strictly (``VLLM_FIELD_TYPES``) are checked the way its
 pydantic model reads them: a wrong type is a 400, as from vLLM; unknown fields are ignored, as
 vLLM ignores them (with a warning in its log).
@@ -18,6 +21,7 @@ vLLM ignores them (with a warning in its log).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -31,12 +35,15 @@ VLLM_FIELD_TYPES = {
     "temperature": (int, float),
     "max_tokens": int,
     "top_k": int,
+    "top_p": (int, float),
     "repetition_penalty": (int, float),
     "skip_special_tokens": bool,
     "chat_template_kwargs": dict,
+    "chat_template": str,
     "response_format": dict,
 }
 RESPONSE_FORMAT_TYPES = {"text", "json_object", "json_schema"}
+SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 
 
 def vllm_request_error(body: dict) -> str | None:
@@ -147,6 +154,8 @@ class FakeOpenAI(LocalServer):
             "garbage": "I looked at the image and it seems fine to me.",
             "schema": json.dumps({"flagged": "maybe"}),
         }.get(name, f"<json>{json.dumps(OK_JSON)}</json>")
+        if body.get("skip_special_tokens", True) is not False:
+            content = SPECIAL_TOKEN.sub("", content)
         handler._send(
             200,
             {

@@ -13,6 +13,9 @@ torch = pytest.importorskip("torch")
 
 from pixverve import aesthetics as ae  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from artimuse_stand_in import STAND_IN_PROMPT, STAND_IN_QUESTION, make_checkout, vllm_render  # noqa: E402
+
 
 def test_mlp_has_the_published_layout():
     shapes = {k: tuple(v.shape) for k, v in ae.laion_mlp().state_dict().items()}
@@ -137,6 +140,11 @@ def test_artimuse_score_is_the_expectation_over_the_answer_tokens_renormalised()
     assert math.isnan(artimuse_expectation({"x": -1.0})[0])
 
 
+@pytest.fixture
+def artimuse_checkout(tmp_path):
+    return make_checkout(tmp_path / "ArtiMuse")
+
+
 def _artimuse_server(body):
     """Check the request the way vLLM would get it; answer one token with its alternatives."""
     import base64
@@ -145,12 +153,13 @@ def _artimuse_server(body):
 
     from PIL import Image
 
-    from pixverve.aesthetics import ARTIMUSE_QUESTION, artimuse_token
+    from pixverve.aesthetics import artimuse_token
 
     assert body["logprobs"] is True and body["top_logprobs"] == 128 and body["max_tokens"] == 1
+    assert vllm_render(body) == STAND_IN_PROMPT  # the model's own conversation, the question byte for byte
     content = body["messages"][-1]["content"]
     url = content[0]["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,") and content[1]["text"] == ARTIMUSE_QUESTION
+    assert url.startswith("data:image/png;base64,") and content[1]["text"] == STAND_IN_QUESTION
     with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
         assert im.size == (448, 448)
         bright = np.asarray(im).mean() > 128
@@ -161,14 +170,15 @@ def _artimuse_server(body):
             "logprobs": {"content": [{"token": alts[0][0], "logprob": math.log(0.5), "bytes": [], "top_logprobs": top}]}}
 
 
-def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path):
+def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path, artimuse_checkout):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_openai import FakeOpenAI
 
     from pixverve.aesthetics import build_predictor
 
     with FakeOpenAI(responder=_artimuse_server) as server:
-        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0}
+        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
+                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
         pred = build_predictor("artimuse", spec)
         scores = pred.score([np.full((300, 500, 3), 220, np.uint8), np.full((64, 64, 3), 20, np.uint8)])
         again = pred.score([np.full((64, 64, 3), 20, np.uint8)])  # the client is reusable across calls
@@ -177,11 +187,22 @@ def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path):
     assert pred.details[0] == {"tokens_found": 2, "token_mass": 0.8, "error": ""} and not pred.info.smoke
 
 
-def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_image():
+def test_artimuse_without_a_checkout_is_a_clear_error(tmp_path):
+    from pixverve.aesthetics import build_predictor
+    from pixverve.artimuse_upstream import UpstreamUnavailable
+
+    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "upstream": None}
+    with pytest.raises(UpstreamUnavailable, match=r"artimuse.upstream: not set; `git clone https://github.com/thunderbolt215/ArtiMuse`"):
+        build_predictor("artimuse", spec)
+    with pytest.raises(UpstreamUnavailable, match="modeling_artimuse.py not found"):
+        build_predictor("artimuse", spec | {"upstream": str(tmp_path)})
+
+
+def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_image(artimuse_checkout):
     from pixverve.aesthetics import build_predictor
     from pixverve.vlm import VLMConfigError
 
-    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2}
+    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2, "upstream": str(artimuse_checkout)}
     with pytest.raises(VLMConfigError, match=r"artimuse.base_url: the model server at http://127.0.0.1:9/v1/models does not answer"):
         build_predictor("artimuse", spec)
 

@@ -9,6 +9,7 @@ import copy
 from pathlib import Path
 import json
 import re
+import sys
 
 import jsonschema
 import numpy as np
@@ -93,12 +94,21 @@ def _client(server, **kw):
     return c
 
 
+def _step_client(server, config, overrides):
+    """A client with a step's ``vlm`` overrides merged in, as scripts/ build it (served_step_judge)."""
+    vlm = caption.step_config(config, overrides)["vlm"] | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 1, "timeout_s": 10}
+    c = VLMClient(VLMSettings.from_config(vlm))
+    c.smoke = False
+    return c
+
+
 def _run_chain(shard, responder):
     cfg, views = shard["config"], shard["views"]
     with FakeOpenAI(responder=responder) as server:
         judge = _client(server)
+        rex = _step_client(server, cfg, cfg["caption"]["boxes"]["rex_omni"]["vlm"])
         tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
-        boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, judge, log=lambda *_: None)
+        boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, rex, log=lambda *_: None)
         masks = caption.masks_shard(boxes, cfg, views, BoxSegmenter(), log=lambda *_: None)
         checks, crops = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
         desc = caption.describe_instances_shard(masks, checks, cfg, views, shard["upscaled"], judge, log=lambda *_: None)
@@ -254,3 +264,219 @@ def test_an_unreadable_sr_output_is_rejected_and_the_shard_goes_on(shard):
     checks = out["instance_checks"].set_index("image_id")
     assert not checks.loc[IDS[1], "passed"] and checks.loc[IDS[1], "reason"] == "unreadable"
     assert checks.loc[IDS[0], "passed"] and list(out["captions"]["image_id"]) == [IDS[0]]
+
+
+def test_rex_omni_is_asked_the_way_its_own_code_decodes(shard):
+    """vLLM strips special tokens unless asked not to (the fake does too): with the paper config's
+    Rex-Omni options the markers survive and boxes come back; a client without them gets the
+    bins only, and the step says why instead of reporting zero boxes as success."""
+    cfg = shard["config"]
+    with FakeOpenAI(responder=Scripted()) as server:
+        judge = _client(server)
+        tags = caption.tag_shard(shard["verified"], "s00000", cfg, shard["views"], None, judge, None, log=lambda *_: None)
+        n_before = len(server.bodies)
+        rex = _step_client(server, cfg, cfg["caption"]["boxes"]["rex_omni"]["vlm"])
+        good = caption.boxes_shard(tags, cfg, shard["views"], shard["upscaled"], None, rex, log=lambda *_: None)
+        body = server.bodies[n_before]
+        stripped = caption.boxes_shard(tags, cfg, shard["views"], shard["upscaled"], None, judge, log=lambda *_: None)
+    # upstream rex_omni/wrapper.py: greedy, top_k 1, repetition penalty 1.05, 4096 new tokens, special tokens kept
+    assert body["skip_special_tokens"] is False and body["top_k"] == 1 and body["repetition_penalty"] == 1.05
+    assert body["max_tokens"] == 4096 and body["temperature"] == 0.0 and "response_format" not in body
+    assert body["messages"][0] == {"role": "system", "content": cfg["caption"]["boxes"]["rex_omni"]["system_prompt"]}
+    assert (good["status"] == "ok").all() and (good["n_boxes"] == 2).all()
+    assert (stripped["n_boxes"] == 0).all() and (stripped["status"] == "special_tokens_stripped").all()
+    assert stripped["error"].str.contains("skip_special_tokens: false").all()
+
+
+def test_a_truncated_rex_answer_keeps_its_last_category():
+    from pixverve.caption_models import parse_rex_boxes, rex_reply_problem
+
+    cut = ("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><999><999><|box_end|>"
+           "<|object_ref_start|>dog<|object_ref_end|><|box_start|><0><0><499><499>, <500><500><999><999>, <10><10>")
+    boxes = parse_rex_boxes(cut, 999, 999)
+    assert [b["label"] for b in boxes] == ["cat", "dog", "dog"]  # the half-written third dog box is dropped
+    assert boxes[2]["box"] == pytest.approx([500, 500, 999, 999])
+    ended = parse_rex_boxes("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><9><9><|box_end|><|im_end|>junk", 999, 999)
+    assert len(ended) == 1
+    assert rex_reply_problem("cat<0><0><9><9>") and not rex_reply_problem(cut) and not rex_reply_problem("")
+
+
+def test_sam2_prompts_one_image_embedding_with_chunks_of_boxes(tmp_path):
+    """Chunked masks equal one forward over every box, and no forward sees more than box_chunk boxes."""
+    import torch
+
+    from pixverve.caption_models import Sam2Segmenter
+    from pixverve.tiny_vision import build_tiny_sam2
+
+    folder = build_tiny_sam2(tmp_path / "sam2", seed=0)
+    seg = Sam2Segmenter(str(folder), "cpu", smoke=True, box_chunk=2)
+    view = np.random.default_rng(3).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    boxes = [[10, 10, 80, 90], [50, 20, 190, 140], [0, 0, 199, 149], [100, 60, 130, 100], [5, 100, 60, 148]]
+    inputs = seg.processor(images=view, input_boxes=[boxes], return_tensors="pt")
+    with torch.inference_mode():
+        whole = seg.model(**inputs, multimask_output=False)
+    want = [m[0].numpy().astype(bool) for m in seg.processor.post_process_masks(whole.pred_masks, inputs["original_sizes"])[0]]
+    seen, forward = [], seg.model.forward
+
+    def counting(*args, **kw):
+        seen.append((kw.get("pixel_values") is None, int(kw["input_boxes"].shape[1])))
+        return forward(*args, **kw)
+
+    seg.model.forward = counting
+    masks, scores = seg.segment(view, boxes)
+    assert seen == [(True, 2), (True, 2), (True, 1)]  # the embedding is reused, never re-encoded
+    assert len(masks) == 5 and all(np.array_equal(a, b) for a, b in zip(masks, want))
+    assert scores == pytest.approx(whole.iou_scores[0, :, 0].tolist(), abs=1e-6)
+
+
+def test_grounding_dino_splits_a_long_tag_list_to_fit_its_text_limit(tmp_path):
+    """40 tags are ~150 tokens for the tiny model, whose max_text_len is 64: one prompt crashed the
+    shard ("size of tensor a (152) must match ... (64)"); now each prompt fits and boxes merge."""
+    from pixverve.caption_models import GroundingDinoDetector
+    from pixverve.tiny_vision import build_tiny_grounding_dino
+
+    det = GroundingDinoDetector(str(build_tiny_grounding_dino(tmp_path / "gd")), 0.0, 0.0, 20, "cpu")
+    tags = [f"thing{i}" for i in range(38)] + ["red sofa", "a tag far too long to fit any prompt of this model " * 2]
+    view = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    lengths, forward = [], det.model.forward
+
+    def counting(*args, **kw):
+        lengths.append(int(kw["input_ids"].shape[1]))
+        return forward(*args, **kw)
+
+    det.model.forward = counting
+    groups = det.prompt_groups(tags)
+    assert det.text_limit == 64 and [t for g in groups for t in g] == [t.strip() for t in tags]
+    assert all(len(g) <= 20 for g in groups) and len(groups[-1]) == 1  # the over-long tag alone
+    found = det.detect(view, tags)
+    assert len(lengths) == len(groups) and max(lengths) <= 64
+    # each box is labelled among the tags of the prompt that found it: the merge equals the groups run one by one
+    assert found == [d for g in groups for d in det.detect(view, g)]
+    assert found and {d["label"] for d in found} <= {t.strip() for t in tags}
+
+
+class _FailsOn:
+    """Wraps a real detector/segmenter; raises what a model raises on the image whose view has ``bad_px`` at (0, 0)."""
+
+    def __init__(self, inner, bad_px, method):
+        self.inner, self.bad_px, self.method = inner, bad_px, method
+        self.model_name, self.smoke = inner.model_name, False
+
+    def _call(self, view, arg):
+        if int(view[0, 0, 0]) == self.bad_px:
+            raise RuntimeError("The size of tensor a (94) must match the size of tensor b (64) at non-singleton dimension 2")
+        return getattr(self.inner, self.method)(view, arg)
+
+    def detect(self, view, tags):
+        return self._call(view, tags)
+
+    def segment(self, view, boxes):
+        return self._call(view, boxes)
+
+
+@pytest.mark.parametrize("step", ["detector", "segmenter"])
+def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step):
+    from pixverve.caption_models import BoxSegmenter
+
+    cfg, views = shard["config"], shard["views"]
+    with FakeOpenAI(responder=Scripted()) as server:
+        judge = _client(server)
+        tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
+        bad = int(caption.read_view(views, IDS[1])[0, 0, 0])
+        assert int(caption.read_view(views, IDS[0])[0, 0, 0]) != bad
+
+        class Boxes:  # a detector that always finds the whole image (the real GD path is tested above)
+            model_name, smoke = "whole-image boxes", False
+
+            def detect(self, view, kept):
+                return [{"label": kept[0], "phrase": kept[0], "score": 0.9, "box": [0, 0, view.shape[1] - 1, view.shape[0] - 1]}]
+
+        detector = _FailsOn(Boxes(), bad, "detect") if step == "detector" else Boxes()
+        segmenter = _FailsOn(BoxSegmenter(), bad, "segment") if step == "segmenter" else BoxSegmenter()
+        boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], detector, None, log=lambda *_: None)
+        masks = caption.masks_shard(boxes, cfg, views, segmenter, log=lambda *_: None)
+        checks, _ = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
+    masks, checks = masks.set_index("image_id"), checks.set_index("image_id")
+    assert masks.loc[IDS[0], "status"] == "ok" and masks.loc[IDS[0], "n_instances"] == 1
+    assert masks.loc[IDS[1], "status"] == "model_error" and f"{step}: RuntimeError" in masks.loc[IDS[1], "error"]
+    assert checks.loc[IDS[0], "passed"] and not checks.loc[IDS[1], "passed"]
+    assert checks.loc[IDS[1], "reason"] == "model_error" and "size of tensor" in checks.loc[IDS[1], "reason_detail"]
+
+
+def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_question(shard, tmp_path):
+    from artimuse_stand_in import make_checkout, vllm_render
+
+    cfg = shard["config"]
+    checkout = make_checkout(tmp_path / "ArtiMuse")
+    cfg["caption"]["aesthetics"].update(backend="artimuse", artimuse={"upstream": str(checkout), "template": "internvl2_5"})
+    rendered = []
+
+    def artimuse(body):
+        if "chat_template" not in body:  # the tagger, before
+            return Scripted()(body)
+        rendered.append(vllm_render(body))
+        return "Balanced, with the " + _text(body).split("the ", 1)[1].split(" of it")[0] + " well handled."
+
+    checks = shard["verified"][["image_id", "root", "relpath", "shard"]].assign(passed=True)
+    with FakeOpenAI(responder=artimuse) as server:
+        caption.tag_shard(shard["verified"], "s00000", cfg, shard["views"], None, _client(server), None, log=lambda *_: None)
+        judge = _step_client(server, cfg, caption.aesthetics_vlm_overrides(cfg))
+        table = caption.aesthetic_analysis_shard(checks, cfg, shard["views"], judge, log=lambda *_: None)
+    assert len(server.bodies) == 2 + 2 * 6  # tags, then one request per image and dimension
+    analysis = json.loads(table.set_index("image_id").loc[IDS[0], "analysis"])
+    assert analysis["composition_design"] == {"analysis": "Balanced, with the Composition & Design well handled."}
+    assert set(analysis) == {k for k, _ in caption.AESTHETIC_DIMENSIONS} and (table["judge_status"] == "ok").all()
+    assert table["composition_design_score"].isna().all()  # prose, not a rubric score
+    assert ("<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n"
+            "Judge the Composition & Design of it.<|im_end|>\n<|im_start|>assistant\n") in rendered  # requests overlap: any order
+
+
+STAND_IN_RAM = {
+    # the names inference_ram_plus.py uses: ram.get_transform, ram.models.ram_plus(...), model.generate_tag
+    "ram/__init__.py": "from .transform import get_transform\n",
+    "ram/transform.py": (
+        "from torchvision.transforms import Compose, Normalize, Resize, ToTensor\n"
+        "def get_transform(image_size=384):\n"
+        "    return Compose([lambda im: im.convert('RGB'), Resize((image_size, image_size)), ToTensor(),\n"
+        "                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])\n"),
+    "ram/models/__init__.py": (
+        "import torch\n"
+        "CALLS = []\n"
+        "class _RamPlus(torch.nn.Module):\n"
+        "    def __init__(self, image_size):\n"
+        "        super().__init__()\n"
+        "        self.image_size = image_size\n"
+        "    def generate_tag(self, image):\n"
+        "        assert image.ndim == 4 and tuple(image.shape[1:]) == (3, self.image_size, self.image_size)\n"
+        "        bright = image.mean(dim=(1, 2, 3)) > 0\n"
+        "        return (['cat | red sofa | sky' if b else 'night | lamp' for b in bright], ['zh'] * len(bright))\n"
+        "def ram_plus(pretrained='', image_size=384, vit=''):\n"
+        "    CALLS.append((pretrained, image_size, vit))\n"
+        "    return _RamPlus(image_size)\n"),
+}
+
+
+def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_does(tmp_path, monkeypatch):
+    from pixverve.caption_models import CaptionModelUnavailable
+
+    spec = {"backend": "ram_plus", "ram_plus": {"weights": str(tmp_path / "ram_plus_swin_large_14m.pth"), "image_size": 64,
+                                                 "vit": "swin_l", "device": "cpu"}}
+    with pytest.raises(CaptionModelUnavailable, match="pip install git\\+https://github.com/xinyu1205/recognize-anything"):
+        build_tagger(spec)  # not installed in this venv: the error says how
+    for rel, text in STAND_IN_RAM.items():
+        (tmp_path / "pkgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkgs" / rel).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    with pytest.raises(CaptionModelUnavailable, match="caption.tags.ram_plus.weights"):
+        build_tagger(spec)
+    (tmp_path / "ram_plus_swin_large_14m.pth").write_bytes(b"stand-in")
+    try:
+        tagger = build_tagger(spec)
+        import ram.models
+
+        assert ram.models.CALLS == [(spec["ram_plus"]["weights"], 64, "swin_l")]
+        bright, dark = np.full((90, 120, 3), 230, np.uint8), np.full((50, 50, 3), 10, np.uint8)
+        assert tagger.tag([bright, dark]) == [[("cat", 1.0), ("red sofa", 1.0), ("sky", 1.0)], [("night", 1.0), ("lamp", 1.0)]]
+    finally:  # the stand-in must not outlive this test
+        for name in [m for m in sys.modules if m == "ram" or m.startswith("ram.")]:
+            sys.modules.pop(name)

@@ -279,3 +279,97 @@ def test_a_missing_sr_program_stops_the_job(tmp_path):
     cfg = _config(tmp_path, "command", "pixverve-no-such-sr-tool --input {input} --output {output}")
     with pytest.raises(SRUnavailable, match="cannot be run"):
         upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
+
+
+def test_batch_command_runs_once_per_shard_and_checks_every_output(tmp_path):
+    """One process gets every image's job (ODTSR loads once); an image it could not do is that
+    image's row; a rerun finds the outputs and starts no process."""
+    tool = tmp_path / "batch_tool.py"
+    tool.write_text(
+        "import json, sys\nfrom PIL import Image\n"
+        f"open({str(tmp_path / 'starts.txt')!r}, 'a').write('x')\n"
+        "spec = json.load(open(sys.argv[1]))\n"
+        "assert spec['options'] == {'tile': 32, 'color_fix': 'wavelet'}\n"
+        "bad = 0\n"
+        "for job in spec['jobs']:\n"
+        "    assert job['prompt'] == 'sharp'\n"
+        "    try:\n"
+        "        im = Image.open(job['input']); s = job['scale']\n"
+        "        im.resize((im.width * s, im.height * s)).save(job['output'], format='TIFF')\n"
+        "    except Exception as exc:\n"
+        "        bad += 1; print('failed', job['input'], exc, file=sys.stderr)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    rows = _rows(tmp_path, [(2, "x2"), (4, "x4"), (1, "native"), (4, "x4")])
+    (tmp_path / "src" / "1.png").write_bytes(b"broken")
+    cfg = _config(tmp_path, "command")
+    cfg["upscale"]["command"] = {"template": None, "batch_template": f"{sys.executable} {tool} {{jobs}}",
+                                 "options": {"tile": 32, "color_fix": "wavelet"}}
+    table, timings = upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
+    assert (tmp_path / "starts.txt").read_text() == "x"  # one process for the three images to upscale
+    assert list(table["passed"]) == [True, False, True, True]
+    assert list(table["out_width"]) == [240, 0, 120, 480] and list(table["backend"]) == ["command", "command", "archive", "command"]
+    assert table.iloc[1]["reason"] == "sr_failed" and "batch command failed (1)" in table.iloc[1]["reason_detail"]
+    assert not list((tmp_path / "out").glob("*.json")) and not list((tmp_path / "out").glob("*.cmd.tif"))
+    table2, timings2 = upscale_shard(rows.drop(index=1), cfg, tmp_path / "out", log=lambda *_: None)
+    assert (tmp_path / "starts.txt").read_text() == "x" and set(timings2["status"]) == {"existing"}
+
+
+STAND_IN_ODTSR = {
+    "examples/qwen_image/generator.py": (
+        "import json, torch\nfrom PIL import Image\n"
+        "class _Pipe:\n    def requires_grad_(self, flag):\n        self.grad = flag\n"
+        "class Generator(torch.nn.Module):\n"
+        "    def __init__(self, torch_dtype=None, pretrained_weights=None, tokenizer_path=None, learning_rate=1e-4,\n"
+        "                 use_gradient_checkpointing=True, pretrained_ckpt_path_gen=None):\n"
+        "        super().__init__()\n"
+        "        self.w = torch.nn.Parameter(torch.zeros(1))\n"
+        "        self.pipe = _Pipe()\n"
+        "        weights = json.loads(pretrained_weights)\n"
+        "        assert len(weights[0]) == 2 and len(weights[1]) == 1 and weights[2].endswith('vae/diffusion_pytorch_model.safetensors')\n"
+        "        assert tokenizer_path.endswith('tokenizer') and pretrained_ckpt_path_gen.endswith('odtsr.ckpt')\n"
+        "        open(pretrained_ckpt_path_gen + '.loads', 'a').write('x')\n"
+        "    def infer(self, prompt, negative_prompt, condition_image, cfg_scale, fidelity, tiled, tile_size, tile_stride):\n"
+        "        open(self.log, 'a').write(json.dumps([prompt, negative_prompt, list(condition_image.size), cfg_scale, fidelity,\n"
+        "                                              tiled, tile_size, tile_stride]) + '\\n')\n"
+        "        return condition_image\n"),
+    "examples/qwen_image/wavelet_color_fix.py": (
+        "def adain_color_fix(target, source):\n    return target.point(lambda v: 255 - v)\n"
+        "def wavelet_color_fix(target, source):\n    return target\n"),
+}
+
+
+def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
+    import json
+    import subprocess
+
+    from PIL import Image
+
+    checkout = tmp_path / "ODTSR"
+    for rel, text in STAND_IN_ODTSR.items():
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text(text.replace("self.log", repr(str(tmp_path / "infer.jsonl"))))
+    qwen = tmp_path / "Qwen-Image"
+    for rel in ("transformer/diffusion_pytorch_model-00001-of-00002.safetensors", "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+                "text_encoder/model-00001-of-00001.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        (qwen / rel).parent.mkdir(parents=True, exist_ok=True)
+        (qwen / rel).write_bytes(b"")
+    (tmp_path / "odtsr.ckpt").write_bytes(b"")
+    Image.new("RGB", (120, 90), (10, 20, 30)).save(tmp_path / "a.png")
+    Image.new("RGB", (700, 60), (10, 20, 30)).save(tmp_path / "b.png")
+    jobs = {"options": {"checkout": str(checkout), "trained_ckpt": str(tmp_path / "odtsr.ckpt"), "qwen_path": str(qwen), "device": "cpu"},
+            "jobs": [{"input": str(tmp_path / "a.png"), "output": str(tmp_path / "a.tif"), "scale": 2, "prompt": "sharp"},
+                     {"input": str(tmp_path / "missing.png"), "output": str(tmp_path / "m.tif"), "scale": 2, "prompt": "sharp"},
+                     {"input": str(tmp_path / "b.png"), "output": str(tmp_path / "b.tif"), "scale": 1, "prompt": "sharp"}]}
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    wrapper = Path(__file__).resolve().parent.parent / "pixverve" / "odtsr_run.py"
+    res = subprocess.run([sys.executable, str(wrapper), str(tmp_path / "jobs.json")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "missing.png" in res.stderr  # one image failed, the others were done
+    assert (tmp_path / "odtsr.ckpt.loads").read_text() == "x"  # the model was built once
+    calls = [json.loads(line) for line in (tmp_path / "infer.jsonl").read_text().splitlines()]
+    # test_sr.py: bicubic to the target size, padded to the 512 px (64 latent) tile grid with stride 384, cfg 1, fidelity 1
+    assert calls[0] == ["sharp", "", [512, 512], 1.0, 1.0, True, 64, 48]
+    assert calls[1][2] == [896, 512]  # 700 wide: 512 + 1 stride of 384
+    with Image.open(tmp_path / "a.tif") as out:
+        assert out.size == (240, 180) and out.getpixel((5, 5)) == (245, 235, 225)  # cropped back, adain colour fix applied
+    assert not (tmp_path / "m.tif").exists()

@@ -157,3 +157,36 @@ def test_schema_response_format_and_a_badly_typed_option():
 def test_bad_request_options_are_config_errors(bad):
     with pytest.raises(VLMConfigError, match="config key vlm"):
         VLMSettings.from_config({"base_url": "http://127.0.0.1:1/v1", "model": "m", **bad})
+
+
+def _thinking_qwen(body):
+    """A Qwen3.5 answer as vLLM returns it without a reasoning parser: the template opened the
+    <think> block in the prompt, so the reply holds the reasoning and only the closing tag --
+    unless the request turned thinking off in the template."""
+    answer = '<json>{"flagged": false, "reason": "clean"}</json>'
+    if (body.get("chat_template_kwargs") or {}).get("enable_thinking") is False:
+        return answer
+    return 'The user wants {"flagged": ...}. Let me look.\n</think>\n\n' + answer
+
+
+@pytest.mark.parametrize("reply", ['musing {"a": 1}</think>{"flagged": true, "reason": "x"}',
+                                   '<think>musing {"a": 1}</think>{"flagged": true, "reason": "x"}'])
+def test_reasoning_before_a_closing_think_is_dropped(reply):
+    from pixverve.vlm import TEXT, parse_reply
+
+    assert parse_reply(reply, SCHEMA) == ("ok", {"flagged": True, "reason": "x"}, "")
+    assert parse_reply("plan</think>\nA cat.", TEXT) == ("ok", "A cat.", "")
+
+
+def test_the_paper_config_turns_qwen35_thinking_off(repo_root):
+    from pixverve.caption import step_config
+    from pixverve.config import load_yaml
+
+    config = load_yaml(repo_root / "config.yaml")
+    vlm = step_config(config, config["bench"]["judge"]["vlm"])["vlm"]
+    assert "Qwen3.5" in vlm["model"]
+    with FakeOpenAI(responder=_thinking_qwen) as server:
+        settings = VLMSettings.from_config(vlm | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 0})
+        [res] = VLMClient(settings).run_many([req(0, "ok")])
+    assert server.bodies[0]["chat_template_kwargs"] == {"enable_thinking": False}
+    assert res.status == "ok" and res.raw_replies == ['<json>{"flagged": false, "reason": "clean"}</json>']
