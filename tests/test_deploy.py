@@ -87,6 +87,32 @@ def test_directory_run_keeps_results_there_and_finds_every_shipped_file(outside)
     assert "purify_decide" not in jobs and "screen" not in jobs  # nothing of stages 1-2 redone
 
 
+def test_killed_snakemake_leaves_a_lock_that_unlock_clears_and_the_rerun_resumes(outside):
+    """README: after `kill -9` of Snakemake itself, `snakemake --unlock` then the same command."""
+    import os
+    import signal
+    import time
+
+    args = ["-s", str(ROOT / "Snakefile"), "--directory", str(outside), "--configfile", *DEMO_CONFIGS]
+    target = outside / "results/purify/decisions.parquet"
+    before = target.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args, "--forcerun", "purify_decide",
+                             "--", str(target.relative_to(outside))], cwd=outside, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    locks = outside / ".snakemake/locks"
+    deadline = time.monotonic() + 120
+    while not (locks.is_dir() and any(locks.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "Snakemake finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    locked = _run([*args, "--", "purify"], outside, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    _run([*args, "--unlock"], outside)
+    _run([*args, "--rerun-incomplete", "--", "purify"], outside)
+    assert target.read_bytes() == before
+
+
 def test_module_use_from_a_separate_folder(outside):
     """A deployment folder (snakedeploy's layout): its Snakefile imports ours as a module."""
     (outside / "workflow").mkdir()
