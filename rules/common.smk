@@ -42,8 +42,10 @@ wildcard_constraints:
 
 def index_inputs(wildcards):
     """Manifests and scanned folders of every root: the index reruns when they change."""
-    check_roots(config)  # a missing or empty root: an error naming it, not a MissingInputException
-    filled = roots_filled_by_rules(config)  # their rule creates them; its manifest is the input
+    # a missing or empty root: an error naming it, not a MissingInputException
+    check_roots(config)
+    # roots a rule fills may not exist yet: that rule creates them (its manifest is an input)
+    filled = roots_filled_by_rules(config)
     manifests = [m["path"] for m in config["sources"]["manifests"]]
     folders = [
         r["path"]
