@@ -129,3 +129,22 @@ def test_module_use_from_a_separate_folder(outside):
     jobs = _jobs(_run(["-s", "workflow/Snakefile", "-n", "--quiet", "rules"], outside))
     assert {"verify_regions", "caption_tags", "caption_records", "bench_judge"} <= set(jobs)
     assert "purify_decide" not in jobs
+
+
+def test_shipped_file_rule(tmp_path):
+    """The documented rule: the working directory's copy wins, else the workflow folder's; other
+    values (roots, weights) are left alone."""
+    from pixverve.workflow import resolve_shipped_files
+
+    work = tmp_path / "work"
+    (work / "prompts").mkdir(parents=True)
+    (work / "prompts/tags.md").write_text("my own prompt")
+    config = {"caption": {"tags": {"prompt": "prompts/tags.md", "prune": {"prompt": "prompts/tag_prune.md"}}},
+              "verify": {"regions": {"prompt": "prompts/region_artifact.md"}}, "x": ["prompts/nope.md", "data/raw"],
+              "upscale": {"weights": "resources/weights/a.pth"}}
+    changed = resolve_shipped_files(config, ROOT, work)
+    assert config["caption"]["tags"]["prompt"] == "prompts/tags.md"  # present in the working directory
+    assert config["caption"]["tags"]["prune"]["prompt"] == str(ROOT / "prompts/tag_prune.md")
+    assert config["verify"]["regions"]["prompt"] == str(ROOT / "prompts/region_artifact.md")
+    assert config["x"] == ["prompts/nope.md", "data/raw"] and config["upscale"]["weights"] == "resources/weights/a.pth"
+    assert sorted(changed) == ["caption.tags.prune.prompt", "verify.regions.prompt"]
