@@ -159,3 +159,10 @@ def resolve_shipped_files(config, workflow_dir: str | Path, workdir: str | Path 
 
     walk(config, "")
     return changed
+
+
+def note_empty(log, n: int, stage: str) -> None:
+    """The one clear log line of a stage that received no image (its tables are written empty)."""
+    if n == 0:
+        log.info(f"{stage}: no image entered (every image was dropped by an earlier stage, or the pool is empty); "
+                 "writing empty tables")
