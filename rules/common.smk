@@ -44,7 +44,7 @@ def index_inputs(wildcards):
     """Manifests and scanned folders of every root: the index reruns when they change."""
     # a missing or empty root: an error naming it, not a MissingInputException
     check_roots(config)
-    # roots a rule fills may not exist yet: that rule creates them (its manifest is an input)
+    # roots filled by a collector or the synthetic stream may not exist yet (created by that step)
     filled = roots_filled_by_rules(config)
     manifests = [m["path"] for m in config["sources"]["manifests"]]
     folders = [
