@@ -2,9 +2,11 @@
 # Targets only; the rules live in rules/*.smk and the science in the pixverve package.
 #   snakemake --cores 2 --configfile configs/demo.yaml   # the bundled demo, CPU, minutes
 #   snakemake --profile profiles/slurm                   # the paper's run on a cluster
+import os
 
 
-configfile: "config.yaml"
+# the workflow's own defaults (also under --directory or as a module); overlays: --configfile
+configfile: os.path.join(workflow.current_basedir, "config.yaml")
 
 
 report: "report/workflow.rst"

@@ -96,7 +96,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megapixels", type=float, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="seconds, tiny sizes: CI checks that it still runs")
     args = parser.parse_args()
+    if args.quick:
+        args.megapixels = 1
     jpeg = Path(f"/tmp/pixverve_glcm_{args.megapixels:g}mp.jpg")
     if not jpeg.exists():
         make_jpeg(jpeg, args.megapixels)

@@ -49,7 +49,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300_000)
     ap.add_argument("--brute-n", type=int, default=30_000)
     ap.add_argument("--k", type=int, nargs="+", default=[4, 6, 8, 10])
+    ap.add_argument("--quick", action="store_true", help="seconds, tiny sizes: CI checks that it still runs")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.brute_n, args.k = 5_000, 2_000, [8]
     pool = synthetic_pool(args.n)
     sub = pool[: args.brute_n]
     print(f"pool: {args.n} synthetic pHashes (2 % planted near-duplicates); all-pairs reference on {args.brute_n}")

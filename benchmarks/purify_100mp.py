@@ -103,7 +103,10 @@ def main() -> None:
     ap.add_argument("--megapixels", type=float, default=100)
     ap.add_argument("--patch", type=int, default=240, help="flatness patch side (the paper config at 100 MP)")
     ap.add_argument("--cache", default=str(ROOT / "resources" / "bench"))
+    ap.add_argument("--quick", action="store_true", help="seconds, tiny sizes: CI checks that it still runs")
     args = ap.parse_args()
+    if args.quick:
+        args.megapixels, args.patch = 1, 24
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"purify_{args.megapixels:g}mp.jpg"

@@ -86,7 +86,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--big-side", type=int, default=2560, help="Lanczos input side for the memory part (x4)")
     ap.add_argument("--weights", default=str(ROOT / "resources/weights/RealESRGAN_x4plus.safetensors"))
+    ap.add_argument("--quick", action="store_true", help="seconds, tiny sizes: CI checks that it still runs")
     args = ap.parse_args()
+    if args.quick:
+        args.megapixels, args.big_side = 0.01, 256
     if not Path(args.weights).exists():
         sys.path.insert(0, str(ROOT))
         from pixverve import sr_weights

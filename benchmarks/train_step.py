@@ -90,7 +90,10 @@ def main() -> None:
     parser.add_argument("--flux2", default=None, help="FLUX.2-klein pipeline folder (else tiny)")
     parser.add_argument("--zimage", default=None, help="Z-Image pipeline folder (else tiny)")
     parser.add_argument("--scheme", default=None, help=argparse.SUPPRESS)  # internal: one scheme per process
+    parser.add_argument("--quick", action="store_true", help="seconds, tiny sizes: CI checks that it still runs")
     args = parser.parse_args()
+    if args.quick:
+        args.resolution, args.steps = 64, 2
     if args.scheme:
         print(json.dumps(one(args)))
         return

@@ -31,7 +31,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--latency", type=float, default=1.0)  # a fast VLM reply; real ones take seconds
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--quick", action="store_true", help="seconds, tiny sizes: CI checks that it still runs")
     args = ap.parse_args()
+    if args.quick:
+        args.latency, args.levels = 0.05, [1, 8]
     patch = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     print(f"server latency {args.latency:.2f} s per reply; requests carry one 64 px JPEG")
     print(f"{'concurrency':>11} {'requests':>8} {'seconds':>8} {'req/s':>8} {'ideal':>8} {'ratio':>6} {'peak':>5}")

@@ -75,7 +75,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grid", type=int, help=argparse.SUPPRESS)  # internal: one measurement per process
     parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="seconds, tiny sizes: CI checks that it still runs")
     args = parser.parse_args()
+    if args.quick:
+        args.grids, args.window, args.text, args.repeats = [16], 4, 8, 1
     if args.method:
         print(json.dumps(measure(args)))
         return

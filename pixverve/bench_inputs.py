@@ -78,3 +78,16 @@ def compression_ratio(paths: list[Path], size: int) -> float:
     """Diffusion-4K's extra metric: raw bytes (size^2 x 3 x N) / total bytes of the JPEG files."""
     total = sum(Path(p).stat().st_size for p in paths)
     return size * size * 3 * len(paths) / total
+
+
+FID_MIN_IMAGES = 2  # torchmetrics' FID needs more than one sample per distribution
+
+
+def require_fid_pairs(items, method: str, benchmark: str) -> None:
+    """Too few paired images for FID: an error naming the method and the count (not torchmetrics')."""
+    if len(items) < FID_MIN_IMAGES:
+        raise ValueError(
+            f"bench method {method!r}: {len(items)} benchmark image pair(s) from {benchmark}; FID needs at least "
+            f"{FID_MIN_IMAGES}. The held-out split is empty or too small: every image may have been dropped by an "
+            "earlier stage (paper_figures/table1_data_flow.csv shows where), or caption.export.benchmark_size is too small."
+        )

@@ -55,7 +55,7 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
     """(table with captions and decisions, manifest rows) for one configured import."""
     import pandas as pd
 
-    from .index import resolve_inside, roots_from_config
+    from .index import Unresolvable, resolve_inside, roots_from_config
 
     preset = PRESETS[spec.get("preset", "generic")]
     columns = {**preset["columns"], **(spec.get("columns") or {})}
@@ -97,6 +97,8 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
             try:
                 if not resolve_inside(root.path, rel).is_file():
                     row.update(passed=False, reason="missing_file", reason_detail=f"{metadata.name} row {n}: no file {rel} in {root.path}")
+            except Unresolvable as exc:  # a symlink loop: a row, the import goes on
+                row.update(passed=False, reason="unresolvable", reason_detail=str(exc))
             except ValueError as exc:
                 row.update(passed=False, reason="outside_roots", reason_detail=str(exc))
         rows.append(row)

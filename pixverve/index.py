@@ -89,11 +89,18 @@ def roots_from_config(config: dict, base_dir: str | Path = ".") -> dict[str, Roo
     return roots
 
 
+class Unresolvable(ValueError):
+    """A path whose symlinks cannot be followed (a loop, a link the process may not read)."""
+
+
 def resolve_inside(root: Path, relpath: str) -> Path:
     """Resolve ``root/relpath`` (following symlinks) and refuse anything outside ``root``."""
     if os.path.isabs(relpath):
         raise ValueError(f"absolute path {relpath!r} in a manifest; paths must be relative to their root")
-    path = (root / relpath).resolve()
+    try:
+        path = (root / relpath).resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError: "Symlink loop" (Python < 3.13)
+        raise Unresolvable(f"{relpath!r} cannot be resolved: {exc}") from exc
     if not path.is_relative_to(root):
         raise ValueError(f"{relpath!r} resolves to {path}, outside root {root}")
     return path
@@ -104,11 +111,21 @@ def image_path(roots: dict[str, Root], root_name: str, relpath: str) -> Path:
     return resolve_inside(roots[root_name].path, relpath)
 
 
+def _problem(exc: ValueError) -> tuple[str, str]:
+    return ("unresolvable" if isinstance(exc, Unresolvable) else "outside_roots", str(exc))
+
+
 def _scan_root(root: Root, extensions: set[str], log) -> list[Candidate]:
     if not root.path.is_dir():
         raise FileNotFoundError(f"source root {root.name!r}: folder {root.path} does not exist")
     found, skipped = [], {}
-    for dirpath, dirnames, filenames in os.walk(root.path):
+
+    def unreadable_folder(exc: OSError):
+        # a sub-folder the scan may not list: one row with the reason, the scan goes on
+        rel = os.path.relpath(exc.filename or str(root.path), root.path)
+        found.append(Candidate(root.name, rel, root.source, root.licence, problem=("unreadable", f"folder not listable: {exc}")))
+
+    for dirpath, dirnames, filenames in os.walk(root.path, onerror=unreadable_folder):
         # hidden entries are never images of the pool: collector journals and temp downloads,
         # macOS "._" forks, .git folders
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -124,7 +141,7 @@ def _scan_root(root: Root, extensions: set[str], log) -> list[Candidate]:
             try:
                 cand.abspath = resolve_inside(root.path, rel)
             except ValueError as exc:
-                cand.problem = ("outside_roots", str(exc))
+                cand.problem = _problem(exc)
             found.append(cand)
     for suffix, n in sorted(skipped.items()):
         log(f"root {root.name}: ignored {n} file(s) with extension {suffix or '(none)'!r} (not in sources.extensions)")
@@ -157,7 +174,7 @@ def _read_manifest(manifest: dict, roots: dict[str, Root], base_dir: Path) -> li
                 if not cand.abspath.is_file():
                     cand.problem = ("missing_file", f"listed in {path.name} but not found at {cand.abspath}")
             except ValueError as exc:
-                cand.problem = ("outside_roots", str(exc))
+                cand.problem = _problem(exc)
             out.append(cand)
     return out
 
@@ -264,6 +281,8 @@ def _index_one(cand: Candidate, cache: HashCache, max_megapixels: float) -> dict
         info = images.probe(path, max_megapixels)
     except images.ImageError as exc:
         return fail(row, exc.code, exc.detail)
+    except OSError as exc:  # vanished or lost its permission between hashing and probing
+        return fail(row, "unreadable", str(exc))
     row.update(
         format=info.format,
         mode=info.mode,

@@ -199,8 +199,8 @@ def score_classical_shard(rows, config: dict, base_dir=".", threads: int = 1):
     cap = config["io"]["max_megapixels"]
     background = tuple(config["io"]["alpha_background"])
 
-    def work(rec):
-        row = {
+    def blank(rec):
+        return {
             "image_id": rec["image_id"],
             "root": rec["root"],
             "relpath": rec["relpath"],
@@ -223,6 +223,9 @@ def score_classical_shard(rows, config: dict, base_dir=".", threads: int = 1):
             "flatness_smooth_variance": params.smooth_variance,
             "flatness_max_smooth_share": float(p["flatness"]["max_smooth_share"]),
         }
+
+    def work(rec):
+        row = blank(rec)
         try:
             grey, info = images.read_grey(image_path(roots, rec["root"], rec["relpath"]), cap, background=background)
         except images.ImageError as exc:
@@ -248,7 +251,8 @@ def score_classical_shard(rows, config: dict, base_dir=".", threads: int = 1):
     recs = rows.to_dict("records")
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         out = list(tqdm(pool.map(work, recs), total=len(recs), desc="purify", unit="img", mininterval=2))
-    return pd.DataFrame(out)
+    # no image in the shard: the same columns, so the pool-level decision reads an empty table
+    return pd.DataFrame(out, columns=list(ok(blank(dict.fromkeys(("image_id", "root", "relpath", "shard"), ""))).keys()))
 
 
 def _explain(row: dict, failed: list[str]) -> str:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import images
 from .config import ScreeningCriterion, screening_criteria, sr_tiers, tier_for
 from .dedup import phash
-from .index import image_path, roots_from_config
+from .index import Unresolvable, file_sha256, image_path, roots_from_config
 from .tables import fail, ok
 
 # The pHash only needs ~32 px; decoding JPEGs at >= 256 px keeps it stable across DCT scales.
@@ -47,7 +47,23 @@ def check_resolution(width: int, height: int, criteria: list[ScreeningCriterion]
     )
 
 
-def _screen_one(rec: dict, path: Path, criteria, tiers, max_megapixels: float, background) -> dict:
+def _changed_since_index(rec: dict, path: Path) -> tuple[str, str] | None:
+    """Whether the file is still the one the index identified: gone, unreadable, or other bytes
+    (the image_id is the content's hash, so a changed file must not pass under the old id)."""
+    try:
+        size = path.stat().st_size
+        if size != int(rec["bytes"]):
+            return "changed_since_index", f"{size} bytes now, {int(rec['bytes'])} when indexed"
+        if rec.get("sha256") and file_sha256(path) != rec["sha256"]:
+            return "changed_since_index", "the content's SHA-256 differs from the index's"
+    except FileNotFoundError as exc:
+        return "vanished_since_index", str(exc)
+    except OSError as exc:
+        return "unreadable", str(exc)
+    return None
+
+
+def _screen_one(rec: dict, path: Path | None, criteria, tiers, max_megapixels: float, background, problem=None) -> dict:
     w, h = int(rec["width"]), int(rec["height"])
     row = {
         "image_id": rec["image_id"],
@@ -75,6 +91,9 @@ def _screen_one(rec: dict, path: Path, criteria, tiers, max_megapixels: float, b
     tier = tier_for(w * h, tiers)
     if tier is not None:
         row["sr_tier"], row["sr_scale"] = tier.name, tier.scale
+    changed = problem or _changed_since_index(rec, path)
+    if changed:
+        return fail(row, *changed)
     try:
         rgb, info = images.read_rgb(path, max_megapixels, reduce_to_min_side=HASH_DECODE_MIN_SIDE, background=background)
     except images.ImageError as exc:
@@ -96,8 +115,13 @@ def screen_shard(shard: pd.DataFrame, config: dict, base_dir=".", threads: int =
     recs = shard.to_dict("records")
 
     def work(rec):
-        path = image_path(roots, rec["root"], rec["relpath"])
-        return _screen_one(rec, path, criteria, tiers, config["io"]["max_megapixels"], background)
+        try:
+            path = image_path(roots, rec["root"], rec["relpath"])
+        except ValueError as exc:  # the path turned into a loop or now points outside its root
+            path, problem = None, ("unresolvable" if isinstance(exc, Unresolvable) else "outside_roots", str(exc))
+        else:
+            problem = None
+        return _screen_one(rec, path, criteria, tiers, config["io"]["max_megapixels"], background, problem)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         rows = list(tqdm(pool.map(work, recs), total=len(recs), desc="screen", unit="img", mininterval=2))

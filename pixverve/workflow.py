@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 
 def start_script(snakemake, name: str) -> logging.Logger:
@@ -75,3 +77,93 @@ def check_config(config: dict) -> None:
     from .train_config import check_train_config
 
     check_train_config(config)
+
+
+def roots_filled_by_rules(config: dict) -> set[str]:
+    """Source roots a rule of this workflow writes into (enabled collectors, the synthetic stream)."""
+    collect = config.get("collect") or {}
+    names = {collect[s]["root"] for s in collect.get("enabled") or [] if s in collect}
+    synthetic = config.get("synthetic") or {}
+    if synthetic.get("enabled"):
+        names.add(synthetic["root"])
+    return names
+
+
+def _has_image(folder: Path, extensions: set[str]) -> bool:
+    """Stops at the first file with a configured extension (cheap on a full root)."""
+    for _dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(Path(n).suffix.lower() in extensions and not n.startswith(".") for n in filenames):
+            return True
+    return False
+
+
+def check_roots(config: dict, workdir: str | Path = ".") -> None:
+    """A scanned root that is missing or holds no image stops the run with what to do.
+
+    Roots a rule fills (an enabled collector, the synthetic stream) may be missing: the rule
+    creates them.  Roots listed only by manifests (``scan: false``) are not checked here; a
+    listed file that is missing is a row with its reason."""
+    filled = roots_filled_by_rules(config)
+    extensions = {e.lower() for e in config["sources"]["extensions"]}
+    for i, r in enumerate(config["sources"]["roots"]):
+        if not r.get("scan", True) or r["name"] in filled:
+            continue
+        folder = Path(workdir) / r["path"]
+        where = f"{r['path']!r} (relative to the working directory {Path(workdir).resolve()})" if not Path(r["path"]).is_absolute() else repr(r["path"])
+        if not folder.is_dir():
+            problem = f"folder {where} does not exist"
+        elif not _has_image(folder, extensions):
+            problem = f"folder {where} holds no file with an extension of sources.extensions {sorted(extensions)}"
+        else:
+            continue
+        hint = (
+            f" Put the {r['name']} images there, point `path` at the folder that holds them, fill it with its"
+            f" collector (collect.enabled: [{r['name']}] when a collector writes into this root), or remove"
+            " the entry from your config overlay."
+        )
+        if r["name"] in ("pexels", "unsplash"):
+            hint += " To try the workflow on the bundled demo pool instead: --configfile configs/demo.yaml."
+        raise ValueError(f"config key sources.roots[{i}] (name {r['name']!r}): {problem}.{hint}")
+
+
+# Shipped files named in config (prompts, vocabularies, schemas): a relative value under one of
+# these folders that is not present in the working directory is read from the workflow's folder,
+# so `--directory` runs and Snakemake `module` use find them.
+SHIPPED_FOLDERS = ("prompts/", "schemas/", "report/", "configs/")
+
+
+def shipped_path(value: str, workflow_dir: str | Path, workdir: str | Path = ".") -> str:
+    """``value`` itself when absolute or present in the working directory, else the workflow's copy."""
+    if os.path.isabs(value) or (Path(workdir) / value).exists():
+        return value
+    candidate = Path(workflow_dir) / value
+    return str(candidate) if candidate.exists() else value
+
+
+def resolve_shipped_files(config, workflow_dir: str | Path, workdir: str | Path = ".") -> list[str]:
+    """Rewrite (in place) every config string naming a shipped file by :func:`shipped_path`;
+    return the dotted keys that now point into the workflow folder."""
+    changed = []
+
+    def walk(node, key):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            name = f"{key}.{k}" if key else str(k)
+            if isinstance(v, str) and v.startswith(SHIPPED_FOLDERS):
+                new = shipped_path(v, workflow_dir, workdir)
+                if new != v:
+                    node[k] = new
+                    changed.append(name)
+            else:
+                walk(v, name)
+
+    walk(config, "")
+    return changed
+
+
+def note_empty(log, n: int, stage: str) -> None:
+    """The one clear log line of a stage that received no image (its tables are written empty)."""
+    if n == 0:
+        log.info(f"{stage}: no image entered (every image was dropped by an earlier stage, or the pool is empty); "
+                 "writing empty tables")

@@ -169,7 +169,7 @@ rule caption_records:
         purify="results/purify/decisions.parquet",
         verify="results/verify/{shard}.parquet",
         upscaled="results/upscale/{shard}.parquet",
-        schema="schemas/annotation.schema.json",
+        schema=shipped("schemas/annotation.schema.json"),
     output:
         "results/caption/records/{shard}.jsonl",
     log:

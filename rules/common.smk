@@ -5,14 +5,33 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
+# The workflow's own folder (this file's parent's parent), also when the Snakefile is used as a
+# `module` or run with --directory: shipped files are found here, results go to the working
+# directory.  (workflow.basedir is the *main* Snakefile's folder, the user's one under `module`.)
+WORKFLOW_DIR = Path(workflow.current_basedir).parent
+
 # The pixverve package sits next to the Snakefile; scripts import it from there too.
-sys.path.insert(0, workflow.basedir)
+sys.path.insert(0, str(WORKFLOW_DIR))
 
 from pixverve.index import generated_manifests  # noqa: E402
-from pixverve.workflow import check_config  # noqa: E402
+from pixverve.workflow import (  # noqa: E402
+    check_config,
+    check_roots,
+    resolve_shipped_files,
+    roots_filled_by_rules,
+    shipped_path,
+)
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
+# config values naming shipped files (prompts/..., schemas/...): the working directory's copy
+# when it has one, else the workflow folder's (README, "Running outside the checkout")
+resolve_shipped_files(config, WORKFLOW_DIR)
+
+
+def shipped(relpath):
+    """A file the workflow ships, by the same rule as the config values above."""
+    return shipped_path(relpath, WORKFLOW_DIR)
 
 
 wildcard_constraints:
@@ -23,8 +42,16 @@ wildcard_constraints:
 
 def index_inputs(wildcards):
     """Manifests and scanned folders of every root: the index reruns when they change."""
+    # a missing or empty root: an error naming it, not a MissingInputException
+    check_roots(config)
+    # roots filled by a collector or the synthetic stream may not exist yet (created by that step)
+    filled = roots_filled_by_rules(config)
     manifests = [m["path"] for m in config["sources"]["manifests"]]
-    folders = [r["path"] for r in config["sources"]["roots"] if r.get("scan", True)]
+    folders = [
+        r["path"]
+        for r in config["sources"]["roots"]
+        if r.get("scan", True) and (r["name"] not in filled or Path(r["path"]).is_dir())
+    ]
     generated = [
         m["path"] for m in generated_manifests(config)
     ]  # made by the source rules

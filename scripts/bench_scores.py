@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 from pixverve import bench  # noqa: E402
 from pixverve.aesthetics import build_predictor  # noqa: E402
-from pixverve.bench_inputs import compression_ratio, pair_method, read_benchmark  # noqa: E402
+from pixverve.bench_inputs import compression_ratio, pair_method, read_benchmark, require_fid_pairs  # noqa: E402
 from pixverve.devices import resolve_device  # noqa: E402
 from pixverve.fid import fid_for_pairs  # noqa: E402
 from pixverve.tables import write_table  # noqa: E402
@@ -18,6 +18,7 @@ sm = snakemake  # noqa: F821
 log = start_script(sm, "bench_scores")
 spec, cap = sm.params.bench, float(sm.params.max_megapixels)
 items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.params.images)
+require_fid_pairs(items, sm.wildcards.method, sm.input.benchmark)
 device = resolve_device(spec["fid"]["device"])
 fid, fp = spec["fid"], spec["fid_patch"]
 sets = {

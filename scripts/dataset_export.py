@@ -10,12 +10,13 @@ import pandas as pd  # noqa: E402
 
 from pixverve import dataset  # noqa: E402
 from pixverve.tables import read_table, read_tables  # noqa: E402
-from pixverve.workflow import start_script  # noqa: E402
+from pixverve.workflow import note_empty, start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "dataset_export")
 spec = sm.params.export
 records = dataset.read_jsonl(sm.input.records)
+note_empty(log, len(records), "stage 5 (dataset_export)")
 meta, train, bench = dataset.export_dataset(records, int(spec["benchmark_size"]), int(spec["seed"]))
 Path(sm.output.metadata).parent.mkdir(parents=True, exist_ok=True)
 meta.to_parquet(sm.output.metadata, index=False, compression="zstd")

@@ -116,3 +116,44 @@ def test_write_shards(tmp_path):
 
     assert len(pd.read_parquet(tmp_path / "shards" / "s00000.parquet")) == 2
     assert len(pd.read_parquet(tmp_path / "index.parquet")) == 4
+
+
+def test_paths_the_scan_cannot_resolve_or_read_are_rows(tmp_path, monkeypatch):
+    """A symlink loop crashed the whole index (RuntimeError: Symlink loop); every odd path is a row."""
+    root = tmp_path / "pool"
+    (root / "locked").mkdir(parents=True)
+    _img(root / "ok.png", 1)
+    _img(root / "locked" / "hidden.png", 2)
+    _img(root / "noread.png", 3)
+    os.symlink(root / "b.png", root / "a.png")  # a.png -> b.png -> a.png
+    os.symlink(root / "a.png", root / "b.png")
+    os.symlink(root / "gone.png", root / "dangling.png")
+    # no permission: chmod does not stop root (the CI user), so the denials are injected
+    real_scandir, real_sha = os.scandir, ix.file_sha256
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    def sha(path):
+        if path.name == "noread.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_sha(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(ix, "file_sha256", sha)
+    df = ix.build_index(_config(root), tmp_path, log=lambda *_: None)
+    by = df.set_index("relpath")
+    assert by.loc["ok.png", "passed"]
+    assert by.loc["a.png", "reason"] == "unresolvable" and by.loc["b.png", "reason"] == "unresolvable"
+    assert "loop" in by.loc["a.png", "reason_detail"].lower()
+    assert by.loc["dangling.png", "reason"] == "unreadable"
+    assert by.loc["noread.png", "reason"] == "unreadable" and "Permission denied" in by.loc["noread.png", "reason_detail"]
+    assert by.loc["locked", "reason"] == "unreadable" and "not listable" in by.loc["locked", "reason_detail"]
+    assert (df.loc[~df["passed"], "shard"] == "").all()
+    # the same loop listed in a manifest
+    manifest = tmp_path / "loop.csv"
+    manifest.write_text("path,source,licence,url,author\na.png,x,,,\nok.png,x,,,\n")
+    listed = ix.build_index(_config(root, [{"path": str(manifest), "root": "r"}], scan=False), tmp_path, log=lambda *_: None)
+    assert listed.set_index("relpath").loc["a.png", "reason"] == "unresolvable" and listed["passed"].sum() == 1

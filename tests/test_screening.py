@@ -50,3 +50,38 @@ def test_criteria_scale_with_target(demo_config):
 def test_sr_tiers_at_paper_scale(demo_config, pixels, tier):
     got = tier_for(pixels, sr_tiers(dict(demo_config, target_megapixels=100)))
     assert (got.name if got else None) == tier
+
+
+def test_files_that_changed_after_the_index_are_rows(tmp_path, demo_config):
+    """Vanished, rewritten, turned into a symlink loop between index and screen: a row each."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from pixverve.index import build_index
+    from pixverve.screening import screen_shard
+
+    root = tmp_path / "pool"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("keep", "gone", "rewritten", "same_size", "loop"):
+        Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(root / f"{name}.png")
+    config = dict(demo_config, sources={"roots": [{"name": "r", "path": str(root), "scan": True}], "manifests": [],
+                                        "extensions": [".png"]}, target_megapixels=0.25)
+    index = build_index(config, tmp_path, log=lambda *_: None)
+    assert index["passed"].all() and len(index) == 5
+    (root / "gone.png").unlink()
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(root / "rewritten.png")
+    data = bytearray((root / "same_size.png").read_bytes())
+    data[-20] ^= 0xFF  # same length, other bytes
+    (root / "same_size.png").write_bytes(bytes(data))
+    (root / "loop.png").unlink()
+    os.symlink(root / "loop2.png", root / "loop.png")
+    os.symlink(root / "loop.png", root / "loop2.png")
+    out = screen_shard(index.assign(shard="s00000"), config, tmp_path).set_index("relpath")
+    assert out.loc["keep.png", "passed"], out.loc["keep.png", "reason_detail"]
+    assert out.loc["gone.png", "reason"] == "vanished_since_index"
+    assert out.loc["rewritten.png", "reason"] == "changed_since_index" and "bytes" in out.loc["rewritten.png", "reason_detail"]
+    assert out.loc["same_size.png", "reason"] == "changed_since_index"
+    assert out.loc["loop.png", "reason"] == "unresolvable"
