@@ -88,8 +88,14 @@ def check_train_config(config: dict) -> None:
                              f"vae_tile ({merged['vae_tile']}) would leave gaps between VAE tiles")
         if spec["scheme"] == "l2p" and merged.get("lora"):
             raise ValueError(f"config key train.runs.{run}.lora: LoRA is offered for the FLUX.2 schemes (I, II), not L2P")
-        if spec["scheme"] == "window" and not merged.get("window"):
-            raise ValueError(f"config key train.runs.{run}.window: a window run needs window.size")
+        if spec["scheme"] == "window":
+            from .train_models import window_settings
+
+            for res in spec["resolutions"]:
+                try:
+                    window_settings(merged.get("window") or {}, int(res))
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"config key train.runs.{run}.window.pattern (resolution {res}): {exc}") from exc
         for res in spec["resolutions"]:
             if int(res) % 16:
                 raise ValueError(f"config key train.runs.{run}.resolutions: {res} is not a multiple of 16 px")

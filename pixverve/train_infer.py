@@ -45,9 +45,7 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
         else:
             transformer.load_state_dict(load_file(final_dir / "transformer.safetensors"))
         if info["scheme"] == "window":
-            w = info["window"]
-            tm.install_window_attention(transformer, int(w["size"]), w.get("shapes", {}).get(str(info["resolution"])),
-                                        int(w.get("chunk_windows", 0)))
+            tm.install_window_attention(transformer, info["window"])  # resolved settings, saved by training
         tm.configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
         pipe = pipe.to(device)
         tm.check_probe(load_file(final_dir / "probe.safetensors")["output"], tm.probe_output("flux2", transformer), dtype)
@@ -68,15 +66,42 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
     return info, {"pipe": pipe.to(device), "model": model}
 
 
+STATIC_SAMPLE_MU = 0.8  # the published sampler's mu with --disable_dynamic_shift (flux2_infer/runtime.py)
+
+
+def flux2_sample_mu(width: int, height: int, steps: int, dynamic_shift: bool = True, dynamic_shift_len=None):
+    """The published FLUX.2 sampling shift: None = the pipeline's own dynamic mu at (H/16)(W/16)
+    tokens (the published default); a number otherwise (--dynamic_shift_len, or 0.8 with
+    --disable_dynamic_shift)."""
+    if not dynamic_shift:
+        return STATIC_SAMPLE_MU
+    if dynamic_shift_len:
+        return tm.flux2_mu(int(dynamic_shift_len), int(steps))
+    return None
+
+
 def generate(info, loaded, prompt: str, width: int, height: int, steps: int, guidance: float, seed: int,
              device: str = "cpu") -> np.ndarray:
     """One uint8 RGB image (height, width, 3)."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     text = info["text"]
     if info["family"] == "flux2":
-        out = loaded(prompt=prompt, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
-                     generator=generator, output_type="np", max_sequence_length=int(text["max_length"]),
-                     text_encoder_out_layers=tuple(text["out_layers"]))
+        shift = info.get("sample") or {}
+        mu = flux2_sample_mu(width, height, steps, shift.get("dynamic_shift", True), shift.get("dynamic_shift_len"))
+        scheduler = loaded.scheduler
+        kwargs = {}
+        if mu is not None:  # a fixed mu: pre-shifted sigmas through an identity-shift copy of the scheduler
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, use_dynamic_shifting=False,
+                                                                           shift=1.0)
+            kwargs["sigmas"] = tm.shift_sigmas(torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64), mu).tolist()
+        try:
+            out = loaded(prompt=prompt, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
+                         generator=generator, output_type="np", max_sequence_length=int(text["max_length"]),
+                         text_encoder_out_layers=tuple(text["out_layers"]), **kwargs)
+        finally:
+            loaded.scheduler = scheduler
         return np.clip(out.images[0] * 255 + 0.5, 0, 255).astype(np.uint8)
     pipe, model = loaded["pipe"], loaded["model"]
     l2p = info["l2p"]

@@ -5,9 +5,13 @@
   (tiled for UHR crops), 2x2-patchified and batch-normalised exactly as the pipeline does, so one
   token covers 16x16 pixels and the timestep shift follows the token count (H/16)(W/16).
 * Scheme II swaps ``WindowAttnProcessor`` / ``WindowParallelAttnProcessor`` into every attention
-  module: image tokens attend to their own window of the latent token grid plus all text tokens,
-  text tokens attend to everything.  The token grid is read from ``img_ids`` by a forward
-  pre-hook, so the stock pipeline samples with the windowed model unchanged.
+  module: the published close + remote local attention (flux2_infer/models/flux2_dit.py): text
+  queries attend to every token; each image query attends in two branches -- its close window
+  and its remote strided sample of the token grid -- each one softmax over all text tokens plus
+  the branch's tokens, the two outputs averaged.  A pattern entry fh x fw counts windows along
+  the grid (window ~ H/fh x W/fw, remote stride (fh, fw)); 1x1 = global attention; block i
+  (double-stream, then single-stream) takes entry i mod len(pattern).  The token grid is read
+  from ``img_ids`` by a forward pre-hook, so the stock pipeline samples the windowed model.
 * ``L2PFamily`` (scheme III, "latent to pixel"): a ``ZImageTransformer2DModel`` whose patch
   embedders and final layers are rebuilt for RGB pixels with one patch size per training
   resolution (resolution / token grid: 64 at 4K, 128 at 8K, 160 at 10K for a 64x64 grid), every
@@ -168,69 +172,165 @@ def load_pipeline(family: str, base: dict, dtype, work_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# scheme II: window attention
+# scheme II: close + remote local attention (checked against flux2_infer/models/flux2_dit.py and
+# flux2_infer/local_attention.py of HaojunChen663/PixVerve-95K)
+
+# published presets (local_attention.py; scripts/infer.sh picks 4k for 4K, 8k for 8K and 10K)
+PATTERN_PRESETS = {"4k": ((1, 1), (8, 16), (16, 8), (4, 32), (32, 4)),
+                   "8k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8)),
+                   "10k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8))}
 
 
-class WindowContext:
-    """What the window processors need per forward: the image token grid and the text length."""
+def parse_pattern(value) -> tuple[tuple[int, int], ...] | None:
+    """A factor pattern: a preset name (4k | 8k | 10k), "FHxFW,..." or a list of [fh, fw];
+    each entry counts windows along the token grid's height / width.  None / "" = no pattern."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none", "off"):
+            return None
+        if text in PATTERN_PRESETS:
+            return PATTERN_PRESETS[text]
+        items = [s.strip().replace("*", "x") for s in text.replace(";", ",").split(",") if s.strip()]
+        value = [tuple(s.split("x", 1)) if "x" in s else (s, s) for s in items]
+    out = []
+    for item in value:
+        fh, fw = (item, item) if isinstance(item, int) else item
+        if int(fh) <= 0 or int(fw) <= 0:
+            raise ValueError(f"window pattern entries must be positive, got {item!r}")
+        out.append((int(fh), int(fw)))
+    return tuple(out) or None
 
-    grid: tuple[int, int] | None = None
-    num_txt: int = 0
+
+def default_pattern(resolution: int):
+    """The preset infer.sh uses: 4K -> 4k, 8K and above -> 8k."""
+    return PATTERN_PRESETS["4k" if int(resolution) < 8192 else "8k"]
 
 
-def window_attention(query, key, value, num_txt: int, grid: tuple[int, int], window: tuple[int, int],
-                     chunk_windows: int = 0):
-    """Attention over (B, S, H, D) tensors laid out [text, image]; image queries see their window
-    of the (gh, gw) grid plus all text keys, text queries see every key.  Windows are padded at
-    the grid's bottom/right edges with masked keys; ``chunk_windows`` > 0 bounds how many windows
-    are attended at once (memory)."""
-    b, s, h, d = query.shape
+def _edges(size: int, parts: int) -> list[int]:
+    return [i * size // parts for i in range(parts + 1)]  # uneven splits, no padding
+
+
+def close_remote_partitions(grid: tuple[int, int], factors: tuple[int, int] | None = None,
+                            window: tuple[int, int] | None = None) -> dict[str, list[torch.Tensor]]:
+    """Index sets over the row-major (gh, gw) image grid, grouped by size into (n, size) tensors.
+
+    ``factors`` (fh, fw): fh x fw close windows of about gh/fh x gw/fw tokens; remote sets are
+    the strided samples grid[i::fh, j::fw]; (1, 1) = one close window (global attention), no
+    remote.  Without factors, ``window`` (wh, ww) is the close window size and also the stride
+    of the remote sets (the published fallback when no pattern is given)."""
     gh, gw = grid
-    if s != num_txt + gh * gw:
-        raise ValueError(f"sequence {s} != {num_txt} text + {gh}x{gw} image tokens")
-    wh, ww = min(window[0], gh), min(window[1], gw)
-    ph, pw = -gh % wh, -gw % ww
-    nh, nw = (gh + ph) // wh, (gw + pw) // ww
+    tok = torch.arange(gh * gw).reshape(gh, gw)
+    close, remote = {}, {}
 
-    def to_windows(x):  # (B, S_img, H, D) -> (B * nWin, wh * ww, H, D)
-        x = x.reshape(b, gh, gw, h, d)
-        if ph or pw:
-            x = F.pad(x, (0, 0, 0, 0, 0, pw, 0, ph))
-        x = x.reshape(b, nh, wh, nw, ww, h, d).permute(0, 1, 3, 2, 4, 5, 6)
-        return x.reshape(b * nh * nw, wh * ww, h, d)
+    def add(bucket, idx):
+        if idx.numel():
+            bucket.setdefault(idx.numel(), []).append(idx.reshape(-1))
 
-    qi, ki, vi = (to_windows(t[:, num_txt:]) for t in (query, key, value))
+    if factors is not None:
+        fh, fw = factors
+        he, we = _edges(gh, fh), _edges(gw, fw)
+        for i in range(fh):
+            for j in range(fw):
+                add(close, tok[he[i]:he[i + 1], we[j]:we[j + 1]])
+        if (fh, fw) != (1, 1):
+            for i in range(fh):
+                for j in range(fw):
+                    add(remote, tok[i::fh, j::fw])
+    else:
+        wh, ww = window
+        for r in range(0, gh, wh):
+            for c in range(0, gw, ww):
+                add(close, tok[r:r + wh, c:c + ww])
+        if wh < gh or ww < gw:
+            for i in range(min(wh, gh)):
+                for j in range(min(ww, gw)):
+                    add(remote, tok[i::wh, j::ww])
+    return {name: [torch.stack(v) for _, v in sorted(b.items())] for name, b in (("close", close), ("remote", remote))}
+
+
+def _branch_attention(qi, ki, vi, kt, vt, buckets, max_windows: int, checkpoint: bool):
+    """One branch: every index set attends to all text keys + its own image keys (one softmax
+    each, plain SDPA with no mask); outputs scattered back to the image positions."""
+    b, n, h, d = qi.shape
+    out = qi.new_zeros(b, n, h, d)
+    nt = kt.shape[1]
+    for bucket in buckets:
+        bucket = bucket.to(qi.device)
+        step = bucket.shape[0] if max_windows <= 0 else max_windows
+        for start in range(0, bucket.shape[0], step):
+            sets = bucket[start:start + step]
+            w, size = sets.shape
+
+            def chunk(q_, k_, v_, kt_, vt_, sets_=sets, w_=w, size_=size):
+                flat = sets_.reshape(-1)
+                q = q_[:, flat].reshape(b * w_, size_, h, d)
+                k = k_[:, flat].reshape(b * w_, size_, h, d)
+                v = v_[:, flat].reshape(b * w_, size_, h, d)
+                if nt:
+                    k = torch.cat([kt_[:, None].expand(b, w_, nt, h, d).reshape(b * w_, nt, h, d), k], dim=1)
+                    v = torch.cat([vt_[:, None].expand(b, w_, nt, h, d).reshape(b * w_, nt, h, d), v], dim=1)
+                o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+                return o.transpose(1, 2).reshape(b, w_ * size_, h, d)
+
+            if checkpoint and torch.is_grad_enabled() and qi.requires_grad:
+                o = torch.utils.checkpoint.checkpoint(chunk, qi, ki, vi, kt, vt, use_reentrant=False)
+            else:
+                o = chunk(qi, ki, vi, kt, vt)
+            out[:, sets.reshape(-1)] = o.to(out.dtype)
+    return out
+
+
+def local_attention(query, key, value, num_txt: int, partitions: dict, max_windows: int = 4,
+                    checkpoint: bool = True):
+    """Scheme II attention over (B, S, H, D) tensors laid out [text, image]: text queries attend
+    to every key (one SDPA); image queries attend in the close and the remote branch (each over
+    all text keys + the branch's set), the two outputs averaged (close only when there is no
+    remote branch: 1x1 = full attention).  ``max_windows`` sets per attention call (<= 0: all);
+    ``checkpoint`` recomputes each chunk in the backward pass (activation memory)."""
+    tq = query[:, :num_txt]
+    txt = F.scaled_dot_product_attention(tq.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
+    qi, ki, vi = query[:, num_txt:], key[:, num_txt:], value[:, num_txt:]
     kt, vt = key[:, :num_txt], value[:, :num_txt]
-    n_win = nh * nw
-    valid = torch.ones(gh + ph, gw + pw, dtype=torch.bool, device=query.device)
-    valid[gh:, :] = False
-    valid[:, gw:] = False
-    valid = valid.reshape(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(n_win, wh * ww)
-    key_mask = torch.cat([torch.ones(n_win, num_txt, dtype=torch.bool, device=query.device), valid], dim=1)
-    step = chunk_windows if chunk_windows > 0 else n_win
-    outs = []
-    for start in range(0, n_win, step):
-        stop = min(n_win, start + step)
-        idx = torch.arange(start, stop, device=query.device)
-        sel = (torch.arange(b, device=query.device)[:, None] * n_win + idx[None]).reshape(-1)
-        k = torch.cat([kt.repeat_interleave(stop - start, dim=0), ki[sel]], dim=1)
-        v = torch.cat([vt.repeat_interleave(stop - start, dim=0), vi[sel]], dim=1)
-        mask = key_mask[start:stop].repeat(b, 1)[:, None, None, :]
-        o = F.scaled_dot_product_attention(qi[sel].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask if (ph or pw) else None)
-        outs.append(o.transpose(1, 2).reshape(b, stop - start, wh * ww, h, d))
-    img = torch.cat(outs, dim=1).reshape(b, nh, nw, wh, ww, h, d).permute(0, 1, 3, 2, 4, 5, 6)
-    img = img.reshape(b, gh + ph, gw + pw, h, d)[:, :gh, :gw].reshape(b, gh * gw, h, d)
-    txt = F.scaled_dot_product_attention(query[:, :num_txt].transpose(1, 2), key.transpose(1, 2),
-                                         value.transpose(1, 2)).transpose(1, 2)
+    branches = [_branch_attention(qi, ki, vi, kt, vt, partitions[name], max_windows, checkpoint)
+                for name in ("close", "remote") if partitions.get(name)]
+    img = branches[0] if len(branches) == 1 else sum(branches) / len(branches)
     return torch.cat([txt, img], dim=1)
 
 
-class WindowAttnProcessor:
-    """Flux2Attention (double-stream block) with window attention in place of full attention."""
+class WindowContext:
+    """What the local-attention processors need per forward: the image token grid, the text
+    length, and the index sets per (grid, factors) (built once, shared by the blocks)."""
 
-    def __init__(self, context: WindowContext, window: tuple[int, int], chunk_windows: int = 0):
-        self.context, self.window, self.chunk_windows = context, tuple(window), chunk_windows
+    def __init__(self, window: tuple[int, int] = (24, 24)):
+        self.grid: tuple[int, int] | None = None
+        self.num_txt = 0
+        self.window = tuple(window)
+        self._cache: dict = {}
+
+    def partitions(self, factors):
+        key = (self.grid, factors)
+        if key not in self._cache:
+            self._cache[key] = close_remote_partitions(self.grid, factors, None if factors else self.window)
+        return self._cache[key]
+
+
+class _LocalMixin:
+    def __init__(self, context: WindowContext, factors, max_windows: int = 4, checkpoint: bool = True):
+        self.context, self.factors = context, (tuple(factors) if factors else None)
+        self.max_windows, self.checkpoint = int(max_windows), bool(checkpoint)
+
+    def _attend(self, query, key, value, num_txt):
+        gh, gw = self.context.grid
+        if query.shape[1] != num_txt + gh * gw:
+            raise ValueError(f"sequence {query.shape[1]} != {num_txt} text + {gh}x{gw} image tokens")
+        return local_attention(query, key, value, num_txt, self.context.partitions(self.factors), self.max_windows,
+                               self.checkpoint).flatten(2, 3).to(query.dtype)
+
+
+class WindowAttnProcessor(_LocalMixin):
+    """Flux2Attention (double-stream block) with scheme II's local attention."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
@@ -245,17 +345,13 @@ class WindowAttnProcessor:
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = window_attention(query, key, value, encoder_hidden_states.shape[1], self.context.grid, self.window,
-                               self.chunk_windows).flatten(2, 3).to(query.dtype)
+        out = self._attend(query, key, value, encoder_hidden_states.shape[1])
         txt, img = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
         return attn.to_out[1](attn.to_out[0](img)), attn.to_add_out(txt)
 
 
-class WindowParallelAttnProcessor:
+class WindowParallelAttnProcessor(_LocalMixin):
     """Flux2ParallelSelfAttention (single-stream block: text and image already one sequence)."""
-
-    def __init__(self, context: WindowContext, window: tuple[int, int], chunk_windows: int = 0):
-        self.context, self.window, self.chunk_windows = context, tuple(window), chunk_windows
 
     def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
@@ -267,27 +363,40 @@ class WindowParallelAttnProcessor:
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = window_attention(query, key, value, self.context.num_txt, self.context.grid, self.window,
-                               self.chunk_windows).flatten(2, 3).to(query.dtype)
+        out = self._attend(query, key, value, self.context.num_txt)
         return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
 
-def layer_windows(n_layers: int, size: int, shapes: list | None) -> list[tuple[int, int]]:
-    """One (rows, cols) window per layer: ``shapes`` cycled over the layers, or size x size."""
-    if not shapes:
-        return [(size, size)] * n_layers
-    return [tuple(int(v) for v in shapes[i % len(shapes)]) for i in range(n_layers)]
+def block_factors(n_blocks: int, pattern) -> list:
+    """Factors per block: the pattern entry at block index modulo its length (None everywhere
+    without a pattern: the window-size fallback)."""
+    return [pattern[i % len(pattern)] if pattern else None for i in range(n_blocks)]
 
 
-def install_window_attention(transformer, size: int, shapes: list | None = None, chunk_windows: int = 0):
-    """Swap window processors into a Flux2Transformer2DModel (double blocks first, then single
-    blocks, in layer order); returns the shared context the pre-hook fills."""
-    context = WindowContext()
-    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
-    windows = layer_windows(len(blocks), size, shapes)
-    for i, (block, window) in enumerate(zip(blocks, windows)):
-        cls = WindowAttnProcessor if i < len(transformer.transformer_blocks) else WindowParallelAttnProcessor
-        block.attn.set_processor(cls(context, window, chunk_windows))
+def window_settings(window: dict, resolution: int) -> dict:
+    """A run's scheme II settings resolved for one resolution (config key train.runs.*.window)."""
+    patterns = window.get("pattern") or {}
+    raw = patterns.get(str(int(resolution)), "preset")
+    pattern = default_pattern(resolution) if raw == "preset" else parse_pattern(raw)
+    size = window.get("window_size", 24)
+    size = (int(size), int(size)) if isinstance(size, (int, float, str)) else tuple(int(v) for v in size)
+    return {"pattern": [list(p) for p in pattern] if pattern else None, "window_size": list(size),
+            "max_windows_per_batch": int(window.get("max_windows_per_batch", 4)),
+            "checkpoint_chunks": bool(window.get("checkpoint_chunks", True))}
+
+
+def install_window_attention(transformer, settings: dict):
+    """Swap local-attention processors into a Flux2Transformer2DModel: block i (double-stream
+    blocks first, then single-stream, as numbered in the published code) gets pattern entry
+    i mod len(pattern); returns the shared context the forward pre-hook fills."""
+    pattern = parse_pattern(settings.get("pattern"))
+    context = WindowContext(tuple(settings.get("window_size") or (24, 24)))
+    doubles, singles = list(transformer.transformer_blocks), list(transformer.single_transformer_blocks)
+    factors = block_factors(len(doubles) + len(singles), pattern)
+    for i, block in enumerate(doubles + singles):
+        cls = WindowAttnProcessor if i < len(doubles) else WindowParallelAttnProcessor
+        block.attn.set_processor(cls(context, factors[i], settings.get("max_windows_per_batch", 4),
+                                     settings.get("checkpoint_chunks", True)))
 
     def read_grid(module, args, kwargs):  # the grid from the image position ids (T, H, W, L)
         ids = kwargs["img_ids"]

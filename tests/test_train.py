@@ -1,6 +1,6 @@
 """Training (issue #8): the three schemes on tiny random models of the real diffusers classes.
 
-Known answers: window attention against a dense masked reference, the timestep shift against
+Known answers: scheme II's close + remote attention against an explicit per-query computation, the timestep shift against
 diffusers' scheduler, the L2P token grid.  Behaviour: each scheme overfits one batch (the
 fixed-batch loss falls), the checkpoint reloads and reproduces its probe and its images, a
 resumed run ends with the same weights as an uninterrupted one, two CPU processes (gloo) step
@@ -34,37 +34,83 @@ ROOT = Path(__file__).resolve().parent.parent
 # known answers
 
 
-def dense_window_reference(q, k, v, num_txt, grid, window):
-    """Full attention with an explicit boolean mask: the definition window_attention must meet."""
+def explicit_close_remote(q, k, v, num_txt, grid, factors):
+    """The published definition written out one query at a time: text queries attend to all keys;
+    an image query at (r, c) attends (a) to the text + its close window [he[i], he[i+1]) x
+    [we[j], we[j+1]) with edges i*H//fh, and (b) to the text + every token with the same
+    (row mod fh, col mod fw); each is its own softmax, the outputs averaged; 1x1: (a) only."""
     gh, gw = grid
-    s = q.shape[1]
-    allowed = torch.zeros(s, s, dtype=torch.bool)
-    allowed[:num_txt, :] = True  # text sees everything
-    allowed[:, :num_txt] = True  # everything sees the text
-    rows = torch.arange(gh * gw) // gw
-    cols = torch.arange(gh * gw) % gw
-    same = ((rows[:, None] // window[0]) == (rows[None] // window[0])) & ((cols[:, None] // window[1]) == (cols[None] // window[1]))
-    allowed[num_txt:, num_txt:] = same
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed)
-    return out.transpose(1, 2)
+    fh, fw = factors
+    scale = q.shape[-1] ** -0.5
+    he = [i * gh // fh for i in range(fh + 1)]
+    we = [j * gw // fw for j in range(fw + 1)]
+
+    def band(edges, x):
+        return next(i for i in range(len(edges) - 1) if edges[i] <= x < edges[i + 1])
+
+    def attend(qv, keys):  # qv (B, H, D); keys: token positions in the full sequence
+        kk, vv = k[:, keys], v[:, keys]  # (B, n, H, D)
+        w = torch.softmax(torch.einsum("bhd,bnhd->bhn", qv, kk) * scale, dim=-1)
+        return torch.einsum("bhn,bnhd->bhd", w, vv)
+
+    out = torch.zeros_like(q)
+    text = list(range(num_txt))
+    for t in text:
+        out[:, t] = attend(q[:, t], list(range(q.shape[1])))
+    for r in range(gh):
+        for c in range(gw):
+            p = num_txt + r * gw + c
+            bi, bj = band(he, r), band(we, c)
+            close = [num_txt + rr * gw + cc for rr in range(gh) for cc in range(gw)
+                     if band(he, rr) == bi and band(we, cc) == bj]
+            o = attend(q[:, p], text + close)
+            if (fh, fw) != (1, 1):
+                remote = [num_txt + rr * gw + cc for rr in range(gh) for cc in range(gw)
+                          if rr % fh == r % fh and cc % fw == c % fw]
+                o = (o + attend(q[:, p], text + remote)) / 2
+            out[:, p] = o
+    return out
 
 
-@pytest.mark.parametrize("grid,window,chunk", [((5, 7), (2, 3), 0), ((5, 7), (2, 3), 2), ((4, 6), (4, 6), 0),
-                                               ((6, 4), (1, 4), 3)])
-def test_window_attention_matches_the_masked_definition(grid, window, chunk):
+@pytest.mark.parametrize("grid,factors,chunk", [((6, 8), (2, 4), 0), ((5, 7), (2, 3), 2), ((7, 5), (3, 2), 1),
+                                                ((4, 6), (4, 1), 3), ((6, 4), (1, 1), 0)])
+def test_local_attention_matches_the_explicit_close_remote_definition(grid, factors, chunk):
+    """Even and uneven splits (5 rows in 2 bands: 2 + 3), chunked or not."""
     g = torch.Generator().manual_seed(0)
     num_txt = 3
     q, k, v = (torch.randn(2, num_txt + grid[0] * grid[1], 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
-    got = tm.window_attention(q, k, v, num_txt, grid, window, chunk)
-    want = dense_window_reference(q, k, v, num_txt, grid, window)
-    assert torch.allclose(got, want, atol=1e-12)
+    parts = tm.close_remote_partitions(grid, factors)
+    got = tm.local_attention(q, k, v, num_txt, parts, max_windows=chunk, checkpoint=False)
+    assert torch.allclose(got, explicit_close_remote(q, k, v, num_txt, grid, factors), atol=1e-10)
+    covered = torch.cat([b.reshape(-1) for b in parts["close"]]).sort().values
+    assert torch.equal(covered, torch.arange(grid[0] * grid[1]))  # every token in exactly one close window
+    sizes = {int(b.shape[1]) for b in parts["close"]}
+    if grid[0] % factors[0] or grid[1] % factors[1]:
+        assert len(sizes) > 1  # uneven splits, no padding
 
 
-def test_window_covering_the_grid_is_full_attention():
+def test_local_attention_1x1_is_full_attention_and_checkpointed_grads_agree():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 4 + 30, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
     full = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-    assert torch.allclose(tm.window_attention(q, k, v, 4, (5, 6), (24, 24)), full, atol=1e-12)
+    assert torch.allclose(tm.local_attention(q, k, v, 4, tm.close_remote_partitions((5, 6), (1, 1))), full, atol=1e-12)
+    parts = tm.close_remote_partitions((5, 6), (2, 3))
+    grads = []
+    for ckpt in (False, True):
+        qq = q.clone().requires_grad_(True)
+        tm.local_attention(qq, k, v, 4, parts, max_windows=2, checkpoint=ckpt).square().sum().backward()
+        grads.append(qq.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+
+
+def test_published_pattern_presets_and_parsing():
+    assert tm.parse_pattern("1x1,8x16,16x8,4x32,32x4") == tm.PATTERN_PRESETS["4k"]
+    assert tm.window_settings({}, 4096)["pattern"] == [[1, 1], [8, 16], [16, 8], [4, 32], [32, 4]]
+    assert tm.window_settings({}, 10240)["pattern"] == [[1, 1], [16, 32], [32, 16], [8, 64], [64, 8]]
+    assert tm.block_factors(7, tm.parse_pattern("1x1,2x4,4x2")) == [(1, 1), (2, 4), (4, 2), (1, 1), (2, 4), (4, 2),
+                                                                       (1, 1)]
+    with pytest.raises(ValueError):
+        tm.parse_pattern("0x4")
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +135,15 @@ def test_window_processors_in_the_real_model(tiny_flux2):
 
     pipe = copy.deepcopy(tiny_flux2)
     full = _flux2_forward(pipe)
-    tm.install_window_attention(pipe.transformer, size=24)  # covers the 4x6 grid: same model
+    tm.install_window_attention(pipe.transformer, {"pattern": [[1, 1]]})  # 1x1 everywhere: global attention
     assert torch.allclose(_flux2_forward(pipe), full, atol=1e-5)
-    context = tm.install_window_attention(pipe.transformer, size=2, shapes=[[2, 2], [1, 3], [4, 1]])
+    context = tm.install_window_attention(pipe.transformer, {"pattern": "1x1,2x3,4x1", "max_windows_per_batch": 2})
     windowed = _flux2_forward(pipe)
     assert context.grid == (4, 6) and context.num_txt == 5  # read from img_ids by the pre-hook
-    assert (windowed - full).abs().max() > 1e-3  # the windows are in effect
-    procs = [b.attn.processor.window for b in list(pipe.transformer.transformer_blocks)
+    assert (windowed - full).abs().max() > 1e-3  # the local attention is in effect
+    procs = [b.attn.processor.factors for b in list(pipe.transformer.transformer_blocks)
              + list(pipe.transformer.single_transformer_blocks)]
-    assert procs == [(2, 2), (1, 3), (4, 1)]  # per-layer shapes, in layer order
+    assert procs == [(1, 1), (2, 3), (4, 1)]  # block index mod pattern: double-stream block first
 
 
 def test_l2p_patch_size_keeps_the_token_grid():
@@ -139,6 +185,30 @@ def test_timestep_shift_matches_the_diffusers_scheduler():
     ours = tm.shift_sigmas(torch.tensor(base), mu)
     assert torch.allclose(ours.float(), sched.sigmas[:-1].float(), atol=1e-6)
     assert tm.flux2_mu(512 * 512, 40) > mu  # more tokens, more noise
+
+
+def test_training_noise_levels_at_4k_are_spread_not_pure_noise():
+    """The configured schemes I/II training shift at the 4K token count (256 x 256) trains across
+    noise levels; the old rule (FLUX.2's inference shift, mode dynamic) put nearly all at ~1."""
+    import yaml
+
+    from pixverve.train import flux2_train_mu, sigma_stats
+
+    defaults = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["defaults"]
+    g = torch.Generator().manual_seed(0)
+    draw = lambda spec: tm.sample_sigmas(20000, g, flux2_train_mu(spec, 256 * 256), spec["logit_mean"], spec["logit_std"])
+    stats = sigma_stats(draw(defaults).numpy())
+    assert stats["q05"] < 0.3 and 0.4 < stats["q50"] < 0.9 and stats["q95"] > 0.9 and stats["frac_above_0.99"] < 0.05
+    old = sigma_stats(draw(dict(defaults, train_shift={"mode": "dynamic"})).numpy())
+    assert old["q05"] > 0.999  # degenerate: what the issue found
+
+
+def test_sampling_shift_is_the_published_one():
+    from pixverve.train_infer import flux2_sample_mu
+
+    assert flux2_sample_mu(4096, 4096, 40) is None  # the pipeline's own dynamic mu at (H/16)(W/16) tokens
+    assert flux2_sample_mu(4096, 4096, 40, dynamic_shift=False) == 0.8  # --disable_dynamic_shift
+    assert flux2_sample_mu(4096, 4096, 40, dynamic_shift_len=4096) == pytest.approx(tm.flux2_mu(4096, 40))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +275,12 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     a = generate(info, loaded, "a red car", res, res, 3, 4.0, seed=5)
     b = generate(info, load_checkpoint(final)[1], "a red car", res, res, 3, 4.0, seed=5)
     assert a.shape == (res, res, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    stats = json.loads((tmp_path / "sigma_stats.json").read_text())  # what the run trained on
+    assert stats["count"] == 30 * 2 and 0.0 < stats["q05"] < stats["q50"] < stats["q95"] < 1.0
+    assert all(r["sigma_q50"] for r in log)
+    if info["family"] == "flux2":  # the published --disable_dynamic_shift samples another schedule
+        c = generate(dict(info, sample={"dynamic_shift": False}), loaded, "a red car", res, res, 3, 4.0, seed=5)
+        assert c.shape == a.shape and not np.array_equal(a, c)
 
 
 def test_a_reload_that_misses_the_training_is_refused(demo_data, tmp_path):
