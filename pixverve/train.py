@@ -130,19 +130,26 @@ class L2PAdapter:
         from safetensors.torch import load_file
 
         self.spec, self.device = spec, device
+        l2p = spec["l2p"]
         pipe = tm.load_pipeline("zimage", spec["base"], weight_dtype, work_dir)
         pipe.text_encoder.to(device).requires_grad_(False)
         self.text_pipe = pipe  # kept for its tokenizer + text encoder only
-        self.patch_sizes = [tm.l2p_patch_size(r, int(spec["l2p"]["token_grid"])) for r in spec["l2p"]["resolutions"]]
-        self.patch = tm.l2p_patch_size(int(spec["resolution"]), int(spec["l2p"]["token_grid"]))
-        self.model = tm.l2p_from_latent(pipe.transformer, self.patch_sizes, int(spec["l2p"]["head_channels"]))
-        if init_from is not None:  # progressive: start from the previous resolution's weights
-            self.model.transformer.load_state_dict(load_file(init_from / "transformer.safetensors"))
-            self.model.head.load_state_dict(load_file(init_from / "pixel_head.safetensors"))
-            log(f"L2P initialised from {init_from} (progressive training)")
+        self.patch = tm.l2p_patch_size(int(spec["resolution"]), int(l2p["token_grid"]))
+        self.model = tm.l2p_build(pipe.transformer, self.patch, l2p.get("unet") or {})
+        self.frozen = tm.l2p_frozen_layers(len(self.model.transformer.layers), int(l2p.get("train_edge_layers", 5)))
+        if init_from is not None:  # progressive: the previous resolution's trained weights, by name and shape
+            loaded, skipped = tm.load_matching(self.model, load_file(init_from / "l2p_trained.safetensors"))
+            log(f"L2P initialised from {init_from} (progressive): {len(loaded)} tensors carried, "
+                f"{len(skipped)} new at this resolution ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})")
         pipe.transformer, pipe.vae = None, None  # no VAE in pixel space; the latent DiT was copied
-        self.mu = tm.scheduler_mu(pipe.scheduler.config, int(spec["l2p"]["token_grid"]) ** 2)
+        self.shift = float(l2p.get("shift", 3.0))
+        self.grid_steps = int(l2p.get("timestep_grid", 1000))
         self.last_sigmas = None
+
+    def freeze(self, model) -> None:
+        """Main layers train_edge .. n - train_edge frozen (published: 5-24 of 30)."""
+        for i in self.frozen:
+            model.transformer.layers[i].requires_grad_(False).eval()
 
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
@@ -153,7 +160,7 @@ class L2PAdapter:
         x0 = pixels.to(self.device, next(model.parameters()).dtype)
         caps = self.encode_text(captions)
         if sigmas is None:
-            sigmas = tm.sample_sigmas(x0.shape[0], generator, self.mu, self.spec["logit_mean"], self.spec["logit_std"])
+            sigmas = tm.l2p_sample_sigmas(x0.shape[0], generator, self.shift, self.grid_steps)
             self.last_sigmas = sigmas
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         s = sigmas.to(x0)[:, None, None, None]
@@ -240,11 +247,10 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
             "text": spec["text"], "sample": spec.get("sample"), "train_shift": spec.get("train_shift"),
             "vae_tile": spec["vae_tile"], "vae_tile_stride": spec["vae_tile_stride"]}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if spec["scheme"] == "l2p":
-        save_file({k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")},
-                  out / "transformer.safetensors")
-        save_file({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}, out / "pixel_head.safetensors")
-        info["l2p"] = dict(spec["l2p"], patch_sizes=adapter.patch_sizes, transformer_config=dict(model.transformer.config))
+    if spec["scheme"] == "l2p":  # the trained subset only (frozen layers come from the base, as published)
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        save_file({k: v for k, v in state.items() if k in trained}, out / "l2p_trained.safetensors")
+        info["l2p"] = dict(spec["l2p"], patch=adapter.patch, frozen_layers=adapter.frozen)
     elif spec.get("lora"):
         from peft.utils import get_peft_model_state_dict
 
@@ -300,6 +306,8 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
         else:
             adapter = Flux2Adapter(spec, ckpt_dir, device, weight_dtype)
     model = _trainable(adapter.model.to(device, torch.float32), spec)  # master weights fp32; autocast does bf16
+    if spec["scheme"] == "l2p":
+        adapter.freeze(model)
     if spec["gradient_checkpointing"]:
         inner = model.transformer if spec["scheme"] == "l2p" else model
         inner.enable_gradient_checkpointing()

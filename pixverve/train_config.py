@@ -47,8 +47,11 @@ def previous_resolution(config: dict, run: str, resolution: int) -> int | None:
 
 def bucket_multiple(spec: dict) -> int:
     """Bucket sides: multiples of the token size (16 px for FLUX.2; the L2P patch)."""
-    if spec["scheme"] == "l2p":
-        return spec["resolution"] // int(spec["l2p"]["token_grid"])
+    if spec["scheme"] == "l2p":  # and the U-Net's pooling: multiples of 2^levels
+        import math
+
+        levels = len((spec["l2p"].get("unet") or {}).get("widths") or (16, 32, 64, 128, 256, 512))
+        return math.lcm(spec["resolution"] // int(spec["l2p"]["token_grid"]), 2 ** levels)
     return 16
 
 

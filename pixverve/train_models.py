@@ -12,12 +12,13 @@
   the grid (window ~ H/fh x W/fw, remote stride (fh, fw)); 1x1 = global attention; block i
   (double-stream, then single-stream) takes entry i mod len(pattern).  The token grid is read
   from ``img_ids`` by a forward pre-hook, so the stock pipeline samples the windowed model.
-* ``L2PFamily`` (scheme III, "latent to pixel"): a ``ZImageTransformer2DModel`` whose patch
-  embedders and final layers are rebuilt for RGB pixels with one patch size per training
-  resolution (resolution / token grid: 64 at 4K, 128 at 8K, 160 at 10K for a 64x64 grid), every
-  other weight copied from the latent DiT, plus ``PixelHead``: a light two-level convolutional
-  U-Net that refines the unpatchified prediction (zero-initialised, so training starts from the
-  transformer's own output).  No VAE.
+* ``L2PModel`` (scheme III, "latent to pixel", as the published L2P-ZImage-HR): a
+  ``ZImageTransformer2DModel`` on RGB pixels with one patch size (resolution / token grid: 64 at
+  4K, 128 at 8K, 160 at 10K for a 64x64 grid) and no final layer; its last image tokens become a
+  feature map concatenated at the bottleneck of ``PixelUNet``, a convolutional U-Net reading the
+  noisy full-size image (4K variant; an extra outer level at 8K; at 10K a bottleneck of
+  resolution/64 px with the features upsampled to it, per-stage checkpointing).  Every
+  transformer weight but the patch embedder comes from the latent DiT.  No VAE.
 
 Flow matching everywhere: x_t = (1 - s) x0 + s noise, the model predicts v = noise - x0 (Z-Image's
 transformer is fed t = 1 - s and predicts -v, as ZImagePipeline does).
@@ -130,7 +131,7 @@ def build_tiny_zimage(folder, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     vae = AutoencoderKL(block_out_channels=(8,), latent_channels=4, norm_num_groups=4, sample_size=32)
     transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32,
-                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
+                                           n_layers=3, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
                                            axes_dims=[4, 6, 6], axes_lens=[256, 64, 64])
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
     ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -409,7 +410,10 @@ def install_window_attention(transformer, settings: dict):
 
 
 # ---------------------------------------------------------------------------------------------
-# scheme III: L2P
+# scheme III: L2P (checked against L2P-ZImage-HR/diffsynth/models/z_image_dit_L2P.py,
+# diffusion/base_pipeline_L2P.py, diffusion/loss.py and train_run_ds.sh of HaojunChen663/PixVerve-95K)
+
+UNET_WIDTHS = (16, 32, 64, 128, 256, 512)  # published U-Net channel widths (4K: 64 px patch = 2^6 levels)
 
 
 def l2p_patch_size(resolution: int, token_grid: int) -> int:
@@ -419,56 +423,166 @@ def l2p_patch_size(resolution: int, token_grid: int) -> int:
     return resolution // token_grid
 
 
-class PixelHead(nn.Module):
-    """Light two-level U-Net on [prediction, noisy input] -> residual added to the prediction."""
+def l2p_variant(patch: int, widths) -> str:
+    """Which published U-Net a patch size gets: ``4k`` (patch = 2^levels: the bottleneck is the
+    token grid), ``8k`` (patch = 2^(levels+1): one extra outer level), otherwise ``10k`` (an
+    outer level, one level fewer, the bottleneck at resolution / 2^levels with the token
+    features upsampled to it)."""
+    levels = len(widths)
+    if patch == 2 ** levels:
+        return "4k"
+    if patch == 2 ** (levels + 1):
+        return "8k"
+    return "10k"
 
-    def __init__(self, channels: int = 32):
+
+def _conv(cin, cout, k=3):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.SiLU())
+
+
+def _up(cin, cout):
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1))
+
+
+class PixelUNet(nn.Module):
+    """The L2P local decoder: a convolutional U-Net on the full-size noisy image with the
+    transformer's last image tokens (as a feature map) concatenated at its bottleneck.
+
+    ``4k``: levels of ``widths`` (conv + SiLU, 2x max-pool) down to the token grid; 1x1 bottleneck
+    conv on [deepest features, token features] -> widths[-1]; mirrored decoder (nearest 2x
+    upsample + conv, concat skip, conv + SiLU); 1x1 output conv.  ``8k``: the 4k net inside
+    one outer level (its own names, so a 4k checkpoint loads into the inner net).  ``10k``: an
+    outer level, the levels without the deepest one, token features resized (nearest) to the
+    bottleneck; every stage recomputed in the backward pass when ``checkpoint_stages``."""
+
+    def __init__(self, in_channels: int, feature_dim: int, variant: str, widths=UNET_WIDTHS,
+                 checkpoint_stages: bool = True):
         super().__init__()
-        self.inp = nn.Conv2d(6, channels, 3, padding=1)
-        self.down = nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1)
-        self.mid = nn.Conv2d(2 * channels, 2 * channels, 3, padding=1)
-        self.up = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2)
-        self.out = nn.Conv2d(2 * channels, 3, 3, padding=1)
-        nn.init.zeros_(self.out.weight)  # starts as the identity on the transformer's prediction
-        nn.init.zeros_(self.out.bias)
+        self.variant, self.checkpoint_stages = variant, checkpoint_stages
+        w = list(widths)
+        levels = len(w) if variant != "10k" else len(w) - 1
+        if variant in ("8k", "10k"):
+            setattr(self, f"outer_{variant}_enc", _conv(in_channels, in_channels))
+        self.enc = nn.ModuleList([_conv(in_channels if i == 0 else w[i - 1], w[i]) for i in range(levels)])
+        self.bottleneck = _conv(w[levels - 1] + feature_dim, w[-1], k=1)
+        # decoder level i: upsample+conv to w[i] (from the bottleneck's w[-1] at the deepest level), then
+        # [up, skip] -> w[i-1] (w[0] at the top)
+        self.up = nn.ModuleList([_up(w[-1] if i == levels - 1 else w[i], w[i]) for i in range(levels)])
+        self.dec = nn.ModuleList([_conv(2 * w[i], w[max(i - 1, 0)]) for i in range(levels)])
+        if variant in ("8k", "10k"):
+            setattr(self, f"outer_{variant}_up", _up(w[0], w[0]))
+            setattr(self, f"outer_{variant}_dec", _conv(w[0] + in_channels, w[0]))
+        self.out_conv = nn.Conv2d(w[0], in_channels, 1)
 
-    def forward(self, prediction, noisy):
-        a = F.silu(self.inp(torch.cat([prediction, noisy], dim=1)))
-        b = F.silu(self.mid(F.silu(self.down(a))))
-        u = F.silu(self.up(b))[..., : a.shape[-2], : a.shape[-1]]
-        return prediction + self.out(torch.cat([u, a], dim=1))
+    def _stage(self, fn, *args):
+        if self.checkpoint_stages and self.variant == "10k" and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def forward(self, x, features):
+        outer = None
+        if self.variant != "4k":
+            outer = self._stage(getattr(self, f"outer_{self.variant}_enc"), x)
+            x = F.max_pool2d(outer, 2)
+        skips = []
+        for enc in self.enc:
+            s = self._stage(enc, x)
+            skips.append(s)
+            x = F.max_pool2d(s, 2)
+        if features.shape[-2:] != x.shape[-2:]:
+            if self.variant != "10k":
+                raise ValueError(f"L2P U-Net: bottleneck {tuple(x.shape[-2:])} != token grid {tuple(features.shape[-2:])}")
+            features = F.interpolate(features, size=x.shape[-2:], mode="nearest")
+        x = self._stage(lambda a, b: self.bottleneck(torch.cat([a, b], 1)), x, features.to(x.dtype))
+        for i in reversed(range(len(self.enc))):
+            x = self._stage(lambda a, s, i=i: self.dec[i](torch.cat([self.up[i](a), s], 1)), x, skips[i])
+        if outer is not None:
+            up, dec = getattr(self, f"outer_{self.variant}_up"), getattr(self, f"outer_{self.variant}_dec")
+            x = self._stage(lambda a, s: dec(torch.cat([up(a), s], 1)), x, outer)
+        return self.out_conv(x)
+
+
+class _TokenTap(nn.Module):
+    """Stands in for Z-Image's final layer: keeps the last hidden states and hands the
+    unpatchify a zero-width tensor (the transformer's out_channels is set to 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = None
+
+    def forward(self, x, c=None, **kwargs):
+        self.hidden = x
+        return x[..., :0]
 
 
 class L2PModel(nn.Module):
-    """Pixel-space Z-Image transformer + PixelHead; ``forward`` returns the velocity v."""
+    """Pixel-space Z-Image transformer without a final layer + PixelUNet; ``forward`` returns the
+    velocity v (Z-Image's convention: the network sees t = 1 - sigma and predicts -v)."""
 
-    def __init__(self, transformer, head: PixelHead):
+    def __init__(self, transformer, unet: PixelUNet):
         super().__init__()
-        self.transformer, self.head = transformer, head
+        self.transformer, self.unet = transformer, unet
+        self.patch = int(transformer.config.all_patch_size[0])
+        key = f"{self.patch}-1"
+        transformer.all_final_layer[key] = _TokenTap()
+        transformer.out_channels = 0  # only read by unpatchify: zero-width outputs, no pixels from the DiT
 
-    def forward(self, noisy, sigma, cap_feats: list, patch_size: int):
-        x = [n.unsqueeze(1) for n in noisy]  # (C, F=1, H, W) per image
-        out = self.transformer(x, 1.0 - sigma, cap_feats, patch_size=patch_size, return_dict=False)[0]
-        pred = -torch.stack(out, dim=0).squeeze(2)  # Z-Image predicts -v
-        return self.head(pred, noisy)
+    def forward(self, noisy, sigma, cap_feats: list, patch_size: int | None = None):
+        p = self.patch
+        if patch_size is not None and int(patch_size) != p:
+            raise ValueError(f"L2P model has patch {p}, asked for {patch_size}")
+        b, _, h, w = noisy.shape
+        tap = self.transformer.all_final_layer[f"{p}-1"]
+        self.transformer([n.unsqueeze(1) for n in noisy], 1.0 - sigma, cap_feats, patch_size=p, return_dict=False)
+        gh, gw = h // p, w // p
+        tokens = tap.hidden[:, : gh * gw]  # image tokens come first in the unified sequence
+        tap.hidden = None
+        features = tokens.reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
+        return -self.unet(noisy, features)
 
 
-def l2p_from_latent(latent_transformer, patch_sizes: list[int], head_channels: int) -> L2PModel:
-    """Pixel model initialised from a latent Z-Image DiT: same config with 3 input channels and
-    the pixel patch sizes; every weight but the patch embedders / final layers copied."""
+def l2p_sample_sigmas(n: int, generator: torch.Generator, shift: float, grid_steps: int = 1000) -> torch.Tensor:
+    """L2P training noise levels: a uniform draw from the shifted grid s_i = 1 - i/N (i < N),
+    s' = shift s / (1 + (shift - 1) s) -- DiffSynth's Z-Image schedule with training=True, as the
+    published FlowMatchSFTLoss samples it."""
+    idx = torch.randint(0, int(grid_steps), (n,), generator=generator)
+    return shift_sigmas(1.0 - idx.double() / int(grid_steps), math.log(float(shift))).float()
+
+
+def l2p_frozen_layers(n_layers: int, train_edge: int) -> list[int]:
+    """Main layers frozen in L2P training: all but the first and last ``train_edge`` (published 5:
+    layers 5-24 of 30)."""
+    return list(range(train_edge, n_layers - train_edge))
+
+
+def l2p_build(latent_transformer, patch: int, unet: dict) -> L2PModel:
+    """Pixel model for one patch size from a latent Z-Image DiT: the same config with 3 input
+    channels and that patch; every transformer weight but the patch embedder copied; a new U-Net
+    of the patch's variant."""
     from diffusers import ZImageTransformer2DModel
 
-    cfg = dict(latent_transformer.config)
-    keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    keep.update(in_channels=3, all_patch_size=tuple(patch_sizes), all_f_patch_size=tuple([1] * len(patch_sizes)))
-    pixel = ZImageTransformer2DModel(**keep).to(latent_transformer.dtype)
+    cfg = {k: v for k, v in dict(latent_transformer.config).items() if not k.startswith("_")}
+    cfg.update(in_channels=3, all_patch_size=(int(patch),), all_f_patch_size=(1,))
+    pixel = ZImageTransformer2DModel(**cfg).to(latent_transformer.dtype)
     state = {k: v for k, v in latent_transformer.state_dict().items()
              if not k.startswith(("all_x_embedder.", "all_final_layer."))}
     missing, unexpected = pixel.load_state_dict(state, strict=False)
     new = [k for k in missing if not k.startswith(("all_x_embedder.", "all_final_layer."))]
     if new or unexpected:
         raise ModelUnavailable(f"L2P init: unmatched weights {new[:5]} / {unexpected[:5]}")
-    return L2PModel(pixel, PixelHead(head_channels).to(latent_transformer.dtype))
+    widths = tuple(unet.get("widths") or UNET_WIDTHS)
+    net = PixelUNet(3, int(cfg["dim"]), l2p_variant(int(patch), widths), widths,
+                    bool(unet.get("checkpoint_stages", True))).to(latent_transformer.dtype)
+    return L2PModel(pixel, net)
+
+
+def load_matching(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    """Load the entries of ``state`` whose name and shape match ``model`` (progressive L2P:
+    each resolution starts from the previous one); returns (loaded, skipped) names."""
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(take, strict=False)
+    return sorted(take), sorted(set(state) - set(take))
 
 
 # ---------------------------------------------------------------------------------------------

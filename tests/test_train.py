@@ -152,27 +152,51 @@ def test_l2p_patch_size_keeps_the_token_grid():
         tm.l2p_patch_size(1000, 64)
 
 
-def test_l2p_model_sees_the_same_token_grid_at_every_resolution(tmp_path):
-    pipe = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path)
-    model = tm.l2p_from_latent(pipe.transformer, [8, 16], head_channels=4)
-    counts = {}
-
-    def count(name):
-        def hook(module, args):
-            counts[name] = args[0].shape[0]
-        return hook
-
-    for p in (8, 16):
-        model.transformer.all_x_embedder[f"{p}-1"].register_forward_pre_hook(count(p))
-    cap = [torch.randn(6, 16)]
-    for res, p in ((64, 8), (128, 16)):
-        out = model(torch.randn(1, 3, res, res), torch.tensor([0.5]), cap, p)
-        assert out.shape == (1, 3, res, res)
-    assert counts == {8: 64, 16: 64}  # 8x8 tokens at 64 px and at 128 px
-    # the latent DiT's weights were carried over, the embedders are new
+@pytest.mark.parametrize("res,variant", [(64, "4k"), (128, "8k"), (160, "10k")])
+def test_l2p_unet_variants_and_the_token_feature_map(res, variant, tmp_path_factory):
+    """Tiny widths (3 levels = the published 6 scaled down): 64 px / patch 8 = the 4K net (bottleneck
+    = token grid), 128 px / patch 16 = 8K (one outer level), 160 px / patch 20 = 10K (bottleneck
+    160/8 = 20 px with the 8x8 token features upsampled to it).  No final layer: the transformer's
+    last image tokens reach the U-Net's bottleneck."""
+    pipe = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path_factory.mktemp("zimage"))
+    patch = tm.l2p_patch_size(res, 8)
+    model = tm.l2p_build(pipe.transformer, patch, {"widths": [4, 8, 16]})
+    assert model.unet.variant == variant
+    assert not any(k.startswith("transformer.all_final_layer") for k in model.state_dict())
+    names = {k.split(".")[1] for k in model.state_dict() if k.startswith("unet.")}
+    assert (f"outer_{variant}_enc" in names) == (variant != "4k")
+    assert len(model.unet.enc) == (2 if variant == "10k" else 3)  # 10K: no deepest level
+    seen = {}
+    model.unet.bottleneck.register_forward_pre_hook(lambda m, a: seen.update(shape=a[0].shape))
+    out = model(torch.randn(2, 3, res, res), torch.tensor([0.3, 0.7]), [torch.randn(6, 16), torch.randn(4, 16)], patch)
+    assert out.shape == (2, 3, res, res)
+    bottleneck = {"4k": 8, "8k": 8, "10k": 20}[variant]
+    deepest = {"4k": 16, "8k": 16, "10k": 8}[variant]
+    assert tuple(seen["shape"]) == (2, deepest + 32, bottleneck, bottleneck)  # [deepest U-Net level, dim-32 tokens]
     src, dst = pipe.transformer.state_dict(), model.transformer.state_dict()
     assert torch.equal(src["layers.0.attention.to_q.weight"], dst["layers.0.attention.to_q.weight"])
-    assert "all_x_embedder.16-1.weight" in dst and "all_x_embedder.2-1.weight" not in dst
+
+
+def test_l2p_progressive_start_carries_weights_by_name_and_shape(tmp_path):
+    pipe = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path)
+    small = tm.l2p_build(pipe.transformer, 8, {"widths": [4, 8, 16]})
+    torch.nn.init.normal_(small.unet.enc[0][0].weight)
+    big = tm.l2p_build(pipe.transformer, 16, {"widths": [4, 8, 16]})
+    loaded, skipped = tm.load_matching(big, small.state_dict())
+    assert torch.equal(big.unet.enc[0][0].weight, small.unet.enc[0][0].weight)  # the 4K net sits inside the 8K one
+    assert "transformer.all_x_embedder.8-1.weight" in skipped  # another patch: not carried
+    huge = tm.l2p_build(pipe.transformer, 20, {"widths": [4, 8, 16]})
+    loaded, skipped = tm.load_matching(huge, big.state_dict())
+    assert "unet.bottleneck.0.weight" in skipped and "unet.enc.0.0.weight" in loaded  # 10K: new bottleneck shape
+
+
+def test_l2p_noise_levels_are_uniform_over_the_shifted_grid():
+    g = torch.Generator().manual_seed(0)
+    s = tm.l2p_sample_sigmas(50000, g, 3.0, 1000).double()
+    index = 1000 * (1 - s / (3 - 2 * s))  # undo the shift s' = 3s / (1 + 2s), then s = 1 - i/1000
+    assert (index - index.round()).abs().max() < 1e-2 and index.min() >= -1e-3 and index.max() < 1000  # grid points only
+    counts = torch.bincount(index.round().long(), minlength=1000)
+    assert counts.min() > 20 and counts.max() < 90  # ~50 each: uniform in the index
 
 
 def test_timestep_shift_matches_the_diffusers_scheduler():
@@ -275,6 +299,16 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     a = generate(info, loaded, "a red car", res, res, 3, 4.0, seed=5)
     b = generate(info, load_checkpoint(final)[1], "a red car", res, res, 3, 4.0, seed=5)
     assert a.shape == (res, res, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    if run == "scheme3_l2p":  # published: main layers train_edge .. n - train_edge frozen, only the rest saved
+        from safetensors.torch import load_file
+
+        saved = load_file(final / "l2p_trained.safetensors")
+        assert info["l2p"]["frozen_layers"] == [1]
+        assert not any(k.startswith("transformer.layers.1.") for k in saved) and "transformer.layers.0.attention.to_q.weight" in saved
+        base = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints").transformer
+        trained = loaded["model"].transformer
+        assert torch.equal(trained.layers[1].attention.to_q.weight, base.layers[1].attention.to_q.weight)  # frozen
+        assert not torch.equal(trained.layers[0].attention.to_q.weight, base.layers[0].attention.to_q.weight)
     stats = json.loads((tmp_path / "sigma_stats.json").read_text())  # what the run trained on
     assert stats["count"] == 30 * 2 and 0.0 < stats["q05"] < stats["q50"] < stats["q95"] < 1.0
     assert all(r["sigma_q50"] for r in log)
