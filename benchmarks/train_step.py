@@ -1,7 +1,7 @@
 """Per-step time and peak memory of the three training schemes, side by side in one run.
 
     python benchmarks/train_step.py [--resolution 256] [--steps 6] [--device cpu|cuda]
-                                    [--flux2 PATH --zimage PATH] [--window 24]
+                                    [--flux2 PATH --zimage PATH] [--pattern 4k]
 
 Each scheme runs in its own process (peak memory is per process) on one synthetic batch at
 ``--resolution`` (random pixels, fixed captions), through the same adapters and loss as rule
@@ -48,7 +48,7 @@ def one(args) -> dict:
         spec = resolve_run(config, "scheme3_l2p", args.resolution)
         spec["l2p"]["token_grid"] = args.token_grid
     if args.scheme == "scheme2_window":
-        spec["window"] = {"size": args.window, "shapes": {}, "chunk_windows": 0}
+        spec["window"] = dict(spec["window"], pattern={str(args.resolution): args.pattern})
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     work = Path("/tmp/pixverve-train-bench")
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--window", type=int, default=4, help="scheme II window side in latent tokens (paper: 24)")
+    parser.add_argument("--pattern", default="1x1,2x2,4x4", help="scheme II factor pattern (published 4K: 4k preset)")
     parser.add_argument("--token-grid", type=int, default=16, help="L2P token grid side (paper: 64)")
     parser.add_argument("--flux2", default=None, help="FLUX.2-klein pipeline folder (else tiny)")
     parser.add_argument("--zimage", default=None, help="Z-Image pipeline folder (else tiny)")
