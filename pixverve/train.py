@@ -254,8 +254,12 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
     elif spec.get("lora"):
         from peft.utils import get_peft_model_state_dict
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
-                  out / "transformer_lora.safetensors")
+        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        # "<module>.alpha" beside lora_A/lora_B: the published flux2_infer loader (GeneralLoRALoader) scales
+        # A by alpha / rank when present, which is peft's scaling, so --lora_alpha 1.0 reproduces this model
+        alpha = torch.tensor(float(spec["lora"]["alpha"]))
+        lora.update({k[: -len(".lora_A.weight")] + ".alpha": alpha.clone() for k in list(lora) if k.endswith(".lora_A.weight")})
+        save_file(lora, out / "transformer_lora.safetensors")
     else:
         save_file(state, out / "transformer.safetensors")  # the base's config rebuilds it
     probe_patch = adapter.patch if spec["scheme"] == "l2p" else None

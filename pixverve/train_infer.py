@@ -41,7 +41,9 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
             lora = info["lora"]
             transformer.add_adapter(LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]),
                                                target_modules=list(lora["target_modules"])))
-            result = set_peft_model_state_dict(transformer, load_file(final_dir / "transformer_lora.safetensors"))
+            weights = {k: v for k, v in load_file(final_dir / "transformer_lora.safetensors").items()
+                       if not k.endswith(".alpha")}  # alpha: for the published loader; peft has it in its config
+            result = set_peft_model_state_dict(transformer, weights)
             if getattr(result, "unexpected_keys", None):
                 raise tm.ModelUnavailable(f"LoRA weights do not fit the base model: {result.unexpected_keys[:5]}")
         else:

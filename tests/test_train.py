@@ -454,3 +454,36 @@ def test_bad_train_config_is_an_error(tmp_path):
                                                        "train_resolution": 1024, "width": 64, "height": 64, "steps": 2}}}
     with pytest.raises(ValueError, match="train_resolution"):
         check_train_config(config)
+
+
+def test_lora_file_fuses_as_the_published_loader_reads_it(demo_data, tmp_path):
+    """The LoRA we save, read the way flux2_infer's GeneralLoRALoader reads it (target = key without
+    lora_B/.weight; A scaled by alpha / rank when '<module>.alpha' is present; W += B @ A), gives the
+    same transformer output as our peft-loaded model -- here with alpha != rank."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    from pixverve.train import train_run
+    from pixverve.train_infer import load_checkpoint
+
+    spec = demo_spec("scheme1_lora", 128, max_steps=2, log_every=2, eval_every=0, checkpoint_every=2, lr=3e-2,
+                     lora={"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"]})
+    train_run(spec, samples_from_records(demo_data, 128, "long", 16), tmp_path, log=lambda m: None)
+    info, pipe = load_checkpoint(tmp_path / "final")
+    want = _flux2_forward(pipe)
+    base = tm.load_pipeline("flux2", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints")
+    fused = copy.deepcopy(base)
+    lora = load_file(tmp_path / "final" / "transformer_lora.safetensors")
+    modules = dict(fused.transformer.named_modules())
+    n = 0
+    for key, up in lora.items():
+        if ".lora_B." not in key:
+            continue
+        name = key[: key.index(".lora_B.")]
+        down = lora[name + ".lora_A.weight"] * (lora[name + ".alpha"] / lora[name + ".lora_A.weight"].shape[0])
+        modules[name].weight.data += up @ down
+        n += 1
+    assert n > 0 and float(lora[name + ".alpha"]) == 8.0
+    assert torch.allclose(_flux2_forward(fused), want, atol=1e-5)
+    assert not torch.allclose(_flux2_forward(base), want, atol=1e-5)  # the adapter moved the model
