@@ -285,6 +285,16 @@ def _batch_pixels(data: TrainSamples, indices: list[int], epoch: int) -> tuple[t
     return x, captions
 
 
+def release_cache_between_blocks(model, scheme: str) -> int:
+    """torch.cuda.empty_cache() after every transformer block (published flux2_infer does it between
+    blocks with local attention): less fragmentation at 4K-10K for some speed."""
+    blocks = (list(model.transformer.layers) if scheme == "l2p"
+              else list(model.transformer_blocks) + list(model.single_transformer_blocks))
+    for block in blocks:
+        block.register_forward_hook(lambda *a: torch.cuda.empty_cache())
+    return len(blocks)
+
+
 def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> dict:
     """Train one (scheme, resolution) run; returns a summary.  ``spec`` is the run's resolved
     settings (see config.yaml ``train``); ``samples`` from train_data.samples_from_records."""
@@ -315,6 +325,8 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
     if spec["gradient_checkpointing"]:
         inner = model.transformer if spec["scheme"] == "l2p" else model
         inner.enable_gradient_checkpointing()
+    if (spec.get("memory") or {}).get("empty_cache_between_blocks") and device.type == "cuda":
+        release_cache_between_blocks(model, spec["scheme"])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(spec["lr"]), betas=tuple(spec["adam_betas"]),
                                   weight_decay=float(spec["weight_decay"]))
