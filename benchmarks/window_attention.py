@@ -4,8 +4,9 @@
 
 For each square latent token grid (4K = 256x256 tokens, 8K = 512x512 at FLUX.2's 16 px per
 token), random q/k/v (``--heads`` x ``--head-dim``, ``--text`` text tokens; bf16 on CUDA, fp32 on
-the CPU) go through full SDPA and through ``pixverve.train_models.local_attention`` with one pattern entry
-(``--factors``: windows along height x width; remote stride the same), each in its own process so peak memory is its own (CUDA: max allocated; CPU: VmHWM).  Prints seconds per
+the CPU) go through full SDPA and through ``pixverve.train_models.local_attention`` with one
+pattern entry (``--factors``: windows along height x width; remote stride the same), each in its
+own process so peak memory is its own (CUDA: max allocated; CPU: VmHWM).  Prints seconds per
 call (median of ``--repeats`` after one warm-up), the ratio full / window and peak memory.  The
 1x1 entry must equal full attention: that difference is printed too.
 """
