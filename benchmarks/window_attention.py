@@ -1,13 +1,14 @@
-"""Scheme II's window attention vs full attention over the same [text, image] sequence.
+"""Scheme II's close + remote local attention vs full attention over the same [text, image] sequence.
 
-    python benchmarks/window_attention.py [--grids 32 48 64] [--window 24] [--device cpu|cuda]
+    python benchmarks/window_attention.py [--grids 32 48 64] [--factors 8x16] [--device cpu|cuda]
 
 For each square latent token grid (4K = 256x256 tokens, 8K = 512x512 at FLUX.2's 16 px per
 token), random q/k/v (``--heads`` x ``--head-dim``, ``--text`` text tokens; bf16 on CUDA, fp32 on
-the CPU) go through full SDPA and through ``pixverve.train_models.window_attention``, each in its
+the CPU) go through full SDPA and through ``pixverve.train_models.local_attention`` with one
+pattern entry (``--factors``: windows along height x width; remote stride the same), each in its
 own process so peak memory is its own (CUDA: max allocated; CPU: VmHWM).  Prints seconds per
-call (median of ``--repeats`` after one warm-up), the ratio full / window and peak memory.  A
-window covering the whole grid must equal full attention: that difference is printed too.
+call (median of ``--repeats`` after one warm-up), the ratio full / window and peak memory.  The
+1x1 entry must equal full attention: that difference is printed too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def measure(args) -> dict:
     import torch.nn.functional as F
 
     from pixverve.train import peak_memory_mb
-    from pixverve.train_models import window_attention
+    from pixverve.train_models import close_remote_partitions, local_attention, parse_pattern
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -40,9 +41,10 @@ def measure(args) -> dict:
     def full():
         return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
+    parts = close_remote_partitions((args.grid, args.grid), parse_pattern(args.factors)[0])
+
     def windowed():
-        return window_attention(q, k, v, args.text, (args.grid, args.grid), (args.window, args.window),
-                                args.chunk_windows)
+        return local_attention(q, k, v, args.text, parts, args.chunk_windows, checkpoint=False)
 
     fn = full if args.method == "full" else windowed
     times = []
@@ -57,8 +59,8 @@ def measure(args) -> dict:
             times.append(time.perf_counter() - t0)
         peak = peak_memory_mb(device)  # before the check below, which runs full attention too
         diff = None
-        if args.method == "window":  # a covering window is full attention
-            cover = window_attention(q, k, v, args.text, (args.grid, args.grid), (args.grid, args.grid))
+        if args.method == "window":  # 1x1 is full attention
+            cover = local_attention(q, k, v, args.text, close_remote_partitions((args.grid, args.grid), (1, 1)))
             diff = float((cover.float() - full().float()).abs().max())
     return {"seconds": statistics.median(times[1:]), "peak_mb": peak, "diff": diff}
 
@@ -66,11 +68,11 @@ def measure(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids", type=int, nargs="+", default=[32, 48, 64])
-    parser.add_argument("--window", type=int, default=24)
+    parser.add_argument("--factors", default="8x16", help="one pattern entry FHxFW (published 4K: 8x16, 16x8, ...)")
     parser.add_argument("--text", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--chunk-windows", type=int, default=0)
+    parser.add_argument("--chunk-windows", type=int, default=4, help="index sets per SDPA call (published infer.sh: 4)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grid", type=int, help=argparse.SUPPRESS)  # internal: one measurement per process
@@ -84,7 +86,7 @@ def main() -> None:
         return
     passthrough = sys.argv[1:]
     print(f"attention over {args.text} text + grid^2 image tokens, {args.heads} heads x {args.head_dim}, "
-          f"window {args.window}, {args.device}, median of {args.repeats}")
+          f"factors {args.factors}, {args.device}, median of {args.repeats}")
     print(f"{'grid':>6} {'tokens':>8} {'full s':>9} {'window s':>9} {'full/window':>12} {'full MB':>9} "
           f"{'window MB':>10} {'cover diff':>11}")
     for grid in args.grids:

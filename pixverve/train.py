@@ -34,7 +34,10 @@ from .train_data import TrainSamples, bucket_batches
 
 FAMILY = {"full_attention": "flux2", "window": "flux2", "l2p": "zimage"}
 LOG_FIELDS = ["step", "epoch", "loss", "eval_loss", "lr", "images_per_s", "peak_mem_mb", "grad_norm",
-              "grad_norm_spread", "param_spread", "rank_loss_spread", "ranks_stepped"]
+              "grad_norm_spread", "param_spread", "rank_loss_spread", "ranks_stepped", "sigma_q05", "sigma_q50",
+              "sigma_q95"]
+SIGMA_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+DEFAULT_TRAIN_SHIFT = {"mode": "static", "mu": 0.8}
 
 
 class TrainError(RuntimeError):
@@ -61,6 +64,15 @@ def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Ge
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 9_973 + rank * 101 + stream) % 2**63)
 
 
+def flux2_train_mu(spec: dict, tokens: int) -> float:
+    """mu of the schemes I/II training shift (config key train_shift; ours): static, or FLUX.2's
+    dynamic inference fit at the token count (mu 11.55 at 4K: nearly every sigma ~1)."""
+    shift = spec.get("train_shift") or DEFAULT_TRAIN_SHIFT
+    if shift["mode"] == "dynamic":
+        return tm.flux2_mu(tokens, int(spec["inference_steps"]))
+    return float(shift.get("mu", DEFAULT_TRAIN_SHIFT["mu"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # families: what turns a batch of pixels + captions into a loss
 
@@ -76,10 +88,12 @@ class Flux2Adapter:
         tm.configure_vae_tiling(self.pipe.vae, spec["vae_tile"], spec["vae_tile_stride"])
         self.model = self.pipe.transformer
         if spec["scheme"] == "window":
-            w = spec["window"]
-            tm.install_window_attention(self.model, int(w["size"]), w.get("shapes", {}).get(str(spec["resolution"])),
-                                        int(w.get("chunk_windows", 0)))
+            tm.install_window_attention(self.model, tm.window_settings(spec["window"], spec["resolution"]))
         self.text_layers = tuple(spec["text"]["out_layers"])
+        self.last_sigmas = None
+
+    def train_mu(self, tokens: int) -> float:
+        return flux2_train_mu(self.spec, tokens)
 
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
@@ -99,8 +113,8 @@ class Flux2Adapter:
         emb, txt_ids = self.encode_text(captions)
         b, n = x0.shape[:2]
         if sigmas is None:
-            sigmas = tm.sample_sigmas(b, generator, tm.flux2_mu(n, int(self.spec["inference_steps"])),
-                                      self.spec["logit_mean"], self.spec["logit_std"])
+            sigmas = tm.sample_sigmas(b, generator, self.train_mu(n), self.spec["logit_mean"], self.spec["logit_std"])
+            self.last_sigmas = sigmas
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         s = sigmas.to(x0)[:, None, None]
         xt = (1 - s) * x0 + s * noise
@@ -116,18 +130,26 @@ class L2PAdapter:
         from safetensors.torch import load_file
 
         self.spec, self.device = spec, device
+        l2p = spec["l2p"]
         pipe = tm.load_pipeline("zimage", spec["base"], weight_dtype, work_dir)
         pipe.text_encoder.to(device).requires_grad_(False)
         self.text_pipe = pipe  # kept for its tokenizer + text encoder only
-        self.patch_sizes = [tm.l2p_patch_size(r, int(spec["l2p"]["token_grid"])) for r in spec["l2p"]["resolutions"]]
-        self.patch = tm.l2p_patch_size(int(spec["resolution"]), int(spec["l2p"]["token_grid"]))
-        self.model = tm.l2p_from_latent(pipe.transformer, self.patch_sizes, int(spec["l2p"]["head_channels"]))
-        if init_from is not None:  # progressive: start from the previous resolution's weights
-            self.model.transformer.load_state_dict(load_file(init_from / "transformer.safetensors"))
-            self.model.head.load_state_dict(load_file(init_from / "pixel_head.safetensors"))
-            log(f"L2P initialised from {init_from} (progressive training)")
+        self.patch = tm.l2p_patch_size(int(spec["resolution"]), int(l2p["token_grid"]))
+        self.model = tm.l2p_build(pipe.transformer, self.patch, l2p.get("unet") or {})
+        self.frozen = tm.l2p_frozen_layers(len(self.model.transformer.layers), int(l2p.get("train_edge_layers", 5)))
+        if init_from is not None:  # progressive: the previous resolution's trained weights, by name and shape
+            loaded, skipped = tm.load_matching(self.model, load_file(init_from / "l2p_trained.safetensors"))
+            log(f"L2P initialised from {init_from} (progressive): {len(loaded)} tensors carried, "
+                f"{len(skipped)} new at this resolution ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})")
         pipe.transformer, pipe.vae = None, None  # no VAE in pixel space; the latent DiT was copied
-        self.mu = tm.scheduler_mu(pipe.scheduler.config, int(spec["l2p"]["token_grid"]) ** 2)
+        self.shift = float(l2p.get("shift", 3.0))
+        self.grid_steps = int(l2p.get("timestep_grid", 1000))
+        self.last_sigmas = None
+
+    def freeze(self, model) -> None:
+        """Main layers train_edge .. n - train_edge frozen (published: 5-24 of 30)."""
+        for i in self.frozen:
+            model.transformer.layers[i].requires_grad_(False).eval()
 
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
@@ -138,7 +160,8 @@ class L2PAdapter:
         x0 = pixels.to(self.device, next(model.parameters()).dtype)
         caps = self.encode_text(captions)
         if sigmas is None:
-            sigmas = tm.sample_sigmas(x0.shape[0], generator, self.mu, self.spec["logit_mean"], self.spec["logit_std"])
+            sigmas = tm.l2p_sample_sigmas(x0.shape[0], generator, self.shift, self.grid_steps)
+            self.last_sigmas = sigmas
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         s = sigmas.to(x0)[:, None, None, None]
         xt = (1 - s) * x0 + s * noise
@@ -177,6 +200,28 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _read_sigmas(path: Path, upto: int) -> list[tuple[int, float]]:
+    if not path.exists():
+        return []
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line]
+    return [(int(a), float(b)) for a, b in rows if int(a) <= upto]
+
+
+def _write_sigmas(path: Path, values: list[tuple[int, float]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("step,sigma\n" + "".join(f"{a},{b:.6g}\n" for a, b in values))
+    tmp.replace(path)
+
+
+def sigma_stats(values) -> dict:
+    """Quantiles of the noise levels a run trained on (rank 0's draws)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if not arr.size:
+        return {"count": 0}
+    return {"count": int(arr.size), "mean": float(arr.mean()), "frac_above_0.99": float((arr > 0.99).mean()),
+            **{f"q{int(q * 100):02d}": float(np.quantile(arr, q)) for q in SIGMA_QUANTILES}}
+
+
 def _trainable(model, spec: dict):
     """Full parameters, or a LoRA adapter (peft) on the attention projections."""
     lora = spec.get("lora")
@@ -198,19 +243,23 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
     out.mkdir(parents=True, exist_ok=True)
     info = {"scheme": spec["scheme"], "family": FAMILY[spec["scheme"]], "resolution": int(spec["resolution"]),
             "base": spec["base"], "steps": steps, "smoke": smoke, "lora": spec.get("lora") or None,
-            "window": spec.get("window") if spec["scheme"] == "window" else None,
-            "text": spec["text"], "vae_tile": spec["vae_tile"], "vae_tile_stride": spec["vae_tile_stride"]}
+            "window": tm.window_settings(spec["window"], spec["resolution"]) if spec["scheme"] == "window" else None,
+            "text": spec["text"], "sample": spec.get("sample"), "train_shift": spec.get("train_shift"),
+            "vae_tile": spec["vae_tile"], "vae_tile_stride": spec["vae_tile_stride"]}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if spec["scheme"] == "l2p":
-        save_file({k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")},
-                  out / "transformer.safetensors")
-        save_file({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}, out / "pixel_head.safetensors")
-        info["l2p"] = dict(spec["l2p"], patch_sizes=adapter.patch_sizes, transformer_config=dict(model.transformer.config))
+    if spec["scheme"] == "l2p":  # the trained subset only (frozen layers come from the base, as published)
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        save_file({k: v for k, v in state.items() if k in trained}, out / "l2p_trained.safetensors")
+        info["l2p"] = dict(spec["l2p"], patch=adapter.patch, frozen_layers=adapter.frozen)
     elif spec.get("lora"):
         from peft.utils import get_peft_model_state_dict
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
-                  out / "transformer_lora.safetensors")
+        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        # "<module>.alpha" beside lora_A/lora_B: the published flux2_infer loader (GeneralLoRALoader) scales
+        # A by alpha / rank when present, which is peft's scaling, so --lora_alpha 1.0 reproduces this model
+        alpha = torch.tensor(float(spec["lora"]["alpha"]))
+        lora.update({k[: -len(".lora_A.weight")] + ".alpha": alpha.clone() for k in list(lora) if k.endswith(".lora_A.weight")})
+        save_file(lora, out / "transformer_lora.safetensors")
     else:
         save_file(state, out / "transformer.safetensors")  # the base's config rebuilds it
     probe_patch = adapter.patch if spec["scheme"] == "l2p" else None
@@ -234,6 +283,16 @@ def _batch_pixels(data: TrainSamples, indices: list[int], epoch: int) -> tuple[t
         captions.append(caption)
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x, captions
+
+
+def release_cache_between_blocks(model, scheme: str) -> int:
+    """torch.cuda.empty_cache() after every transformer block (published flux2_infer does it between
+    blocks with local attention): less fragmentation at 4K-10K for some speed."""
+    blocks = (list(model.transformer.layers) if scheme == "l2p"
+              else list(model.transformer_blocks) + list(model.single_transformer_blocks))
+    for block in blocks:
+        block.register_forward_hook(lambda *a: torch.cuda.empty_cache())
+    return len(blocks)
 
 
 def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> dict:
@@ -261,9 +320,13 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
         else:
             adapter = Flux2Adapter(spec, ckpt_dir, device, weight_dtype)
     model = _trainable(adapter.model.to(device, torch.float32), spec)  # master weights fp32; autocast does bf16
+    if spec["scheme"] == "l2p":
+        adapter.freeze(model)
     if spec["gradient_checkpointing"]:
         inner = model.transformer if spec["scheme"] == "l2p" else model
         inner.enable_gradient_checkpointing()
+    if (spec.get("memory") or {}).get("empty_cache_between_blocks") and device.type == "cuda":
+        release_cache_between_blocks(model, spec["scheme"])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(spec["lr"]), betas=tuple(spec["adam_betas"]),
                                   weight_decay=float(spec["weight_decay"]))
@@ -282,6 +345,9 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
         log(f"resumed from {resume.name} at step {start}")
     log_path = ckpt_dir / "train_log.csv"
     rows = _read_log(log_path, start) if accelerator.is_main_process else []
+    sigma_path = ckpt_dir / "sigmas.csv"  # every training noise level (rank 0), for sigma_stats.json
+    sigmas_seen = _read_sigmas(sigma_path, start) if accelerator.is_main_process else []
+    interval = []
 
     data = TrainSamples(samples, mode=spec["data"]["crop_mode"], seed=int(spec["seed"]))
     batch_size, seed, total = int(spec["batch_size"]), int(spec["seed"]), int(spec["max_steps"])
@@ -327,6 +393,7 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
         pixels, captions = _batch_pixels(data, indices, epoch)
         with accelerator.accumulate(model), accelerator.autocast():
             loss = adapter.loss(model, pixels, captions, step_generator(seed, step, rank))
+            interval += [float(v) for v in adapter.last_sigmas]
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(params, float(spec["max_grad_norm"])) \
                 if accelerator.sync_gradients else None
@@ -351,12 +418,16 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
                    # sharded strategies hold different parameter shards per rank: no replica to compare
                    "param_spread": "" if sharded else f"{float(gathered[:, 1].max() - gathered[:, 1].min()):.3g}",
                    "rank_loss_spread": f"{float(rank_losses.max() - rank_losses.min()):.3g}",  # > 0: ranks saw different data
-                   "ranks_stepped": int(gathered[:, 2].sum())}
+                   "ranks_stepped": int(gathered[:, 2].sum()),
+                   **{f"sigma_q{int(q * 100):02d}": f"{np.quantile(interval, q):.4g}" for q in (0.05, 0.5, 0.95)}}
+            sigmas_seen += [(done, v) for v in interval]
+            interval = []
             last = now
             bar.set_postfix(loss=row["loss"])
             if accelerator.is_main_process:
                 rows.append(row)
                 _write_log(log_path, rows)
+                _write_sigmas(sigma_path, sigmas_seen)
         if done % int(spec["checkpoint_every"]) == 0 or done == total:
             target = ckpt_dir / f"step-{done:06d}"
             accelerator.save_state(str(target))
@@ -374,6 +445,10 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
         save_final(adapter, accelerator.unwrap_model(model), spec, out / "final", total, smoke)
         _write_log(log_path, rows)
         shutil.copyfile(log_path, out / "train_log.csv")
+        stats = sigma_stats([v for _, v in sigmas_seen])
+        (out / "sigma_stats.json").write_text(json.dumps(stats, indent=1))
+        log(f"trained noise levels: {json.dumps(stats)}")
+        summary["sigma_stats"] = stats
         summary.update(smoke=smoke, final_loss=rows[-1]["loss"] if rows else None)
     accelerator.wait_for_everyone()
     accelerator.end_training()

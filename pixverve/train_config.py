@@ -47,8 +47,11 @@ def previous_resolution(config: dict, run: str, resolution: int) -> int | None:
 
 def bucket_multiple(spec: dict) -> int:
     """Bucket sides: multiples of the token size (16 px for FLUX.2; the L2P patch)."""
-    if spec["scheme"] == "l2p":
-        return spec["resolution"] // int(spec["l2p"]["token_grid"])
+    if spec["scheme"] == "l2p":  # and the U-Net's pooling: multiples of 2^levels
+        import math
+
+        levels = len((spec["l2p"].get("unet") or {}).get("widths") or (16, 32, 64, 128, 256, 512))
+        return math.lcm(spec["resolution"] // int(spec["l2p"]["token_grid"]), 2 ** levels)
     return 16
 
 
@@ -88,8 +91,14 @@ def check_train_config(config: dict) -> None:
                              f"vae_tile ({merged['vae_tile']}) would leave gaps between VAE tiles")
         if spec["scheme"] == "l2p" and merged.get("lora"):
             raise ValueError(f"config key train.runs.{run}.lora: LoRA is offered for the FLUX.2 schemes (I, II), not L2P")
-        if spec["scheme"] == "window" and not merged.get("window"):
-            raise ValueError(f"config key train.runs.{run}.window: a window run needs window.size")
+        if spec["scheme"] == "window":
+            from .train_models import window_settings
+
+            for res in spec["resolutions"]:
+                try:
+                    window_settings(merged.get("window") or {}, int(res))
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"config key train.runs.{run}.window.pattern (resolution {res}): {exc}") from exc
         for res in spec["resolutions"]:
             if int(res) % 16:
                 raise ValueError(f"config key train.runs.{run}.resolutions: {res} is not a multiple of 16 px")

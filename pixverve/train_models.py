@@ -5,15 +5,20 @@
   (tiled for UHR crops), 2x2-patchified and batch-normalised exactly as the pipeline does, so one
   token covers 16x16 pixels and the timestep shift follows the token count (H/16)(W/16).
 * Scheme II swaps ``WindowAttnProcessor`` / ``WindowParallelAttnProcessor`` into every attention
-  module: image tokens attend to their own window of the latent token grid plus all text tokens,
-  text tokens attend to everything.  The token grid is read from ``img_ids`` by a forward
-  pre-hook, so the stock pipeline samples with the windowed model unchanged.
-* ``L2PFamily`` (scheme III, "latent to pixel"): a ``ZImageTransformer2DModel`` whose patch
-  embedders and final layers are rebuilt for RGB pixels with one patch size per training
-  resolution (resolution / token grid: 64 at 4K, 128 at 8K, 160 at 10K for a 64x64 grid), every
-  other weight copied from the latent DiT, plus ``PixelHead``: a light two-level convolutional
-  U-Net that refines the unpatchified prediction (zero-initialised, so training starts from the
-  transformer's own output).  No VAE.
+  module: the published close + remote local attention (flux2_infer/models/flux2_dit.py): text
+  queries attend to every token; each image query attends in two branches -- its close window
+  and its remote strided sample of the token grid -- each one softmax over all text tokens plus
+  the branch's tokens, the two outputs averaged.  A pattern entry fh x fw counts windows along
+  the grid (window ~ H/fh x W/fw, remote stride (fh, fw)); 1x1 = global attention; block i
+  (double-stream, then single-stream) takes entry i mod len(pattern).  The token grid is read
+  from ``img_ids`` by a forward pre-hook, so the stock pipeline samples the windowed model.
+* ``L2PModel`` (scheme III, "latent to pixel", as the published L2P-ZImage-HR): a
+  ``ZImageTransformer2DModel`` on RGB pixels with one patch size (resolution / token grid: 64 at
+  4K, 128 at 8K, 160 at 10K for a 64x64 grid) and no final layer; its last image tokens become a
+  feature map concatenated at the bottleneck of ``PixelUNet``, a convolutional U-Net reading the
+  noisy full-size image (4K variant; an extra outer level at 8K; at 10K a bottleneck of
+  resolution/64 px with the features upsampled to it, per-stage checkpointing).  Every
+  transformer weight but the patch embedder comes from the latent DiT.  No VAE.
 
 Flow matching everywhere: x_t = (1 - s) x0 + s noise, the model predicts v = noise - x0 (Z-Image's
 transformer is fed t = 1 - s and predicts -v, as ZImagePipeline does).
@@ -126,7 +131,7 @@ def build_tiny_zimage(folder, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     vae = AutoencoderKL(block_out_channels=(8,), latent_channels=4, norm_num_groups=4, sample_size=32)
     transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32,
-                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
+                                           n_layers=3, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
                                            axes_dims=[4, 6, 6], axes_lens=[256, 64, 64])
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
     ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -168,69 +173,165 @@ def load_pipeline(family: str, base: dict, dtype, work_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# scheme II: window attention
+# scheme II: close + remote local attention (checked against flux2_infer/models/flux2_dit.py and
+# flux2_infer/local_attention.py of HaojunChen663/PixVerve-95K)
+
+# published presets (local_attention.py; scripts/infer.sh picks 4k for 4K, 8k for 8K and 10K)
+PATTERN_PRESETS = {"4k": ((1, 1), (8, 16), (16, 8), (4, 32), (32, 4)),
+                   "8k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8)),
+                   "10k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8))}
 
 
-class WindowContext:
-    """What the window processors need per forward: the image token grid and the text length."""
+def parse_pattern(value) -> tuple[tuple[int, int], ...] | None:
+    """A factor pattern: a preset name (4k | 8k | 10k), "FHxFW,..." or a list of [fh, fw];
+    each entry counts windows along the token grid's height / width.  None / "" = no pattern."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none", "off"):
+            return None
+        if text in PATTERN_PRESETS:
+            return PATTERN_PRESETS[text]
+        items = [s.strip().replace("*", "x") for s in text.replace(";", ",").split(",") if s.strip()]
+        value = [tuple(s.split("x", 1)) if "x" in s else (s, s) for s in items]
+    out = []
+    for item in value:
+        fh, fw = (item, item) if isinstance(item, int) else item
+        if int(fh) <= 0 or int(fw) <= 0:
+            raise ValueError(f"window pattern entries must be positive, got {item!r}")
+        out.append((int(fh), int(fw)))
+    return tuple(out) or None
 
-    grid: tuple[int, int] | None = None
-    num_txt: int = 0
+
+def default_pattern(resolution: int):
+    """The preset infer.sh uses: 4K -> 4k, 8K and above -> 8k."""
+    return PATTERN_PRESETS["4k" if int(resolution) < 8192 else "8k"]
 
 
-def window_attention(query, key, value, num_txt: int, grid: tuple[int, int], window: tuple[int, int],
-                     chunk_windows: int = 0):
-    """Attention over (B, S, H, D) tensors laid out [text, image]; image queries see their window
-    of the (gh, gw) grid plus all text keys, text queries see every key.  Windows are padded at
-    the grid's bottom/right edges with masked keys; ``chunk_windows`` > 0 bounds how many windows
-    are attended at once (memory)."""
-    b, s, h, d = query.shape
+def _edges(size: int, parts: int) -> list[int]:
+    return [i * size // parts for i in range(parts + 1)]  # uneven splits, no padding
+
+
+def close_remote_partitions(grid: tuple[int, int], factors: tuple[int, int] | None = None,
+                            window: tuple[int, int] | None = None) -> dict[str, list[torch.Tensor]]:
+    """Index sets over the row-major (gh, gw) image grid, grouped by size into (n, size) tensors.
+
+    ``factors`` (fh, fw): fh x fw close windows of about gh/fh x gw/fw tokens; remote sets are
+    the strided samples grid[i::fh, j::fw]; (1, 1) = one close window (global attention), no
+    remote.  Without factors, ``window`` (wh, ww) is the close window size and also the stride
+    of the remote sets (the published fallback when no pattern is given)."""
     gh, gw = grid
-    if s != num_txt + gh * gw:
-        raise ValueError(f"sequence {s} != {num_txt} text + {gh}x{gw} image tokens")
-    wh, ww = min(window[0], gh), min(window[1], gw)
-    ph, pw = -gh % wh, -gw % ww
-    nh, nw = (gh + ph) // wh, (gw + pw) // ww
+    tok = torch.arange(gh * gw).reshape(gh, gw)
+    close, remote = {}, {}
 
-    def to_windows(x):  # (B, S_img, H, D) -> (B * nWin, wh * ww, H, D)
-        x = x.reshape(b, gh, gw, h, d)
-        if ph or pw:
-            x = F.pad(x, (0, 0, 0, 0, 0, pw, 0, ph))
-        x = x.reshape(b, nh, wh, nw, ww, h, d).permute(0, 1, 3, 2, 4, 5, 6)
-        return x.reshape(b * nh * nw, wh * ww, h, d)
+    def add(bucket, idx):
+        if idx.numel():
+            bucket.setdefault(idx.numel(), []).append(idx.reshape(-1))
 
-    qi, ki, vi = (to_windows(t[:, num_txt:]) for t in (query, key, value))
+    if factors is not None:
+        fh, fw = factors
+        he, we = _edges(gh, fh), _edges(gw, fw)
+        for i in range(fh):
+            for j in range(fw):
+                add(close, tok[he[i]:he[i + 1], we[j]:we[j + 1]])
+        if (fh, fw) != (1, 1):
+            for i in range(fh):
+                for j in range(fw):
+                    add(remote, tok[i::fh, j::fw])
+    else:
+        wh, ww = window
+        for r in range(0, gh, wh):
+            for c in range(0, gw, ww):
+                add(close, tok[r:r + wh, c:c + ww])
+        if wh < gh or ww < gw:
+            for i in range(min(wh, gh)):
+                for j in range(min(ww, gw)):
+                    add(remote, tok[i::wh, j::ww])
+    return {name: [torch.stack(v) for _, v in sorted(b.items())] for name, b in (("close", close), ("remote", remote))}
+
+
+def _branch_attention(qi, ki, vi, kt, vt, buckets, max_windows: int, checkpoint: bool):
+    """One branch: every index set attends to all text keys + its own image keys (one softmax
+    each, plain SDPA with no mask); outputs scattered back to the image positions."""
+    b, n, h, d = qi.shape
+    out = qi.new_zeros(b, n, h, d)
+    nt = kt.shape[1]
+    for bucket in buckets:
+        bucket = bucket.to(qi.device)
+        step = bucket.shape[0] if max_windows <= 0 else max_windows
+        for start in range(0, bucket.shape[0], step):
+            sets = bucket[start:start + step]
+            w, size = sets.shape
+
+            def chunk(q_, k_, v_, kt_, vt_, sets_=sets, w_=w, size_=size):
+                flat = sets_.reshape(-1)
+                q = q_[:, flat].reshape(b * w_, size_, h, d)
+                k = k_[:, flat].reshape(b * w_, size_, h, d)
+                v = v_[:, flat].reshape(b * w_, size_, h, d)
+                if nt:
+                    k = torch.cat([kt_[:, None].expand(b, w_, nt, h, d).reshape(b * w_, nt, h, d), k], dim=1)
+                    v = torch.cat([vt_[:, None].expand(b, w_, nt, h, d).reshape(b * w_, nt, h, d), v], dim=1)
+                o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+                return o.transpose(1, 2).reshape(b, w_ * size_, h, d)
+
+            if checkpoint and torch.is_grad_enabled() and qi.requires_grad:
+                o = torch.utils.checkpoint.checkpoint(chunk, qi, ki, vi, kt, vt, use_reentrant=False)
+            else:
+                o = chunk(qi, ki, vi, kt, vt)
+            out[:, sets.reshape(-1)] = o.to(out.dtype)
+    return out
+
+
+def local_attention(query, key, value, num_txt: int, partitions: dict, max_windows: int = 4,
+                    checkpoint: bool = True):
+    """Scheme II attention over (B, S, H, D) tensors laid out [text, image]: text queries attend
+    to every key (one SDPA); image queries attend in the close and the remote branch (each over
+    all text keys + the branch's set), the two outputs averaged (close only when there is no
+    remote branch: 1x1 = full attention).  ``max_windows`` sets per attention call (<= 0: all);
+    ``checkpoint`` recomputes each chunk in the backward pass (activation memory)."""
+    tq = query[:, :num_txt]
+    txt = F.scaled_dot_product_attention(tq.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
+    qi, ki, vi = query[:, num_txt:], key[:, num_txt:], value[:, num_txt:]
     kt, vt = key[:, :num_txt], value[:, :num_txt]
-    n_win = nh * nw
-    valid = torch.ones(gh + ph, gw + pw, dtype=torch.bool, device=query.device)
-    valid[gh:, :] = False
-    valid[:, gw:] = False
-    valid = valid.reshape(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(n_win, wh * ww)
-    key_mask = torch.cat([torch.ones(n_win, num_txt, dtype=torch.bool, device=query.device), valid], dim=1)
-    step = chunk_windows if chunk_windows > 0 else n_win
-    outs = []
-    for start in range(0, n_win, step):
-        stop = min(n_win, start + step)
-        idx = torch.arange(start, stop, device=query.device)
-        sel = (torch.arange(b, device=query.device)[:, None] * n_win + idx[None]).reshape(-1)
-        k = torch.cat([kt.repeat_interleave(stop - start, dim=0), ki[sel]], dim=1)
-        v = torch.cat([vt.repeat_interleave(stop - start, dim=0), vi[sel]], dim=1)
-        mask = key_mask[start:stop].repeat(b, 1)[:, None, None, :]
-        o = F.scaled_dot_product_attention(qi[sel].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask if (ph or pw) else None)
-        outs.append(o.transpose(1, 2).reshape(b, stop - start, wh * ww, h, d))
-    img = torch.cat(outs, dim=1).reshape(b, nh, nw, wh, ww, h, d).permute(0, 1, 3, 2, 4, 5, 6)
-    img = img.reshape(b, gh + ph, gw + pw, h, d)[:, :gh, :gw].reshape(b, gh * gw, h, d)
-    txt = F.scaled_dot_product_attention(query[:, :num_txt].transpose(1, 2), key.transpose(1, 2),
-                                         value.transpose(1, 2)).transpose(1, 2)
+    branches = [_branch_attention(qi, ki, vi, kt, vt, partitions[name], max_windows, checkpoint)
+                for name in ("close", "remote") if partitions.get(name)]
+    img = branches[0] if len(branches) == 1 else sum(branches) / len(branches)
     return torch.cat([txt, img], dim=1)
 
 
-class WindowAttnProcessor:
-    """Flux2Attention (double-stream block) with window attention in place of full attention."""
+class WindowContext:
+    """What the local-attention processors need per forward: the image token grid, the text
+    length, and the index sets per (grid, factors) (built once, shared by the blocks)."""
 
-    def __init__(self, context: WindowContext, window: tuple[int, int], chunk_windows: int = 0):
-        self.context, self.window, self.chunk_windows = context, tuple(window), chunk_windows
+    def __init__(self, window: tuple[int, int] = (24, 24)):
+        self.grid: tuple[int, int] | None = None
+        self.num_txt = 0
+        self.window = tuple(window)
+        self._cache: dict = {}
+
+    def partitions(self, factors):
+        key = (self.grid, factors)
+        if key not in self._cache:
+            self._cache[key] = close_remote_partitions(self.grid, factors, None if factors else self.window)
+        return self._cache[key]
+
+
+class _LocalMixin:
+    def __init__(self, context: WindowContext, factors, max_windows: int = 4, checkpoint: bool = True):
+        self.context, self.factors = context, (tuple(factors) if factors else None)
+        self.max_windows, self.checkpoint = int(max_windows), bool(checkpoint)
+
+    def _attend(self, query, key, value, num_txt):
+        gh, gw = self.context.grid
+        if query.shape[1] != num_txt + gh * gw:
+            raise ValueError(f"sequence {query.shape[1]} != {num_txt} text + {gh}x{gw} image tokens")
+        return local_attention(query, key, value, num_txt, self.context.partitions(self.factors), self.max_windows,
+                               self.checkpoint).flatten(2, 3).to(query.dtype)
+
+
+class WindowAttnProcessor(_LocalMixin):
+    """Flux2Attention (double-stream block) with scheme II's local attention."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
@@ -245,17 +346,13 @@ class WindowAttnProcessor:
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = window_attention(query, key, value, encoder_hidden_states.shape[1], self.context.grid, self.window,
-                               self.chunk_windows).flatten(2, 3).to(query.dtype)
+        out = self._attend(query, key, value, encoder_hidden_states.shape[1])
         txt, img = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
         return attn.to_out[1](attn.to_out[0](img)), attn.to_add_out(txt)
 
 
-class WindowParallelAttnProcessor:
+class WindowParallelAttnProcessor(_LocalMixin):
     """Flux2ParallelSelfAttention (single-stream block: text and image already one sequence)."""
-
-    def __init__(self, context: WindowContext, window: tuple[int, int], chunk_windows: int = 0):
-        self.context, self.window, self.chunk_windows = context, tuple(window), chunk_windows
 
     def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
@@ -267,27 +364,40 @@ class WindowParallelAttnProcessor:
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = window_attention(query, key, value, self.context.num_txt, self.context.grid, self.window,
-                               self.chunk_windows).flatten(2, 3).to(query.dtype)
+        out = self._attend(query, key, value, self.context.num_txt)
         return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
 
-def layer_windows(n_layers: int, size: int, shapes: list | None) -> list[tuple[int, int]]:
-    """One (rows, cols) window per layer: ``shapes`` cycled over the layers, or size x size."""
-    if not shapes:
-        return [(size, size)] * n_layers
-    return [tuple(int(v) for v in shapes[i % len(shapes)]) for i in range(n_layers)]
+def block_factors(n_blocks: int, pattern) -> list:
+    """Factors per block: the pattern entry at block index modulo its length (None everywhere
+    without a pattern: the window-size fallback)."""
+    return [pattern[i % len(pattern)] if pattern else None for i in range(n_blocks)]
 
 
-def install_window_attention(transformer, size: int, shapes: list | None = None, chunk_windows: int = 0):
-    """Swap window processors into a Flux2Transformer2DModel (double blocks first, then single
-    blocks, in layer order); returns the shared context the pre-hook fills."""
-    context = WindowContext()
-    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
-    windows = layer_windows(len(blocks), size, shapes)
-    for i, (block, window) in enumerate(zip(blocks, windows)):
-        cls = WindowAttnProcessor if i < len(transformer.transformer_blocks) else WindowParallelAttnProcessor
-        block.attn.set_processor(cls(context, window, chunk_windows))
+def window_settings(window: dict, resolution: int) -> dict:
+    """A run's scheme II settings resolved for one resolution (config key train.runs.*.window)."""
+    patterns = window.get("pattern") or {}
+    raw = patterns.get(str(int(resolution)), "preset")
+    pattern = default_pattern(resolution) if raw == "preset" else parse_pattern(raw)
+    size = window.get("window_size", 24)
+    size = (int(size), int(size)) if isinstance(size, (int, float, str)) else tuple(int(v) for v in size)
+    return {"pattern": [list(p) for p in pattern] if pattern else None, "window_size": list(size),
+            "max_windows_per_batch": int(window.get("max_windows_per_batch", 4)),
+            "checkpoint_chunks": bool(window.get("checkpoint_chunks", True))}
+
+
+def install_window_attention(transformer, settings: dict):
+    """Swap local-attention processors into a Flux2Transformer2DModel: block i (double-stream
+    blocks first, then single-stream, as numbered in the published code) gets pattern entry
+    i mod len(pattern); returns the shared context the forward pre-hook fills."""
+    pattern = parse_pattern(settings.get("pattern"))
+    context = WindowContext(tuple(settings.get("window_size") or (24, 24)))
+    doubles, singles = list(transformer.transformer_blocks), list(transformer.single_transformer_blocks)
+    factors = block_factors(len(doubles) + len(singles), pattern)
+    for i, block in enumerate(doubles + singles):
+        cls = WindowAttnProcessor if i < len(doubles) else WindowParallelAttnProcessor
+        block.attn.set_processor(cls(context, factors[i], settings.get("max_windows_per_batch", 4),
+                                     settings.get("checkpoint_chunks", True)))
 
     def read_grid(module, args, kwargs):  # the grid from the image position ids (T, H, W, L)
         ids = kwargs["img_ids"]
@@ -300,7 +410,10 @@ def install_window_attention(transformer, size: int, shapes: list | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# scheme III: L2P
+# scheme III: L2P (checked against L2P-ZImage-HR/diffsynth/models/z_image_dit_L2P.py,
+# diffusion/base_pipeline_L2P.py, diffusion/loss.py and train_run_ds.sh of HaojunChen663/PixVerve-95K)
+
+UNET_WIDTHS = (16, 32, 64, 128, 256, 512)  # published U-Net channel widths (4K: 64 px patch = 2^6 levels)
 
 
 def l2p_patch_size(resolution: int, token_grid: int) -> int:
@@ -310,56 +423,166 @@ def l2p_patch_size(resolution: int, token_grid: int) -> int:
     return resolution // token_grid
 
 
-class PixelHead(nn.Module):
-    """Light two-level U-Net on [prediction, noisy input] -> residual added to the prediction."""
+def l2p_variant(patch: int, widths) -> str:
+    """Which published U-Net a patch size gets: ``4k`` (patch = 2^levels: the bottleneck is the
+    token grid), ``8k`` (patch = 2^(levels+1): one extra outer level), otherwise ``10k`` (an
+    outer level, one level fewer, the bottleneck at resolution / 2^levels with the token
+    features upsampled to it)."""
+    levels = len(widths)
+    if patch == 2 ** levels:
+        return "4k"
+    if patch == 2 ** (levels + 1):
+        return "8k"
+    return "10k"
 
-    def __init__(self, channels: int = 32):
+
+def _conv(cin, cout, k=3):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.SiLU())
+
+
+def _up(cin, cout):
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1))
+
+
+class PixelUNet(nn.Module):
+    """The L2P local decoder: a convolutional U-Net on the full-size noisy image with the
+    transformer's last image tokens (as a feature map) concatenated at its bottleneck.
+
+    ``4k``: levels of ``widths`` (conv + SiLU, 2x max-pool) down to the token grid; 1x1 bottleneck
+    conv on [deepest features, token features] -> widths[-1]; mirrored decoder (nearest 2x
+    upsample + conv, concat skip, conv + SiLU); 1x1 output conv.  ``8k``: the 4k net inside
+    one outer level (its own names, so a 4k checkpoint loads into the inner net).  ``10k``: an
+    outer level, the levels without the deepest one, token features resized (nearest) to the
+    bottleneck; every stage recomputed in the backward pass when ``checkpoint_stages``."""
+
+    def __init__(self, in_channels: int, feature_dim: int, variant: str, widths=UNET_WIDTHS,
+                 checkpoint_stages: bool = True):
         super().__init__()
-        self.inp = nn.Conv2d(6, channels, 3, padding=1)
-        self.down = nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1)
-        self.mid = nn.Conv2d(2 * channels, 2 * channels, 3, padding=1)
-        self.up = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2)
-        self.out = nn.Conv2d(2 * channels, 3, 3, padding=1)
-        nn.init.zeros_(self.out.weight)  # starts as the identity on the transformer's prediction
-        nn.init.zeros_(self.out.bias)
+        self.variant, self.checkpoint_stages = variant, checkpoint_stages
+        w = list(widths)
+        levels = len(w) if variant != "10k" else len(w) - 1
+        if variant in ("8k", "10k"):
+            setattr(self, f"outer_{variant}_enc", _conv(in_channels, in_channels))
+        self.enc = nn.ModuleList([_conv(in_channels if i == 0 else w[i - 1], w[i]) for i in range(levels)])
+        self.bottleneck = _conv(w[levels - 1] + feature_dim, w[-1], k=1)
+        # decoder level i: upsample+conv to w[i] (from the bottleneck's w[-1] at the deepest level), then
+        # [up, skip] -> w[i-1] (w[0] at the top)
+        self.up = nn.ModuleList([_up(w[-1] if i == levels - 1 else w[i], w[i]) for i in range(levels)])
+        self.dec = nn.ModuleList([_conv(2 * w[i], w[max(i - 1, 0)]) for i in range(levels)])
+        if variant in ("8k", "10k"):
+            setattr(self, f"outer_{variant}_up", _up(w[0], w[0]))
+            setattr(self, f"outer_{variant}_dec", _conv(w[0] + in_channels, w[0]))
+        self.out_conv = nn.Conv2d(w[0], in_channels, 1)
 
-    def forward(self, prediction, noisy):
-        a = F.silu(self.inp(torch.cat([prediction, noisy], dim=1)))
-        b = F.silu(self.mid(F.silu(self.down(a))))
-        u = F.silu(self.up(b))[..., : a.shape[-2], : a.shape[-1]]
-        return prediction + self.out(torch.cat([u, a], dim=1))
+    def _stage(self, fn, *args):
+        if self.checkpoint_stages and self.variant == "10k" and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def forward(self, x, features):
+        outer = None
+        if self.variant != "4k":
+            outer = self._stage(getattr(self, f"outer_{self.variant}_enc"), x)
+            x = F.max_pool2d(outer, 2)
+        skips = []
+        for enc in self.enc:
+            s = self._stage(enc, x)
+            skips.append(s)
+            x = F.max_pool2d(s, 2)
+        if features.shape[-2:] != x.shape[-2:]:
+            if self.variant != "10k":
+                raise ValueError(f"L2P U-Net: bottleneck {tuple(x.shape[-2:])} != token grid {tuple(features.shape[-2:])}")
+            features = F.interpolate(features, size=x.shape[-2:], mode="nearest")
+        x = self._stage(lambda a, b: self.bottleneck(torch.cat([a, b], 1)), x, features.to(x.dtype))
+        for i in reversed(range(len(self.enc))):
+            x = self._stage(lambda a, s, i=i: self.dec[i](torch.cat([self.up[i](a), s], 1)), x, skips[i])
+        if outer is not None:
+            up, dec = getattr(self, f"outer_{self.variant}_up"), getattr(self, f"outer_{self.variant}_dec")
+            x = self._stage(lambda a, s: dec(torch.cat([up(a), s], 1)), x, outer)
+        return self.out_conv(x)
+
+
+class _TokenTap(nn.Module):
+    """Stands in for Z-Image's final layer: keeps the last hidden states and hands the
+    unpatchify a zero-width tensor (the transformer's out_channels is set to 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = None
+
+    def forward(self, x, c=None, **kwargs):
+        self.hidden = x
+        return x[..., :0]
 
 
 class L2PModel(nn.Module):
-    """Pixel-space Z-Image transformer + PixelHead; ``forward`` returns the velocity v."""
+    """Pixel-space Z-Image transformer without a final layer + PixelUNet; ``forward`` returns the
+    velocity v (Z-Image's convention: the network sees t = 1 - sigma and predicts -v)."""
 
-    def __init__(self, transformer, head: PixelHead):
+    def __init__(self, transformer, unet: PixelUNet):
         super().__init__()
-        self.transformer, self.head = transformer, head
+        self.transformer, self.unet = transformer, unet
+        self.patch = int(transformer.config.all_patch_size[0])
+        key = f"{self.patch}-1"
+        transformer.all_final_layer[key] = _TokenTap()
+        transformer.out_channels = 0  # only read by unpatchify: zero-width outputs, no pixels from the DiT
 
-    def forward(self, noisy, sigma, cap_feats: list, patch_size: int):
-        x = [n.unsqueeze(1) for n in noisy]  # (C, F=1, H, W) per image
-        out = self.transformer(x, 1.0 - sigma, cap_feats, patch_size=patch_size, return_dict=False)[0]
-        pred = -torch.stack(out, dim=0).squeeze(2)  # Z-Image predicts -v
-        return self.head(pred, noisy)
+    def forward(self, noisy, sigma, cap_feats: list, patch_size: int | None = None):
+        p = self.patch
+        if patch_size is not None and int(patch_size) != p:
+            raise ValueError(f"L2P model has patch {p}, asked for {patch_size}")
+        b, _, h, w = noisy.shape
+        tap = self.transformer.all_final_layer[f"{p}-1"]
+        self.transformer([n.unsqueeze(1) for n in noisy], 1.0 - sigma, cap_feats, patch_size=p, return_dict=False)
+        gh, gw = h // p, w // p
+        tokens = tap.hidden[:, : gh * gw]  # image tokens come first in the unified sequence
+        tap.hidden = None
+        features = tokens.reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
+        return -self.unet(noisy, features)
 
 
-def l2p_from_latent(latent_transformer, patch_sizes: list[int], head_channels: int) -> L2PModel:
-    """Pixel model initialised from a latent Z-Image DiT: same config with 3 input channels and
-    the pixel patch sizes; every weight but the patch embedders / final layers copied."""
+def l2p_sample_sigmas(n: int, generator: torch.Generator, shift: float, grid_steps: int = 1000) -> torch.Tensor:
+    """L2P training noise levels: a uniform draw from the shifted grid s_i = 1 - i/N (i < N),
+    s' = shift s / (1 + (shift - 1) s) -- DiffSynth's Z-Image schedule with training=True, as the
+    published FlowMatchSFTLoss samples it."""
+    idx = torch.randint(0, int(grid_steps), (n,), generator=generator)
+    return shift_sigmas(1.0 - idx.double() / int(grid_steps), math.log(float(shift))).float()
+
+
+def l2p_frozen_layers(n_layers: int, train_edge: int) -> list[int]:
+    """Main layers frozen in L2P training: all but the first and last ``train_edge`` (published 5:
+    layers 5-24 of 30)."""
+    return list(range(train_edge, n_layers - train_edge))
+
+
+def l2p_build(latent_transformer, patch: int, unet: dict) -> L2PModel:
+    """Pixel model for one patch size from a latent Z-Image DiT: the same config with 3 input
+    channels and that patch; every transformer weight but the patch embedder copied; a new U-Net
+    of the patch's variant."""
     from diffusers import ZImageTransformer2DModel
 
-    cfg = dict(latent_transformer.config)
-    keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    keep.update(in_channels=3, all_patch_size=tuple(patch_sizes), all_f_patch_size=tuple([1] * len(patch_sizes)))
-    pixel = ZImageTransformer2DModel(**keep).to(latent_transformer.dtype)
+    cfg = {k: v for k, v in dict(latent_transformer.config).items() if not k.startswith("_")}
+    cfg.update(in_channels=3, all_patch_size=(int(patch),), all_f_patch_size=(1,))
+    pixel = ZImageTransformer2DModel(**cfg).to(latent_transformer.dtype)
     state = {k: v for k, v in latent_transformer.state_dict().items()
              if not k.startswith(("all_x_embedder.", "all_final_layer."))}
     missing, unexpected = pixel.load_state_dict(state, strict=False)
     new = [k for k in missing if not k.startswith(("all_x_embedder.", "all_final_layer."))]
     if new or unexpected:
         raise ModelUnavailable(f"L2P init: unmatched weights {new[:5]} / {unexpected[:5]}")
-    return L2PModel(pixel, PixelHead(head_channels).to(latent_transformer.dtype))
+    widths = tuple(unet.get("widths") or UNET_WIDTHS)
+    net = PixelUNet(3, int(cfg["dim"]), l2p_variant(int(patch), widths), widths,
+                    bool(unet.get("checkpoint_stages", True))).to(latent_transformer.dtype)
+    return L2PModel(pixel, net)
+
+
+def load_matching(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    """Load the entries of ``state`` whose name and shape match ``model`` (progressive L2P:
+    each resolution starts from the previous one); returns (loaded, skipped) names."""
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(take, strict=False)
+    return sorted(take), sorted(set(state) - set(take))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def main(argv=None) -> int:
         except ImportError as exc:
             raise SystemExit(f"train.distributed.strategy is deepspeed but DeepSpeed is not installed ({exc}); "
                              "use the train conda env (envs/train.yaml) or strategy ddp/fsdp") from exc
+    memory = spec.get("memory") or {}
+    if memory.get("expandable_segments"):  # read by torch at the first CUDA allocation (published at L2P 8K/10K)
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from .train import train_run
 
     summary = train_run(spec, samples_for(spec), args.out, args.init, log=logging.getLogger("pixverve.train").info)

@@ -1,6 +1,6 @@
 """Training (issue #8): the three schemes on tiny random models of the real diffusers classes.
 
-Known answers: window attention against a dense masked reference, the timestep shift against
+Known answers: scheme II's close + remote attention against an explicit per-query computation, the timestep shift against
 diffusers' scheduler, the L2P token grid.  Behaviour: each scheme overfits one batch (the
 fixed-batch loss falls), the checkpoint reloads and reproduces its probe and its images, a
 resumed run ends with the same weights as an uninterrupted one, two CPU processes (gloo) step
@@ -34,37 +34,83 @@ ROOT = Path(__file__).resolve().parent.parent
 # known answers
 
 
-def dense_window_reference(q, k, v, num_txt, grid, window):
-    """Full attention with an explicit boolean mask: the definition window_attention must meet."""
+def explicit_close_remote(q, k, v, num_txt, grid, factors):
+    """The published definition written out one query at a time: text queries attend to all keys;
+    an image query at (r, c) attends (a) to the text + its close window [he[i], he[i+1]) x
+    [we[j], we[j+1]) with edges i*H//fh, and (b) to the text + every token with the same
+    (row mod fh, col mod fw); each is its own softmax, the outputs averaged; 1x1: (a) only."""
     gh, gw = grid
-    s = q.shape[1]
-    allowed = torch.zeros(s, s, dtype=torch.bool)
-    allowed[:num_txt, :] = True  # text sees everything
-    allowed[:, :num_txt] = True  # everything sees the text
-    rows = torch.arange(gh * gw) // gw
-    cols = torch.arange(gh * gw) % gw
-    same = ((rows[:, None] // window[0]) == (rows[None] // window[0])) & ((cols[:, None] // window[1]) == (cols[None] // window[1]))
-    allowed[num_txt:, num_txt:] = same
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed)
-    return out.transpose(1, 2)
+    fh, fw = factors
+    scale = q.shape[-1] ** -0.5
+    he = [i * gh // fh for i in range(fh + 1)]
+    we = [j * gw // fw for j in range(fw + 1)]
+
+    def band(edges, x):
+        return next(i for i in range(len(edges) - 1) if edges[i] <= x < edges[i + 1])
+
+    def attend(qv, keys):  # qv (B, H, D); keys: token positions in the full sequence
+        kk, vv = k[:, keys], v[:, keys]  # (B, n, H, D)
+        w = torch.softmax(torch.einsum("bhd,bnhd->bhn", qv, kk) * scale, dim=-1)
+        return torch.einsum("bhn,bnhd->bhd", w, vv)
+
+    out = torch.zeros_like(q)
+    text = list(range(num_txt))
+    for t in text:
+        out[:, t] = attend(q[:, t], list(range(q.shape[1])))
+    for r in range(gh):
+        for c in range(gw):
+            p = num_txt + r * gw + c
+            bi, bj = band(he, r), band(we, c)
+            close = [num_txt + rr * gw + cc for rr in range(gh) for cc in range(gw)
+                     if band(he, rr) == bi and band(we, cc) == bj]
+            o = attend(q[:, p], text + close)
+            if (fh, fw) != (1, 1):
+                remote = [num_txt + rr * gw + cc for rr in range(gh) for cc in range(gw)
+                          if rr % fh == r % fh and cc % fw == c % fw]
+                o = (o + attend(q[:, p], text + remote)) / 2
+            out[:, p] = o
+    return out
 
 
-@pytest.mark.parametrize("grid,window,chunk", [((5, 7), (2, 3), 0), ((5, 7), (2, 3), 2), ((4, 6), (4, 6), 0),
-                                               ((6, 4), (1, 4), 3)])
-def test_window_attention_matches_the_masked_definition(grid, window, chunk):
+@pytest.mark.parametrize("grid,factors,chunk", [((6, 8), (2, 4), 0), ((5, 7), (2, 3), 2), ((7, 5), (3, 2), 1),
+                                                ((4, 6), (4, 1), 3), ((6, 4), (1, 1), 0)])
+def test_local_attention_matches_the_explicit_close_remote_definition(grid, factors, chunk):
+    """Even and uneven splits (5 rows in 2 bands: 2 + 3), chunked or not."""
     g = torch.Generator().manual_seed(0)
     num_txt = 3
     q, k, v = (torch.randn(2, num_txt + grid[0] * grid[1], 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
-    got = tm.window_attention(q, k, v, num_txt, grid, window, chunk)
-    want = dense_window_reference(q, k, v, num_txt, grid, window)
-    assert torch.allclose(got, want, atol=1e-12)
+    parts = tm.close_remote_partitions(grid, factors)
+    got = tm.local_attention(q, k, v, num_txt, parts, max_windows=chunk, checkpoint=False)
+    assert torch.allclose(got, explicit_close_remote(q, k, v, num_txt, grid, factors), atol=1e-10)
+    covered = torch.cat([b.reshape(-1) for b in parts["close"]]).sort().values
+    assert torch.equal(covered, torch.arange(grid[0] * grid[1]))  # every token in exactly one close window
+    sizes = {int(b.shape[1]) for b in parts["close"]}
+    if grid[0] % factors[0] or grid[1] % factors[1]:
+        assert len(sizes) > 1  # uneven splits, no padding
 
 
-def test_window_covering_the_grid_is_full_attention():
+def test_local_attention_1x1_is_full_attention_and_checkpointed_grads_agree():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 4 + 30, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
     full = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-    assert torch.allclose(tm.window_attention(q, k, v, 4, (5, 6), (24, 24)), full, atol=1e-12)
+    assert torch.allclose(tm.local_attention(q, k, v, 4, tm.close_remote_partitions((5, 6), (1, 1))), full, atol=1e-12)
+    parts = tm.close_remote_partitions((5, 6), (2, 3))
+    grads = []
+    for ckpt in (False, True):
+        qq = q.clone().requires_grad_(True)
+        tm.local_attention(qq, k, v, 4, parts, max_windows=2, checkpoint=ckpt).square().sum().backward()
+        grads.append(qq.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+
+
+def test_published_pattern_presets_and_parsing():
+    assert tm.parse_pattern("1x1,8x16,16x8,4x32,32x4") == tm.PATTERN_PRESETS["4k"]
+    assert tm.window_settings({}, 4096)["pattern"] == [[1, 1], [8, 16], [16, 8], [4, 32], [32, 4]]
+    assert tm.window_settings({}, 10240)["pattern"] == [[1, 1], [16, 32], [32, 16], [8, 64], [64, 8]]
+    assert tm.block_factors(7, tm.parse_pattern("1x1,2x4,4x2")) == [(1, 1), (2, 4), (4, 2), (1, 1), (2, 4), (4, 2),
+                                                                       (1, 1)]
+    with pytest.raises(ValueError):
+        tm.parse_pattern("0x4")
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +135,15 @@ def test_window_processors_in_the_real_model(tiny_flux2):
 
     pipe = copy.deepcopy(tiny_flux2)
     full = _flux2_forward(pipe)
-    tm.install_window_attention(pipe.transformer, size=24)  # covers the 4x6 grid: same model
+    tm.install_window_attention(pipe.transformer, {"pattern": [[1, 1]]})  # 1x1 everywhere: global attention
     assert torch.allclose(_flux2_forward(pipe), full, atol=1e-5)
-    context = tm.install_window_attention(pipe.transformer, size=2, shapes=[[2, 2], [1, 3], [4, 1]])
+    context = tm.install_window_attention(pipe.transformer, {"pattern": "1x1,2x3,4x1", "max_windows_per_batch": 2})
     windowed = _flux2_forward(pipe)
     assert context.grid == (4, 6) and context.num_txt == 5  # read from img_ids by the pre-hook
-    assert (windowed - full).abs().max() > 1e-3  # the windows are in effect
-    procs = [b.attn.processor.window for b in list(pipe.transformer.transformer_blocks)
+    assert (windowed - full).abs().max() > 1e-3  # the local attention is in effect
+    procs = [b.attn.processor.factors for b in list(pipe.transformer.transformer_blocks)
              + list(pipe.transformer.single_transformer_blocks)]
-    assert procs == [(2, 2), (1, 3), (4, 1)]  # per-layer shapes, in layer order
+    assert procs == [(1, 1), (2, 3), (4, 1)]  # block index mod pattern: double-stream block first
 
 
 def test_l2p_patch_size_keeps_the_token_grid():
@@ -106,27 +152,51 @@ def test_l2p_patch_size_keeps_the_token_grid():
         tm.l2p_patch_size(1000, 64)
 
 
-def test_l2p_model_sees_the_same_token_grid_at_every_resolution(tmp_path):
-    pipe = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path)
-    model = tm.l2p_from_latent(pipe.transformer, [8, 16], head_channels=4)
-    counts = {}
-
-    def count(name):
-        def hook(module, args):
-            counts[name] = args[0].shape[0]
-        return hook
-
-    for p in (8, 16):
-        model.transformer.all_x_embedder[f"{p}-1"].register_forward_pre_hook(count(p))
-    cap = [torch.randn(6, 16)]
-    for res, p in ((64, 8), (128, 16)):
-        out = model(torch.randn(1, 3, res, res), torch.tensor([0.5]), cap, p)
-        assert out.shape == (1, 3, res, res)
-    assert counts == {8: 64, 16: 64}  # 8x8 tokens at 64 px and at 128 px
-    # the latent DiT's weights were carried over, the embedders are new
+@pytest.mark.parametrize("res,variant", [(64, "4k"), (128, "8k"), (160, "10k")])
+def test_l2p_unet_variants_and_the_token_feature_map(res, variant, tmp_path_factory):
+    """Tiny widths (3 levels = the published 6 scaled down): 64 px / patch 8 = the 4K net (bottleneck
+    = token grid), 128 px / patch 16 = 8K (one outer level), 160 px / patch 20 = 10K (bottleneck
+    160/8 = 20 px with the 8x8 token features upsampled to it).  No final layer: the transformer's
+    last image tokens reach the U-Net's bottleneck."""
+    pipe = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path_factory.mktemp("zimage"))
+    patch = tm.l2p_patch_size(res, 8)
+    model = tm.l2p_build(pipe.transformer, patch, {"widths": [4, 8, 16]})
+    assert model.unet.variant == variant
+    assert not any(k.startswith("transformer.all_final_layer") for k in model.state_dict())
+    names = {k.split(".")[1] for k in model.state_dict() if k.startswith("unet.")}
+    assert (f"outer_{variant}_enc" in names) == (variant != "4k")
+    assert len(model.unet.enc) == (2 if variant == "10k" else 3)  # 10K: no deepest level
+    seen = {}
+    model.unet.bottleneck.register_forward_pre_hook(lambda m, a: seen.update(shape=a[0].shape))
+    out = model(torch.randn(2, 3, res, res), torch.tensor([0.3, 0.7]), [torch.randn(6, 16), torch.randn(4, 16)], patch)
+    assert out.shape == (2, 3, res, res)
+    bottleneck = {"4k": 8, "8k": 8, "10k": 20}[variant]
+    deepest = {"4k": 16, "8k": 16, "10k": 8}[variant]
+    assert tuple(seen["shape"]) == (2, deepest + 32, bottleneck, bottleneck)  # [deepest U-Net level, dim-32 tokens]
     src, dst = pipe.transformer.state_dict(), model.transformer.state_dict()
     assert torch.equal(src["layers.0.attention.to_q.weight"], dst["layers.0.attention.to_q.weight"])
-    assert "all_x_embedder.16-1.weight" in dst and "all_x_embedder.2-1.weight" not in dst
+
+
+def test_l2p_progressive_start_carries_weights_by_name_and_shape(tmp_path):
+    pipe = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path)
+    small = tm.l2p_build(pipe.transformer, 8, {"widths": [4, 8, 16]})
+    torch.nn.init.normal_(small.unet.enc[0][0].weight)
+    big = tm.l2p_build(pipe.transformer, 16, {"widths": [4, 8, 16]})
+    loaded, skipped = tm.load_matching(big, small.state_dict())
+    assert torch.equal(big.unet.enc[0][0].weight, small.unet.enc[0][0].weight)  # the 4K net sits inside the 8K one
+    assert "transformer.all_x_embedder.8-1.weight" in skipped  # another patch: not carried
+    huge = tm.l2p_build(pipe.transformer, 20, {"widths": [4, 8, 16]})
+    loaded, skipped = tm.load_matching(huge, big.state_dict())
+    assert "unet.bottleneck.0.weight" in skipped and "unet.enc.0.0.weight" in loaded  # 10K: new bottleneck shape
+
+
+def test_l2p_noise_levels_are_uniform_over_the_shifted_grid():
+    g = torch.Generator().manual_seed(0)
+    s = tm.l2p_sample_sigmas(50000, g, 3.0, 1000).double()
+    index = 1000 * (1 - s / (3 - 2 * s))  # undo the shift s' = 3s / (1 + 2s), then s = 1 - i/1000
+    assert (index - index.round()).abs().max() < 1e-2 and index.min() >= -1e-3 and index.max() < 1000  # grid points only
+    counts = torch.bincount(index.round().long(), minlength=1000)
+    assert counts.min() > 20 and counts.max() < 90  # ~50 each: uniform in the index
 
 
 def test_timestep_shift_matches_the_diffusers_scheduler():
@@ -139,6 +209,30 @@ def test_timestep_shift_matches_the_diffusers_scheduler():
     ours = tm.shift_sigmas(torch.tensor(base), mu)
     assert torch.allclose(ours.float(), sched.sigmas[:-1].float(), atol=1e-6)
     assert tm.flux2_mu(512 * 512, 40) > mu  # more tokens, more noise
+
+
+def test_training_noise_levels_at_4k_are_spread_not_pure_noise():
+    """The configured schemes I/II training shift at the 4K token count (256 x 256) trains across
+    noise levels; the old rule (FLUX.2's inference shift, mode dynamic) put nearly all at ~1."""
+    import yaml
+
+    from pixverve.train import flux2_train_mu, sigma_stats
+
+    defaults = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["defaults"]
+    g = torch.Generator().manual_seed(0)
+    draw = lambda spec: tm.sample_sigmas(20000, g, flux2_train_mu(spec, 256 * 256), spec["logit_mean"], spec["logit_std"])
+    stats = sigma_stats(draw(defaults).numpy())
+    assert stats["q05"] < 0.3 and 0.4 < stats["q50"] < 0.9 and stats["q95"] > 0.9 and stats["frac_above_0.99"] < 0.05
+    old = sigma_stats(draw(dict(defaults, train_shift={"mode": "dynamic"})).numpy())
+    assert old["q05"] > 0.999  # degenerate: what the issue found
+
+
+def test_sampling_shift_is_the_published_one():
+    from pixverve.train_infer import flux2_sample_mu
+
+    assert flux2_sample_mu(4096, 4096, 40) is None  # the pipeline's own dynamic mu at (H/16)(W/16) tokens
+    assert flux2_sample_mu(4096, 4096, 40, dynamic_shift=False) == 0.8  # --disable_dynamic_shift
+    assert flux2_sample_mu(4096, 4096, 40, dynamic_shift_len=4096) == pytest.approx(tm.flux2_mu(4096, 40))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +299,22 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     a = generate(info, loaded, "a red car", res, res, 3, 4.0, seed=5)
     b = generate(info, load_checkpoint(final)[1], "a red car", res, res, 3, 4.0, seed=5)
     assert a.shape == (res, res, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    if run == "scheme3_l2p":  # published: main layers train_edge .. n - train_edge frozen, only the rest saved
+        from safetensors.torch import load_file
+
+        saved = load_file(final / "l2p_trained.safetensors")
+        assert info["l2p"]["frozen_layers"] == [1]
+        assert not any(k.startswith("transformer.layers.1.") for k in saved) and "transformer.layers.0.attention.to_q.weight" in saved
+        base = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints").transformer
+        trained = loaded["model"].transformer
+        assert torch.equal(trained.layers[1].attention.to_q.weight, base.layers[1].attention.to_q.weight)  # frozen
+        assert not torch.equal(trained.layers[0].attention.to_q.weight, base.layers[0].attention.to_q.weight)
+    stats = json.loads((tmp_path / "sigma_stats.json").read_text())  # what the run trained on
+    assert stats["count"] == 30 * 2 and 0.0 < stats["q05"] < stats["q50"] < stats["q95"] < 1.0
+    assert all(r["sigma_q50"] for r in log)
+    if info["family"] == "flux2":  # the published --disable_dynamic_shift samples another schedule
+        c = generate(dict(info, sample={"dynamic_shift": False}), loaded, "a red car", res, res, 3, 4.0, seed=5)
+        assert c.shape == a.shape and not np.array_equal(a, c)
 
 
 def test_a_reload_that_misses_the_training_is_refused(demo_data, tmp_path):
@@ -344,3 +454,36 @@ def test_bad_train_config_is_an_error(tmp_path):
                                                        "train_resolution": 1024, "width": 64, "height": 64, "steps": 2}}}
     with pytest.raises(ValueError, match="train_resolution"):
         check_train_config(config)
+
+
+def test_lora_file_fuses_as_the_published_loader_reads_it(demo_data, tmp_path):
+    """The LoRA we save, read the way flux2_infer's GeneralLoRALoader reads it (target = key without
+    lora_B/.weight; A scaled by alpha / rank when '<module>.alpha' is present; W += B @ A), gives the
+    same transformer output as our peft-loaded model -- here with alpha != rank."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    from pixverve.train import train_run
+    from pixverve.train_infer import load_checkpoint
+
+    spec = demo_spec("scheme1_lora", 128, max_steps=2, log_every=2, eval_every=0, checkpoint_every=2, lr=3e-2,
+                     lora={"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"]})
+    train_run(spec, samples_from_records(demo_data, 128, "long", 16), tmp_path, log=lambda m: None)
+    info, pipe = load_checkpoint(tmp_path / "final")
+    want = _flux2_forward(pipe)
+    base = tm.load_pipeline("flux2", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints")
+    fused = copy.deepcopy(base)
+    lora = load_file(tmp_path / "final" / "transformer_lora.safetensors")
+    modules = dict(fused.transformer.named_modules())
+    n = 0
+    for key, up in lora.items():
+        if ".lora_B." not in key:
+            continue
+        name = key[: key.index(".lora_B.")]
+        down = lora[name + ".lora_A.weight"] * (lora[name + ".alpha"] / lora[name + ".lora_A.weight"].shape[0])
+        modules[name].weight.data += up @ down
+        n += 1
+    assert n > 0 and float(lora[name + ".alpha"]) == 8.0
+    assert torch.allclose(_flux2_forward(fused), want, atol=1e-5)
+    assert not torch.allclose(_flux2_forward(base), want, atol=1e-5)  # the adapter moved the model
