@@ -119,12 +119,14 @@ def fid_metrics(pub, weights, names, reals, gens, size: int) -> list[str]:
 
 def glcm_metric(pub, gens) -> list[str]:
     from pixverve import images
+    from pixverve.bench import pil_grey
     from pixverve.glcm import glcm_score
 
     evaluator = pub.MetricEvaluator.__new__(pub.MetricEvaluator)
     theirs = float(evaluator.compute_glcm_score([str(p) for p in gens]))
-    ours = float(np.mean([glcm_score(images.grey_luma(images.read_rgb(p, 1000.0)[0])) for p in gens]))
-    return [line("GLCM", ours, theirs)]
+    ours = float(np.mean([glcm_score(pil_grey(images.read_rgb(p, 1000.0)[0])) for p in gens]))
+    old = float(np.mean([glcm_score(images.grey_luma(images.read_rgb(p, 1000.0)[0])) for p in gens]))
+    return [line("GLCM", ours, theirs), line("GLCM (old: OpenCV grey)", old, theirs)]
 
 
 def our_seed(name: str) -> int:

@@ -13,7 +13,7 @@ Definitions follow the published evaluation code as PAPER.md gives it:
   they differ only when a draw hits 3797 itself).
 * Aesthetics: the LAION predictor of stage 2 on every generated image, mean.
 * CLIPScore: torchmetrics ``clip_score`` (100 x max(cos, 0)) with CLIP ViT-B/16 on the short caption.
-* GLCM: ``pixverve.glcm`` on the generated image at its own size (BT.601 grey), mean over images.
+* GLCM: ``pixverve.glcm`` on the generated image at its own size (PIL "L" grey, as published), mean over images.
 * compression ratio (Diffusion-4K's extra column): raw bytes at ``size`` / JPEG bytes.
 * MSFI / ICS: the judge through the VLM client, formulas in ``pixverve.bench_scores``.
 """
@@ -314,6 +314,14 @@ def judge_method(items, judge, prompts, spec: dict, max_megapixels: float, log=p
 # ----------------------------------------------------------------------------- per-image model metrics
 
 
+def pil_grey(rgb: np.ndarray) -> np.ndarray:
+    """PIL's "L" grey (R*19595 + G*38470 + B*7471 + 2^15) >> 16, what the published GLCM reads;
+    OpenCV's BT.601 fixed point (``images.grey_luma``) differs by 1 on some pixels."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))
+
+
 def score_method(items, aesthetic, clip, max_megapixels: float, log=print, threads: int | None = None):
     """Per-image LAION aesthetics, CLIPScore (short caption; ``clip_raw`` unclamped) and GLCM
     (FG-CLIP2 has its own rule and env: :func:`fgclip2_method`).  Each model gets the full
@@ -333,7 +341,7 @@ def score_method(items, aesthetic, clip, max_megapixels: float, log=print, threa
     for item in tqdm(items, desc="bench scores", unit="img", mininterval=2):
         rgb, _ = images.read_rgb(item.generated, max_megapixels)
         row = {"name": item.name, "width": rgb.shape[1], "height": rgb.shape[0]}
-        row["glcm"] = glcm_score(images.grey_luma(rgb), threads)
+        row["glcm"] = glcm_score(pil_grey(rgb), threads)
         row["aesthetics"] = float(aesthetic.score([rgb])[0]) if aesthetic is not None else float("nan")
         raw = clip.score(rgb, item.short_caption) if clip is not None else float("nan")
         row["clip_raw"], row["clip"] = raw, max(raw, 0.0) if not math.isnan(raw) else raw

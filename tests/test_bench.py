@@ -104,6 +104,12 @@ def test_score_method_hands_the_full_image_to_the_models(tmp_path):
     assert row["clip_raw"] == pytest.approx(clip.score(rgb, "a dog"), abs=1e-6)
     assert row["clip_raw"] != pytest.approx(clip.score(fit_within(rgb, 1024), "a dog"), abs=1e-6)  # not the old 1024 px copy
     assert (row["width"], row["height"]) == (1500, 1100)
+    # GLCM reads PIL's "L" grey (published), which is not OpenCV's BT.601 fixed point on every pixel
+    from pixverve.glcm import glcm_score
+    from pixverve.images import grey_luma
+
+    pil_l = np.asarray(Image.open(path).convert("L"))
+    assert row["glcm"] == glcm_score(pil_l) and glcm_score(grey_luma(rgb)) != glcm_score(pil_l)
 
 
 MSFI_GLOBAL = {"SC-global": 5, "PI": 4, "LC": 3, "CH": 2}
