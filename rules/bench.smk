@@ -83,7 +83,10 @@ rule bench_fgclip2:
         "../envs/fgclip2.yaml"
     threads: 2
     resources:
-        gpu=lambda wc: int(config["bench"]["fgclip2"].get("device", "auto") != "cpu"),
+        gpu=lambda wc: int(
+            config["bench"]["fgclip2"]["backend"] == "fgclip2"
+            and config["bench"]["fgclip2"].get("device", "auto") != "cpu"
+        ),
     params:
         bench=config["bench"],
         real_dir=config["bench"]["real_dir"],
