@@ -1,21 +1,22 @@
 """PixVerve-Bench per method: the MLLM-agnostic metrics, the MLLM-judged ones, and the tables.
 
-Definitions follow the published evaluation code as PAPER.md gives it:
-* FID: real and generated resized to ``size`` x ``size`` (aspect not kept), uint8, torchmetrics
-  FID with the TF-FID Inception weights (``pixverve.fid``).
-* FID_patch: both resized to ``size`` x ``size`` with Lanczos, ``per_pair`` random ``crop`` x
-  ``crop`` crops per pair at the same coordinates in real and generated, one FID over all crops.
-  The crop positions come from one ``random.Random(seed)`` (Python's ``random`` seeded 42 once),
-  drawn pair by pair in benchmark order, ``randint(0, size - crop)`` twice per crop.  PAPER.md
-  does not say which coordinate is drawn first: config key ``order`` (``xy``, our reading, or
-  ``yx``).  Whether the published code uses ``randint(0, n)`` or ``randrange(n)`` hardly matters:
-  both take the same random bits when n and n + 1 have the same bit length (4096 - 299 = 3797:
-  they differ only when a draw hits 3797 itself).
-* Aesthetics: the LAION predictor of stage 2 on every generated image, mean.
-* CLIPScore: torchmetrics ``clip_score`` (100 x max(cos, 0)) with CLIP ViT-B/16 on the short caption.
-* GLCM: ``pixverve.glcm`` on the generated image at its own size (PIL "L" grey, as published), mean over images.
+Definitions checked against the published evaluation code (github HaojunChen663/PixVerve-95K,
+``eval/metrics.py`` and ``eval/eval.py``):
+* FID: real and generated resized to ``size`` x ``size`` (aspect not kept; PIL bilinear, what
+  torchvision's ``TF.resize`` of a PIL image is), uint8, torchmetrics FID with the TF-FID
+  Inception weights (``pixverve.fid``).
+* FID_patch: both resized to ``size`` x ``size`` with Lanczos (the generated one only when it is
+  not that size already), ``per_pair`` random ``crop`` x ``crop`` crops per pair at the same
+  coordinates in real and generated, one FID over all crops.  The crop positions come from one
+  ``random.Random(seed)`` (the published ``random.seed(42)`` once, before any other draw), pair by
+  pair in benchmark order, ``randint(0, size - crop)`` for the top, then for the left
+  (``order: yx``; ``xy`` is our earlier reading, kept as an option).
+* Aesthetics: the LAION predictor of stage 2 on every full generated image, mean.
+* CLIPScore: 100 x cos with CLIP ViT-B/16 on the short caption; the method's value clamps each
+  batch-of-4 mean at 0, then averages (torchmetrics' functional ``clip_score`` per batch).
+* GLCM: ``pixverve.glcm`` on the generated image at its own size (PIL "L" grey), mean over images.
 * compression ratio (Diffusion-4K's extra column): raw bytes at ``size`` / JPEG bytes.
-* MSFI / ICS: the judge through the VLM client, formulas in ``pixverve.bench_scores``.
+* MSFI / ICS: the judge through the VLM client; views, patches and formulas in ``pixverve.bench_scores``.
 """
 
 from __future__ import annotations
