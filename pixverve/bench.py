@@ -1,21 +1,22 @@
 """PixVerve-Bench per method: the MLLM-agnostic metrics, the MLLM-judged ones, and the tables.
 
-Definitions follow the published evaluation code as PAPER.md gives it:
-* FID: real and generated resized to ``size`` x ``size`` (aspect not kept), uint8, torchmetrics
-  FID with the TF-FID Inception weights (``pixverve.fid``).
-* FID_patch: both resized to ``size`` x ``size`` with Lanczos, ``per_pair`` random ``crop`` x
-  ``crop`` crops per pair at the same coordinates in real and generated, one FID over all crops.
-  The crop positions come from one ``random.Random(seed)`` (Python's ``random`` seeded 42 once),
-  drawn pair by pair in benchmark order, ``randint(0, size - crop)`` twice per crop.  PAPER.md
-  does not say which coordinate is drawn first: config key ``order`` (``xy``, our reading, or
-  ``yx``).  Whether the published code uses ``randint(0, n)`` or ``randrange(n)`` hardly matters:
-  both take the same random bits when n and n + 1 have the same bit length (4096 - 299 = 3797:
-  they differ only when a draw hits 3797 itself).
-* Aesthetics: the LAION predictor of stage 2 on every generated image, mean.
-* CLIPScore: torchmetrics ``clip_score`` (100 x max(cos, 0)) with CLIP ViT-B/16 on the short caption.
-* GLCM: ``pixverve.glcm`` on the generated image at its own size (BT.601 grey), mean over images.
+Definitions checked against the published evaluation code (github HaojunChen663/PixVerve-95K,
+``eval/metrics.py`` and ``eval/eval.py``):
+* FID: real and generated resized to ``size`` x ``size`` (aspect not kept; PIL bilinear, what
+  torchvision's ``TF.resize`` of a PIL image is), uint8, torchmetrics FID with the TF-FID
+  Inception weights (``pixverve.fid``).
+* FID_patch: both resized to ``size`` x ``size`` with Lanczos (the generated one only when it is
+  not that size already), ``per_pair`` random ``crop`` x ``crop`` crops per pair at the same
+  coordinates in real and generated, one FID over all crops.  The crop positions come from one
+  ``random.Random(seed)`` (the published ``random.seed(42)`` once, before any other draw), pair by
+  pair in benchmark order, ``randint(0, size - crop)`` for the top, then for the left
+  (``order: yx``; ``xy`` is our earlier reading, kept as an option).
+* Aesthetics: the LAION predictor of stage 2 on every full generated image, mean.
+* CLIPScore: 100 x cos with CLIP ViT-B/16 on the short caption; the method's value clamps each
+  batch-of-4 mean at 0, then averages (torchmetrics' functional ``clip_score`` per batch).
+* GLCM: ``pixverve.glcm`` on the generated image at its own size (PIL "L" grey), mean over images.
 * compression ratio (Diffusion-4K's extra column): raw bytes at ``size`` / JPEG bytes.
-* MSFI / ICS: the judge through the VLM client, formulas in ``pixverve.bench_scores``.
+* MSFI / ICS: the judge through the VLM client; views, patches and formulas in ``pixverve.bench_scores``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ TABLE_COLUMNS = [("fid", "FID"), ("fid_patch", "FID_patch"), ("aesthetics", "Aes
 
 
 def fid_patch_coordinates(n_pairs: int, size: int, crop: int = 299, per_pair: int = 20, seed: int = 42,
-                          order: str = "xy") -> list[list[tuple[int, int]]]:
+                          order: str = "yx") -> list[list[tuple[int, int]]]:
     """(x, y) of every crop, pair by pair, from one generator seeded once (see the module docstring)."""
     if crop > size:
         raise ValueError(f"FID_patch crop {crop} is larger than the resized image {size}: raise bench.fid_patch.size")
@@ -53,16 +54,18 @@ def fid_patch_coordinates(n_pairs: int, size: int, crop: int = 299, per_pair: in
 
 
 def fid_patch(items, weights_path, size: int, crop: int, per_pair: int, seed: int, device: str = "cpu",
-              max_megapixels: float = 1000.0, order: str = "xy") -> float:
+              max_megapixels: float = 1000.0, order: str = "yx", method: str = "?") -> float:
     import torch
 
-    from .fid import _square_uint8, frechet_inception_distance
+    from .fid import square_uint8, frechet_inception_distance, require_two_images
 
+    require_two_images(len(items), method, "FID_patch")
     metric = frechet_inception_distance(weights_path, device)
     for item, coords in zip(items, fid_patch_coordinates(len(items), size, crop, per_pair, seed, order),
                             strict=True):
         for attr, real in (("real", True), ("generated", False)):
-            full = _square_uint8(getattr(item, attr), size, "lanczos", max_megapixels)
+            # published: the real image is always resized, the generated one only when it is not size x size
+            full = square_uint8(getattr(item, attr), size, "lanczos", max_megapixels, only_if_needed=not real)
             crops = np.stack([full[y : y + crop, x : x + crop] for x, y in coords])
             metric.update(torch.from_numpy(crops).permute(0, 3, 1, 2).to(device), real=real)
     return float(metric.compute())
@@ -94,10 +97,11 @@ class ClipScorer:
             self.model.to(self.device)
 
     def score(self, rgb: np.ndarray, text: str) -> float:
-        """torchmetrics' CLIPScore definition, 100 x max(cos(image, text), 0), computed here:
-        torchmetrics 1.9's ``clip_score`` breaks on transformers 5 (``get_image_features``
-        now returns an output object, not a tensor).  The text is truncated to the model's
-        77 tokens, as torchmetrics does."""
+        """100 x cos(image, text), *not* clamped: torchmetrics' ``clip_score`` clamps the mean of
+        a batch, so the clamp belongs to :func:`clip_score_of_batches`.  Computed here because
+        torchmetrics 1.9's ``clip_score`` breaks on transformers 5 (``get_image_features`` now
+        returns an output object); the same path otherwise: the full image through the model's
+        processor, the text truncated to the model's 77 tokens."""
         import torch
 
         with torch.inference_mode():
@@ -107,7 +111,18 @@ class ClipScorer:
             txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             img, txt = (getattr(t, "pooler_output", t).float() for t in (img, txt))
             cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
-        return float(100.0 * torch.clamp(cos, min=0.0)[0])
+        return float(100.0 * cos[0])
+
+
+def clip_score_of_batches(raw_scores, batch: int = 4) -> float:
+    """The published CLIPScore of a method: images in benchmark order in batches of ``batch``;
+    each batch's value is max(mean of its 100 x cos, 0) (torchmetrics' functional clip_score);
+    the method's score is the mean of the batch values (a short last batch weighs as much)."""
+    values = [float(v) for v in raw_scores]
+    if not values:
+        return float("nan")
+    means = [max(sum(values[i : i + batch]) / len(values[i : i + batch]), 0.0) for i in range(0, len(values), batch)]
+    return sum(means) / len(means)
 
 
 FGCLIP2_BUCKETS = (128, 256, 576, 784, 1024)
@@ -118,6 +133,19 @@ def fgclip2_patch_budget(width: int, height: int) -> int:
     bucket of 128/256/576/784/1024 (1024 at most)."""
     n = (width // 16) * (height // 16)
     return next((b for b in FGCLIP2_BUCKETS if n <= b), FGCLIP2_BUCKETS[-1])
+
+
+FGCLIP2_ENV = "envs/fgclip2.yaml"
+
+
+class FGClip2EnvError(RuntimeError):
+    pass
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 class FGClip2Scorer:
@@ -156,7 +184,13 @@ class FGClip2Scorer:
         def remote(loader):
             return lambda m, **kw: loader(m, trust_remote_code=True, **kw)
 
-        self.model = _load(remote(AutoModelForCausalLM.from_pretrained), model, "bench.fgclip2.model").eval()
+        try:
+            self.model = _load(remote(AutoModelForCausalLM.from_pretrained), model, "bench.fgclip2.model").eval()
+        except ImportError as exc:  # its modelling code imports transformers.modeling_attn_mask_utils (gone in 5.x)
+            raise FGClip2EnvError(
+                f"FG-CLIP2's own model code in {model} does not import under transformers {_transformers_version()} ({exc}); "
+                f"it needs transformers 4.x: run rule bench_fgclip2 in its conda env {FGCLIP2_ENV} (snakemake --use-conda)"
+            ) from exc
         self.tokenizer = _load(AutoTokenizer.from_pretrained, model, "bench.fgclip2.model")
         self.image_processor = _load(remote(AutoImageProcessor.from_pretrained), model, "bench.fgclip2.model")
         self.device, self.model_name, self.long_mode = _device(spec), model, True
@@ -168,7 +202,8 @@ class FGClip2Scorer:
         h, w = rgb.shape[:2]
         with torch.inference_mode():
             image = self.image_processor(images=rgb, max_num_patches=fgclip2_patch_budget(w, h), return_tensors="pt").to(self.device)
-            text = self.tokenizer([long_caption], padding="max_length", max_length=196, truncation=True, return_tensors="pt").to(self.device)
+            # the published scorer lower-cases the caption before tokenising it
+            text = self.tokenizer([long_caption.lower()], padding="max_length", max_length=196, truncation=True, return_tensors="pt").to(self.device)
             img = self.model.get_image_features(**image)
             txt = self.model.get_text_features(**text, walk_type="long") if self.long_mode else self.model.get_text_features(**text)
             img, txt = (getattr(t, "pooler_output", t).float() for t in (img, txt))
@@ -178,69 +213,120 @@ class FGClip2Scorer:
 
 # ----------------------------------------------------------------------------- MLLM judge
 
-def judge_requests(item, rgb: np.ndarray, prompts: dict, spec: dict):
-    """(requests, patch rows) for MSFI (1 global + 10 local calls) and ICS (1 call) of one image."""
-    from .annotate import fit_within
-    from .bench_scores import ICS_KEYS, MSFI_GLOBAL_WEIGHTS, MSFI_LOCAL_WEIGHTS, msfi_patches
-    from .images import grey_luma
-    from .vlm import user_message
+def jpeg_data_url(img, quality: int = 98) -> str:
+    """A PIL image as a JPEG data URL, PIL's encoder at ``quality`` (the published bench: 98)."""
+    import base64
+    import io
 
-    h, w = rgb.shape[:2]
-    global_view = fit_within(rgb, int(spec["msfi"]["global_long_edge"]))
-    score_1_5 = {"type": "integer", "minimum": 1, "maximum": 5}
-    g_schema = {"type": "object", "properties": {k: score_1_5 for k in MSFI_GLOBAL_WEIGHTS}, "required": list(MSFI_GLOBAL_WEIGHTS)}
-    l_schema = {"type": "object", "properties": {k: score_1_5 for k in MSFI_LOCAL_WEIGHTS}, "required": list(MSFI_LOCAL_WEIGHTS)}
-    i_schema = {"type": "object", "properties": {k: {"type": "integer", "minimum": 1, "maximum": 10} for k in ICS_KEYS},
-                "required": list(ICS_KEYS)}
-    requests = [("msfi_global", f"{item.name}:global", [user_message(prompts["msfi_global"], [global_view])], g_schema)]
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def judge_message(text: str, images, quality: int) -> dict:
+    """One user turn as the published bench sends it: the prompt first, then the images."""
+    content = [{"type": "text", "text": text}]
+    content += [{"type": "image_url", "image_url": {"url": jpeg_data_url(im, quality)}} for im in images]
+    return {"role": "user", "content": content}
+
+
+def judge_requests(item, rgb: np.ndarray, prompts, spec: dict):
+    """(MSFI requests, ICS request, patch rows) of one image: 1 global + 10 local MSFI calls, 1 ICS.
+
+    Replies are parsed as any JSON (the published calls ask for a JSON object, no schema); the
+    scores are read by ``pixverve.bench_scores``."""
+    from PIL import Image
+
+    from .bench_scores import ics_view, msfi_layout
+
+    img = Image.fromarray(rgb)
+    quality = int(spec.get("jpeg_quality", 98))
+    m = spec["msfi"]
     seed = int(hashlib.sha256(item.name.encode()).hexdigest()[:16], 16)  # the random patches: per image, reproducible
-    patches = msfi_patches(grey_luma(rgb), seed, int(spec["msfi"]["n_sobel"]), int(spec["msfi"]["n_random"]),
-                           int(spec["msfi"]["analysis_long_edge"]))
+    global_view, patches = msfi_layout(img, seed, int(m["n_sobel"]), int(m["n_random"]), int(m["analysis_long_edge"]),
+                                       int(m["global_long_edge"]))
+    msfi_requests = [("msfi_global", f"{item.name}:global", [judge_message(prompts.msfi_global(), [global_view], quality)], None)]
     rows = []
-    for x, y, pw, ph, why in patches:
-        where = f"x {x / w:.3f}-{(x + pw) / w:.3f}, y {y / h:.3f}-{(y + ph) / h:.3f} of the image width/height"
-        text = prompts["msfi_local"].replace("{coordinates}", where)
-        requests.append(("msfi_local", f"{item.name}:{x},{y}", [user_message(text, [rgb[y : y + ph, x : x + pw], global_view])], l_schema))
-        rows.append({"x": x, "y": y, "w": pw, "h": ph, "picked": why})
-    ics_view = fit_within(rgb, int(spec["ics"]["long_edge"]))
-    ics_text = prompts["ics"].replace("{caption}", item.long_caption)
-    requests.append(("ics", f"{item.name}:ics", [user_message(ics_text, [ics_view], quality=int(spec["ics"]["jpeg_quality"]))], i_schema))
-    return requests, rows
+    for p in patches:
+        left, top, right, bottom = p["box"]
+        text = prompts.msfi_local(p["relative"])
+        msfi_requests.append(("msfi_local", f"{item.name}:{left},{top}",
+                              [judge_message(text, [img.crop(p["box"]), global_view], quality)], None))
+        rows.append({"x": left, "y": top, "w": right - left, "h": bottom - top, "relative": p["relative"], "picked": p["picked"]})
+    ics_request = ("ics", f"{item.name}:ics", [judge_message(prompts.ics(item.long_caption),
+                                                             [ics_view(img, int(spec["ics"]["long_edge"]))], quality)], None)
+    return msfi_requests, ics_request, rows
 
 
-def judge_method(items, judge, prompts: dict, spec: dict, max_megapixels: float, log=print):
-    """Per-image MSFI and ICS rows (with every raw reply) for one method."""
+def ics_judge(judge, spec: dict):
+    """The client for ICS calls: the published bench asks MSFI calls for a JSON object and ICS
+    calls for nothing (``bench.judge.ics_response_format``); a local backend is used as it is."""
+    import dataclasses
+
+    from .vlm import VLMClient
+
+    settings = getattr(judge, "settings", None)
+    wanted = spec.get("ics_response_format", False)
+    if settings is None or settings.response_format == wanted:
+        return judge
+    other = VLMClient(dataclasses.replace(settings, response_format=wanted))
+    other.smoke = getattr(judge, "smoke", False)
+    return other
+
+
+def judge_method(items, judge, prompts, spec: dict, max_megapixels: float, log=print):
+    """Per-image MSFI and ICS rows (with every raw reply) for one method; an image the published
+    code leaves out of a mean (no global / no local reply; no valid ICS reply) has NaN there and
+    ``msfi_included`` / ``ics_included`` False."""
     import pandas as pd
 
     from . import images
     from .bench_scores import ics, msfi
 
+    ics_client = ics_judge(judge, spec)
     rows = []
     for item in items:
         rgb, _ = images.read_rgb(item.generated, max_megapixels)
-        requests, patches = judge_requests(item, rgb, prompts, spec)
+        msfi_requests, ics_request, patches = judge_requests(item, rgb, prompts, spec)
         del rgb
-        results = judge.run_many(requests)
-        g, locals_, i = results[0], results[1:-1], results[-1]
+        results = judge.run_many(msfi_requests)
+        i = ics_client.run_many([ics_request])[0]
+        g, locals_ = results[0], results[1:]
         m = msfi(g.parsed if g.status == "ok" else None, [r.parsed if r.status == "ok" else None for r in locals_])
-        ics_value = ics(i.parsed) if i.status == "ok" else float("nan")
+        try:
+            ics_value = ics(i.parsed) if i.status == "ok" else float("nan")
+        except ValueError:
+            ics_value = float("nan")
         rows.append({
             "name": item.name, "msfi": m["msfi"], "s_global": m["s_global"], "s_local": m["s_local"],
+            "msfi_included": m["included"], "valid_patches": m["valid_patches"], "n_patches": len(patches),
             "defaulted_global": ",".join(m["defaulted_global"]), "defaulted_local": m["defaulted_local"],
-            "ics": ics_value, "ics_status": i.status, "global_status": g.status,
+            "ics": ics_value, "ics_included": not math.isnan(ics_value), "ics_status": i.status, "global_status": g.status,
             "local_statuses": json.dumps([r.status for r in locals_]), "patches": json.dumps(patches),
-            "replies": json.dumps({r.request_id: r.raw_replies for r in results}), "judge_model": judge.model_name,
-            "smoke": bool(judge.smoke),
+            "replies": json.dumps({r.request_id: r.raw_replies for r in [*results, i]}),
+            "request_options": json.dumps({"msfi": results[0].request_options, "ics": i.request_options}),
+            "judge_model": judge.model_name, "prompts": prompts.mode, "smoke": bool(judge.smoke),
         })
-        log(f"{item.name}: MSFI {m['msfi']:.3f} (global {g.status}), ICS {ics_value:.3f} ({i.status})")
+        log(f"{item.name}: MSFI {m['msfi']:.3f} (global {g.status}, {m['valid_patches']}/{len(patches)} patches), "
+            f"ICS {ics_value:.3f} ({i.status})")
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- per-image model metrics
 
 
-def score_method(items, aesthetic, clip, max_megapixels: float, log=print, fgclip2=None, threads: int | None = None):
-    """Per-image LAION aesthetics, CLIPScore (short caption), FG-CLIP2 (long caption) and GLCM.
+def pil_grey(rgb: np.ndarray) -> np.ndarray:
+    """PIL's "L" grey (R*19595 + G*38470 + B*7471 + 2^15) >> 16, what the published GLCM reads;
+    OpenCV's BT.601 fixed point (``images.grey_luma``) differs by 1 on some pixels."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))
+
+
+def score_method(items, aesthetic, clip, max_megapixels: float, log=print, threads: int | None = None):
+    """Per-image LAION aesthetics, CLIPScore (short caption; ``clip_raw`` unclamped) and GLCM
+    (FG-CLIP2 has its own rule and env: :func:`fgclip2_method`).  Each model gets the full
+    decoded image (decoded once) and its own preprocessing resizes it, as in the published code.
 
     ``threads``: the job's CPUs, for torch and the GLCM kernel (both default to every CPU)."""
     import pandas as pd
@@ -248,7 +334,6 @@ def score_method(items, aesthetic, clip, max_megapixels: float, log=print, fgcli
     from tqdm import tqdm
 
     from . import images
-    from .annotate import fit_within
     from .glcm import glcm_score
 
     if threads is not None:
@@ -256,26 +341,47 @@ def score_method(items, aesthetic, clip, max_megapixels: float, log=print, fgcli
     rows = []
     for item in tqdm(items, desc="bench scores", unit="img", mininterval=2):
         rgb, _ = images.read_rgb(item.generated, max_megapixels)
-        small = fit_within(rgb, 1024)  # the models' inputs are 224 px: no need to hand them 100 MP
         row = {"name": item.name, "width": rgb.shape[1], "height": rgb.shape[0]}
-        row["glcm"] = glcm_score(images.grey_luma(rgb), threads)
+        row["glcm"] = glcm_score(pil_grey(rgb), threads)
+        row["aesthetics"] = float(aesthetic.score([rgb])[0]) if aesthetic is not None else float("nan")
+        raw = clip.score(rgb, item.short_caption) if clip is not None else float("nan")
+        row["clip_raw"], row["clip"] = raw, max(raw, 0.0) if not math.isnan(raw) else raw
         del rgb
-        row["aesthetics"] = float(aesthetic.score([small])[0]) if aesthetic is not None else float("nan")
-        row["clip"] = clip.score(small, item.short_caption) if clip is not None else float("nan")
-        row["fgclip2"] = fgclip2.score(small, item.long_caption) if fgclip2 is not None else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fgclip2_method(items, fgclip2, max_megapixels: float, log=print):
+    """Per-image FG-CLIP2 score (long caption) from the full decoded image (rule bench_fgclip2)."""
+    import pandas as pd
+
+    from . import images
+
+    rows = []
+    for item in items:
+        rgb, _ = images.read_rgb(item.generated, max_megapixels)
+        rows.append({"name": item.name, "fgclip2": fgclip2.score(rgb, item.long_caption), "fgclip2_smoke": bool(fgclip2.smoke),
+                     "fgclip2_model": fgclip2.model_name})
+        del rgb
+    log(f"FG-CLIP2 scored {len(rows)} images")
+    return pd.DataFrame(rows, columns=["name", "fgclip2", "fgclip2_smoke", "fgclip2_model"])
 
 
 # ----------------------------------------------------------------------------- tables
 
 
-def method_row(name: str, resolution: str, per_image, judged, sets: dict, smoke: dict) -> dict:
-    row = {"method": name, "resolution": resolution}
-    for key in ("aesthetics", "clip", "glcm", "fgclip2"):
+def method_row(name: str, resolution: str, per_image, judged, sets: dict, smoke: dict, fgclip2=None) -> dict:
+    """One table row.  CLIP is the published batch aggregation (``sets["clip"]``, in benchmark
+    order); MSFI and ICS are means over the images that have one, with their counts."""
+    from .bench_scores import mean_over_included
+
+    row = {"method": name, "resolution": resolution, "images": sets.get("images", len(per_image))}
+    for key in ("aesthetics", "glcm"):
         row[key] = float(per_image[key].mean()) if len(per_image) and key in per_image else float("nan")
+    row["clip"] = sets.get("clip", float("nan"))
+    row["fgclip2"] = float(fgclip2["fgclip2"].mean()) if fgclip2 is not None and len(fgclip2) else float("nan")
     for key in ("msfi", "ics"):
-        row[key] = float(judged[key].mean()) if len(judged) else float("nan")
+        row[key], row[f"{key}_images"] = mean_over_included(judged[key]) if len(judged) else (float("nan"), 0)
     row.update({k: sets.get(k, float("nan")) for k in ("fid", "fid_patch", "compression")})
     row["smoke_columns"] = ",".join(sorted(k for k, v in smoke.items() if v))
     return row
@@ -320,6 +426,10 @@ def write_bench_tables(df, stem, title: str) -> list[Path]:
         md.append(f"| {df.loc[i, 'method']} | {df.loc[i, 'resolution']} | " + " | ".join(cell(i, k, lambda t: f"**{t}**") for k, _ in TABLE_COLUMNS) + " |")
         tex_rows.append(" & ".join([str(df.loc[i, "method"]).replace("_", r"\_"), str(df.loc[i, "resolution"])]
                                    + [cell(i, k, lambda t: rf"\textbf{{{t}}}") for k, _ in TABLE_COLUMNS]) + r" \\")
+    counts = [f"{df.loc[i, 'method']}: MSFI {int(df.loc[i, 'msfi_images'])}, ICS {int(df.loc[i, 'ics_images'])} of {int(df.loc[i, 'images'])}"
+              for i in range(len(df)) if {"msfi_images", "ics_images", "images"} <= set(df.columns)]
+    if counts:
+        md += ["", "Images each judged mean covers (as published, an image without a valid reply is left out): " + "; ".join(counts) + "."]
     if df["smoke_columns"].astype(bool).any():
         md += ["", "\\* SMOKE: scored, judged or generated by a tiny random model -- exercises the code, not a result."]
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")

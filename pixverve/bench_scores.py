@@ -1,61 +1,90 @@
-"""PixVerve-Bench's MLLM-judged scores, from the judge's per-dimension answers (formulas only).
+"""PixVerve-Bench's MLLM-judged scores: MSFI's views and patches, and the formulas.
+
+Checked against the published evaluation code (github HaojunChen663/PixVerve-95K, ``eval/``):
+``util/image_process.py`` (views, patch choice), ``msfi_evaluator.py`` (MSFI arithmetic and what is
+left out), ``ics_evaluator.py`` (ICS view and arithmetic).
 
 MSFI (multi-scale fidelity): a global call scores the whole image on four dimensions and each of
-the 10 local calls scores one patch on five, all as integers 1-5.  Each call's score S is the
-weighted mean of its dimensions (weights below, as published), a missing or invalid dimension
-counting as 3; S_l is the mean of the local calls' S.  MSFI = S_g + (S_g / 5) * S_l, at most 10.
+the 10 local calls scores one patch on five (1-5).  A call's score S is the weighted mean of its
+dimensions (weights below, the published keys ``SC-global`` / ``SC-local``); a dimension missing
+from a reply counts as 3, a reply whose values are not all numbers scores 3 as a whole, as
+published.  S_l is the mean over the local calls that returned JSON (failed calls are left out,
+not counted); an image without a global reply or without any local reply has no MSFI and is left
+out of the method's mean.  MSFI = S_g + (S_g / 5) * S_l.
 
-ICS (instance-centric compliance): IEV, AAA and SRA in 1-10 from one call with the long caption;
-ICS = sqrt(IEV / 10) * (0.6 AAA + 0.4 SRA).
+ICS (instance-centric compliance): IEV, AAA and SRA from one call with the long caption;
+ICS = sqrt(IEV / 10) * (0.6 AAA + 0.4 SRA); a reply without all three numbers is no ICS (left out).
 """
 
 from __future__ import annotations
 
 import math
 
-MSFI_GLOBAL_WEIGHTS = {"SC": 5, "PI": 3, "LC": 2, "CH": 2}
-MSFI_LOCAL_WEIGHTS = {"NGE": 2, "GA": 3, "TF": 5, "MGC": 2, "SC": 2}
+MSFI_GLOBAL_WEIGHTS = {"SC-global": 5, "PI": 3, "LC": 2, "CH": 2}
+MSFI_LOCAL_WEIGHTS = {"NGE": 2, "GA": 3, "TF": 5, "MGC": 2, "SC-local": 2}
 MSFI_MISSING = 3
 ICS_KEYS = ("IEV", "AAA", "SRA")
 
 
-def _valid(value, low: int, high: int) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high and float(value).is_integer()
+def weighted_score(scores, weights: dict[str, int]) -> tuple[float, list[str]]:
+    """(weighted mean, dimensions missing from the reply and counted as 3).
+
+    A reply that is not a mapping, or has a value ``float()`` cannot read, scores 3 as a whole
+    (every dimension is then reported as defaulted)."""
+    if not isinstance(scores, dict):
+        return float(MSFI_MISSING), list(weights)
+    try:
+        values = [float(scores.get(dim, MSFI_MISSING)) for dim in weights]
+    except (TypeError, ValueError):
+        return float(MSFI_MISSING), list(weights)
+    total = sum(v * w for v, w in zip(values, weights.values(), strict=True))
+    return total / sum(weights.values()), [dim for dim in weights if dim not in scores]
 
 
-def weighted_score(scores: dict | None, weights: dict[str, int]) -> tuple[float, list[str]]:
-    """(weighted mean, dimensions that were missing or invalid and counted as 3)."""
-    scores = scores or {}
-    total, defaulted = 0.0, []
-    for dim, w in weights.items():
-        value = scores.get(dim)
-        if not _valid(value, 1, 5):
-            defaulted.append(dim)
-            value = MSFI_MISSING
-        total += w * float(value)
-    return total / sum(weights.values()), defaulted
+def msfi(global_scores, local_scores: list) -> dict:
+    """MSFI of one image.  ``global_scores``: the parsed global reply (None: the call failed);
+    ``local_scores``: one parsed reply per patch (None: that call failed, left out of S_l).
 
-
-def msfi(global_scores: dict | None, local_scores: list[dict | None]) -> dict:
-    """MSFI and its parts; ``local_scores``: one dict per judged patch (None = no valid reply)."""
+    ``included`` is False -- and msfi NaN -- when the global reply is missing (or empty) or no
+    local call returned anything: such an image is left out of the method's mean."""
+    valid = [s for s in local_scores if s is not None]
+    if not global_scores or not valid:
+        nan = float("nan")
+        return {"msfi": nan, "s_global": nan, "s_local": nan, "defaulted_global": [], "defaulted_local": 0,
+                "valid_patches": len(valid), "included": False}
     s_g, g_missing = weighted_score(global_scores, MSFI_GLOBAL_WEIGHTS)
-    locals_ = [weighted_score(s, MSFI_LOCAL_WEIGHTS) for s in local_scores]
-    s_l = sum(s for s, _ in locals_) / len(locals_) if locals_ else float(MSFI_MISSING)
+    locals_ = [weighted_score(s, MSFI_LOCAL_WEIGHTS) for s in valid]
+    s_l = sum(s for s, _ in locals_) / len(locals_)
     return {
         "msfi": s_g + (s_g / 5.0) * s_l,
         "s_global": s_g,
         "s_local": s_l,
         "defaulted_global": g_missing,
         "defaulted_local": sum(len(m) for _, m in locals_),
+        "valid_patches": len(valid),
+        "included": True,
     }
 
 
-def ics(scores: dict) -> float:
-    """ICS from one judge reply with IEV, AAA, SRA (integers 1-10); raises on a missing score."""
-    for key in ICS_KEYS:
-        if not _valid(scores.get(key), 1, 10):
-            raise ValueError(f"ICS needs {key} as an integer 1-10, got {scores.get(key)!r}")
-    return math.sqrt(scores["IEV"] / 10.0) * (0.6 * scores["AAA"] + 0.4 * scores["SRA"])
+def ics(scores) -> float:
+    """ICS from one parsed judge reply; raises ValueError when it is not one (the image is then
+    left out of the method's mean)."""
+    if not scores or not isinstance(scores, dict) or any(k not in scores for k in ICS_KEYS):
+        raise ValueError(f"ICS needs {', '.join(ICS_KEYS)} in the reply, got {scores!r}")
+    try:
+        iev, aaa, sra = (float(scores[k]) for k in ICS_KEYS)
+        return math.sqrt(iev / 10.0) * (0.6 * aaa + 0.4 * sra)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"ICS needs numbers for {', '.join(ICS_KEYS)}: {exc}") from None
+
+
+def mean_over_included(values) -> tuple[float, int]:
+    """(mean of the non-NaN values, how many): the published means cover only the scored images."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return (sum(kept) / len(kept) if kept else float("nan")), len(kept)
+
+
+# ----------------------------------------------------------------------------- MSFI's inputs
 
 
 def msfi_patch_size(width: int, height: int) -> int:
@@ -63,31 +92,81 @@ def msfi_patch_size(width: int, height: int) -> int:
     return 1024 if max(width, height) >= 7680 else 512
 
 
-def msfi_patches(grey, seed: int, n_sobel: int = 6, n_random: int = 4, analysis_long_edge: int = 2048):
-    """Full-resolution (x, y, w, h, why) of MSFI's local patches.
+def long_edge_copy(img, long_edge: int):
+    """PIL Lanczos copy whose long edge is ``long_edge`` (up or down), the short side truncated to
+    an integer; a square counts as "height is the long edge" (as published)."""
+    from PIL import Image
 
-    The grid of whole, non-overlapping patches is laid on a grey analysis copy whose long edge
-    is ``analysis_long_edge`` (area resize); patches are ranked by the variance of the Sobel
-    gradient magnitude there (the same measure as stage 4's region judge); the top ``n_sobel``
-    and ``n_random`` more drawn with ``numpy.random.default_rng(seed)`` are mapped back to the
-    full image.  The random draw's seeding is ours (the published one is not in PAPER.md).
-    """
+    w, h = img.size
+    size = (long_edge, int(h * (long_edge / w))) if w > h else (int(w * (long_edge / h)), long_edge)
+    return img.resize(size, resample=Image.LANCZOS)
+
+
+def sobel_variance(grey_patch) -> float:
+    """Variance of the 3x3 Sobel gradient magnitude of one grey patch taken on its own (float64)."""
     import cv2
+    import numpy as np
 
-    from .regions import choose_patches, patch_boxes, sobel_variances
+    gx = cv2.Sobel(grey_patch, cv2.CV_64F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey_patch, cv2.CV_64F, 0, 1, ksize=3)
+    return float(np.var(np.sqrt(gx**2 + gy**2)))
 
-    h, w = grey.shape[:2]
-    side = msfi_patch_size(w, h)
-    scale = analysis_long_edge / max(w, h)
-    if scale < 1:
-        small = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    else:
-        small, scale = grey, 1.0
-    boxes = patch_boxes(*small.shape[:2], max(1, round(side * scale)))
-    chosen = choose_patches(sobel_variances(small, boxes), f"{seed:016x}", n_sobel, n_random)
-    out = []
-    for index, why in chosen:
-        x, y, bw, bh = boxes[index]
-        fx, fy = min(round(x / scale), max(0, w - side)), min(round(y / scale), max(0, h - side))
-        out.append((fx, fy, min(side, w), min(side, h), why))
-    return out
+
+def msfi_layout(img, seed: int, n_sobel: int = 6, n_random: int = 4, analysis_long_edge: int = 2048,
+                global_long_edge: int = 2048):
+    """(global view, patches) of one RGB PIL image, the published preprocessing.
+
+    The analysis copy (Lanczos to ``analysis_long_edge``, then PIL "L") is cut into whole
+    non-overlapping squares of side ``int(patch * scale)`` (scale = analysis width / width),
+    row-major; each scores the variance of its Sobel magnitude; the ``n_sobel`` highest (ties in
+    grid order) are kept, then ``n_random`` of the rest.  Each square maps back to
+    ``round(a / scale)``, is clamped into the image and keeps the full patch side where it fits.
+
+    The random ones: the published code draws them with ``random.sample`` from a module-level
+    ``random.seed(42)``, image after image in the directory's listing order -- which differs
+    between machines and file systems, so it cannot be reproduced.  Ours: ``numpy`` ``default_rng``
+    seeded per image (``seed``), drawing from the remaining squares in grid order.
+
+    Each patch: dict with ``box`` (left, top, right, bottom) in full-resolution pixels,
+    ``relative`` [x_min, y_min, x_max, y_max] rounded to 6 places, ``picked`` sobel | random.
+    """
+    import numpy as np
+
+    width, height = img.size
+    side = msfi_patch_size(width, height)
+    global_view = long_edge_copy(img, global_long_edge)
+    analysis = long_edge_copy(img, analysis_long_edge)
+    grey = np.array(analysis.convert("L"))
+    scale = analysis.size[0] / width
+    step = int(side * scale)
+    cells = []
+    if step > 0:
+        ah, aw = grey.shape
+        cells = [(x, y) for y in range(0, ah - step + 1, step) for x in range(0, aw - step + 1, step)]
+    scores = [sobel_variance(grey[y : y + step, x : x + step]) for x, y in cells]
+    ranked = sorted(range(len(cells)), key=lambda i: -scores[i])  # stable: ties keep grid order
+    top, rest = ranked[:n_sobel], sorted(ranked[n_sobel:])
+    drawn = []
+    if rest:
+        rng = np.random.default_rng(seed)
+        drawn = sorted(int(i) for i in rng.choice(rest, size=min(n_random, len(rest)), replace=False))
+    patches = []
+    for index, why in [(i, "sobel") for i in top] + [(i, "random") for i in drawn]:
+        ax, ay = cells[index]
+        right = min(int(round(ax / scale)) + side, width)
+        bottom = min(int(round(ay / scale)) + side, height)
+        left, top_ = max(0, right - side), max(0, bottom - side)
+        rel = [round(left / width, 6), round(top_ / height, 6), round(right / width, 6), round(bottom / height, 6)]
+        patches.append({"box": (left, top_, right, bottom), "relative": rel, "picked": why})
+    return global_view, patches
+
+
+def ics_view(img, long_edge: int = 3072):
+    """ICS's copy: Lanczos down to ``long_edge`` (sides truncated to integers) only when larger."""
+    from PIL import Image
+
+    w, h = img.size
+    if max(w, h) <= long_edge:
+        return img
+    scale = long_edge / max(w, h)
+    return img.resize((int(w * scale), int(h * scale)), Image.Resampling.LANCZOS)

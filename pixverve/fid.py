@@ -132,30 +132,53 @@ def frechet_inception_distance(weights_path: str | Path, device: str = "cpu"):
     return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path)).to(device)
 
 
-RESAMPLE = {"bicubic": 3, "lanczos": 1, "bilinear": 2}  # PIL.Image.Resampling values
+# PIL.Image.Resampling values.  bilinear is the published one: metrics.py's fid_preprocess calls
+# torchvision's TF.resize(pil, (size, size)) with its default interpolation, which on a PIL image
+# is PIL's own bilinear resize (antialiased); its centre crop to the same size is a no-op and
+# to_tensor * 255 -> uint8 gives back the same integers (checked for all 256 values).
+RESAMPLE = {"bilinear": 2, "bicubic": 3, "lanczos": 1}
 
 
-def _square_uint8(path, size: int, resample: str, max_megapixels: float):
+class TooFewImages(ValueError):
+    pass
+
+
+def require_two_images(n: int, method: str, metric: str = "FID") -> None:
+    """FID needs a covariance of each set: fewer than 2 images is a clear error, not torchmetrics'."""
+    if n < 2:
+        raise TooFewImages(f"{metric} of method {method!r} needs at least 2 image pairs, got {n} "
+                           "(bench.benchmark lists too few images, or too few were paired)")
+
+
+def square_uint8(path, size: int, resample: str, max_megapixels: float, only_if_needed: bool = False):
+    """The image resized to size x size (PIL, so the same bits as torchvision's resize of a PIL
+    image); with ``only_if_needed`` an image already that size is left as it is."""
     import numpy as np
     from PIL import Image
 
     from . import images
 
+    if resample not in RESAMPLE:
+        raise ValueError(f"bench.fid.resample must be one of {sorted(RESAMPLE)}, got {resample!r}")
     rgb, _ = images.read_rgb(path, max_megapixels)
+    if only_if_needed and rgb.shape[:2] == (size, size):
+        return rgb
     return np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE[resample]))
 
 
-def fid_for_pairs(items, weights_path, size: int = 4096, resample: str = "bicubic", device: str = "cpu",
-                  batch: int = 4, max_megapixels: float = 1000.0) -> float:
+def fid_for_pairs(items, weights_path, size: int = 4096, resample: str = "bilinear", device: str = "cpu",
+                  batch: int = 4, max_megapixels: float = 1000.0, method: str = "?") -> float:
     """PixVerve-Bench FID: real and generated images resized to ``size`` x ``size`` (aspect not
-    kept), uint8, through torchmetrics' FID with the converted Inception.  ``items``: BenchItems."""
+    kept), uint8, through torchmetrics' FID with the converted Inception.  ``items``: BenchItems.
+    (The published code feeds one pair at a time; the batch only changes float summation order.)"""
     import numpy as np
     import torch
 
+    require_two_images(len(items), method, "FID")
     metric = frechet_inception_distance(weights_path, device)
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         for real, attr in ((True, "real"), (False, "generated")):
-            arr = np.stack([_square_uint8(getattr(i, attr), size, resample, max_megapixels) for i in chunk])
+            arr = np.stack([square_uint8(getattr(i, attr), size, resample, max_megapixels) for i in chunk])
             metric.update(torch.from_numpy(arr).permute(0, 3, 1, 2).to(device), real=real)
     return float(metric.compute())

@@ -68,15 +68,39 @@ rule bench_scores:
         "../scripts/bench_scores.py"
 
 
+rule bench_fgclip2:
+    input:
+        benchmark=config["bench"]["benchmark"],
+        generated=bench_images_input,
+    output:
+        "results/bench/{method}/fgclip2.parquet",
+    log:
+        "logs/bench_fgclip2/{method}.log",
+    benchmark:
+        "results/benchmarks/bench_fgclip2/{method}.tsv"
+    # FG-CLIP2's own model code needs transformers 4.x (the rest of the bench is on 5.x)
+    conda:
+        "../envs/fgclip2.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(
+            config["bench"]["fgclip2"]["backend"] == "fgclip2"
+            and config["bench"]["fgclip2"].get("device", "auto") != "cpu"
+        ),
+    params:
+        bench=config["bench"],
+        real_dir=config["bench"]["real_dir"],
+        images=lambda wc: bench_image_dir(wc.method),
+        max_megapixels=config["io"]["max_megapixels"],
+    script:
+        "../scripts/bench_fgclip2.py"
+
+
 rule bench_judge:
     input:
         benchmark=config["bench"]["benchmark"],
         generated=bench_images_input,
-        prompts=[
-            config["bench"]["judge"]["msfi_global_prompt"],
-            config["bench"]["judge"]["msfi_local_prompt"],
-            config["bench"]["judge"]["ics_prompt"],
-        ],
+        prompts=bench_judge_prompt_inputs,
     output:
         "results/bench/{method}/judged.parquet",
     log:
@@ -105,6 +129,7 @@ rule bench_table:
         scores=expand("results/bench/{method}/scores.parquet", method=bench_methods()),
         sets=expand("results/bench/{method}/sets.json", method=bench_methods()),
         judged=expand("results/bench/{method}/judged.parquet", method=bench_methods()),
+        fgclip2=expand("results/bench/{method}/fgclip2.parquet", method=bench_methods()),
         generated=[bench_images_input(method=m) for m in bench_methods()],
         infos=bench_generated_infos(),
     output:

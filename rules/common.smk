@@ -148,6 +148,13 @@ def bench_images_input(wildcards=None, method=None):
     return f"results/bench/generated/{name}.json"
 
 
+def bench_judge_prompt_inputs(wildcards):
+    """Our prompt files, or the published checkout's build_prompts.py (a clear error if absent)."""
+    from pixverve.bench_prompts import judge_prompt_files
+
+    return judge_prompt_files(config["bench"]["judge"])
+
+
 def bench_method_uses_gpu(method):
     spec = config["bench"]["methods"][method].get("generate") or {}
     if spec.get("backend") == "checkpoint":

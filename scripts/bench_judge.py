@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 from pixverve.bench import judge_method  # noqa: E402
 from pixverve.bench_inputs import pair_method, read_benchmark  # noqa: E402
-from pixverve.regions import prompt_text  # noqa: E402
+from pixverve.bench_prompts import load_judge_prompts  # noqa: E402
 from pixverve.tables import write_table  # noqa: E402
 from pixverve.vlm_local import served_step_judge  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
@@ -19,12 +19,11 @@ spec = sm.params.bench
 judge_spec = spec["judge"]
 config = dict(sm.config, vlm=dict(sm.params.vlm))
 items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.params.images)
-prompts, shas = {}, {}
-for key in ("msfi_global", "msfi_local", "ics"):
-    prompts[key], shas[key] = prompt_text(judge_spec[f"{key}_prompt"])
+prompts = load_judge_prompts(judge_spec)
+log.info(f"judge prompts: {prompts.mode}")
 with contextlib.ExitStack() as stack:
     judge = served_step_judge(config, judge_spec.get("vlm"), stack, sm.log.server, log=log.info)
     table = judge_method(items, judge, prompts, judge_spec, float(sm.params.max_megapixels), log=log.info)
-for key, sha in shas.items():
+for key, sha in prompts.source_sha.items():
     table[f"{key}_prompt_sha"] = sha
 write_table(table, sm.output[0], sort_by=["name"])

@@ -1,5 +1,5 @@
-"""Rule bench_scores: FID, FID_patch, compression ratio (per method) and LAION aesthetics,
-CLIPScore, FG-CLIP2, GLCM (per image) of one benchmark method."""
+"""Rule bench_scores: FID, FID_patch, compression ratio, CLIPScore (per method, as published) and
+LAION aesthetics, CLIPScore, GLCM (per image) of one benchmark method (FG-CLIP2: rule bench_fgclip2)."""
 
 import json
 import sys
@@ -16,35 +16,36 @@ from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "bench_scores")
-spec, cap = sm.params.bench, float(sm.params.max_megapixels)
+spec, cap, method = sm.params.bench, float(sm.params.max_megapixels), sm.wildcards.method
 items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.params.images)
 require_fid_pairs(items, sm.wildcards.method, sm.input.benchmark)
 device = resolve_device(spec["fid"]["device"])
 fid, fp = spec["fid"], spec["fid_patch"]
 sets = {
-    "method": sm.wildcards.method,
+    "method": method,
     "images": len(items),
-    "fid": fid_for_pairs(items, sm.input.fid_weights, int(fid["size"]), fid["resample"], device, int(fid["batch"]), cap),
+    "fid": fid_for_pairs(items, sm.input.fid_weights, int(fid["size"]), fid["resample"], device, int(fid["batch"]), cap, method=method),
     "fid_patch": bench.fid_patch(items, sm.input.fid_weights, int(fp["size"]), int(fp["crop"]), int(fp["per_pair"]), int(fp["seed"]), device, cap,
-                                 order=fp["order"]),
+                                 order=fp["order"], method=method),
     "compression": compression_ratio([i.generated for i in items], int(fid["size"])),
     "fid_size": int(fid["size"]),
+    "fid_resample": fid["resample"],
     "fid_patch_size": int(fp["size"]),
-    "fid_patch_order": fp["order"],  # not published: recorded so a table says which reading made it
+    "fid_patch_order": fp["order"],  # recorded so a table says which draw order made it
 }
 log.info(f"FID {sets['fid']:.3f}, FID_patch {sets['fid_patch']:.3f} over {len(items)} pairs")
 laion = dict(sm.params.laion)
 aesthetic = build_predictor("laion", laion) if laion.get("backend", "none") != "none" else None
 clip = bench.ClipScorer(spec["clip"]) if spec["clip"]["backend"] != "none" else None
-fgclip2 = bench.FGClip2Scorer(spec["fgclip2"]) if spec["fgclip2"]["backend"] != "none" else None
-per_image = bench.score_method(items, aesthetic, clip, cap, log=log.info, fgclip2=fgclip2, threads=sm.threads)
+per_image = bench.score_method(items, aesthetic, clip, cap, log=log.info, threads=sm.threads)  # benchmark order
+clip_batch = int(spec["clip"].get("batch", 4))
+sets["clip"] = bench.clip_score_of_batches(per_image["clip_raw"], clip_batch) if clip is not None else float("nan")
+sets["clip_batch"] = clip_batch
+sets["clip_images"] = len(per_image) if clip is not None else 0
 per_image["aesthetics_smoke"] = bool(getattr(getattr(aesthetic, "info", None), "smoke", False))
 per_image["clip_smoke"] = bool(clip.smoke) if clip is not None else False
 per_image["clip_model"] = clip.model_name if clip is not None else ""
-per_image["fgclip2_smoke"] = bool(fgclip2.smoke) if fgclip2 is not None else False
-per_image["fgclip2_model"] = fgclip2.model_name if fgclip2 is not None else ""
 sets["smoke"] = {"aesthetics": bool(per_image["aesthetics_smoke"].any()) if len(per_image) else False,
-                 "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False,
-                 "fgclip2": bool(per_image["fgclip2_smoke"].any()) if len(per_image) else False}
+                 "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False}
 write_table(per_image, sm.output.per_image, sort_by=["name"])
 Path(sm.output.sets).write_text(json.dumps(sets, indent=1, sort_keys=True) + "\n")

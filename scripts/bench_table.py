@@ -18,16 +18,18 @@ log = start_script(sm, "bench_table")
 spec = sm.params.bench
 infos = {json.loads(Path(p).read_text())["method"]: json.loads(Path(p).read_text()) for p in sm.input.infos}
 rows = []
-for method, scores, sets, judged in zip(sm.params.methods, sm.input.scores, sm.input.sets, sm.input.judged, strict=True):
-    per_image, judged_t, set_values = read_table(scores), read_table(judged), json.loads(Path(sets).read_text())
+for method, scores, sets, judged, fg in zip(sm.params.methods, sm.input.scores, sm.input.sets, sm.input.judged, sm.input.fgclip2,
+                                           strict=True):
+    per_image, judged_t, set_values, fg_t = read_table(scores), read_table(judged), json.loads(Path(sets).read_text()), read_table(fg)
     info = infos.get(method, {})
     generated_smoke = bool(info.get("smoke", False))
     smoke = dict(set_values.get("smoke", {}))
+    smoke["fgclip2"] = bool(fg_t["fgclip2_smoke"].any()) if len(fg_t) else False
     smoke.update(msfi=bool(judged_t["smoke"].any()) if len(judged_t) else False, ics=bool(judged_t["smoke"].any()) if len(judged_t) else False)
     if generated_smoke:  # every column of a tiny generator's images is smoke
         smoke = {k: True for k, _ in bench.TABLE_COLUMNS}
     resolution = str(spec["methods"][method].get("resolution", ""))
-    rows.append(bench.method_row(method, resolution, per_image, judged_t, set_values, smoke))
+    rows.append(bench.method_row(method, resolution, per_image, judged_t, set_values, smoke, fgclip2=fg_t))
 table = pd.DataFrame(rows)
 out = Path(sm.output.table).with_suffix("")
 benchmark_rows = read_benchmark(sm.input.benchmark)

@@ -22,22 +22,29 @@ from pixverve.bench_inputs import BenchItem  # noqa: E402
 from pixverve.vlm import VLMClient, VLMSettings, decode_data_url  # noqa: E402
 
 
-def test_fid_patch_crops_are_the_seeded_sequence_pair_by_pair_x_then_y():
+def test_fid_patch_crops_are_the_seeded_sequence_pair_by_pair_top_then_left():
     coords = bench.fid_patch_coordinates(3, size=1000, crop=299, per_pair=20, seed=42)
-    random.seed(42)  # the published procedure: Python's random, seeded once
-    expected = [[(random.randint(0, 701), random.randint(0, 701)) for _ in range(20)] for _ in range(3)]
+    random.seed(42)  # the published procedure (eval/metrics.py): Python's random seeded once, top drawn first
+    expected = []
+    for _ in range(3):
+        pair = []
+        for _ in range(20):
+            top = random.randint(0, 701)
+            left = random.randint(0, 701)
+            pair.append((left, top))  # (x, y)
+        expected.append(pair)
     assert coords == expected
     assert all(0 <= x <= 701 and 0 <= y <= 701 for pair in coords for x, y in pair)
     with pytest.raises(ValueError, match="larger than the resized image"):
         bench.fid_patch_coordinates(1, size=256, crop=299)
 
 
-def test_fid_patch_draw_order_is_a_config_key():
-    """y first is the other reading of "Python random seeded 42 once"; it moves every crop."""
+def test_fid_patch_draw_order_xy_is_a_config_key():
+    """x first was our earlier reading; it moves every crop."""
     random.seed(42)
-    yx = [[tuple(reversed((random.randint(0, 701), random.randint(0, 701)))) for _ in range(5)] for _ in range(2)]
-    assert bench.fid_patch_coordinates(2, size=1000, per_pair=5, order="yx") == yx
-    assert yx != bench.fid_patch_coordinates(2, size=1000, per_pair=5)
+    xy = [[(random.randint(0, 701), random.randint(0, 701)) for _ in range(5)] for _ in range(2)]
+    assert bench.fid_patch_coordinates(2, size=1000, per_pair=5, order="xy") == xy
+    assert xy != bench.fid_patch_coordinates(2, size=1000, per_pair=5)
     with pytest.raises(ValueError, match="order"):
         bench.fid_patch_coordinates(1, size=1000, order="x-first")
 
@@ -61,7 +68,7 @@ def test_fid_patch_of_a_set_with_itself_is_zero(tmp_path):
     assert abs(same) < 1e-2 and differ > 1.0
 
 
-def test_clip_score_is_100_times_the_clamped_cosine():
+def test_clip_score_is_100_times_the_cosine_of_the_full_image():
     import torch
 
     scorer = bench.ClipScorer({"backend": "tiny"})
@@ -74,20 +81,57 @@ def test_clip_score_is_100_times_the_clamped_cosine():
         txt = scorer.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         img, txt = (getattr(t, "pooler_output", t)[0].double() for t in (img, txt))
         cos = float(img @ txt / (img.norm() * txt.norm()))
-    assert got == pytest.approx(100 * max(cos, 0.0), abs=1e-4)
-    assert scorer.smoke and got >= 0.0
+    assert got == pytest.approx(100 * cos, abs=1e-4)  # unclamped: the clamp is on batch means
+    assert scorer.smoke
 
 
-MSFI_GLOBAL = {"SC": 5, "PI": 4, "LC": 3, "CH": 2}
-MSFI_LOCAL = {"NGE": 5, "GA": 4, "TF": 5, "MGC": 5, "SC": 3}
+def test_clip_score_clamps_each_batch_mean_of_four_then_averages():
+    raw = [10.0, -30.0, 5.0, 5.0, 40.0]
+    # batch 1: mean -2.5 -> 0; batch 2: 40 -> (0 + 40) / 2 = 20 (per-image clamping would give 12)
+    assert bench.clip_score_of_batches(raw) == pytest.approx(20.0)
+    assert bench.clip_score_of_batches([1.0, 2.0, 3.0], batch=2) == pytest.approx((1.5 + 3.0) / 2)
+    assert math.isnan(bench.clip_score_of_batches([]))
+
+
+def test_score_method_hands_the_full_image_to_the_models(tmp_path):
+    from pixverve.annotate import fit_within
+
+    rgb = np.random.default_rng(6).integers(0, 256, (1100, 1500, 3), dtype=np.uint8)
+    path = tmp_path / "g.png"
+    Image.fromarray(rgb).save(path)
+    clip = bench.ClipScorer({"backend": "tiny"})
+    row = bench.score_method([BenchItem("g", path, path, "a dog", "")], None, clip, 1000.0).iloc[0]
+    assert row["clip_raw"] == pytest.approx(clip.score(rgb, "a dog"), abs=1e-6)
+    assert row["clip_raw"] != pytest.approx(clip.score(fit_within(rgb, 1024), "a dog"), abs=1e-6)  # not the old 1024 px copy
+    assert (row["width"], row["height"]) == (1500, 1100)
+    # GLCM reads PIL's "L" grey (published), which is not OpenCV's BT.601 fixed point on every pixel
+    from pixverve.glcm import glcm_score
+    from pixverve.images import grey_luma
+
+    pil_l = np.asarray(Image.open(path).convert("L"))
+    assert row["glcm"] == glcm_score(pil_l) and glcm_score(grey_luma(rgb)) != glcm_score(pil_l)
+
+
+MSFI_GLOBAL = {"SC-global": 5, "PI": 4, "LC": 3, "CH": 2}
+MSFI_LOCAL = {"NGE": 5, "GA": 4, "TF": 5, "MGC": 5, "SC-local": 3}
 ICS = {"IEV": 9, "AAA": 8, "SRA": 6}
+PAPER_JUDGE = {"temperature": 0.1, "max_tokens": 8192, "response_format": "json_object",
+               "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}
 
 
 def _text(body):
     return next(c["text"] for c in body["messages"][-1]["content"] if c["type"] == "text")
 
 
-def test_judge_calls_and_the_formulas(tmp_path, repo_root, demo_config):
+def _judge_spec(demo_config, **extra):
+    spec = json.loads(json.dumps(demo_config["bench"]["judge"]))
+    spec.update(extra)
+    return spec
+
+
+def test_judge_calls_and_the_published_aggregation(tmp_path, repo_root, demo_config, monkeypatch):
+    from pixverve.bench_prompts import load_judge_prompts
+
     seen = []
 
     def responder(body):
@@ -96,32 +140,140 @@ def test_judge_calls_and_the_formulas(tmp_path, repo_root, demo_config):
         if "whole of an AI-generated image" in text:
             return "<json>" + json.dumps(MSFI_GLOBAL) + "</json>"
         if "one region of an AI-generated" in text:
-            return "<json>" + json.dumps(MSFI_LOCAL) + "</json>"
+            # the 2nd and 3rd local calls fail: left out of S_l
+            return "no json" if any(c in text for c in fail_at) else "<json>" + json.dumps(MSFI_LOCAL) + "</json>"
         return "<json>" + json.dumps(ICS) + "</json>"
 
     rng = np.random.default_rng(2)
     path = tmp_path / "g.jpg"
-    Image.fromarray(rng.integers(0, 256, (1800, 2600, 3), dtype=np.uint8)).save(path, quality=95)  # 15 patches on the grid
+    Image.fromarray(rng.integers(0, 256, (1800, 2600, 3), dtype=np.uint8)).save(path, quality=95)
     item = BenchItem("g", path, path, "short", "a long caption about a cat")
-    spec = demo_config["bench"]["judge"]
-    prompts = {k: (repo_root / spec[f"{k}_prompt"]).read_text() for k in ("msfi_global", "msfi_local", "ics")}
+    monkeypatch.chdir(repo_root)
+    spec = _judge_spec(demo_config)
+    prompts = load_judge_prompts(spec)
+    fail_at = []
     with FakeOpenAI(responder=responder) as server:
-        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=1))
+        first = bench.judge_requests(item, np.asarray(Image.open(path).convert("RGB")), prompts, spec)[2]
+        fail_at = [str(p["relative"]) for p in first[1:3]]
+        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=0, **PAPER_JUDGE))
         judge.smoke = False
-        table = judge_table = bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None)
+        table = bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None)
     row = table.iloc[0]
     s_g = (5 * 5 + 4 * 3 + 3 * 2 + 2 * 2) / 12
-    s_l = (5 * 2 + 4 * 3 + 5 * 5 + 5 * 2 + 3 * 2) / 14
+    s_l = (5 * 2 + 4 * 3 + 5 * 5 + 5 * 2 + 3 * 2) / 14  # the failed calls are not counted as 3
+    assert row["valid_patches"] == 8 and row["msfi_included"]
     assert row["msfi"] == pytest.approx(s_g + s_g / 5 * s_l)
     assert row["ics"] == pytest.approx(math.sqrt(0.9) * (0.6 * 8 + 0.4 * 6))
     assert len(seen) == 12 and len(json.loads(row["patches"])) == 10  # 1 global + 10 local + ICS
     local = [b for b in seen if "one region" in _text(b)]
-    assert all(re.search(r"x 0\.\d{3}-[01]\.\d{3}, y", _text(b)) for b in local)  # relative coordinates given
-    patch = decode_data_url(local[0]["messages"][-1]["content"][0]["image_url"]["url"])
+    for body in local:  # the prompt first, then the patch and the global view; relative box [x0, y0, x1, y1]
+        content = body["messages"][-1]["content"]
+        assert content[0]["type"] == "text" and [c["type"] for c in content[1:]] == ["image_url", "image_url"]
+        assert re.search(r"\[0\.\d+, 0\.\d+, [01]\.?\d*, [01]\.?\d*\]", _text(body))
+    patch = decode_data_url(local[0]["messages"][-1]["content"][1]["image_url"]["url"])
     assert patch.shape[:2] == (512, 512)  # full-resolution patch (long edge < 7680: 512 px)
+    g_view = decode_data_url(local[0]["messages"][-1]["content"][2]["image_url"]["url"])
+    assert g_view.shape[:2] == (int(1800 * 2048 / 2600), 2048)  # 1417: truncated, not rounded (1418)
     ics_body = next(b for b in seen if "follows its prompt" in _text(b))
     assert "a long caption about a cat" in _text(ics_body)
-    assert judge_table["smoke"].eq(False).all()
+    # request options as published: json_object on MSFI calls only, no thinking, 8192 tokens at 0.1
+    assert all(b["response_format"] == {"type": "json_object"} for b in seen if b is not ics_body)
+    assert "response_format" not in ics_body
+    assert all(b["chat_template_kwargs"] == {"enable_thinking": False} and b["max_tokens"] == 8192 and b["temperature"] == 0.1
+               for b in seen)
+    assert table["smoke"].eq(False).all()
+
+
+def test_images_without_a_valid_reply_are_left_out_and_counted(tmp_path, repo_root, demo_config, monkeypatch):
+    from pixverve.bench_prompts import load_judge_prompts
+
+    def responder(body):
+        text = _text(body)
+        bad = state["image"] == "g1"
+        if "whole of an AI-generated image" in text:
+            return "nothing" if bad else json.dumps(MSFI_GLOBAL)
+        if "one region of an AI-generated" in text:
+            return json.dumps(MSFI_LOCAL)
+        return '{"IEV": 9, "AAA": 8}' if bad else json.dumps(ICS)  # SRA missing: no ICS
+
+    state = {}
+    items = []
+    for k in range(2):
+        path = tmp_path / f"g{k}.png"
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (600, 900, 3), dtype=np.uint8)).save(path)
+        items.append(BenchItem(f"g{k}", path, path, "s", "a cat"))
+    monkeypatch.chdir(repo_root)
+    spec = _judge_spec(demo_config)
+    prompts = load_judge_prompts(spec)
+    rows = []
+    with FakeOpenAI(responder=responder) as server:
+        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, **PAPER_JUDGE))
+        judge.smoke = False
+        for item in items:
+            state["image"] = item.name
+            rows.append(bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None))
+    judged = pd.concat(rows, ignore_index=True)
+    assert list(judged["msfi_included"]) == [True, False] and list(judged["ics_included"]) == [True, False]
+    row = bench.method_row("m", "4K", pd.DataFrame({"aesthetics": [1.0], "glcm": [2.0]}), judged, {"images": 2, "clip": 30.0}, {})
+    assert (row["msfi_images"], row["ics_images"]) == (1, 1)
+    assert row["msfi"] == pytest.approx(float(judged["msfi"][0])) and row["ics"] == pytest.approx(float(judged["ics"][0]))
+    assert row["clip"] == 30.0  # the published batch aggregation, from sets.json
+
+
+STAND_IN = '''
+def build_global_eval_prompt():
+    return "GLOBAL whole of an AI-generated image"
+
+
+def build_local_eval_prompt(relative_coords):
+    return f"LOCAL one region of an AI-generated image at {relative_coords}"
+
+
+def build_ICS_eval_prompt(long_caption):
+    return f"ICS follows its prompt: {long_caption}"
+'''
+
+
+def test_published_prompts_come_from_the_named_checkout(tmp_path):
+    from pixverve.bench_prompts import PromptsUnavailable, judge_prompt_files, load_judge_prompts
+
+    (tmp_path / "eval" / "util").mkdir(parents=True)
+    (tmp_path / "eval" / "util" / "build_prompts.py").write_text(STAND_IN)
+    for folder in (tmp_path, tmp_path / "eval"):  # the repository root or its eval folder
+        prompts = load_judge_prompts({"prompts": "published", "published_eval": str(folder)})
+        assert prompts.mode == "published" and prompts.msfi_global() == "GLOBAL whole of an AI-generated image"
+        assert prompts.msfi_local([0.1, 0.2, 0.3, 0.4]) == "LOCAL one region of an AI-generated image at [0.1, 0.2, 0.3, 0.4]"
+        assert prompts.ics("a cat") == "ICS follows its prompt: a cat"
+    assert judge_prompt_files({"prompts": "published", "published_eval": str(tmp_path)}) == [
+        str(tmp_path / "eval" / "util" / "build_prompts.py")]
+    for missing in (None, str(tmp_path / "nope")):
+        with pytest.raises(PromptsUnavailable, match=r"bench\.judge\.published_eval.*git clone https://github.com/HaojunChen663/PixVerve-95K"):
+            load_judge_prompts({"prompts": "published", "published_eval": missing})
+    with pytest.raises(PromptsUnavailable, match="bench.judge.prompts"):
+        judge_prompt_files({"prompts": "theirs"})
+
+
+def test_fgclip2_lower_cases_the_caption_and_names_its_env_on_import_error(tmp_path, monkeypatch):
+    import transformers
+
+    scorer = bench.FGClip2Scorer({"backend": "tiny"})
+    seen, tokenizer = [], scorer.tokenizer
+
+    def recording(texts, **kw):  # the tiny tokenizer folds case itself: record what it is given
+        seen.extend(texts)
+        return tokenizer(texts, **kw)
+
+    scorer.tokenizer = recording
+    rgb = np.random.default_rng(4).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    scorer.score(rgb, "A RED Cat on the Sofa")
+    assert seen == ["a red cat on the sofa"]
+
+    def old_model_code(*_a, **_k):
+        raise ImportError("No module named 'transformers.modeling_attn_mask_utils'")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", old_model_code)
+    with pytest.raises(bench.FGClip2EnvError, match=r"envs/fgclip2\.yaml"):
+        bench.FGClip2Scorer({"backend": "fgclip2", "model": str(tmp_path)})
 
 
 def test_table_marks_the_best_per_column_and_smoke_per_cell(tmp_path):
@@ -187,3 +339,14 @@ def test_changed_generation_settings_discard_the_old_images(tmp_path):
     assert again["generated"] == 0  # same settings: kept
     other = generate_method(rows, {"backend": "degrade", "factor": 2}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None)
     assert other["generated"] == 1 and (tmp_path / "m" / "abc.jpg").read_bytes() != first  # new settings: remade
+
+
+def test_paper_config_defaults_are_the_published_code(repo_root, demo_config):
+    from pixverve.config import load_yaml
+
+    b = load_yaml(repo_root / "config.yaml")["bench"]
+    assert b["fid"]["resample"] == "bilinear" and b["fid_patch"]["order"] == "yx" and b["clip"]["batch"] == 4
+    j = b["judge"]
+    assert j["prompts"] == "published" and j["published_eval"] is None and j["jpeg_quality"] == 98
+    assert {k: j["vlm"][k] for k in PAPER_JUDGE} == PAPER_JUDGE and j["ics_response_format"] is False
+    assert demo_config["bench"]["judge"]["prompts"] == "ours"  # the demo has no published checkout

@@ -79,3 +79,40 @@ def test_fid_for_pairs_on_image_files(fid_weights, tmp_path):
     same = fid_for_pairs(items_same, fid_weights, size=128)
     other = fid_for_pairs(items_other, fid_weights, size=128)
     assert abs(same) < 1e-2 and other > 1.0
+
+
+def test_fid_resize_is_torchvisions_default_on_a_pil_image(tmp_path):
+    """The published fid_preprocess: TF.resize(pil, (s, s)) (default interpolation), centre crop,
+    to_tensor * 255 -> uint8.  Ours must give the same integers; the old default (bicubic) does not."""
+    import inspect
+
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from pixverve.fid import fid_for_pairs, square_uint8
+
+    rgb = _photos(1, 200).permute(0, 2, 3, 1).numpy()[0]
+    rgb = np.ascontiguousarray(np.concatenate([rgb, rgb[:, :90]], axis=1))  # 290 x 200: not square
+    path = tmp_path / "p.png"
+    Image.fromarray(rgb).save(path)
+    img = TF.center_crop(TF.resize(Image.open(path).convert("RGB"), (128, 128)), (128, 128))
+    published = (TF.to_tensor(img) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    default = inspect.signature(fid_for_pairs).parameters["resample"].default
+    assert np.array_equal(square_uint8(path, 128, default, 100.0), published)
+    assert not np.array_equal(square_uint8(path, 128, "bicubic", 100.0), published)
+
+
+def test_fewer_than_two_images_is_a_clear_error_naming_method_and_count(fid_weights, tmp_path):
+    from PIL import Image
+
+    from pixverve import bench
+    from pixverve.bench_inputs import BenchItem
+    from pixverve.fid import TooFewImages, fid_for_pairs
+
+    path = tmp_path / "one.png"
+    Image.fromarray(_photos(1, 64).permute(0, 2, 3, 1).numpy()[0]).save(path)
+    items = [BenchItem("one", path, path, "", "")]
+    with pytest.raises(TooFewImages, match=r"FID of method 'm-x' needs at least 2 image pairs, got 1"):
+        fid_for_pairs(items, fid_weights, size=64, method="m-x")
+    with pytest.raises(TooFewImages, match=r"FID_patch of method 'm-x' .* got 0"):
+        bench.fid_patch([], fid_weights, 320, 299, 2, 42, method="m-x")

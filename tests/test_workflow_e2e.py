@@ -120,7 +120,7 @@ def test_training_checkpoints_samples_and_bench_rows(run_a):
     table = pd.read_csv(run_a / "paper_figures/bench_table.csv")
     assert {"ours-scheme1", "ours-scheme3"} <= set(table["method"])
     sets = json.loads((run_a / "results/bench/ours-scheme1/sets.json").read_text())
-    assert sets["fid_patch_order"] == "xy" and sets["fid_patch_size"] == 512  # the unpublished reading is on record
+    assert sets["fid_patch_order"] == "yx" and sets["fid_patch_size"] == 512  # the published draw order, on record
 
 
 def test_second_run_does_nothing(run_a):

@@ -1,0 +1,24 @@
+"""Rule bench_fgclip2: FG-CLIP2 score (long caption) per image of one benchmark method, in its own
+env (envs/fgclip2.yaml: FG-CLIP2's own model code needs transformers 4.x)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
+from pixverve import bench  # noqa: E402
+from pixverve.bench_inputs import pair_method, read_benchmark  # noqa: E402
+from pixverve.tables import write_table  # noqa: E402
+from pixverve.workflow import start_script  # noqa: E402
+
+sm = snakemake  # noqa: F821
+log = start_script(sm, "bench_fgclip2")
+spec = sm.params.bench
+items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.params.images)
+scorer = bench.FGClip2Scorer(spec["fgclip2"]) if spec["fgclip2"]["backend"] != "none" else None
+if scorer is None:
+    import pandas as pd
+
+    table = pd.DataFrame({"name": [i.name for i in items], "fgclip2": float("nan"), "fgclip2_smoke": False, "fgclip2_model": ""})
+else:
+    table = bench.fgclip2_method(items, scorer, float(sm.params.max_megapixels), log=log.info)
+write_table(table, sm.output[0], sort_by=["name"])
