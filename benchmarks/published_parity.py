@@ -22,6 +22,10 @@ Runs, with the published functions (imported from the folder given) and ours:
 
 Left out (they need a download): aesthetics (openai-clip ViT-L/14), CLIPScore (CLIP ViT-B/16),
 FG-CLIP2.  Prints per metric both values and the relative difference.
+
+Without the folder, ``--quick`` runs our side alone (the same images, metrics and fake judge, our
+prompts): what CI runs so that this script cannot rot where no published checkout exists.  It
+compares nothing and its values are not results.
 """
 
 from __future__ import annotations
@@ -252,19 +256,64 @@ def math_ics(r: dict) -> float:
     return math.sqrt(r["IEV"] / 10.0) * (0.6 * r["AAA"] + 0.4 * r["SRA"])  # the published formula, unrounded
 
 
+def ours_only(weights, folder: Path, names, reals, gens, size: int) -> list[str]:
+    """Our metrics on the parity images, with no published code to compare with (CI's --quick)."""
+    from fake_openai import FakeOpenAI
+    from PIL import Image
+
+    from pixverve import bench, images
+    from pixverve.bench import pil_grey
+    from pixverve.bench_inputs import BenchItem
+    from pixverve.bench_prompts import load_judge_prompts
+    from pixverve.bench_scores import msfi_layout
+    from pixverve.config import load_config
+    from pixverve.fid import fid_for_pairs
+    from pixverve.glcm import glcm_score
+    from pixverve.vlm import VLMClient, VLMSettings
+
+    items = [BenchItem(n, r, g, n, f"a photograph of {n}") for n, r, g in zip(names, reals, gens, strict=True)]
+    out = [f"{'FID':<22} ours {fid_for_pairs(items, weights, size=size, method='parity'):>16.10f}",
+           f"{'FID_patch':<22} ours {bench.fid_patch(items, weights, size, 299, 20, 42, 'cpu', method='parity'):>16.10f}",
+           f"{'GLCM':<22} ours {np.mean([glcm_score(pil_grey(images.read_rgb(p, 1000.0)[0])) for p in gens]):>16.10f}"]
+    for name, path in zip(names, gens, strict=True):
+        _, patches = msfi_layout(Image.fromarray(images.read_rgb(path, 1000.0)[0]), our_seed(name))
+        out.append(f"MSFI patches {name:<20} {len(patches)}")
+    spec = load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")["bench"]["judge"]
+    spec = {**spec, **{k: str(ROOT / v) for k, v in spec.items() if k.endswith("_prompt")}}
+    with FakeOpenAI(responder=fake_reply) as server:
+        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, response_format="json_object"))
+        judge.smoke = False
+        judged = bench.judge_method(items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None)
+    out.append(f"MSFI images scored {int(judged['msfi_included'].sum())}/{len(items)}, "
+               f"ICS images scored {int(judged['ics_included'].sum())}/{len(items)} (fake judge, our prompts)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("published_eval", type=Path, help="the eval/ folder of a PixVerve-95K checkout")
+    ap.add_argument("published_eval", type=Path, nargs="?",
+                    help="the eval/ folder of a PixVerve-95K checkout (without it, --quick runs our side alone)")
     ap.add_argument("--quick", action="store_true", help="3 images blown up 2x (not 6 at 4x)")
     ap.add_argument("--size", type=int, default=512, help="FID / FID_patch size (paper: 4096)")
     ap.add_argument("--keep", type=Path, help="keep the images and replies in this folder")
     args = ap.parse_args()
+    from pixverve.fid import convert_fid_weights, fid_helper_torchscript
+
+    if args.published_eval is None:
+        if not args.quick:
+            sys.exit("give the published eval folder: git clone https://github.com/HaojunChen663/PixVerve-95K, "
+                     "then pass PixVerve-95K/eval (or --quick alone to run our side only)")
+        with tempfile.TemporaryDirectory(prefix="pv-parity-") as tmp:
+            names, reals, gens = make_images(Path(tmp) / "images", 2, 2)
+            weights = convert_fid_weights(fid_helper_torchscript(), Path(tmp) / "fid_inception_v3.pth")
+            print("\n".join(["no published checkout given: our side only (nothing compared; not results)",
+                             *ours_only(weights, Path(tmp), names, reals, gens, 320)]))
+        return
     eval_dir = args.published_eval.resolve()
     if (eval_dir / "eval" / "metrics.py").is_file():
         eval_dir = eval_dir / "eval"
     if not (eval_dir / "metrics.py").is_file():
         sys.exit(f"{eval_dir}: no metrics.py -- git clone https://github.com/HaojunChen663/PixVerve-95K and pass PixVerve-95K/eval")
-    from pixverve.fid import convert_fid_weights, fid_helper_torchscript
 
     with tempfile.TemporaryDirectory(prefix="pv-parity-") as tmp:
         folder = args.keep or Path(tmp)
