@@ -92,7 +92,7 @@ def check_train_config(config: dict) -> None:
         if spec["scheme"] == "l2p" and merged.get("lora"):
             raise ValueError(f"config key train.runs.{run}.lora: LoRA is offered for the FLUX.2 schemes (I, II), not L2P")
         if spec["scheme"] == "window":
-            from .train_models import window_settings
+            from .train_patterns import window_settings
 
             for res in spec["resolutions"]:
                 try:
