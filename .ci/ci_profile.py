@@ -32,8 +32,9 @@ profile["resources"] = {"mem_mb": 8000, "gpu": 2}
 # the CI cluster's partitions (slurm-cluster.sh): the same names and roles as the shipped file
 partitions = yaml.safe_load((site / "partitions.yaml").read_text())["partitions"]
 assert set(partitions) == {"cpu", "gpu"}, partitions
-partitions["cpu"].update(max_threads=2, max_mem_mb=8000)
-partitions["gpu"].update(max_threads=2, max_mem_mb=8000, max_gpu=2)
+# no time limit there (MaxTime=INFINITE): a group laid out in series on 2 CPUs sums its runtimes
+partitions["cpu"].update(max_threads=2, max_mem_mb=8000, max_runtime=100000)
+partitions["gpu"].update(max_threads=2, max_mem_mb=8000, max_gpu=2, max_runtime=100000)
 (site / "partitions.yaml").write_text(yaml.safe_dump({"partitions": partitions}, sort_keys=False))
 
 wf_dest.mkdir(parents=True, exist_ok=True)
