@@ -44,7 +44,8 @@ check() {  # check LOGNAME PARTITION GPU(yes|no): every SLURM job of that rule/g
   local n=0
   while read -r id; do
     n=$((n + 1))
-    read -r part tres < <(sacct -X -n -P -j "$id" -o Partition,AllocTRES | tr '|' ' ')
+    part=$(sacct -X -n -P -j "$id" -o Partition | head -n 1)
+    tres=$(sacct -X -n -P -j "$id" -o AllocTRES | head -n 1)  # gres/gpu=N: AccountingStorageTRES
     if [ "$part" != "$2" ] || { [ "$3" = yes ] && [[ "$tres" != *gres/gpu* ]]; } ||
       { [ "$3" = no ] && [[ "$tres" == *gres/gpu* ]]; }; then
       echo "WRONG PLACE: $1 job $id in partition $part holding $tres (expected $2, GPU $3)"; status=1
