@@ -136,11 +136,18 @@ NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$gpus Stat
 PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
 EOF
-  # GPUs as a generic resource with a count only (no device files, no detection): SLURM
-  # schedules and hands them to job steps like real ones; the jobs' code runs on the CPU
+  # GPUs as a generic resource, no detection: SLURM schedules and hands them to job steps like
+  # real ones (SLURM_GPUS_ON_NODE, CUDA_VISIBLE_DEVICES); the jobs' code runs on the CPU.  SLURM
+  # 22.05 counts a gpu without File= as 0 (node INVALID: "gres/gpu count reported lower than
+  # configured"), so each GPU is a null character device named like a GPU's (a regular file
+  # also counts, with an error in slurmd's log, where mknod is not allowed).
+  mkdir -p "$dir/dev"
+  for i in $(seq 0 $((gpus - 1))); do
+    mknod "$dir/dev/nvidia$i" c 1 3 2>/dev/null || touch "$dir/dev/nvidia$i"
+  done
   cat >"$dir/etc/gres.conf" <<EOF
 AutoDetect=off
-NodeName=$host Name=gpu Count=$gpus
+NodeName=$host Name=gpu File=$dir/dev/nvidia[0-$((gpus - 1))]
 EOF
   # The Snakemake SLURM plugin unsets every SLURM_* variable (SLURM_CONF included) before it
   # submits, so jobs find the config only at the default path, as on a real cluster: link it.
