@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: demo test lint report clean-demo
+.PHONY: demo test lint report clean-demo slurm-profile
 
 $(BIN)/.installed: requirements.txt constraints.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,16 @@ report: $(BIN)/.installed
 
 clean-demo:
 	rm -rf results resources/demo_pool logs .snakemake
+
+# The site profile as `--profile slurm` finds it: Snakemake looks a bare profile name up in the
+# user's config folder ($XDG_CONFIG_HOME/snakemake, default ~/.config/snakemake).  An installed
+# profile is never overwritten (it holds your edits); remove it to reinstall.
+SLURM_PROFILE_DIR ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
+.PHONY: slurm-profile
+slurm-profile:
+	@if [ -e "$(SLURM_PROFILE_DIR)/config.yaml" ]; then \
+	  echo "$(SLURM_PROFILE_DIR) exists: kept (remove it to reinstall)"; \
+	else \
+	  mkdir -p "$(SLURM_PROFILE_DIR)" && cp profiles/slurm/config.yaml profiles/slurm/partitions.yaml "$(SLURM_PROFILE_DIR)/" && \
+	  echo "installed $(SLURM_PROFILE_DIR): edit the lines marked EDIT, then: snakemake --profile slurm"; \
+	fi

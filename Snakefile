@@ -1,7 +1,7 @@
 # PixVerve: native 100 MP text-to-image data curation, training and benchmark.
 # Targets only; the rules live in rules/*.smk and the science in the pixverve package.
 #   snakemake --cores 2 --configfile configs/demo.yaml   # the bundled demo, CPU, minutes
-#   snakemake --profile profiles/slurm                   # the paper's run on a cluster
+#   snakemake --profile slurm                   # the paper's run on a cluster
 import os
 
 

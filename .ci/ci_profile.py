@@ -1,31 +1,46 @@
-"""Write the CI overlay of profiles/slurm: the real profile with only the cluster-specific lines
-changed (the ones marked EDIT), conda dropped (no channels here), and resources fitted to the
-one-node CI cluster.  Usage: python .ci/ci_profile.py SRC_PROFILE_DIR DEST_PROFILE_DIR PARTITION
+"""Fit the installed `slurm` profile and the workflow profile to the one-node CI cluster.
+
+Usage: python .ci/ci_profile.py SITE_PROFILE_DIR WORKFLOW_PROFILE_SRC WORKFLOW_PROFILE_DEST
+
+SITE_PROFILE_DIR is what `make slurm-profile` installed (profiles/slurm as shipped): only its
+site lines change (the account, the partitions file) plus what a 2-CPU node without conda needs
+(conda off: no channels here; threads capped; global limits that make Snakemake lay a group out
+to fit the node).  The workflow profile (profiles/default) is copied with memory capped to the
+node; everything else in it -- threads, runtimes, groups, retries -- stays as shipped.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
 import yaml
 
-src, dest, partition = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-profile = yaml.safe_load((src / "config.yaml").read_text())
+site, wf_src, wf_dest = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+profile = yaml.safe_load((site / "config.yaml").read_text())
 profile.pop("software-deployment-method", None)  # conda cannot reach its channels in CI
 profile.pop("conda-frontend", None)
-profile["default-resources"].update(slurm_partition=partition, mem_mb=1000, runtime=30)
-profile["default-resources"].pop("slurm_account", None)  # the plugin finds root's account
-for rule, res in profile.get("set-resources", {}).items():
-    if "slurm_partition" in res:
-        res["slurm_partition"] = partition  # the one CI partition (GPU partitions included)
-    if "mem_mb" in res:
-        res["mem_mb"] = min(int(res["mem_mb"]), 2000)  # the CI node has 24 GB
-    res.pop("gpu_model", None)  # the CI node has no GPU; the demo's models run on the CPU
-profile["set-threads"] = {rule: min(int(n), 2) for rule, n in profile.get("set-threads", {}).items()}
-# Group jobs sum the resources of the jobs they run in parallel; these global limits make
-# Snakemake lay a group out to fit one 2-CPU node (jobs run in series inside the allocation).
-profile["cores"] = 2
-profile["resources"] = {"mem_mb": 8000}
+profile["default-resources"]["slurm_account"] = "ci"  # the account slurm-cluster.sh creates
+profile["default-resources"]["mem_mb"] = 1000
 profile["slurm-init-seconds-before-status-checks"] = 4
 profile["keep-going"] = False
-dest.mkdir(parents=True, exist_ok=True)
-(dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+# Group jobs sum the resources of the jobs they run in parallel; these global limits make
+# Snakemake lay a group out to fit one 2-CPU node with 2 (declared) GPUs.
+profile["cores"] = 2
+profile["max-threads"] = 2
+profile["resources"] = {"mem_mb": 8000, "gpu": 2}
+(site / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+# the CI cluster's partitions (slurm-cluster.sh): the same names and roles as the shipped file
+partitions = yaml.safe_load((site / "partitions.yaml").read_text())["partitions"]
+assert set(partitions) == {"cpu", "gpu"}, partitions
+# no time limit there (MaxTime=INFINITE): a group laid out in series on 2 CPUs sums its runtimes
+partitions["cpu"].update(max_threads=2, max_mem_mb=8000, max_runtime=100000)
+partitions["gpu"].update(max_threads=2, max_mem_mb=8000, max_gpu=2, max_runtime=100000)
+(site / "partitions.yaml").write_text(yaml.safe_dump({"partitions": partitions}, sort_keys=False))
+
+wf_dest.mkdir(parents=True, exist_ok=True)
+workflow = yaml.safe_load((wf_src / "config.yaml").read_text())
+for res in workflow.get("set-resources", {}).values():
+    if "mem_mb" in res:
+        res["mem_mb"] = min(int(res["mem_mb"]), 2000)  # the CI node has 24 GB
+(wf_dest / "config.yaml").write_text(yaml.safe_dump(workflow, sort_keys=False))
+shutil.copymode(wf_src / "config.yaml", wf_dest / "config.yaml")

@@ -29,7 +29,7 @@ stop() {
   done
   [ "$(readlink /run/mysqld/mysqld.sock 2>/dev/null)" = "$dir/run/mysqld.sock" ] && rm -f /run/mysqld/mysqld.sock
   # undo the config links made by `start` (only those pointing into DIR)
-  for f in slurm.conf slurmdbd.conf; do
+  for f in slurm.conf slurmdbd.conf gres.conf; do
     if [ "$(readlink "/etc/slurm/$f" 2>/dev/null)" = "$dir/etc/$f" ]; then
       rm -f "/etc/slurm/$f"
       [ -e "/etc/slurm/$f.before-ci" ] && mv "/etc/slurm/$f.before-ci" "/etc/slurm/$f"
@@ -60,6 +60,7 @@ start() {
   mkdir -p "$dir"/{etc,run,log,state,spool,db}
   host=$(hostname -s)
   # the node's real CPUs and memory: a larger RealMemory would drain the node
+  gpus=${CI_GPUS:-2}  # declared, not present: see gres.conf below
   read -r cpus mem < <(slurmd -C | awk '/NodeName/ {for (i=1;i<=NF;i++) {split($i,a,"="); if (a[1]=="CPUs") c=a[2]; if (a[1]=="RealMemory") m=a[2]}; print c, m}')
 
   # munge: its key and socket
@@ -127,15 +128,31 @@ SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=ci Nodes=$host Default=YES MaxTime=INFINITE State=UP
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$gpus State=UNKNOWN
+PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
+EOF
+  # GPUs as a generic resource, no detection: SLURM schedules and hands them to job steps like
+  # real ones (SLURM_GPUS_ON_NODE, CUDA_VISIBLE_DEVICES); the jobs' code runs on the CPU.  SLURM
+  # 22.05 counts a gpu without File= as 0 (node INVALID: "gres/gpu count reported lower than
+  # configured"), so each GPU is a null character device named like a GPU's (a regular file
+  # also counts, with an error in slurmd's log, where mknod is not allowed).
+  mkdir -p "$dir/dev"
+  for i in $(seq 0 $((gpus - 1))); do
+    mknod "$dir/dev/nvidia$i" c 1 3 2>/dev/null || touch "$dir/dev/nvidia$i"
+  done
+  cat >"$dir/etc/gres.conf" <<EOF
+AutoDetect=off
+NodeName=$host Name=gpu File=$dir/dev/nvidia[0-$((gpus - 1))]
 EOF
   # The Snakemake SLURM plugin unsets every SLURM_* variable (SLURM_CONF included) before it
   # submits, so jobs find the config only at the default path, as on a real cluster: link it.
   mkdir -p /etc/slurm
-  for f in slurm.conf slurmdbd.conf; do
+  for f in slurm.conf slurmdbd.conf gres.conf; do
     if [ -e "/etc/slurm/$f" ] && [ ! -L "/etc/slurm/$f" ]; then mv "/etc/slurm/$f" "/etc/slurm/$f.before-ci"; fi
     ln -sfn "$dir/etc/$f" "/etc/slurm/$f"
   done
@@ -149,7 +166,7 @@ EOF
   wait_for 30 slurmctld scontrol ping
   /usr/sbin/slurmd -f "$SLURM_CONF"
   wait_for 30 "node $host idle" bash -c "sinfo -h -N -o '%T' | grep -q idle"
-  echo "slurm-cluster: up (SLURM_CONF=$SLURM_CONF, $cpus CPUs, $mem MB)"
+  echo "slurm-cluster: up (SLURM_CONF=$SLURM_CONF, $cpus CPUs, $mem MB, partitions cpu + gpu, gres gpu:$gpus)"
 }
 
 case "$cmd" in

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo workflow through real SLURM (one node, started here), compared with a local run.
-# Covers a CPU rule (index), a grouped rule (screen, 8 shards per SLURM job) and an aggregate
-# rule (dedup).  Daemons are stopped by PID whatever happens; snakemake runs under `timeout`.
+# Covers a CPU rule (index), a grouped rule (screen, shards bundled per SLURM job), an aggregate
+# rule (dedup), and GPU rules in the GPU partition: a grouped one (verify), bench_scores and train.
+# Daemons are stopped by PID whatever happens; snakemake runs under `timeout`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$root/.venv}
@@ -16,20 +17,50 @@ for run in local slurm; do
   mkdir -p "$tmp/$run"
   (cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$tmp/$run")
 done
-configs=(--configfile configs/demo.yaml tests/e2e/config.yaml)
+# .ci/gpu-asks.yaml: the GPU rules ask for GPUs (declared by the cluster, absent: the demo's
+# models run on the CPU, which the "torch sees no GPU" guard allows only with this variable)
+configs=(--configfile configs/demo.yaml tests/e2e/config.yaml .ci/gpu-asks.yaml)
+export PIXVERVE_ALLOW_CPU_FALLBACK=1
 
 echo "== local run"
 (cd "$tmp/local" && timeout -k 10 1200 "$venv/bin/snakemake" --cores 2 "${configs[@]}" -q)
 
-echo "== SLURM run"
-"$venv/bin/python" "$root/.ci/ci_profile.py" "$root/profiles/slurm" "$tmp/slurm/profiles/ci-slurm" ci
-(cd "$tmp/slurm" && timeout -k 10 1500 "$venv/bin/snakemake" --profile profiles/ci-slurm "${configs[@]}") \
+echo "== SLURM run: snakemake --profile slurm, the profile as make slurm-profile installs it"
+export XDG_CONFIG_HOME="$tmp/xdg"
+make -s -C "$tmp/slurm" slurm-profile
+"$venv/bin/python" "$root/.ci/ci_profile.py" "$XDG_CONFIG_HOME/snakemake/slurm" \
+  "$tmp/slurm/profiles/default" "$tmp/slurm/profiles/ci-default"
+(cd "$tmp/slurm" && timeout -k 10 1500 "$venv/bin/snakemake" --profile slurm \
+  --workflow-profile profiles/ci-default "${configs[@]}") \
   >"$tmp/slurm.log" 2>&1 || { tail -n 60 "$tmp/slurm.log"; exit 1; }
 grep "has been submitted with SLURM jobid" "$tmp/slurm.log"
 jobs=$(sacct -X -n -S today -o JobID,JobName,State | grep -c COMPLETED || true)
 echo "sacct: $jobs completed SLURM job(s)"
 [ "$jobs" -ge 3 ] || { echo "expected SLURM jobs for index, screen (grouped) and dedup"; exit 1; }
 grep -q "group_screen_shards" "$tmp/slurm.log" || { echo "the screen jobs were not grouped"; exit 1; }
+# where each job ran and what it held: GPU rules in partition gpu with GPUs, CPU rules in cpu
+status=0
+check() {  # check LOGNAME PARTITION GPU(yes|no): every SLURM job of that rule/group
+  local n=0
+  while read -r id; do
+    n=$((n + 1))
+    part=$(sacct -X -n -P -j "$id" -o Partition | head -n 1)
+    tres=$(sacct -X -n -P -j "$id" -o AllocTRES | head -n 1)  # gres/gpu=N: AccountingStorageTRES
+    if [ "$part" != "$2" ] || { [ "$3" = yes ] && [[ "$tres" != *gres/gpu* ]]; } ||
+      { [ "$3" = no ] && [[ "$tres" == *gres/gpu* ]]; }; then
+      echo "WRONG PLACE: $1 job $id in partition $part holding $tres (expected $2, GPU $3)"; status=1
+    fi
+  done < <(sed -n "s|.*SLURM jobid \([0-9]*\) (log: .*/$1/.*|\1|p" "$tmp/slurm.log")
+  [ "$n" -gt 0 ] || { echo "no SLURM job for $1"; status=1; }
+  echo "$1: $n job(s) in partition $2 (GPU $3)"
+}
+check rule_index cpu no
+check rule_dedup cpu no
+check group_screen_shards cpu no
+check group_verify_shards gpu yes
+check rule_bench_scores gpu yes
+check rule_train gpu yes
+[ "$status" -eq 0 ] || exit 1
 
 echo "== compare tables"
 cd "$tmp/local"

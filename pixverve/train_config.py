@@ -143,5 +143,6 @@ def launch_command(spec: dict, worker_args: list[str]) -> list[str]:
     if nodes > 1:  # one launcher per node; the master is the first host of the allocation
         inner = " ".join(a if a.startswith("$") else shlex.quote(a) for a in cmd)
         script = ("export PIXVERVE_MASTER=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1); " + inner)
-        return ["srun", "--overlap", f"--nodes={nodes}", "--ntasks-per-node=1", "bash", "-c", script]
+        # explicit geometry: an inherited SLURM_NTASKS=1 would otherwise start rank 0 only
+        return ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "bash", "-c", script]
     return cmd

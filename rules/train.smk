@@ -28,8 +28,12 @@ rule train:
     threads: lambda wc: train_threads(wc.run, wc.res)
     resources:
         nodes=lambda wc: train_resources(wc.run, wc.res)["nodes"],
+        # one task per node, launched by the job itself (the plugin's MPI path: no `srun -n1`
+        # wrapper, which would shrink the step to one node and one task)
+        tasks=lambda wc: train_resources(wc.run, wc.res)["nodes"],
+        mpi=lambda wc: "srun" if train_resources(wc.run, wc.res)["nodes"] > 1 else 0,
+        tasks_per_gpu=0,  # else the plugin turns `tasks` into --ntasks-per-gpu
         gres=lambda wc: train_gres(wc.run, wc.res),
-        cpus_per_gpu=lambda wc: train_resources(wc.run, wc.res)["cpus_per_gpu"],
         mem_mb=lambda wc: train_mem_mb(wc.run, wc.res),
         runtime=lambda wc: train_resources(wc.run, wc.res)["runtime"],
     params:

@@ -400,7 +400,8 @@ def test_launch_commands_for_a_cluster():
     spec["resources"].update(nodes=2, gpus_per_node=8)
     spec["distributed"] = {"strategy": "deepspeed", "zero_stage": 2, "port": 29500}
     cmd = launch_command(spec, ["--spec", "s.json", "--out", "o"])
-    assert cmd[:4] == ["srun", "--overlap", "--nodes=2", "--ntasks-per-node=1"]
+    # one task per node, stated explicitly: the step must not inherit a 1-task geometry
+    assert cmd[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
     script = cmd[-1]
     assert "--num_processes 16" in script and "--num_machines 2" in script and "--use_deepspeed" in script
     assert "--machine_rank $SLURM_NODEID" in script and "scontrol show hostnames" in script
@@ -424,7 +425,7 @@ def test_paper_config_train_rules_dry_run(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     text = res.stdout
     assert "train               9" in text.replace("\t", " ") or text.count("rule train:") == 9
-    assert "gres=gpu:8" in text and "nodes=1" in text and "runtime=2880" in text and "cpus_per_gpu=8" in text
+    assert "gres=gpu:8" in text and "nodes=1" in text and "runtime=2880" in text and "tasks=1" in text and "tasks_per_gpu=0" in text
     assert "input: results/dataset/metadata.parquet, results/train/scheme3_l2p/8192/final" in text  # 10K from 8K
 
 

@@ -1,0 +1,46 @@
+"""pixverve.devices: a GPU job whose torch sees no GPU stops with the reason (torch mocked)."""
+
+import pytest
+
+from pixverve import devices
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in (*devices.GPU_ENV, devices.ALLOW_CPU_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_auto_is_cpu_without_a_gpu_job(clean_env):
+    clean_env.setattr("torch.cuda.is_available", lambda: False)
+    assert devices.resolve_device("auto") == "cpu"
+    assert devices.resolve_device("cpu") == "cpu"
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose: a CPU job
+    assert devices.resolve_device("auto") == "cpu"
+
+
+def test_auto_is_cuda_when_torch_sees_one(clean_env):
+    clean_env.setattr("torch.cuda.is_available", lambda: True)
+    clean_env.setenv("SLURM_GPUS_ON_NODE", "1")
+    assert devices.resolve_device("auto") == "cuda"
+    assert devices.resolve_device("cuda:1") == "cuda:1"
+
+
+@pytest.mark.parametrize("var, value", [("SLURM_GPUS_ON_NODE", "1"), ("SLURM_JOB_GPUS", "0,1"),
+                                        ("CUDA_VISIBLE_DEVICES", "0")])
+def test_gpu_job_without_cuda_torch_stops(clean_env, var, value):
+    clean_env.setattr("torch.cuda.is_available", lambda: False)
+    clean_env.setenv(var, value)
+    with pytest.raises(RuntimeError, match=rf"holds a GPU \({var}={value}\).*sees no CUDA device.*CONDA_OVERRIDE_CUDA"):
+        devices.resolve_device("auto")
+    clean_env.setenv(devices.ALLOW_CPU_ENV, "1")  # CI's declared-but-absent GPUs
+    assert devices.resolve_device("auto") == "cpu"
+
+
+def test_explicit_cuda_without_a_gpu_stops(clean_env):
+    clean_env.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="device setting is 'cuda'"):
+        devices.resolve_device("cuda")
+    clean_env.setenv(devices.ALLOW_CPU_ENV, "1")
+    assert devices.resolve_device("cuda") == "cpu"

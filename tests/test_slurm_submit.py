@@ -1,0 +1,175 @@
+"""The sbatch arguments the SLURM executor plugin builds for this workflow's jobs, read from the
+plugin's own submit-string builder and partition selection (tests/slurm_submit.py), no cluster:
+the paper config over a 4-shard index, the shipped profiles (site lines filled in), vLLM started
+in the judges' jobs (so every stage 5 step asks for a GPU) and a 2-node training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+CAPTION_RULES = {"caption_tags", "caption_boxes", "caption_masks", "verify_instances", "caption_instances",
+                 "caption_aesthetics", "caption_text", "caption_records"}
+
+
+def site_profile(dest: Path) -> Path:
+    """The shipped site profile with only its EDIT lines set (and conda off: no channels here)."""
+    dest.mkdir(parents=True)
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    profile.pop("software-deployment-method")
+    profile.pop("conda-frontend")
+    profile["default-resources"]["slurm_account"] = "acct"
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile))
+    shutil.copy(ROOT / "profiles/slurm/partitions.yaml", dest / "partitions.yaml")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def submits(tmp_path_factory):
+    from conftest import copy_workflow
+    from dag_scale import synthetic_index
+
+    from pixverve.index import write_shards
+
+    work = copy_workflow(tmp_path_factory.mktemp("slurm") / "w")
+    shutil.copytree(ROOT / "profiles/default", work / "profiles/default")
+    site = site_profile(work / "site")
+    for folder in ("data/raw/pexels", "data/raw/unsplash"):
+        (work / folder).mkdir(parents=True)
+        past = time.time() - 3600  # older than the index: the index is up to date
+        os.utime(work / folder, (past, past))
+    (work / "resources/weights").mkdir(parents=True)
+    (work / "resources/weights/sac+logos+ava1-l14-linearMSE.pth").touch()
+    write_shards(synthetic_index(16, 4), work / "results/index/index.parquet", work / "results/index/shards")
+    (work / "overlay.yaml").write_text(yaml.safe_dump({
+        "vlm": {"serve": {"enabled": True}},
+        "train": {"enabled": ["scheme3_l2p"], "runs": {"scheme3_l2p": {"resources": {"nodes": 2, "gpus_per_node": 4}}}},
+    }))
+    out = work / "submits.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "tests/slurm_submit.py"), str(out), str(site / "partitions.yaml"), "--",
+         "-n", "--cores", "10000", "--rerun-triggers", "mtime", "--profile", str(site),
+         "--configfile", "config.yaml", "overlay.yaml", "--quiet", "rules"],
+        cwd=work, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "workflow specific profile profiles/default" in res.stderr  # read by itself
+    records = json.loads(out.read_text())
+    limits = yaml.safe_load((site / "partitions.yaml").read_text())["partitions"]
+    return records, limits
+
+
+def flag(sbatch: str, name: str) -> str | None:
+    m = re.search(rf"(?:^| ){re.escape(name)}[= ]?(\S+)", sbatch)
+    return m.group(1) if m else None
+
+
+def gpus_of(sbatch: str) -> int:
+    m = re.search(r"--gpus=(?:\w+:)?(\d+)|--gres=gpu:(?:\w+:)?(\d+)", sbatch)
+    return int(next(g for g in m.groups() if g)) if m else 0
+
+
+def test_every_job_fits_its_partition(submits):
+    records, limits = submits
+    assert {r["name"] for r in records} >= {"dedup", "upscale", "train", "purify_aesthetics"}
+    for r in records:
+        sbatch = r["sbatch"]
+        assert r["partition"] in limits, f"{r['name']}: no partition fits: {sbatch}"
+        lim = limits[r["partition"]]
+        assert f"-p {r['partition']}" in sbatch and " -A acct " in sbatch  # the account, explicit
+        # a job without a GPU never lands in a GPU partition, and never asks `--gpus=<model>:0`
+        assert (gpus_of(sbatch) > 0) == (lim.get("max_gpu", 0) > 0), sbatch
+        assert not re.search(r"--gpus=(\w+:)?0\b", sbatch) and "gpu_model" not in r["resources"]
+        assert "--cpus-per-gpu" not in sbatch  # CPUs as threads: a group would sum a ratio
+        assert int(flag(sbatch, "-t")) <= lim["max_runtime"], sbatch
+        assert int(flag(sbatch, "--cpus-per-task")) <= lim["max_threads"], sbatch
+        assert int(flag(sbatch, "--mem")) <= lim["max_mem_mb"], sbatch
+        assert gpus_of(sbatch) <= lim.get("max_gpu", 0)
+
+
+def test_gpu_rule(submits):
+    records, _ = submits
+    up = next(r for r in records if r["name"] == "upscale")
+    assert up["partition"] == "gpu" and "--gpus=1" in up["sbatch"] and "--cpus-per-task=8" in up["sbatch"]
+    assert up["steps"][0]["srun"] == "srun -n1 --cpus-per-task=8 --gpus=1 --nodes=1"
+
+
+def test_caption_group_is_one_schedulable_job_with_a_card_per_step(submits):
+    records, limits = submits
+    groups = [r for r in records if r["group"] and set(r["rules"]) & CAPTION_RULES]
+    # group jobs of 2 shards' chains (group-components 2), every step of the chain in them.
+    # (Snakemake 9.27 may merge the components again when it re-evaluates the groups after the
+    # index checkpoint: then one job holds 4 chains; both layouts must fit the partition.)
+    assert groups and all(set(g["rules"]) == CAPTION_RULES for g in groups)
+    for g in groups:
+        shards = len(g["levels"][0])  # one caption_tags per shard
+        assert shards in (2, 4) and [len(level) for level in g["levels"]] == [shards] * 4 + [2 * shards] + [shards] * 2
+        assert g["partition"] == "gpu"  # the group asked one partition for all its members
+        # GPUs: a level sums its parallel steps (instances and aesthetics run side by side: 2 per
+        # shard), the group takes the largest level: 2 GPUs and 2 x 8 CPUs per shard
+        assert gpus_of(g["sbatch"]) == 2 * shards and flag(g["sbatch"], "--cpus-per-task") == str(16 * shards)
+    g = groups[-1]
+    # the chain's summed runtime (8 steps in series) stays within the GPU partition's limit
+    assert int(flag(g["sbatch"], "-t")) <= limits["gpu"]["max_runtime"]
+    # each GPU member runs as its own job step with its own GPU: no two steps share a card
+    gpu_steps = [s for s in g["steps"] if s["gpu"]]
+    assert {s["rule"] for s in gpu_steps} == CAPTION_RULES - {"caption_records"}  # all run a model
+    assert all("--gpus=1" in s["srun"] for s in gpu_steps)
+    assert all("--gpus" not in s["srun"] for s in g["steps"] if not s["gpu"])
+
+
+def test_two_node_train_starts_a_process_per_node(submits):
+    records, _ = submits
+    train = [r for r in records if r["name"] == "train"]
+    assert train
+    for r in train:
+        sbatch = r["sbatch"]
+        assert "--nodes=2" in sbatch and "--ntasks=2" in sbatch and "--gres=gpu:4" in sbatch, sbatch
+        assert "--ntasks-per-gpu" not in sbatch and "--cpus-per-task=32" in sbatch  # 4 GPUs x 8 CPUs per task
+        # the plugin's MPI path: no `srun -n1` wrapper around the job (it would shrink it to 1 task)
+        assert r["steps"][0]["srun"] is None
+    from pixverve.train_config import launch_command
+
+    spec = {"device": "cuda", "mixed_precision": "bf16", "gradient_accumulation": 1,
+            "resources": {"nodes": 2, "gpus_per_node": 4}, "distributed": {"strategy": "ddp", "port": 29500}}
+    cmd = launch_command(spec, [])
+    assert cmd[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+
+
+def test_profiles_split_site_and_workflow():
+    """profiles/default replaces a --profile key it also sets (per key): the two share none."""
+    workflow = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
+    site_text = (ROOT / "profiles/slurm/config.yaml").read_text()
+    site = yaml.safe_load(site_text)
+    assert not set(workflow) & set(site), set(workflow) & set(site)
+    assert {"set-threads", "set-resources", "groups", "group-components", "retries"} <= set(workflow)
+    assert site["executor"] == "slurm" and site["default-resources"]["slurm_account"]
+    assert "slurm_partition" not in site["default-resources"]  # chosen per job from partitions.yaml
+    assert re.search(r"slurm_account: .*# EDIT", site_text)
+    assert "# EDIT" in (ROOT / "profiles/slurm/partitions.yaml").read_text()
+
+
+def test_make_slurm_profile_installs_where_profile_slurm_looks(tmp_path):
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    res = subprocess.run(["make", "-s", "slurm-profile"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    installed = tmp_path / "xdg/snakemake/slurm"
+    assert (installed / "config.yaml").read_text() == (ROOT / "profiles/slurm/config.yaml").read_text()
+    assert (installed / "partitions.yaml").exists()
+    (installed / "config.yaml").write_text("executor: slurm  # my edits\n")
+    res = subprocess.run(["make", "-s", "slurm-profile"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert "kept" in res.stdout and "my edits" in (installed / "config.yaml").read_text()  # never overwritten
+    # Snakemake's own lookup of the bare name `slurm` finds it there
+    code = "from snakemake.cli import get_profile_dir; print(get_profile_dir('slurm')[0])"
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert found.stdout.strip() == str(installed), found.stderr
