@@ -47,7 +47,9 @@ def submits(tmp_path_factory):
     site = site_profile(work / "site")
     for folder in ("data/raw/pexels", "data/raw/unsplash"):
         (work / folder).mkdir(parents=True)
+        (work / folder / "stand_in.jpg").touch()  # a scanned root must hold an image file
         past = time.time() - 3600  # older than the index: the index is up to date
+        os.utime(work / folder / "stand_in.jpg", (past, past))
         os.utime(work / folder, (past, past))
     (work / "resources/weights").mkdir(parents=True)
     (work / "resources/weights/sac+logos+ava1-l14-linearMSE.pth").touch()
