@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlparse
 
+from .collect_terms import BARE_YES, TERMS, CollectorConfigError, terms_acknowledgement  # noqa: F401
+
 LICENCES = {
     "pexels": ("Pexels License", "https://www.pexels.com/license/"),
     "unsplash": ("Unsplash License", "https://unsplash.com/license"),
@@ -56,21 +58,6 @@ LICENCES = {
 CONTENT_TYPE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/tiff": ".tif"}
 HOUR_S = 3600.0
 MONTH_S = 30 * 86400.0  # "per month": counted over any 30 days (conservative for calendar months)
-# Words that acknowledge nothing: the key must say which permission is held.
-BARE_YES = {"yes", "y", "true", "ok", "okay", "agree", "agreed", "i agree", "accept", "accepted", "ack", "1"}
-TERMS = {
-    "pexels": "Pexels' API terms forbid collecting its photos or metadata with the API to build datasets or to "
-              "train, fine-tune or evaluate ML/AI models unless Pexels has given you explicit permission",
-    "unsplash": "Unsplash's licence and API guidelines restrict using its photos for machine learning / AI and "
-                "automated, non-authentic use of the API; Unsplash directs such uses to its data programme "
-                "(https://unsplash.com/data)",
-}
-
-
-class CollectorConfigError(ValueError):
-    """Bad or missing collector settings (the message names the config key / variable)."""
-
-
 class QuotaExhausted(RuntimeError):
     """A rate limit that frees later than ``collect.http.max_rate_wait_s``: the run stops; rerun later."""
 
@@ -128,20 +115,6 @@ def api_key(cfg: dict, source: str) -> str:
             f"(export it on the node that runs the collector, or remove {source!r} from collect.enabled)"
         )
     return key
-
-
-def terms_acknowledgement(cfg: dict, source: str) -> str:
-    """The user's statement of the permission they hold; refuses to go on without one."""
-    value = cfg.get("terms_acknowledgement")
-    text = value.strip() if isinstance(value, str) else ""
-    if not text or text.lower().rstrip(".!") in BARE_YES:
-        got = "is not set" if value is None else f"is {value!r}, which names no permission"
-        raise CollectorConfigError(
-            f"config key collect.{source}.terms_acknowledgement {got}. {TERMS[source]}. Set it to the permission "
-            f"you hold (e.g. \"written permission from {source.capitalize()}, <date>, <reference>\"); it is recorded "
-            f"in results/collect/{source}.parquet. See README, 'Stage 1 sources'."
-        )
-    return text
 
 
 def _utc(ts: float) -> str:

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .collect_terms import TERMS, terms_acknowledgement
+
 
 def start_script(snakemake, name: str) -> logging.Logger:
     """Send this job's stderr (tracebacks, tqdm progress) and log lines to the rule's log file."""
@@ -54,6 +56,8 @@ def check_config(config: dict) -> None:
             raise ValueError(f"config key collect.{source}: collector {source!r} is enabled but has no settings")
         if collect[source]["root"] not in roots:
             raise ValueError(f"config key collect.{source}.root: {collect[source]['root']!r} is not one of sources.roots {roots}")
+        if source in TERMS:  # before any job: a cluster run must not get as far as the collector to learn this
+            terms_acknowledgement(collect[source], source)
     for name, spec in (config.get("imports") or {}).items():
         if spec["root"] not in roots:
             raise ValueError(f"config key imports.{name}.root: {spec['root']!r} is not one of sources.roots {roots}")

@@ -92,7 +92,7 @@ def test_enabled_collectors_and_imports_feed_the_index(tmp_path):
             {"name": "ds", "path": "data/ds", "source": "ds", "licence": "x", "scan": False},
             {"name": "synthetic", "path": "data/synthetic", "source": "synthetic", "licence": "generated", "scan": False}],
             "manifests": [], "demo_pool": False},
-        "collect": {"enabled": ["pexels"]},
+        "collect": {"enabled": ["pexels"], "pexels": {"terms_acknowledgement": "written permission from Pexels (test)"}},
         "imports": {"aesthetic_train_v2": {"preset": "aesthetic_train_v2", "root": "ds"}},
         "synthetic": {"enabled": True, "backend": "tiny"},
     }
@@ -101,7 +101,11 @@ def test_enabled_collectors_and_imports_feed_the_index(tmp_path):
     jobs = dict(line.split() for line in res.stdout.splitlines() if line.strip() and line.split()[-1].isdigit() and len(line.split()) == 2)
     assert jobs.get("collect") == "1" and jobs.get("import_dataset") == "1" and jobs.get("index") == "1"
     assert jobs.get("synth_prompts") == "1" and jobs.get("synth_render") == "1"
-    overlay["collect"]["pexels"] = {"root": "nowhere", "api_base": "https://api.pexels.com/v1", "api_key_env": "K",
+    # no acknowledgement of the source's terms: the DAG stops before any job, naming the key
+    overlay["collect"]["pexels"] = {"terms_acknowledgement": None}
+    res = _workflow_with(tmp_path, overlay)
+    assert res.returncode != 0 and "collect.pexels.terms_acknowledgement is not set" in res.stderr + res.stdout
+    overlay["collect"]["pexels"] = {"terms_acknowledgement": "written permission from Pexels (test)", "root": "nowhere", "api_base": "https://api.pexels.com/v1", "api_key_env": "K",
                                     "per_page": 80, "max_pages": 1}
     res = _workflow_with(tmp_path, overlay)
     assert res.returncode != 0 and "collect.pexels.root: 'nowhere' is not one of sources.roots" in res.stderr + res.stdout
