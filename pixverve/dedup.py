@@ -146,8 +146,12 @@ def deduplicate(screened: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    needed = ["image_id", "root", "relpath", "shard", "width", "height", "bytes", "phash"]
+    if screened.empty:  # no image read at all (zero shards): an empty table with its columns
+        screened = screened.reindex(columns=list(dict.fromkeys([*screened.columns, *needed]))).astype(
+            {c: ("int64" if c in ("width", "height", "bytes") else "object") for c in needed})
     df = screened.sort_values(["image_id", "root", "relpath"], kind="mergesort").reset_index(drop=True)
-    out = df[["image_id", "root", "relpath", "shard", "width", "height", "bytes", "phash"]].copy()
+    out = df[needed].copy()
     out["passed"] = True
     out["reason"] = ""
     out["reason_detail"] = ""

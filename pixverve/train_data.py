@@ -74,6 +74,8 @@ def samples_from_records(records: list[dict], resolution: int, caption: str = "l
 def records_from_metadata(metadata, split: str = "train") -> list[dict]:
     """The rows of results/dataset/metadata.parquet in ``split`` as the record fields training
     reads (the held-out benchmark images are never trained on)."""
+    if metadata.empty:  # no image reached the dataset (an empty export has no columns to select on)
+        return []
     rows = metadata[metadata["split"] == split]
     return [{"image_id": r.image_id, "width": int(r.width), "height": int(r.height),
              "long_caption": r.long_caption, "short_caption": r.short_caption,

@@ -19,7 +19,8 @@ def samples_for(spec: dict):
 
     records = records_from_metadata(pd.read_parquet(spec["data"]["metadata"]))
     if not records:
-        raise SystemExit(f"no training images: {spec['data']['metadata']} has no rows in split 'train'")
+        raise SystemExit(f"no training images: {spec['data']['metadata']} has no rows in split 'train' (every image "
+                         "may have been dropped by an earlier stage: paper_figures/table1_data_flow.csv shows where)")
     logging.getLogger("pixverve.train").info("%d training images (split train of %s)", len(records),
                                              spec["data"]["metadata"])
     return samples_from_records(records, int(spec["resolution"]), spec["data"]["caption"], bucket_multiple(spec),

@@ -63,7 +63,9 @@ rule purify_decide:
     conda:
         "../envs/cv.yaml"
     params:
+        target_megapixels=config["target_megapixels"],
         purify=config["purify"],
+        io=config["io"],
     script:
         "../scripts/purify_decide.py"
 

@@ -42,3 +42,42 @@ def test_too_few_benchmark_images_for_fid_name_the_method_and_count(n):
     with pytest.raises(ValueError, match=rf"bench method 'ours': {n} benchmark image pair\(s\).*at least 2"):
         require_fid_pairs([object()] * n, "ours", "results/dataset/benchmark.jsonl")
     require_fid_pairs([object()] * 2, "ours", "results/dataset/benchmark.jsonl")
+
+
+def test_no_shard_at_all_gives_empty_dedup_and_training_finds_no_records():
+    """No readable image anywhere (zero shards): dedup writes an empty table with its columns and
+    training sees no record (its worker then stops with a clear line) instead of a KeyError."""
+    import pandas as pd
+
+    from pixverve.dedup import deduplicate
+    from pixverve.train_data import records_from_metadata
+
+    decisions = deduplicate(pd.DataFrame(), 8)
+    assert len(decisions) == 0
+    assert {"image_id", "root", "relpath", "shard", "passed", "reason", "dup_group"} <= set(decisions.columns)
+    assert decisions["width"].dtype == "int64"
+    assert records_from_metadata(pd.DataFrame()) == []
+
+
+def test_a_pool_without_one_readable_image_runs_stages_1_and_2_on_nothing(tmp_path):
+    """Zero shards (the only file is broken): the index and the stage 2 decision still finish, with
+    empty tables, and the broken file is the index's row with its reason (before: a KeyError)."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ROOT
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool/bad.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "zero.yaml").write_text(yaml.safe_dump({"sources": {
+        "roots": [{"name": "pool", "path": "pool", "source": "test", "licence": "test"}],
+        "manifests": [], "demo_pool": False}}))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                          "results/purify/candidates.parquet", "--cores", "1",
+                          "--configfile", str(ROOT / "configs/demo.yaml"), str(tmp_path / "zero.yaml")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert len(pd.read_parquet(tmp_path / "results/purify/candidates.parquet")) == 0
+    assert "no image entered" in (tmp_path / "logs/purify/decide.log").read_text()
+    index = pd.read_parquet(tmp_path / "results/index/index.parquet")
+    assert list(index["relpath"]) == ["bad.jpg"] and list(index["reason"]) == ["not_an_image"]
