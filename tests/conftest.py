@@ -82,7 +82,7 @@ def copy_workflow(dest: Path) -> Path:
 E2E_CONFIGS = ["--configfile", "configs/demo.yaml", "tests/e2e/config.yaml"]
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     """Run Snakemake on the tests' end-to-end config in ``workdir``; fail with its output."""
     res = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *E2E_CONFIGS, *args],
