@@ -23,14 +23,14 @@ configs=(--configfile configs/demo.yaml tests/e2e/config.yaml .ci/gpu-asks.yaml)
 export PIXVERVE_ALLOW_CPU_FALLBACK=1
 
 echo "== local run"
-(cd "$tmp/local" && timeout -k 10 1200 "$venv/bin/snakemake" --cores 2 "${configs[@]}" -q)
+(cd "$tmp/local" && timeout -k 10 1500 "$venv/bin/snakemake" --cores 2 "${configs[@]}" -q)
 
 echo "== SLURM run: snakemake --profile slurm, the profile as make slurm-profile installs it"
 export XDG_CONFIG_HOME="$tmp/xdg"
 make -s -C "$tmp/slurm" slurm-profile
 "$venv/bin/python" "$root/.ci/ci_profile.py" "$XDG_CONFIG_HOME/snakemake/slurm" \
   "$tmp/slurm/profiles/default" "$tmp/slurm/profiles/ci-default"
-(cd "$tmp/slurm" && timeout -k 10 1500 "$venv/bin/snakemake" --profile slurm \
+(cd "$tmp/slurm" && timeout -k 10 2000 "$venv/bin/snakemake" --profile slurm \
   --workflow-profile profiles/ci-default "${configs[@]}") \
   >"$tmp/slurm.log" 2>&1 || { tail -n 60 "$tmp/slurm.log"; exit 1; }
 grep "has been submitted with SLURM jobid" "$tmp/slurm.log"
