@@ -37,6 +37,19 @@ sys.path.insert(0, str(ROOT))
 SCHEMES = ["scheme1_full", "scheme1_lora", "scheme2_window", "scheme3_l2p"]
 
 
+def timed_step(loss_fn, opt, cuda: bool) -> float:
+    """Seconds of one optimiser step (forward, backward, update), GPU work included."""
+    t0 = time.perf_counter()
+    loss_fn().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def one(args) -> dict:
     import torch
 
@@ -75,15 +88,12 @@ def one(args) -> dict:
     for step in range(args.steps):
         if args.device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(args.device, dtype=dtype, enabled=args.device == "cuda"):
-            loss = adapter.loss(model, pixels, ["a mountain lake at dawn"], step_generator(0, step, 0))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+
+        def loss_fn(step=step):
+            with torch.autocast(args.device, dtype=dtype, enabled=args.device == "cuda"):
+                return adapter.loss(model, pixels, ["a mountain lake at dawn"], step_generator(0, step, 0))
+
+        times.append(timed_step(loss_fn, opt, args.device == "cuda"))
     tokens = ((args.resolution // 16) ** 2 if spec["scheme"] != "l2p" else args.token_grid ** 2)
     return {"scheme": args.scheme, "tokens": tokens, "step_s": statistics.median(times[1:]),
             "peak_mb": peak_memory_mb(device), "trainable_m": sum(p.numel() for p in params) / 1e6}
@@ -164,14 +174,7 @@ def real_step(args) -> dict:
     for _ in range(args.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss = F.mse_loss(forward().float(), target.float())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(timed_step(lambda: F.mse_loss(forward().float(), target.float()), opt, device.type == "cuda"))
     return {"scheme": args.scheme, "preset": args.preset, "resolution": res, "tokens": tokens,
             "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0], "peak_mb": peak_memory_mb(device),
             "trainable_m": sum(p.numel() for p in params) / 1e6, "total_m": sum(p.numel() for p in model.parameters()) / 1e6}
