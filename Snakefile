@@ -21,6 +21,7 @@ include: "rules/verify.smk"
 include: "rules/caption.smk"
 include: "rules/train.smk"
 include: "rules/bench.smk"
+include: "rules/bundles.smk"
 
 
 localrules:

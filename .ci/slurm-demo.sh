@@ -50,7 +50,7 @@ check() {  # check LOGNAME PARTITION GPU(yes|no): every SLURM job of that rule/g
       { [ "$3" = no ] && [[ "$tres" == *gres/gpu* ]]; }; then
       echo "WRONG PLACE: $1 job $id in partition $part holding $tres (expected $2, GPU $3)"; status=1
     fi
-  done < <(sed -n "s|.*SLURM jobid \([0-9]*\) (log: .*/$1/.*|\1|p" "$tmp/slurm.log")
+  done < <(sed -n "s|.*SLURM jobid \([0-9]*\) (log: .*/$1[^/]*/.*|\1|p" "$tmp/slurm.log")
   [ "$n" -gt 0 ] || { echo "no SLURM job for $1"; status=1; }
   echo "$1: $n job(s) in partition $2 (GPU $3)"
 }

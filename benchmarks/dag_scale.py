@@ -50,12 +50,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=300_000)
     ap.add_argument("--per-shard", type=int, default=500)
-    ap.add_argument("--quick", action="store_true", help="seconds: 400 images, 4 shards (CI checks it still runs)")
+    ap.add_argument("--quick", action="store_true", help="seconds: 2000 images, 20 shards (CI checks it still runs)")
     args = ap.parse_args()
     if args.quick:
-        # 4 shards: at 10 shards the dry run fails and at 20 it hangs with profiles/default's groups
-        # (open defect, NOTES.md session 6) -- the full run shows it
-        args.images, args.per_shard = 400, 100
+        # 20 shards: more than a bundle of every bundled stage (the group-components re-merge
+        # that hung this dry run showed from 9 shards on: rules/bundles.smk)
+        args.images, args.per_shard = 2000, 100
     with tempfile.TemporaryDirectory() as tmp:
         # the checkout's workflow run with --directory (a copy of it went stale once: it lacked prompts/)
         work = Path(tmp)

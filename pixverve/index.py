@@ -347,3 +347,18 @@ def write_shards(df: pd.DataFrame, table_path, shards_dir) -> list[str]:
         write_table(rows, shards_dir / f"{name}.parquet", sort_by=["image_id", "root", "relpath"])
         names.append(name)
     return names
+
+
+def bundle_of_shards(shards: list[str], shards_per_bundle: int) -> dict[str, list[str]]:
+    """Consecutive shards cut into bundles ``b00000``, ``b00001``...: each is one SLURM job.
+
+    The cut depends only on the sorted shard names and the bundle size, so every evaluation of
+    the DAG (before and after the index checkpoint, a resumed run) gives the same bundles.
+    """
+    if shards_per_bundle < 1:
+        raise ValueError(f"shards per bundle must be >= 1, got {shards_per_bundle}")
+    shards = sorted(shards)
+    return {
+        f"b{i // shards_per_bundle:05d}": shards[i : i + shards_per_bundle]
+        for i in range(0, len(shards), shards_per_bundle)
+    }

@@ -188,6 +188,7 @@ rule dataset_export:
         ingest="results/summary/ingest.csv",
         purify="results/purify/decisions.parquet",
         verify_counts="results/summary/verify.csv",
+        bundles=all_bundles("caption"),
     output:
         metadata="results/dataset/metadata.parquet",
         train="results/dataset/captions.jsonl",

@@ -13,7 +13,7 @@ WORKFLOW_DIR = Path(workflow.current_basedir).parent
 # The pixverve package sits next to the Snakefile; scripts import it from there too.
 sys.path.insert(0, str(WORKFLOW_DIR))
 
-from pixverve.index import generated_manifests  # noqa: E402
+from pixverve.index import bundle_of_shards, generated_manifests  # noqa: E402
 from pixverve.workflow import (  # noqa: E402
     check_config,
     check_roots,
@@ -36,6 +36,7 @@ def shipped(relpath):
 
 wildcard_constraints:
     shard=r"s\d{5}",
+    bundle=r"b\d{5}",
     run=r"[A-Za-z0-9_.-]+",
     res=r"\d+",
 
@@ -80,6 +81,31 @@ def all_shards(pattern):
         return expand(pattern, shard=shard_names())
 
     return expand_shards
+
+
+def shard_bundles(stage):
+    """Bundle name -> its shards, for a stage bundled per SLURM job (rules/bundles.smk)."""
+    return bundle_of_shards(shard_names(), config["shards"]["bundle"][stage])
+
+
+def bundle_members(stage, pattern):
+    """The per-shard outputs of one bundle's shards (the bundle rule's input)."""
+
+    def members(wildcards):
+        return expand(pattern, shard=shard_bundles(stage)[wildcards.bundle])
+
+    return members
+
+
+def all_bundles(stage):
+    """Every bundle file of a stage: its gather rule asks for them, so the bundles are built."""
+
+    def bundle_files(wildcards):
+        return expand(
+            f"results/bundles/{stage}/{{bundle}}.txt", bundle=shard_bundles(stage)
+        )
+
+    return bundle_files
 
 
 def uses_gpu(predictors):

@@ -63,7 +63,8 @@ rule screen:
 
 rule dedup:
     input:
-        all_shards("results/screen/{shard}.parquet"),
+        screen=all_shards("results/screen/{shard}.parquet"),
+        bundles=all_bundles("screen"),
     output:
         "results/dedup/decisions.parquet",
     log:

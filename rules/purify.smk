@@ -49,6 +49,7 @@ rule purify_decide:
     input:
         classical=all_shards("results/purify/classical/{shard}.parquet"),
         aesthetics=all_shards("results/purify/aesthetics/{shard}.parquet"),
+        bundles=all_bundles("purify"),
     output:
         decisions="results/purify/decisions.parquet",
         candidates="results/purify/candidates.parquet",

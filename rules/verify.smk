@@ -55,6 +55,7 @@ rule verify_decide:
         verify=all_shards("results/verify/{shard}.parquet"),
         regions=all_shards("results/verify/regions/{shard}.parquet"),
         upscaled=all_shards("results/upscale/{shard}.parquet"),
+        bundles=all_bundles("verify"),
     output:
         decisions="results/verify/verified.parquet",
         counts=report(

@@ -10,7 +10,7 @@ from pixverve.workflow import note_empty, start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "dedup")
-screened = read_tables(list(sm.input))
+screened = read_tables(list(sm.input.screen))
 passed = screened[screened["passed"].astype(bool)] if len(screened) else screened
 note_empty(log, len(passed), "stage 1 (dedup)")
 decisions = deduplicate(passed, sm.params.dedup["phash_max_hamming"])

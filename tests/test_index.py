@@ -157,3 +157,13 @@ def test_paths_the_scan_cannot_resolve_or_read_are_rows(tmp_path, monkeypatch):
     manifest.write_text("path,source,licence,url,author\na.png,x,,,\nok.png,x,,,\n")
     listed = ix.build_index(_config(root, [{"path": str(manifest), "root": "r"}], scan=False), tmp_path, log=lambda *_: None)
     assert listed.set_index("relpath").loc["a.png", "reason"] == "unresolvable" and listed["passed"].sum() == 1
+
+
+def test_bundles_cut_sorted_shards_into_fixed_sizes():
+    names = [f"s{i:05d}" for i in range(10)]
+    bundles = ix.bundle_of_shards(list(reversed(names)), 4)  # the order given does not matter
+    assert bundles == {"b00000": names[:4], "b00001": names[4:8], "b00002": names[8:]}
+    assert ix.bundle_of_shards(names, 8) == {"b00000": names[:8], "b00001": names[8:]}
+    assert ix.bundle_of_shards([], 8) == {}
+    with pytest.raises(ValueError, match=">= 1"):
+        ix.bundle_of_shards(names, 0)

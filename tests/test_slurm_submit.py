@@ -1,6 +1,6 @@
 """The sbatch arguments the SLURM executor plugin builds for this workflow's jobs, read from the
 plugin's own submit-string builder and partition selection (tests/slurm_submit.py), no cluster:
-the paper config over a 4-shard index, the shipped profiles (site lines filled in), vLLM started
+the paper config over a 10-shard index, the shipped profiles (site lines filled in), vLLM started
 in the judges' jobs (so every stage 5 step asks for a GPU) and a 2-node training run."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 CAPTION_RULES = {"caption_tags", "caption_boxes", "caption_masks", "verify_instances", "caption_instances",
                  "caption_aesthetics", "caption_text", "caption_records"}
+SHARDS = 10
 
 
 def site_profile(dest: Path) -> Path:
@@ -53,7 +54,7 @@ def submits(tmp_path_factory):
         os.utime(work / folder, (past, past))
     (work / "resources/weights").mkdir(parents=True)
     (work / "resources/weights/sac+logos+ava1-l14-linearMSE.pth").touch()
-    write_shards(synthetic_index(16, 4), work / "results/index/index.parquet", work / "results/index/shards")
+    write_shards(synthetic_index(4 * SHARDS, 4), work / "results/index/index.parquet", work / "results/index/shards")
     (work / "overlay.yaml").write_text(yaml.safe_dump({
         "vlm": {"serve": {"enabled": True}},
         "train": {"enabled": ["scheme3_l2p"], "runs": {"scheme3_l2p": {"resources": {"nodes": 2, "gpus_per_node": 4}}}},
@@ -109,13 +110,13 @@ def test_gpu_rule(submits):
 def test_caption_group_is_one_schedulable_job_with_a_card_per_step(submits):
     records, limits = submits
     groups = [r for r in records if r["group"] and set(r["rules"]) & CAPTION_RULES]
-    # group jobs of 2 shards' chains (group-components 2), every step of the chain in them.
-    # (Snakemake 9.27 may merge the components again when it re-evaluates the groups after the
-    # index checkpoint: then one job holds 4 chains; both layouts must fit the partition.)
-    assert groups and all(set(g["rules"]) == CAPTION_RULES for g in groups)
+    # group jobs of 2 shards' chains (shards.bundle.caption) and their bundle rule, every step of
+    # the chain in them -- exactly 2, at 10 shards too (group-components re-merged them after the
+    # index checkpoint: rules/bundles.smk)
+    assert len(groups) == SHARDS // 2 and all(set(g["rules"]) == CAPTION_RULES | {"caption_bundle"} for g in groups)
     for g in groups:
         shards = len(g["levels"][0])  # one caption_tags per shard
-        assert shards in (2, 4) and [len(level) for level in g["levels"]] == [shards] * 4 + [2 * shards] + [shards] * 2
+        assert shards == 2 and [len(level) for level in g["levels"]] == [shards] * 4 + [2 * shards] + [shards] * 2 + [1]
         assert g["partition"] == "gpu"  # the group asked one partition for all its members
         # GPUs: a level sums its parallel steps (instances and aesthetics run side by side: 2 per
         # shard), the group takes the largest level: 2 GPUs and 2 x 8 CPUs per shard
@@ -128,6 +129,18 @@ def test_caption_group_is_one_schedulable_job_with_a_card_per_step(submits):
     assert {s["rule"] for s in gpu_steps} == CAPTION_RULES - {"caption_records"}  # all run a model
     assert all("--gpus=1" in s["srun"] for s in gpu_steps)
     assert all("--gpus" not in s["srun"] for s in g["steps"] if not s["gpu"])
+
+
+def test_bundled_stages_have_the_configured_sizes(submits):
+    """10 shards: screen and purify in bundles of 8 (8 + 2), verify in bundles of 4 (4 + 4 + 2),
+    each a group job of its shards' jobs and one bundle job (config.yaml shards.bundle)."""
+    records, _ = submits
+    for rule, size in (("screen", 8), ("purify_classical", 8), ("verify", 4)):
+        groups = [r for r in records if r["group"] and rule in r["rules"]]
+        sizes = sorted((len([x for level in g["levels"] for x in level if x == rule]) for g in groups), reverse=True)
+        expected = [size] * (SHARDS // size) + ([SHARDS % size] if SHARDS % size else [])
+        assert sizes == expected, (rule, sizes)
+        assert all(g["levels"][-1] == [f"{rule.split('_')[0]}_bundle"] for g in groups)
 
 
 def test_two_node_train_starts_a_process_per_node(submits):
@@ -154,7 +167,9 @@ def test_profiles_split_site_and_workflow():
     site_text = (ROOT / "profiles/slurm/config.yaml").read_text()
     site = yaml.safe_load(site_text)
     assert not set(workflow) & set(site), set(workflow) & set(site)
-    assert {"set-threads", "set-resources", "groups", "group-components", "retries"} <= set(workflow)
+    assert {"set-threads", "set-resources", "groups", "retries"} <= set(workflow)
+    # bundles are connected groups (rules/bundles.smk): group-components re-merges (snakemake#1628)
+    assert "group-components" not in workflow
     assert site["executor"] == "slurm" and site["default-resources"]["slurm_account"]
     assert "slurm_partition" not in site["default-resources"]  # chosen per job from partitions.yaml
     assert re.search(r"slurm_account: .*# EDIT", site_text)

@@ -208,7 +208,7 @@ def test_resume_redoes_only_the_lost_shard(run_a):
     _lose(run_a, f"results/caption/instances/{shard}.parquet", f"results/caption/captions/{shard}.parquet",
           f"results/caption/records/{shard}.jsonl", "results/dataset/metadata.parquet")
     assert _planned_jobs(run_a, "caption_all") == {"caption_instances": 1, "caption_text": 1, "caption_records": 1,
-                                                   "dataset_export": 1, "caption_all": 1}
+                                                   "caption_bundle": 1, "dataset_export": 1, "caption_all": 1}
     snakemake(run_a, "--rerun-incomplete", "caption_all")
     # a judge job killed (so the stage 4 gather and stage 5 never ran): that shard's judgments and
     # the gather rerun, nothing before them
