@@ -26,7 +26,7 @@ profile["keep-going"] = False
 # Group jobs sum the resources of the jobs they run in parallel; these global limits make
 # Snakemake lay a group out to fit one 2-CPU node with 2 (declared) GPUs.
 profile["cores"] = 2
-profile["max-threads"] = 2
+profile["max-threads"] = 1  # as the local run: two 1-thread jobs side by side, the same floats
 profile["resources"] = {"mem_mb": 8000, "gpu": 2}
 (site / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
 # the CI cluster's partitions (slurm-cluster.sh): the same names and roles as the shipped file

@@ -23,7 +23,8 @@ configs=(--configfile configs/demo.yaml tests/e2e/config.yaml .ci/gpu-asks.yaml)
 export PIXVERVE_ALLOW_CPU_FALLBACK=1
 
 echo "== local run"
-(cd "$tmp/local" && timeout -k 10 1500 "$venv/bin/snakemake" --cores 2 "${configs[@]}" -q)
+# one thread per job (the SLURM run's profile says the same): thread counts change the floats
+(cd "$tmp/local" && timeout -k 10 1500 "$venv/bin/snakemake" --cores 2 --max-threads 1 "${configs[@]}" -q)
 
 echo "== SLURM run: snakemake --profile slurm, the profile as make slurm-profile installs it"
 export XDG_CONFIG_HOME="$tmp/xdg"

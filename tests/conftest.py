@@ -85,7 +85,9 @@ E2E_CONFIGS = ["--configfile", "configs/demo.yaml", "tests/e2e/config.yaml"]
 def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     """Run Snakemake on the tests' end-to-end config in ``workdir``; fail with its output."""
     res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *E2E_CONFIGS, *args],
+        # one thread per job, two side by side: the demo's jobs are mostly Python start-up (the
+        # Makefile's demo does the same; thread counts change floats, so every run here uses 1)
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--max-threads", "1", *E2E_CONFIGS, *args],
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -19,7 +19,7 @@ DEMO_CONFIGS = [str(ROOT / "configs/demo.yaml"), str(ROOT / "tests/e2e/config.ya
 
 
 def _run(args, cwd, check=True):
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=cwd, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--max-threads", "1", *args], cwd=cwd, capture_output=True,
                          text=True, timeout=600)
     if check:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -96,7 +96,7 @@ def test_killed_snakemake_leaves_a_lock_that_unlock_clears_and_the_rerun_resumes
     args = ["-s", str(ROOT / "Snakefile"), "--directory", str(outside), "--configfile", *DEMO_CONFIGS]
     target = outside / "results/purify/decisions.parquet"
     before = target.read_bytes()
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args, "--forcerun", "purify_decide",
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--max-threads", "1", *args, "--forcerun", "purify_decide",
                              "--", str(target.relative_to(outside))], cwd=outside, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     locks = outside / ".snakemake/locks"
