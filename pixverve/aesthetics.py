@@ -2,8 +2,12 @@
 
 LAION aesthetic predictor ("improved aesthetic predictor", ``sac+logos+ava1-l14-linearMSE.pth``):
 CLIP ViT-L/14 image embedding (the projected 768-d ``image_embeds``), L2-normalised, into an MLP
-768-1024-128-64-16-1 with dropout and no activations.  The image is preprocessed the way CLIP
-expects (shorter side to 224 bicubic, centre crop 224, CLIP mean/std).  A 100 MP JPEG is decoded at
+768-1024-128-64-16-1 with dropout and no activations.  The image is preprocessed as openai-clip's
+``clip.load`` preprocess does it (the predictor's own inference and the published bench,
+eval/metrics.py, both use it): PIL bicubic resize of the shorter side to 224, centre crop 224 with
+torchvision's rounding, CLIP mean/std.  ``preprocess: processor`` uses the model folder's HF
+CLIPImageProcessor instead (same steps, but its crop offset rounds down: 1 px off when the cropped
+margin is odd).  A 100 MP JPEG is decoded at
 a reduced DCT scale first (>= 448 px on the shorter side), never at full size.  Scores are ~1-10;
 above ~10 means the embedding was not normalised.
 
@@ -49,6 +53,10 @@ LAION_MLP_URL = "https://github.com/christophschuhmann/improved-aesthetic-predic
 EMBED_DIM = 768
 DECODE_MIN_SIDE = 448
 SCORE_CHUNK = 64  # images decoded and scored together
+CLIP_INPUT_PX = 224
+# openai-clip's normalisation constants (clip/clip.py `_transform`), CLIP's training statistics
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ModelUnavailable(RuntimeError):
@@ -140,6 +148,22 @@ def tiny_clip_vision(seed: int = 0):
     return CLIPVisionModelWithProjection(config).eval(), processor
 
 
+def openai_clip_pixels(rgb_images, n_px: int = CLIP_INPUT_PX):
+    """CLIP input tensors (N, 3, n_px, n_px) made the way openai-clip's preprocess makes them:
+    torchvision Resize(n_px, bicubic) on a PIL image, CenterCrop(n_px), RGB, ToTensor, Normalize."""
+    torch = _torch()
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+
+    tensors = []
+    for image in rgb_images:
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        pil = TF.center_crop(TF.resize(pil, n_px, interpolation=InterpolationMode.BICUBIC), n_px)
+        tensors.append(TF.normalize(TF.to_tensor(pil.convert("RGB")), CLIP_MEAN, CLIP_STD))
+    return torch.stack(tensors)
+
+
 @dataclass
 class PredictorInfo:
     name: str
@@ -151,8 +175,12 @@ class PredictorInfo:
 class LaionPredictor:
     """CLIP image embedding -> L2 normalise -> MLP; one score per image."""
 
-    def __init__(self, vision, processor, mlp, info: PredictorInfo, device: str = "cpu", batch_size: int = 8):
+    def __init__(self, vision, processor, mlp, info: PredictorInfo, device: str = "cpu", batch_size: int = 8,
+                 preprocess: str = "openai_clip"):
         torch = _torch()
+        if preprocess not in ("openai_clip", "processor"):
+            raise ValueError(f"LAION preprocess must be openai_clip or processor, got {preprocess!r}")
+        self.preprocess = preprocess
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.vision = vision.to(self.device, self.dtype)
@@ -163,12 +191,14 @@ class LaionPredictor:
 
     def embed(self, rgb_images: list[np.ndarray]):
         torch = _torch()
-        # writable copies (decoders hand out read-only arrays; torch wants to own writable memory)
-        inputs = self.processor(images=[np.array(im) for im in rgb_images], return_tensors="pt")
+        if self.preprocess == "openai_clip":
+            pixels = openai_clip_pixels(rgb_images)
+        else:  # writable copies (decoders hand out read-only arrays; torch wants writable memory)
+            pixels = self.processor(images=[np.array(im) for im in rgb_images], return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
-            out = self.vision(pixel_values=inputs["pixel_values"].to(self.device, self.dtype))
-            emb = out.image_embeds.float()
-            return emb / emb.norm(dim=-1, keepdim=True)
+            emb = self.vision(pixel_values=pixels.to(self.device, self.dtype)).image_embeds
+            # normalised in the model's dtype, then float for the MLP (as the published bench)
+            return (emb / emb.norm(dim=-1, keepdim=True)).float()
 
     def score(self, rgb_images: list[np.ndarray]) -> np.ndarray:
         torch = _torch()
@@ -317,7 +347,8 @@ def build_predictor(name: str, spec: dict):
         info = PredictorInfo(name, "laion", False, f"{spec['clip_model']} + sha256:{digest[:16]}")
     else:
         raise ModelUnavailable(f"purify.aesthetics.predictors.{name}.backend: unknown backend {backend!r}")
-    return LaionPredictor(vision, processor, mlp, info, device=device, batch_size=int(spec.get("batch_size", 8)))
+    return LaionPredictor(vision, processor, mlp, info, device=device, batch_size=int(spec.get("batch_size", 8)),
+                          preprocess=spec.get("preprocess", "openai_clip"))
 
 
 def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, predictors=None):

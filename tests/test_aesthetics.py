@@ -90,6 +90,46 @@ def test_preprocessing_is_clip_224_centre_crop():
     assert out[0, 0, 0, 0].item() == pytest.approx((0 - 0.48145466) / 0.26862954, abs=1e-4)
 
 
+def _openai_clip_transform(n_px):
+    """openai-clip's own preprocess (clip.load returns it); its module imports `packaging` through
+    pkg_resources, which current setuptools no longer ships: hand it the real `packaging`."""
+    import sys
+    import types
+
+    import packaging.version
+
+    sys.modules.setdefault("pkg_resources", types.SimpleNamespace(packaging=packaging))
+    from clip.clip import _transform
+
+    return _transform(n_px)
+
+
+@pytest.mark.parametrize("size", [(500, 1000), (301, 400), (224, 227), (640, 479)])
+def test_laion_input_equals_openai_clips_preprocess(size):
+    """Odd crop margins included (227 - 224 = 3: torchvision rounds the offset, HF's processor floors it)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    ours = ae.openai_clip_pixels([image])
+    assert torch.equal(ours[0], _openai_clip_transform(224)(image))
+    # the same from the decoded array (what the stages hand over)
+    assert torch.equal(ae.openai_clip_pixels([np.asarray(image)]), ours)
+
+
+def test_hf_processor_sits_one_pixel_off_where_the_crop_margin_is_odd():
+    """Why `preprocess: processor` is not the default: it is not the published input."""
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 227, 3), dtype=np.uint8))
+    _, processor = ae.tiny_clip_vision()
+    theirs = processor(images=[np.asarray(image)], return_tensors="pt")["pixel_values"][0]
+    ours = ae.openai_clip_pixels([image])[0]
+    assert not torch.allclose(theirs, ours, atol=1e-3)
+    # 3 px margin: torchvision starts the crop at round(1.5) = 2, HF's processor at 3 // 2 = 1
+    assert torch.allclose(theirs[:, :, 1:], ours[:, :, :-1], atol=1e-5)
+
+
 def test_tiny_predictor_is_seeded_and_marked_smoke():
     a = ae.build_predictor("laion", {"backend": "tiny", "device": "cpu"})
     b = ae.build_predictor("laion", {"backend": "tiny", "device": "cpu"})
