@@ -28,7 +28,21 @@ def resolve_run(config: dict, run: str, resolution: int) -> dict:
     if spec["scheme"] == "l2p":
         spec["l2p"] = dict(spec["l2p"], resolutions=[int(r) for r in spec["resolutions"]])
     spec.setdefault("lora", None)
+    spec["sizes"] = sizes_at(spec.get("sizes", "buckets"), int(resolution), run)
+    if spec["sizes"] != "buckets":  # the published L2P reading: scale to cover, keep the centre
+        spec["data"]["crop_mode"] = "cover"
     return spec
+
+
+def sizes_at(sizes, resolution: int, run: str) -> str:
+    """A run's ``sizes`` at one resolution: one mode for all, or a mapping resolution -> mode."""
+    if isinstance(sizes, str):
+        return sizes
+    mode = sizes.get(str(resolution), sizes.get(resolution))
+    if mode is None:
+        raise ValueError(f"config key train.runs.{run}.sizes has no entry for resolution {resolution} "
+                         f"(has {sorted(sizes)}): add one (buckets | square | max_pixels)")
+    return mode
 
 
 def enabled_runs(config: dict) -> list[tuple[str, int]]:
@@ -83,6 +97,8 @@ def check_train_config(config: dict) -> None:
                 raise ValueError(f"config key train.runs.{run}.resolutions: {bad} not multiples of l2p.token_grid {grid}")
         elif spec.get("progressive"):
             raise ValueError(f"config key train.runs.{run}.progressive: only l2p runs start from a smaller resolution")
+        for res in spec["resolutions"]:
+            sizes_at(merged.get("sizes", "buckets"), int(res), run)  # a mapping covers every resolution
         if merged["eval_every"] % merged["log_every"]:
             raise ValueError(f"config key train eval_every ({merged['eval_every']}) of run {run}: must be a multiple of "
                              f"log_every ({merged['log_every']}): the fixed-batch loss is computed on logged steps")

@@ -10,6 +10,13 @@ captions from the annotation records, aspect-ratio buckets.
   (only the tiles it touches); ``resize`` mode reads the whole image as block means (one tile
   row at a time) and resizes that to the bucket.  Randomness comes from (seed, epoch, index), so
   a resumed run sees the same samples a run that never stopped would.
+* ``sizes``: ``buckets`` (ours, above); ``square`` (every image to resolution x resolution) and
+  ``max_pixels`` (the image's aspect within a resolution^2 pixel budget, sides floored to the
+  multiple) as the published L2P training reads images (DiffSynth's ImageCropAndResize with
+  --height/--width at 4K/10K, --max_pixels at 8K): both scale the image to cover the target and
+  take the centre, which ``cover`` mode does on the tiled image (the centred window at full
+  resolution, then an area resize: the same geometry up to a source pixel, area filter instead
+  of bilinear).
 * ``bucket_batches``: batches that each hold one bucket, shuffled per epoch, split across ranks
   (every rank gets the same number of batches, so DDP steps stay in lock-step).
 """
@@ -41,6 +48,21 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
     return min(buckets, key=lambda wh: (abs(math.log(wh[0] / wh[1]) - r), wh[0]))
 
 
+SIZES = ("buckets", "square", "max_pixels")
+
+
+def budget_size(width: int, height: int, max_pixels: int, multiple: int) -> tuple[int, int]:
+    """(w, h) of an image within a pixel budget, as DiffSynth's dynamic resolution: scaled down
+    by sqrt(area / budget) when over it (int truncation), sides floored to ``multiple``."""
+    if width * height > max_pixels:
+        scale = (width * height / max_pixels) ** 0.5
+        width, height = int(width / scale), int(height / scale)
+    w, h = width // multiple * multiple, height // multiple * multiple
+    if w < multiple or h < multiple:
+        raise ValueError(f"a {width}x{height} image has a side under {multiple} px at this budget")
+    return w, h
+
+
 @dataclass(frozen=True)
 class Sample:
     image_id: str
@@ -56,18 +78,29 @@ class CaptionMissing(ValueError):
 
 
 def samples_from_records(records: list[dict], resolution: int, caption: str = "long", multiple: int = 32,
-                         max_ratio: float = 4.0) -> list[Sample]:
+                         max_ratio: float = 4.0, sizes: str = "buckets") -> list[Sample]:
     """Samples of the records that have the chosen caption; raises listing any that do not (a
-    training set must not silently shrink)."""
+    training set must not silently shrink).  ``sizes``: how each sample's size is chosen."""
     if caption not in ("long", "short"):
         raise ValueError(f"caption must be long or short, got {caption!r}")
+    if sizes not in SIZES:
+        raise ValueError(f"sizes must be one of {SIZES}, got {sizes!r}")
     buckets = aspect_buckets(resolution, multiple, max_ratio)
+
+    def size_of(r):
+        w, h = int(r["width"]), int(r["height"])
+        if sizes == "square":
+            return resolution, resolution
+        if sizes == "max_pixels":
+            return budget_size(w, h, resolution * resolution, multiple)
+        return nearest_bucket(w, h, buckets)
+
     missing = [r["image_id"] for r in records if not r.get(f"{caption}_caption")]
     if missing:
         raise CaptionMissing(f"{len(missing)} record(s) have no {caption} caption: {missing[:10]} -- drop them from the "
                              "training set explicitly or caption them")
     return [Sample(r["image_id"], Path(r["provenance"]["sr_output"]), int(r["width"]), int(r["height"]),
-                   nearest_bucket(int(r["width"]), int(r["height"]), buckets), r[f"{caption}_caption"])
+                   size_of(r), r[f"{caption}_caption"])
             for r in sorted(records, key=lambda r: r["image_id"])]
 
 
@@ -86,8 +119,8 @@ class TrainSamples:
     """Indexable training samples: ``ts[i, epoch]`` -> (uint8 RGB array of the bucket's size, caption, crop box)."""
 
     def __init__(self, samples: list[Sample], mode: str = "crop", seed: int = 0):
-        if mode not in ("crop", "resize"):
-            raise ValueError(f"mode must be crop or resize, got {mode!r}")
+        if mode not in ("crop", "resize", "cover"):
+            raise ValueError(f"mode must be crop, resize or cover, got {mode!r}")
         self.samples, self.mode, self.seed = samples, mode, seed
 
     def __len__(self) -> int:
@@ -99,6 +132,10 @@ class TrainSamples:
         bw, bh = s.bucket
         if self.mode == "resize":
             return 0, 0, s.width, s.height
+        if self.mode == "cover":  # scale to cover the target, keep the centre (published L2P data)
+            scale = max(bw / s.width, bh / s.height)
+            w, h = min(s.width, round(bw / scale)), min(s.height, round(bh / scale))
+            return round((s.width - w) / 2), round((s.height - h) / 2), w, h
         # a window of the bucket's aspect, the bucket's size (never upscaled: clipped to the image)
         scale = min(1.0, s.width / bw, s.height / bh)
         w, h = max(1, math.floor(bw * scale)), max(1, math.floor(bh * scale))
@@ -114,7 +151,7 @@ class TrainSamples:
         s = self.samples[index]
         box = self.crop_box(index, epoch)
         with TiledImage(s.path) as tiled:
-            if self.mode == "crop":
+            if self.mode in ("crop", "cover"):
                 pixels = tiled.read(*box)
             else:  # block means down to about twice the bucket, then an exact area resize
                 pixels = tiled.downscaled(2 * max(s.bucket))

@@ -24,7 +24,7 @@ def samples_for(spec: dict):
     logging.getLogger("pixverve.train").info("%d training images (split train of %s)", len(records),
                                              spec["data"]["metadata"])
     return samples_from_records(records, int(spec["resolution"]), spec["data"]["caption"], bucket_multiple(spec),
-                                float(spec["data"]["bucket_max_ratio"]))
+                                float(spec["data"]["bucket_max_ratio"]), sizes=spec["sizes"])
 
 
 def main(argv=None) -> int:

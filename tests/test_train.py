@@ -282,6 +282,9 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
 
     spec = demo_spec(run, res, max_steps=30, overfit_batches=1, log_every=10, eval_every=10, checkpoint_every=30,
                      **changes)
+    # the mechanics on aspect buckets and random crops, as before the demo's L2P run took the
+    # published square / budget sizes (those: tests/test_train_data.py; the demo trains on them)
+    spec["sizes"], spec["data"]["crop_mode"] = "buckets", "crop"
     samples = samples_from_records(demo_data, res, "long", bucket_multiple(spec))
     summary = train_run(spec, samples, tmp_path, log=lambda m: None)
     assert summary["steps"] == 30 and summary["smoke"] is True

@@ -14,6 +14,7 @@ from pixverve.train_data import (
     TrainSamples,
     aspect_buckets,
     bucket_batches,
+    budget_size,
     nearest_bucket,
     samples_from_records,
 )
@@ -91,3 +92,47 @@ def test_batches_hold_one_bucket_and_ranks_get_disjoint_equal_shares(records):
     assert len(seen) == len(set(seen))
     assert bucket_batches(samples, 4, epoch=0, seed=1) == bucket_batches(samples, 4, epoch=0, seed=1)
     assert bucket_batches(samples, 4, epoch=0, seed=1) != bucket_batches(samples, 4, epoch=1, seed=1)
+
+
+def test_pixel_budget_is_diffsynths_dynamic_resolution():
+    """DiffSynth's ImageCropAndResize with max_pixels (the published 8K L2P run): over the budget,
+    both sides divided by sqrt(area / budget) and truncated, then floored to the factor."""
+    assert budget_size(10000, 7500, 8192**2, 128) == (9344, 7040)  # int(9459.3), int(7094.5), floored to 128
+    assert budget_size(6000, 4000, 8192**2, 128) == (5888, 3968)  # under the budget: only floored
+    assert budget_size(8192, 8192, 8192**2, 128) == (8192, 8192)
+    with pytest.raises(ValueError, match="under 128"):
+        budget_size(20000, 100, 8192**2, 128)
+
+
+def test_square_and_budget_sizes_scale_to_cover_and_keep_the_centre(records):
+    """The published L2P reading (scale to cover the target, centre crop) on the tiled image."""
+    square = samples_from_records(records, resolution=256, sizes="square")
+    assert {s.bucket for s in square} == {(256, 256)}
+    data = TrainSamples(square, mode="cover")
+    pixels, _, box = data[0, 0]  # 450 x 300: the centred 300 x 300 window
+    assert box == (75, 0, 300, 300) and pixels.shape == (256, 256, 3)
+    assert data.crop_box(0, 0) == data.crop_box(0, 5)  # no randomness: every epoch the same window
+    budget = samples_from_records(records, resolution=256, sizes="max_pixels", multiple=64)
+    # 450 x 300 under 256^2? no (135000 > 65536): scaled by sqrt(135000 / 65536), then floored to 64
+    assert budget[0].bucket == (256, 192) and budget[2].bucket == (320, 128)
+    pixels, _, (x, y, w, h) = TrainSamples(budget, mode="cover")[0, 0]
+    assert pixels.shape == (192, 256, 3) and (w, h) == (400, 300) and (x, y) == (25, 0)
+
+
+def test_run_sizes_per_resolution_are_checked_and_force_the_cover_crop():
+    import copy
+
+    import yaml
+
+    from pixverve.train_config import check_train_config, resolve_run
+
+    config = yaml.safe_load(open("config.yaml"))
+    spec = resolve_run(config, "scheme3_l2p", 8192)
+    assert spec["sizes"] == "max_pixels" and spec["data"]["crop_mode"] == "cover"
+    assert resolve_run(config, "scheme3_l2p", 4096)["sizes"] == "square"
+    assert resolve_run(config, "scheme1_full", 4096)["sizes"] == "buckets"  # unpublished recipe: ours
+    assert resolve_run(config, "scheme1_full", 4096)["data"]["crop_mode"] == "crop"
+    bad = copy.deepcopy(config)
+    bad["train"]["runs"]["scheme3_l2p"]["sizes"] = {"4096": "square"}
+    with pytest.raises(ValueError, match="sizes has no entry for resolution 8192"):
+        check_train_config(bad)
