@@ -157,7 +157,18 @@ def caption_uses_gpu(step):
 
 
 def bench_methods():
-    return sorted((config.get("bench") or {}).get("methods") or {})
+    """The benchmarked methods: bench.enabled (a list) when set, else every configured one."""
+    bench = config.get("bench") or {}
+    methods = bench.get("methods") or {}
+    enabled = bench.get("enabled")
+    if enabled is None:
+        return sorted(methods)
+    unknown = sorted(set(enabled) - set(methods))
+    if unknown:
+        raise ValueError(
+            f"config key bench.enabled: {unknown} not among bench.methods {sorted(methods)}"
+        )
+    return sorted(enabled)
 
 
 def bench_image_dir(method):

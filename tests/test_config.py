@@ -67,3 +67,13 @@ def test_snakemake_refuses_a_bad_value_before_any_job(repo_root, tmp_path):
     assert res.returncode != 0
     assert "phash_max_hamming" in res.stdout + res.stderr
     assert "Job stats" not in res.stdout + res.stderr  # no DAG was built
+
+
+def test_bench_enabled_must_name_configured_methods(repo_root, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bench:\n  enabled: [ours-scheme1, nope]\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", "configs/demo.yaml", str(bad)],
+        cwd=repo_root, capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode != 0 and "bench.enabled: ['nope'] not among bench.methods" in res.stdout + res.stderr

@@ -120,7 +120,8 @@ def test_training_checkpoints_samples_and_bench_rows(run_a):
     l2p_log = (run_a / "logs/train/scheme3_l2p/128.log").read_text()
     assert "L2P initialised from results/train/scheme3_l2p/64/final" in l2p_log  # progressive
     table = pd.read_csv(run_a / "paper_figures/bench_table.csv")
-    assert {"ours-scheme1", "ours-scheme3"} <= set(table["method"])
+    assert set(table["method"]) == {"ours-scheme1", "ours-scheme3"}  # bench.enabled in tests/e2e/config.yaml
+    assert not (run_a / "results/bench/tiny-sd").exists()
     sets = json.loads((run_a / "results/bench/ours-scheme1/sets.json").read_text())
     assert sets["fid_patch_order"] == "yx" and sets["fid_patch_size"] == 512  # the published draw order, on record
 
