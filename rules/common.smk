@@ -13,6 +13,7 @@ WORKFLOW_DIR = Path(workflow.current_basedir).parent
 # The pixverve package sits next to the Snakefile; scripts import it from there too.
 sys.path.insert(0, str(WORKFLOW_DIR))
 
+from pixverve import snakemake_fixes  # noqa: E402
 from pixverve.index import bundle_of_shards, generated_manifests  # noqa: E402
 from pixverve.workflow import (  # noqa: E402
     check_config,
@@ -21,6 +22,9 @@ from pixverve.workflow import (  # noqa: E402
     roots_filled_by_rules,
     shipped_path,
 )
+
+# Snakemake 9.27's group check is quadratic in the shard count (pixverve/snakemake_fixes.py)
+snakemake_fixes.apply()
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
