@@ -45,6 +45,6 @@ def test_same_verdict_as_snakemakes_own_check(tmp_path, patched, leaves_and_retu
     if leaves_and_returns:
         assert res.returncode != 0 and "Group g depends on itself" in out, out[-2000:]
         if patched:
-            assert "rule b outside it" in out  # our message names the job outside the group
+            assert "through rule b outside it" in out  # our message names the job outside the group
     else:
         assert res.returncode == 0, out[-2000:]
