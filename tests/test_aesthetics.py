@@ -90,29 +90,31 @@ def test_preprocessing_is_clip_224_centre_crop():
     assert out[0, 0, 0, 0].item() == pytest.approx((0 - 0.48145466) / 0.26862954, abs=1e-4)
 
 
-def _openai_clip_transform(n_px):
+@pytest.fixture
+def openai_clip_transform(monkeypatch):
     """openai-clip's own preprocess (clip.load returns it); its module imports `packaging` through
-    pkg_resources, which current setuptools no longer ships: hand it the real `packaging`."""
-    import sys
+    pkg_resources, which current setuptools no longer ships: hand it the real `packaging` for the
+    import only (a stand-in left in sys.modules breaks pytest's syspath_prepend later)."""
     import types
 
     import packaging.version
 
-    sys.modules.setdefault("pkg_resources", types.SimpleNamespace(packaging=packaging))
+    if "clip.clip" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "pkg_resources", types.SimpleNamespace(packaging=packaging))
     from clip.clip import _transform
 
-    return _transform(n_px)
+    return _transform
 
 
 @pytest.mark.parametrize("size", [(500, 1000), (301, 400), (224, 227), (640, 479)])
-def test_laion_input_equals_openai_clips_preprocess(size):
+def test_laion_input_equals_openai_clips_preprocess(size, openai_clip_transform):
     """Odd crop margins included (227 - 224 = 3: torchvision rounds the offset, HF's processor floors it)."""
     from PIL import Image
 
     rng = np.random.default_rng(sum(size))
     image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
     ours = ae.openai_clip_pixels([image])
-    assert torch.equal(ours[0], _openai_clip_transform(224)(image))
+    assert torch.equal(ours[0], openai_clip_transform(224)(image))
     # the same from the decoded array (what the stages hand over)
     assert torch.equal(ae.openai_clip_pixels([np.asarray(image)]), ours)
 
