@@ -352,6 +352,13 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
     data = TrainSamples(samples, mode=spec["data"]["crop_mode"], seed=int(spec["seed"]))
     batch_size, seed, total = int(spec["batch_size"]), int(spec["seed"]), int(spec["max_steps"])
     epoch_batches = {}
+    # a batch holds one size: images of a size with fewer than batch_size left over are not
+    # trained on in an epoch (with `sizes: max_pixels` nearly every image has its own size)
+    used = sum(len(b) for b in bucket_batches(samples, batch_size, 0, seed)) if accelerator.is_main_process else 0
+    if accelerator.is_main_process and used < len(samples):
+        log(f"an epoch trains on {used} of {len(samples)} images: {len(samples) - used} sit in sizes with fewer "
+            f"than batch_size={batch_size} images left over (sizes {spec.get('sizes', 'buckets')}; batch_size 1 "
+            "uses every image)")
 
     def batch_for(step):
         if spec.get("overfit_batches"):

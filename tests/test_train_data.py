@@ -136,3 +136,12 @@ def test_run_sizes_per_resolution_are_checked_and_force_the_cover_crop():
     bad["train"]["runs"]["scheme3_l2p"]["sizes"] = {"4096": "square"}
     with pytest.raises(ValueError, match="sizes has no entry for resolution 8192"):
         check_train_config(bad)
+
+
+def test_budget_sizes_with_batches_of_two_leave_images_out_and_say_so(records):
+    """Every budget size is its own batch size class: with batch_size 2 the epoch is empty here
+    (what train_run now logs), with batch_size 1 every image is used."""
+    budget = samples_from_records(records, resolution=256, sizes="max_pixels", multiple=64)
+    assert len({s.bucket for s in budget}) == 3
+    assert bucket_batches(budget, 2, epoch=0) == []
+    assert sorted(i for b in bucket_batches(budget, 1, epoch=0) for i in b) == [0, 1, 2]
