@@ -25,7 +25,9 @@ and downloads the rest into the root's folder:
   ``X-Ratelimit-Remaining`` of its monthly quota and ``X-Ratelimit-Reset`` as a UNIX time, and
   none on a 429; Unsplash sends the hourly remaining and no reset, and answers an exceeded limit
   with 403 "Rate Limit Exceeded" or 429); a quota that frees within ``max_rate_wait_s`` is waited
-  for, one further away stops the run at once with the date it resets.  5xx and broken
+  for, one further away stops the run at once with the date it resets; a rate-limit answer with
+  no headers is taken as the hourly limit once, and the same answer again after that wait stops
+  the run at once with the last reset the API gave (the monthly quota).  5xx and broken
   connections are retried with exponential back-off.  Unsplash's ``links.download_location`` is
   requested before each download, as its API guidelines require.
 
@@ -121,11 +123,23 @@ def _utc(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _api_reset(seen: dict | None) -> float | None:
+    """The last reset time the API's own headers gave (not a Retry-After), as remembered in ``seen``."""
+    if not seen:
+        return None
+    if seen.get("api_reset") is not None:
+        return float(seen["api_reset"])
+    return float(seen["reset"]) if seen.get("reset") is not None and not seen.get("ours") else None  # older logs
+
+
 class CallLog:
     """Times of one source's API calls (sorted) and the rate headers last seen, kept in a JSONL file
     so that a resumed run counts the calls made before it.  Lines: ``{"t"}`` a call; ``{"t",
-    "remaining", "limit", "reset"}`` what the server said (``remaining`` 0 also for a rate-limit
-    answer).  Calls older than ``horizon_s`` (the longest window paced) are dropped."""
+    "remaining", "limit", "reset", "ours", "api_reset", "bare"}`` what the server said
+    (``remaining`` 0 also for a rate-limit answer; ``api_reset``: the last reset time the API's own
+    headers gave, carried through the answers without one; ``bare``: 1 for a rate-limit answer
+    without Retry-After or rate headers, 2 for one that came again after waiting for the first).
+    Calls older than ``horizon_s`` (the longest window paced) are dropped."""
 
     def __init__(self, path: Path | None, clock, horizon_s: float = MONTH_S):
         self.clock, self.horizon_s = clock, float(horizon_s)
@@ -174,8 +188,10 @@ class CallLog:
         if len(self.calls) % 1000 == 0:
             self._prune()
 
-    def observe(self, remaining: int, limit: int | None, reset: float | None, ours: bool = False) -> None:
-        self.seen = {"t": self.clock(), "remaining": int(remaining), "limit": limit, "reset": reset, "ours": ours}
+    def observe(self, remaining: int, limit: int | None, reset: float | None, ours: bool = False, bare: int = 0) -> None:
+        api_reset = reset if reset is not None and not ours else _api_reset(self.seen)
+        self.seen = {"t": self.clock(), "remaining": int(remaining), "limit": limit, "reset": reset, "ours": ours,
+                     "api_reset": api_reset, "bare": bare}
         self._write(self.seen)
 
     def since(self, t0: float) -> int:
@@ -244,6 +260,13 @@ class ApiSession:
                 back = float(reset) + (0.0 if seen.get("ours") else float(self.http.get("reset_margin_s", 5)))
                 if back > when:  # Pexels: the monthly quota, back at X-Ratelimit-Reset
                     when, why = back, "the API's quota is used up (X-Ratelimit-Reset)"
+            elif left <= 0 and seen.get("bare") == 2 and (_api_reset(seen) or 0) > now:
+                # a bare 429 came again after the hourly wait: the monthly quota, back at the last reset the API gave
+                back = _api_reset(seen) + float(self.http.get("reset_margin_s", 5))
+                if back > when:
+                    when, why = back, (f"the monthly quota may be used up (HTTP 429 again after waiting for the hourly "
+                                       f"window); {self.source.capitalize()} last said it resets at "
+                                       f"{_utc(_api_reset(seen))} (X-Ratelimit-Reset)")
             elif left <= 0 and reset is None and now - seen["t"] < float(self.http["exhausted_wait_s"]):
                 # no reset time (Unsplash, or a bare 429).  If our own calls filled the server's hourly
                 # limit, it frees as they leave the hour; if not, someone else shares the key: wait it out.
@@ -255,6 +278,9 @@ class ApiSession:
                     t = now if oldest is None else oldest + HOUR_S
                 if t > when:
                     when, why = t, "the API's hourly limit is used up"
+                    if seen.get("bare") and (_api_reset(seen) or 0) > now:  # a bare 429: or the monthly quota
+                        why += (f" (or, if it is the monthly quota, {self.source.capitalize()} last said it resets at "
+                                f"{_utc(_api_reset(seen))}, X-Ratelimit-Reset)")
         return when, why
 
     def _pace(self, spent: float = 0.0) -> float:
@@ -289,23 +315,35 @@ class ApiSession:
             self.log(f"{self.source}: the API allows {limit} calls an hour; collect.{self.source}.hourly_limit is {ours}")
 
     def _rate_limited(self, url: str, resp) -> None:
-        """A rate-limit answer: note what it means so that _pace waits for it (or stops)."""
+        """A rate-limit answer: note what it means so that _pace waits for it, or stop.
+
+        With Retry-After, that is waited for.  Without it (Pexels' 429 and Unsplash's 403 carry no
+        rate headers) it is taken as the hourly limit the first time, keeping the last reset the API
+        gave (``api_reset``); the same answer again after that wait, with no successful answer
+        between, is not the hour: the run stops at once naming that reset (a monthly quota spent by
+        another user of the key, or by calls the call log did not see).  (A quota our own count says
+        is used up never gets here: ``_free_at`` holds such a call back.)"""
         retry_after = _retry_after(resp.headers.get("Retry-After"), self.clock())
         seen, now = self.calls.seen, self.clock()
         if retry_after is not None:
             self.calls.observe(0, None, now + retry_after, ours=True)
-            why = f"Retry-After {retry_after:.1f} s"
-        elif seen is not None and seen.get("reset") and seen["reset"] > now and (
-            seen["remaining"] - self.calls.since(seen["t"]) <= 0
-        ):
-            # what we counted says the quota is gone; Pexels sends no headers on a 429, so its last reset stands
-            self.calls.observe(0, seen.get("limit"), seen["reset"])
-            why = f"quota used up, resets {_utc(seen['reset'])}"
-        else:  # an hourly limit: Unsplash's header limit is hourly, Pexels' (with a reset) monthly
-            hourly = None if (seen or {}).get("reset") else (seen or {}).get("limit")
-            self.calls.observe(0, hourly or self.limits.get("hourly_limit"), None)
-            why = "no reset time given: waiting for the hourly window"
-        self.log(f"HTTP {resp.status_code} (rate limit) from {_host_path(url)}: {why}")
+            self.log(f"HTTP {resp.status_code} (rate limit) from {_host_path(url)}: Retry-After {retry_after:.1f} s")
+            return
+        again = bool(seen and seen.get("bare") and now - seen["t"] < HOUR_S + float(self.http["exhausted_wait_s"]))
+        # the limit to wait out is hourly: Unsplash's header limit (no reset) is; Pexels' (with a reset) is monthly
+        hourly = seen.get("limit") if seen and (seen.get("bare") or not seen.get("reset")) else None
+        self.calls.observe(0, hourly or self.limits.get("hourly_limit"), None, bare=2 if again else 1)
+        if again:
+            resp.close()
+            reset = _api_reset(self.calls.seen)
+            tail = (f"the monthly quota may be used up; {self.source.capitalize()} last said it resets at {_utc(reset)} "
+                    f"(X-Ratelimit-Reset). Rerun after then" if reset and reset > now else
+                    "the API sends no reset time. Rerun later")
+            raise QuotaExhausted(
+                f"{self.source}: HTTP {resp.status_code} (rate limit) from {_host_path(url)} again after waiting for the "
+                f"hourly window: {tail}: the journal resumes where this run stopped."
+            )
+        self.log(f"HTTP {resp.status_code} (rate limit) from {_host_path(url)}: no reset time given: waiting for the hourly window")
 
     # -- requests -------------------------------------------------------------------------
 
@@ -349,7 +387,7 @@ class ApiSession:
                 continue
             if resp.status_code == 410 and auth:
                 resp.close()
-                raise QueryFlagged(f"{_host_path(url)} answered HTTP 410 Gone (the API refuses this query)")
+                raise QueryFlagged(f"{_host_path(url)} answered HTTP 410 Gone")
             if resp.status_code >= 400:
                 resp.close()
                 hint = " (check the API key and that the application may use this endpoint)" if resp.status_code in (401, 403) else ""
@@ -411,7 +449,7 @@ def _walk(api: ApiSession, label: str, path: str, params: dict, max_pages: int, 
         try:
             data = api.get_json(path, {**params, "page": page})
         except QueryFlagged as exc:
-            yield Listed(label, listing, page, last=True, flagged=str(exc))
+            yield Listed(label, listing, page, last=True, flagged=f"{exc} (the API refuses this query)")
             return
         photos, last = parse(data, page)
         yield Listed(label, listing, page, photos, last or not photos)
@@ -652,7 +690,8 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
                         try:
                             api.request(photo.track_url)  # Unsplash: count the download (an API call: paced, counted)
                         except QueryFlagged as exc:
-                            raise DownloadRejected("gone", str(exc)) from None
+                            gone = f"download_location: {exc} (the API no longer serves this photo)"
+                            raise DownloadRejected("gone", gone) from None
                     relpath, nbytes = download(api, photo, folder, cap)
                 except DownloadRejected as exc:
                     journal.add({**row, "passed": False, "reason": exc.code, "reason_detail": exc.detail})

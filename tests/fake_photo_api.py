@@ -14,7 +14,9 @@ track calls included; the server's time is ``clock``, shareable with a test's fa
   quota it answers 429 with *no* rate headers and no Retry-After.
 * Unsplash: successful answers carry ``X-Ratelimit-Limit``/``-Remaining`` of the hourly quota and
   no reset; past it, 403 with the plain-text body "Rate Limit Exceeded".
-* ``flagged`` queries answer 410.  ``forbidden``: every Unsplash call answers a real 403 (JSON
+* ``flagged`` queries answer 410, and so do the ``download_location`` calls of ``gone_tracks`` ids.
+  ``month_spent_elsewhere_after = n``: after n of our Pexels calls another user of the key spends
+  the rest of the month (429s, as over the monthly quota, though the last 200 said plenty was left).  ``forbidden``: every Unsplash call answers a real 403 (JSON
   errors).  Images are sent gzip-encoded (Content-Length of the encoded bytes) unless the request
   says ``Accept-Encoding: identity``, as CDNs do; the header seen is kept per image.
 
@@ -61,6 +63,8 @@ class FakePhotoAPI(LocalServer):
         self.lie_size: set[str] = set()
         self.missing: set[str] = set()
         self.flagged: set[str] = set()
+        self.gone_tracks: set[str] = set()
+        self.month_spent_elsewhere_after: int | None = None
         self.forbidden = False
         self.slow_image_s = 0.0
         self.hourly_limit = {"pexels": 1_000_000, "unsplash": 1_000_000}
@@ -126,6 +130,8 @@ class FakePhotoAPI(LocalServer):
             in_hour = sum(1 for t in calls if t > now - 3600)
             in_month = sum(1 for t in calls if service == "pexels" and now < self.month_reset)
             over = in_hour >= self.hourly_limit[service] or (service == "pexels" and in_month >= self.monthly_limit)
+            elsewhere = self.month_spent_elsewhere_after
+            over = over or (service == "pexels" and elsewhere is not None and len(calls) >= elsewhere and now < self.month_reset)
             if not over:
                 calls.append(now)
         if not over:
@@ -194,7 +200,7 @@ class FakePhotoAPI(LocalServer):
             return self._send(h, 401, b'{"errors": ["OAuth error: The access token is invalid"]}')
         if service == "unsplash" and self.forbidden:
             return self._send(h, 403, b'{"errors": ["Forbidden"]}')
-        if query.get("query") in self.flagged:
+        if query.get("query") in self.flagged or (path.startswith("/unsplash/track/") and path.rsplit("/", 1)[-1] in self.gone_tracks):
             return self._refuse(h, path, 410, b'{"error": "Gone"}')
         if self._quota(h, path, service):
             return None

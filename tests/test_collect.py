@@ -26,7 +26,7 @@ PHOTOS = {"11": (400, 300), "12": (420, 320), "13": (380, 300), "14": (100, 80),
 PAGES = [["11", "12", "13"], ["13", "14", "15"], ["16", "17"]]
 
 
-ACK = "test permission: local stand-in server, no real photos"
+ACK = "test permission: local stand-in server, fake photos only"
 
 
 class FakeClock:
@@ -145,13 +145,37 @@ def test_refuses_to_start_without_a_terms_acknowledgement(tmp_path):
     with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
         for source in ("pexels", "unsplash"):
             config = _config(tmp_path, server.base, source)
-            for value in (None, "", "yes", "  True "):
+            for value in (None, "", "yes", "  True ", "no", "none", "n/a", "-", "sure", "I do not have permission",
+                          "TBD", "edit_me", "yes I agree to the terms", "written permission from <source>, <date>",
+                          "permission: none yet", "licence without a contract"):
                 config["collect"][source]["terms_acknowledgement"] = value
                 with pytest.raises(CollectorConfigError, match=f"collect.{source}.terms_acknowledgement") as err:
                     collect(source, config, tmp_path, log=lambda *_: None)
                 assert ("Pexels" if source == "pexels" else "unsplash.com/data") in str(err.value)
+                # says what to write
+                assert f'"written permission from {source.capitalize()}, 2026-05-01, ticket 1234"' in str(err.value)
+                assert "at least 3 words" in str(err.value)
         assert server.counts == {}  # not one request went out
         assert not (tmp_path / "pexels").exists()
+
+
+def test_terms_acknowledgement_rule_says_why_and_accepts_real_statements():
+    from pixverve.collect_terms import terms_acknowledgement
+
+    def why(value):
+        with pytest.raises(CollectorConfigError) as err:
+            terms_acknowledgement({"terms_acknowledgement": value}, "pexels")
+        return str(err.value)
+
+    assert "contains 'not'" in why("I do not have permission")
+    assert "contains 'n/a'" in why("n/a")
+    assert "fewer than 3" in why("sure") and "fewer than 3" in why("-")
+    assert "names no permission" in why("yes I agree to the terms")
+    assert "<...> placeholder" in why("written permission from Pexels, <date>, <reference>")
+    for ok in (ACK, "written permission from Pexels (test)",  # the value tests/test_imports.py sets
+               "written permission from Pexels, 2026-05-01, ticket 1234", "Unsplash+ data licence, contract 77",
+               "  approved by Pexels support by email, 2026-05-01 "):
+        assert terms_acknowledgement({"terms_acknowledgement": ok}, "pexels") == ok.strip()
 
 
 def test_pacing_keeps_pexels_under_its_hourly_limit(tmp_path):
@@ -215,6 +239,40 @@ def test_pexels_429_without_headers_waits_for_the_hour(tmp_path):
     assert any("HTTP 429 (rate limit)" in line and "hourly window" in line for line in logs)
 
 
+def test_pexels_429_after_plenty_was_left_waits_the_hour_once_then_stops_with_the_monthly_reset(tmp_path):
+    import datetime as dt
+
+    clock = FakeClock()
+    with FakePhotoAPI(PHOTOS, PAGES, KEY, clock=clock.time) as server:
+        server.monthly_limit = 5000
+        server.month_reset = clock.now + 10 * 86400
+        server.month_spent_elsewhere_after = 1  # page 1 says 4,999 left; then another user of the key spends them
+        day = dt.datetime.fromtimestamp(server.month_reset, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        # 1. the hour does not fit max_rate_wait_s (2 s): stops at once, naming the hour and the last reset seen
+        with pytest.raises(QuotaExhausted, match="hourly limit") as err:
+            _run(tmp_path, server, clock=clock)
+        assert f"Pexels last said it resets at {day}" in str(err.value)
+        assert clock.slept == [] and server.refused == {"/pexels/v1/search": 1}
+        # 2. the hour fits: waited once; the same 429 after it stops at once with the monthly reset, not "1.0 h"
+        config = _paced_config(tmp_path, server, "pexels")
+        with pytest.raises(QuotaExhausted, match="again after waiting for the hourly window") as err:
+            _run(tmp_path, server, clock=clock, config=config)
+        assert f"the monthly quota may be used up; Pexels last said it resets at {day}" in str(err.value)
+        assert "h from now" not in str(err.value)
+        assert server.refused == {"/pexels/v1/search": 2} and 3600 <= sum(clock.slept) < 3700
+        # 3. a rerun before that reset stops at once: no request, no hour wasted
+        counts, slept = dict(server.counts), list(clock.slept)
+        with pytest.raises(QuotaExhausted, match=f"resets at {day}"):
+            _run(tmp_path, server, clock=clock, config=config)
+        assert server.counts == counts and clock.slept == slept
+        # 4. after the reset the run carries on from the journal
+        clock.now = server.month_reset + 60
+        server.month_spent_elsewhere_after = None
+        _, manifest = _run(tmp_path, server, clock=clock, config=config)
+        assert server.refused == {"/pexels/v1/search": 2}
+    assert len(manifest) == 6
+
+
 def test_monthly_quota_beyond_max_wait_stops_at_once_with_the_reset_date(tmp_path):
     import datetime as dt
 
@@ -260,6 +318,36 @@ def test_flagged_query_is_skipped_with_a_row_and_the_run_goes_on(tmp_path):
     flagged = table[table["reason"] == "query_flagged"]
     assert len(flagged) == 1 and flagged.iloc[0]["query"] == "forbidden words" and "410" in flagged.iloc[0]["reason_detail"]
     assert len(manifest) == 6 and len(again) == len(table)
+
+
+def test_unsplash_410_on_search_skips_that_query_with_a_row(tmp_path):
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        server.flagged.add("forbidden words")
+        config = _config(tmp_path, server.base, "unsplash")
+        config["collect"]["unsplash"].update(queries=["forbidden words", "mountains"], list_pages=0)
+        table, manifest = _run(tmp_path, server, "unsplash", config=config)
+        assert server.refused == {"/unsplash/search/photos": 1} and server.counts["/unsplash/search/photos"] == 1 + 3
+        _run(tmp_path, server, "unsplash", config=config)
+        assert server.refused == {"/unsplash/search/photos": 1}  # not asked again on a rerun
+    flagged = table[table["reason"] == "query_flagged"]
+    assert len(flagged) == 1 and flagged.iloc[0]["query"] == "forbidden words"
+    assert "HTTP 410" in flagged.iloc[0]["reason_detail"] and not flagged.iloc[0]["passed"]
+    assert len(manifest) == 6
+
+
+def test_unsplash_410_on_download_location_is_a_gone_row_and_the_run_goes_on(tmp_path):
+    with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
+        server.gone_tracks.add("12")
+        table, manifest = _run(tmp_path, server, "unsplash")
+        assert server.refused == {"/unsplash/track/12": 1} and server.counts["/unsplash/track/12"] == 1  # not retried
+        assert server.downloads("12") == 0  # the photo itself is not fetched
+        again, _ = _run(tmp_path, server, "unsplash")
+        assert server.counts["/unsplash/track/12"] == 1  # a rerun does not ask again
+    row = table.set_index("photo_id").loc["12"]
+    assert not row["passed"] and row["reason"] == "gone" and row["relpath"] == ""
+    assert "download_location" in row["reason_detail"] and "HTTP 410" in row["reason_detail"]
+    assert {m["path"] for m in manifest} == {"11.jpg", "13.jpg", "15.jpg", "16.jpg", "17.jpg"}
+    assert len(again) == len(table)
 
 
 def test_resume_starts_after_the_finished_pages(tmp_path):
