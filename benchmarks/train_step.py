@@ -15,7 +15,8 @@ attention at the same resolution.
 ``--real-shapes``: no pipelines, no data -- the transformers themselves as published
 (FLUX.2-klein-base-4B: flux2_infer/runtime.py's config; Z-Image L2P with the published U-Net and
 layers 5-24 frozen), random bf16 weights, random inputs at 4K/8K/10K (FLUX.2: (res/16)^2 tokens +
-512 text tokens; scheme II with the published pattern presets; L2P patch 64/128/160), one AdamW
+512 text tokens; scheme II with the published pattern presets, also with sequence chunking of
+projections / FFN (scheme2_chunked, --seq-chunk tokens); L2P patch 64/128/160), one AdamW
 step per iteration (lr 5e-5, wd 0.01), gradient checkpointing.  ``--quick`` keeps the layer types
 and head size but cuts heads/depth/width and sizes (4 x 4 L2P tokens) so it runs on a CPU: a smoke
 of the code path, not a measurement.  A preset that does not fit prints "failed".
@@ -35,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SCHEMES = ["scheme1_full", "scheme1_lora", "scheme2_window", "scheme3_l2p"]
+# --real-shapes also runs scheme II with the published sequence chunking of projections / FFN
+REAL_SCHEMES = SCHEMES[:3] + ["scheme2_chunked"] + SCHEMES[3:]
 
 
 def timed_step(loss_fn, opt, cuda: bool) -> float:
@@ -155,8 +158,10 @@ def real_step(args) -> dict:
             model.requires_grad_(False)
             model.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=["to_q", "to_k", "to_v", "to_out.0",
                                                                             "to_qkv_mlp_proj"]))
-        if args.scheme == "scheme2_window":
-            tm.install_window_attention(model, tm.window_settings({}, res))
+        if args.scheme in ("scheme2_window", "scheme2_chunked"):
+            chunk = args.seq_chunk if not args.quick else (res // 16) ** 2 // 4
+            memory = {"seq_chunk_single": chunk} if args.scheme == "scheme2_chunked" else None
+            tm.install_window_attention(model, tm.window_settings({}, res), memory)
         grid = res // 16
         tokens = grid * grid
         hidden = torch.randn(1, tokens, cfg.get("in_channels", 128), device=device, dtype=dtype)
@@ -185,9 +190,9 @@ def real_table(args) -> None:
     print(f"training step, {kind}, random {'bf16' if args.device == 'cuda' else 'fp32'} weights, {args.device}, median of {args.steps - 1} steps after one")
     print(f"{'scheme':<16} {'preset':>6} {'px':>6} {'tokens':>7} {'params M':>10} {'trainable M':>12} {'s/step':>9} {'peak MB':>9}")
     for preset in args.presets:
-        for scheme in SCHEMES:
+        for scheme in REAL_SCHEMES:
             cmd = [sys.executable, __file__, "--real-shapes", "--scheme", scheme, "--preset", preset, "--device",
-                   args.device, "--steps", str(args.steps)] + (["--quick"] if args.quick else [])
+                   args.device, "--steps", str(args.steps), "--seq-chunk", str(args.seq_chunk)] + (["--quick"] if args.quick else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{scheme:<16} {preset:>6} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
@@ -212,6 +217,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="seconds, tiny sizes (CI checks that it still runs); with --real-shapes: cut widths/depths")
     parser.add_argument("--presets", nargs="+", default=["4k", "8k", "10k"], choices=["4k", "8k", "10k"])
+    parser.add_argument("--seq-chunk", type=int, default=16384,
+                        help="tokens per projection/FFN chunk of the scheme2_chunked row (--real-shapes; quick: a quarter of the grid)")
     parser.add_argument("--preset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scheme", default=None, help=argparse.SUPPRESS)  # internal: one scheme per process
     args = parser.parse_args()

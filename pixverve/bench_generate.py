@@ -133,14 +133,15 @@ def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) 
     from tqdm import tqdm
 
     from .devices import resolve_device
-    from .train_infer import generate, load_checkpoint
+    from .train_infer import generate, load_checkpoint, sample_dtype
 
     info = json.loads((Path(spec["checkpoint_dir"]) / "model.json").read_text())
     name = f"ours: {spec['run']} @ {spec['train_resolution']} px ({info['scheme']}, {info['steps']} steps)"
     if not todo:
         return {"model": name, "smoke": info["smoke"], "generated": 0}
     device = resolve_device(spec.get("device", "auto"))
-    info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device)
+    info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device, dtype=sample_dtype(spec.get("dtype")),
+                                   sequential=bool(spec.get("sequential_loading", True)))
     for r in tqdm(todo, desc="generate", unit="img"):
         rgb = generate(info, loaded, r["long_caption"], int(spec["width"]), int(spec["height"]), int(spec["steps"]),
                        float(spec.get("guidance") or 1.0), image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),

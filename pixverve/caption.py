@@ -20,7 +20,8 @@ The chain, on the images that passed stage 4's checks 1-3 (``results/verify/veri
 7. ``captions_shard``: a long caption from the image plus everything above, then a short
    caption distilled from the long one (text only).
 
-Every VLM reply is kept raw next to its parsed value, with the prompt template's hash.
+Every VLM reply is kept raw next to its parsed value, with the prompt template's hash and the
+request options it was asked with (``*_request_options``: JSON, keys sorted).
 """
 
 from __future__ import annotations
@@ -117,8 +118,20 @@ def _reply_columns(res, prefix: str) -> dict:
     return {
         f"{prefix}_status": res.status,
         f"{prefix}_replies": json.dumps(res.raw_replies),
+        f"{prefix}_request_options": res.request_options,
         f"{prefix}_error": res.error,
     }
+
+
+def _options_of(results) -> str:
+    """The request options (JSON, keys sorted) the replies of one row were asked with: the one
+    object when they agree (one step, one client), else a list in the replies' order; "" for none."""
+    values = [r.request_options for r in results]
+    if not values:
+        return ""
+    if all(v == values[0] for v in values):
+        return values[0]
+    return json.dumps([json.loads(v) if v else None for v in values], sort_keys=True)
 
 
 # What a model raises on one image (a CUDA out-of-memory is a RuntimeError, a prompt the model
@@ -167,9 +180,9 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
             except (OSError, ValueError, KeyError, IndexError) as exc:  # the rest of the shard goes on; the
                 # instance check rejects the image (no analysis copy), nothing downstream guesses
                 rows.append(_base(rec) | {"width": 0, "height": 0, "view_width": 0, "view_height": 0, "tagger_model": "",
-                                          "tags_raw": "[]", "tags_status": "unreadable", "tags_replies": "[]",
+                                          "tags_raw": "[]", "tags_status": "unreadable", "tags_replies": "[]", "tags_request_options": "",
                                           "tags_error": f"SR output {rec['output_path']}: {exc}", "smoke": False, "candidates": [],
-                                          "tags": [], "prune_status": "no_tags", "prune_replies": "[]", "prune_error": "",
+                                          "tags": [], "prune_status": "no_tags", "prune_replies": "[]", "prune_request_options": "", "prune_error": "",
                                           "prune_model": ""})
                 log(f"{rec['relpath']}: SR output unreadable: {exc}")
                 continue
@@ -184,7 +197,8 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
             for row, tags in zip(batch, _tag_each(tagger, views, log), strict=True):
                 failed = isinstance(tags, str)
                 row.update(tagger_model=tagger.model_name, tags_raw="[]" if failed else json.dumps(tags),
-                           tags_status=MODEL_ERROR if failed else "ok", tags_replies="[]", tags_error=tags if failed else "",
+                           tags_status=MODEL_ERROR if failed else "ok", tags_replies="[]", tags_request_options="",
+                           tags_error=tags if failed else "",
                            smoke=bool(tagger.smoke))
                 row["candidates"] = [] if failed else [t for t, _ in tags]
         else:
@@ -241,7 +255,8 @@ def _prune(batch: list[dict], pruner, prompt: str) -> None:
     """Keep the tangible objects among each row's candidate tags (a subset, in the tags' order)."""
     if pruner is None:
         for row in batch:
-            row.update(tags=list(row["candidates"]), prune_status="off", prune_replies="[]", prune_error="", prune_model="")
+            row.update(tags=list(row["candidates"]), prune_status="off", prune_replies="[]", prune_request_options="",
+                       prune_error="", prune_model="")
         return
     todo = [r for r in batch if r["candidates"]]
     requests = [("prune_tags", r["image_id"], [{"role": "user", "content": prompt.replace("{tags}", json.dumps(r["candidates"]))}],
@@ -252,7 +267,7 @@ def _prune(batch: list[dict], pruner, prompt: str) -> None:
         row["prune_model"] = pruner.model_name
         row["smoke"] = bool(row["smoke"] or pruner.smoke)
         if res is None:
-            row.update(tags=[], prune_status="no_tags", prune_replies="[]", prune_error="")
+            row.update(tags=[], prune_status="no_tags", prune_replies="[]", prune_request_options="", prune_error="")
             continue
         row.update(_reply_columns(res, "prune"))
         if res.status == "ok":
@@ -291,7 +306,7 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
         for rec in chunk:
             kept_tags = json.loads(rec["tags"])
             W, H = int(rec["width"]), int(rec["height"])
-            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "error": "",
+            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "request_options": "", "error": "",
                                  "status": "ok" if kept_tags else "no_tags"}
             if rec.get("tags_status") == MODEL_ERROR:  # no boxes because the tagger failed, not because nothing is there
                 row.update(status=MODEL_ERROR, error=rec["tags_error"])
@@ -336,6 +351,7 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
                     found_by_row[k].append(d | {"box": map_box(d["box"], (vw, vh), region), "view": name})
             for k, (row, _, _) in enumerate(work):
                 row["replies"] = json.dumps([r.raw_replies for r in replies[k]])
+                row["request_options"] = _options_of(replies[k])
                 bad = [r.status for r in replies[k] if r.status != "ok"]
                 if bad:
                     row["status"] = "judge_" + bad[0]
@@ -473,11 +489,12 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
             rows.append(m | {
                 "description": res.parsed["description"].strip() if ok else None,
                 "importance": int(res.parsed["importance"]) if ok else None,
-                "status": res.status, "replies": json.dumps(res.raw_replies), "error": res.error, "attempts": res.attempts,
+                "status": res.status, "replies": json.dumps(res.raw_replies), "request_options": res.request_options,
+                "error": res.error, "attempts": res.attempts,
                 "model": judge.model_name, "prompt_sha": sha, "smoke": bool(judge.smoke),
             })
     columns = ["image_id", "root", "relpath", "shard", "instance", "label", "crop_x", "crop_y", "crop_w", "crop_h", "description",
-               "importance", "status", "replies", "error", "attempts", "model", "prompt_sha", "smoke"]
+               "importance", "status", "replies", "request_options", "error", "attempts", "model", "prompt_sha", "smoke"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
         table["importance"] = table["importance"].astype("Int64")
@@ -488,9 +505,16 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
 # ----------------------------------------------------------------------------- 6. aesthetics
 
 
+# ArtiMuse's published decoding of its aesthetic analysis (src/eval/eval_image.py: generation_config
+# = dict(max_new_tokens=8192, do_sample=False, ...)): greedy, up to 8192 new tokens.
+ARTIMUSE_ANALYSIS_DECODING = {"temperature": 0.0, "max_tokens": 8192}
+
+
 def aesthetics_vlm_overrides(config: dict) -> dict:
     """The aesthetic step's ``vlm`` overrides; with ``caption.aesthetics.backend: artimuse`` the
-    chat template rendering ArtiMuse's own conversation (from the user's checkout) is added."""
+    chat template rendering ArtiMuse's own conversation (from the user's checkout) is added, and
+    upstream's decoding (``ARTIMUSE_ANALYSIS_DECODING``) unless ``caption.aesthetics.vlm`` sets
+    temperature/max_tokens itself."""
     spec = config["caption"]["aesthetics"]
     overrides = copy.deepcopy(spec.get("vlm") or {})
     if spec.get("backend", "rubric") == "artimuse":
@@ -498,6 +522,8 @@ def aesthetics_vlm_overrides(config: dict) -> dict:
 
         _, extra = artimuse_request_setup(spec.get("artimuse") or {}, "caption.aesthetics.artimuse")
         overrides["extra_body"] = dict(overrides.get("extra_body") or {}) | extra
+        for key, value in ARTIMUSE_ANALYSIS_DECODING.items():
+            overrides.setdefault(key, value)
     return overrides
 
 
@@ -561,6 +587,7 @@ def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, lo
             row = _base(rec) | {"analysis": json.dumps(analysis, sort_keys=True) if analysis else "", "model": judge.model_name,
                                 "prompt_sha": sha, "smoke": bool(judge.smoke), "judge_status": bad[0].status if bad else "ok",
                                 "judge_replies": json.dumps([r.raw_replies for r in per_dim]),
+                                "judge_request_options": _options_of(per_dim),
                                 "judge_error": "; ".join(r.error for r in bad)}
             for key, _ in AESTHETIC_DIMENSIONS:
                 row[f"{key}_score"] = None  # ArtiMuse's analysis is prose; its score is purify's artimuse predictor
@@ -630,7 +657,8 @@ def captions_shard(instance_checks, tags, descriptions, aesthetics, index, confi
                 "long_words": len(long_caption.split()) if long_caption else 0,
                 "short_words": len(short_caption.split()) if short_caption else 0,
                 **_reply_columns(long_res, "long"),
-                **(_reply_columns(short_res, "short") if short_res is not None else {"short_status": "no_long_caption", "short_replies": "[]", "short_error": ""}),
+                **(_reply_columns(short_res, "short") if short_res is not None else {"short_status": "no_long_caption", "short_replies": "[]", "short_request_options": "",
+                                                                       "short_error": ""}),
                 "model": judge.model_name, "long_prompt_sha": long_sha, "short_prompt_sha": short_sha, "smoke": bool(judge.smoke),
             })
     log(f"captions for {len(rows)} images")

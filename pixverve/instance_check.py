@@ -58,7 +58,8 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
             inst_rows.append(m | {
                 "status": res.status, "flagged": flagged,
                 "judge_reason": str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else "",
-                "replies": json.dumps(res.raw_replies), "error": res.error, "attempts": res.attempts, "smoke": bool(judge.smoke),
+                "replies": json.dumps(res.raw_replies), "request_options": res.request_options,
+                "error": res.error, "attempts": res.attempts, "smoke": bool(judge.smoke),
             })
             row = images[m["image_id"]]
             row["n_instances"] += 1
@@ -75,7 +76,7 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
             out.append(judged_outcome(row, row["n_instances"], "instance_artifacts", "instance crops", policy))
         log(f"{row['relpath']}: {row['n_flagged']}/{row['n_instances']} instance crops flagged, {row['n_unjudged']} unjudged -> {out[-1]['reason'] or 'ok'}")
     columns = ["image_id", "shard", "instance", "label", "crop_x", "crop_y", "crop_w", "crop_h", "status", "flagged", "judge_reason",
-               "replies", "error", "attempts", "smoke"]
+               "replies", "request_options", "error", "attempts", "smoke"]
     image_columns = ["image_id", "passed", "reason", "reason_detail", "root", "relpath", "shard", "n_instances", "n_flagged",
                      "n_unjudged", "max_flagged", "invalid_policy", "judge_model", "prompt_sha", "smoke"]
     return pd.DataFrame(out, columns=image_columns), pd.DataFrame(inst_rows, columns=columns)

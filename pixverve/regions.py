@@ -179,6 +179,7 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
                 judge_reason=str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else "",
                 parsed=json.dumps(res.parsed, sort_keys=True) if res.parsed is not None else "",
                 raw_replies=json.dumps(res.raw_replies),
+                request_options=res.request_options,
                 attempts=res.attempts,
                 error=res.error,
                 smoke=bool(judge.smoke),
@@ -202,5 +203,5 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
             images.append(judged_outcome(row, row["n_judged"], "region_artifacts", "patches", policy))
         log(f"{row['relpath']}: {row['n_flagged']}/{row['n_judged']} flagged, {row['n_unjudged']} unjudged -> {images[-1]['reason'] or 'ok'}")
     columns = ["image_id", "shard", "patch_index", "x", "y", "w", "h", "sobel_var", "picked", "status", "flagged",
-               "judge_reason", "parsed", "raw_replies", "attempts", "error", "smoke", "passed", "reason", "reason_detail"]
+               "judge_reason", "parsed", "raw_replies", "request_options", "attempts", "error", "smoke", "passed", "reason", "reason_detail"]
     return pd.DataFrame(images), pd.DataFrame(patch_rows, columns=columns)

@@ -104,7 +104,8 @@ def write_prompts(config: dict, judge, template_path, log=print):
     req_rows, candidates = [], []
     for (_, request_id, _, _), res in zip(requests, results, strict=True):
         req_rows.append({"request_id": request_id, "status": res.status, "attempts": res.attempts, "error": res.error,
-                         "raw_replies": json.dumps(res.raw_replies), "template_sha": template_sha, "smoke": bool(judge.smoke)})
+                         "raw_replies": json.dumps(res.raw_replies), "request_options": res.request_options,
+                         "template_sha": template_sha, "smoke": bool(judge.smoke)})
         if res.status == "ok":
             category = request_id.rsplit("#", 1)[0]
             candidates += [(category, request_id, p.strip()) for p in res.parsed["prompts"] if p.strip()]

@@ -44,6 +44,9 @@ class TrainError(RuntimeError):
     pass
 
 
+MASTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def _dtype(name: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[name]
 
@@ -87,8 +90,9 @@ class Flux2Adapter:
         self.pipe.vae.to(device).requires_grad_(False)
         tm.configure_vae_tiling(self.pipe.vae, spec["vae_tile"], spec["vae_tile_stride"])
         self.model = self.pipe.transformer
-        if spec["scheme"] == "window":
-            tm.install_window_attention(self.model, tm.window_settings(spec["window"], spec["resolution"]))
+        if tm.needs_own_processors(spec["scheme"], spec.get("memory")):
+            window = tm.window_settings(spec["window"], spec["resolution"]) if spec["scheme"] == "window" else None
+            tm.install_window_attention(self.model, window, spec.get("memory"))
         self.text_layers = tuple(spec["text"]["out_layers"])
         self.last_sigmas = None
 
@@ -118,7 +122,8 @@ class Flux2Adapter:
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         s = sigmas.to(x0)[:, None, None]
         xt = (1 - s) * x0 + s * noise
-        pred = model(hidden_states=xt, encoder_hidden_states=emb.to(xt.dtype), timestep=sigmas.to(x0),
+        dt = next(model.parameters()).dtype  # bf16 master weights: inputs in bf16 (no autocast on the CPU)
+        pred = model(hidden_states=xt.to(dt), encoder_hidden_states=emb.to(dt), timestep=sigmas.to(x0.device, dt),
                      img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
         return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
 
@@ -245,7 +250,10 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
             "base": spec["base"], "steps": steps, "smoke": smoke, "lora": spec.get("lora") or None,
             "window": tm.window_settings(spec["window"], spec["resolution"]) if spec["scheme"] == "window" else None,
             "text": spec["text"], "sample": spec.get("sample"), "train_shift": spec.get("train_shift"),
-            "vae_tile": spec["vae_tile"], "vae_tile_stride": spec["vae_tile_stride"]}
+            "vae_tile": spec["vae_tile"], "vae_tile_stride": spec["vae_tile_stride"],
+            "master_weights": spec.get("master_weights", "fp32"),
+            "seq_chunk": dict(zip(("seq_chunk_single", "seq_chunk_double"), tm.seq_chunk_sizes(spec.get("memory"))))
+            if spec["scheme"] != "l2p" else None}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if spec["scheme"] == "l2p":  # the trained subset only (frozen layers come from the base, as published)
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -319,7 +327,9 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
             adapter = L2PAdapter(spec, ckpt_dir, device, weight_dtype, Path(init_from) if init_from else None, log)
         else:
             adapter = Flux2Adapter(spec, ckpt_dir, device, weight_dtype)
-    model = _trainable(adapter.model.to(device, torch.float32), spec)  # master weights fp32; autocast does bf16
+    # master weights: fp32 (ours; autocast computes in bf16) or bf16 (published L2P: DiffSynth loads and
+    # trains the model in bf16 -- under DeepSpeed's bf16 mode its optimizer may hold its own fp32 copy)
+    model = _trainable(adapter.model.to(device, MASTER_DTYPES[spec.get("master_weights", "fp32")]), spec)
     if spec["scheme"] == "l2p":
         adapter.freeze(model)
     if spec["gradient_checkpointing"]:

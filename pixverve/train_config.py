@@ -108,11 +108,13 @@ def check_train_config(config: dict) -> None:
         if spec["scheme"] == "l2p" and merged.get("lora"):
             raise ValueError(f"config key train.runs.{run}.lora: LoRA is offered for the FLUX.2 schemes (I, II), not L2P")
         if spec["scheme"] == "window":
-            from .train_patterns import window_settings
+            from .train_patterns import AUTO, auto_pattern, window_settings
 
             for res in spec["resolutions"]:
                 try:
-                    window_settings(merged.get("window") or {}, int(res))
+                    settings = window_settings(merged.get("window") or {}, int(res))
+                    if settings["pattern"] == AUTO:  # a square crop's grid must have a pattern
+                        auto_pattern((int(res) // 16, int(res) // 16), tuple(settings["window_size"]))
                 except (ValueError, TypeError) as exc:
                     raise ValueError(f"config key train.runs.{run}.window.pattern (resolution {res}): {exc}") from exc
         for res in spec["resolutions"]:

@@ -20,14 +20,32 @@ import torch
 from . import train_models as tm
 
 
-def load_checkpoint(final_dir, device: str = "cpu", dtype=torch.float32):
+SAMPLE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def sample_dtype(name: str | None):
+    """The weights' dtype when sampling (config key ``sample.dtype``; published: bfloat16)."""
+    if name not in SAMPLE_DTYPES and name is not None:
+        raise ValueError(f"sample dtype {name!r}: one of {sorted(SAMPLE_DTYPES)}")
+    return SAMPLE_DTYPES[name or "bfloat16"]
+
+
+def load_checkpoint(final_dir, device: str = "cpu", dtype=torch.float32, sequential: bool = False):
     """(model.json, the loaded pipeline or pixel model) rebuilt from ``final_dir`` (written by
-    train.save_final).  A tiny base is rebuilt in a temporary folder that is removed after loading."""
+    train.save_final).  A tiny base is rebuilt in a temporary folder that is removed after loading.
+    ``sequential`` (FLUX.2 schemes; published flux2_infer loads text encoder, DiT and VAE one after
+    another): each of the three sits on ``device`` only while it runs (diffusers' model offload),
+    the others wait in host memory; L2P's pipeline is loaded whole, as published."""
     with tempfile.TemporaryDirectory(prefix="pixverve-base-") as work:
-        return _load_checkpoint(Path(final_dir), device, dtype, Path(work))
+        return _load_checkpoint(Path(final_dir), device, dtype, Path(work), sequential)
 
 
-def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
+def _probe_dtype(info: dict, dtype):
+    # a model trained with bf16 master weights wrote its probe in bf16: compare at bf16 tolerance
+    return dtype if info.get("master_weights", "fp32") == "fp32" else torch.bfloat16
+
+
+def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential: bool):
     from safetensors.torch import load_file
 
     info = json.loads((final_dir / "model.json").read_text())
@@ -48,11 +66,16 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
                 raise tm.ModelUnavailable(f"LoRA weights do not fit the base model: {result.unexpected_keys[:5]}")
         else:
             transformer.load_state_dict(load_file(final_dir / "transformer.safetensors"))
-        if info["scheme"] == "window":
-            tm.install_window_attention(transformer, info["window"])  # resolved settings, saved by training
+        if tm.needs_own_processors(info["scheme"], info.get("seq_chunk")):  # settings saved by training
+            tm.install_window_attention(transformer, info["window"] if info["scheme"] == "window" else None,
+                                        info.get("seq_chunk"))
         tm.configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
-        pipe = pipe.to(device)
-        tm.check_probe(load_file(final_dir / "probe.safetensors")["output"], tm.probe_output("flux2", transformer), dtype)
+        if sequential:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe = pipe.to(device)
+        tm.check_probe(load_file(final_dir / "probe.safetensors")["output"], tm.probe_output("flux2", transformer),
+                       _probe_dtype(info, dtype))
         return info, pipe
     pipe = tm.load_pipeline("zimage", info["base"], dtype, work)
     l2p = info["l2p"]
@@ -66,7 +89,7 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path):
     pipe.transformer, pipe.vae = None, None
     model = model.to(device, dtype).eval()
     tm.check_probe(load_file(final_dir / "probe.safetensors")["output"],
-                   tm.probe_output("zimage", model, info["probe_patch"]), dtype)
+                   tm.probe_output("zimage", model, info["probe_patch"]), _probe_dtype(info, dtype))
     return info, {"pipe": pipe.to(device), "model": model}
 
 

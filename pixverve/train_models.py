@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # scheme II pattern parsing lives in a torch-free module (the config check runs in every env)
-from .train_patterns import PATTERN_PRESETS, block_factors, default_pattern, parse_pattern, window_settings  # noqa: F401
+from .train_patterns import (AUTO, PATTERN_PRESETS, auto_pattern, block_factors, default_pattern,  # noqa: F401
+                             parse_pattern, window_settings)
 
 TOKEN_PIXELS_FLUX2 = 16  # VAE factor 8 x 2x2 patchify
 
@@ -280,19 +281,61 @@ class WindowContext:
         self.window = tuple(window)
         self._cache: dict = {}
 
+    def resolve(self, factors):
+        """A block's factors: ("auto", i) becomes entry i (mod its length) of the auto pattern
+        for the current grid; anything else is returned as is."""
+        if factors is None or factors[0] != AUTO:
+            return factors
+        pattern = auto_pattern(self.grid, self.window)
+        return pattern[factors[1] % len(pattern)]
+
     def partitions(self, factors):
+        factors = self.resolve(factors)
         key = (self.grid, factors)
         if key not in self._cache:
             self._cache[key] = close_remote_partitions(self.grid, factors, None if factors else self.window)
         return self._cache[key]
 
 
+GLOBAL = "global"  # a processor's factors for plain full attention (sequence chunking without windows)
+
+
+def run_in_chunks(fn, inputs, chunk: int, checkpoint: bool):
+    """``fn`` applied to consecutive sequence slices (dim 1) of the (B, S, ...) ``inputs``, each
+    slice recomputed in the backward pass when ``checkpoint``; the outputs are written into one
+    preallocated tensor each (the published flux2_infer sequence chunking of projections / FFN:
+    only one chunk's intermediates are alive at a time).  Returns a tuple of outputs."""
+    n = inputs[0].shape[1]
+    outs = None
+    for start in range(0, n, chunk):
+        parts = [t[:, start:start + chunk] for t in inputs]
+        y = torch.utils.checkpoint.checkpoint(fn, *parts, use_reentrant=False) if checkpoint else fn(*parts)
+        y = y if isinstance(y, tuple) else (y,)
+        if outs is None:
+            outs = [t.new_empty((t.shape[0], n, *t.shape[2:])) for t in y]
+        for o, t in zip(outs, y):
+            o[:, start:start + chunk] = t
+    return tuple(outs)
+
+
+def _chunking(chunk: int, seq_len: int) -> bool:
+    return 0 < int(chunk) < seq_len
+
+
 class _LocalMixin:
-    def __init__(self, context: WindowContext, factors, max_windows: int = 4, checkpoint: bool = True):
-        self.context, self.factors = context, (tuple(factors) if factors else None)
+    def __init__(self, context: WindowContext, factors, max_windows: int = 4, checkpoint: bool = True,
+                 seq_chunk: int = 0):
+        self.context, self.factors = context, (tuple(factors) if factors else None)  # ("auto", i) kept as is
         self.max_windows, self.checkpoint = int(max_windows), bool(checkpoint)
+        self.seq_chunk = int(seq_chunk or 0)
+
+    def _recompute(self, module) -> bool:  # as published: checkpoint chunks only when something trains
+        return self.checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
 
     def _attend(self, query, key, value, num_txt):
+        if self.factors == (GLOBAL,):
+            out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+            return out.transpose(1, 2).flatten(2, 3).to(query.dtype)
         gh, gw = self.context.grid
         if query.shape[1] != num_txt + gh * gw:
             raise ValueError(f"sequence {query.shape[1]} != {num_txt} text + {gh}x{gw} image tokens")
@@ -301,15 +344,34 @@ class _LocalMixin:
 
 
 class WindowAttnProcessor(_LocalMixin):
-    """Flux2Attention (double-stream block) with scheme II's local attention."""
+    """Flux2Attention (double-stream block) with scheme II's local attention; with ``seq_chunk``
+    the image QKV and output projections run over sequence chunks (published
+    --flux2_double_stream_seq_chunk_size; the image FFN is chunked by ``chunk_feed_forward``)."""
+
+    def _image_qkv(self, attn, hidden_states):
+        def project(h):
+            q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
+            q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
+            return attn.norm_q(q), attn.norm_k(k), v
+
+        if not _chunking(self.seq_chunk, hidden_states.shape[1]):
+            return project(hidden_states)
+        if attn.fused_projections:
+            raise ValueError("sequence chunking needs unfused projections (to_q / to_k / to_v)")
+        return run_in_chunks(project, [hidden_states], self.seq_chunk, self._recompute(attn))
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux2 import _get_qkv_projections
 
-        query, key, value, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
-        query, key = attn.norm_q(query), attn.norm_k(key)
+        if self.seq_chunk:
+            query, key, value = self._image_qkv(attn, hidden_states)
+            eq, ek, ev = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
+                          attn.add_v_proj(encoder_hidden_states))
+        else:
+            query, key, value, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+            query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+            query, key = attn.norm_q(query), attn.norm_k(key)
         eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))
         eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
         query, key, value = torch.cat([eq, query], 1), torch.cat([ek, key], 1), torch.cat([ev, value], 1)
@@ -318,38 +380,97 @@ class WindowAttnProcessor(_LocalMixin):
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         out = self._attend(query, key, value, encoder_hidden_states.shape[1])
         txt, img = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
-        return attn.to_out[1](attn.to_out[0](img)), attn.to_add_out(txt)
+        if _chunking(self.seq_chunk, img.shape[1]):
+            img = run_in_chunks(attn.to_out[0], [img], self.seq_chunk, self._recompute(attn.to_out[0]))[0]
+        else:
+            img = attn.to_out[0](img)
+        return attn.to_out[1](img), attn.to_add_out(txt)
 
 
 class WindowParallelAttnProcessor(_LocalMixin):
-    """Flux2ParallelSelfAttention (single-stream block: text and image already one sequence)."""
+    """Flux2ParallelSelfAttention (single-stream block: text and image already one sequence);
+    with ``seq_chunk`` the fused QKV/MLP input projection and the output projection run over
+    sequence chunks (published --flux2_single_stream_seq_chunk_size): the MLP half of the input
+    projection is recomputed chunk by chunk in the output pass instead of being held for the
+    whole sequence (the module is called whole per chunk, so a LoRA on it keeps working)."""
 
     def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
 
-        fused = attn.to_qkv_mlp_proj(hidden_states)
-        qkv, mlp = torch.split(fused, [3 * attn.inner_dim, fused.shape[-1] - 3 * attn.inner_dim], dim=-1)
-        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
-        query, key = attn.norm_q(query), attn.norm_k(key)
+        qkv_dim = 3 * attn.inner_dim
+
+        def project(h):
+            q, k, v = attn.to_qkv_mlp_proj(h)[..., :qkv_dim].chunk(3, dim=-1)
+            q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
+            return attn.norm_q(q), attn.norm_k(k), v
+
+        chunked = _chunking(self.seq_chunk, hidden_states.shape[1])
+        if chunked:
+            query, key, value = run_in_chunks(project, [hidden_states], self.seq_chunk, self._recompute(attn))
+        else:
+            fused = attn.to_qkv_mlp_proj(hidden_states)
+            qkv, mlp = torch.split(fused, [qkv_dim, fused.shape[-1] - qkv_dim], dim=-1)
+            query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
+            query, key = attn.norm_q(query), attn.norm_k(key)
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         out = self._attend(query, key, value, self.context.num_txt)
-        return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
+        if not chunked:
+            return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
+
+        def output(h, a):
+            return attn.to_out(torch.cat([a, attn.mlp_act_fn(attn.to_qkv_mlp_proj(h)[..., qkv_dim:])], dim=-1))
+
+        return run_in_chunks(output, [hidden_states, out], self.seq_chunk, self._recompute(attn))[0]
 
 
-def install_window_attention(transformer, settings: dict):
-    """Swap local-attention processors into a Flux2Transformer2DModel: block i (double-stream
-    blocks first, then single-stream, as numbered in the published code) gets pattern entry
-    i mod len(pattern); returns the shared context the forward pre-hook fills."""
-    pattern = parse_pattern(settings.get("pattern"))
+def chunk_feed_forward(ff: nn.Module, chunk: int, checkpoint: bool = True) -> None:
+    """Run a token-wise feed-forward module over sequence chunks (published: the double-stream
+    blocks' image FFN); the forward is replaced on the instance, so parameter names stay."""
+    plain = type(ff).forward
+
+    def forward(x):
+        if not _chunking(chunk, x.shape[1]):
+            return plain(ff, x)
+        recompute = checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in ff.parameters())
+        return run_in_chunks(lambda t: plain(ff, t), [x], chunk, recompute)[0]
+
+    ff.forward = forward
+
+
+def seq_chunk_sizes(memory: dict | None) -> tuple[int, int]:
+    """(single-stream, double-stream) chunk sizes from a run's ``memory`` settings; the
+    double-stream size defaults to the single-stream one (published)."""
+    memory = memory or {}
+    single = int(memory.get("seq_chunk_single") or 0)
+    double = memory.get("seq_chunk_double")
+    double = single if double is None else int(double)
+    if single < 0 or double < 0:
+        raise ValueError(f"sequence chunk sizes must be >= 0, got single {single}, double {double}")
+    return single, double
+
+
+def install_window_attention(transformer, settings: dict | None, memory: dict | None = None):
+    """Swap our processors into a Flux2Transformer2DModel: with window ``settings`` (scheme II)
+    block i (double-stream blocks first, then single-stream, as numbered in the published code)
+    gets pattern entry i mod len(pattern); without them (scheme I with sequence chunking) every
+    block keeps full attention.  ``memory``'s seq_chunk_single / seq_chunk_double chunk the
+    projections and the image FFN.  Returns the shared context the forward pre-hook fills."""
+    settings = settings or {}
+    single_chunk, double_chunk = seq_chunk_sizes(memory)
+    local = bool(settings)
+    pattern = parse_pattern(settings.get("pattern")) if local else None  # AUTO: resolved per grid by the context
     context = WindowContext(tuple(settings.get("window_size") or (24, 24)))
     doubles, singles = list(transformer.transformer_blocks), list(transformer.single_transformer_blocks)
-    factors = block_factors(len(doubles) + len(singles), pattern)
+    factors = block_factors(len(doubles) + len(singles), pattern) if local else [(GLOBAL,)] * (len(doubles) + len(singles))
+    max_windows, checkpoint = settings.get("max_windows_per_batch", 4), settings.get("checkpoint_chunks", True)
     for i, block in enumerate(doubles + singles):
         cls = WindowAttnProcessor if i < len(doubles) else WindowParallelAttnProcessor
-        block.attn.set_processor(cls(context, factors[i], settings.get("max_windows_per_batch", 4),
-                                     settings.get("checkpoint_chunks", True)))
+        block.attn.set_processor(cls(context, factors[i], max_windows, checkpoint,
+                                     double_chunk if i < len(doubles) else single_chunk))
+        if i < len(doubles) and double_chunk:
+            chunk_feed_forward(block.ff, double_chunk, checkpoint)
 
     def read_grid(module, args, kwargs):  # the grid from the image position ids (T, H, W, L)
         ids = kwargs["img_ids"]
@@ -359,6 +480,11 @@ def install_window_attention(transformer, settings: dict):
 
     transformer.register_forward_pre_hook(read_grid, with_kwargs=True)
     return context
+
+
+def needs_own_processors(scheme: str, memory: dict | None) -> bool:
+    """Scheme II always; scheme I only when it chunks sequences (else diffusers' own processors)."""
+    return scheme == "window" or any(seq_chunk_sizes(memory))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,16 +73,29 @@ class VLMSettings:
             raise VLMConfigError(f"config key vlm.extra_body: {sorted(reserved & set(settings.extra_body))} have their own vlm keys")
         return settings
 
-    def request_options(self, top_logprobs: int | None = None) -> dict:
-        """What the request body carries besides model and messages (recorded with each reply)."""
+    def response_format_field(self, schema=None, top_logprobs: int | None = None) -> dict | None:
+        """The ``response_format`` a request sends, or None: never with ``top_logprobs``, and a
+        JSON schema only for a task that has one (a TEXT task or no schema sends none)."""
+        if top_logprobs or not self.response_format:
+            return None
+        if self.response_format == "json_object":
+            return {"type": "json_object"}
+        if isinstance(schema, dict):
+            return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+        return None
+
+    def request_options(self, top_logprobs: int | None = None, schema=None) -> dict:
+        """What the request body carries besides model and messages (recorded with each reply);
+        ``response_format`` only when one is sent (its type, not the schema)."""
         options = {
             "temperature": 0.0 if top_logprobs else self.temperature,
             "max_tokens": 1 if top_logprobs else self.max_tokens,
         }
         if top_logprobs:
             options.update(logprobs=True, top_logprobs=top_logprobs)
-        if self.response_format and not top_logprobs:
-            options["response_format"] = "json_object" if self.response_format == "json_object" else "json_schema"
+        sent = self.response_format_field(schema, top_logprobs)
+        if sent is not None:
+            options["response_format"] = sent["type"]
         options.update(self.extra_body)
         return options
 
@@ -240,10 +253,9 @@ class VLMClient:
         kwargs = {}
         if top_logprobs:  # one token, its top alternatives: the reply is their log-probabilities
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
-        elif s.response_format == "json_object":
-            kwargs["response_format"] = {"type": "json_object"}
-        elif s.response_format and isinstance(schema, dict):
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+        response_format = s.response_format_field(schema, top_logprobs)
+        if response_format is not None:
+            kwargs["response_format"] = response_format
         if s.extra_body:
             kwargs["extra_body"] = dict(s.extra_body)
         try:
@@ -275,7 +287,7 @@ class VLMClient:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.settings.max_in_flight)
         result = VLMResult(task, request_id, "failed", None)
-        result.request_options = json.dumps(self.settings.request_options(top_logprobs), sort_keys=True)
+        result.request_options = json.dumps(self.settings.request_options(top_logprobs, schema), sort_keys=True)
         t0 = time.perf_counter()
         rng = random.Random(request_id)  # jitter, reproducible per request
         async with self._semaphore:

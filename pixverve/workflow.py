@@ -78,9 +78,34 @@ def check_config(config: dict) -> None:
     bench = config.get("bench") or {}
     if bench.get("methods") and (bench.get("fgclip2") or {}).get("backend") == "fgclip2" and not bench["fgclip2"].get("model"):
         raise ValueError("config key bench.fgclip2.model: set a local folder with fg-clip2-base, or backend tiny/none")
+    check_artimuse_checkouts(config)
     from .train_config import check_train_config
 
     check_train_config(config)
+
+
+def check_artimuse_checkouts(config: dict) -> None:
+    """An ArtiMuse step whose checkout (where its prompts and conversation template are read from)
+    is missing fails here, naming the key, not in its job.  ``caption.aesthetics.backend: artimuse``
+    needs ``caption.aesthetics.artimuse.upstream``; the purify predictor (``backend: endpoint``) is
+    checked when its ``upstream`` is set -- null there is the shipped config's EDIT placeholder
+    (the paper config dry-runs as shipped) and its job says the same when it starts."""
+    from . import artimuse_upstream as up  # ast + pathlib only: nothing of ArtiMuse is imported
+
+    caption = (config.get("caption") or {}).get("aesthetics") or {}
+    predictor = (((config.get("purify") or {}).get("aesthetics") or {}).get("predictors") or {}).get("artimuse") or {}
+    checks = []
+    if caption.get("backend") == "artimuse":
+        spec = caption.get("artimuse") or {}
+        checks.append(("caption.aesthetics.artimuse", spec, up.attribute_prompts))
+    if predictor.get("backend") == "endpoint" and predictor.get("upstream"):
+        checks.append(("purify.aesthetics.predictors.artimuse", predictor, up.rating_question))
+    for key, spec, prompts in checks:
+        try:
+            prompts(spec.get("upstream"), f"{key}.upstream")
+            up.conversation(spec.get("upstream"), spec.get("template", "internvl2_5"), f"{key}.upstream")
+        except up.UpstreamUnavailable as exc:
+            raise ValueError(str(exc)) from None
 
 
 def roots_filled_by_rules(config: dict) -> set[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 from pixverve.devices import resolve_device  # noqa: E402
-from pixverve.train_infer import generate, load_checkpoint  # noqa: E402
+from pixverve.train_infer import generate, load_checkpoint, sample_dtype  # noqa: E402
 from pixverve.train_report import save_sample  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
@@ -17,8 +17,9 @@ spec = sm.params.spec
 device = resolve_device(spec["device"])
 width, height = sm.params.size or (spec["resolution"], spec["resolution"])
 started = time.perf_counter()
-info, loaded = load_checkpoint(sm.input.final, device=device)
 sample = spec["sample"]
+info, loaded = load_checkpoint(sm.input.final, device=device, dtype=sample_dtype(sample.get("dtype")),
+                               sequential=bool(sample.get("sequential_loading", True)))
 rgb = generate(info, loaded, sm.params.prompt, int(width), int(height), int(sample["steps"]), float(sample["guidance"]),
                int(sample["seed"]), device=device)
 save_sample(rgb, sm.output.image, smoke=info["smoke"])

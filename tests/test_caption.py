@@ -145,6 +145,13 @@ def test_the_chain_with_a_well_behaved_vlm(shard):
     caps = out["captions"].set_index("image_id")
     assert caps.loc[IDS[0], "long_caption"].startswith("A cat sits")  # <think> removed
     assert caps.loc[IDS[0], "short_caption"] == "A cat on a red sofa."
+    # every raw reply column has its request options beside it (JSON, keys sorted: the same every run)
+    for name, column, max_tokens in (("tags", "tags_request_options", 1024), ("tags", "prune_request_options", 1024),
+                                     ("boxes", "request_options", 4096), ("descriptions", "request_options", 1024),
+                                     ("aesthetics", "judge_request_options", 1024), ("captions", "long_request_options", 1024),
+                                     ("captions", "short_request_options", 1024), ("crops", "request_options", 1024)):
+        for value in out[name][column]:
+            assert json.loads(value)["max_tokens"] == max_tokens and value == json.dumps(json.loads(value), sort_keys=True), column
     # the long-caption prompt got the metadata, most important instance first
     long_prompt = next(t for t in responder.seen if "Write a detailed caption" in t)
     meta = json.loads(long_prompt.split("source information) are given below as JSON.", 1)[1].split("The caption should", 1)[0]
@@ -284,6 +291,11 @@ def test_rex_omni_is_asked_the_way_its_own_code_decodes(shard):
     assert body["max_tokens"] == 4096 and body["temperature"] == 0.0 and "response_format" not in body
     assert body["messages"][0] == {"role": "system", "content": cfg["caption"]["boxes"]["rex_omni"]["system_prompt"]}
     assert (good["status"] == "ok").all() and (good["n_boxes"] == 2).all()
+    # ... and each boxes row records what its replies were asked with
+    for recorded in map(json.loads, good["request_options"]):
+        assert recorded["skip_special_tokens"] is False and recorded["top_k"] == 1 and recorded["repetition_penalty"] == 1.05
+        assert recorded["max_tokens"] == 4096 and recorded["temperature"] == 0.0 and "response_format" not in recorded
+    assert all("skip_special_tokens" not in json.loads(v) for v in stripped["request_options"])
     assert (stripped["n_boxes"] == 0).all() and (stripped["status"] == "special_tokens_stripped").all()
     assert stripped["error"].str.contains("skip_special_tokens: false").all()
 
@@ -370,11 +382,23 @@ class _FailsOn:
     def detect(self, view, tags):
         return self._call(view, tags)
 
+    def tag(self, views):  # a batch holding the bad image fails as a whole, as a batched forward would
+        if any(int(view[0, 0, 0]) == self.bad_px for view in views):
+            raise RuntimeError("The size of tensor a (94) must match the size of tensor b (64) at non-singleton dimension 2")
+        return self.inner.tag(views)
+
     def segment(self, view, boxes):
         return self._call(view, boxes)
 
 
-@pytest.mark.parametrize("step", ["detector", "segmenter"])
+class _CatTagger:
+    model_name, smoke = "cat tagger", False
+
+    def tag(self, views):
+        return [[("cat", 0.9)] for _ in views]
+
+
+@pytest.mark.parametrize("step", ["tagger", "detector", "segmenter"])
 def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step):
     from pixverve.caption_models import BoxSegmenter
 
@@ -384,6 +408,13 @@ def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step
         tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
         bad = int(caption.read_view(views, IDS[1])[0, 0, 0])
         assert int(caption.read_view(views, IDS[0])[0, 0, 0]) != bad
+        if step == "tagger":  # the same views again, tagged by a model that fails on the second image
+            tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, _FailsOn(_CatTagger(), bad, "tag"), None, judge,
+                                     log=lambda *_: None)
+            by_id = tags.set_index("image_id")
+            assert by_id.loc[IDS[0], "tags_status"] == "ok" and json.loads(by_id.loc[IDS[0], "tags"]) == ["cat"]
+            assert by_id.loc[IDS[1], "tags_status"] == "model_error" and by_id.loc[IDS[1], "n_tags"] == 0
+            assert by_id.loc[IDS[1], "tags_error"].startswith("tagger: RuntimeError: The size of tensor a (94)")
 
         class Boxes:  # a detector that always finds the whole image (the real GD path is tested above)
             model_name, smoke = "whole-image boxes", False
@@ -423,6 +454,10 @@ def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_quest
         judge = _step_client(server, cfg, caption.aesthetics_vlm_overrides(cfg))
         table = caption.aesthetic_analysis_shard(checks, cfg, shard["views"], judge, log=lambda *_: None)
     assert len(server.bodies) == 2 + 2 * 6  # tags, then one request per image and dimension
+    # upstream src/eval/eval_image.py decodes greedily (do_sample=False) with max_new_tokens=8192
+    assert {(b["temperature"], b["max_tokens"]) for b in server.bodies[2:]} == {(0.0, 8192)}
+    recorded = json.loads(table["judge_request_options"].iloc[0])
+    assert recorded["temperature"] == 0.0 and recorded["max_tokens"] == 8192 and "chat_template" in recorded
     analysis = json.loads(table.set_index("image_id").loc[IDS[0], "analysis"])
     assert analysis["composition_design"] == {"analysis": "Balanced, with the Composition & Design well handled."}
     assert set(analysis) == {k for k, _ in caption.AESTHETIC_DIMENSIONS} and (table["judge_status"] == "ok").all()

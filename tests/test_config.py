@@ -77,3 +77,29 @@ def test_bench_enabled_must_name_configured_methods(repo_root, tmp_path):
         cwd=repo_root, capture_output=True, text=True, timeout=120,
     )
     assert res.returncode != 0 and "bench.enabled: ['nope'] not among bench.methods" in res.stdout + res.stderr
+
+
+def test_a_missing_artimuse_checkout_fails_the_config_check_naming_the_key(repo_root, tmp_path):
+    from artimuse_stand_in import make_checkout
+
+    from pixverve.config import load_config
+
+    base = load_yaml(repo_root / "config.yaml")
+    check_config(base)  # as shipped: the purify predictor's checkout is an EDIT placeholder (null), the rubric needs none
+    cfg = copy.deepcopy(base)
+    cfg["caption"]["aesthetics"]["backend"] = "artimuse"  # upstream still null
+    with pytest.raises(ValueError, match=r"config key caption\.aesthetics\.artimuse\.upstream: not set"):
+        check_config(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["purify"]["aesthetics"]["predictors"]["artimuse"]["upstream"] = str(tmp_path / "not-artimuse")
+    with pytest.raises(ValueError, match=r"config key purify\.aesthetics\.predictors\.artimuse\.upstream: .* not found"):
+        check_config(cfg)
+    checkout = str(make_checkout(tmp_path / "ArtiMuse"))
+    cfg["purify"]["aesthetics"]["predictors"]["artimuse"]["upstream"] = checkout
+    cfg["caption"]["aesthetics"].update(backend="artimuse", artimuse={"upstream": checkout, "template": "internvl2_5"})
+    check_config(cfg)  # a checkout: both steps pass
+    cfg["caption"]["aesthetics"]["artimuse"]["template"] = "internvl9"
+    with pytest.raises(ValueError, match=r"caption\.aesthetics\.artimuse\.upstream: conversation template 'internvl9'"):
+        check_config(cfg)
+    # the demo and the e2e configs use no ArtiMuse checkout and still pass (load_config runs check_config)
+    load_config(repo_root / "config.yaml", repo_root / "configs" / "demo.yaml", repo_root / "tests" / "e2e" / "config.yaml")

@@ -140,12 +140,40 @@ def env_packages(env: Path) -> dict[str, str]:
     return pkgs
 
 
+def conda_expressions():
+    """(rule name, .smk file, the conda directive's Python expression as one line, script path)
+    for every rule whose script runs in a conda env; the expression may choose the env from config."""
+    out = []
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=(?:rule|checkpoint) \w+:)", smk.read_text(), flags=re.M):
+            head = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            conda = re.search(r"^    conda:\s*\n((?:        .*\n)+)", block, re.M)
+            script = re.search(r"^\s+script:\s*\n\s+\"([^\"]+)\"", block, re.M)
+            if head and conda and script:
+                expression = " ".join(line.strip() for line in conda.group(1).splitlines())
+                out.append((head.group(1), smk, expression, (smk.parent / script.group(1)).resolve()))
+    return out
+
+
+def conda_env_for(rule: str, config: dict) -> Path:
+    """The env file a rule's conda directive gives for this config (its expression evaluated the
+    way Snakemake evaluates it, with ``config`` in scope), relative paths from the .smk file."""
+    [(smk, expression)] = [(smk, expr) for name, smk, expr, _ in conda_expressions() if name == rule]
+    return (smk.parent / eval(expression, {"config": config})).resolve()  # noqa: S307 (our own rule file)
+
+
 RULES = rules_with_envs()
+# Envs a conditional conda directive picks besides its first (default) one, with the script they run
+# (e.g. caption_tags in envs/ramplus.yaml for caption.tags.backend: ram_plus)
+ALTERNATIVE_ENVS = [(rule, (smk.parent / env).resolve(), script)
+                    for rule, smk, expression, script in conda_expressions()
+                    for env in re.findall(r"\"([^\"]+\.yaml)\"", expression)[1:]]
 
 
 def test_rules_were_found():
     names = {r[0] for r in RULES}
     assert {"index", "screen", "dedup", "demo_pool"} <= names
+    assert ("caption_tags", ROOT / "envs" / "ramplus.yaml") in [(r, e) for r, e, _ in ALTERNATIVE_ENVS]
 
 
 @pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
@@ -156,7 +184,8 @@ def test_env_file_parses_and_pins(env):
         assert version, f"{env.name}: {name} is not pinned"
 
 
-@pytest.mark.parametrize("rule, env, script", RULES, ids=[r[0] for r in RULES])
+@pytest.mark.parametrize("rule, env, script", RULES + ALTERNATIVE_ENVS,
+                         ids=[r[0] for r in RULES] + [f"{r[0]}[{r[1].name}]" for r in ALTERNATIVE_ENVS])
 def test_env_covers_script_imports(rule, env, script):
     assert env is not None, f"rule {rule} runs {script.name} but declares no conda env"
     assert env.exists(), f"rule {rule}: env file {env} is missing"
@@ -164,6 +193,41 @@ def test_env_covers_script_imports(rule, env, script):
     for top in sorted(third_party_closure(script)):
         assert top in CONDA_NAME, f"rule {rule}: import {top!r} has no conda name in CONDA_NAME (add it)"
         assert CONDA_NAME[top] in have, f"rule {rule}: {script.name} imports {top}; add {CONDA_NAME[top]} to {env.name}"
+
+
+@pytest.mark.parametrize("backend, env", [("ram_plus", "ramplus.yaml"), ("vlm", "caption.yaml"), ("clip", "caption.yaml"),
+                                          ("tiny", "caption.yaml")])
+def test_caption_tags_runs_ram_plus_in_its_own_env(backend, env):
+    from pixverve.config import load_yaml
+
+    config = load_yaml(ROOT / "config.yaml")
+    config["caption"]["tags"]["backend"] = backend
+    assert conda_env_for("caption_tags", config) == ROOT / "envs" / env
+    for rule in ("caption_boxes", "caption_masks"):  # the later steps never need RAM++'s old stack
+        assert conda_env_for(rule, config) == ROOT / "envs" / "caption.yaml"
+
+
+def _lazy_imports(path: Path, class_name: str) -> set[str]:
+    """Top-level names a class imports at run time with ``importlib.import_module("literal")``
+    (invisible to ``imports_of`` on purpose: the default env must not need them)."""
+    [cls] = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef) and n.name == class_name]
+    return {call.args[0].value.split(".")[0] for call in ast.walk(cls)
+            if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "import_module"
+            and call.args and isinstance(call.args[0], ast.Constant)}
+
+
+def test_ramplus_env_provides_what_the_ram_plus_tagger_imports():
+    """The RAM++ tagger's lazy imports (``ram``, recognize-anything's package: setup.cfg name ``ram``)
+    come from envs/ramplus.yaml (its pip git entry), and its eager ones are covered above with the
+    rest of caption_tags' closure; none of them is in envs/caption.yaml, which stays on transformers 5."""
+    lazy = _lazy_imports(ROOT / "pixverve" / "caption_models.py", "RamPlusTagger")
+    assert lazy == {"ram"}
+    ramplus, default = env_packages(ROOT / "envs" / "ramplus.yaml"), env_packages(ROOT / "envs" / "caption.yaml")
+    assert "ram" in ramplus and re.fullmatch(r"[0-9a-f]{40}", ramplus["ram"])
+    assert "ram" not in default
+    # what recognize-anything's requirements.txt pins and its model code imports
+    assert {"timm", "fairscale", "torch", "torchvision", "transformers"} <= {("torch" if n == "pytorch" else n) for n in ramplus}
+    assert int(ramplus["transformers"].split(".")[0]) < 5
 
 
 def test_closure_sees_through_pixverve():

@@ -109,6 +109,7 @@ def test_region_judge_drops_an_image_with_more_than_one_flagged_patch(tmp_path, 
     assert sorted(flagged["x"]) == [64 * k for k in range(n_planted)] and set(flagged["y"]) == {0}
     assert set(flagged["picked"]) == {"sobel"}  # the checkerboard has the highest Sobel variance
     assert all(json.loads(r)[0].startswith("<json>") for r in patches["raw_replies"])  # raw replies kept
+    assert [json.loads(o) for o in patches["request_options"]] == [{"max_tokens": 1024, "temperature": 0.1}] * 10  # and how asked
 
 
 @pytest.mark.parametrize("policy, passed", [("drop", False), ("keep", True)])

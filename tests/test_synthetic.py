@@ -69,6 +69,8 @@ def test_prompts_through_the_vlm_client_keep_raw_replies_and_drop_duplicates(tmp
         prompts, requests = write_prompts(config, build_judge(config), TEMPLATE, log=lambda *_: None)
     assert len(requests) == 4 and list(requests["status"]).count("unparseable") == 1
     assert all(json.loads(r) for r in requests["raw_replies"])  # every raw reply kept
+    sent = {(b["temperature"], b["max_tokens"]) for b in server.bodies}  # and the options it was asked with
+    assert {(o["temperature"], o["max_tokens"]) for o in map(json.loads, requests["request_options"])} == sent
     assert len(prompts) == 6 and prompts["passed"].sum() == 4
     reasons = prompts.set_index("prompt")["reason"]
     assert reasons["A misty pine forest at dawn with soft light on wet moss and stones"] == "near_duplicate"

@@ -146,6 +146,90 @@ def test_window_processors_in_the_real_model(tiny_flux2):
     assert procs == [(1, 1), (2, 3), (4, 1)]  # block index mod pattern: double-stream block first
 
 
+# what the published _flux2_auto_factor_pattern (flux2_infer/models/flux2_dit.py) returns for these
+# (grid, target window) pairs, computed by running the published function outside this project
+PUBLISHED_AUTO = [((256, 256), (24, 24), ((8, 16), (16, 8), (4, 32), (32, 4), (4, 16))),
+                  ((512, 512), (24, 24), ((16, 32), (32, 16), (8, 64), (64, 8), (8, 32))),
+                  ((640, 640), (24, 24), ((20, 32), (32, 20), (20, 40), (64, 10), (10, 64))),
+                  ((256, 128), (16, 16), ((16, 8), (32, 4), (8, 16), (64, 2), (4, 32))),
+                  ((96, 160), (24, 24), ((3, 8), (6, 5), (3, 10), (6, 4), (2, 16))),
+                  ((64, 64), (16, 8), ((4, 8), (8, 4), (2, 16), (16, 2), (1, 32))),
+                  ((12, 18), (4, 4), ((4, 3), (6, 2), (2, 6), (4, 2), (2, 9)))]
+
+
+@pytest.mark.parametrize("grid,window,expected", PUBLISHED_AUTO)
+def test_auto_pattern_is_the_published_one(grid, window, expected):
+    assert tm.auto_pattern(grid, window) == expected
+
+
+def test_auto_pattern_resolves_per_grid_in_the_real_model(tiny_flux2):
+    import copy
+
+    pipe = copy.deepcopy(tiny_flux2)
+    assert tm.window_settings({"pattern": {"4096": "auto"}}, 4096)["pattern"] == "auto"
+    context = tm.install_window_attention(pipe.transformer, {"pattern": "auto", "window_size": [2, 2]})
+    seen = []
+    for block in list(pipe.transformer.transformer_blocks) + list(pipe.transformer.single_transformer_blocks):
+        proc = block.attn.processor
+        block.register_forward_pre_hook(lambda m, a, proc=proc: seen.append(context.resolve(proc.factors)))
+    _flux2_forward(pipe, grid=(4, 6))
+    expected = tm.auto_pattern((4, 6), (2, 2))
+    assert seen == [expected[i % len(expected)] for i in range(len(seen))] and len(set(seen)) > 1
+    with pytest.raises(ValueError, match="no auto window pattern"):
+        tm.auto_pattern((1, 1), (24, 24))
+
+
+def _forward_and_grads(pipe, grid=(4, 6)):
+    g = torch.Generator().manual_seed(3)
+    cfg = pipe.transformer.config
+    hidden = torch.randn(1, grid[0] * grid[1], cfg.in_channels, generator=g)
+    text = torch.randn(1, 5, cfg.joint_attention_dim, generator=g)
+    img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(grid[0]), torch.arange(grid[1]), torch.arange(1))
+    txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(5))
+    pipe.transformer.zero_grad()
+    out = pipe.transformer(hidden_states=hidden, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
+                           img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+    out.square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in pipe.transformer.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("window", [None, {"pattern": "1x1,2x3,4x1", "max_windows_per_batch": 2}])
+def test_sequence_chunking_changes_memory_not_results(tiny_flux2, window):
+    """Published --flux2_{single,double}_stream_seq_chunk_size: projections and the image FFN over
+    sequence chunks (recomputed in the backward pass) give the same output and gradients; scheme I
+    (window None) against diffusers' own processors, scheme II against itself unchunked."""
+    import copy
+
+    plain = copy.deepcopy(tiny_flux2)
+    if window:
+        tm.install_window_attention(plain.transformer, window)
+    chunked = copy.deepcopy(tiny_flux2)
+    assert tm.needs_own_processors("full_attention", {"seq_chunk_single": 7}) and not tm.needs_own_processors(
+        "full_attention", {"seq_chunk_single": 0})
+    tm.install_window_attention(chunked.transformer, window, {"seq_chunk_single": 7, "seq_chunk_double": 5})
+    calls = {"fused": 0, "ff": 0, "to_q": 0}
+    for block in chunked.transformer.single_transformer_blocks:
+        block.attn.to_qkv_mlp_proj.register_forward_hook(lambda *a: calls.__setitem__("fused", calls["fused"] + 1))
+    for block in chunked.transformer.transformer_blocks:
+        block.ff.linear_in.register_forward_hook(lambda *a: calls.__setitem__("ff", calls["ff"] + 1))
+        block.attn.to_q.register_forward_hook(lambda *a: calls.__setitem__("to_q", calls["to_q"] + 1))
+    out_a, grads_a = _forward_and_grads(plain)
+    out_b, grads_b = _forward_and_grads(chunked)
+    assert torch.allclose(out_a, out_b, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-4, rtol=1e-4), name
+    n_single, n_double = len(chunked.transformer.single_transformer_blocks), len(chunked.transformer.transformer_blocks)
+    # 29 tokens in 7s = 5 chunks, twice (QKV pass + output pass), forward + backward recompute;
+    # 24 image tokens in 5s = 5 chunks
+    assert calls["fused"] == n_single * 5 * 2 * 2
+    assert calls["ff"] == n_double * 5 * 2 and calls["to_q"] == n_double * 5 * 2
+    with pytest.raises(ValueError, match=">= 0"):
+        tm.seq_chunk_sizes({"seq_chunk_single": -1})
+    assert tm.seq_chunk_sizes({"seq_chunk_single": 8}) == (8, 8)  # double defaults to single (published)
+    assert tm.seq_chunk_sizes({"seq_chunk_single": 8, "seq_chunk_double": 0}) == (8, 0)
+
+
 def test_l2p_patch_size_keeps_the_token_grid():
     assert [tm.l2p_patch_size(r, 64) for r in (4096, 8192, 10240)] == [64, 128, 160]  # paper
     with pytest.raises(ValueError, match="multiple"):
@@ -335,6 +419,56 @@ def test_a_reload_that_misses_the_training_is_refused(demo_data, tmp_path):
               tmp_path / "a" / "final" / "transformer.safetensors")
     with pytest.raises(tm.ModelUnavailable, match="probe"):
         load_checkpoint(tmp_path / "a" / "final")
+
+
+def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
+    """master_weights bf16 (published L2P: the model itself in bf16): the trained subset is saved in
+    bf16, it moved, the frozen layers did not, and the checkpoint reloads (probe at bf16 tolerance)
+    in bf16 and in fp32."""
+    from safetensors.torch import load_file
+
+    from pixverve.train import train_run
+    from pixverve.train_config import bucket_multiple
+    from pixverve.train_infer import generate, load_checkpoint
+
+    spec = demo_spec("scheme3_l2p", 64, max_steps=3, log_every=1, eval_every=0, checkpoint_every=3,
+                     master_weights="bf16", lr=5e-2)
+    spec["sizes"], spec["data"]["crop_mode"] = "buckets", "crop"
+    train_run(spec, samples_from_records(demo_data, 64, "long", bucket_multiple(spec)), tmp_path, log=lambda m: None)
+    saved = load_file(tmp_path / "final" / "l2p_trained.safetensors")
+    assert {v.dtype for v in saved.values()} == {torch.bfloat16}
+    info, loaded = load_checkpoint(tmp_path / "final", dtype=torch.bfloat16)
+    assert info["master_weights"] == "bf16" and next(loaded["model"].parameters()).dtype == torch.bfloat16
+    base = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints").transformer
+    trained = loaded["model"].transformer
+    assert torch.equal(trained.layers[1].attention.to_q.weight.float(),
+                       base.layers[1].attention.to_q.weight.to(torch.bfloat16).float())  # frozen: the bf16 base
+    assert not torch.equal(trained.layers[0].attention.to_q.weight.float(),
+                           base.layers[0].attention.to_q.weight.to(torch.bfloat16).float())
+    assert generate(info, loaded, "a red car", 64, 64, 2, 4.0, seed=1).shape == (64, 64, 3)
+    load_checkpoint(tmp_path / "final")  # fp32 reload of bf16 weights: the probe still matches
+
+
+def test_sequential_loading_puts_each_flux2_model_on_the_device_in_turn(demo_data, tmp_path):
+    """sample.sequential_loading (published flux2_infer: text encoder, DiT, VAE one after another):
+    diffusers' model offload moves each to the device when it runs, in that order; the same image."""
+    from pixverve.train import train_run
+    from pixverve.train_infer import generate, load_checkpoint
+
+    spec = demo_spec("scheme1_full", 128, max_steps=2, log_every=1, eval_every=0, checkpoint_every=2)
+    train_run(spec, samples_from_records(demo_data, 128, "long", 16), tmp_path, log=lambda m: None)
+    info, together = load_checkpoint(tmp_path / "final")
+    expected = generate(info, together, "a red car", 64, 64, 2, 4.0, seed=3)
+    info, pipe = load_checkpoint(tmp_path / "final", sequential=True)
+    moves = []
+    for name in ("text_encoder", "transformer", "vae"):
+        module = getattr(pipe, name)
+        module.to = lambda *a, _to=module.to, _name=name, **k: (moves.append(_name), _to(*a, **k))[1]
+    got = generate(info, pipe, "a red car", 64, 64, 2, 4.0, seed=3)
+    diff = np.abs(got.astype(int) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # the same image up to float rounding
+    first = [moves.index(name) for name in ("text_encoder", "transformer", "vae")]
+    assert first == sorted(first), moves  # moved onto the device as each is needed, in the published order
 
 
 def test_resume_continues_at_the_right_step_with_the_same_result(demo_data, tmp_path):

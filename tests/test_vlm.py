@@ -153,6 +153,20 @@ def test_schema_response_format_and_a_badly_typed_option():
     assert bad.status == "failed" and "400" in bad.error and bad.attempts == 1
 
 
+def test_response_format_is_recorded_only_when_it_is_sent():
+    """A schema response_format cannot go with a free-text task: none is sent, and the recorded
+    options must not claim one; logprob requests send none either."""
+    from pixverve.vlm import TEXT
+
+    with FakeOpenAI(responder=lambda body: "A caption.") as server:
+        c = client(server, response_format=True)
+        text, logprobs = c.run_many([("caption", "t0", [user_message("Write a caption.")], TEXT),
+                                     ("rate", "t1", [user_message("Rate it.")], None, 5)])
+    assert [("response_format" in b) for b in server.bodies] == [False, False]
+    assert text.status == "ok" and "response_format" not in json.loads(text.request_options)
+    assert json.loads(logprobs.request_options) == {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
+
+
 @pytest.mark.parametrize("bad", [{"response_format": "yes"}, {"extra_body": {"temperature": 0}}, {"extra_body": [1]}])
 def test_bad_request_options_are_config_errors(bad):
     with pytest.raises(VLMConfigError, match="config key vlm"):
