@@ -120,6 +120,23 @@ def third_party_closure(script: Path) -> set[str]:
     return third
 
 
+def conda_dep(dep: str) -> tuple[str, str, str]:
+    """(name, version or range, build) of a conda entry: `name =1.2=build*`, `name >=1,<2` or the
+    MatchSpec `name[version='>=1,<2',build='cuda130*']`."""
+    dep = dep.split("#")[0].strip()
+    if "[" in dep:
+        name, _, fields = dep.partition("[")
+        version = re.search(r"version='([^']*)'", fields)
+        build = re.search(r"build='([^']*)'", fields)
+        return name.strip(), version.group(1) if version else "", build.group(1) if build else ""
+    if re.match(r"^\S+\s+[<>!~]", dep):  # name and a range
+        name, rng = dep.split(None, 1)
+        return name, rng.replace(" ", ""), ""
+    name, _, rest = dep.partition("=")
+    version, _, build = rest.strip("= ").partition("=")
+    return name.strip(), version, build
+
+
 def env_packages(env: Path) -> dict[str, str]:
     spec = yaml.safe_load(env.read_text())
     pkgs = {}
@@ -134,8 +151,8 @@ def env_packages(env: Path) -> dict[str, str]:
                 name, _, version = pip_dep.partition("==")
                 pkgs[name.strip()] = version.strip()
             continue
-        name, _, version = dep.split("#")[0].partition("=")
-        pkgs[name.strip()] = version.strip("= ").split("=")[0]  # the version, not the build string
+        name, version, _ = conda_dep(dep)
+        pkgs[name] = version  # the version (or a range), not the build string
     pkgs.pop("pip", None)  # the pip tool itself needs no pin
     return pkgs
 
@@ -264,20 +281,25 @@ def test_env_pins_equal_the_tested_venv(env):
         base = installed.split("+")[0]
         if name == "opencv":  # the pip wheel adds a build number: 5.0.0.93
             base = ".".join(base.split(".")[:3])
+        if re.search(r"[<>!,]", pinned):  # a range (conda-forge lags PyPI): the venv's release must be in it
+            from packaging.specifiers import SpecifierSet
+
+            assert SpecifierSet(pinned).contains(base), f"{env.name}: {name} {pinned} excludes the tested {installed}"
+            continue
         if pinned.endswith(".*"):  # a series where conda-forge lacks the venv's release (commented in the env)
             assert base.startswith(pinned[:-1]), f"{env.name}: {name} pinned {pinned}, tests run with {installed}"
             continue
         assert base == pinned, f"{env.name}: {name} pinned {pinned}, tests run with {installed}"
 
 
-def conda_specs(env: Path) -> dict[str, str]:
-    """name -> the whole conda spec after the name (version=build), pip entries left out."""
+def conda_specs(env: Path) -> dict[str, tuple[str, str]]:
+    """name -> (version or range, build string) of the conda entries, pip entries left out."""
     spec = yaml.safe_load(env.read_text())
     out = {}
     for dep in spec["dependencies"]:
         if isinstance(dep, str):
-            name, _, rest = dep.partition(" ")
-            out[name] = rest.strip()
+            name, version, build = conda_dep(dep)
+            out[name] = (version, build)
     return out
 
 
@@ -291,11 +313,13 @@ def test_envs_a_gpu_cluster_can_solve(env):
     pip = {d.split("==")[0] for d in next((d["pip"] for d in yaml.safe_load(env.read_text())["dependencies"]
                                           if isinstance(d, dict)), [])}
     if "pytorch" in conda:
-        assert re.fullmatch(r"=\S+=cuda\d+\*", conda["pytorch"]), f"{env.name}: pytorch {conda['pytorch']}"
-        cuda = re.search(r"=cuda(\d+)\*", conda["pytorch"]).group(1)
-        assert conda.get("cuda-version", "").replace(".", "") == "=" + cuda, f"{env.name}: cuda-version pin"
+        assert re.fullmatch(r"cuda\d+\*", conda["pytorch"][1]), f"{env.name}: pytorch {conda['pytorch']}"
+        cuda = conda["pytorch"][1][4:-1]
+        assert conda.get("cuda-version", ("", ""))[0].replace(".", "") == cuda, f"{env.name}: cuda-version pin"
+        if "torchvision" in conda:  # a CPU torchvision would pull the CPU pytorch back in
+            assert conda["torchvision"][1] in ("", f"cuda{cuda}*"), f"{env.name}: torchvision {conda['torchvision']}"
     if "deepspeed" in conda:
-        assert conda["deepspeed"].endswith("=cuda" + cuda + "*"), "deepspeed: the CUDA build pytorch uses"
+        assert conda["deepspeed"][1] == f"cuda{cuda}*", "deepspeed: the CUDA build pytorch uses"
     if "opencv" in conda:
-        assert conda["opencv"].endswith("=headless*"), f"{env.name}: opencv {conda['opencv']}"
+        assert conda["opencv"][1] == "headless*", f"{env.name}: opencv {conda['opencv']}"
     assert "torch-fidelity" not in conda and "deepspeed" not in pip and "torch" not in pip
