@@ -64,7 +64,9 @@ def load_pipeline(spec: dict):
         model = spec.get("model")
         if not model:
             raise GeneratorUnavailable("bench method generate.model: set a local pipeline folder or hub id for backend diffusers")
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[spec.get("dtype", "bfloat16")]
+        from .train_infer import sample_dtype
+
+        dtype = sample_dtype(spec.get("dtype"))
         try:
             pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
         except (OSError, ValueError) as exc:

@@ -322,6 +322,19 @@ def _chunking(chunk: int, seq_len: int) -> bool:
     return 0 < int(chunk) < seq_len
 
 
+def _recompute(module, checkpoint: bool) -> bool:  # as published: checkpoint chunks only when something trains
+    return checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+
+
+def _linear_rows(layer, h, start: int, end: int):
+    """Output features start:end of a linear layer: from those rows of a plain nn.Linear's weight
+    (published: the fused single-stream projection is never computed whole); a wrapped layer (a
+    peft LoRA) is called whole and sliced, so its adapter applies."""
+    if type(layer) is nn.Linear:
+        return F.linear(h, layer.weight[start:end], None if layer.bias is None else layer.bias[start:end])
+    return layer(h)[..., start:end]
+
+
 class _LocalMixin:
     def __init__(self, context: WindowContext, factors, max_windows: int = 4, checkpoint: bool = True,
                  seq_chunk: int = 0):
@@ -329,8 +342,8 @@ class _LocalMixin:
         self.max_windows, self.checkpoint = int(max_windows), bool(checkpoint)
         self.seq_chunk = int(seq_chunk or 0)
 
-    def _recompute(self, module) -> bool:  # as published: checkpoint chunks only when something trains
-        return self.checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+    def _recompute(self, module) -> bool:
+        return _recompute(module, self.checkpoint)
 
     def _attend(self, query, key, value, num_txt):
         if self.factors == (GLOBAL,):
@@ -390,9 +403,9 @@ class WindowAttnProcessor(_LocalMixin):
 class WindowParallelAttnProcessor(_LocalMixin):
     """Flux2ParallelSelfAttention (single-stream block: text and image already one sequence);
     with ``seq_chunk`` the fused QKV/MLP input projection and the output projection run over
-    sequence chunks (published --flux2_single_stream_seq_chunk_size): the MLP half of the input
-    projection is recomputed chunk by chunk in the output pass instead of being held for the
-    whole sequence (the module is called whole per chunk, so a LoRA on it keeps working)."""
+    sequence chunks (published --flux2_single_stream_seq_chunk_size): the QKV rows of the input
+    projection in the first pass, its MLP rows chunk by chunk in the output pass, so the MLP
+    activations are never held for the whole sequence (``_linear_rows``)."""
 
     def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
@@ -400,7 +413,7 @@ class WindowParallelAttnProcessor(_LocalMixin):
         qkv_dim = 3 * attn.inner_dim
 
         def project(h):
-            q, k, v = attn.to_qkv_mlp_proj(h)[..., :qkv_dim].chunk(3, dim=-1)
+            q, k, v = _linear_rows(attn.to_qkv_mlp_proj, h, 0, qkv_dim).chunk(3, dim=-1)
             q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
             return attn.norm_q(q), attn.norm_k(k), v
 
@@ -420,7 +433,8 @@ class WindowParallelAttnProcessor(_LocalMixin):
             return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
         def output(h, a):
-            return attn.to_out(torch.cat([a, attn.mlp_act_fn(attn.to_qkv_mlp_proj(h)[..., qkv_dim:])], dim=-1))
+            mlp_rows = _linear_rows(attn.to_qkv_mlp_proj, h, qkv_dim, attn.to_qkv_mlp_proj.out_features)
+            return attn.to_out(torch.cat([a, attn.mlp_act_fn(mlp_rows)], dim=-1))
 
         return run_in_chunks(output, [hidden_states, out], self.seq_chunk, self._recompute(attn))[0]
 
@@ -433,8 +447,7 @@ def chunk_feed_forward(ff: nn.Module, chunk: int, checkpoint: bool = True) -> No
     def forward(x):
         if not _chunking(chunk, x.shape[1]):
             return plain(ff, x)
-        recompute = checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in ff.parameters())
-        return run_in_chunks(lambda t: plain(ff, t), [x], chunk, recompute)[0]
+        return run_in_chunks(lambda t: plain(ff, t), [x], chunk, _recompute(ff, checkpoint))[0]
 
     ff.forward = forward
 

@@ -118,16 +118,21 @@ def tiny_flux2(tmp_path_factory):
     return tm.load_pipeline("flux2", {"backend": "tiny"}, torch.float32, tmp_path_factory.mktemp("flux2"))
 
 
-def _flux2_forward(pipe, grid=(4, 6)):
-    g = torch.Generator().manual_seed(2)
+def _flux2_call(pipe, grid, seed: int):
+    """The tiny transformer on seeded random inputs: a grid of image tokens and 5 text tokens."""
+    g = torch.Generator().manual_seed(seed)
     cfg = pipe.transformer.config
     hidden = torch.randn(1, grid[0] * grid[1], cfg.in_channels, generator=g)
     text = torch.randn(1, 5, cfg.joint_attention_dim, generator=g)
     img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(grid[0]), torch.arange(grid[1]), torch.arange(1))
     txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(5))
+    return pipe.transformer(hidden_states=hidden, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
+                            img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+
+
+def _flux2_forward(pipe, grid=(4, 6)):
     with torch.no_grad():
-        return pipe.transformer(hidden_states=hidden, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
-                                img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+        return _flux2_call(pipe, grid, seed=2)
 
 
 def test_window_processors_in_the_real_model(tiny_flux2):
@@ -180,21 +185,14 @@ def test_auto_pattern_resolves_per_grid_in_the_real_model(tiny_flux2):
 
 
 def _forward_and_grads(pipe, grid=(4, 6)):
-    g = torch.Generator().manual_seed(3)
-    cfg = pipe.transformer.config
-    hidden = torch.randn(1, grid[0] * grid[1], cfg.in_channels, generator=g)
-    text = torch.randn(1, 5, cfg.joint_attention_dim, generator=g)
-    img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(grid[0]), torch.arange(grid[1]), torch.arange(1))
-    txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(5))
     pipe.transformer.zero_grad()
-    out = pipe.transformer(hidden_states=hidden, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
-                           img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+    out = _flux2_call(pipe, grid, seed=3)
     out.square().sum().backward()
     return out.detach(), {n: p.grad.clone() for n, p in pipe.transformer.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("window", [None, {"pattern": "1x1,2x3,4x1", "max_windows_per_batch": 2}])
-def test_sequence_chunking_changes_memory_not_results(tiny_flux2, window):
+def test_sequence_chunking_changes_memory_not_results(tiny_flux2, window, monkeypatch):
     """Published --flux2_{single,double}_stream_seq_chunk_size: projections and the image FFN over
     sequence chunks (recomputed in the backward pass) give the same output and gradients; scheme I
     (window None) against diffusers' own processors, scheme II against itself unchunked."""
@@ -207,9 +205,16 @@ def test_sequence_chunking_changes_memory_not_results(tiny_flux2, window):
     assert tm.needs_own_processors("full_attention", {"seq_chunk_single": 7}) and not tm.needs_own_processors(
         "full_attention", {"seq_chunk_single": 0})
     tm.install_window_attention(chunked.transformer, window, {"seq_chunk_single": 7, "seq_chunk_double": 5})
-    calls = {"fused": 0, "ff": 0, "to_q": 0}
+    calls = {"fused": 0, "whole": 0, "ff": 0, "to_q": 0}
+    rows = tm._linear_rows  # the fused single-stream projection, row block by row block (never called whole)
+
+    def counted_rows(*args):
+        calls["fused"] += 1
+        return rows(*args)
+
+    monkeypatch.setattr(tm, "_linear_rows", counted_rows)
     for block in chunked.transformer.single_transformer_blocks:
-        block.attn.to_qkv_mlp_proj.register_forward_hook(lambda *a: calls.__setitem__("fused", calls["fused"] + 1))
+        block.attn.to_qkv_mlp_proj.register_forward_hook(lambda *a: calls.__setitem__("whole", calls["whole"] + 1))
     for block in chunked.transformer.transformer_blocks:
         block.ff.linear_in.register_forward_hook(lambda *a: calls.__setitem__("ff", calls["ff"] + 1))
         block.attn.to_q.register_forward_hook(lambda *a: calls.__setitem__("to_q", calls["to_q"] + 1))
@@ -222,7 +227,7 @@ def test_sequence_chunking_changes_memory_not_results(tiny_flux2, window):
     n_single, n_double = len(chunked.transformer.single_transformer_blocks), len(chunked.transformer.transformer_blocks)
     # 29 tokens in 7s = 5 chunks, twice (QKV pass + output pass), forward + backward recompute;
     # 24 image tokens in 5s = 5 chunks
-    assert calls["fused"] == n_single * 5 * 2 * 2
+    assert calls["fused"] == n_single * 5 * 2 * 2 and calls["whole"] == 0
     assert calls["ff"] == n_double * 5 * 2 and calls["to_q"] == n_double * 5 * 2
     with pytest.raises(ValueError, match=">= 0"):
         tm.seq_chunk_sizes({"seq_chunk_single": -1})
@@ -625,3 +630,27 @@ def test_lora_file_fuses_as_the_published_loader_reads_it(demo_data, tmp_path):
     assert n > 0 and float(lora[name + ".alpha"]) == 8.0
     assert torch.allclose(_flux2_forward(fused), want, atol=1e-5)
     assert not torch.allclose(_flux2_forward(base), want, atol=1e-5)  # the adapter moved the model
+
+
+def test_sequence_chunking_keeps_a_lora_on_the_fused_projection(tiny_flux2):
+    """A peft LoRA wraps to_qkv_mlp_proj: the chunked path calls it whole per chunk, so the adapter
+    still applies (weight rows of the base layer alone would drop it)."""
+    import copy
+    import zlib
+
+    from peft import LoraConfig
+
+    models = []
+    for memory in (None, {"seq_chunk_single": 7}):
+        pipe = copy.deepcopy(tiny_flux2)
+        torch.manual_seed(0)
+        pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                                target_modules=["to_qkv_mlp_proj"]))
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))
+        if memory:
+            tm.install_window_attention(pipe.transformer, None, memory)
+        models.append(_flux2_forward(pipe))
+    plain_base = _flux2_forward(tiny_flux2)
+    assert torch.allclose(models[0], models[1], atol=1e-5) and not torch.allclose(models[0], plain_base, atol=1e-3)
