@@ -266,7 +266,7 @@ def ours_only(weights, folder: Path, names, reals, gens, size: int) -> list[str]
     from pixverve.bench_inputs import BenchItem
     from pixverve.bench_prompts import load_judge_prompts
     from pixverve.bench_scores import msfi_layout
-    from pixverve.config import load_config
+    from pixverve.workflow import load_config
     from pixverve.fid import fid_for_pairs
     from pixverve.glcm import glcm_score
     from pixverve.vlm import VLMClient, VLMSettings

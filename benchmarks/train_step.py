@@ -56,7 +56,7 @@ def timed_step(loss_fn, opt, cuda: bool) -> float:
 def one(args) -> dict:
     import torch
 
-    from pixverve.config import load_config
+    from pixverve.workflow import load_config
     from pixverve.train import FAMILY, Flux2Adapter, L2PAdapter, _trainable, peak_memory_mb, step_generator
     from pixverve.train_config import resolve_run
 

@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from .devices import resolve_device
-from .index import file_sha256
+from .loading import ModelUnavailable
+from .paths import file_sha256
 
 LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 LAION_MLP_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
@@ -57,10 +58,6 @@ CLIP_INPUT_PX = 224
 # openai-clip's normalisation constants (clip/clip.py `_transform`), CLIP's training statistics
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ModelUnavailable(RuntimeError):
-    """A configured model cannot be loaded; the message says what is missing and how to get it."""
 
 
 def _torch():
@@ -357,7 +354,7 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
     from tqdm import tqdm
 
     from . import images
-    from .index import image_path, roots_from_config
+    from .paths import image_path, roots_from_config
 
     torch = _torch()
     torch.set_num_threads(max(1, threads))

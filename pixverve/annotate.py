@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -245,3 +246,43 @@ def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
     if s >= 1:
         return image
     return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def view_file(views_dir, image_id: str) -> Path:
+    return Path(views_dir) / f"{image_id}.png"
+
+
+def write_view(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    tmp.replace(path)
+
+
+def read_view(views_dir, image_id: str) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(view_file(views_dir, image_id)), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"analysis copy of {image_id} missing in {views_dir}: rerun caption_tags")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def kept_instances(masks_row: dict) -> list[dict]:
+    return [x for x in json.loads(masks_row["instances"]) if x["kept"]]
+
+
+def instance_crop(tiled: TiledImage, view: np.ndarray, box, pad: float, max_side: int) -> tuple[np.ndarray, tuple]:
+    """The crop centred on an instance with ``pad`` padding, long side <= ``max_side``, and its
+    full-resolution (x, y, w, h).  Read from the analysis copy when that already holds at least
+    ``max_side`` pixels across the crop (a big instance), else from the tiled SR output."""
+    W, H = tiled.width, tiled.height
+    x, y, w, h = padded_crop_box(box, W, H, pad)
+    f = W / view.shape[1]
+    if max(w, h) / f >= max_side:
+        vx0, vy0 = int(x / f), int(y / f)
+        vx1, vy1 = max(vx0 + 1, math.ceil((x + w) / f)), max(vy0 + 1, math.ceil((y + h) / f))
+        return fit_within(view[vy0:vy1, vx0:vx1], max_side), (x, y, w, h)
+    return fit_within(tiled.read(x, y, w, h), max_side), (x, y, w, h)

@@ -76,7 +76,7 @@ class ClipScorer:
     id, or the tiny random one)."""
 
     def __init__(self, spec: dict):
-        from .caption_models import _device, _load
+        from .loading import load_pretrained, model_device
 
         from transformers import CLIPModel, CLIPProcessor
 
@@ -91,9 +91,9 @@ class ClipScorer:
                 self.model, self.processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
             self.device, self.model_name = "cpu", "tiny random CLIP"
         else:
-            self.model = _load(CLIPModel.from_pretrained, spec["model"], "bench.clip.model").eval()
-            self.processor = _load(CLIPProcessor.from_pretrained, spec["model"], "bench.clip.model")
-            self.device, self.model_name = _device(spec), spec["model"]
+            self.model = load_pretrained(CLIPModel.from_pretrained, spec["model"], "bench.clip.model").eval()
+            self.processor = load_pretrained(CLIPProcessor.from_pretrained, spec["model"], "bench.clip.model")
+            self.device, self.model_name = model_device(spec), spec["model"]
             self.model.to(self.device)
 
     def score(self, rgb: np.ndarray, text: str) -> float:
@@ -163,7 +163,7 @@ class FGClip2Scorer:
     def __init__(self, spec: dict):
         from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-        from .caption_models import _device, _load
+        from .loading import load_pretrained, model_device
 
         self.smoke = spec.get("backend") == "tiny"
         if self.smoke:
@@ -185,15 +185,15 @@ class FGClip2Scorer:
             return lambda m, **kw: loader(m, trust_remote_code=True, **kw)
 
         try:
-            self.model = _load(remote(AutoModelForCausalLM.from_pretrained), model, "bench.fgclip2.model").eval()
+            self.model = load_pretrained(remote(AutoModelForCausalLM.from_pretrained), model, "bench.fgclip2.model").eval()
         except ImportError as exc:  # its modelling code imports transformers.modeling_attn_mask_utils (gone in 5.x)
             raise FGClip2EnvError(
                 f"FG-CLIP2's own model code in {model} does not import under transformers {_transformers_version()} ({exc}); "
                 f"it needs transformers 4.x: run rule bench_fgclip2 in its conda env {FGCLIP2_ENV} (snakemake --use-conda)"
             ) from exc
-        self.tokenizer = _load(AutoTokenizer.from_pretrained, model, "bench.fgclip2.model")
-        self.image_processor = _load(remote(AutoImageProcessor.from_pretrained), model, "bench.fgclip2.model")
-        self.device, self.model_name, self.long_mode = _device(spec), model, True
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, "bench.fgclip2.model")
+        self.image_processor = load_pretrained(remote(AutoImageProcessor.from_pretrained), model, "bench.fgclip2.model")
+        self.device, self.model_name, self.long_mode = model_device(spec), model, True
         self.model.to(self.device)
 
     def score(self, rgb: np.ndarray, long_caption: str) -> float:

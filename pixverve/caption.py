@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 
-from .annotate import TiledImage, box_nms, fit_within, highlight, map_box, mask_nms, padded_crop_box, rle_decode, rle_encode, tile_regions
-from .regions import prompt_text
+from .annotate import (TiledImage, box_nms, fit_within, highlight, instance_crop, kept_instances, map_box, mask_nms, read_view,
+                       rle_decode, rle_encode, tile_regions, view_file, write_view)
+from .tables import MODEL_ERROR, MODEL_ERRORS, chunks, id_columns, model_error_text
+from .vlm import prompt_text
 
 AESTHETIC_DIMENSIONS = [  # the paper's six dimensions (ArtiMuse's), in its order
     ("composition_design", "composition & design"),
@@ -70,48 +70,11 @@ def aesthetic_schema(low: int, high: int) -> dict:
     return {"type": "object", "properties": {k: dim for k, _ in AESTHETIC_DIMENSIONS}, "required": [k for k, _ in AESTHETIC_DIMENSIONS]}
 
 
-def step_config(config: dict, overrides: dict | None) -> dict:
-    """A copy of the config whose ``vlm`` block has a step's overrides merged in (e.g. another model)."""
-    out = copy.deepcopy(config)
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(out["vlm"].get(key), dict):
-            out["vlm"][key].update(value)
-        else:
-            out["vlm"][key] = value
-    return out
-
-
 def survivors(verified, shard: str):
     """Rows of one shard that passed stage 4's checks 1-3."""
     if not len(verified):
         return verified
     return verified[(verified["shard"] == shard) & verified["passed"]].reset_index(drop=True)
-
-
-def view_file(views_dir, image_id: str) -> Path:
-    return Path(views_dir) / f"{image_id}.png"
-
-
-def write_view(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    tmp.replace(path)
-
-
-def read_view(views_dir, image_id: str) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(str(view_file(views_dir, image_id)), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"analysis copy of {image_id} missing in {views_dir}: rerun caption_tags")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _base(rec: dict) -> dict:
-    return {k: rec[k] for k in ("image_id", "root", "relpath", "shard")}
 
 
 def _reply_columns(res, prefix: str) -> dict:
@@ -132,21 +95,6 @@ def _options_of(results) -> str:
     if all(v == values[0] for v in values):
         return values[0]
     return json.dumps([json.loads(v) if v else None for v in values], sort_keys=True)
-
-
-# What a model raises on one image (a CUDA out-of-memory is a RuntimeError, a prompt the model
-# cannot take a RuntimeError/ValueError): that image's row records it, the shard goes on.
-MODEL_ERRORS = (RuntimeError, ValueError, IndexError)
-MODEL_ERROR = "model_error"
-
-
-def model_error_text(step: str, exc: BaseException) -> str:
-    return f"{step}: {type(exc).__name__}: {str(exc)[:500]}"
-
-
-def _chunks(items: list, size: int = IMAGES_PER_BATCH):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # ----------------------------------------------------------------------------- 1. tags
@@ -170,7 +118,7 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
     rows = []
     recs = survivors(verified, shard).to_dict("records")
     bar = tqdm(total=len(recs), desc="tags", unit="img", mininterval=2)
-    for chunk in _chunks(recs):
+    for chunk in chunks(recs, IMAGES_PER_BATCH):
         views, batch = [], []
         for rec in chunk:
             try:
@@ -179,7 +127,7 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
                     size = (tiled.width, tiled.height)
             except (OSError, ValueError, KeyError, IndexError) as exc:  # the rest of the shard goes on; the
                 # instance check rejects the image (no analysis copy), nothing downstream guesses
-                rows.append(_base(rec) | {"width": 0, "height": 0, "view_width": 0, "view_height": 0, "tagger_model": "",
+                rows.append(id_columns(rec) | {"width": 0, "height": 0, "view_width": 0, "view_height": 0, "tagger_model": "",
                                           "tags_raw": "[]", "tags_status": "unreadable", "tags_replies": "[]", "tags_request_options": "",
                                           "tags_error": f"SR output {rec['output_path']}: {exc}", "smoke": False, "candidates": [],
                                           "tags": [], "prune_status": "no_tags", "prune_replies": "[]", "prune_request_options": "", "prune_error": "",
@@ -188,7 +136,7 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
                 continue
             write_view(view_file(views_dir, rec["image_id"]), view)
             views.append(view)
-            rows.append(_base(rec) | {"width": size[0], "height": size[1], "view_width": view.shape[1], "view_height": view.shape[0]})
+            rows.append(id_columns(rec) | {"width": size[0], "height": size[1], "view_width": view.shape[1], "view_height": view.shape[0]})
             batch.append(rows[-1])
         if not batch:
             bar.update(len(chunk))
@@ -301,12 +249,12 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
     recs = tags.to_dict("records")
     rows = []
     bar = tqdm(total=len(recs), desc="boxes", unit="img", mininterval=2)
-    for chunk in _chunks(recs):
+    for chunk in chunks(recs, IMAGES_PER_BATCH):
         work = []  # (row, kept tags, [(view image, full-resolution region, name)])
         for rec in chunk:
             kept_tags = json.loads(rec["tags"])
             W, H = int(rec["width"]), int(rec["height"])
-            row = _base(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "request_options": "", "error": "",
+            row = id_columns(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "request_options": "", "error": "",
                                  "status": "ok" if kept_tags else "no_tags"}
             if rec.get("tags_status") == MODEL_ERROR:  # no boxes because the tagger failed, not because nothing is there
                 row.update(status=MODEL_ERROR, error=rec["tags_error"])
@@ -426,30 +374,12 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
                     "kept": i in kept, "drop_reason": dropped.get(i, ""), "mask": rle_encode(m),
                 })
         n_kept = sum(1 for x in instances if x["kept"])
-        rows.append(_base(rec) | {
+        rows.append(id_columns(rec) | {
             "width": W, "height": H, "instances": json.dumps(instances), "n_candidates": len(instances), "n_instances": n_kept,
             "status": status, "error": error, "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
         })
         log(f"{rec['relpath']}: {len(instances)} masks -> {n_kept} instances after NMS/area")
     return pd.DataFrame(rows)
-
-
-def kept_instances(masks_row: dict) -> list[dict]:
-    return [x for x in json.loads(masks_row["instances"]) if x["kept"]]
-
-
-def instance_crop(tiled: TiledImage, view: np.ndarray, box, pad: float, max_side: int) -> tuple[np.ndarray, tuple]:
-    """The crop centred on an instance with ``pad`` padding, long side <= ``max_side``, and its
-    full-resolution (x, y, w, h).  Read from the analysis copy when that already holds at least
-    ``max_side`` pixels across the crop (a big instance), else from the tiled SR output."""
-    W, H = tiled.width, tiled.height
-    x, y, w, h = padded_crop_box(box, W, H, pad)
-    f = W / view.shape[1]
-    if max(w, h) / f >= max_side:
-        vx0, vy0 = int(x / f), int(y / f)
-        vx1, vy1 = max(vx0 + 1, math.ceil((x + w) / f)), max(vy0 + 1, math.ceil((y + h) / f))
-        return fit_within(view[vy0:vy1, vx0:vx1], max_side), (x, y, w, h)
-    return fit_within(tiled.read(x, y, w, h), max_side), (x, y, w, h)
 
 
 # ----------------------------------------------------------------------------- 5. descriptions
@@ -471,7 +401,7 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
     out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
     recs = [r for r in masks.to_dict("records") if r["image_id"] in passed]
     rows = []
-    for chunk in tqdm(list(_chunks(recs, 4)), desc="instances", unit="batch", mininterval=2):
+    for chunk in tqdm(list(chunks(recs, 4)), desc="instances", unit="batch", mininterval=2):
         requests, meta = [], []
         for rec in chunk:
             view = read_view(views_dir, rec["image_id"])
@@ -482,7 +412,7 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
                     lit = highlight(context, rle_decode(inst["mask"]))
                     text = prompt.replace("{label}", inst["label"])
                     requests.append(("describe_instance", f"{rec['image_id']}:{inst['instance']}", [user_message(text, [crop, lit])], schema))
-                    meta.append(_base(rec) | {"instance": inst["instance"], "label": inst["label"], "crop_x": region[0],
+                    meta.append(id_columns(rec) | {"instance": inst["instance"], "label": inst["label"], "crop_x": region[0],
                                               "crop_y": region[1], "crop_w": region[2], "crop_h": region[3]})
         for m, res in zip(meta, judge.run_many(requests) if requests else [], strict=True):
             ok = res.status == "ok"
@@ -564,13 +494,13 @@ def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, lo
         raise ValueError(f"config key caption.aesthetics.backend: {backend!r} is not one of rubric, artimuse")
     recs = instance_checks[instance_checks["passed"]].to_dict("records") if len(instance_checks) else []
     rows = []
-    for chunk in _chunks(recs):
+    for chunk in chunks(recs, IMAGES_PER_BATCH):
         views = [fit_within(read_view(views_dir, r["image_id"]), int(spec["view_px"])) for r in chunk]
         if backend == "rubric":
             requests = [("aesthetic_analysis", r["image_id"], [user_message(prompt, [v])], schema) for r, v in zip(chunk, views)]
             for rec, res in zip(chunk, judge.run_many(requests), strict=True):
                 ok = res.status == "ok"
-                row = _base(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
+                row = id_columns(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
                                     "prompt_sha": sha, "smoke": bool(judge.smoke), **_reply_columns(res, "judge")}
                 for key, _ in AESTHETIC_DIMENSIONS:
                     row[f"{key}_score"] = int(res.parsed[key]["score"]) if ok else None
@@ -584,7 +514,7 @@ def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, lo
             per_dim = results[i * n : (i + 1) * n]
             bad = [r for r in per_dim if r.status != "ok"]
             analysis = {key: {"analysis": r.parsed} for (key, _), r in zip(AESTHETIC_DIMENSIONS, per_dim)} if not bad else None
-            row = _base(rec) | {"analysis": json.dumps(analysis, sort_keys=True) if analysis else "", "model": judge.model_name,
+            row = id_columns(rec) | {"analysis": json.dumps(analysis, sort_keys=True) if analysis else "", "model": judge.model_name,
                                 "prompt_sha": sha, "smoke": bool(judge.smoke), "judge_status": bad[0].status if bad else "ok",
                                 "judge_replies": json.dumps([r.raw_replies for r in per_dim]),
                                 "judge_request_options": _options_of(per_dim),
@@ -636,7 +566,7 @@ def captions_shard(instance_checks, tags, descriptions, aesthetics, index, confi
         desc_by.setdefault(r["image_id"], []).append(r)
     index_by = {r["image_id"]: r for r in index.to_dict("records")}
     rows = []
-    for chunk in _chunks(recs):
+    for chunk in chunks(recs, IMAGES_PER_BATCH):
         longs = []
         for rec in chunk:
             meta = caption_metadata(tags_by[rec["image_id"]], desc_by.get(rec["image_id"], []), aest_by.get(rec["image_id"], ""),
@@ -652,7 +582,7 @@ def captions_shard(instance_checks, tags, descriptions, aesthetics, index, confi
             short_res = short_results.get(rec["image_id"])
             long_caption = long_res.parsed if long_res.status == "ok" else None
             short_caption = short_res.parsed if short_res is not None and short_res.status == "ok" else None
-            rows.append(_base(rec) | {
+            rows.append(id_columns(rec) | {
                 "long_caption": long_caption, "short_caption": short_caption,
                 "long_words": len(long_caption.split()) if long_caption else 0,
                 "short_words": len(short_caption.split()) if short_caption else 0,

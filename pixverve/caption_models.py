@@ -18,36 +18,13 @@ Backends and what they load:
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-
-class CaptionModelUnavailable(RuntimeError):
-    """A configured model cannot be loaded; the message names the config key and what to do."""
-
-
-def _offline(model: str) -> bool:
-    return os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model).is_dir()
-
-
-def _load(loader, model: str, key: str):
-    try:
-        return loader(model, local_files_only=_offline(model))
-    except (OSError, ValueError) as exc:
-        raise CaptionModelUnavailable(
-            f"config key {key}: cannot load {model!r} ({type(exc).__name__}: {exc}). Give a local folder with the "
-            "model and processor files, or a hub id already in the Hugging Face cache (compute nodes run offline)."
-        ) from exc
-
-
-def _device(spec: dict) -> str:
-    from .devices import resolve_device
-
-    return resolve_device(spec.get("device", "auto"))
+from .loading import ModelUnavailable, load_pretrained, model_device
 
 
 # ----------------------------------------------------------------------------- tagging
@@ -62,9 +39,9 @@ class ClipTagger:
         from transformers import CLIPModel, CLIPProcessor
 
         if not vocabulary:
-            raise CaptionModelUnavailable("config key caption.tags.clip.vocabulary: the tag vocabulary file is empty")
-        self.model = _load(CLIPModel.from_pretrained, model_id, key).to(device).eval()
-        self.processor = _load(CLIPProcessor.from_pretrained, model_id, key)
+            raise ModelUnavailable("config key caption.tags.clip.vocabulary: the tag vocabulary file is empty")
+        self.model = load_pretrained(CLIPModel.from_pretrained, model_id, key).to(device).eval()
+        self.processor = load_pretrained(CLIPProcessor.from_pretrained, model_id, key)
         self.vocabulary, self.threshold, self.top_k, self.device = vocabulary, threshold, top_k, device
         self.smoke, self.model_name = smoke, model_id
         with torch.inference_mode():
@@ -107,12 +84,12 @@ class RamPlusTagger:
             ram = importlib.import_module("ram")
             ram_models = importlib.import_module("ram.models")
         except ImportError as exc:
-            raise CaptionModelUnavailable(
+            raise ModelUnavailable(
                 f"config key caption.tags.backend: ram_plus needs the recognize-anything package ({exc}); install it with "
                 f"{RAM_PLUS_INSTALL} and run with --use-conda"
             ) from None
         if not weights or not Path(weights).is_file():
-            raise CaptionModelUnavailable(
+            raise ModelUnavailable(
                 f"config key {key}.weights: RAM++ checkpoint {weights!r} not found; download ram_plus_swin_large_14m.pth "
                 "(https://huggingface.co/xinyu1205/recognize-anything-plus-model) and give its path"
             )
@@ -144,13 +121,13 @@ def build_tagger(spec: dict):
         return None
     if backend == "ram_plus":
         ram = spec.get("ram_plus") or {}
-        return RamPlusTagger(ram.get("weights"), int(ram.get("image_size", 384)), ram.get("vit", "swin_l"), _device(ram))
+        return RamPlusTagger(ram.get("weights"), int(ram.get("image_size", 384)), ram.get("vit", "swin_l"), model_device(ram))
     clip = spec.get("clip") or {}
     vocabulary = read_vocabulary(clip["vocabulary"])
     if backend == "clip":
         if not clip.get("model"):
-            raise CaptionModelUnavailable("config key caption.tags.clip.model: set a local folder or hub id")
-        return ClipTagger(clip["model"], vocabulary, float(clip["threshold"]), int(clip["top_k"]), _device(clip))
+            raise ModelUnavailable("config key caption.tags.clip.model: set a local folder or hub id")
+        return ClipTagger(clip["model"], vocabulary, float(clip["threshold"]), int(clip["top_k"]), model_device(clip))
     if backend == "tiny":
         from .tiny_vision import build_tiny_clip
 
@@ -160,7 +137,7 @@ def build_tagger(spec: dict):
             tagger = ClipTagger(folder, vocabulary, -1.0, int(clip["top_k"]), "cpu", smoke=True)
         tagger.model_name = "tiny random CLIP"
         return tagger
-    raise CaptionModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | ram_plus | clip | tiny)")
+    raise ModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | ram_plus | clip | tiny)")
 
 
 # ----------------------------------------------------------------------------- detection
@@ -173,8 +150,8 @@ class GroundingDinoDetector:
                  device: str = "cpu", smoke: bool = False, key: str = "caption.boxes.grounding_dino.model"):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        self.model = _load(AutoModelForZeroShotObjectDetection.from_pretrained, model_id, key).to(device).eval()
-        self.processor = _load(AutoProcessor.from_pretrained, model_id, key)
+        self.model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, model_id, key).to(device).eval()
+        self.processor = load_pretrained(AutoProcessor.from_pretrained, model_id, key)
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.tags_per_prompt, self.device, self.smoke, self.model_name = tags_per_prompt, device, smoke, model_id
 
@@ -298,8 +275,8 @@ def build_detector(spec: dict):
     args = (float(gd["box_threshold"]), float(gd["text_threshold"]), int(gd["tags_per_prompt"]))
     if backend == "grounding_dino":
         if not gd.get("model"):
-            raise CaptionModelUnavailable("config key caption.boxes.grounding_dino.model: set a local folder or hub id")
-        return GroundingDinoDetector(gd["model"], *args, device=_device(gd))
+            raise ModelUnavailable("config key caption.boxes.grounding_dino.model: set a local folder or hub id")
+        return GroundingDinoDetector(gd["model"], *args, device=model_device(gd))
     if backend == "tiny":
         from .tiny_vision import build_tiny_grounding_dino
 
@@ -308,7 +285,7 @@ def build_detector(spec: dict):
             detector = GroundingDinoDetector(folder, *args, device="cpu", smoke=True)
         detector.model_name = "tiny random Grounding DINO"
         return detector
-    raise CaptionModelUnavailable(f"config key caption.boxes.backend: unknown backend {backend!r} (grounding_dino | rex_omni | tiny)")
+    raise ModelUnavailable(f"config key caption.boxes.backend: unknown backend {backend!r} (grounding_dino | rex_omni | tiny)")
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -324,9 +301,9 @@ class Sam2Segmenter:
         from transformers import Sam2Model, Sam2Processor
 
         if int(box_chunk) < 1:
-            raise CaptionModelUnavailable("config key caption.masks.box_chunk: must be at least 1")
-        self.model = _load(Sam2Model.from_pretrained, model_id, key).to(device).eval()
-        self.processor = _load(Sam2Processor.from_pretrained, model_id, key)
+            raise ModelUnavailable("config key caption.masks.box_chunk: must be at least 1")
+        self.model = load_pretrained(Sam2Model.from_pretrained, model_id, key).to(device).eval()
+        self.processor = load_pretrained(Sam2Processor.from_pretrained, model_id, key)
         self.device, self.smoke, self.model_name, self.box_chunk = device, smoke, model_id, int(box_chunk)
 
     def segment(self, view: np.ndarray, boxes: list[list[float]]) -> tuple[list[np.ndarray], list[float]]:
@@ -371,8 +348,8 @@ def build_segmenter(spec: dict):
     sam = spec.get("sam2") or {}
     if backend == "sam2":
         if not sam.get("model"):
-            raise CaptionModelUnavailable("config key caption.masks.sam2.model: set a local folder or hub id")
-        return Sam2Segmenter(sam["model"], _device(sam), box_chunk=int(spec.get("box_chunk", 64)))
+            raise ModelUnavailable("config key caption.masks.sam2.model: set a local folder or hub id")
+        return Sam2Segmenter(sam["model"], model_device(sam), box_chunk=int(spec.get("box_chunk", 64)))
     if backend == "tiny":
         from .tiny_vision import build_tiny_sam2
 
@@ -381,4 +358,4 @@ def build_segmenter(spec: dict):
             segmenter = Sam2Segmenter(folder, "cpu", smoke=True, box_chunk=int(spec.get("box_chunk", 64)))
         segmenter.model_name = "tiny random SAM 2"
         return segmenter
-    raise CaptionModelUnavailable(f"config key caption.masks.backend: unknown backend {backend!r} (sam2 | box | tiny)")
+    raise ModelUnavailable(f"config key caption.masks.backend: unknown backend {backend!r} (sam2 | box | tiny)")

@@ -641,7 +641,7 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
     from tqdm import tqdm
 
     from .config import screening_criteria
-    from .index import writable_root
+    from .paths import writable_root
     from .screening import check_resolution
 
     cfg = config["collect"][source]

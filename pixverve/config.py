@@ -114,15 +114,20 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_config(*paths: str | Path) -> dict:
-    """config.yaml plus overrides, validated against the schema (defaults filled in)."""
-    from snakemake.utils import validate
-
-    from .workflow import check_config
-
-    config: dict = {}
-    for p in paths:
-        config = merge(config, load_yaml(p))
-    validate(config, str(Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"))
-    check_config(config)
-    return config
+def check_resolution(width: int, height: int, criteria: list[ScreeningCriterion]) -> tuple[str | None, str, str]:
+    """Return (criterion name or None, reason code, detail)."""
+    pixels, short = width * height, min(width, height)
+    in_range = [c for c in criteria if c.pixel_range_ok(pixels)]
+    for c in in_range:
+        if short >= c.min_side_px:
+            return c.name, "", ""
+    mp = pixels / 1e6
+    rules = "; ".join(c.describe() for c in criteria)
+    if in_range:
+        c = in_range[0]
+        return None, "short_side", (
+            f"{width}x{height} ({mp:.3g} MP): shorter side {short} px < {c.min_side_px} px required by ({c.name}); rules: {rules}"
+        )
+    return None, "below_min_pixels" if pixels <= min(c.min_pixels for c in criteria) else "outside_pixel_ranges", (
+        f"{width}x{height} ({mp:.3g} MP) matches no pixel range; rules: {rules}"
+    )

@@ -55,7 +55,7 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
     """(table with captions and decisions, manifest rows) for one configured import."""
     import pandas as pd
 
-    from .index import Unresolvable, resolve_inside, roots_from_config
+    from .paths import Unresolvable, resolve_inside, roots_from_config
 
     preset = PRESETS[spec.get("preset", "generic")]
     columns = {**preset["columns"], **(spec.get("columns") or {})}

@@ -14,7 +14,6 @@ without re-reading terabytes.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,19 +25,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import images
+from .paths import Root, Unresolvable, file_sha256, resolve_inside, roots_from_config
 from .tables import fail, ok
 
-HASH_CHUNK = 4 << 20
 MANIFEST_COLUMNS = ("path", "source", "licence", "url", "author")
-
-
-@dataclass
-class Root:
-    name: str
-    path: Path
-    source: str
-    licence: str
-    scan: bool
 
 
 @dataclass
@@ -66,49 +56,6 @@ def generated_manifests(config: dict) -> list[dict]:
     if synthetic.get("enabled"):
         out.append({"path": "results/collect/synthetic_manifest.csv", "root": synthetic["root"]})
     return out
-
-
-def writable_root(config: dict, root_name: str, config_key: str, base_dir=".", stale_glob: str | None = None) -> Path:
-    """The folder of the source root a source rule writes into (created), with the temp files a
-    killed run left there (``stale_glob``) removed."""
-    roots = roots_from_config(config, base_dir)
-    if root_name not in roots:
-        raise ValueError(f"config key {config_key}: {root_name!r} is not one of sources.roots {sorted(roots)}")
-    folder = roots[root_name].path
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(stale_glob) if stale_glob else ():
-        stale.unlink()
-    return folder
-
-
-def roots_from_config(config: dict, base_dir: str | Path = ".") -> dict[str, Root]:
-    roots = {}
-    for r in config["sources"]["roots"]:
-        path = (Path(base_dir) / r["path"]).resolve()
-        roots[r["name"]] = Root(r["name"], path, r.get("source", r["name"]), r.get("licence", ""), r.get("scan", True))
-    return roots
-
-
-class Unresolvable(ValueError):
-    """A path whose symlinks cannot be followed (a loop, a link the process may not read)."""
-
-
-def resolve_inside(root: Path, relpath: str) -> Path:
-    """Resolve ``root/relpath`` (following symlinks) and refuse anything outside ``root``."""
-    if os.path.isabs(relpath):
-        raise ValueError(f"absolute path {relpath!r} in a manifest; paths must be relative to their root")
-    try:
-        path = (root / relpath).resolve()
-    except (RuntimeError, OSError) as exc:  # RuntimeError: "Symlink loop" (Python < 3.13)
-        raise Unresolvable(f"{relpath!r} cannot be resolved: {exc}") from exc
-    if not path.is_relative_to(root):
-        raise ValueError(f"{relpath!r} resolves to {path}, outside root {root}")
-    return path
-
-
-def image_path(roots: dict[str, Root], root_name: str, relpath: str) -> Path:
-    """Absolute path of an indexed image, re-checked to lie inside its root."""
-    return resolve_inside(roots[root_name].path, relpath)
 
 
 def _problem(exc: ValueError) -> tuple[str, str]:
@@ -230,14 +177,6 @@ class HashCache:
     def close(self):
         if self._fh is not None:
             self._fh.close()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _blank_row(cand: Candidate, max_megapixels: float) -> dict:

@@ -17,11 +17,10 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     import pandas as pd
     from tqdm import tqdm
 
-    from .annotate import TiledImage
-    from .caption import MODEL_ERROR, _base, _chunks, instance_crop, kept_instances, read_view, view_file
-    from .regions import REGION_SCHEMA, judged_outcome, prompt_text
-    from .tables import fail
-    from .vlm import user_message
+    from .annotate import TiledImage, instance_crop, kept_instances, read_view, view_file
+    from .regions import REGION_SCHEMA, judged_outcome
+    from .tables import MODEL_ERROR, chunks, fail, id_columns
+    from .vlm import prompt_text, user_message
 
     spec = config["verify"]["instances"]
     pad = float(config["caption"]["instances"]["padding"])
@@ -31,10 +30,10 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
     images, inst_rows = {}, []
     recs = masks.to_dict("records")
-    for chunk in tqdm(list(_chunks(recs, 4)), desc="judge instances", unit="batch", mininterval=2):
+    for chunk in tqdm(list(chunks(recs, 4)), desc="judge instances", unit="batch", mininterval=2):
         requests, meta = [], []
         for rec in chunk:
-            images[rec["image_id"]] = _base(rec) | {"n_instances": 0, "n_flagged": 0, "n_unjudged": 0, "max_flagged": max_flagged,
+            images[rec["image_id"]] = id_columns(rec) | {"n_instances": 0, "n_flagged": 0, "n_unjudged": 0, "max_flagged": max_flagged,
                                                     "invalid_policy": policy, "judge_model": judge.model_name, "prompt_sha": sha,
                                                     "smoke": bool(judge.smoke)}
             if not view_file(views_dir, rec["image_id"]).exists():  # caption_tags could not read it

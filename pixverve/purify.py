@@ -190,7 +190,7 @@ def score_classical_shard(rows, config: dict, base_dir=".", threads: int = 1):
     from tqdm import tqdm
 
     from . import images
-    from .index import image_path, roots_from_config
+    from .paths import image_path, roots_from_config
     from .tables import fail, ok
 
     params = classical_params(config)

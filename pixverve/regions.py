@@ -20,9 +20,7 @@ variance plus 4 at random; drop the image if more than one is flagged.  Our prec
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -76,12 +74,6 @@ def choose_patches(variances: np.ndarray, image_id: str, n_sobel: int, n_random:
     return [(i, "sobel") for i in top] + [(int(i), "random") for i in drawn]
 
 
-def prompt_text(path: str | Path) -> tuple[str, str]:
-    """(prompt, sha256[:12]) of a template file; the hash goes into every row it produced."""
-    text = Path(path).read_text(encoding="utf-8").strip()
-    return text, hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def judged_outcome(row: dict, n_judged: int, code: str, what: str, policy: str) -> dict:
     """An image's verdict from its judged items (patches, instance crops): too many flagged is
     ``code``; items without a valid reply reject it under ``vlm.invalid_policy: drop``."""
@@ -107,7 +99,7 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
 
     from .config import side_scale
     from .tables import fail
-    from .vlm import user_message
+    from .vlm import prompt_text, user_message
 
     r = config["verify"]["regions"]
     patch = max(1, round(int(r["patch_px"]) * side_scale(config)))

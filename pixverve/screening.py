@@ -19,32 +19,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import images
-from .config import ScreeningCriterion, screening_criteria, sr_tiers, tier_for
+from .config import check_resolution, screening_criteria, sr_tiers, tier_for
 from .dedup import phash
-from .index import Unresolvable, file_sha256, image_path, roots_from_config
+from .paths import Unresolvable, file_sha256, image_path, roots_from_config
 from .tables import fail, ok
 
 # The pHash only needs ~32 px; decoding JPEGs at >= 256 px keeps it stable across DCT scales.
 HASH_DECODE_MIN_SIDE = 256
-
-
-def check_resolution(width: int, height: int, criteria: list[ScreeningCriterion]) -> tuple[str | None, str, str]:
-    """Return (criterion name or None, reason code, detail)."""
-    pixels, short = width * height, min(width, height)
-    in_range = [c for c in criteria if c.pixel_range_ok(pixels)]
-    for c in in_range:
-        if short >= c.min_side_px:
-            return c.name, "", ""
-    mp = pixels / 1e6
-    rules = "; ".join(c.describe() for c in criteria)
-    if in_range:
-        c = in_range[0]
-        return None, "short_side", (
-            f"{width}x{height} ({mp:.3g} MP): shorter side {short} px < {c.min_side_px} px required by ({c.name}); rules: {rules}"
-        )
-    return None, "below_min_pixels" if pixels <= min(c.min_pixels for c in criteria) else "outside_pixel_ranges", (
-        f"{width}x{height} ({mp:.3g} MP) matches no pixel range; rules: {rules}"
-    )
 
 
 def _changed_since_index(rec: dict, path: Path) -> tuple[str, str] | None:

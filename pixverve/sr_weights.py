@@ -100,6 +100,6 @@ def write_safetensors(state: dict[str, np.ndarray], path: str | Path) -> str:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
     tmp.replace(path)
-    from .index import file_sha256
+    from .paths import file_sha256
 
     return file_sha256(path)

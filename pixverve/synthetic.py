@@ -212,7 +212,7 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
     from PIL import Image
     from tqdm import tqdm
 
-    from .index import writable_root
+    from .paths import writable_root
 
     cfg = config["synthetic"]
     folder = writable_root(config, cfg["root"], "synthetic.root", base_dir, stale_glob=".*.rendering.png")

@@ -57,3 +57,26 @@ def ok(row: dict) -> dict:
     row["reason"] = ""
     row["reason_detail"] = ""
     return row
+
+
+# What a model raises on one image (a CUDA out-of-memory is a RuntimeError, a prompt the model
+# cannot take a RuntimeError/ValueError): that image's row records it, the shard goes on.
+MODEL_ERRORS = (RuntimeError, ValueError, IndexError)
+
+
+MODEL_ERROR = "model_error"
+
+
+def model_error_text(step: str, exc: BaseException) -> str:
+    return f"{step}: {type(exc).__name__}: {str(exc)[:500]}"
+
+
+def id_columns(rec: dict) -> dict:
+    """The columns that identify an image's row in every per-image table after the index."""
+    return {k: rec[k] for k in ("image_id", "root", "relpath", "shard")}
+
+
+def chunks(items: list, size: int):
+    """Consecutive slices of ``size`` items (the last may be shorter): the batches of a shard."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -37,15 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .loading import ModelUnavailable
+
 # scheme II pattern parsing lives in a torch-free module (the config check runs in every env)
 from .train_patterns import (AUTO, PATTERN_PRESETS, auto_pattern, block_factors, default_pattern,  # noqa: F401
                              parse_pattern, window_settings)
 
 TOKEN_PIXELS_FLUX2 = 16  # VAE factor 8 x 2x2 patchify
-
-
-class ModelUnavailable(RuntimeError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------

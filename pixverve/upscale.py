@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .devices import resolve_device
-from .index import file_sha256
+from .paths import file_sha256
 from .tiling import TiledTiffWriter, TileGrid, bands_of, upscale_bands
 
 
@@ -295,7 +295,7 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
     import pandas as pd
     from tqdm import tqdm
 
-    from .index import image_path, roots_from_config
+    from .paths import image_path, roots_from_config
 
     spec = config["upscale"]
     try:

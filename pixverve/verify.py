@@ -204,7 +204,7 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
 
     from . import images
     from .devices import resolve_device
-    from .index import image_path, roots_from_config
+    from .paths import image_path, roots_from_config
     from .tables import fail, ok
 
     v = config["verify"]

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import hashlib
 import json
 import os
 import random
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -368,3 +371,20 @@ def _scrub(text: str, client: VLMClient) -> str:
     env = client.settings.api_key_env
     key = os.environ.get(env) if env else None
     return text.replace(key, "***") if key else text
+
+
+def step_config(config: dict, overrides: dict | None) -> dict:
+    """A copy of the config whose ``vlm`` block has a step's overrides merged in (e.g. another model)."""
+    out = copy.deepcopy(config)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out["vlm"].get(key), dict):
+            out["vlm"][key].update(value)
+        else:
+            out["vlm"][key] = value
+    return out
+
+
+def prompt_text(path: str | Path) -> tuple[str, str]:
+    """(prompt, sha256[:12]) of a template file; the hash goes into every row it produced."""
+    text = Path(path).read_text(encoding="utf-8").strip()
+    return text, hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -240,6 +240,6 @@ def served_judge(config: dict, stack, server_log, log=print):
 def served_step_judge(config: dict, overrides: dict | None, stack, server_log, log=print):
     """``served_judge`` for one step whose ``vlm`` settings are overridden (``caption.<step>.vlm``,
     ``bench.judge.vlm``: another model or endpoint for that step)."""
-    from .caption import step_config
+    from .vlm import step_config
 
     return served_judge(step_config(config, overrides), stack, server_log, log=log)

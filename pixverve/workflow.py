@@ -196,3 +196,17 @@ def note_empty(log, n: int, stage: str) -> None:
     if n == 0:
         log.info(f"{stage}: no image entered (every image was dropped by an earlier stage, or the pool is empty); "
                  "writing empty tables")
+
+
+def load_config(*paths: str | Path) -> dict:
+    """config.yaml plus overrides, validated against the schema (defaults filled in)."""
+    from snakemake.utils import validate
+
+    from .config import load_yaml, merge
+
+    config: dict = {}
+    for p in paths:
+        config = merge(config, load_yaml(p))
+    validate(config, str(Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"))
+    check_config(config)
+    return config

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakema
 import pandas as pd  # noqa: E402
 
 from pixverve.figures import fig4_purification  # noqa: E402
-from pixverve.index import resolve_inside  # noqa: E402
+from pixverve.paths import resolve_inside  # noqa: E402
 from pixverve.tables import read_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 

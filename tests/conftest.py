@@ -21,7 +21,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_config():
-    from pixverve.config import load_config
+    from pixverve.workflow import load_config
 
     return load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
 

@@ -19,7 +19,7 @@ from pixverve.annotate import (
     rle_encode,
     tile_regions,
 )
-from pixverve.caption import instance_crop
+from pixverve.annotate import instance_crop
 from pixverve.caption_models import nearest_tag, parse_rex_boxes
 from pixverve.tiling import TiledTiffWriter, bands_of
 

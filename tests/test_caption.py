@@ -19,7 +19,8 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from pixverve import caption, dataset  # noqa: E402
+from pixverve import annotate, caption, dataset  # noqa: E402
+from pixverve import vlm as vlm_client  # noqa: E402
 from pixverve.caption_models import BoxSegmenter, build_detector, build_segmenter, build_tagger  # noqa: E402
 from pixverve.instance_check import judge_instances_shard  # noqa: E402
 from pixverve.tiling import TiledTiffWriter, bands_of  # noqa: E402
@@ -96,7 +97,7 @@ def _client(server, **kw):
 
 def _step_client(server, config, overrides):
     """A client with a step's ``vlm`` overrides merged in, as scripts/ build it (served_step_judge)."""
-    vlm = caption.step_config(config, overrides)["vlm"] | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 1, "timeout_s": 10}
+    vlm = vlm_client.step_config(config, overrides)["vlm"] | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 1, "timeout_s": 10}
     c = VLMClient(VLMSettings.from_config(vlm))
     c.smoke = False
     return c
@@ -223,12 +224,12 @@ def test_tiny_models_run_the_real_code_paths(shard):
 
 
 def test_missing_real_models_are_clear_errors(shard):
-    from pixverve.caption_models import CaptionModelUnavailable
+    from pixverve.loading import ModelUnavailable
 
     spec = shard["config"]["caption"]
-    with pytest.raises(CaptionModelUnavailable, match="caption.boxes.grounding_dino.model"):
+    with pytest.raises(ModelUnavailable, match="caption.boxes.grounding_dino.model"):
         build_detector(spec["boxes"] | {"backend": "grounding_dino", "grounding_dino": spec["boxes"]["grounding_dino"] | {"model": "/nonexistent/gdino"}})
-    with pytest.raises(CaptionModelUnavailable, match="caption.masks.sam2.model"):
+    with pytest.raises(ModelUnavailable, match="caption.masks.sam2.model"):
         build_segmenter(spec["masks"] | {"backend": "sam2", "sam2": {"model": None}})
 
 
@@ -406,8 +407,8 @@ def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step
     with FakeOpenAI(responder=Scripted()) as server:
         judge = _client(server)
         tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
-        bad = int(caption.read_view(views, IDS[1])[0, 0, 0])
-        assert int(caption.read_view(views, IDS[0])[0, 0, 0]) != bad
+        bad = int(annotate.read_view(views, IDS[1])[0, 0, 0])
+        assert int(annotate.read_view(views, IDS[0])[0, 0, 0]) != bad
         if step == "tagger":  # the same views again, tagged by a model that fails on the second image
             tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, _FailsOn(_CatTagger(), bad, "tag"), None, judge,
                                      log=lambda *_: None)
@@ -492,17 +493,17 @@ STAND_IN_RAM = {
 
 
 def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_does(tmp_path, monkeypatch):
-    from pixverve.caption_models import CaptionModelUnavailable
+    from pixverve.loading import ModelUnavailable
 
     spec = {"backend": "ram_plus", "ram_plus": {"weights": str(tmp_path / "ram_plus_swin_large_14m.pth"), "image_size": 64,
                                                  "vit": "swin_l", "device": "cpu"}}
-    with pytest.raises(CaptionModelUnavailable, match="pip install git\\+https://github.com/xinyu1205/recognize-anything"):
+    with pytest.raises(ModelUnavailable, match="pip install git\\+https://github.com/xinyu1205/recognize-anything"):
         build_tagger(spec)  # not installed in this venv: the error says how
     for rel, text in STAND_IN_RAM.items():
         (tmp_path / "pkgs" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "pkgs" / rel).write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
-    with pytest.raises(CaptionModelUnavailable, match="caption.tags.ram_plus.weights"):
+    with pytest.raises(ModelUnavailable, match="caption.tags.ram_plus.weights"):
         build_tagger(spec)
     (tmp_path / "ram_plus_swin_large_14m.pth").write_bytes(b"stand-in")
     try:

@@ -82,7 +82,7 @@ def test_bench_enabled_must_name_configured_methods(repo_root, tmp_path):
 def test_a_missing_artimuse_checkout_fails_the_config_check_naming_the_key(repo_root, tmp_path):
     from artimuse_stand_in import make_checkout
 
-    from pixverve.config import load_config
+    from pixverve.workflow import load_config
 
     base = load_yaml(repo_root / "config.yaml")
     check_config(base)  # as shipped: the purify predictor's checkout is an EDIT placeholder (null), the rubric needs none

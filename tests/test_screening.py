@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pixverve.config import screening_criteria, sr_tiers, tier_for
-from pixverve.screening import check_resolution
+from pixverve.config import check_resolution
 
 
 @pytest.fixture

@@ -347,7 +347,7 @@ def demo_data(tmp_path_factory):
 
 def demo_spec(run: str, resolution: int, **changes) -> dict:
     """A run of the demo config (tiny bases, CPU), with test-sized changes."""
-    from pixverve.config import load_config
+    from pixverve.workflow import load_config
 
     spec = resolve_run(load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml"), run, resolution)
     spec.update({"batch_size": 2, "seed": 0, **changes})

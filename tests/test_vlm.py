@@ -193,7 +193,7 @@ def test_reasoning_before_a_closing_think_is_dropped(reply):
 
 
 def test_the_paper_config_turns_qwen35_thinking_off(repo_root):
-    from pixverve.caption import step_config
+    from pixverve.vlm import step_config
     from pixverve.config import load_yaml
 
     config = load_yaml(repo_root / "config.yaml")
