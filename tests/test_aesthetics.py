@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pixverve import aesthetics as ae  # noqa: E402
+from pixverve.purify_aesthetics import score_aesthetics_shard  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artimuse_stand_in import STAND_IN_PROMPT, STAND_IN_QUESTION, make_checkout, vllm_render  # noqa: E402
@@ -146,7 +147,7 @@ def test_tiny_predictor_is_seeded_and_marked_smoke():
 
 def test_shard_scores_in_the_demo(stage1, demo_workdir, demo_config):
     kept = stage1["dedup"][stage1["dedup"]["passed"]].head(3)
-    table = ae.score_aesthetics_shard(kept, demo_config, demo_workdir)
+    table = score_aesthetics_shard(kept, demo_config, demo_workdir)
     assert len(table) == 3 and table["passed"].all()
     assert table["laion_smoke"].all() and table["laion_score"].notna().all()
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
