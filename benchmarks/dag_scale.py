@@ -24,7 +24,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pixverve.index import assign_shards, write_shards  # noqa: E402
+from pixverve.ingest.index import assign_shards, write_shards  # noqa: E402
 
 
 def synthetic_index(n: int, per_shard: int) -> pd.DataFrame:

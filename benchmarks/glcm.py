@@ -1,4 +1,4 @@
-"""GLCM score at 100 MP: the published per-patch scikit-image procedure vs pixverve.glcm, side by side.
+"""GLCM score at 100 MP: the published per-patch scikit-image procedure vs pixverve.bench.glcm, side by side.
 
     python benchmarks/glcm.py [--megapixels 100] [--workers 2]
 
@@ -38,7 +38,7 @@ def _grey(path: Path) -> np.ndarray:
 
 def _ref_rows(args):
     path, top_rows = args
-    from pixverve.glcm import PATCH, reference_patch_entropies
+    from pixverve.bench.glcm import PATCH, reference_patch_entropies
 
     grey = np.load(path, mmap_mode="r")
     return [reference_patch_entropies(np.asarray(grey[t : t + PATCH])) for t in top_rows]
@@ -47,7 +47,7 @@ def _ref_rows(args):
 def _child(task: str, grey_path: str, workers: int, queue) -> None:
     grey = np.load(grey_path, mmap_mode="r")
     if task == "reference":
-        from pixverve.glcm import PATCH
+        from pixverve.bench.glcm import PATCH
 
         tops = list(range(0, grey.shape[0] - PATCH + 1, PATCH))
         chunks = [(grey_path, tops[i::workers * 4]) for i in range(workers * 4)]
@@ -61,7 +61,7 @@ def _child(task: str, grey_path: str, workers: int, queue) -> None:
         seconds = time.perf_counter() - t0
     else:
         os.environ["NUMBA_NUM_THREADS"] = str(workers)
-        from pixverve.glcm import patch_entropies
+        from pixverve.bench.glcm import patch_entropies
 
         g = np.asarray(grey)
         t0 = time.perf_counter()
@@ -112,7 +112,7 @@ def main() -> None:
     print(f"GLCM score, {args.megapixels:g} MP grey image ({grey_mb:.0f} MB), {ours['patches']} patches, {args.workers} workers")
     print("| step | seconds | peak RSS MB |\n|---|---|---|")
     print(f"| reference: per-patch skimage, process pool | {ref['seconds']:.2f} | {ref['peak_mb']:.0f} (per process) |")
-    print(f"| ours: pixverve.glcm (compile/cache load {ours['compile_s']:.1f} s, not counted) | {ours['seconds']:.3f} | {ours['peak_mb']:.0f} |")
+    print(f"| ours: pixverve.bench.glcm (compile/cache load {ours['compile_s']:.1f} s, not counted) | {ours['seconds']:.3f} | {ours['peak_mb']:.0f} |")
     print(f"speed-up: {ref['seconds'] / ours['seconds']:.1f}x (target >= 30)")
     print(f"max |ours - reference| per patch: {np.abs(a - b).max():.2e} (target <= 1e-9); "
           f"image scores {a.mean():.12f} vs {b.mean():.12f}")

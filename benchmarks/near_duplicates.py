@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pixverve.dedup import block_layout, brute_force_pairs, near_duplicate_pairs  # noqa: E402
+from pixverve.ingest.dedup import block_layout, brute_force_pairs, near_duplicate_pairs  # noqa: E402
 
 
 def synthetic_pool(n: int, seed: int = 0) -> np.ndarray:

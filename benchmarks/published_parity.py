@@ -100,9 +100,9 @@ def import_published(eval_dir: Path):
 def fid_metrics(pub, weights, names, reals, gens, size: int) -> list[str]:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from pixverve import bench
-    from pixverve.bench_inputs import BenchItem
-    from pixverve.fid import fid_for_pairs
+    from pixverve.bench import evaluate as bench
+    from pixverve.bench.inputs import BenchItem
+    from pixverve.bench.fid import fid_for_pairs
 
     pub.FrechetInceptionDistance = functools.partial(FrechetInceptionDistance, feature_extractor_weights_path=str(weights))
     evaluator = pub.MetricEvaluator.__new__(pub.MetricEvaluator)  # __init__ would download CLIP
@@ -122,9 +122,9 @@ def fid_metrics(pub, weights, names, reals, gens, size: int) -> list[str]:
 
 
 def glcm_metric(pub, gens) -> list[str]:
-    from pixverve import images
-    from pixverve.bench import pil_grey
-    from pixverve.glcm import glcm_score
+    from pixverve.core import images
+    from pixverve.bench.evaluate import pil_grey
+    from pixverve.bench.glcm import glcm_score
 
     evaluator = pub.MetricEvaluator.__new__(pub.MetricEvaluator)
     theirs = float(evaluator.compute_glcm_score([str(p) for p in gens]))
@@ -140,9 +140,9 @@ def our_seed(name: str) -> int:
 def msfi_preprocessing(eval_dir: Path, names, gens) -> list[str]:
     from PIL import Image
 
-    from pixverve import images
-    from pixverve.bench import jpeg_data_url
-    from pixverve.bench_scores import msfi_layout
+    from pixverve.core import images
+    from pixverve.bench.evaluate import jpeg_data_url
+    from pixverve.bench.scores import msfi_layout
     from util.image_process import MSFI_Preprocessor  # the published module
 
     out, same_rects, same_bytes, total = [], 0, 0, 0
@@ -191,10 +191,10 @@ def judge_parity(eval_dir: Path, folder: Path, names, gens) -> list[str]:
     import msfi_evaluator  # the published modules
     import ics_evaluator
     import util.image_process as pub_ip
-    from pixverve import bench
-    from pixverve.bench_inputs import BenchItem
-    from pixverve.bench_prompts import load_judge_prompts
-    from pixverve.vlm import VLMClient, VLMSettings
+    from pixverve.bench import evaluate as bench
+    from pixverve.bench.inputs import BenchItem
+    from pixverve.bench.prompts import load_judge_prompts
+    from pixverve.models.vlm import VLMClient, VLMSettings
 
     current = {}
     original = pub_ip.MSFI_Preprocessor.process_image
@@ -261,15 +261,16 @@ def ours_only(weights, folder: Path, names, reals, gens, size: int) -> list[str]
     from fake_openai import FakeOpenAI
     from PIL import Image
 
-    from pixverve import bench, images
-    from pixverve.bench import pil_grey
-    from pixverve.bench_inputs import BenchItem
-    from pixverve.bench_prompts import load_judge_prompts
-    from pixverve.bench_scores import msfi_layout
+    from pixverve.bench import evaluate as bench
+    from pixverve.core import images
+    from pixverve.bench.evaluate import pil_grey
+    from pixverve.bench.inputs import BenchItem
+    from pixverve.bench.prompts import load_judge_prompts
+    from pixverve.bench.scores import msfi_layout
     from pixverve.workflow import load_config
-    from pixverve.fid import fid_for_pairs
-    from pixverve.glcm import glcm_score
-    from pixverve.vlm import VLMClient, VLMSettings
+    from pixverve.bench.fid import fid_for_pairs
+    from pixverve.bench.glcm import glcm_score
+    from pixverve.models.vlm import VLMClient, VLMSettings
 
     items = [BenchItem(n, r, g, n, f"a photograph of {n}") for n, r, g in zip(names, reals, gens, strict=True)]
     out = [f"{'FID':<22} ours {fid_for_pairs(items, weights, size=size, method='parity'):>16.10f}",
@@ -297,7 +298,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="FID / FID_patch size (paper: 4096)")
     ap.add_argument("--keep", type=Path, help="keep the images and replies in this folder")
     args = ap.parse_args()
-    from pixverve.fid import convert_fid_weights, fid_helper_torchscript
+    from pixverve.bench.fid import convert_fid_weights, fid_helper_torchscript
 
     if args.published_eval is None:
         if not args.quick:

@@ -43,7 +43,7 @@ def make_jpeg(path: Path, megapixels: float) -> None:
     import cv2
     from PIL import Image
 
-    from pixverve.demo_pool import PHOTOS, load_photo
+    from pixverve.ingest.demo_pool import PHOTOS, load_photo
 
     side = int(math.sqrt(megapixels * 1e6))
     half = side // 2
@@ -63,8 +63,8 @@ def make_jpeg(path: Path, megapixels: float) -> None:
 
 
 def _child(task: str, path: str, patch: int, queue) -> None:
-    from pixverve import images
-    from pixverve.purify import ClassicalParams, classical_scores, reference_scores
+    from pixverve.core import images
+    from pixverve.purify.classical import ClassicalParams, classical_scores, reference_scores
 
     images.set_pixel_cap(1000)
     params = ClassicalParams(patch_px=patch, smooth_variance=800.0)

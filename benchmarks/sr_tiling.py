@@ -26,8 +26,8 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 args = json.loads(sys.argv[2])
-from pixverve.tiling import TiledTiffWriter, TileGrid, naive_full_canvas, upscale_bands, bands_of
-from pixverve.upscale import _lanczos, spandrel_backend, tile_function, SRBackend
+from pixverve.core.tiling import TiledTiffWriter, TileGrid, naive_full_canvas, upscale_bands, bands_of
+from pixverve.upscale.sr import _lanczos, spandrel_backend, tile_function, SRBackend
 
 def hwm():
     for line in open("/proc/self/status"):
@@ -92,7 +92,7 @@ def main() -> None:
         args.megapixels, args.big_side = 0.01, 256
     if not Path(args.weights).exists():
         sys.path.insert(0, str(ROOT))
-        from pixverve import sr_weights
+        from pixverve.upscale import weights as sr_weights
 
         sr_weights.write_safetensors(sr_weights.convert(*sr_weights.wheel_model_files()), args.weights)
     common = dict(backend="realesrgan", megapixels=args.megapixels, device=args.device, batch=args.batch, weights=args.weights)

@@ -57,8 +57,8 @@ def one(args) -> dict:
     import torch
 
     from pixverve.workflow import load_config
-    from pixverve.train import FAMILY, Flux2Adapter, L2PAdapter, _trainable, peak_memory_mb, step_generator
-    from pixverve.train_config import resolve_run
+    from pixverve.train.loop import FAMILY, Flux2Adapter, L2PAdapter, _trainable, peak_memory_mb, step_generator
+    from pixverve.train.config import resolve_run
 
     config = load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
     if args.flux2:
@@ -121,8 +121,8 @@ def real_step(args) -> dict:
     import torch.nn.functional as F
     from diffusers import Flux2Transformer2DModel, ZImageTransformer2DModel
 
-    from pixverve import train_models as tm
-    from pixverve.train import peak_memory_mb
+    from pixverve.train import models as tm
+    from pixverve.train.loop import peak_memory_mb
 
     device = torch.device(args.device)
     # bf16 weights (and Adam states) as in the published runs; fp32 on a CPU (no fast bf16 matmul there)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from pixverve.vlm import VLMClient, VLMSettings, user_message  # noqa: E402
+from pixverve.models.vlm import VLMClient, VLMSettings, user_message  # noqa: E402
 
 SCHEMA = {"type": "object", "required": ["flagged"], "properties": {"flagged": {"type": "boolean"}}}
 

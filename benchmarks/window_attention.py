@@ -4,7 +4,7 @@
 
 For each square latent token grid (4K = 256x256 tokens, 8K = 512x512 at FLUX.2's 16 px per
 token), random q/k/v (``--heads`` x ``--head-dim``, ``--text`` text tokens; bf16 on CUDA, fp32 on
-the CPU) go through full SDPA and through ``pixverve.train_models.local_attention`` with one
+the CPU) go through full SDPA and through ``pixverve.train.models.local_attention`` with one
 pattern entry (``--factors``: windows along height x width; remote stride the same), each in its
 own process so peak memory is its own (CUDA: max allocated; CPU: VmHWM).  Prints seconds per
 call (median of ``--repeats`` after one warm-up), the ratio full / window and peak memory.  The
@@ -29,8 +29,8 @@ def measure(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pixverve.train import peak_memory_mb
-    from pixverve.train_models import close_remote_partitions, local_attention, parse_pattern
+    from pixverve.train.loop import peak_memory_mb
+    from pixverve.train.models import close_remote_partitions, local_attention, parse_pattern
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32

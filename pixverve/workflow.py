@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .collect_terms import TERMS, terms_acknowledgement
+from pixverve.collect.terms import TERMS, terms_acknowledgement
 
 
 def start_script(snakemake, name: str) -> logging.Logger:
@@ -79,7 +79,7 @@ def check_config(config: dict) -> None:
     if bench.get("methods") and (bench.get("fgclip2") or {}).get("backend") == "fgclip2" and not bench["fgclip2"].get("model"):
         raise ValueError("config key bench.fgclip2.model: set a local folder with fg-clip2-base, or backend tiny/none")
     check_artimuse_checkouts(config)
-    from .train_config import check_train_config
+    from pixverve.train.config import check_train_config
 
     check_train_config(config)
 
@@ -90,7 +90,7 @@ def check_artimuse_checkouts(config: dict) -> None:
     needs ``caption.aesthetics.artimuse.upstream``; the purify predictor (``backend: endpoint``) is
     checked when its ``upstream`` is set -- null there is the shipped config's EDIT placeholder
     (the paper config dry-runs as shipped) and its job says the same when it starts."""
-    from . import artimuse_upstream as up  # ast + pathlib only: nothing of ArtiMuse is imported
+    from pixverve.models import artimuse_upstream as up  # ast + pathlib only: nothing of ArtiMuse is imported
 
     caption = (config.get("caption") or {}).get("aesthetics") or {}
     predictor = (((config.get("purify") or {}).get("aesthetics") or {}).get("predictors") or {}).get("artimuse") or {}
@@ -202,7 +202,7 @@ def load_config(*paths: str | Path) -> dict:
     """config.yaml plus overrides, validated against the schema (defaults filled in)."""
     from snakemake.utils import validate
 
-    from .config import load_yaml, merge
+    from pixverve.core.config import load_yaml, merge
 
     config: dict = {}
     for p in paths:

@@ -14,7 +14,7 @@ WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR))
 
 from pixverve import snakemake_fixes  # noqa: E402
-from pixverve.index import bundle_of_shards, generated_manifests  # noqa: E402
+from pixverve.ingest.index import bundle_of_shards, generated_manifests  # noqa: E402
 from pixverve.workflow import (  # noqa: E402
     check_config,
     check_roots,
@@ -65,7 +65,7 @@ def index_inputs(wildcards):
 
 def import_metadata(wildcards):
     """The metadata file of one configured dataset import (the rule reruns when it changes)."""
-    from pixverve.imports import PRESETS
+    from pixverve.collect.imports import PRESETS
 
     spec = config["imports"][wildcards.dataset]
     if spec.get("metadata"):
@@ -191,7 +191,7 @@ def bench_images_input(wildcards=None, method=None):
 
 def bench_judge_prompt_inputs(wildcards):
     """Our prompt files, or the published checkout's build_prompts.py (a clear error if absent)."""
-    from pixverve.bench_prompts import judge_prompt_files
+    from pixverve.bench.prompts import judge_prompt_files
 
     return judge_prompt_files(config["bench"]["judge"])
 
@@ -245,7 +245,7 @@ def bench_generated_infos():
 
 
 def train_spec(run, res):
-    from pixverve.train_config import resolve_run
+    from pixverve.train.config import resolve_run
 
     return resolve_run(config, run, int(res))
 
@@ -285,14 +285,14 @@ def train_mem_mb(run, res):
 
 def train_init_input(wildcards):
     """A progressive run's previous resolution's final weights (none for the first)."""
-    from pixverve.train_config import previous_resolution
+    from pixverve.train.config import previous_resolution
 
     prev = previous_resolution(config, wildcards.run, int(wildcards.res))
     return [] if prev is None else [f"results/train/{wildcards.run}/{prev}/final"]
 
 
 def train_targets():
-    from pixverve.train_config import enabled_runs
+    from pixverve.train.config import enabled_runs
 
     return [
         f"results/train/{run}/{res}/{name}"

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve import bench  # noqa: E402
-from pixverve.bench_inputs import pair_method, read_benchmark  # noqa: E402
-from pixverve.tables import write_table  # noqa: E402
+from pixverve.bench import evaluate as bench  # noqa: E402
+from pixverve.bench.inputs import pair_method, read_benchmark  # noqa: E402
+from pixverve.core.tables import write_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.bench_generate import generate_method  # noqa: E402
-from pixverve.bench_inputs import read_benchmark  # noqa: E402
+from pixverve.bench.generate import generate_method  # noqa: E402
+from pixverve.bench.inputs import read_benchmark  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

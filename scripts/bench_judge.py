@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.bench import judge_method  # noqa: E402
-from pixverve.bench_inputs import pair_method, read_benchmark  # noqa: E402
-from pixverve.bench_prompts import load_judge_prompts  # noqa: E402
-from pixverve.tables import write_table  # noqa: E402
-from pixverve.vlm_local import served_step_judge  # noqa: E402
+from pixverve.bench.evaluate import judge_method  # noqa: E402
+from pixverve.bench.inputs import pair_method, read_benchmark  # noqa: E402
+from pixverve.bench.prompts import load_judge_prompts  # noqa: E402
+from pixverve.core.tables import write_table  # noqa: E402
+from pixverve.models.vlm_local import served_step_judge  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

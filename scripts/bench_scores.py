@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve import bench  # noqa: E402
-from pixverve.aesthetics import build_predictor  # noqa: E402
-from pixverve.bench_inputs import compression_ratio, pair_method, read_benchmark, require_fid_pairs  # noqa: E402
-from pixverve.devices import resolve_device  # noqa: E402
-from pixverve.fid import fid_for_pairs  # noqa: E402
-from pixverve.tables import write_table  # noqa: E402
+from pixverve.bench import evaluate as bench  # noqa: E402
+from pixverve.models.aesthetics import build_predictor  # noqa: E402
+from pixverve.bench.inputs import compression_ratio, pair_method, read_benchmark, require_fid_pairs  # noqa: E402
+from pixverve.models.devices import resolve_device  # noqa: E402
+from pixverve.bench.fid import fid_for_pairs  # noqa: E402
+from pixverve.core.tables import write_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

@@ -8,9 +8,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 import pandas as pd  # noqa: E402
 
-from pixverve import bench  # noqa: E402
-from pixverve.bench_inputs import read_benchmark  # noqa: E402
-from pixverve.tables import read_table  # noqa: E402
+from pixverve.bench import evaluate as bench  # noqa: E402
+from pixverve.bench.inputs import read_benchmark  # noqa: E402
+from pixverve.core.tables import read_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

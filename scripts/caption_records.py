@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.dataset import build_records, write_jsonl  # noqa: E402
-from pixverve.tables import read_table  # noqa: E402
+from pixverve.caption.dataset import build_records, write_jsonl  # noqa: E402
+from pixverve.core.tables import read_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

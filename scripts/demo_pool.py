@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve import demo_pool  # noqa: E402
+from pixverve.ingest import demo_pool  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 log = start_script(snakemake, "demo_pool")  # noqa: F821

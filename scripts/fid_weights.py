@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.fid import convert_fid_weights, fid_helper_torchscript  # noqa: E402
+from pixverve.bench.fid import convert_fid_weights, fid_helper_torchscript  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

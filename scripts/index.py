@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.index import build_index, write_shards  # noqa: E402
+from pixverve.ingest.index import build_index, write_shards  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

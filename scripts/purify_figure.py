@@ -6,9 +6,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 import pandas as pd  # noqa: E402
 
-from pixverve.figures import fig4_purification  # noqa: E402
-from pixverve.paths import resolve_inside  # noqa: E402
-from pixverve.tables import read_table  # noqa: E402
+from pixverve.core.figures import fig4_purification  # noqa: E402
+from pixverve.core.paths import resolve_inside  # noqa: E402
+from pixverve.core.tables import read_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

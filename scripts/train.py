@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.devices import resolve_device  # noqa: E402
-from pixverve.train_config import launch_command, world_size  # noqa: E402
-from pixverve.train_report import plot_train_log  # noqa: E402
+from pixverve.models.devices import resolve_device  # noqa: E402
+from pixverve.train.config import launch_command, world_size  # noqa: E402
+from pixverve.train.report import plot_train_log  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
@@ -25,7 +25,7 @@ spec_path.write_text(json.dumps(spec, indent=1, sort_keys=True))
 args = ["--spec", str(spec_path), "--out", str(out_dir)] + (["--init", str(sm.input.init[0])] if sm.input.init else [])
 nodes, per_node = world_size(spec)
 if nodes * per_node == 1:
-    from pixverve.train_worker import main
+    from pixverve.train.worker import main
 
     main(args)
 else:

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.devices import resolve_device  # noqa: E402
-from pixverve.train_infer import generate, load_checkpoint, sample_dtype  # noqa: E402
-from pixverve.train_report import save_sample  # noqa: E402
+from pixverve.models.devices import resolve_device  # noqa: E402
+from pixverve.train.infer import generate, load_checkpoint, sample_dtype  # noqa: E402
+from pixverve.train.report import save_sample  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

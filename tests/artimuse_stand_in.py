@@ -1,5 +1,5 @@
 """A stand-in for the user's ArtiMuse checkout (thunderbolt215/ArtiMuse): the same files, classes
-and names pixverve.artimuse_upstream reads, with our own wording; and vLLM's rendering of a
+and names pixverve.models.artimuse_upstream reads, with our own wording; and vLLM's rendering of a
 request that carries a ``chat_template``."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def demo_config():
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory, demo_config):
     """A work folder holding the demo pool, laid out as the demo config expects."""
-    from pixverve import demo_pool
+    from pixverve.ingest import demo_pool
 
     work = tmp_path_factory.mktemp("demo")
     pool = work / "resources" / "demo_pool"
@@ -47,10 +47,10 @@ def stage1(demo_workdir, demo_config):
     """index -> screen (every shard) -> dedup on the demo pool, through the library."""
     import pandas as pd
 
-    from pixverve.dedup import deduplicate
-    from pixverve.index import build_index
-    from pixverve.purify import decide, score_classical_shard
-    from pixverve.screening import screen_shard
+    from pixverve.ingest.dedup import deduplicate
+    from pixverve.ingest.index import build_index
+    from pixverve.purify.classical import decide, score_classical_shard
+    from pixverve.ingest.screening import screen_shard
 
     index = build_index(demo_config, demo_workdir, threads=2, log=lambda *_: None)
     readable = index[index["passed"]]

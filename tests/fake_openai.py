@@ -170,7 +170,7 @@ class FakeOpenAI(LocalServer):
 
 
 if __name__ == "__main__":
-    # Stands in for `vllm serve MODEL --host H --port P ...` in the tests of pixverve.vllm_server.
+    # Stands in for `vllm serve MODEL --host H --port P ...` in the tests of pixverve.models.vllm_server.
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pixverve import aesthetics as ae  # noqa: E402
-from pixverve.purify_aesthetics import score_aesthetics_shard  # noqa: E402
+from pixverve.models import aesthetics as ae  # noqa: E402
+from pixverve.purify.aesthetics import score_aesthetics_shard  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artimuse_stand_in import STAND_IN_PROMPT, STAND_IN_QUESTION, make_checkout, vllm_render  # noqa: E402
@@ -157,7 +157,7 @@ def test_shard_scores_in_the_demo(stage1, demo_workdir, demo_config):
 
 
 def test_artimuse_answer_tokens_match_the_published_mapping():
-    from pixverve.aesthetics import ARTIMUSE_TOKENS, artimuse_token
+    from pixverve.models.aesthetics import ARTIMUSE_TOKENS, artimuse_token
 
     assert [artimuse_token(i) for i in (0, 25, 26, 50, 51, 75, 76, 100)] == ["aa", "az", "ca", "cy", "da", "dy", "ea", "ey"]
     assert len(set(ARTIMUSE_TOKENS)) == 101 and not any(t.startswith("b") for t in ARTIMUSE_TOKENS)
@@ -168,7 +168,7 @@ def test_artimuse_answer_tokens_match_the_published_mapping():
 def test_artimuse_score_is_the_expectation_over_the_answer_tokens_renormalised():
     import math
 
-    from pixverve.aesthetics import artimuse_expectation, artimuse_token
+    from pixverve.models.aesthetics import artimuse_expectation, artimuse_token
 
     # 0.3 on 40, 0.1 on 90, 0.6 on tokens that are not answers: renormalised over the answers
     lp = {artimuse_token(40): math.log(0.3), artimuse_token(90): math.log(0.1), "the": math.log(0.6)}
@@ -196,7 +196,7 @@ def _artimuse_server(body):
 
     from PIL import Image
 
-    from pixverve.aesthetics import artimuse_token
+    from pixverve.models.aesthetics import artimuse_token
 
     assert body["logprobs"] is True and body["top_logprobs"] == 128 and body["max_tokens"] == 1
     assert vllm_render(body) == STAND_IN_PROMPT  # the model's own conversation, the question byte for byte
@@ -217,7 +217,7 @@ def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path, artimuse_check
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_openai import FakeOpenAI
 
-    from pixverve.aesthetics import build_predictor
+    from pixverve.models.aesthetics import build_predictor
 
     with FakeOpenAI(responder=_artimuse_server) as server:
         spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
@@ -231,8 +231,8 @@ def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path, artimuse_check
 
 
 def test_artimuse_without_a_checkout_is_a_clear_error(tmp_path):
-    from pixverve.aesthetics import build_predictor
-    from pixverve.artimuse_upstream import UpstreamUnavailable
+    from pixverve.models.aesthetics import build_predictor
+    from pixverve.models.artimuse_upstream import UpstreamUnavailable
 
     spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "upstream": None}
     with pytest.raises(UpstreamUnavailable, match=r"artimuse.upstream: not set; `git clone https://github.com/thunderbolt215/ArtiMuse`"):
@@ -242,8 +242,8 @@ def test_artimuse_without_a_checkout_is_a_clear_error(tmp_path):
 
 
 def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_image(artimuse_checkout):
-    from pixverve.aesthetics import build_predictor
-    from pixverve.vlm import VLMConfigError
+    from pixverve.models.aesthetics import build_predictor
+    from pixverve.models.vlm import VLMConfigError
 
     spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2, "upstream": str(artimuse_checkout)}
     with pytest.raises(VLMConfigError, match=r"artimuse.base_url: the model server at http://127.0.0.1:9/v1/models does not answer"):
@@ -252,7 +252,7 @@ def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_imag
 
 def test_artimuse_tiny_backend_scores_through_a_real_model_forward(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from pixverve.aesthetics import build_predictor
+    from pixverve.models.aesthetics import build_predictor
 
     pred = build_predictor("artimuse", {"backend": "tiny"})
     images = [np.full((100, 120, 3), 200, np.uint8), np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8)]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pixverve.annotate import (
+from pixverve.core.views import (
     TiledImage,
     box_iou,
     box_nms,
@@ -19,9 +19,9 @@ from pixverve.annotate import (
     rle_encode,
     tile_regions,
 )
-from pixverve.annotate import instance_crop
-from pixverve.caption_models import nearest_tag, parse_rex_boxes
-from pixverve.tiling import TiledTiffWriter, bands_of
+from pixverve.core.views import instance_crop
+from pixverve.caption.models import nearest_tag, parse_rex_boxes
+from pixverve.core.tiling import TiledTiffWriter, bands_of
 
 
 def test_map_box_from_a_downscaled_view():

@@ -16,10 +16,10 @@ from PIL import Image
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from pixverve import bench  # noqa: E402
-from pixverve.bench_generate import generate_method  # noqa: E402
-from pixverve.bench_inputs import BenchItem  # noqa: E402
-from pixverve.vlm import VLMClient, VLMSettings, decode_data_url  # noqa: E402
+from pixverve.bench import evaluate as bench  # noqa: E402
+from pixverve.bench.generate import generate_method  # noqa: E402
+from pixverve.bench.inputs import BenchItem  # noqa: E402
+from pixverve.models.vlm import VLMClient, VLMSettings, decode_data_url  # noqa: E402
 
 
 def test_fid_patch_crops_are_the_seeded_sequence_pair_by_pair_top_then_left():
@@ -50,7 +50,7 @@ def test_fid_patch_draw_order_xy_is_a_config_key():
 
 
 def test_fid_patch_of_a_set_with_itself_is_zero(tmp_path):
-    from pixverve.fid import convert_fid_weights, fid_helper_torchscript
+    from pixverve.bench.fid import convert_fid_weights, fid_helper_torchscript
 
     weights = convert_fid_weights(fid_helper_torchscript(), tmp_path / "inception.pth")
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def test_clip_score_clamps_each_batch_mean_of_four_then_averages():
 
 
 def test_score_method_hands_the_full_image_to_the_models(tmp_path):
-    from pixverve.annotate import fit_within
+    from pixverve.core.views import fit_within
 
     rgb = np.random.default_rng(6).integers(0, 256, (1100, 1500, 3), dtype=np.uint8)
     path = tmp_path / "g.png"
@@ -105,8 +105,8 @@ def test_score_method_hands_the_full_image_to_the_models(tmp_path):
     assert row["clip_raw"] != pytest.approx(clip.score(fit_within(rgb, 1024), "a dog"), abs=1e-6)  # not the old 1024 px copy
     assert (row["width"], row["height"]) == (1500, 1100)
     # GLCM reads PIL's "L" grey (published), which is not OpenCV's BT.601 fixed point on every pixel
-    from pixverve.glcm import glcm_score
-    from pixverve.images import grey_luma
+    from pixverve.bench.glcm import glcm_score
+    from pixverve.core.images import grey_luma
 
     pil_l = np.asarray(Image.open(path).convert("L"))
     assert row["glcm"] == glcm_score(pil_l) and glcm_score(grey_luma(rgb)) != glcm_score(pil_l)
@@ -130,7 +130,7 @@ def _judge_spec(demo_config, **extra):
 
 
 def test_judge_calls_and_the_published_aggregation(tmp_path, repo_root, demo_config, monkeypatch):
-    from pixverve.bench_prompts import load_judge_prompts
+    from pixverve.bench.prompts import load_judge_prompts
 
     seen = []
 
@@ -185,7 +185,7 @@ def test_judge_calls_and_the_published_aggregation(tmp_path, repo_root, demo_con
 
 
 def test_images_without_a_valid_reply_are_left_out_and_counted(tmp_path, repo_root, demo_config, monkeypatch):
-    from pixverve.bench_prompts import load_judge_prompts
+    from pixverve.bench.prompts import load_judge_prompts
 
     def responder(body):
         text = _text(body)
@@ -235,7 +235,7 @@ def build_ICS_eval_prompt(long_caption):
 
 
 def test_published_prompts_come_from_the_named_checkout(tmp_path):
-    from pixverve.bench_prompts import PromptsUnavailable, judge_prompt_files, load_judge_prompts
+    from pixverve.bench.prompts import PromptsUnavailable, judge_prompt_files, load_judge_prompts
 
     (tmp_path / "eval" / "util").mkdir(parents=True)
     (tmp_path / "eval" / "util" / "build_prompts.py").write_text(STAND_IN)
@@ -342,7 +342,7 @@ def test_changed_generation_settings_discard_the_old_images(tmp_path):
 
 
 def test_paper_config_defaults_are_the_published_code(repo_root, demo_config):
-    from pixverve.config import load_yaml
+    from pixverve.core.config import load_yaml
 
     b = load_yaml(repo_root / "config.yaml")["bench"]
     assert b["fid"]["resample"] == "bilinear" and b["fid_patch"]["order"] == "yx" and b["clip"]["batch"] == 4

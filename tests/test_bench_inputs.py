@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pixverve.bench_inputs import PairingError, compression_ratio, pair_method, read_benchmark
+from pixverve.bench.inputs import PairingError, compression_ratio, pair_method, read_benchmark
 
 
 def _bench(tmp_path, names, generated):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixverve.bench_scores import ics, mean_over_included, msfi, msfi_layout, msfi_patch_size, weighted_score
+from pixverve.bench.scores import ics, mean_over_included, msfi, msfi_layout, msfi_patch_size, weighted_score
 
 GLOBAL = {"SC-global": 4, "PI": 5, "LC": 3, "CH": 2}  # (5*4 + 3*5 + 2*3 + 2*2) / 12 = 45 / 12 = 3.75
 LOCAL = {"NGE": 5, "GA": 4, "TF": 3, "MGC": 2, "SC-local": 1}  # (10 + 12 + 15 + 4 + 2) / 14 = 43 / 14

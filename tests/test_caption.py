@@ -19,12 +19,14 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from pixverve import annotate, caption, dataset  # noqa: E402
-from pixverve import vlm as vlm_client  # noqa: E402
-from pixverve.caption_models import BoxSegmenter, build_detector, build_segmenter, build_tagger  # noqa: E402
-from pixverve.instance_check import judge_instances_shard  # noqa: E402
-from pixverve.tiling import TiledTiffWriter, bands_of  # noqa: E402
-from pixverve.vlm import VLMClient, VLMSettings  # noqa: E402
+from pixverve.core import views as annotate  # noqa: E402
+from pixverve.caption import steps as caption  # noqa: E402
+from pixverve.caption import dataset  # noqa: E402
+from pixverve.models import vlm as vlm_client  # noqa: E402
+from pixverve.caption.models import BoxSegmenter, build_detector, build_segmenter, build_tagger  # noqa: E402
+from pixverve.verify.instances import judge_instances_shard  # noqa: E402
+from pixverve.core.tiling import TiledTiffWriter, bands_of  # noqa: E402
+from pixverve.models.vlm import VLMClient, VLMSettings  # noqa: E402
 
 IDS = ["00000000000000aa", "00000000000000bb"]
 W, H = 400, 300
@@ -224,7 +226,7 @@ def test_tiny_models_run_the_real_code_paths(shard):
 
 
 def test_missing_real_models_are_clear_errors(shard):
-    from pixverve.loading import ModelUnavailable
+    from pixverve.models.loading import ModelUnavailable
 
     spec = shard["config"]["caption"]
     with pytest.raises(ModelUnavailable, match="caption.boxes.grounding_dino.model"):
@@ -302,7 +304,7 @@ def test_rex_omni_is_asked_the_way_its_own_code_decodes(shard):
 
 
 def test_a_truncated_rex_answer_keeps_its_last_category():
-    from pixverve.caption_models import parse_rex_boxes, rex_reply_problem
+    from pixverve.caption.models import parse_rex_boxes, rex_reply_problem
 
     cut = ("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><999><999><|box_end|>"
            "<|object_ref_start|>dog<|object_ref_end|><|box_start|><0><0><499><499>, <500><500><999><999>, <10><10>")
@@ -318,8 +320,8 @@ def test_sam2_prompts_one_image_embedding_with_chunks_of_boxes(tmp_path):
     """Chunked masks equal one forward over every box, and no forward sees more than box_chunk boxes."""
     import torch
 
-    from pixverve.caption_models import Sam2Segmenter
-    from pixverve.tiny_vision import build_tiny_sam2
+    from pixverve.caption.models import Sam2Segmenter
+    from pixverve.models.tiny_vision import build_tiny_sam2
 
     folder = build_tiny_sam2(tmp_path / "sam2", seed=0)
     seg = Sam2Segmenter(str(folder), "cpu", smoke=True, box_chunk=2)
@@ -345,8 +347,8 @@ def test_sam2_prompts_one_image_embedding_with_chunks_of_boxes(tmp_path):
 def test_grounding_dino_splits_a_long_tag_list_to_fit_its_text_limit(tmp_path):
     """40 tags are ~150 tokens for the tiny model, whose max_text_len is 64: one prompt crashed the
     shard ("size of tensor a (152) must match ... (64)"); now each prompt fits and boxes merge."""
-    from pixverve.caption_models import GroundingDinoDetector
-    from pixverve.tiny_vision import build_tiny_grounding_dino
+    from pixverve.caption.models import GroundingDinoDetector
+    from pixverve.models.tiny_vision import build_tiny_grounding_dino
 
     det = GroundingDinoDetector(str(build_tiny_grounding_dino(tmp_path / "gd")), 0.0, 0.0, 20, "cpu")
     tags = [f"thing{i}" for i in range(38)] + ["red sofa", "a tag far too long to fit any prompt of this model " * 2]
@@ -401,7 +403,7 @@ class _CatTagger:
 
 @pytest.mark.parametrize("step", ["tagger", "detector", "segmenter"])
 def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step):
-    from pixverve.caption_models import BoxSegmenter
+    from pixverve.caption.models import BoxSegmenter
 
     cfg, views = shard["config"], shard["views"]
     with FakeOpenAI(responder=Scripted()) as server:
@@ -493,7 +495,7 @@ STAND_IN_RAM = {
 
 
 def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_does(tmp_path, monkeypatch):
-    from pixverve.loading import ModelUnavailable
+    from pixverve.models.loading import ModelUnavailable
 
     spec = {"backend": "ram_plus", "ram_plus": {"weights": str(tmp_path / "ram_plus_swin_large_14m.pth"), "image_size": 64,
                                                  "vit": "swin_l", "device": "cpu"}}

@@ -16,8 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_photo_api import FakePhotoAPI  # noqa: E402
 
-from pixverve.collect import CollectorConfigError, QuotaExhausted, collect, write_manifest  # noqa: E402
-from pixverve.config import load_yaml  # noqa: E402
+from pixverve.collect.sources import CollectorConfigError, QuotaExhausted, collect, write_manifest  # noqa: E402
+from pixverve.core.config import load_yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-SECRET-4242"
@@ -160,7 +160,7 @@ def test_refuses_to_start_without_a_terms_acknowledgement(tmp_path):
 
 
 def test_terms_acknowledgement_rule_says_why_and_accepts_real_statements():
-    from pixverve.collect_terms import terms_acknowledgement
+    from pixverve.collect.terms import terms_acknowledgement
 
     def why(value):
         with pytest.raises(CollectorConfigError) as err:
@@ -397,7 +397,7 @@ def test_killed_run_resumes_without_redownloading_or_duplicating(tmp_path):
         config = _config(tmp_path, server.base, "pexels")
         (tmp_path / "config.json").write_text(json.dumps(config))
         code = (
-            "import json, sys; from pixverve.collect import collect; "
+            "import json, sys; from pixverve.collect.sources import collect; "
             f"collect('pexels', json.load(open({str(tmp_path / 'config.json')!r})), {str(tmp_path)!r})"
         )
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ), stderr=subprocess.DEVNULL)
@@ -440,7 +440,7 @@ def test_the_key_is_in_no_file_or_log(tmp_path):
 
 
 def test_collected_files_go_through_the_index_with_their_metadata(tmp_path):
-    from pixverve.index import discover
+    from pixverve.ingest.index import discover
 
     with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
         config = _config(tmp_path, server.base, "pexels")

@@ -10,7 +10,7 @@ import pytest
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from pixverve.config import load_yaml
+from pixverve.core.config import load_yaml
 from pixverve.workflow import check_config
 
 

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pixverve import dedup, images
-from pixverve.demo_pool import PHOTOS, load_photo
+from pixverve.ingest import dedup
+from pixverve.core import images
+from pixverve.ingest.demo_pool import PHOTOS, load_photo
 
 
 def random_hashes(n, seed):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixverve import images
-from pixverve.demo_pool import CASES
+from pixverve.core import images
+from pixverve.ingest.demo_pool import CASES
 
 STAGES = ["index", "screen", "dedup", "purify"]
 
@@ -52,7 +52,7 @@ def test_conversions_recorded(stage1):
 
 
 def test_exif_case_decodes_upright(demo_workdir):
-    from pixverve.demo_pool import PHOTOS, load_photo
+    from pixverve.ingest.demo_pool import PHOTOS, load_photo
 
     got, _ = images.read_rgb(demo_workdir / "resources/demo_pool/images/grace_hopper_exif6.jpg", 10)
     src = load_photo(PHOTOS["grace_hopper"])

@@ -1,8 +1,8 @@
-"""pixverve.devices: a GPU job whose torch sees no GPU stops with the reason (torch mocked)."""
+"""pixverve.models.devices: a GPU job whose torch sees no GPU stops with the reason (torch mocked)."""
 
 import pytest
 
-from pixverve import devices
+from pixverve.models import devices
 
 
 @pytest.fixture

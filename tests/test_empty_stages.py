@@ -10,8 +10,8 @@ import pytest
 
 
 def test_stage2_on_an_empty_shard_writes_empty_tables(demo_config, tmp_path):
-    from pixverve.purify import decide, score_classical_shard
-    from pixverve.tables import read_table, write_table
+    from pixverve.purify.classical import decide, score_classical_shard
+    from pixverve.core.tables import read_table, write_table
 
     empty = pd.DataFrame(columns=["image_id", "root", "relpath", "shard"])
     classical = score_classical_shard(empty, demo_config, tmp_path)
@@ -37,7 +37,7 @@ def test_note_empty_logs_one_clear_line(caplog):
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_too_few_benchmark_images_for_fid_name_the_method_and_count(n):
-    from pixverve.bench_inputs import require_fid_pairs
+    from pixverve.bench.inputs import require_fid_pairs
 
     with pytest.raises(ValueError, match=rf"bench method 'ours': {n} benchmark image pair\(s\).*at least 2"):
         require_fid_pairs([object()] * n, "ours", "results/dataset/benchmark.jsonl")
@@ -49,8 +49,8 @@ def test_no_shard_at_all_gives_empty_dedup_and_training_finds_no_records():
     training sees no record (its worker then stops with a clear line) instead of a KeyError."""
     import pandas as pd
 
-    from pixverve.dedup import deduplicate
-    from pixverve.train_data import records_from_metadata
+    from pixverve.ingest.dedup import deduplicate
+    from pixverve.train.data import records_from_metadata
 
     decisions = deduplicate(pd.DataFrame(), 8)
     assert len(decisions) == 0

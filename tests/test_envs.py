@@ -228,7 +228,7 @@ def test_env_covers_script_imports(rule, env, script):
 @pytest.mark.parametrize("backend, env", [("ram_plus", "ramplus.yaml"), ("vlm", "caption.yaml"), ("clip", "caption.yaml"),
                                           ("tiny", "caption.yaml")])
 def test_caption_tags_runs_ram_plus_in_its_own_env(backend, env):
-    from pixverve.config import load_yaml
+    from pixverve.core.config import load_yaml
 
     config = load_yaml(ROOT / "config.yaml")
     config["caption"]["tags"]["backend"] = backend
@@ -250,7 +250,7 @@ def test_ramplus_env_provides_what_the_ram_plus_tagger_imports():
     """The RAM++ tagger's lazy imports (``ram``, recognize-anything's package: setup.cfg name ``ram``)
     come from envs/ramplus.yaml (its pip git entry), and its eager ones are covered above with the
     rest of caption_tags' closure; none of them is in envs/caption.yaml, which stays on transformers 5."""
-    lazy = _lazy_imports(ROOT / "pixverve" / "caption_models.py", "RamPlusTagger")
+    lazy = _lazy_imports(ROOT / "pixverve" / "caption" / "models.py", "RamPlusTagger")
     assert lazy == {"ram"}
     ramplus, default = env_packages(ROOT / "envs" / "ramplus.yaml"), env_packages(ROOT / "envs" / "caption.yaml")
     assert "ram" in ramplus and re.fullmatch(r"[0-9a-f]{40}", ramplus["ram"])

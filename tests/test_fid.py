@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_fidelity")
 
-from pixverve.fid import FIDWeightsUnavailable, convert_fid_weights, fid_helper_torchscript, frechet_inception_distance  # noqa: E402
+from pixverve.bench.fid import FIDWeightsUnavailable, convert_fid_weights, fid_helper_torchscript, frechet_inception_distance  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_missing_weights_are_a_clear_error(tmp_path):
 def test_fid_for_pairs_on_image_files(fid_weights, tmp_path):
     from PIL import Image
 
-    from pixverve.bench_inputs import BenchItem
-    from pixverve.fid import fid_for_pairs
+    from pixverve.bench.inputs import BenchItem
+    from pixverve.bench.fid import fid_for_pairs
 
     photos = _photos(4, 160).permute(0, 2, 3, 1).numpy()
     items_same, items_other = [], []
@@ -89,7 +89,7 @@ def test_fid_resize_is_torchvisions_default_on_a_pil_image(tmp_path):
     from PIL import Image
     from torchvision.transforms import functional as TF
 
-    from pixverve.fid import fid_for_pairs, square_uint8
+    from pixverve.bench.fid import fid_for_pairs, square_uint8
 
     rgb = _photos(1, 200).permute(0, 2, 3, 1).numpy()[0]
     rgb = np.ascontiguousarray(np.concatenate([rgb, rgb[:, :90]], axis=1))  # 290 x 200: not square
@@ -105,9 +105,9 @@ def test_fid_resize_is_torchvisions_default_on_a_pil_image(tmp_path):
 def test_fewer_than_two_images_is_a_clear_error_naming_method_and_count(fid_weights, tmp_path):
     from PIL import Image
 
-    from pixverve import bench
-    from pixverve.bench_inputs import BenchItem
-    from pixverve.fid import TooFewImages, fid_for_pairs
+    from pixverve.bench import evaluate as bench
+    from pixverve.bench.inputs import BenchItem
+    from pixverve.bench.fid import TooFewImages, fid_for_pairs
 
     path = tmp_path / "one.png"
     Image.fromarray(_photos(1, 64).permute(0, 2, 3, 1).numpy()[0]).save(path)

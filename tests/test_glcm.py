@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pixverve.glcm import glcm_score, offsets, patch_entropies, reference_patch_entropies
+from pixverve.bench.glcm import glcm_score, offsets, patch_entropies, reference_patch_entropies
 
 
 def _photo_grey() -> np.ndarray:

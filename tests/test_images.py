@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageOps
 
-from pixverve import images
+from pixverve.core import images
 
 CAP = 50.0
 
@@ -181,7 +181,7 @@ def test_truncated_files_are_rejected_not_padded(tmp_path, suffix):
 
 
 def test_pixel_cap_is_checked_from_the_header(tmp_path):
-    from pixverve.demo_pool import _write_bomb
+    from pixverve.ingest.demo_pool import _write_bomb
 
     bomb = tmp_path / "bomb.png"
     _write_bomb(bomb, 80)  # 80 MP of zeros, ~80 kB on disk

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixverve import index as ix
+from pixverve.ingest import index as ix
 
 
 def _config(root, manifests=(), scan=True, per_shard=2):

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pixverve import images
-from pixverve.demo_pool import PHOTOS, load_photo
-from pixverve.purify import ClassicalParams, classical_scores, decide, reference_scores, top_fraction
+from pixverve.core import images
+from pixverve.ingest.demo_pool import PHOTOS, load_photo
+from pixverve.purify.classical import ClassicalParams, classical_scores, decide, reference_scores, top_fraction
 
 P = ClassicalParams(patch_px=16, smooth_variance=800.0)
 

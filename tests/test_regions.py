@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from pixverve.regions import choose_patches, judge_regions_shard, patch_boxes, sobel_variances  # noqa: E402
-from pixverve.vlm import decode_data_url  # noqa: E402
+from pixverve.verify.regions import choose_patches, judge_regions_shard, patch_boxes, sobel_variances  # noqa: E402
+from pixverve.models.vlm import decode_data_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = ROOT / "prompts" / "region_artifact.md"
@@ -67,7 +67,7 @@ def _judge_by_colour(body) -> str:
 
 def _sr_shard(tmp_path, n_planted: int):
     """One 'SR output' (a smooth image) with ``n_planted`` 64 px patches replaced by a red checkerboard."""
-    from pixverve.tiling import TiledTiffWriter, bands_of
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
 
     yy, xx = np.mgrid[0:256, 0:320]
     sr = np.stack([(xx * 0.6) % 256, (yy * 0.8) % 256, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
@@ -95,7 +95,7 @@ def _config(base_url: str, policy: str = "drop") -> dict:
 
 @pytest.mark.parametrize("n_planted, passed", [(1, True), (2, False)])
 def test_region_judge_drops_an_image_with_more_than_one_flagged_patch(tmp_path, n_planted, passed):
-    from pixverve.vlm_local import build_judge
+    from pixverve.models.vlm_local import build_judge
 
     verified, upscaled = _sr_shard(tmp_path, n_planted)
     with FakeOpenAI(responder=_judge_by_colour) as server:
@@ -114,7 +114,7 @@ def test_region_judge_drops_an_image_with_more_than_one_flagged_patch(tmp_path, 
 
 @pytest.mark.parametrize("policy, passed", [("drop", False), ("keep", True)])
 def test_unparseable_judge_replies_follow_the_policy_never_a_silent_pass(tmp_path, policy, passed):
-    from pixverve.vlm_local import build_judge
+    from pixverve.models.vlm_local import build_judge
 
     verified, upscaled = _sr_shard(tmp_path, 0)
     with FakeOpenAI(responder=lambda body: "looks fine to me") as server:
@@ -129,7 +129,7 @@ def test_unparseable_judge_replies_follow_the_policy_never_a_silent_pass(tmp_pat
 
 def test_tiny_judge_runs_the_transformers_path_and_is_marked_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from pixverve.vlm_local import build_judge
+    from pixverve.models.vlm_local import build_judge
 
     verified, upscaled = _sr_shard(tmp_path, 0)
     config = _config("http://unused/v1", "keep")
@@ -147,8 +147,8 @@ def test_tiny_judge_runs_the_transformers_path_and_is_marked_smoke(tmp_path, mon
 
 def test_transformers_backend_loads_a_saved_model_folder_and_names_a_missing_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from pixverve.vlm import user_message
-    from pixverve.vlm_local import TransformersVLM, VLMUnavailable, build_judge, build_tiny_qwen2_vl
+    from pixverve.models.vlm import user_message
+    from pixverve.models.vlm_local import TransformersVLM, VLMUnavailable, build_judge, build_tiny_qwen2_vl
 
     folder = build_tiny_qwen2_vl(tmp_path / "m", seed=1)
     assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
@@ -168,8 +168,8 @@ def _fake_vllm(tmp_path, extra: str = "") -> str:
 
 
 def test_vllm_serve_option_starts_waits_answers_and_stops(tmp_path):
-    from pixverve.vlm import VLMClient, VLMSettings, user_message
-    from pixverve.vllm_server import served
+    from pixverve.models.vlm import VLMClient, VLMSettings, user_message
+    from pixverve.models.vllm_server import served
 
     serve = {"command": f"{_fake_vllm(tmp_path, '--startup-delay 1')} serve", "port": 0, "poll_s": 0.2, "startup_timeout_s": 30}
     with served(serve, "judge-model", tmp_path / "vllm.log") as base_url:
@@ -188,7 +188,7 @@ def test_vllm_serve_option_starts_waits_answers_and_stops(tmp_path):
 
 
 def test_vllm_that_dies_or_never_gets_ready_is_a_clear_error(tmp_path):
-    from pixverve.vllm_server import ServerFailed, served
+    from pixverve.models.vllm_server import ServerFailed, served
 
     dying = tmp_path / "dying"
     dying.write_text("#!/bin/sh\necho 'CUDA out of memory while loading'\nexit 3\n")
@@ -203,8 +203,8 @@ def test_vllm_that_dies_or_never_gets_ready_is_a_clear_error(tmp_path):
 
 
 def test_images_judged_in_several_batches_keep_their_own_verdicts(tmp_path, monkeypatch):
-    import pixverve.regions as regions
-    from pixverve.vlm_local import build_judge
+    import pixverve.verify.regions as regions
+    from pixverve.models.vlm_local import build_judge
 
     monkeypatch.setattr(regions, "IMAGES_PER_BATCH", 1)  # one endpoint run per image: the client is reused
     (tmp_path / "a").mkdir()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pixverve.config import screening_criteria, sr_tiers, tier_for
-from pixverve.config import check_resolution
+from pixverve.core.config import screening_criteria, sr_tiers, tier_for
+from pixverve.core.config import check_resolution
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def test_files_that_changed_after_the_index_are_rows(tmp_path, demo_config):
     import numpy as np
     from PIL import Image
 
-    from pixverve.index import build_index
-    from pixverve.screening import screen_shard
+    from pixverve.ingest.index import build_index
+    from pixverve.ingest.screening import screen_shard
 
     root = tmp_path / "pool"
     root.mkdir()

@@ -10,14 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from pixverve.tiling import TileGrid, upscale_bands  # noqa: E402
-from pixverve.upscale import SRUnavailable, build_backend, tile_function  # noqa: E402
+from pixverve.core.tiling import TileGrid, upscale_bands  # noqa: E402
+from pixverve.upscale.sr import SRUnavailable, build_backend, tile_function  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
-    from pixverve.tiny_models import tiny_clip_text_model, tiny_clip_tokenizer
+    from pixverve.models.tiny_models import tiny_clip_text_model, tiny_clip_tokenizer
 
     root = tmp_path_factory.mktemp("sdx4")
     tokenizer = tiny_clip_tokenizer(root / "tok")

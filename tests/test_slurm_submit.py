@@ -41,7 +41,7 @@ def submits(tmp_path_factory):
     from conftest import copy_workflow
     from dag_scale import synthetic_index
 
-    from pixverve.index import write_shards
+    from pixverve.ingest.index import write_shards
 
     work = copy_workflow(tmp_path_factory.mktemp("slurm") / "w")
     shutil.copytree(ROOT / "profiles/default", work / "profiles/default")
@@ -153,7 +153,7 @@ def test_two_node_train_starts_a_process_per_node(submits):
         assert "--ntasks-per-gpu" not in sbatch and "--cpus-per-task=32" in sbatch  # 4 GPUs x 8 CPUs per task
         # the plugin's MPI path: no `srun -n1` wrapper around the job (it would shrink it to 1 task)
         assert r["steps"][0]["srun"] is None
-    from pixverve.train_config import launch_command
+    from pixverve.train.config import launch_command
 
     spec = {"device": "cuda", "mixed_precision": "bf16", "gradient_accumulation": 1,
             "resources": {"nodes": 2, "gpus_per_node": 4}, "distributed": {"strategy": "ddp", "port": 29500}}

@@ -13,8 +13,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from pixverve.config import load_yaml  # noqa: E402
-from pixverve.synthetic import T2IUnavailable, build_t2i, near_duplicates, render_prompts, write_prompts  # noqa: E402
+from pixverve.core.config import load_yaml  # noqa: E402
+from pixverve.collect.synthetic import T2IUnavailable, build_t2i, near_duplicates, render_prompts, write_prompts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "prompts" / "synthetic_prompts.md"
@@ -62,7 +62,7 @@ def _prompt_server(body):
 
 
 def test_prompts_through_the_vlm_client_keep_raw_replies_and_drop_duplicates(tmp_path):
-    from pixverve.vlm_local import build_judge
+    from pixverve.models.vlm_local import build_judge
 
     with FakeOpenAI(responder=_prompt_server) as server:
         config = _config(tmp_path, server.base_url)
@@ -105,7 +105,7 @@ def test_tiny_backend_renders_records_seeds_and_resumes(tmp_path, monkeypatch):
 
 def test_diffusers_backend_loads_a_pipeline_folder_and_names_a_missing_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from pixverve.tiny_models import build_tiny_sd_pipeline
+    from pixverve.models.tiny_models import build_tiny_sd_pipeline
 
     folder = build_tiny_sd_pipeline(tmp_path / "pipe")
     cfg = {"backend": "diffusers", "diffusers": {"model": str(folder), "device": "cpu", "dtype": "float32", "steps": 2, "guidance": 3.0}}

@@ -22,10 +22,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixverve import train_models as tm
-from pixverve.tiling import TiledTiffWriter, bands_of
-from pixverve.train_config import launch_command, resolve_run
-from pixverve.train_data import samples_from_records
+from pixverve.train import models as tm
+from pixverve.core.tiling import TiledTiffWriter, bands_of
+from pixverve.train.config import launch_command, resolve_run
+from pixverve.train.data import samples_from_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -305,7 +305,7 @@ def test_training_noise_levels_at_4k_are_spread_not_pure_noise():
     noise levels; the old rule (FLUX.2's inference shift, mode dynamic) put nearly all at ~1."""
     import yaml
 
-    from pixverve.train import flux2_train_mu, sigma_stats
+    from pixverve.train.loop import flux2_train_mu, sigma_stats
 
     defaults = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["defaults"]
     g = torch.Generator().manual_seed(0)
@@ -317,7 +317,7 @@ def test_training_noise_levels_at_4k_are_spread_not_pure_noise():
 
 
 def test_sampling_shift_is_the_published_one():
-    from pixverve.train_infer import flux2_sample_mu
+    from pixverve.train.infer import flux2_sample_mu
 
     assert flux2_sample_mu(4096, 4096, 40) is None  # the pipeline's own dynamic mu at (H/16)(W/16) tokens
     assert flux2_sample_mu(4096, 4096, 40, dynamic_shift=False) == 0.8  # --disable_dynamic_shift
@@ -365,9 +365,9 @@ SCHEMES = [("scheme1_full", 128, {}), ("scheme1_lora", 128, {"lr": 3e-2}), ("sch
 
 @pytest.mark.parametrize("run,res,changes", SCHEMES, ids=[s[0] for s in SCHEMES])
 def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data, tmp_path):
-    from pixverve.train import train_run
-    from pixverve.train_config import bucket_multiple
-    from pixverve.train_infer import generate, load_checkpoint
+    from pixverve.train.loop import train_run
+    from pixverve.train.config import bucket_multiple
+    from pixverve.train.infer import generate, load_checkpoint
 
     spec = demo_spec(run, res, max_steps=30, overfit_batches=1, log_every=10, eval_every=10, checkpoint_every=30,
                      **changes)
@@ -413,8 +413,8 @@ def test_a_reload_that_misses_the_training_is_refused(demo_data, tmp_path):
     """The probe catches a checkpoint whose weights were swapped (here: another run's)."""
     from safetensors.torch import load_file, save_file
 
-    from pixverve.train import train_run
-    from pixverve.train_infer import load_checkpoint
+    from pixverve.train.loop import train_run
+    from pixverve.train.infer import load_checkpoint
 
     spec = demo_spec("scheme1_full", 128, max_steps=4, log_every=2, eval_every=0, checkpoint_every=4)
     samples = samples_from_records(demo_data, 128, "long", 16)
@@ -432,9 +432,9 @@ def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
     in bf16 and in fp32."""
     from safetensors.torch import load_file
 
-    from pixverve.train import train_run
-    from pixverve.train_config import bucket_multiple
-    from pixverve.train_infer import generate, load_checkpoint
+    from pixverve.train.loop import train_run
+    from pixverve.train.config import bucket_multiple
+    from pixverve.train.infer import generate, load_checkpoint
 
     spec = demo_spec("scheme3_l2p", 64, max_steps=3, log_every=1, eval_every=0, checkpoint_every=3,
                      master_weights="bf16", lr=5e-2)
@@ -457,8 +457,8 @@ def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
 def test_sequential_loading_puts_each_flux2_model_on_the_device_in_turn(demo_data, tmp_path):
     """sample.sequential_loading (published flux2_infer: text encoder, DiT, VAE one after another):
     diffusers' model offload moves each to the device when it runs, in that order; the same image."""
-    from pixverve.train import train_run
-    from pixverve.train_infer import generate, load_checkpoint
+    from pixverve.train.loop import train_run
+    from pixverve.train.infer import generate, load_checkpoint
 
     spec = demo_spec("scheme1_full", 128, max_steps=2, log_every=1, eval_every=0, checkpoint_every=2)
     train_run(spec, samples_from_records(demo_data, 128, "long", 16), tmp_path, log=lambda m: None)
@@ -479,7 +479,7 @@ def test_sequential_loading_puts_each_flux2_model_on_the_device_in_turn(demo_dat
 def test_resume_continues_at_the_right_step_with_the_same_result(demo_data, tmp_path):
     from safetensors.torch import load_file
 
-    from pixverve.train import newest_checkpoint, train_run
+    from pixverve.train.loop import newest_checkpoint, train_run
 
     samples = samples_from_records(demo_data, 128, "long", 16)
     common = dict(log_every=2, eval_every=0, checkpoint_every=4, keep_checkpoints=5)
@@ -572,7 +572,7 @@ def test_paper_config_train_rules_dry_run(tmp_path):
 
 
 def test_bad_train_config_is_an_error(tmp_path):
-    from pixverve.train_config import check_train_config
+    from pixverve.train.config import check_train_config
 
     import yaml
 
@@ -607,8 +607,8 @@ def test_lora_file_fuses_as_the_published_loader_reads_it(demo_data, tmp_path):
 
     from safetensors.torch import load_file
 
-    from pixverve.train import train_run
-    from pixverve.train_infer import load_checkpoint
+    from pixverve.train.loop import train_run
+    from pixverve.train.infer import load_checkpoint
 
     spec = demo_spec("scheme1_lora", 128, max_steps=2, log_every=2, eval_every=0, checkpoint_every=2, lr=3e-2,
                      lora={"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"]})

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pixverve.tiling import TiledTiffWriter, bands_of
-from pixverve.train_data import (
+from pixverve.core.tiling import TiledTiffWriter, bands_of
+from pixverve.train.data import (
     CaptionMissing,
     TrainSamples,
     aspect_buckets,
@@ -124,7 +124,7 @@ def test_run_sizes_per_resolution_are_checked_and_force_the_cover_crop():
 
     import yaml
 
-    from pixverve.train_config import check_train_config, resolve_run
+    from pixverve.train.config import check_train_config, resolve_run
 
     config = yaml.safe_load(open("config.yaml"))
     spec = resolve_run(config, "scheme3_l2p", 8192)

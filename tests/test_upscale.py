@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from pixverve import sr_weights
-from pixverve.tiling import TiledTiffWriter, TileGrid, feather, naive_full_canvas, upscale_bands
-from pixverve.upscale import SRBackend, SRUnavailable, _lanczos, load_state_dict, spandrel_backend, tile_function, upscale_shard
+from pixverve.upscale import weights as sr_weights
+from pixverve.core.tiling import TiledTiffWriter, TileGrid, feather, naive_full_canvas, upscale_bands
+from pixverve.upscale.sr import SRBackend, SRUnavailable, _lanczos, load_state_dict, spandrel_backend, tile_function, upscale_shard
 
 torch = pytest.importorskip("torch")
 
@@ -116,8 +116,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from pixverve.tiling import TiledTiffWriter, TileGrid, upscale_bands
-    from pixverve.upscale import _lanczos
+    from pixverve.core.tiling import TiledTiffWriter, TileGrid, upscale_bands
+    from pixverve.upscale.sr import _lanczos
     img = np.random.default_rng(0).integers(0, 255, (2560, 2560, 3), dtype=np.uint8)
     g = TileGrid(2560, 2560, 4)
     TiledTiffWriter(sys.argv[2], g.out_h, g.out_w, compression=None).write(
@@ -262,7 +262,7 @@ def test_command_backend_and_a_failing_image(tmp_path):
 def test_real_esrgan_through_the_engine_shows_no_seams(realesrgan_weights):
     from skimage import data
 
-    from pixverve.verify import seam_positions, seam_ratios
+    from pixverve.verify.fidelity import seam_positions, seam_ratios
 
     backend = spandrel_backend(str(realesrgan_weights))
     img = np.ascontiguousarray(data.astronaut()[150:310, 140:300])  # 160 x 160: 2 x 2 tiles of 128
@@ -362,7 +362,7 @@ def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
                      {"input": str(tmp_path / "missing.png"), "output": str(tmp_path / "m.tif"), "scale": 2, "prompt": "sharp"},
                      {"input": str(tmp_path / "b.png"), "output": str(tmp_path / "b.tif"), "scale": 1, "prompt": "sharp"}]}
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    wrapper = Path(__file__).resolve().parent.parent / "pixverve" / "odtsr_run.py"
+    wrapper = Path(__file__).resolve().parent.parent / "pixverve" / "upscale" / "odtsr_run.py"
     res = subprocess.run([sys.executable, str(wrapper), str(tmp_path / "jobs.json")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "missing.png" in res.stderr  # one image failed, the others were done
     assert (tmp_path / "odtsr.ckpt.loads").read_text() == "x"  # the model was built once

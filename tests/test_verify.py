@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pixverve.tiling import TileGrid, upscale_bands
-from pixverve.upscale import _lanczos
-from pixverve.verify import downsample_to, psnr, seam_positions, seam_ratios, ssim
+from pixverve.core.tiling import TileGrid, upscale_bands
+from pixverve.upscale.sr import _lanczos
+from pixverve.verify.fidelity import downsample_to, psnr, seam_positions, seam_ratios, ssim
 
 
 def ramps(h, w):
@@ -67,7 +67,7 @@ def _shard_fixture(tmp_path, mutate):
     import pandas as pd
     from PIL import Image
 
-    from pixverve.tiling import TiledTiffWriter, bands_of
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
 
     (tmp_path / "src").mkdir()
     src = ramps(150, 180)
@@ -88,7 +88,7 @@ def _shard_fixture(tmp_path, mutate):
 
 
 def _verify(tmp_path, mutate):
-    from pixverve.verify import verify_shard
+    from pixverve.verify.fidelity import verify_shard
 
     table, config = _shard_fixture(tmp_path, mutate)
     return verify_shard(table, config, tmp_path, log=lambda *_: None).iloc[0]
@@ -127,7 +127,7 @@ def test_flat_regions_do_not_amplify_invisible_steps():
 
 
 def test_lpips_is_zero_for_identical_images_and_grows_with_damage():
-    from pixverve.verify import load_lpips, lpips_tiled
+    from pixverve.verify.fidelity import load_lpips, lpips_tiled
 
     model = load_lpips({"net": "alex", "weights": "random"})
     src = ramps(150, 180)
@@ -140,7 +140,7 @@ def test_lpips_is_zero_for_identical_images_and_grows_with_damage():
 def test_lpips_tiles_are_the_area_weighted_mean_and_one_tile_is_the_whole_image():
     import torch
 
-    from pixverve.verify import _even_splits, load_lpips, lpips_tiled
+    from pixverve.verify.fidelity import _even_splits, load_lpips, lpips_tiled
 
     model = load_lpips({"net": "alex", "weights": "random"})
     rng = np.random.default_rng(1)
@@ -160,7 +160,7 @@ def test_lpips_tiles_are_the_area_weighted_mean_and_one_tile_is_the_whole_image(
 
 
 def test_missing_lpips_backbone_is_a_clear_error(tmp_path, monkeypatch):
-    from pixverve.verify import LPIPSUnavailable, load_lpips
+    from pixverve.verify.fidelity import LPIPSUnavailable, load_lpips
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(LPIPSUnavailable, match=r"alexnet-owt-7be5be79\.pth.*weights: random"):
@@ -172,7 +172,7 @@ def test_pretrained_lpips_loads_the_backbone_from_torchvisions_cache(tmp_path, m
     import torch
     import torchvision
 
-    from pixverve.verify import load_lpips, lpips_backbone_file
+    from pixverve.verify.fidelity import load_lpips, lpips_backbone_file
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(3)
@@ -186,7 +186,7 @@ def test_pretrained_lpips_loads_the_backbone_from_torchvisions_cache(tmp_path, m
 
 
 def test_verify_rejects_on_lpips_when_a_maximum_is_set(tmp_path):
-    from pixverve.verify import verify_shard
+    from pixverve.verify.fidelity import verify_shard
 
     table, config = _shard_fixture(tmp_path, lambda sr: sr)
     config["verify"]["consistency"]["lpips"]["max"] = -1.0  # nothing can pass: the threshold is applied

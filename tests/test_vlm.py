@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from pixverve.vlm import VLMClient, VLMConfigError, VLMSettings, extract_json, image_data_url, user_message  # noqa: E402
+from pixverve.models.vlm import VLMClient, VLMConfigError, VLMSettings, extract_json, image_data_url, user_message  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -120,7 +120,7 @@ def test_missing_key_or_endpoint_is_a_clear_error(monkeypatch):
 
 
 def test_settings_from_the_paper_config(repo_root):
-    from pixverve.config import load_yaml
+    from pixverve.core.config import load_yaml
 
     settings = VLMSettings.from_config(load_yaml(repo_root / "config.yaml")["vlm"])
     assert settings.temperature == 0.1 and settings.api_key_env is None and settings.api_key() == "EMPTY"
@@ -156,7 +156,7 @@ def test_schema_response_format_and_a_badly_typed_option():
 def test_response_format_is_recorded_only_when_it_is_sent():
     """A schema response_format cannot go with a free-text task: none is sent, and the recorded
     options must not claim one; logprob requests send none either."""
-    from pixverve.vlm import TEXT
+    from pixverve.models.vlm import TEXT
 
     with FakeOpenAI(responder=lambda body: "A caption.") as server:
         c = client(server, response_format=True)
@@ -186,15 +186,15 @@ def _thinking_qwen(body):
 @pytest.mark.parametrize("reply", ['musing {"a": 1}</think>{"flagged": true, "reason": "x"}',
                                    '<think>musing {"a": 1}</think>{"flagged": true, "reason": "x"}'])
 def test_reasoning_before_a_closing_think_is_dropped(reply):
-    from pixverve.vlm import TEXT, parse_reply
+    from pixverve.models.vlm import TEXT, parse_reply
 
     assert parse_reply(reply, SCHEMA) == ("ok", {"flagged": True, "reason": "x"}, "")
     assert parse_reply("plan</think>\nA cat.", TEXT) == ("ok", "A cat.", "")
 
 
 def test_the_paper_config_turns_qwen35_thinking_off(repo_root):
-    from pixverve.vlm import step_config
-    from pixverve.config import load_yaml
+    from pixverve.models.vlm import step_config
+    from pixverve.core.config import load_yaml
 
     config = load_yaml(repo_root / "config.yaml")
     vlm = step_config(config, config["bench"]["judge"]["vlm"])["vlm"]

@@ -62,7 +62,7 @@ def test_outputs_and_funnel(run_a):
 def test_stage5_records_and_table1_add_up(run_a):
     import jsonschema
 
-    from pixverve.dataset import load_schema, read_jsonl
+    from pixverve.caption.dataset import load_schema, read_jsonl
 
     checks = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/verify/instances").glob("s*.parquet")))
     decisions = pd.read_parquet(run_a / "results/verify/verified.parquet")

@@ -1,0 +1,153 @@
+"""Images of one benchmark method that the workflow generates itself (rule bench_generate).
+
+Backends (``bench.methods.<name>.generate.backend``):
+* ``diffusers``: any diffusers text-to-image pipeline from a local folder or cached hub id (a
+  checkpoint of ours saved as a pipeline, or a base model sampled directly at high resolution --
+  the training-free baseline); the long caption is the prompt (as the published code does), one
+  seed per image derived from its name, tiled VAE decode when the pipeline offers it.
+* ``tiny``: a tiny random StableDiffusionPipeline through the same code (smoke output).
+* ``checkpoint``: a checkpoint of ours from rule train (``run``, ``train_resolution``), through
+  pixverve.train.infer (schemes I/II: the Flux2KleinPipeline with tiled VAE decode; III: the L2P
+  sampler); smoke when the run's base was tiny.  The folder's settings include a fingerprint of
+  the checkpoint's weights, so retraining regenerates.
+* ``degrade``: the real image shrunk by ``factor`` and blown back up (bicubic) -- a sanity
+  baseline that must score between the real images and noise; not a method of the paper.
+Each image is written as ``<basename>.jpg`` (quality 95) atomically; a rerun skips images already
+written, so a killed generation job resumes where it stopped.  The folder keeps the generation
+settings it was filled with (``settings.json``): when they change, its images are deleted first,
+so a new model never inherits an old model's images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class GeneratorUnavailable(RuntimeError):
+    pass
+
+
+def image_seed(name: str, base: int) -> int:
+    return (int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) + base) % (2**31)
+
+
+def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp.jpg")
+    Image.fromarray(rgb).save(tmp, quality=95)
+    tmp.replace(path)
+
+
+def load_pipeline(spec: dict):
+    import torch
+
+    backend = spec["backend"]
+    if backend == "tiny":
+        from pixverve.models.tiny_models import build_tiny_sd_pipeline
+
+        from diffusers import DiffusionPipeline
+
+        with tempfile.TemporaryDirectory(prefix="pixverve-tiny-sd-") as folder:
+            build_tiny_sd_pipeline(folder, seed=int(spec.get("seed", 0)))
+            pipe = DiffusionPipeline.from_pretrained(folder)
+        return pipe, "cpu", "tiny random StableDiffusionPipeline"
+    if backend == "diffusers":
+        from diffusers import DiffusionPipeline
+
+        from pixverve.models.devices import resolve_device
+
+        model = spec.get("model")
+        if not model:
+            raise GeneratorUnavailable("bench method generate.model: set a local pipeline folder or hub id for backend diffusers")
+        from pixverve.train.infer import sample_dtype
+
+        dtype = sample_dtype(spec.get("dtype"))
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise GeneratorUnavailable(f"bench method generate.model: cannot load {model!r}: {exc}") from exc
+        device = resolve_device(spec.get("device", "auto"))
+        return pipe.to(device), device, model
+    raise GeneratorUnavailable(f"unknown generate backend {backend!r} (diffusers | tiny | degrade)")
+
+
+def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapixels: float, log=print) -> dict:
+    """Write every benchmark row's image into ``out_dir``; returns a summary for the log/record."""
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from pixverve.core import images
+
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec["backend"] == "checkpoint":
+        probe = Path(spec["checkpoint_dir"]) / "probe.safetensors"  # a function of the trained weights
+        spec = dict(spec, checkpoint_fingerprint=hashlib.sha256(probe.read_bytes()).hexdigest()[:16])
+    settings = out_dir / "settings.json"
+    wanted = json.dumps(spec, sort_keys=True)
+    if settings.exists() and settings.read_text() != wanted:
+        stale = sorted(out_dir.glob("*.jpg"))
+        log(f"generation settings changed: deleting {len(stale)} images made with the old ones")
+        for path in stale:
+            path.unlink()
+    settings.write_text(wanted)
+    todo = [r for r in rows if not (out_dir / f"{Path(r['file_name']).stem}.jpg").exists()]
+    log(f"{len(rows) - len(todo)} of {len(rows)} images already generated; {len(todo)} to go")
+    if spec["backend"] == "degrade":
+        f = int(spec["factor"])
+        for r in tqdm(todo, desc="degrade", unit="img"):
+            rgb, _ = images.read_rgb(Path(real_dir) / r["file_name"], max_megapixels)
+            h, w = rgb.shape[:2]
+            small = Image.fromarray(rgb).resize((max(1, w // f), max(1, h // f)), Image.Resampling.BICUBIC)
+            _save_jpeg(np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)), out_dir / f"{Path(r['file_name']).stem}.jpg")
+        return {"model": f"real image down/up x{f} (sanity baseline)", "smoke": False, "generated": len(todo)}
+    if spec["backend"] == "checkpoint":
+        return _generate_from_checkpoint(todo, spec, out_dir, log)
+    if not todo:
+        return {"model": spec.get("model") or spec["backend"], "smoke": spec["backend"] == "tiny", "generated": 0}
+    pipe, device, model_name = load_pipeline(spec)
+    if hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_tiling"):
+        pipe.vae.enable_tiling()  # UHR decode in tiles
+    pipe.set_progress_bar_config(disable=True)
+    for r in tqdm(todo, desc="generate", unit="img"):
+        generator = torch.Generator(device="cpu").manual_seed(image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))))
+        kwargs = {"height": int(spec["height"]), "width": int(spec["width"]), "num_inference_steps": int(spec["steps"]),
+                  "generator": generator, "output_type": "np"}
+        if spec.get("guidance") is not None:
+            kwargs["guidance_scale"] = float(spec["guidance"])
+        out = pipe(r["long_caption"], **kwargs).images[0]
+        rgb = np.clip(np.asarray(out) * 255 + 0.5, 0, 255).astype(np.uint8)
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+    return {"model": model_name, "smoke": spec["backend"] == "tiny", "generated": len(todo), "device": device}
+
+
+def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) -> dict:
+    import json
+
+    from tqdm import tqdm
+
+    from pixverve.models.devices import resolve_device
+    from pixverve.train.infer import generate, load_checkpoint, sample_dtype
+
+    info = json.loads((Path(spec["checkpoint_dir"]) / "model.json").read_text())
+    name = f"ours: {spec['run']} @ {spec['train_resolution']} px ({info['scheme']}, {info['steps']} steps)"
+    if not todo:
+        return {"model": name, "smoke": info["smoke"], "generated": 0}
+    device = resolve_device(spec.get("device", "auto"))
+    info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device, dtype=sample_dtype(spec.get("dtype")),
+                                   sequential=bool(spec.get("sequential_loading", True)))
+    for r in tqdm(todo, desc="generate", unit="img"):
+        rgb = generate(info, loaded, r["long_caption"], int(spec["width"]), int(spec["height"]), int(spec["steps"]),
+                       float(spec.get("guidance") or 1.0), image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
+                       device=device)
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+    log(f"generated {len(todo)} images from {spec['checkpoint_dir']}")
+    return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device}

@@ -1,0 +1,327 @@
+"""Stage 5 output: the annotation record per image, the dataset export, and the dataset's tables.
+
+* ``build_records``: one record per image that passed every stage-4 check, validated against
+  ``schemas/annotation.schema.json`` when written (a record that does not validate stops the job:
+  it is a bug, not an image to skip).
+* ``export_dataset``: ``metadata.parquet`` (one row per record), a JSONL in the layout of the
+  paper's benchmark file (``file_name``, ``short_caption``, ``long_caption``) for training, and the
+  held-out benchmark split (``caption.export.benchmark_size`` images chosen by a seeded hash of the
+  image id, so the split does not change when other images are added).
+* ``data_flow``/``dataset_comparison``/``pixel_buckets``/``source_mix``: the paper's Tables 1-2
+  and two summaries, written as CSV, Markdown and LaTeX by ``write_formats``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pixverve.caption.steps import AESTHETIC_DIMENSIONS
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "annotation.schema.json"
+VISUAL_SCORES = {  # record key -> (table, column): the stage 2 and stage 4 numbers of each image
+    "exposure_share": ("purify", "exposure_share"),
+    "laplacian_var": ("purify", "laplacian_var"),
+    "flat_share": ("purify", "flat_share"),
+    "entropy_bits": ("purify", "entropy_bits"),
+    "laion_score": ("purify", "laion_score"),
+    "artimuse_score": ("purify", "artimuse_score"),
+    "max_seam_ratio": ("verify", "max_seam_ratio"),
+    "psnr": ("verify", "psnr"),
+    "ssim": ("verify", "ssim"),
+    "lpips": ("verify", "lpips"),
+}
+# Table 2 of the paper (project page): name, average size, images, average caption words.
+PUBLISHED_DATASETS = [
+    ("PixArt-30k", 2531, 2656, 30000, 71.3),
+    ("Aesthetic-Train", 4578, 4838, 12015, 24.2),
+    ("Aesthetic-Train-V2", 4861, 5127, 105288, 38.1),
+    ("UltraHR-100K", 3654, 5143, 100486, 109.2),
+    ("PixVerve-95K (paper)", 13031, 15348, 95735, 234.1),
+]
+
+
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _num(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return None
+    return float(v)
+
+
+def _by_id(table) -> dict:
+    return {r["image_id"]: r for r in table.to_dict("records")} if len(table) else {}
+
+
+def build_records(inputs: dict) -> list[dict]:
+    """Annotation records of one shard.  ``inputs``: DataFrames keyed tags, boxes, masks,
+    instance_checks, descriptions, aesthetics, captions, index, purify, verify, upscale."""
+    import jsonschema
+
+    schema = load_schema()
+    tags, masks = _by_id(inputs["tags"]), _by_id(inputs["masks"])
+    boxes, aesthetics, captions = _by_id(inputs["boxes"]), _by_id(inputs["aesthetics"]), _by_id(inputs["captions"])
+    index, purify, verify, upscale = (_by_id(inputs[k]) for k in ("index", "purify", "verify", "upscale"))
+    desc: dict[tuple, dict] = {}
+    smoke_desc: set[str] = set()  # images whose descriptions a tiny model wrote
+    for r in inputs["descriptions"].to_dict("records") if len(inputs["descriptions"]) else []:
+        desc[(r["image_id"], int(r["instance"]))] = r
+        if r.get("smoke"):
+            smoke_desc.add(r["image_id"])
+    checks = inputs["instance_checks"]
+    records = []
+    for check in checks[checks["passed"]].to_dict("records") if len(checks) else []:
+        iid = check["image_id"]
+        t, m, b, a, c = tags[iid], masks[iid], boxes[iid], aesthetics.get(iid), captions.get(iid)
+        src, up = index.get(iid, {}), upscale[iid]
+        tables = {"purify": purify.get(iid, {}), "verify": verify.get(iid, {})}
+        instances = []
+        mask_grid = [int(t["view_height"]), int(t["view_width"])]
+        for inst in json.loads(m["instances"]):
+            if not inst["kept"]:
+                continue
+            d = desc.get((iid, inst["instance"]), {})
+            importance = d.get("importance")
+            instances.append({
+                "instance": inst["instance"], "label": inst["label"], "box": inst["box"], "score": inst["score"],
+                "area_fraction": inst["area_fraction"], "mask": inst["mask"],
+                "description": d.get("description"), "importance": None if importance is None or importance is pd.NA else int(importance),
+                "description_status": d.get("status", "missing"),
+            })
+        analysis = json.loads(a["analysis"]) if a is not None and a["analysis"] else None
+        smoke_steps = [name for name, row in (("tags", t), ("boxes", b), ("masks", m), ("instance_check", check),
+                                               ("aesthetics", a), ("captions", c)) if row is not None and bool(row.get("smoke"))]
+        if iid in smoke_desc:
+            smoke_steps.append("descriptions")
+        record = {
+            "image_id": iid,
+            "file_name": Path(up["output_path"]).name,
+            "width": int(t["width"]),
+            "height": int(t["height"]),
+            "provenance": {
+                "root": check["root"], "relpath": check["relpath"], "source": src.get("source", ""), "licence": src.get("licence", ""),
+                "url": src.get("url", ""), "author": src.get("author", ""), "sr_backend": up["backend"], "sr_scale": int(up["scale"]),
+                "sr_weights": up.get("weights") or "", "sr_output": up["output_path"],
+            },
+            "scores": {k: _num(tables[table].get(col)) for k, (table, col) in VISUAL_SCORES.items()},
+            "tags": json.loads(t["tags"]),
+            "tags_unpruned": [x[0] if isinstance(x, list) else x for x in json.loads(t["tags_raw"])],
+            "mask_grid": mask_grid,
+            "instances": instances,
+            "aesthetics": analysis,
+            "long_caption": c["long_caption"] if c is not None else None,
+            "short_caption": c["short_caption"] if c is not None else None,
+            "models": {"tagger": t["tagger_model"], "tag_pruner": t.get("prune_model", ""), "detector": b["detector"],
+                       "segmenter": m["segmenter"], "instance_judge": check["judge_model"],
+                       "captioner": c["model"] if c is not None else ""},
+            "prompts": {k: v for k, v in {"tags": t.get("tags_prompt_sha", ""), "prune": t.get("prune_prompt_sha", ""),
+                                           "instance_artifact": check["prompt_sha"],
+                                           "aesthetics": a["prompt_sha"] if a is not None else "",
+                                           "long_caption": c["long_prompt_sha"] if c is not None else "",
+                                           "short_caption": c["short_prompt_sha"] if c is not None else ""}.items() if v},
+            "smoke": bool(smoke_steps),
+            "smoke_steps": smoke_steps,
+        }
+        jsonschema.validate(record, schema)
+        records.append(record)
+    return records
+
+
+def write_jsonl(records: list[dict], path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in sorted(records, key=lambda r: r["image_id"]):
+            fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(paths) -> list[dict]:
+    out = []
+    for p in paths:
+        with open(p, encoding="utf-8") as fh:
+            out.extend(json.loads(line) for line in fh if line.strip())
+    return out
+
+
+def benchmark_split(image_ids: list[str], size: int, seed: int) -> set[str]:
+    """The held-out ids: the ``size`` smallest sha256(seed:image_id) -- stable under additions."""
+    ranked = sorted(image_ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    return set(ranked[:size])
+
+
+def export_dataset(records: list[dict], size: int, seed: int):
+    """(metadata DataFrame, train rows, benchmark rows).  Only records with both captions can be
+    exported as caption pairs; the others stay in the metadata with split ``uncaptioned``."""
+    captioned = [r["image_id"] for r in records if r["long_caption"] and r["short_caption"]]
+    held_out = benchmark_split(captioned, size, seed)
+    rows, train, bench = [], [], []
+    for r in sorted(records, key=lambda r: r["image_id"]):
+        split = "uncaptioned" if r["image_id"] not in set(captioned) else ("benchmark" if r["image_id"] in held_out else "train")
+        row = {
+            "image_id": r["image_id"], "file_name": r["file_name"], "split": split, "width": r["width"], "height": r["height"],
+            "megapixels": round(r["width"] * r["height"] / 1e6, 3), **{f"prov_{k}": v for k, v in r["provenance"].items()},
+            **r["scores"], "tags": json.dumps(r["tags"]), "n_tags": len(r["tags"]), "n_instances": len(r["instances"]),
+            "n_described": sum(1 for i in r["instances"] if i["description"]),
+            "long_caption": r["long_caption"], "short_caption": r["short_caption"],
+            "long_words": len(r["long_caption"].split()) if r["long_caption"] else 0,
+            "short_words": len(r["short_caption"].split()) if r["short_caption"] else 0,
+            "has_aesthetics": r["aesthetics"] is not None, "smoke": r["smoke"], "smoke_steps": ",".join(r["smoke_steps"]),
+        }
+        for key, _ in AESTHETIC_DIMENSIONS:
+            row[f"aes_{key}"] = r["aesthetics"][key]["score"] if r["aesthetics"] else None
+        rows.append(row)
+        pair = {"file_name": r["file_name"], "short_caption": r["short_caption"], "long_caption": r["long_caption"]}
+        if split == "train":
+            train.append(pair)
+        elif split == "benchmark":
+            bench.append(pair)
+    return pd.DataFrame(rows), train, bench
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def data_flow(ingest: pd.DataFrame, purify: pd.DataFrame, upscale: pd.DataFrame, verify_counts: pd.DataFrame,
+              instance_checks: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """Table 1: images entering and kept at every step, in the pipeline's order.
+
+    Stage 2's five filters are applied to the same pool (the candidates are their intersection),
+    so their rows all enter with the pool and may overlap; the ``candidates`` row is the step."""
+    rows = []
+    for r in ingest.to_dict("records"):
+        rows.append(("1 collection", r["stage"], int(r["entered"]), int(r["passed"]), True))
+    pool = len(purify)
+    for name in ("exposure", "sharpness", "flatness", "entropy", "aesthetics"):
+        failed = int((~purify[f"{name}_ok"].astype(bool)).sum()) if f"{name}_ok" in purify else 0
+        rows.append(("2 purification", f"filter: {name}", pool, pool - failed, False))
+    rows.append(("2 purification", "candidates (all five)", pool, int(purify["passed"].sum()), True))
+    sr_ok = int(upscale["passed"].sum()) if len(upscale) else 0
+    rows.append(("3 super-resolution", "SR output written", len(upscale), sr_ok, True))
+    for r in verify_counts.to_dict("records"):
+        if r["check"] == "sr_output":
+            continue
+        rows.append(("4 verification", r["check"], int(r["entering"]), int(r["kept"]), True))
+    n_inst = len(instance_checks)
+    rows.append(("4 verification", "instances", n_inst, int(instance_checks["passed"].sum()) if n_inst else 0, True))
+    captioned = sum(1 for r in records if r["long_caption"] and r["short_caption"])
+    rows.append(("5 captioning", "annotation record", len(records), len(records), True))
+    rows.append(("5 captioning", "long + short caption", len(records), captioned, True))
+    df = pd.DataFrame(rows, columns=["stage", "step", "entering", "kept", "sequential"])
+    df["dropped"] = df["entering"] - df["kept"]
+    return df[["stage", "step", "entering", "dropped", "kept", "sequential"]]
+
+
+def check_data_flow(flow: pd.DataFrame) -> None:
+    """Each sequential step enters with what the previous sequential step kept; raises if not."""
+    seq = flow[flow["sequential"]].to_dict("records")
+    for prev, cur in zip(seq, seq[1:]):
+        if cur["entering"] != prev["kept"]:
+            raise ValueError(f"data flow does not add up: {prev['step']} kept {prev['kept']} but {cur['step']} entered {cur['entering']}")
+
+
+def dataset_comparison(meta: pd.DataFrame, smoke: bool) -> pd.DataFrame:
+    rows = [{"dataset": n, "avg_width": w, "avg_height": h, "images": c, "avg_caption_words": words,
+             "annotations": "captions" if n != "PixVerve-95K (paper)" else "tags, boxes, masks, instances, aesthetics, long + short captions"}
+            for n, w, h, c, words in PUBLISHED_DATASETS]
+    if len(meta):
+        have = [("tags", meta["n_tags"].gt(0).any()), ("boxes/masks", meta["n_instances"].gt(0).any()),
+                ("instance descriptions", meta["n_described"].gt(0).any()), ("aesthetics", meta["has_aesthetics"].any()),
+                ("long + short captions", meta["long_words"].gt(0).any())]
+        rows.append({
+            "dataset": "PixVerve (this run" + (", SMOKE: tiny models" if smoke else "") + ")",
+            "avg_width": round(float(meta["width"].mean())), "avg_height": round(float(meta["height"].mean())), "images": len(meta),
+            "avg_caption_words": round(float(meta.loc[meta["long_words"] > 0, "long_words"].mean()), 1) if meta["long_words"].gt(0).any() else 0.0,
+            "annotations": ", ".join(name for name, present in have if present) or "none",
+        })
+    return pd.DataFrame(rows)
+
+
+def pixel_buckets(meta: pd.DataFrame, edges_mp: list[float]) -> pd.DataFrame:
+    """Images per pixel-count bucket [edge_i, edge_i+1) in megapixels (last bucket open-ended)."""
+    mp = meta["megapixels"].to_numpy() if len(meta) else np.zeros(0)
+    rows = []
+    for i, lo in enumerate(edges_mp):
+        hi = edges_mp[i + 1] if i + 1 < len(edges_mp) else math.inf
+        n = int(((mp >= lo) & (mp < hi)).sum())
+        label = f"{lo:g}-{hi:g} MP" if hi != math.inf else f">= {lo:g} MP"
+        rows.append({"bucket": label, "images": n, "share": round(n / len(mp), 4) if len(mp) else 0.0})
+    return pd.DataFrame(rows)
+
+
+def source_mix(meta: pd.DataFrame) -> pd.DataFrame:
+    if not len(meta):
+        return pd.DataFrame(columns=["source", "licence", "images", "share"])
+    g = meta.groupby(["prov_source", "prov_licence"]).size().reset_index(name="images")
+    g["share"] = (g["images"] / len(meta)).round(4)
+    return g.rename(columns={"prov_source": "source", "prov_licence": "licence"}).sort_values(["images", "source"], ascending=[False, True])
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cells = [[str(c) for c in df.columns]] + [["" if v is None else str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"),
+                 ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")):
+        text = text.replace(a, b) if a != "\\" else text.replace(a, "\0")
+    return text.replace("\0", r"\textbackslash{}")
+
+
+def _latex(df: pd.DataFrame, caption: str) -> str:
+    spec = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    head = " & ".join(_latex_escape(str(c)) for c in df.columns) + r" \\"
+    body = [" & ".join(_latex_escape("" if v is None else str(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
+                      r"\toprule", head, r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
+
+
+def write_formats(df: pd.DataFrame, stem, caption: str) -> list[Path]:
+    """``stem``.csv / .md / .tex; the caption (with SMOKE when it applies) heads the Markdown."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text(f"**{caption}**\n\n" + _markdown(df))
+    stem.with_suffix(".tex").write_text(_latex(df, caption))
+    return [stem.with_suffix(s) for s in (".csv", ".md", ".tex")]
+
+
+def plot_distributions(meta: pd.DataFrame, smoke: bool, caption_png, instances_png) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    note = "  [SMOKE: tiny models, not a result]" if smoke else ""
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, col, title in ((ax[0], "long_words", "long caption"), (ax[1], "short_words", "short caption")):
+        data = meta.loc[meta[col] > 0, col] if len(meta) else []
+        if len(data):
+            sns.histplot(data, ax=axis, bins=min(30, max(5, len(data))))
+            axis.axvline(float(np.mean(data)), color="k", ls="--", lw=1, label=f"mean {np.mean(data):.1f}")
+            axis.legend()
+        axis.set(title=f"{title} length (words){note}", xlabel="words", ylabel="images")
+    fig.tight_layout()
+    fig.savefig(caption_png, dpi=120)
+    plt.close(fig)
+    fig, axis = plt.subplots(figsize=(5.5, 3.6))
+    if len(meta):
+        sns.histplot(meta["n_instances"], ax=axis, discrete=True)
+        axis.axvline(float(meta["n_instances"].mean()), color="k", ls="--", lw=1, label=f"mean {meta['n_instances'].mean():.1f}")
+        axis.legend()
+    axis.set(title=f"instances per image{note}", xlabel="instances (after mask NMS)", ylabel="images")
+    fig.tight_layout()
+    fig.savefig(instances_png, dpi=120)
+    plt.close(fig)

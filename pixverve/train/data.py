@@ -1,0 +1,180 @@
+"""Training data for the three schemes (issue #8, first piece): samples from the curated 100 MP
+images at the training resolution, read from the tiled SR outputs without decoding whole images,
+captions from the annotation records, aspect-ratio buckets.
+
+* ``aspect_buckets``: (width, height) pairs whose area is about ``resolution``^2, both sides
+  multiples of ``multiple`` (the latent/patch grid: 16 for FLUX.2's VAE x patchify, 32 for
+  safety), aspect ratios from ``max_ratio``:1 to 1:``max_ratio``.
+* ``TrainSamples``: one sample per record; its bucket is the one nearest the image's aspect
+  ratio (in log space).  ``crop`` mode reads a random bucket-sized window at full resolution
+  (only the tiles it touches); ``resize`` mode reads the whole image as block means (one tile
+  row at a time) and resizes that to the bucket.  Randomness comes from (seed, epoch, index), so
+  a resumed run sees the same samples a run that never stopped would.
+* ``sizes``: ``buckets`` (ours, above); ``square`` (every image to resolution x resolution) and
+  ``max_pixels`` (the image's aspect within a resolution^2 pixel budget, sides floored to the
+  multiple) as the published L2P training reads images (DiffSynth's ImageCropAndResize with
+  --height/--width at 4K/10K, --max_pixels at 8K): both scale the image to cover the target and
+  take the centre, which ``cover`` mode does on the tiled image (the centred window at full
+  resolution, then an area resize: the same geometry up to a source pixel, area filter instead
+  of bilinear).
+* ``bucket_batches``: batches that each hold one bucket, shuffled per epoch, split across ranks
+  (every rank gets the same number of batches, so DDP steps stay in lock-step).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def aspect_buckets(resolution: int, multiple: int = 32, max_ratio: float = 4.0, steps: int = 8) -> list[tuple[int, int]]:
+    """Buckets (w, h) of about ``resolution``^2 pixels, sides multiples of ``multiple``, sorted by w/h."""
+    out = set()
+    area = resolution * resolution
+    for k in range(-steps, steps + 1):
+        ratio = max_ratio ** (k / steps)  # w / h, evenly spaced in log space
+        w = max(multiple, round(math.sqrt(area * ratio) / multiple) * multiple)
+        h = max(multiple, round(math.sqrt(area / ratio) / multiple) * multiple)
+        out.add((w, h))
+    return sorted(out, key=lambda wh: (wh[0] / wh[1], wh[0]))
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    r = math.log(width / height)
+    return min(buckets, key=lambda wh: (abs(math.log(wh[0] / wh[1]) - r), wh[0]))
+
+
+SIZES = ("buckets", "square", "max_pixels")
+
+
+def budget_size(width: int, height: int, max_pixels: int, multiple: int) -> tuple[int, int]:
+    """(w, h) of an image within a pixel budget, as DiffSynth's dynamic resolution: scaled down
+    by sqrt(area / budget) when over it (int truncation), sides floored to ``multiple``."""
+    if width * height > max_pixels:
+        scale = (width * height / max_pixels) ** 0.5
+        width, height = int(width / scale), int(height / scale)
+    w, h = width // multiple * multiple, height // multiple * multiple
+    if w < multiple or h < multiple:
+        raise ValueError(f"a {width}x{height} image has a side under {multiple} px at this budget")
+    return w, h
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: str
+    path: Path
+    width: int
+    height: int
+    bucket: tuple[int, int]
+    caption: str
+
+
+class CaptionMissing(ValueError):
+    pass
+
+
+def samples_from_records(records: list[dict], resolution: int, caption: str = "long", multiple: int = 32,
+                         max_ratio: float = 4.0, sizes: str = "buckets") -> list[Sample]:
+    """Samples of the records that have the chosen caption; raises listing any that do not (a
+    training set must not silently shrink).  ``sizes``: how each sample's size is chosen."""
+    if caption not in ("long", "short"):
+        raise ValueError(f"caption must be long or short, got {caption!r}")
+    if sizes not in SIZES:
+        raise ValueError(f"sizes must be one of {SIZES}, got {sizes!r}")
+    buckets = aspect_buckets(resolution, multiple, max_ratio)
+
+    def size_of(r):
+        w, h = int(r["width"]), int(r["height"])
+        if sizes == "square":
+            return resolution, resolution
+        if sizes == "max_pixels":
+            return budget_size(w, h, resolution * resolution, multiple)
+        return nearest_bucket(w, h, buckets)
+
+    missing = [r["image_id"] for r in records if not r.get(f"{caption}_caption")]
+    if missing:
+        raise CaptionMissing(f"{len(missing)} record(s) have no {caption} caption: {missing[:10]} -- drop them from the "
+                             "training set explicitly or caption them")
+    return [Sample(r["image_id"], Path(r["provenance"]["sr_output"]), int(r["width"]), int(r["height"]),
+                   size_of(r), r[f"{caption}_caption"])
+            for r in sorted(records, key=lambda r: r["image_id"])]
+
+
+def records_from_metadata(metadata, split: str = "train") -> list[dict]:
+    """The rows of results/dataset/metadata.parquet in ``split`` as the record fields training
+    reads (the held-out benchmark images are never trained on)."""
+    if metadata.empty:  # no image reached the dataset (an empty export has no columns to select on)
+        return []
+    rows = metadata[metadata["split"] == split]
+    return [{"image_id": r.image_id, "width": int(r.width), "height": int(r.height),
+             "long_caption": r.long_caption, "short_caption": r.short_caption,
+             "provenance": {"sr_output": r.prov_sr_output}} for r in rows.itertuples()]
+
+
+class TrainSamples:
+    """Indexable training samples: ``ts[i, epoch]`` -> (uint8 RGB array of the bucket's size, caption, crop box)."""
+
+    def __init__(self, samples: list[Sample], mode: str = "crop", seed: int = 0):
+        if mode not in ("crop", "resize", "cover"):
+            raise ValueError(f"mode must be crop, resize or cover, got {mode!r}")
+        self.samples, self.mode, self.seed = samples, mode, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def crop_box(self, index: int, epoch: int) -> tuple[int, int, int, int]:
+        """(x, y, w, h) in full-resolution pixels of the window this (index, epoch) reads."""
+        s = self.samples[index]
+        bw, bh = s.bucket
+        if self.mode == "resize":
+            return 0, 0, s.width, s.height
+        if self.mode == "cover":  # scale to cover the target, keep the centre (published L2P data)
+            scale = max(bw / s.width, bh / s.height)
+            w, h = min(s.width, round(bw / scale)), min(s.height, round(bh / scale))
+            return round((s.width - w) / 2), round((s.height - h) / 2), w, h
+        # a window of the bucket's aspect, the bucket's size (never upscaled: clipped to the image)
+        scale = min(1.0, s.width / bw, s.height / bh)
+        w, h = max(1, math.floor(bw * scale)), max(1, math.floor(bh * scale))
+        rng = random.Random(f"{self.seed}:{epoch}:{s.image_id}")
+        return rng.randint(0, s.width - w), rng.randint(0, s.height - h), w, h
+
+    def __getitem__(self, key) -> tuple[np.ndarray, str, tuple[int, int, int, int]]:
+        import cv2
+
+        from pixverve.core.views import TiledImage
+
+        index, epoch = key
+        s = self.samples[index]
+        box = self.crop_box(index, epoch)
+        with TiledImage(s.path) as tiled:
+            if self.mode in ("crop", "cover"):
+                pixels = tiled.read(*box)
+            else:  # block means down to about twice the bucket, then an exact area resize
+                pixels = tiled.downscaled(2 * max(s.bucket))
+        if pixels.shape[1] != s.bucket[0] or pixels.shape[0] != s.bucket[1]:
+            pixels = cv2.resize(pixels, s.bucket, interpolation=cv2.INTER_AREA)
+        return pixels, s.caption, box
+
+
+def bucket_batches(samples: list[Sample], batch_size: int, epoch: int, seed: int = 0, rank: int = 0,
+                   world_size: int = 1, drop_last: bool = True) -> list[list[int]]:
+    """This rank's batches of sample indices for one epoch; every batch holds one bucket."""
+    rng = random.Random(f"{seed}:{epoch}")
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(samples):
+        by_bucket.setdefault(s.bucket, []).append(i)
+    batches = []
+    for bucket in sorted(by_bucket):
+        members = by_bucket[bucket][:]
+        rng.shuffle(members)
+        for start in range(0, len(members), batch_size):
+            batch = members[start : start + batch_size]
+            if len(batch) == batch_size or not drop_last:
+                batches.append(batch)
+    rng.shuffle(batches)
+    per_rank = len(batches) // world_size  # equal counts: DDP ranks step together
+    return batches[rank * per_rank : (rank + 1) * per_rank]

@@ -1,0 +1,154 @@
+"""Images from a trained checkpoint (rule train_sample; benchmark methods with backend checkpoint).
+
+Schemes I/II: the base Flux2KleinPipeline with the trained transformer (full weights or the LoRA
+adapter; window processors re-installed for scheme II), tiled VAE decode (paper: tile 512, stride
+256), CFG.  Scheme III: the pixel model sampled with an Euler flow-matching loop and CFG (no
+pipeline class exists for it), the base pipeline's text encoder, DiffSynth's Z-Image schedule
+(static shift ``l2p.shift``, as the published L2P pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixverve.train import models as tm
+
+
+SAMPLE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def sample_dtype(name: str | None):
+    """The weights' dtype when sampling (config key ``sample.dtype``; published: bfloat16)."""
+    if name not in SAMPLE_DTYPES and name is not None:
+        raise ValueError(f"sample dtype {name!r}: one of {sorted(SAMPLE_DTYPES)}")
+    return SAMPLE_DTYPES[name or "bfloat16"]
+
+
+def load_checkpoint(final_dir, device: str = "cpu", dtype=torch.float32, sequential: bool = False):
+    """(model.json, the loaded pipeline or pixel model) rebuilt from ``final_dir`` (written by
+    train.save_final).  A tiny base is rebuilt in a temporary folder that is removed after loading.
+    ``sequential`` (FLUX.2 schemes; published flux2_infer loads text encoder, DiT and VAE one after
+    another): each of the three sits on ``device`` only while it runs (diffusers' model offload),
+    the others wait in host memory; L2P's pipeline is loaded whole, as published."""
+    with tempfile.TemporaryDirectory(prefix="pixverve-base-") as work:
+        return _load_checkpoint(Path(final_dir), device, dtype, Path(work), sequential)
+
+
+def _probe_dtype(info: dict, dtype):
+    # a model trained with bf16 master weights wrote its probe in bf16: compare at bf16 tolerance
+    return dtype if info.get("master_weights", "fp32") == "fp32" else torch.bfloat16
+
+
+def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential: bool):
+    from safetensors.torch import load_file
+
+    info = json.loads((final_dir / "model.json").read_text())
+    if info["family"] == "flux2":
+        pipe = tm.load_pipeline("flux2", info["base"], dtype, work)
+        transformer = pipe.transformer
+        if info.get("lora"):
+            from peft import LoraConfig
+            from peft.utils import set_peft_model_state_dict
+
+            lora = info["lora"]
+            transformer.add_adapter(LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]),
+                                               target_modules=list(lora["target_modules"])))
+            weights = {k: v for k, v in load_file(final_dir / "transformer_lora.safetensors").items()
+                       if not k.endswith(".alpha")}  # alpha: for the published loader; peft has it in its config
+            result = set_peft_model_state_dict(transformer, weights)
+            if getattr(result, "unexpected_keys", None):
+                raise tm.ModelUnavailable(f"LoRA weights do not fit the base model: {result.unexpected_keys[:5]}")
+        else:
+            transformer.load_state_dict(load_file(final_dir / "transformer.safetensors"))
+        if tm.needs_own_processors(info["scheme"], info.get("seq_chunk")):  # settings saved by training
+            tm.install_window_attention(transformer, info["window"] if info["scheme"] == "window" else None,
+                                        info.get("seq_chunk"))
+        tm.configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
+        if sequential:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe = pipe.to(device)
+        tm.check_probe(load_file(final_dir / "probe.safetensors")["output"], tm.probe_output("flux2", transformer),
+                       _probe_dtype(info, dtype))
+        return info, pipe
+    pipe = tm.load_pipeline("zimage", info["base"], dtype, work)
+    l2p = info["l2p"]
+    model = tm.l2p_build(pipe.transformer, int(l2p["patch"]), l2p.get("unet") or {})
+    trained = load_file(final_dir / "l2p_trained.safetensors")  # the trained subset; frozen layers from the base
+    missing, unexpected = model.load_state_dict(trained, strict=False)
+    frozen = tuple(f"transformer.layers.{i}." for i in l2p["frozen_layers"])
+    if unexpected or [k for k in missing if not k.startswith(frozen)]:
+        raise tm.ModelUnavailable(f"L2P checkpoint does not fit the base model: missing "
+                                  f"{[k for k in missing if not k.startswith(frozen)][:5]}, unexpected {unexpected[:5]}")
+    pipe.transformer, pipe.vae = None, None
+    model = model.to(device, dtype).eval()
+    tm.check_probe(load_file(final_dir / "probe.safetensors")["output"],
+                   tm.probe_output("zimage", model, info["probe_patch"]), _probe_dtype(info, dtype))
+    return info, {"pipe": pipe.to(device), "model": model}
+
+
+STATIC_SAMPLE_MU = 0.8  # the published sampler's mu with --disable_dynamic_shift (flux2_infer/runtime.py)
+
+
+def flux2_sample_mu(width: int, height: int, steps: int, dynamic_shift: bool = True, dynamic_shift_len=None):
+    """The published FLUX.2 sampling shift: None = the pipeline's own dynamic mu at (H/16)(W/16)
+    tokens (the published default); a number otherwise (--dynamic_shift_len, or 0.8 with
+    --disable_dynamic_shift)."""
+    if not dynamic_shift:
+        return STATIC_SAMPLE_MU
+    if dynamic_shift_len:
+        return tm.flux2_mu(int(dynamic_shift_len), int(steps))
+    return None
+
+
+def generate(info, loaded, prompt: str, width: int, height: int, steps: int, guidance: float, seed: int,
+             device: str = "cpu") -> np.ndarray:
+    """One uint8 RGB image (height, width, 3)."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    text = info["text"]
+    if info["family"] == "flux2":
+        shift = info.get("sample") or {}
+        mu = flux2_sample_mu(width, height, steps, shift.get("dynamic_shift", True), shift.get("dynamic_shift_len"))
+        scheduler = loaded.scheduler
+        kwargs = {}
+        if mu is not None:  # a fixed mu: pre-shifted sigmas through an identity-shift copy of the scheduler
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, use_dynamic_shifting=False,
+                                                                           shift=1.0)
+            kwargs["sigmas"] = tm.shift_sigmas(torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64), mu).tolist()
+        try:
+            out = loaded(prompt=prompt, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
+                         generator=generator, output_type="np", max_sequence_length=int(text["max_length"]),
+                         text_encoder_out_layers=tuple(text["out_layers"]), **kwargs)
+        finally:
+            loaded.scheduler = scheduler
+        return np.clip(out.images[0] * 255 + 0.5, 0, 255).astype(np.uint8)
+    pipe, model = loaded["pipe"], loaded["model"]
+    l2p = info["l2p"]
+    patch = int(l2p["patch"])
+    if width % patch or height % patch:
+        raise ValueError(f"L2P at {info['resolution']}: width and height must be multiples of the patch {patch}")
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt([prompt], device=device, do_classifier_free_guidance=True,
+                                          negative_prompt=[""], max_sequence_length=int(text["max_length"]))
+        # DiffSynth's Z-Image schedule (published L2P): linspace(1, 0, N + 1)[:-1], static shift
+        sigmas = tm.shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), math.log(float(l2p.get("shift", 3.0))))
+        sigmas[-1] = 0.0
+        x = torch.randn((1, 3, height, width), generator=generator).to(device, dtype)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            t = s.reshape(1).to(device, dtype)
+            v = model(x, t, [c.to(dtype) for c in cond], patch)
+            if guidance and guidance != 1.0:
+                v_u = model(x, t, [c.to(dtype) for c in uncond], patch)
+                v = v_u + guidance * (v - v_u)
+            x = x + (s_next - s) * v
+    rgb = ((x[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).permute(1, 2, 0).cpu().numpy()
+    return rgb.astype(np.uint8)
