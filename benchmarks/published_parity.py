@@ -101,8 +101,8 @@ def fid_metrics(pub, weights, names, reals, gens, size: int) -> list[str]:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from pixverve.bench import evaluate as bench
-    from pixverve.bench.inputs import BenchItem
     from pixverve.bench.fid import fid_for_pairs
+    from pixverve.bench.inputs import BenchItem
 
     pub.FrechetInceptionDistance = functools.partial(FrechetInceptionDistance, feature_extractor_weights_path=str(weights))
     evaluator = pub.MetricEvaluator.__new__(pub.MetricEvaluator)  # __init__ would download CLIP
@@ -122,9 +122,9 @@ def fid_metrics(pub, weights, names, reals, gens, size: int) -> list[str]:
 
 
 def glcm_metric(pub, gens) -> list[str]:
-    from pixverve.core import images
     from pixverve.bench.evaluate import pil_grey
     from pixverve.bench.glcm import glcm_score
+    from pixverve.core import images
 
     evaluator = pub.MetricEvaluator.__new__(pub.MetricEvaluator)
     theirs = float(evaluator.compute_glcm_score([str(p) for p in gens]))
@@ -140,9 +140,9 @@ def our_seed(name: str) -> int:
 def msfi_preprocessing(eval_dir: Path, names, gens) -> list[str]:
     from PIL import Image
 
-    from pixverve.core import images
     from pixverve.bench.evaluate import jpeg_data_url
     from pixverve.bench.scores import msfi_layout
+    from pixverve.core import images
     from util.image_process import MSFI_Preprocessor  # the published module
 
     out, same_rects, same_bytes, total = [], 0, 0, 0
@@ -262,15 +262,15 @@ def ours_only(weights, folder: Path, names, reals, gens, size: int) -> list[str]
     from PIL import Image
 
     from pixverve.bench import evaluate as bench
-    from pixverve.core import images
     from pixverve.bench.evaluate import pil_grey
+    from pixverve.bench.fid import fid_for_pairs
+    from pixverve.bench.glcm import glcm_score
     from pixverve.bench.inputs import BenchItem
     from pixverve.bench.prompts import load_judge_prompts
     from pixverve.bench.scores import msfi_layout
-    from pixverve.workflow import load_config
-    from pixverve.bench.fid import fid_for_pairs
-    from pixverve.bench.glcm import glcm_score
+    from pixverve.core import images
     from pixverve.models.vlm import VLMClient, VLMSettings
+    from pixverve.workflow import load_config
 
     items = [BenchItem(n, r, g, n, f"a photograph of {n}") for n, r, g in zip(names, reals, gens, strict=True)]
     out = [f"{'FID':<22} ours {fid_for_pairs(items, weights, size=size, method='parity'):>16.10f}",

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 args = json.loads(sys.argv[2])
 from pixverve.core.tiling import TiledTiffWriter, TileGrid, naive_full_canvas, upscale_bands, bands_of
-from pixverve.upscale.sr import _lanczos, spandrel_backend, tile_function, SRBackend
+from pixverve.upscale.sr import SRBackend, lanczos_tiles, spandrel_backend, tile_function
 
 def hwm():
     for line in open("/proc/self/status"):
@@ -46,7 +46,7 @@ if args["backend"] == "realesrgan":
     fn = tile_function(backend, 4)
 else:
     img = np.random.default_rng(0).integers(0, 255, (args["side"], args["side"], 3), dtype=np.uint8)
-    fn = lambda tiles: _lanczos(tiles, 4)
+    fn = lambda tiles: lanczos_tiles(tiles, 4)
     load_s = 0.0
 grid = TileGrid(img.shape[0], img.shape[1], 4)
 batch = args["batch"]

@@ -56,9 +56,9 @@ def timed_step(loss_fn, opt, cuda: bool) -> float:
 def one(args) -> dict:
     import torch
 
-    from pixverve.workflow import load_config
-    from pixverve.train.loop import FAMILY, Flux2Adapter, L2PAdapter, _trainable, peak_memory_mb, step_generator
     from pixverve.train.config import resolve_run
+    from pixverve.train.loop import FAMILY, Flux2Adapter, L2PAdapter, trainable_model, peak_memory_mb, step_generator
+    from pixverve.workflow import load_config
 
     config = load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
     if args.flux2:
@@ -80,7 +80,7 @@ def one(args) -> dict:
     work.mkdir(exist_ok=True)
     adapter = (L2PAdapter(spec, work, device, dtype) if FAMILY[spec["scheme"]] == "zimage"
                else Flux2Adapter(spec, work, device, dtype))
-    model = _trainable(adapter.model.to(device, torch.float32), spec)
+    model = trainable_model(adapter.model.to(device, torch.float32), spec)
     if args.device == "cuda":
         inner = model.transformer if spec["scheme"] == "l2p" else model
         inner.enable_gradient_checkpointing()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 from pixverve.bench import evaluate as bench  # noqa: E402
-from pixverve.models.aesthetics import build_predictor  # noqa: E402
-from pixverve.bench.inputs import compression_ratio, pair_method, read_benchmark, require_fid_pairs  # noqa: E402
-from pixverve.models.devices import resolve_device  # noqa: E402
 from pixverve.bench.fid import fid_for_pairs  # noqa: E402
+from pixverve.bench.inputs import compression_ratio, pair_method, read_benchmark, require_fid_pairs  # noqa: E402
 from pixverve.core.tables import write_table  # noqa: E402
+from pixverve.models.aesthetics import build_predictor  # noqa: E402
+from pixverve.models.devices import resolve_device  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

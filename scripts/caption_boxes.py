@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.caption.steps import boxes_shard  # noqa: E402
 from pixverve.caption.models import build_detector  # noqa: E402
+from pixverve.caption.steps import boxes_shard  # noqa: E402
 from pixverve.core.tables import read_table, write_table  # noqa: E402
 from pixverve.models.vlm_local import served_step_judge  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402

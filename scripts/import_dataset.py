@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.collect.sources import write_manifest  # noqa: E402
 from pixverve.collect.imports import import_dataset  # noqa: E402
+from pixverve.collect.sources import write_manifest  # noqa: E402
 from pixverve.core.tables import write_table  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 

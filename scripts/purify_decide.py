@@ -6,8 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 import pandas as pd  # noqa: E402
 
-from pixverve.purify.classical import decide, score_classical_shard  # noqa: E402
 from pixverve.core.tables import read_tables, write_table  # noqa: E402
+from pixverve.purify.classical import decide, score_classical_shard  # noqa: E402
 from pixverve.workflow import note_empty, start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.ingest.screening import screen_shard  # noqa: E402
 from pixverve.core.tables import read_table, write_table  # noqa: E402
+from pixverve.ingest.screening import screen_shard  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

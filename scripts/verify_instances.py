@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.verify.instances import judge_instances_shard  # noqa: E402
 from pixverve.core.tables import read_table, write_table  # noqa: E402
 from pixverve.models.vlm_local import served_judge  # noqa: E402
+from pixverve.verify.instances import judge_instances_shard  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821

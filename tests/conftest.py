@@ -49,8 +49,8 @@ def stage1(demo_workdir, demo_config):
 
     from pixverve.ingest.dedup import deduplicate
     from pixverve.ingest.index import build_index
-    from pixverve.purify.classical import decide, score_classical_shard
     from pixverve.ingest.screening import screen_shard
+    from pixverve.purify.classical import decide, score_classical_shard
 
     index = build_index(demo_config, demo_workdir, threads=2, log=lambda *_: None)
     readable = index[index["passed"]]

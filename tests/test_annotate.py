@@ -19,9 +19,9 @@ from pixverve.core.views import (
     rle_encode,
     tile_regions,
 )
-from pixverve.core.views import instance_crop
 from pixverve.caption.models import nearest_tag, parse_rex_boxes
 from pixverve.core.tiling import TiledTiffWriter, bands_of
+from pixverve.core.views import instance_crop
 
 
 def test_map_box_from_a_downscaled_view():

@@ -19,14 +19,14 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from pixverve.core import views as annotate  # noqa: E402
-from pixverve.caption import steps as caption  # noqa: E402
 from pixverve.caption import dataset  # noqa: E402
-from pixverve.models import vlm as vlm_client  # noqa: E402
+from pixverve.caption import steps as caption  # noqa: E402
 from pixverve.caption.models import BoxSegmenter, build_detector, build_segmenter, build_tagger  # noqa: E402
-from pixverve.verify.instances import judge_instances_shard  # noqa: E402
+from pixverve.core import views as annotate  # noqa: E402
 from pixverve.core.tiling import TiledTiffWriter, bands_of  # noqa: E402
+from pixverve.models import vlm as vlm_client  # noqa: E402
 from pixverve.models.vlm import VLMClient, VLMSettings  # noqa: E402
+from pixverve.verify.instances import judge_instances_shard  # noqa: E402
 
 IDS = ["00000000000000aa", "00000000000000bb"]
 W, H = 400, 300

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pixverve.ingest import dedup
 from pixverve.core import images
+from pixverve.ingest import dedup
 from pixverve.ingest.demo_pool import PHOTOS, load_photo
 
 

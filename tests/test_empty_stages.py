@@ -10,8 +10,8 @@ import pytest
 
 
 def test_stage2_on_an_empty_shard_writes_empty_tables(demo_config, tmp_path):
-    from pixverve.purify.classical import decide, score_classical_shard
     from pixverve.core.tables import read_table, write_table
+    from pixverve.purify.classical import decide, score_classical_shard
 
     empty = pd.DataFrame(columns=["image_id", "root", "relpath", "shard"])
     classical = score_classical_shard(empty, demo_config, tmp_path)

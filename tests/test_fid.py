@@ -64,8 +64,8 @@ def test_missing_weights_are_a_clear_error(tmp_path):
 def test_fid_for_pairs_on_image_files(fid_weights, tmp_path):
     from PIL import Image
 
-    from pixverve.bench.inputs import BenchItem
     from pixverve.bench.fid import fid_for_pairs
+    from pixverve.bench.inputs import BenchItem
 
     photos = _photos(4, 160).permute(0, 2, 3, 1).numpy()
     items_same, items_other = [], []
@@ -106,8 +106,8 @@ def test_fewer_than_two_images_is_a_clear_error_naming_method_and_count(fid_weig
     from PIL import Image
 
     from pixverve.bench import evaluate as bench
-    from pixverve.bench.inputs import BenchItem
     from pixverve.bench.fid import TooFewImages, fid_for_pairs
+    from pixverve.bench.inputs import BenchItem
 
     path = tmp_path / "one.png"
     Image.fromarray(_photos(1, 64).permute(0, 2, 3, 1).numpy()[0]).save(path)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pixverve.core.config import load_yaml
 from pixverve.collect.imports import import_dataset
+from pixverve.core.config import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 

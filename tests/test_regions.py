@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from pixverve.verify.regions import choose_patches, judge_regions_shard, patch_boxes, sobel_variances  # noqa: E402
 from pixverve.models.vlm import decode_data_url  # noqa: E402
+from pixverve.verify.regions import choose_patches, judge_regions_shard, patch_boxes, sobel_variances  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = ROOT / "prompts" / "region_artifact.md"
@@ -168,8 +168,8 @@ def _fake_vllm(tmp_path, extra: str = "") -> str:
 
 
 def test_vllm_serve_option_starts_waits_answers_and_stops(tmp_path):
-    from pixverve.models.vlm import VLMClient, VLMSettings, user_message
     from pixverve.models.vllm_server import served
+    from pixverve.models.vlm import VLMClient, VLMSettings, user_message
 
     serve = {"command": f"{_fake_vllm(tmp_path, '--startup-delay 1')} serve", "port": 0, "poll_s": 0.2, "startup_timeout_s": 30}
     with served(serve, "judge-model", tmp_path / "vllm.log") as base_url:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pixverve.core.config import screening_criteria, sr_tiers, tier_for
 from pixverve.core.config import check_resolution
+from pixverve.core.config import screening_criteria, sr_tiers, tier_for
 
 
 @pytest.fixture

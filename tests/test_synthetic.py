@@ -13,8 +13,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from pixverve.core.config import load_yaml  # noqa: E402
 from pixverve.collect.synthetic import T2IUnavailable, build_t2i, near_duplicates, render_prompts, write_prompts  # noqa: E402
+from pixverve.core.config import load_yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "prompts" / "synthetic_prompts.md"

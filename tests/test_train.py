@@ -22,8 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixverve.train import models as tm
 from pixverve.core.tiling import TiledTiffWriter, bands_of
+from pixverve.train import models as tm
 from pixverve.train.config import launch_command, resolve_run
 from pixverve.train.data import samples_from_records
 
@@ -365,9 +365,9 @@ SCHEMES = [("scheme1_full", 128, {}), ("scheme1_lora", 128, {"lr": 3e-2}), ("sch
 
 @pytest.mark.parametrize("run,res,changes", SCHEMES, ids=[s[0] for s in SCHEMES])
 def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data, tmp_path):
-    from pixverve.train.loop import train_run
     from pixverve.train.config import bucket_multiple
     from pixverve.train.infer import generate, load_checkpoint
+    from pixverve.train.loop import train_run
 
     spec = demo_spec(run, res, max_steps=30, overfit_batches=1, log_every=10, eval_every=10, checkpoint_every=30,
                      **changes)
@@ -413,8 +413,8 @@ def test_a_reload_that_misses_the_training_is_refused(demo_data, tmp_path):
     """The probe catches a checkpoint whose weights were swapped (here: another run's)."""
     from safetensors.torch import load_file, save_file
 
-    from pixverve.train.loop import train_run
     from pixverve.train.infer import load_checkpoint
+    from pixverve.train.loop import train_run
 
     spec = demo_spec("scheme1_full", 128, max_steps=4, log_every=2, eval_every=0, checkpoint_every=4)
     samples = samples_from_records(demo_data, 128, "long", 16)
@@ -432,9 +432,9 @@ def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
     in bf16 and in fp32."""
     from safetensors.torch import load_file
 
-    from pixverve.train.loop import train_run
     from pixverve.train.config import bucket_multiple
     from pixverve.train.infer import generate, load_checkpoint
+    from pixverve.train.loop import train_run
 
     spec = demo_spec("scheme3_l2p", 64, max_steps=3, log_every=1, eval_every=0, checkpoint_every=3,
                      master_weights="bf16", lr=5e-2)
@@ -457,8 +457,8 @@ def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
 def test_sequential_loading_puts_each_flux2_model_on_the_device_in_turn(demo_data, tmp_path):
     """sample.sequential_loading (published flux2_infer: text encoder, DiT, VAE one after another):
     diffusers' model offload moves each to the device when it runs, in that order; the same image."""
-    from pixverve.train.loop import train_run
     from pixverve.train.infer import generate, load_checkpoint
+    from pixverve.train.loop import train_run
 
     spec = demo_spec("scheme1_full", 128, max_steps=2, log_every=1, eval_every=0, checkpoint_every=2)
     train_run(spec, samples_from_records(demo_data, 128, "long", 16), tmp_path, log=lambda m: None)
@@ -607,8 +607,8 @@ def test_lora_file_fuses_as_the_published_loader_reads_it(demo_data, tmp_path):
 
     from safetensors.torch import load_file
 
-    from pixverve.train.loop import train_run
     from pixverve.train.infer import load_checkpoint
+    from pixverve.train.loop import train_run
 
     spec = demo_spec("scheme1_lora", 128, max_steps=2, log_every=2, eval_every=0, checkpoint_every=2, lr=3e-2,
                      lora={"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"]})

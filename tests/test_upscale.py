@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 import tifffile
 
-from pixverve.upscale import weights as sr_weights
 from pixverve.core.tiling import TiledTiffWriter, TileGrid, feather, naive_full_canvas, upscale_bands
-from pixverve.upscale.sr import SRBackend, SRUnavailable, _lanczos, load_state_dict, spandrel_backend, tile_function, upscale_shard
+from pixverve.upscale import weights as sr_weights
+from pixverve.upscale.sr import SRBackend, SRUnavailable, lanczos_tiles, load_state_dict, spandrel_backend, tile_function, upscale_shard
 
 torch = pytest.importorskip("torch")
 
 
 def lanczos_fn(scale):
-    return lambda tiles: _lanczos(tiles, scale)
+    return lambda tiles: lanczos_tiles(tiles, scale)
 
 
 def banded(image, grid, fn):
@@ -117,11 +117,11 @@ MEMORY_SCRIPT = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, sys.argv[1])
     from pixverve.core.tiling import TiledTiffWriter, TileGrid, upscale_bands
-    from pixverve.upscale.sr import _lanczos
+    from pixverve.upscale.sr import lanczos_tiles
     img = np.random.default_rng(0).integers(0, 255, (2560, 2560, 3), dtype=np.uint8)
     g = TileGrid(2560, 2560, 4)
     TiledTiffWriter(sys.argv[2], g.out_h, g.out_w, compression=None).write(
-        upscale_bands(img, g, lambda t: _lanczos(t, 4), batch=8))
+        upscale_bands(img, g, lambda t: lanczos_tiles(t, 4), batch=8))
     # VmHWM: this process's own peak (ru_maxrss would carry the forking parent's over exec)
     hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
     print(int(hwm.split()[1]) * 1024)
@@ -154,12 +154,12 @@ def test_x2_from_an_x4_model_is_area_downsampled():
 
     def x4(tiles, scale):
         calls.append(scale)
-        return _lanczos(tiles, 4)
+        return lanczos_tiles(tiles, 4)
 
     backend = SRBackend("fake-x4", 4, x4)
     tile = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     (out,) = tile_function(backend, 2)([tile])
-    expected = cv2.resize(_lanczos([tile], 4)[0], (128, 128), interpolation=cv2.INTER_AREA)
+    expected = cv2.resize(lanczos_tiles([tile], 4)[0], (128, 128), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(out, expected)
     assert calls == [4]
     with pytest.raises(SRUnavailable, match="x2"):

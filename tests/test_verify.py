@@ -10,7 +10,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pixverve.core.tiling import TileGrid, upscale_bands
-from pixverve.upscale.sr import _lanczos
+from pixverve.upscale.sr import lanczos_tiles
 from pixverve.verify.fidelity import downsample_to, psnr, seam_positions, seam_ratios, ssim
 
 
@@ -29,7 +29,7 @@ def test_seam_positions_follow_the_tile_grid():
 def test_clean_blend_has_no_seam_and_a_planted_one_is_found():
     img = ramps(300, 457)
     g = TileGrid(300, 457, 4)
-    out = np.concatenate(list(upscale_bands(img, g, lambda t: _lanczos(t, 4))))
+    out = np.concatenate(list(upscale_bands(img, g, lambda t: lanczos_tiles(t, 4))))
     grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
     xs, ys = seam_positions(g)
     assert max(r for _, _, r in seam_ratios(grey, xs, ys)) < 1.6
@@ -55,7 +55,7 @@ def test_sr_then_downsample_is_consistent_with_the_source():
 
     src = np.ascontiguousarray(data.astronaut()[:200, :240])
     g = TileGrid(200, 240, 4)
-    sr = np.concatenate(list(upscale_bands(src, g, lambda t: _lanczos(t, 4))))
+    sr = np.concatenate(list(upscale_bands(src, g, lambda t: lanczos_tiles(t, 4))))
     back = downsample_to(sr, 240, 200)
     assert psnr(back, src) > 30 and ssim(back, src) > 0.9
     shifted = np.roll(back, 6, axis=1)  # a geometric error drops both
@@ -73,7 +73,7 @@ def _shard_fixture(tmp_path, mutate):
     src = ramps(150, 180)
     Image.fromarray(src).save(tmp_path / "src" / "a.png")
     g = TileGrid(150, 180, 4)
-    sr = mutate(np.concatenate(list(upscale_bands(src, g, lambda t: _lanczos(t, 4)))).copy())
+    sr = mutate(np.concatenate(list(upscale_bands(src, g, lambda t: lanczos_tiles(t, 4)))).copy())
     out = tmp_path / "a.tif"
     TiledTiffWriter(out, *sr.shape[:2]).write(bands_of(sr))
     record = {"image_id": "a" * 16, "root": "r", "relpath": "a.png", "shard": "s00000", "scale": 4, "tile_px": 512,

@@ -193,8 +193,8 @@ def test_reasoning_before_a_closing_think_is_dropped(reply):
 
 
 def test_the_paper_config_turns_qwen35_thinking_off(repo_root):
-    from pixverve.models.vlm import step_config
     from pixverve.core.config import load_yaml
+    from pixverve.models.vlm import step_config
 
     config = load_yaml(repo_root / "config.yaml")
     vlm = step_config(config, config["bench"]["judge"]["vlm"])["vlm"]

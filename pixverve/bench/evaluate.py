@@ -280,8 +280,8 @@ def judge_method(items, judge, prompts, spec: dict, max_megapixels: float, log=p
     ``msfi_included`` / ``ics_included`` False."""
     import pandas as pd
 
-    from pixverve.core import images
     from pixverve.bench.scores import ics, msfi
+    from pixverve.core import images
 
     ics_client = ics_judge(judge, spec)
     rows = []
@@ -333,8 +333,8 @@ def score_method(items, aesthetic, clip, max_megapixels: float, log=print, threa
     import torch
     from tqdm import tqdm
 
-    from pixverve.core import images
     from pixverve.bench.glcm import glcm_score
+    from pixverve.core import images
 
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))

@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from pixverve.core import images
 from pixverve.core.config import check_resolution, screening_criteria, sr_tiers, tier_for
-from pixverve.ingest.dedup import phash
 from pixverve.core.paths import Unresolvable, file_sha256, image_path, roots_from_config
 from pixverve.core.tables import fail, ok
+from pixverve.ingest.dedup import phash
 
 # The pHash only needs ~32 px; decoding JPEGs at >= 256 px keeps it stable across DCT scales.
 HASH_DECODE_MIN_SIDE = 256

@@ -45,9 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pixverve.core.paths import file_sha256
 from pixverve.models.devices import resolve_device
 from pixverve.models.loading import ModelUnavailable
-from pixverve.core.paths import file_sha256
+from pixverve.models.loading import offline as hub_offline
 
 LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 LAION_MLP_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
@@ -106,7 +107,7 @@ def load_clip_vision(model: str):
     """CLIP vision tower with projection + its image processor, from a local path or the hub cache."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model).is_dir()
+    offline = hub_offline(model)
     try:
         vision = CLIPVisionModelWithProjection.from_pretrained(model, local_files_only=offline)
         processor = CLIPImageProcessor.from_pretrained(model, local_files_only=offline)

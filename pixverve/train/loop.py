@@ -227,7 +227,7 @@ def sigma_stats(values) -> dict:
             **{f"q{int(q * 100):02d}": float(np.quantile(arr, q)) for q in SIGMA_QUANTILES}}
 
 
-def _trainable(model, spec: dict):
+def trainable_model(model, spec: dict):
     """Full parameters, or a LoRA adapter (peft) on the attention projections."""
     lora = spec.get("lora")
     if not lora:
@@ -329,7 +329,7 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
             adapter = Flux2Adapter(spec, ckpt_dir, device, weight_dtype)
     # master weights: fp32 (ours; autocast computes in bf16) or bf16 (published L2P: DiffSynth loads and
     # trains the model in bf16 -- under DeepSpeed's bf16 mode its optimizer may hold its own fp32 copy)
-    model = _trainable(adapter.model.to(device, MASTER_DTYPES[spec.get("master_weights", "fp32")]), spec)
+    model = trainable_model(adapter.model.to(device, MASTER_DTYPES[spec.get("master_weights", "fp32")]), spec)
     if spec["scheme"] == "l2p":
         adapter.freeze(model)
     if spec["gradient_checkpointing"]:

@@ -30,9 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-from pixverve.models.devices import resolve_device
 from pixverve.core.paths import file_sha256
 from pixverve.core.tiling import TiledTiffWriter, TileGrid, bands_of, upscale_bands
+from pixverve.models.devices import resolve_device
 
 
 class SRUnavailable(RuntimeError):
@@ -61,7 +61,7 @@ def command_output(dst: Path) -> Path:
     return dst.with_name(dst.name + ".cmd.tif")
 
 
-def _lanczos(tiles, scale):
+def lanczos_tiles(tiles, scale):
     import cv2
 
     return [cv2.resize(t, (t.shape[1] * scale, t.shape[0] * scale), interpolation=cv2.INTER_LANCZOS4) for t in tiles]
@@ -129,7 +129,9 @@ def sd_x4_backend(spec: dict, device: str = "cpu") -> SRBackend:
     from PIL import Image
 
     model = spec["model"]
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model).is_dir()
+    from pixverve.models.loading import offline as hub_offline
+
+    offline = hub_offline(model)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     try:
         pipe = StableDiffusionUpscalePipeline.from_pretrained(model, local_files_only=offline, torch_dtype=dtype)
@@ -214,7 +216,7 @@ def command_batch_backend(template: str, options: dict | None = None) -> SRBacke
 def build_backend(spec: dict) -> SRBackend:
     backend = spec["backend"]
     if backend == "lanczos":
-        return SRBackend("lanczos", None, _lanczos)
+        return SRBackend("lanczos", None, lanczos_tiles)
     if backend == "realesrgan":
         return spandrel_backend(spec["realesrgan"]["weights"], device=resolve_device(spec.get("device", "auto")))
     if backend == "sd-x4":

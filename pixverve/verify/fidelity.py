@@ -203,9 +203,9 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
     from tqdm import tqdm
 
     from pixverve.core import images
-    from pixverve.models.devices import resolve_device
     from pixverve.core.paths import image_path, roots_from_config
     from pixverve.core.tables import fail, ok
+    from pixverve.models.devices import resolve_device
 
     v = config["verify"]
     roots = roots_from_config(config, base_dir)

@@ -17,10 +17,10 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     import pandas as pd
     from tqdm import tqdm
 
-    from pixverve.core.views import TiledImage, instance_crop, kept_instances, read_view, view_file
-    from pixverve.verify.regions import REGION_SCHEMA, judged_outcome
     from pixverve.core.tables import MODEL_ERROR, chunks, fail, id_columns
+    from pixverve.core.views import TiledImage, instance_crop, kept_instances, read_view, view_file
     from pixverve.models.vlm import prompt_text, user_message
+    from pixverve.verify.regions import REGION_SCHEMA, judged_outcome
 
     spec = config["verify"]["instances"]
     pad = float(config["caption"]["instances"]["padding"])
