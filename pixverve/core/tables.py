@@ -62,8 +62,6 @@ def ok(row: dict) -> dict:
 # What a model raises on one image (a CUDA out-of-memory is a RuntimeError, a prompt the model
 # cannot take a RuntimeError/ValueError): that image's row records it, the shard goes on.
 MODEL_ERRORS = (RuntimeError, ValueError, IndexError)
-
-
 MODEL_ERROR = "model_error"
 
 

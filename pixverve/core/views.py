@@ -1,4 +1,5 @@
-"""Geometry and mask tools of stage 5 (captioning), model-free and exact.
+"""Views of the tiled SR outputs and the geometry on them, model-free and exact; used by stage 4's
+instance check, stage 5 and the training data reader.
 
 * ``TiledImage`` reads regions and a downscaled copy of a tiled SR output (BigTIFF) tile by tile,
   so a 100 MP image is never decoded whole: a crop decodes only the tiles it overlaps, the
@@ -10,6 +11,8 @@
 * Masks are boolean arrays on the analysis grid (the downscaled copy); ``rle_encode`` writes the
   COCO "uncompressed RLE" (column-major run lengths starting with a run of zeros), so
   ``pycocotools.mask.frPyObjects`` reads our records unchanged.
+* The analysis copy of each image (``view_file``/``read_view``: written by rule caption_tags) and
+  the instance crop every instance step judges or describes (``instance_crop``).
 """
 
 from __future__ import annotations
