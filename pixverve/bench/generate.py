@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pixverve.models.loading import ModelUnavailable
 
-class GeneratorUnavailable(RuntimeError):
+
+class GeneratorUnavailable(ModelUnavailable):
     pass
 
 

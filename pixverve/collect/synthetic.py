@@ -28,6 +28,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pixverve.models.loading import ModelUnavailable
+
 PROMPTS_SCHEMA = {
     "type": "object",
     "properties": {"prompts": {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 1}},
@@ -35,7 +37,7 @@ PROMPTS_SCHEMA = {
 }
 
 
-class T2IUnavailable(RuntimeError):
+class T2IUnavailable(ModelUnavailable):
     """The configured text-to-image backend cannot run; the message names the config key."""
 
 

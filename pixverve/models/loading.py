@@ -12,7 +12,10 @@ from pathlib import Path
 
 
 class ModelUnavailable(RuntimeError):
-    """A configured model cannot be loaded; the message names the config key and what to do."""
+    """A configured model cannot be loaded; the message names the config key and what to do.
+
+    The stages' own errors for their models (SR, text-to-image, VLM, LPIPS, FID weights, bench
+    generators) derive from it, so one ``except ModelUnavailable`` sees them all."""
 
 
 def offline(model: str) -> bool:

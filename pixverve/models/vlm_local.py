@@ -18,6 +18,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from pixverve.models.loading import ModelUnavailable
 from pixverve.models.tiny_text import TINY_CHAT_TEMPLATE, byte_level_backend
 from pixverve.models.vlm import VLMResult, decode_data_url, parse_reply
 
@@ -26,7 +27,7 @@ TINY_SPECIAL_TOKENS = [
 ]
 
 
-class VLMUnavailable(RuntimeError):
+class VLMUnavailable(ModelUnavailable):
     """The local model cannot be loaded; the message says which path/id and what to do."""
 
 

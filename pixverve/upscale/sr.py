@@ -33,9 +33,10 @@ import numpy as np
 from pixverve.core.paths import file_sha256
 from pixverve.core.tiling import TiledTiffWriter, TileGrid, bands_of, upscale_bands
 from pixverve.models.devices import resolve_device
+from pixverve.models.loading import ModelUnavailable
 
 
-class SRUnavailable(RuntimeError):
+class SRUnavailable(ModelUnavailable):
     """A configured SR backend cannot run at all; the job stops with this message."""
 
 

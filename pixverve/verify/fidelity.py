@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pixverve.core.tiling import TileGrid
+from pixverve.models.loading import ModelUnavailable
 
 SSIM_WIN = 7
 
@@ -113,7 +114,7 @@ def ssim(a: np.ndarray, b: np.ndarray, band_rows: int = 512) -> float:
     return total / (count * a3.shape[2])
 
 
-class LPIPSUnavailable(RuntimeError):
+class LPIPSUnavailable(ModelUnavailable):
     """The LPIPS backbone weights are missing; the message says which file and how to get it."""
 
 
