@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 from pixverve.models.devices import resolve_device  # noqa: E402
-from pixverve.train.infer import generate, load_checkpoint, sample_dtype  # noqa: E402
+from pixverve.models.loading import torch_dtype  # noqa: E402
+from pixverve.train.infer import generate, load_checkpoint  # noqa: E402
 from pixverve.train.report import save_sample  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
@@ -18,7 +19,7 @@ device = resolve_device(spec["device"])
 width, height = sm.params.size or (spec["resolution"], spec["resolution"])
 started = time.perf_counter()
 sample = spec["sample"]
-info, loaded = load_checkpoint(sm.input.final, device=device, dtype=sample_dtype(sample.get("dtype")),
+info, loaded = load_checkpoint(sm.input.final, device=device, dtype=torch_dtype(sample.get("dtype"), "train.runs.<run>.sample.dtype"),
                                sequential=bool(sample.get("sequential_loading", True)))
 rgb = generate(info, loaded, sm.params.prompt, int(width), int(height), int(sample["steps"]), float(sample["guidance"]),
                int(sample["seed"]), device=device)

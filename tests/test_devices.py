@@ -44,3 +44,14 @@ def test_explicit_cuda_without_a_gpu_stops(clean_env):
         devices.resolve_device("cuda")
     clean_env.setenv(devices.ALLOW_CPU_ENV, "1")
     assert devices.resolve_device("cuda") == "cpu"
+
+
+def test_torch_dtype_reads_the_config_names():
+    import torch
+
+    from pixverve.models.loading import torch_dtype
+
+    assert torch_dtype("float16", "k") is torch.float16 and torch_dtype(None, "k") is torch.bfloat16
+    assert torch_dtype(None, "k", default="auto") == "auto" and torch_dtype("float32", "k") is torch.float32
+    with pytest.raises(ValueError, match="config key train.runs.x.sample.dtype: dtype 'fp8'"):
+        torch_dtype("fp8", "train.runs.x.sample.dtype")

@@ -76,9 +76,9 @@ class ClipScorer:
     id, or the tiny random one)."""
 
     def __init__(self, spec: dict):
-        from pixverve.models.loading import load_pretrained, model_device
-
         from transformers import CLIPModel, CLIPProcessor
+
+        from pixverve.models.loading import load_pretrained, model_device
 
         self.smoke = spec.get("backend") == "tiny"
         if self.smoke:

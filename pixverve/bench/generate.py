@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixverve.models.loading import ModelUnavailable
+from pixverve.models.loading import ModelUnavailable, torch_dtype
 
 
 class GeneratorUnavailable(ModelUnavailable):
@@ -46,13 +46,11 @@ def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
 
 
 def load_pipeline(spec: dict):
-    import torch
-
     backend = spec["backend"]
     if backend == "tiny":
-        from pixverve.models.tiny_models import build_tiny_sd_pipeline
-
         from diffusers import DiffusionPipeline
+
+        from pixverve.models.tiny_models import build_tiny_sd_pipeline
 
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-sd-") as folder:
             build_tiny_sd_pipeline(folder, seed=int(spec.get("seed", 0)))
@@ -66,9 +64,7 @@ def load_pipeline(spec: dict):
         model = spec.get("model")
         if not model:
             raise GeneratorUnavailable("bench method generate.model: set a local pipeline folder or hub id for backend diffusers")
-        from pixverve.train.infer import sample_dtype
-
-        dtype = sample_dtype(spec.get("dtype"))
+        dtype = torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype")
         try:
             pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
         except (OSError, ValueError) as exc:
@@ -80,13 +76,13 @@ def load_pipeline(spec: dict):
 
 def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapixels: float, log=print) -> dict:
     """Write every benchmark row's image into ``out_dir``; returns a summary for the log/record."""
+    import json
+
     import torch
     from PIL import Image
     from tqdm import tqdm
 
     from pixverve.core import images
-
-    import json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,14 +133,14 @@ def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) 
     from tqdm import tqdm
 
     from pixverve.models.devices import resolve_device
-    from pixverve.train.infer import generate, load_checkpoint, sample_dtype
+    from pixverve.train.infer import generate, load_checkpoint
 
     info = json.loads((Path(spec["checkpoint_dir"]) / "model.json").read_text())
     name = f"ours: {spec['run']} @ {spec['train_resolution']} px ({info['scheme']}, {info['steps']} steps)"
     if not todo:
         return {"model": name, "smoke": info["smoke"], "generated": 0}
     device = resolve_device(spec.get("device", "auto"))
-    info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device, dtype=sample_dtype(spec.get("dtype")),
+    info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device, dtype=torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype"),
                                    sequential=bool(spec.get("sequential_loading", True)))
     for r in tqdm(todo, desc="generate", unit="img"):
         rgb = generate(info, loaded, r["long_caption"], int(spec["width"]), int(spec["height"]), int(spec["steps"]),

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlparse
 
-from pixverve.collect.terms import BARE_YES, TERMS, CollectorConfigError, terms_acknowledgement  # noqa: F401
+from pixverve.collect.terms import CollectorConfigError, terms_acknowledgement
 
 LICENCES = {
     "pexels": ("Pexels License", "https://www.pexels.com/license/"),

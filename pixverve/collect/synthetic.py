@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pixverve.models.loading import ModelUnavailable
+from pixverve.models.loading import ModelUnavailable, torch_dtype
 
 PROMPTS_SCHEMA = {
     "type": "object",
@@ -130,12 +130,11 @@ def write_prompts(config: dict, judge, template_path, log=print):
 
 class DiffusersT2I:
     def __init__(self, model: str, device: str, dtype: str, steps: int, guidance: float | None, smoke=False):
-        import torch
         from diffusers import DiffusionPipeline
 
-        torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+        dtype = torch_dtype(dtype, "synthetic.diffusers.dtype")
         try:
-            self.pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype).to(device)
+            self.pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype).to(device)
         except (OSError, ValueError) as exc:
             raise T2IUnavailable(
                 f"config key synthetic.diffusers.model: cannot load {model!r} ({type(exc).__name__}: {exc}); give a "

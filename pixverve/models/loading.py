@@ -34,6 +34,22 @@ def load_pretrained(loader, model: str, key: str):
         ) from exc
 
 
+TORCH_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def torch_dtype(name: str | None, key: str, default: str = "bfloat16"):
+    """The torch dtype a config key names (``None``: ``default``); ``auto`` is passed on as the
+    string transformers reads (let the checkpoint's own dtype decide)."""
+    import torch
+
+    name = name or default
+    if name == "auto":
+        return "auto"
+    if name not in TORCH_DTYPES:
+        raise ValueError(f"config key {key}: dtype {name!r} is not one of {', '.join(TORCH_DTYPES)}")
+    return getattr(torch, name)
+
+
 def model_device(spec: dict) -> str:
     """The torch device of a model block's ``device`` key (``auto``: the GPU when there is one)."""
     from pixverve.models.devices import resolve_device

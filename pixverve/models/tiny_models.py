@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pixverve.models.tiny_vision import tiny_clip_text_model, tiny_clip_tokenizer  # noqa: F401 (re-exported for older imports)
+from pixverve.models.tiny_vision import tiny_clip_text_model, tiny_clip_tokenizer
 
 
 def build_tiny_sd_pipeline(folder: str | Path, seed: int = 0) -> Path:

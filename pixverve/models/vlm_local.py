@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pixverve.models.loading import ModelUnavailable
+from pixverve.models.loading import ModelUnavailable, torch_dtype
 from pixverve.models.tiny_text import TINY_CHAT_TEMPLATE, byte_level_backend
 from pixverve.models.vlm import VLMResult, decode_data_url, parse_reply
 
@@ -113,7 +113,6 @@ class TransformersVLM:
 
     def __init__(self, model_id: str, device: str = "cpu", dtype: str = "auto", max_new_tokens: int = 1024, smoke: bool = False,
                  extra_body: dict | None = None):
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.smoke = smoke
@@ -126,10 +125,10 @@ class TransformersVLM:
         self.model_name = model_id  # what the tables record
         self.max_new_tokens = max_new_tokens
         self.device = device
-        torch_dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+        dtype = torch_dtype(dtype, "vlm.transformers.dtype", default="auto")
         try:
             self.processor = AutoProcessor.from_pretrained(model_id)
-            self.model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype).to(device).eval()
+            self.model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype).to(device).eval()
         except (OSError, ValueError) as exc:
             raise VLMUnavailable(
                 f"config key vlm.transformers.model: cannot load {model_id!r} ({type(exc).__name__}: {exc}). "

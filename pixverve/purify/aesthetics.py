@@ -14,12 +14,11 @@ SCORE_CHUNK = 64  # images decoded and scored together
 def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, predictors=None):
     """Every configured predictor's score for the images of one shard (reduced decodes)."""
     import pandas as pd
+    import torch
     from tqdm import tqdm
 
     from pixverve.core import images
     from pixverve.core.paths import image_path, roots_from_config
-
-    import torch
 
     torch.set_num_threads(max(1, threads))
     specs = config["purify"]["aesthetics"]["predictors"]

@@ -20,16 +20,6 @@ import torch
 from pixverve.train import models as tm
 
 
-SAMPLE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def sample_dtype(name: str | None):
-    """The weights' dtype when sampling (config key ``sample.dtype``; published: bfloat16)."""
-    if name not in SAMPLE_DTYPES and name is not None:
-        raise ValueError(f"sample dtype {name!r}: one of {sorted(SAMPLE_DTYPES)}")
-    return SAMPLE_DTYPES[name or "bfloat16"]
-
-
 def load_checkpoint(final_dir, device: str = "cpu", dtype=torch.float32, sequential: bool = False):
     """(model.json, the loaded pipeline or pixel model) rebuilt from ``final_dir`` (written by
     train.save_final).  A tiny base is rebuilt in a temporary folder that is removed after loading.
