@@ -20,7 +20,20 @@ def start_script(snakemake, name: str) -> logging.Logger:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    from pixverve.models.vlm import use_reply_cache
+
+    use_reply_cache(reply_cache_path(snakemake) if (snakemake.config.get("vlm") or {}).get("reply_cache", True) else None)
     return logging.getLogger(f"pixverve.{name}")
+
+
+REPLY_CACHE_DIR = Path("results/cache/replies")
+
+
+def reply_cache_path(snakemake) -> Path:
+    """``results/cache/replies/<rule>/<wildcard values>.jsonl``: the ok model answers of one job
+    (kept when the job fails, so its rerun asks only for what is missing or failed)."""
+    values = [str(v) for _, v in snakemake.wildcards.items()]
+    return REPLY_CACHE_DIR / snakemake.rule / (("_".join(values) or "all") + ".jsonl")
 
 
 def check_config(config: dict) -> None:

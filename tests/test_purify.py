@@ -72,13 +72,18 @@ def test_banded_equals_float64_reference(source, band_rows):
 def test_top_fraction_counts_ties_and_nan():
     scores = np.array([5.0, 1.0, 3.0, 3.0, np.nan])
     ids = np.array(["e", "a", "c", "b", "d"])
-    kept, cut = top_fraction(scores, ids, 0.6)  # ceil(3) of 5: 5.0 and both 3.0
+    kept, cut = top_fraction(scores, ids, 0.6)  # the pool is the 4 scored: ceil(2.4) = 3: 5.0 and both 3.0
     assert kept.tolist() == [True, False, True, True, False]
     assert cut == 3.0
-    kept, _ = top_fraction(scores, ids, 0.4)  # 2 of 5: 5.0, then the tie at 3.0 goes to id "b"
+    kept, _ = top_fraction(scores, ids, 0.4)  # ceil(1.6) = 2: 5.0, then the tie at 3.0 goes to id "b"
     assert kept.tolist() == [True, False, False, True, False]
-    kept, _ = top_fraction(scores, ids, 1.0)
-    assert kept.sum() == 5
+    kept, _ = top_fraction(scores, ids, 1.0)  # NaN is never "top", even with slots to spare
+    assert kept.tolist() == [True, True, True, True, False]
+    # all but one unscored (every ArtiMuse request refused): one slot, and no NaN fills the rest
+    kept, cut = top_fraction(np.array([np.nan, 2.0, np.nan, np.nan]), np.array(["a", "b", "c", "d"]), 0.6)
+    assert kept.tolist() == [False, True, False, False] and cut == 2.0
+    kept, cut = top_fraction(np.full(3, np.nan), np.array(["a", "b", "c"]), 0.6)
+    assert not kept.any() and np.isnan(cut)
 
 
 def _classical_row(iid, entropy, reason=""):

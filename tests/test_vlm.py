@@ -23,6 +23,7 @@ KEY = "sk-test-PIXVERVE-SECRET-0123456789"
 
 
 def client(server, **kw):
+    kw = {"probe": False, "stop_after_consecutive_failures": 0} | kw  # per-request behaviour; the gates have their own tests
     settings = VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.05, timeout_s=5, **kw)
     return VLMClient(settings)
 
@@ -61,7 +62,7 @@ def test_client_errors_are_not_retried():
 
 def test_timeout_is_retried_then_reported():
     with FakeOpenAI() as server:
-        settings = VLMSettings(base_url=server.base_url, model="m", timeout_s=0.3, retries=1, backoff_s=0.01)
+        settings = VLMSettings(base_url=server.base_url, model="m", timeout_s=0.3, retries=1, backoff_s=0.01, probe=False)
         (res,) = VLMClient(settings).run_many([req(0, "slow:1.0")])
     assert res.status == "failed" and res.attempts == 2 and "Timeout" in res.error
 

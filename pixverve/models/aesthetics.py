@@ -256,19 +256,33 @@ class ArtiMusePredictor:
                                              {"type": "text", "text": self.question}]}]
 
     def score(self, rgb_images: list[np.ndarray]) -> np.ndarray:
+        """One score per image (NaN where none); ``statuses``/``details`` say why per image."""
         requests = [("artimuse", f"artimuse#{i}", self.messages(im), None, self.top_logprobs) for i, im in enumerate(rgb_images)]
         results = self.backend.run_many(requests)
-        scores, self.details = [], []
+        scores, self.details, self.statuses = [], [], []
         for res in results:
             if res.status != "ok" or not isinstance(res.parsed, dict):
                 scores.append(float("nan"))
+                self.statuses.append(res.status if res.status != "ok" else "unparseable")
                 self.details.append({"tokens_found": 0, "token_mass": 0.0, "error": res.error or res.status})
                 continue
             value, found, mass = artimuse_expectation(res.parsed)
             scores.append(value)
+            self.statuses.append("ok" if found else "no_answer_token")
             self.details.append({"tokens_found": found, "token_mass": round(mass, 6),
-                                 "error": "" if found else "no answer token among the top log-probabilities"})
+                                 "error": "" if found else NO_ANSWER_TOKEN})
         return np.asarray(scores, dtype=np.float64)
+
+    def probe_problem(self, result) -> str:
+        """The probe's own check: ArtiMuse's answer is one of its score tokens (a server that does
+        not render ArtiMuse's conversation answers with something else)."""
+        if isinstance(result.parsed, dict) and artimuse_expectation(result.parsed)[1]:
+            return ""
+        return (NO_ANSWER_TOKEN + ": the server is not rendering ArtiMuse's conversation template. Start vLLM with "
+                "--chat-template FILE (python -m pixverve artimuse-template) or --trust-request-chat-template")
+
+
+NO_ANSWER_TOKEN = "no ArtiMuse answer token among the top log-probabilities"
 
 
 ARTIMUSE_KEYS = ("backend", "top_logprobs", "upstream", "template", "system_message", "chat_template")
@@ -308,7 +322,9 @@ def build_artimuse(spec: dict) -> ArtiMusePredictor:
         info = PredictorInfo("artimuse", "endpoint", False, spec["model"])
         client = VLMClient(settings)
         client.check_server(key)
-        return ArtiMusePredictor(client, info, top, question)
+        predictor = ArtiMusePredictor(client, info, top, question)
+        client.probe_check = predictor.probe_problem
+        return predictor
     if backend == "tiny":
         import tempfile
 

@@ -8,9 +8,14 @@ OpenAI-compatible chat completions (the ``openai`` package), as vLLM serves them
 * the reply's JSON is taken from ``<json>...</json>`` tags, a fenced code block, or the whole
   text, and validated against the task's JSON schema; ``response_format`` is sent when the config
   says the server supports it;
-* every attempt's raw reply is kept in the result for audit; a reply that stays unparseable or
-  invalid after the retries is a result with ``status`` "unparseable"/"invalid" and the
-  configured policy (keep or drop) -- never silently a pass.
+* every attempt's raw reply is kept in the result for audit; a reply that stays unparseable,
+  invalid, empty or refusal-like after the retries is a result with that ``status``, and
+  ``pixverve.core.health`` decides what it means downstream -- never silently a pass;
+* fail-safe (issue 27): the first request of a client is its probe (sent alone, checked before
+  any other goes out: a misconfigured server stops the job at once with what to change);
+  ``stop_after_consecutive_failures`` rejecting answers in a row stop the job naming the server,
+  model and first error; every ok reply is kept in the job's reply cache (``use_reply_cache``),
+  keyed by the request's fingerprint, so a rerun asks the server only for what failed.
 The API key is read from the environment variable named in config.  It is passed to the client
 and nowhere else: it is not logged, not put in results, not in error messages.
 """
@@ -58,6 +63,10 @@ class VLMSettings:
     # skip_special_tokens, top_k, repetition_penalty, chat_template_kwargs (per step, from config).
     extra_body: dict = field(default_factory=dict)
     invalid_policy: str = "drop"  # what a stage does with an unparseable/invalid reply: keep | drop
+    # this many rejecting answers in a row (the first requests included) stop the job: a broken
+    # server costs seconds, not a shard of timeouts (0: never)
+    stop_after_consecutive_failures: int = 8
+    probe: bool = True  # the first request goes alone and its answer is checked before the rest
 
     @classmethod
     def from_config(cls, cfg: dict) -> "VLMSettings":
@@ -122,6 +131,7 @@ class VLMResult:
     error: str = ""
     seconds: float = 0.0
     request_options: str = ""  # JSON of VLMSettings.request_options() as sent (no key, no messages)
+    cached: bool = False  # an ok answer from the reply cache of an earlier run of this job
 
     def as_row(self) -> dict:
         row = asdict(self)
@@ -171,17 +181,36 @@ def strip_think(text: str) -> str:
     return text
 
 
+# How a chat model declines (checked at the start of a free-text answer only: a caption that
+# mentions "sorry" later is still a caption).
+REFUSAL = re.compile(
+    r"^\W*(?:i['’]?m sorry|i am sorry|sorry\b|i apologi[sz]e|i (?:can ?not|can['’]?t|am unable|['’]?m unable|am not able|"
+    r"won['’]?t be able)|as an ai\b|unfortunately,? i\b|i['’]?m not able)",
+    re.I,
+)
+
+
+def refusal_like(text: str) -> bool:
+    """Whether a free-text answer is the model declining the task rather than doing it."""
+    return bool(REFUSAL.match(text))
+
+
 def parse_reply(text: str, schema: dict | str | None) -> tuple[str, object, str]:
-    """(status, parsed, error) for one raw reply: ok | unparseable | invalid (parsed but off-schema).
+    """(status, parsed, error) for one raw reply: ok | empty | unparseable | invalid (parsed but
+    off-schema) | refusal (a free-text task the model declined).
 
     A thinking model's reasoning (``strip_think``) is removed first.  With ``schema=TEXT`` the
-    reply is prose: ok when non-empty."""
+    reply is prose: ok when non-empty and not a refusal."""
     import jsonschema
 
     text = strip_think(text)
+    if not text.strip():
+        return "empty", None, "empty reply"
     if schema == TEXT:
         prose = text.strip()
-        return ("ok", prose, "") if prose else ("unparseable", None, "empty reply")
+        if refusal_like(prose):
+            return "refusal", None, f"refusal-like reply: {prose[:200]!r}"
+        return "ok", prose, ""
     try:
         parsed = extract_json(text)
     except ValueError as exc:
@@ -216,6 +245,11 @@ class VLMClient:
         # first use inside it, dropped by close(), so run_many can be called again and again.
         self._client = None
         self._semaphore: asyncio.Semaphore | None = None
+        self.cache = ReplyCache(_JOB_CACHE) if _JOB_CACHE else None
+        self.cache_hits = 0
+        self.probe_check = None  # a step's own check of its probe answer: result -> problem text or ""
+        self._probed = False
+        self._failures_in_a_row: list[VLMResult] = []
 
     @property
     def model_name(self) -> str:
@@ -276,6 +310,10 @@ class VLMClient:
         if top_logprobs:
             content = (reply.choices[0].logprobs and reply.choices[0].logprobs.content) or []
             alternatives = content[0].top_logprobs if content else []
+            if not alternatives:  # an empty dict would read as "no answer token", a score of nothing
+                raise _NoLogprobs(
+                    f"the server returned no top_logprobs (asked for {top_logprobs}); vLLM needs --max-logprobs >= {top_logprobs}"
+                )
             return json.dumps({alt.token: alt.logprob for alt in alternatives})
         return reply.choices[0].message.content or ""
 
@@ -291,6 +329,11 @@ class VLMClient:
             self._semaphore = asyncio.Semaphore(self.settings.max_in_flight)
         result = VLMResult(task, request_id, "failed", None)
         result.request_options = json.dumps(self.settings.request_options(top_logprobs, schema), sort_keys=True)
+        key = fingerprint(self.settings.model, messages, result.request_options, schema)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.cache_hits += 1
+            return VLMResult(task, request_id, "ok", hit["parsed"], hit["raw_replies"], hit["attempts"], "", 0.0,
+                             result.request_options, cached=True)
         t0 = time.perf_counter()
         rng = random.Random(request_id)  # jitter, reproducible per request
         async with self._semaphore:
@@ -298,6 +341,9 @@ class VLMClient:
                 result.attempts = attempt + 1
                 try:
                     text = await self._once(messages, schema, top_logprobs)
+                except _NoLogprobs as exc:
+                    result.status, result.error = "no_logprobs", str(exc)
+                    break
                 except _Retryable as exc:
                     result.error = exc.describe()
                     if attempt < self.settings.retries:
@@ -311,7 +357,28 @@ class VLMClient:
                 if result.status == "ok":
                     break
         result.seconds = round(time.perf_counter() - t0, 3)
+        if result.status == "ok" and self.cache is not None:
+            self.cache.put(key, result)
+        self._watch(result)
         return result
+
+    def _watch(self, result: VLMResult) -> None:
+        """The running health gate: ``stop_after_consecutive_failures`` rejecting answers in a row
+        (the first requests of a job included) stop it, naming the server, model and first error."""
+        from pixverve.core.health import StepFailed, rejects
+
+        limit = int(self.settings.stop_after_consecutive_failures or 0)
+        if not rejects(result.status, self.settings.invalid_policy):
+            self._failures_in_a_row = []
+            return
+        self._failures_in_a_row.append(result)
+        if limit and len(self._failures_in_a_row) >= limit:
+            first = self._failures_in_a_row[0]
+            raise StepFailed(
+                f"model server {self.settings.base_url} (model {self.settings.model!r}): {limit} requests in a row failed; "
+                f"first ({first.task}): {first.status}: {first.error[:400]}. Fix the server (see the README's "
+                "troubleshooting of model servers), then rerun: finished answers are kept in the reply cache"
+            )
 
     def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         if retry_after is not None:
@@ -320,15 +387,46 @@ class VLMClient:
         return base * (0.5 + rng.random() / 2)
 
     async def ask_many(self, requests: list[tuple], progress=None) -> list[VLMResult]:
-        """Run (task, request_id, messages, schema[, top_logprobs]) requests concurrently; results in input order."""
+        """Run (task, request_id, messages, schema[, top_logprobs]) requests concurrently; results in input order.
 
-        async def one(req):
-            res = await self.ask(*req)
+        The client's very first request is its probe: sent alone and checked (``probe_problem``)
+        before the others go out.  A health-gate stop cancels the requests still in flight."""
+        from pixverve.core.health import StepFailed
+
+        requests = list(requests)
+        results: list[VLMResult | None] = [None] * len(requests)
+
+        async def one(i, req):
+            results[i] = await self.ask(*req)
             if progress is not None:
                 progress(1)
-            return res
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        start = 0
+        if self.settings.probe and not self._probed and requests:
+            await one(0, requests[0])
+            self._probed = True
+            problem = self.probe_problem(results[0])
+            if problem:
+                raise StepFailed(f"probe of model server {self.settings.base_url} (model {self.settings.model!r}, "
+                                 f"task {results[0].task}): {problem}")
+            start = 1
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in range(start, len(requests)):
+                    group.create_task(one(i, requests[i]))
+        except* StepFailed as stop:
+            raise stop.exceptions[0] from None
+        return results
+
+    def probe_problem(self, result: VLMResult) -> str:
+        """What is wrong with the probe's answer, with what to change, or "" when it is usable.
+        ``self.probe_check(result) -> str`` adds a step's own test (ArtiMuse's answer tokens,
+        Rex-Omni's special tokens)."""
+        from pixverve.core.health import rejects
+
+        if rejects(result.status, self.settings.invalid_policy):
+            return f"{result.status}: {result.error[:400]}" + probe_hint(result, self.settings)
+        return self.probe_check(result) if self.probe_check is not None else ""
 
     def run_many(self, requests, progress=None) -> list[VLMResult]:
         return asyncio.run(self._run_and_close(requests, progress))
@@ -343,6 +441,29 @@ class VLMClient:
         if self._client is not None:
             await self._client.close()
         self._client, self._semaphore = None, None
+
+
+class _NoLogprobs(Exception):
+    """A logprob request answered without log-probabilities (not retried: the server is set up so)."""
+
+
+def probe_hint(result: VLMResult, settings: VLMSettings) -> str:
+    """What to change on the server or in config, for the probe failures we know."""
+    error = result.error.lower()
+    options = json.loads(result.request_options or "{}")
+    if "chat_template" in error or ("chat_template" in options and "400" in error):
+        return (" -- the request carries a chat template (the ArtiMuse setting chat_template: upstream); vLLM >= 0.11 "
+                "refuses that unless started with --trust-request-chat-template. Start it so, or start it with "
+                "--chat-template FILE (`python -m pixverve artimuse-template --upstream CHECKOUT`) and set chat_template: server")
+    if result.status == "no_logprobs":
+        return " -- start vLLM with --max-logprobs at least top_logprobs"
+    if "404" in error or "does not exist" in error:
+        return f" -- is {settings.model!r} the served model name? (GET {settings.base_url.rstrip('/')}/models lists them)"
+    if result.status in ("unparseable", "invalid"):
+        return " -- the model did not answer in the asked JSON: is this the model the step expects? response_format helps"
+    if result.status == "refusal":
+        return " -- the model declined the task: check the model and the prompt"
+    return ""
 
 
 class _Retryable(Exception):
@@ -371,6 +492,49 @@ def _scrub(text: str, client: VLMClient) -> str:
     env = client.settings.api_key_env
     key = os.environ.get(env) if env else None
     return text.replace(key, "***") if key else text
+
+
+# ----------------------------------------------------------------------------- the reply cache
+
+_JOB_CACHE: str | None = None  # the reply cache of the running job (use_reply_cache)
+
+
+def use_reply_cache(path: str | Path | None) -> None:
+    """Every VLM client made after this keeps its ok answers in ``path`` (one JSON line each) and
+    answers a request it has answered before from there: a rerun asks only for what failed."""
+    global _JOB_CACHE
+    _JOB_CACHE = str(path) if path else None
+
+
+def fingerprint(model: str, messages: list[dict], request_options: str, schema) -> str:
+    """The identity of a request: model, messages (images included) and every option sent."""
+    body = json.dumps({"model": model, "messages": messages, "options": request_options, "schema": schema}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class ReplyCache:
+    """Ok answers by request fingerprint, appended as they arrive (a crash loses none)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a crash: that answer is asked again
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, result: VLMResult) -> None:
+        entry = {"key": key, "task": result.task, "parsed": result.parsed, "raw_replies": result.raw_replies, "attempts": result.attempts}
+        self.entries[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
 def step_config(config: dict, overrides: dict | None) -> dict:

@@ -6,6 +6,8 @@ stage 5 and live in ``pixverve.models.aesthetics``; this is the shard loop of ru
 
 from __future__ import annotations
 
+from pixverve.core.health import check_step_health
+from pixverve.core.tables import MODEL_ERROR, MODEL_ERRORS, model_error_text
 from pixverve.models.aesthetics import DECODE_MIN_SIDE, build_predictor
 
 SCORE_CHUNK = 64  # images decoded and scored together
@@ -48,17 +50,49 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
             chunk_rows.append(row)
         decoded = [row for row in chunk_rows if row["passed"]]
         for name, pred in predictors.items():
-            scores = pred.score(chunk_images) if chunk_images else []
-            details = getattr(pred, "details", None) or [{}] * len(decoded)
-            for row, score, extra in zip(decoded, scores, details, strict=True):
+            for row, (score, status, extra) in zip(decoded, _scores_with_status(pred, chunk_images), strict=True):
                 row[f"{name}_score"] = round(float(score), 6)  # byte-stable tables across threads/machines
+                row[f"{name}_status"] = status
                 row.update({f"{name}_{key}": value for key, value in extra.items()})
+                row.setdefault(f"{name}_error", "")
             for row in chunk_rows:
                 row.setdefault(f"{name}_score", float("nan"))
+                row.setdefault(f"{name}_status", "unreadable")
+                row.setdefault(f"{name}_error", row["reason_detail"])
                 row[f"{name}_smoke"] = pred.info.smoke
                 row[f"{name}_backend"] = pred.info.backend
                 row[f"{name}_weights"] = pred.info.weights
         out.extend(chunk_rows)
         bar.update(len(chunk_rows))
     bar.close()
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    fraction = float(config["purify"].get("max_failed_fraction", 0.05))
+    for name, pred in predictors.items():
+        decoded = table[table["passed"]] if len(table) else table
+        if len(decoded):
+            check_step_health(f"purify_aesthetics/{name}", decoded[f"{name}_status"], decoded[f"{name}_error"], fraction,
+                              who=pred.info.weights, config_key="purify.max_failed_fraction")
+    return table
+
+
+def _scores_with_status(pred, rgb_images: list) -> list[tuple[float, str, dict]]:
+    """(score, status, details) per image.  A local model that raises on the batch is run image
+    by image, so one image it cannot take is that image's failure, not the shard's."""
+    if not rgb_images:
+        return []
+    try:
+        scores = pred.score(rgb_images)
+    except MODEL_ERRORS:
+        if len(rgb_images) == 1:
+            raise
+        return [one for im in rgb_images for one in _one_score(pred, im)]
+    statuses = getattr(pred, "statuses", None) or ["ok" if score == score else "not_scored" for score in scores]
+    details = getattr(pred, "details", None) or [{}] * len(rgb_images)
+    return list(zip(scores, statuses, details, strict=True))
+
+
+def _one_score(pred, rgb) -> list[tuple[float, str, dict]]:
+    try:
+        return _scores_with_status(pred, [rgb])
+    except MODEL_ERRORS as exc:
+        return [(float("nan"), MODEL_ERROR, {"error": model_error_text(pred.info.name, exc)})]

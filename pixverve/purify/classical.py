@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pixverve.core.health import MODEL_FAILED, required_steps
+
 from pixverve.core.config import side_scale
 
 LAPLACIAN_KSIZE = 1  # OpenCV's ksize=1 is the 3x3 kernel [[0,1,0],[1,-4,1],[0,1,0]]
@@ -158,16 +160,18 @@ def reference_scores(grey: np.ndarray, params: ClassicalParams) -> ClassicalScor
 def top_fraction(scores: np.ndarray, ids: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
     """Which images rank in the pool's top ``fraction`` by score (ties broken by image_id).
 
-    Exactly ceil(fraction * N) images are kept; returns (kept mask, the lowest kept score).
-    NaN scores (a model that could not score an image) rank last.
+    The pool is the images that have a score: exactly ceil(fraction * N_scored) of them are kept;
+    returns (kept mask, the lowest kept score).  A NaN score (a model that could not score the
+    image) is never "top" and takes no slot: that image's failure is decided on its own.
     """
-    n = len(scores)
+    scored = ~np.isnan(scores)
+    n = int(scored.sum())
+    kept = np.zeros(len(scores), dtype=bool)
     if n == 0:
-        return np.zeros(0, dtype=bool), math.nan
+        return kept, math.nan
     keep_n = math.ceil(fraction * n - 1e-9)
-    key = np.where(np.isnan(scores), -np.inf, scores)
-    order = np.lexsort((ids, -key))  # descending score, then ascending id
-    kept = np.zeros(n, dtype=bool)
+    key = np.where(scored, scores, -np.inf)
+    order = np.lexsort((ids, -key))[:n]  # descending score, then ascending id; the NaNs sort last
     kept[order[:keep_n]] = True
     cutoff = float(key[order[keep_n - 1]]) if keep_n else math.nan
     return kept, cutoff
@@ -297,21 +301,33 @@ def decide(classical, aesthetics, config: dict):
     frac = p["aesthetics"]["keep_top_fraction"]
     score_cols = []
     if aesthetics is not None and len(aesthetics):
-        keep_cols = [c for c in aesthetics.columns if c.endswith("_score") or c.endswith("_smoke") or c == "image_id"]
+        keep_cols = [c for c in aesthetics.columns if c.endswith(("_score", "_smoke", "_status", "_error")) or c == "image_id"]
         df = df.merge(aesthetics[keep_cols], on="image_id", how="left")
         score_cols = [c for c in aesthetics.columns if c.endswith("_score")]
+    required = required_steps(p, [c.removesuffix("_score") for c in score_cols], "purify")
     any_top = np.zeros(len(df), dtype=bool)
+    model_failed = [[] for _ in range(len(df))]  # per image: "predictor: status: error" of each failed required one
     for col in score_cols:
-        kept, cut = top_fraction(df[col].to_numpy(float), ids, frac)
+        name = col.removesuffix("_score")
+        status = df[f"{name}_status"].fillna("not_scored") if f"{name}_status" in df else pd.Series(
+            np.where(df[col].isna(), "not_scored", "ok"), index=df.index)
+        good = (status == "ok").to_numpy() & ~df[col].isna().to_numpy()
+        kept, cut = top_fraction(np.where(good, df[col].to_numpy(float), np.nan), ids, frac)
         df[f"{col}_top"] = kept
         any_top |= kept
+        errors = df[f"{name}_error"].fillna("") if f"{name}_error" in df else pd.Series([""] * len(df), index=df.index)
+        for i in np.flatnonzero(~good & readable.to_numpy()):
+            if name in required:
+                model_failed[i].append(f"{name}: {status.iloc[i]}: {errors.iloc[i]}".rstrip(": "))
         smoke = bool(df.get(col.replace("_score", "_smoke"), pd.Series([False])).any())
-        cutoffs.append(_cut_row("aesthetics", col, cut, frac, len(df), kept.sum(), smoke))
+        cutoffs.append(_cut_row("aesthetics", col, cut, frac, int(good.sum()), kept.sum(), smoke, int((~good).sum())))
     df["aesthetics_ok"] = any_top if score_cols else True
     df["aesthetics_applied"] = bool(score_cols)
+    df["model_ok"] = [not m for m in model_failed]
+    df["model_failures"] = ["; ".join(m) for m in model_failed]
 
     oks = {f: df[f"{f}_ok"].to_numpy(bool) for f in FILTER_ORDER}
-    passed = readable.to_numpy() & np.logical_and.reduce([oks[f] for f in FILTER_ORDER])
+    passed = readable.to_numpy() & df["model_ok"].to_numpy(bool) & np.logical_and.reduce([oks[f] for f in FILTER_ORDER])
     failed_lists = [[f for f in FILTER_ORDER if not oks[f][i]] for i in range(len(df))]
     df["failed_filters"] = [",".join(f) for f in failed_lists]
     reasons, details = [], []
@@ -321,6 +337,10 @@ def decide(classical, aesthetics, config: dict):
             details.append(rec["reason_detail"])
             continue
         fl = failed_lists[i]
+        if rec["model_failures"]:  # a check that did not run decides nothing: the image leaves for that
+            reasons.append(MODEL_FAILED)
+            details.append(f"aesthetic model failed ({rec['model_failures']})")
+            continue
         reasons.append(fl[0] if fl else "")
         text = [_explain(rec, [f for f in fl if f in ("exposure", "sharpness", "flatness")])] if fl else []
         if "entropy" in fl:
@@ -334,7 +354,7 @@ def decide(classical, aesthetics, config: dict):
     return df, pd.DataFrame(cutoffs)
 
 
-def _cut_row(filter_name, score, cutoff, fraction, pool, kept, smoke):
+def _cut_row(filter_name, score, cutoff, fraction, pool, kept, smoke, failed=0):
     return {
         "filter": filter_name,
         "score": score,
@@ -343,4 +363,5 @@ def _cut_row(filter_name, score, cutoff, fraction, pool, kept, smoke):
         "pool_size": int(pool),
         "kept": int(kept),
         "smoke": bool(smoke),
+        "failed": int(failed),  # images the model could not score: outside the pool, rejected on their own
     }
