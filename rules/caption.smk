@@ -171,11 +171,15 @@ rule caption_records:
         upscaled="results/upscale/{shard}.parquet",
         schema=shipped("schemas/annotation.schema.json"),
     output:
-        "results/caption/records/{shard}.jsonl",
+        records="results/caption/records/{shard}.jsonl",
+        rejected="results/caption/records/{shard}.rejected.parquet",
     log:
         "logs/caption_records/{shard}.log",
     conda:
         "../envs/caption.yaml"
+    params:
+        required=config["caption"].get("required_steps", "all"),
+        invalid_policy=config["vlm"].get("invalid_policy", "drop"),
     script:
         "../scripts/caption_records.py"
 
@@ -183,10 +187,12 @@ rule caption_records:
 rule dataset_export:
     input:
         records=all_shards("results/caption/records/{shard}.jsonl"),
+        rejected=all_shards("results/caption/records/{shard}.rejected.parquet"),
         checks=all_shards("results/verify/instances/{shard}.parquet"),
         upscaled=all_shards("results/upscale/{shard}.parquet"),
         ingest="results/summary/ingest.csv",
         purify="results/purify/decisions.parquet",
+        verified="results/verify/verified.parquet",
         verify_counts="results/summary/verify.csv",
         bundles=all_bundles("caption"),
     output:
@@ -209,6 +215,12 @@ rule dataset_export:
         ),
         instance_plot=report(
             "paper_figures/instance_counts.png",
+            caption="../report/dataset.rst",
+            category="Stage 5: dataset",
+        ),
+        rejections=multiext("paper_figures/rejections_by_reason", ".csv", ".md", ".tex"),
+        funnel=report(
+            "paper_figures/funnel.png",
             caption="../report/dataset.rst",
             category="Stage 5: dataset",
         ),

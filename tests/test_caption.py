@@ -88,10 +88,13 @@ def shard(tmp_path, demo_config):
     config["caption"]["boxes"]["backend"] = "rex_omni"
     config["caption"]["masks"].update(backend="box", max_instances=None)
     config["vlm"]["invalid_policy"] = "drop"
+    # these tests look at each image's outcome, below the job's health gates (tests/test_failsafe.py)
+    config["caption"]["max_failed_fraction"] = config["verify"]["max_failed_fraction"] = 1.0
     return {"config": config, "verified": pd.DataFrame(ver_rows), "upscaled": pd.DataFrame(up_rows), "views": tmp_path / "views"}
 
 
 def _client(server, **kw):
+    kw = {"probe": False, "stop_after_consecutive_failures": 0} | kw  # per-image outcomes; the gates: tests/test_failsafe.py
     c = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=1, timeout_s=10, **kw))
     c.smoke = False
     return c
@@ -99,7 +102,8 @@ def _client(server, **kw):
 
 def _step_client(server, config, overrides):
     """A client with a step's ``vlm`` overrides merged in, as scripts/ build it (served_step_judge)."""
-    vlm = vlm_client.step_config(config, overrides)["vlm"] | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 1, "timeout_s": 10}
+    vlm = vlm_client.step_config(config, overrides)["vlm"] | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 1, "timeout_s": 10,
+                                                              "probe": False, "stop_after_consecutive_failures": 0}
     c = VLMClient(VLMSettings.from_config(vlm))
     c.smoke = False
     return c
@@ -163,7 +167,7 @@ def test_the_chain_with_a_well_behaved_vlm(shard):
     # the record of each image validates and carries provenance and every step
     purify = shard["verified"].assign(exposure_share=0.01, laplacian_var=50.0, flat_share=0.2, entropy_bits=7.0, laion_score=5.5)
     verify = shard["verified"].assign(max_seam_ratio=1.1, psnr=33.0, ssim=0.95, lpips=float("nan"))
-    records = dataset.build_records(out | {"purify": purify, "verify": verify, "upscale": shard["upscaled"]})
+    records, rejected = dataset.build_records(out | {"purify": purify, "verify": verify, "upscale": shard["upscaled"]})
     assert len(records) == 2 and not any(r["smoke"] for r in records)
     rec = records[0]
     assert rec["scores"]["lpips"] is None and rec["scores"]["psnr"] == 33.0 and rec["scores"]["artimuse_score"] is None
@@ -432,9 +436,10 @@ def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step
         checks, _ = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
     masks, checks = masks.set_index("image_id"), checks.set_index("image_id")
     assert masks.loc[IDS[0], "status"] == "ok" and masks.loc[IDS[0], "n_instances"] == 1
-    assert masks.loc[IDS[1], "status"] == "model_error" and f"{step}: RuntimeError" in masks.loc[IDS[1], "error"]
+    carried = "tags_model_error" if step == "tagger" else "model_error"  # a tagger failure is carried with its step's name
+    assert masks.loc[IDS[1], "status"] == carried and f"{step}: RuntimeError" in masks.loc[IDS[1], "error"]
     assert checks.loc[IDS[0], "passed"] and not checks.loc[IDS[1], "passed"]
-    assert checks.loc[IDS[1], "reason"] == "model_error" and "size of tensor" in checks.loc[IDS[1], "reason_detail"]
+    assert checks.loc[IDS[1], "reason"] == "model_failed" and "size of tensor" in checks.loc[IDS[1], "reason_detail"]
 
 
 def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_question(shard, tmp_path):

@@ -84,12 +84,13 @@ def _sr_shard(tmp_path, n_planted: int):
     return verified, upscaled
 
 
-def _config(base_url: str, policy: str = "drop") -> dict:
+def _config(base_url: str, policy: str = "drop", gates: bool = True) -> dict:
     return {
         "target_megapixels": 100,
-        "verify": {"regions": {"patch_px": 64, "n_sobel": 6, "n_random": 4, "max_flagged": 1, "prompt": str(PROMPT)}},
+        "verify": {"regions": {"patch_px": 64, "n_sobel": 6, "n_random": 4, "max_flagged": 1, "prompt": str(PROMPT)},
+                   "max_failed_fraction": 0.05 if gates else 1.0},
         "vlm": {"backend": "endpoint", "base_url": base_url, "model": "fake-vlm", "retries": 1, "backoff_s": 0.01,
-                "invalid_policy": policy},
+                "invalid_policy": policy} | ({} if gates else {"probe": False, "stop_after_consecutive_failures": 0}),
     }
 
 
@@ -118,13 +119,27 @@ def test_unparseable_judge_replies_follow_the_policy_never_a_silent_pass(tmp_pat
 
     verified, upscaled = _sr_shard(tmp_path, 0)
     with FakeOpenAI(responder=lambda body: "looks fine to me") as server:
-        config = _config(server.base_url, policy)
+        config = _config(server.base_url, policy, gates=False)  # the per-image policy, below the job's gates
         images, patches = judge_regions_shard(verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None)
     row = images.iloc[0]
     assert row["n_unjudged"] == 10 and row["n_flagged"] == 0 and bool(row["passed"]) is passed
     assert row["reason"] == ("" if passed else "judge_unparseable")
     assert set(patches["status"]) == {"unparseable"} and set(patches["attempts"]) == {2}
     assert not patches["passed"].any()  # an unjudged patch is never recorded as clean
+
+
+def test_a_judge_answering_prose_stops_the_job_at_its_probe(tmp_path):
+    """The paper's policy (drop): the first request is the probe; prose instead of JSON stops the
+    job before any other request goes out, naming the server and what it answered."""
+    from pixverve.core.health import StepFailed
+    from pixverve.models.vlm_local import build_judge
+
+    verified, upscaled = _sr_shard(tmp_path, 0)
+    with FakeOpenAI(responder=lambda body: "looks fine to me") as server:
+        config = _config(server.base_url)
+        with pytest.raises(StepFailed, match=r"probe of model server http://127\.0\.0\.1:\d+/v1 .*unparseable.*JSON"):
+            judge_regions_shard(verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None)
+        assert server.requests == 2  # the probe and its one retry, nothing else
 
 
 def test_tiny_judge_runs_the_transformers_path_and_is_marked_smoke(tmp_path, monkeypatch):

@@ -60,10 +60,38 @@ def _by_id(table) -> dict:
     return {r["image_id"]: r for r in table.to_dict("records")} if len(table) else {}
 
 
-def build_records(inputs: dict) -> list[dict]:
-    """Annotation records of one shard.  ``inputs``: DataFrames keyed tags, boxes, masks,
-    instance_checks, descriptions, aesthetics, captions, index, purify, verify, upscale."""
+# Stage 5's model steps, in the chain's order: name -> what the step status is read from.
+CAPTION_STEPS = ["tags", "prune", "boxes", "masks", "descriptions", "aesthetics", "long_caption", "short_caption"]
+
+
+def step_statuses(iid: str, t: dict, b: dict, m: dict, descriptions: list[dict], a: dict | None, c: dict | None) -> dict:
+    """{step: (status, error)} of one image's stage-5 steps; a step that wrote no row for the
+    image did not run for it (``missing``), which is not a pass."""
+    missing = ("missing", "no row for the image")
+    desc = [d for d in descriptions if d.get("status") != "ok"]
+    return {
+        "tags": (t.get("tags_status", "ok"), t.get("tags_error", "")),
+        "prune": (t.get("prune_status", "off"), t.get("prune_error", "")),
+        "boxes": (b.get("status", "ok"), b.get("error", "")),
+        "masks": (m.get("status", "ok"), m.get("error", "")),
+        "descriptions": (desc[0]["status"], f"{len(desc)} of {len(descriptions)} instances: {desc[0].get('error', '')}") if desc
+        else ("ok" if descriptions else "no_instances", ""),
+        "aesthetics": (a.get("judge_status", "ok"), a.get("judge_error", "")) if a is not None else missing,
+        "long_caption": (c.get("long_status", "ok"), c.get("long_error", "")) if c is not None else missing,
+        "short_caption": (c.get("short_status", "ok"), c.get("short_error", "")) if c is not None else missing,
+    }
+
+
+def build_records(inputs: dict, required=None, invalid_policy: str = "drop") -> tuple[list[dict], pd.DataFrame]:
+    """(annotation records, rejected) of one shard.  ``inputs``: DataFrames keyed tags, boxes,
+    masks, instance_checks, descriptions, aesthetics, captions, index, purify, verify, upscale.
+
+    Only an image whose ``required`` stage-5 steps (default: all, the paper) are ok -- or off /
+    legitimately empty -- becomes a record; the others are rows of ``rejected`` (reason
+    ``model_failed``, the failed steps and their errors in ``reason_detail``)."""
     import jsonschema
+
+    from pixverve.core.health import MODEL_FAILED, rejects
 
     schema = load_schema()
     tags, masks = _by_id(inputs["tags"]), _by_id(inputs["masks"])
@@ -75,11 +103,24 @@ def build_records(inputs: dict) -> list[dict]:
         desc[(r["image_id"], int(r["instance"]))] = r
         if r.get("smoke"):
             smoke_desc.add(r["image_id"])
+    desc_by_image: dict[str, list[dict]] = {}
+    for (iid, _), r in desc.items():
+        desc_by_image.setdefault(iid, []).append(r)
+    required = set(CAPTION_STEPS if required in (None, "all") else required)
     checks = inputs["instance_checks"]
-    records = []
+    records, rejected = [], []
     for check in checks[checks["passed"]].to_dict("records") if len(checks) else []:
         iid = check["image_id"]
         t, m, b, a, c = tags[iid], masks[iid], boxes[iid], aesthetics.get(iid), captions.get(iid)
+        steps = step_statuses(iid, t, b, m, desc_by_image.get(iid, []), a, c)
+        failed = [f"{name}: {status}: {str(error)[:300]}" for name, (status, error) in steps.items()
+                  if name in required and rejects(status, invalid_policy)]
+        if failed:  # a check that did not run is not passed: the image leaves, counted, with why
+            rejected.append({"image_id": iid, "passed": False, "reason": MODEL_FAILED, "reason_detail": "; ".join(failed),
+                             "root": check["root"], "relpath": check["relpath"], "shard": check["shard"],
+                             "failed_steps": ",".join(f.split(":")[0] for f in failed),
+                             "steps": json.dumps({k: v[0] for k, v in steps.items()}, sort_keys=True)})
+            continue
         src, up = index.get(iid, {}), upscale[iid]
         tables = {"purify": purify.get(iid, {}), "verify": verify.get(iid, {})}
         instances = []
@@ -116,8 +157,8 @@ def build_records(inputs: dict) -> list[dict]:
             "mask_grid": mask_grid,
             "instances": instances,
             "aesthetics": analysis,
-            "long_caption": c["long_caption"] if c is not None else None,
-            "short_caption": c["short_caption"] if c is not None else None,
+            "long_caption": c["long_caption"] if c is not None and c.get("long_status", "ok") == "ok" else None,
+            "short_caption": c["short_caption"] if c is not None and c.get("short_status", "ok") == "ok" else None,
             "models": {"tagger": t["tagger_model"], "tag_pruner": t.get("prune_model", ""), "detector": b["detector"],
                        "segmenter": m["segmenter"], "instance_judge": check["judge_model"],
                        "captioner": c["model"] if c is not None else ""},
@@ -128,10 +169,15 @@ def build_records(inputs: dict) -> list[dict]:
                                            "short_caption": c["short_prompt_sha"] if c is not None else ""}.items() if v},
             "smoke": bool(smoke_steps),
             "smoke_steps": smoke_steps,
+            # every model step's status: the stage 2-4 gates it passed, then stage 5's own
+            "steps": {**{f"purify_{k.removesuffix('_status')}": str(v) for k, v in tables["purify"].items() if k.endswith("_status")},
+                      "sr": "ok", "regions": "ok", "instance_check": "ok",
+                      **{name: status for name, (status, _) in steps.items()}},
         }
         jsonschema.validate(record, schema)
         records.append(record)
-    return records
+    columns = ["image_id", "passed", "reason", "reason_detail", "root", "relpath", "shard", "failed_steps", "steps"]
+    return records, pd.DataFrame(rejected, columns=columns)
 
 
 def write_jsonl(records: list[dict], path) -> None:
@@ -191,11 +237,14 @@ def export_dataset(records: list[dict], size: int, seed: int):
 
 
 def data_flow(ingest: pd.DataFrame, purify: pd.DataFrame, upscale: pd.DataFrame, verify_counts: pd.DataFrame,
-              instance_checks: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+              instance_checks: pd.DataFrame, records: list[dict], rejected: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1: images entering and kept at every step, in the pipeline's order.
 
     Stage 2's five filters are applied to the same pool (the candidates are their intersection),
-    so their rows all enter with the pool and may overlap; the ``candidates`` row is the step."""
+    so their rows all enter with the pool and may overlap; the ``candidates`` row is the step.
+    Images a required model step failed on are rows of their own (``model steps ok``): a check
+    that did not run is counted as what it is, not as a filter's verdict."""
+    rejected = rejected if rejected is not None else pd.DataFrame(columns=["image_id"])
     rows = []
     for r in ingest.to_dict("records"):
         rows.append(("1 collection", r["stage"], int(r["entered"]), int(r["passed"]), True))
@@ -203,6 +252,8 @@ def data_flow(ingest: pd.DataFrame, purify: pd.DataFrame, upscale: pd.DataFrame,
     for name in ("exposure", "sharpness", "flatness", "entropy", "aesthetics"):
         failed = int((~purify[f"{name}_ok"].astype(bool)).sum()) if f"{name}_ok" in purify else 0
         rows.append(("2 purification", f"filter: {name}", pool, pool - failed, False))
+    model_failed = int((purify["reason"] == "model_failed").sum()) if "reason" in purify else 0
+    rows.append(("2 purification", "model steps ok (aesthetic predictors)", pool, pool - model_failed, False))
     rows.append(("2 purification", "candidates (all five)", pool, int(purify["passed"].sum()), True))
     sr_ok = int(upscale["passed"].sum()) if len(upscale) else 0
     rows.append(("3 super-resolution", "SR output written", len(upscale), sr_ok, True))
@@ -213,11 +264,53 @@ def data_flow(ingest: pd.DataFrame, purify: pd.DataFrame, upscale: pd.DataFrame,
     n_inst = len(instance_checks)
     rows.append(("4 verification", "instances", n_inst, int(instance_checks["passed"].sum()) if n_inst else 0, True))
     captioned = sum(1 for r in records if r["long_caption"] and r["short_caption"])
+    rows.append(("5 captioning", "model steps ok (required steps)", len(records) + len(rejected), len(records), True))
     rows.append(("5 captioning", "annotation record", len(records), len(records), True))
     rows.append(("5 captioning", "long + short caption", len(records), captioned, True))
     df = pd.DataFrame(rows, columns=["stage", "step", "entering", "kept", "sequential"])
     df["dropped"] = df["entering"] - df["kept"]
     return df[["stage", "step", "entering", "dropped", "kept", "sequential"]]
+
+
+def rejections_by_reason(stages: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """The whole run's rejections, one row per stage and reason (a model step that failed is
+    ``model_failed`` or the judge's own code: ``judge_failed``, ``judge_unparseable``), with the
+    failed step where the table says it (``failed_steps``)."""
+    rows = []
+    for stage, df in stages:
+        if not len(df) or "passed" not in df:
+            continue
+        out = df.loc[~df["passed"].astype(bool)]
+        steps = out["failed_steps"] if "failed_steps" in out else pd.Series([""] * len(out), index=out.index)
+        for (reason, step), n in pd.DataFrame({"reason": out["reason"].fillna(""), "step": steps.fillna("")}).value_counts().items():
+            rows.append({"stage": stage, "reason": reason or "(none)", "failed_steps": step, "images": int(n)})
+    return pd.DataFrame(rows, columns=["stage", "reason", "failed_steps", "images"])
+
+
+def plot_funnel(flow: pd.DataFrame, rejections: pd.DataFrame, smoke: bool, path) -> None:
+    """Left: images kept after each sequential step of Table 1; right: every rejection of the run
+    by stage and reason, model failures in their own colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    note = "  [SMOKE: tiny models, not a result]" if smoke else ""
+    seq = flow[flow["sequential"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(3.6, 0.32 * max(len(seq), len(rejections)) + 1.2)))
+    labels = [f"{st.split(' ', 1)[0]}. {step}" for st, step in zip(seq["stage"], seq["step"], strict=True)]
+    ax1.barh(labels[::-1], seq["kept"].to_numpy()[::-1], color="tab:blue")
+    ax1.set(title=f"images kept after each step{note}", xlabel="images")
+    if len(rejections):
+        names = [f"{s}: {r}" + (f" ({f})" if f else "") for s, r, f in
+                 zip(rejections["stage"], rejections["reason"], rejections["failed_steps"], strict=True)]
+        model = rejections["reason"].isin(["model_failed", "judge_failed", "judge_unparseable"]) | rejections["reason"].str.startswith("sr_")
+        ax2.barh(names[::-1], rejections["images"].to_numpy()[::-1], color=["tab:red" if m else "tab:grey" for m in model[::-1]])
+    ax2.set(title="rejections by stage and reason (red: a model step failed)", xlabel="images")
+    ax2.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def check_data_flow(flow: pd.DataFrame) -> None:

@@ -33,8 +33,9 @@ import numpy as np
 
 from pixverve.core.views import (TiledImage, box_nms, fit_within, highlight, instance_crop, kept_instances, map_box, mask_nms, read_view,
                        rle_decode, rle_encode, tile_regions, view_file, write_view)
+from pixverve.core.health import gate_table, step_ok
 from pixverve.core.tables import MODEL_ERROR, MODEL_ERRORS, chunks, id_columns, model_error_text
-from pixverve.models.vlm import prompt_text
+from pixverve.models.vlm import backend_name, prompt_text
 
 AESTHETIC_DIMENSIONS = [  # the paper's six dimensions (ArtiMuse's), in its order
     ("composition_design", "composition & design"),
@@ -169,7 +170,11 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
         row["tags"] = json.dumps(row["tags"])
         del row["candidates"]
         log(f"{row['relpath']}: {row['n_tags_raw']} tags -> {row['n_tags']} kept ({row['prune_status']})")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    gate_table(table, "caption_tags", "tags_status", "tags_error", config, "caption", backend_name(tagger or vlm_tagger))
+    if pruner is not None:
+        gate_table(table, "caption_tags/prune", "prune_status", "prune_error", config, "caption", backend_name(pruner))
+    return table
 
 
 def _tag_each(tagger, views: list, log) -> list:
@@ -256,8 +261,8 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
             W, H = int(rec["width"]), int(rec["height"])
             row = id_columns(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "request_options": "", "error": "",
                                  "status": "ok" if kept_tags else "no_tags"}
-            if rec.get("tags_status") == MODEL_ERROR:  # no boxes because the tagger failed, not because nothing is there
-                row.update(status=MODEL_ERROR, error=rec["tags_error"])
+            if not step_ok(rec.get("tags_status", "ok")):  # no boxes because the tagger failed, not because nothing is there
+                row.update(status=f"tags_{rec['tags_status']}", error=rec["tags_error"])
             views = []
             if kept_tags:
                 view = read_view(views_dir, rec["image_id"])
@@ -315,7 +320,10 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
             log(f"{row['relpath']}: {len(found)} raw boxes -> {len(boxes)} after NMS over {row['n_views']} views")
         bar.update(len(chunk))
     bar.close()
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    own = table[~table["status"].str.startswith("tags_")] if len(table) else table  # the tagger's failures were gated there
+    gate_table(own, "caption_boxes", "status", "error", config, "caption", backend_name(detector or rex_judge))
+    return table
 
 
 def _merge_boxes(found: list[dict], iou: float, max_boxes: int) -> list[dict]:
@@ -346,8 +354,8 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
         W, H = int(rec["width"]), int(rec["height"])
         instances = []
         status, error = "ok", ""
-        if rec.get("status") == MODEL_ERROR:  # an earlier model failed on this image: carried to the instance check
-            status, error = MODEL_ERROR, rec.get("error", "")
+        if not step_ok(rec.get("status", "ok")):  # an earlier model failed on this image: carried to the instance check
+            status, error = rec["status"], rec.get("error", "")
         masks = None
         if found:
             view = read_view(views_dir, rec["image_id"])
@@ -379,7 +387,11 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
             "status": status, "error": error, "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
         })
         log(f"{rec['relpath']}: {len(instances)} masks -> {n_kept} instances after NMS/area")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if len(table):  # the segmenter's own failures (carried ones were gated where they happened)
+        own = table.assign(status=np.where(table["error"].str.startswith("segmenter"), table["status"], "ok"))
+        gate_table(own, "caption_masks", "status", "error", config, "caption", backend_name(segmenter))
+    return table
 
 
 # ----------------------------------------------------------------------------- 5. descriptions
@@ -429,6 +441,7 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
     if len(table):
         table["importance"] = table["importance"].astype("Int64")
     log(f"{len(recs)} images, {len(table)} instances described, {int((table['status'] != 'ok').sum()) if len(table) else 0} without a valid reply")
+    gate_table(table, "caption_instances", "status", "error", config, "caption", backend_name(judge))
     return table
 
 
@@ -527,6 +540,7 @@ def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, lo
         if len(table):
             table[f"{key}_score"] = table[f"{key}_score"].astype("Int64")
     log(f"aesthetic analysis of {len(table)} images ({backend})")
+    gate_table(table, "caption_aesthetics", "judge_status", "judge_error", config, "caption", backend_name(judge))
     return table
 
 
@@ -592,4 +606,7 @@ def captions_shard(instance_checks, tags, descriptions, aesthetics, index, confi
                 "model": judge.model_name, "long_prompt_sha": long_sha, "short_prompt_sha": short_sha, "smoke": bool(judge.smoke),
             })
     log(f"captions for {len(rows)} images")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    gate_table(table, "caption_text/long", "long_status", "long_error", config, "caption", backend_name(judge))
+    gate_table(table, "caption_text/short", "short_status", "short_error", config, "caption", backend_name(judge))
+    return table

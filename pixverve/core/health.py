@@ -18,8 +18,9 @@ import math
 
 OK = "ok"
 # The step had nothing to do for this image, and that is not a failure: switched off, or the
-# previous step succeeded with an empty answer (no tags means no boxes to look for).
-NOTHING_TO_DO = frozenset({"off", "no_tags", "no_instances"})
+# previous step succeeded with an empty answer (no tags means no boxes to look for), or the image
+# left for another reason before the model was asked (``skipped``: an unreadable file).
+NOTHING_TO_DO = frozenset({"off", "no_tags", "no_instances", "skipped"})
 # A reply that came back but is not in the asked format: vlm.invalid_policy decides (drop | keep).
 FORMAT_FAILURES = frozenset({"unparseable", "invalid"})
 
@@ -48,7 +49,8 @@ def rejects(status, invalid_policy: str = "drop") -> bool:
     merely off-format when the user chose ``vlm.invalid_policy: keep``."""
     if step_ok(status):
         return False
-    return not (invalid_policy == "keep" and str(status).removeprefix("judge_") in FORMAT_FAILURES)
+    status = str(status)  # carried statuses are prefixed by the step they came from: tags_unparseable
+    return not (invalid_policy == "keep" and any(status == f or status.endswith("_" + f) for f in FORMAT_FAILURES))
 
 
 class StepFailed(RuntimeError):
@@ -72,3 +74,17 @@ def check_step_health(step: str, statuses, errors, max_failed_fraction: float, i
             "Fix the model or server, then rerun (`python -m pixverve retry`): finished images are kept."
         )
     return len(failed)
+
+
+def gate_table(table, step: str, status_col: str, error_col: str, config: dict, stage: str, who: str = "") -> int:
+    """:func:`check_step_health` over one column of a step's table, with the stage's
+    ``max_failed_fraction`` and ``vlm.invalid_policy`` from ``config``."""
+    if not len(table) or status_col not in table:
+        return 0
+    fraction = float(config.get(stage, {}).get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION))
+    policy = config.get("vlm", {}).get("invalid_policy", "drop")
+    errors = table[error_col] if error_col in table else [""] * len(table)
+    return check_step_health(step, table[status_col], errors, fraction, policy, who, f"{stage}.max_failed_fraction")
+
+
+DEFAULT_MAX_FAILED_FRACTION = 0.05

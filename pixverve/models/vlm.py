@@ -494,6 +494,14 @@ def _scrub(text: str, client: VLMClient) -> str:
     return text.replace(key, "***") if key else text
 
 
+def backend_name(backend) -> str:
+    """Who answered, for an error message: the server and model of an endpoint client, else the model."""
+    settings = getattr(backend, "settings", None)
+    if settings is not None:
+        return f"model server {settings.base_url} (model {settings.model!r})"
+    return f"model {getattr(backend, 'model_name', type(backend).__name__)!r}"
+
+
 # ----------------------------------------------------------------------------- the reply cache
 
 _JOB_CACHE: str | None = None  # the reply cache of the running job (use_reply_cache)

@@ -286,7 +286,7 @@ STAGE4_CHECKS = [
     ("sr_output", "verify", {"no_sr_output", "unreadable"}),
     ("seam", "verify", {"seam"}),
     ("consistency", "verify", {"consistency"}),
-    ("regions", "regions", {"unreadable", "region_artifacts", "judge_unparseable"}),
+    ("regions", "regions", {"unreadable", "region_artifacts", "judge_unparseable", "judge_failed"}),
 ]
 
 

@@ -74,13 +74,23 @@ def choose_patches(variances: np.ndarray, image_id: str, n_sobel: int, n_random:
     return [(i, "sobel") for i in top] + [(int(i), "random") for i in drawn]
 
 
-def judged_outcome(row: dict, n_judged: int, code: str, what: str, policy: str) -> dict:
+def judged_outcome(row: dict, n_judged: int, code: str, what: str, policy: str, failures: list[tuple[str, str]] = ()) -> dict:
     """An image's verdict from its judged items (patches, instance crops): too many flagged is
-    ``code``; items without a valid reply reject it under ``vlm.invalid_policy: drop``."""
+    ``code``; an item the judge failed on (HTTP error, timeout, empty or refusal-like answer)
+    rejects it as ``judge_failed`` -- a check that did not run is never a pass -- and one without
+    a valid JSON answer as ``judge_unparseable`` under ``vlm.invalid_policy: drop``.
+    ``failures``: (status, error) of every item without an ok answer."""
+    from pixverve.core.health import FORMAT_FAILURES
     from pixverve.core.tables import fail, ok
 
+    hard = [(s, e) for s, e in failures if s not in FORMAT_FAILURES]
+    row["n_failed"] = len(hard)
+    row["judge_status"] = (hard or failures or [("ok", "")])[0][0]
+    row["judge_error"] = (hard or failures or [("ok", "")])[0][1][:500]
     if row["n_flagged"] > row["max_flagged"]:
         return fail(row, code, f"{row['n_flagged']} of {n_judged} {what} flagged (max {row['max_flagged']})")
+    if hard:
+        return fail(row, "judge_failed", f"the judge failed on {len(hard)} of {n_judged} {what}; first: {hard[0][0]}: {hard[0][1][:300]}")
     if row["n_unjudged"] and policy == "drop":
         return fail(row, "judge_unparseable", f"{row['n_unjudged']} of {n_judged} {what} got no valid reply (vlm.invalid_policy: drop)")
     return ok(row)
@@ -98,8 +108,9 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
     from tqdm import tqdm
 
     from pixverve.core.config import side_scale
+    from pixverve.core.health import gate_table
     from pixverve.core.tables import fail
-    from pixverve.models.vlm import prompt_text, user_message
+    from pixverve.models.vlm import backend_name, prompt_text, user_message
 
     r = config["verify"]["regions"]
     patch = max(1, round(int(r["patch_px"]) * side_scale(config)))
@@ -109,7 +120,7 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
     sr_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
 
     survivors = verified[verified["passed"]] if len(verified) else verified
-    patch_rows, image_rows = [], {}
+    patch_rows, image_rows, failures = [], {}, {}
     recs = survivors.to_dict("records")
     bar = tqdm(total=len(recs), desc="judge regions", unit="img", mininterval=2)
     # A few images at a time: their patches are encoded for the judge together (many requests in
@@ -127,6 +138,9 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
                 "n_judged": 0,
                 "n_flagged": 0,
                 "n_unjudged": 0,
+                "n_failed": 0,
+                "judge_status": "skipped",
+                "judge_error": "",
                 "max_flagged": max_flagged,
                 "invalid_policy": policy,
                 "judge_backend": config["vlm"].get("backend", "endpoint"),
@@ -183,6 +197,8 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
             irow["n_judged"] += 1
             irow["n_flagged"] += int(flagged)
             irow["n_unjudged"] += int(res.status != "ok")
+            if res.status != "ok":
+                failures.setdefault(prow["image_id"], []).append((res.status, res.error))
         patch_rows.extend(chunk_rows)
         bar.update(len(recs[start : start + IMAGES_PER_BATCH]))
     bar.close()
@@ -192,8 +208,9 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
         if "passed" in row:  # already decided (unreadable)
             images.append(row)
         else:
-            images.append(judged_outcome(row, row["n_judged"], "region_artifacts", "patches", policy))
+            images.append(judged_outcome(row, row["n_judged"], "region_artifacts", "patches", policy, failures.get(row["image_id"], [])))
         log(f"{row['relpath']}: {row['n_flagged']}/{row['n_judged']} flagged, {row['n_unjudged']} unjudged -> {images[-1]['reason'] or 'ok'}")
+    gate_table(pd.DataFrame(images), "verify_regions", "judge_status", "judge_error", config, "verify", backend_name(judge))
     columns = ["image_id", "shard", "patch_index", "x", "y", "w", "h", "sobel_var", "picked", "status", "flagged",
                "judge_reason", "parsed", "raw_replies", "request_options", "attempts", "error", "smoke", "passed", "reason", "reason_detail"]
     return pd.DataFrame(images), pd.DataFrame(patch_rows, columns=columns)
