@@ -8,6 +8,17 @@ benchmarks.  The last text part of the user message picks the behaviour: ``scena
   fail:N:CODE   the first N calls with this exact text answer HTTP CODE (429 with Retry-After)
   slow:S        sleep S seconds before answering
 A ``responder(body) -> str | None`` may answer instead (e.g. judge the image it was sent).
+A ``fault`` (attribute, may be changed while the server runs: "the server is fixed") breaks every
+chat request the way a broken vLLM does, or only those for which ``fault_when(body)`` is true:
+  refuse        HTTP 400 with vLLM's error body (what it answers to a bad request)
+  5xx           HTTP 500
+  timeout       sleeps ``fault_sleep_s`` (longer than the client's timeout) before answering
+  prose         200, an apology and no JSON
+  empty         200, empty content
+  no_logprobs   200, a logprob request answered without log-probabilities
+  strip         200, special tokens stripped even when the request asks to keep them
+``trust_request_chat_template=False`` refuses a request carrying ``chat_template`` with HTTP 400,
+as vLLM >= 0.11 does unless started with --trust-request-chat-template.
 Every reply waits ``latency`` seconds first.  The server records the Authorization headers it saw,
 every request body (``bodies``) and the largest number of requests it was answering at once.
 Special tokens (``<|...|>``, Qwen-style) are removed from a text answer unless the request sets
@@ -62,8 +73,11 @@ def vllm_request_error(body: dict) -> str | None:
 
 
 class FakeOpenAI(LocalServer):
-    def __init__(self, latency: float = 0.0, retry_after: float = 0.2, responder=None, port: int = 0, models=("fake-vlm",)):
+    def __init__(self, latency: float = 0.0, retry_after: float = 0.2, responder=None, port: int = 0, models=("fake-vlm",),
+                 fault: str | None = None, fault_when=None, trust_request_chat_template: bool = True):
         self.latency, self.retry_after, self.responder, self.models = latency, retry_after, responder, list(models)
+        self.fault, self.fault_when, self.fault_sleep_s = fault, fault_when, 2.0
+        self.trust_request_chat_template = trust_request_chat_template
         self.auth_headers: list[str] = []
         self.bodies: list[dict] = []
         self.calls: dict[str, int] = {}
@@ -119,8 +133,17 @@ class FakeOpenAI(LocalServer):
 
     def _answer(self, handler, body):
         error = vllm_request_error(body)
+        if error is None and body.get("chat_template") is not None and not self.trust_request_chat_template:
+            error = "Chat template is passed with request, but --trust-request-chat-template is not set. Refused request with untrusted chat template."
         if error:
             return handler._send(400, {"object": "error", "message": error, "type": "BadRequestError", "code": 400})
+        fault = self.fault if self.fault and (self.fault_when is None or self.fault_when(body)) else None
+        if fault == "refuse":
+            return handler._send(400, {"object": "error", "message": "scripted refusal: bad request", "type": "BadRequestError", "code": 400})
+        if fault == "5xx":
+            return handler._send(500, {"object": "error", "message": "scripted server error", "type": "InternalServerError", "code": 500})
+        if fault == "timeout":
+            time.sleep(self.fault_sleep_s)
         text = ""
         for msg in body.get("messages", []):
             content = msg.get("content")
@@ -144,6 +167,10 @@ class FakeOpenAI(LocalServer):
             time.sleep(float(args))
             name = "ok"
         answer = self.responder(body) if self.responder is not None else None
+        if fault in ("prose", "empty"):
+            answer = "I am sorry, I can't evaluate this image right now." if fault == "prose" else ""
+        if fault == "no_logprobs" and isinstance(answer, dict):
+            answer = {k: v for k, v in answer.items() if k != "logprobs"}
         if isinstance(answer, dict):  # a whole choice (e.g. with logprobs)
             return handler._send(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
                                        "model": body.get("model", "fake-vlm"),
@@ -154,7 +181,7 @@ class FakeOpenAI(LocalServer):
             "garbage": "I looked at the image and it seems fine to me.",
             "schema": json.dumps({"flagged": "maybe"}),
         }.get(name, f"<json>{json.dumps(OK_JSON)}</json>")
-        if body.get("skip_special_tokens", True) is not False:
+        if body.get("skip_special_tokens", True) is not False or fault == "strip":
             content = SPECIAL_TOKEN.sub("", content)
         handler._send(
             200,

@@ -523,3 +523,81 @@ def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_do
     finally:  # the stand-in must not outlive this test
         for name in [m for m in sys.modules if m == "ram" or m.startswith("ram.")]:
             sys.modules.pop(name)
+
+
+# ----------------------------------------------------------------------------- fail-safe (issue 27)
+
+
+def _records(shard, out, **kw):
+    purify = shard["verified"].assign(exposure_share=0.01, laplacian_var=50.0, flat_share=0.2, entropy_bits=7.0, laion_score=5.5,
+                                      laion_status="ok")
+    verify = shard["verified"].assign(max_seam_ratio=1.1, psnr=33.0, ssim=0.95, lpips=float("nan"))
+    return dataset.build_records(out | {"purify": purify, "verify": verify, "upscale": shard["upscaled"]}, **kw)
+
+
+@pytest.mark.parametrize("override, step, status", [
+    ({"long": "I am sorry, I can't evaluate this image right now."}, "long_caption", "refusal"),
+    ({"long": ""}, "long_caption", "empty"),
+    ({"aesthetics": "The image is nice."}, "aesthetics", "unparseable"),
+    ({"describe": "A cat."}, "descriptions", "unparseable"),
+])
+def test_a_failed_stage5_step_keeps_the_image_out_of_the_dataset_counted(shard, override, step, status):
+    """The issue's runs: prose instead of JSON, a refusal as the long caption -- 9 of 9 records
+    before.  Now no record; the rejected table and Table 1 say which step and why."""
+    out = _run_chain(shard, Scripted(**override))
+    records, rejected = _records(shard, out)
+    assert records == [] and len(rejected) == 2 and set(rejected["reason"]) == {"model_failed"}
+    # the step itself first (a failed long caption also leaves no short one: carried, listed after it)
+    assert {f.split(",")[0] for f in rejected["failed_steps"]} == {step} and f"{step}: {status}" in rejected["reason_detail"].iloc[0]
+    assert json.loads(rejected["steps"].iloc[0])[step] == status
+    flow = dataset.data_flow(pd.DataFrame([{"stage": "index", "entered": 2, "passed": 2}]),
+                             shard["verified"].assign(reason="", **{f"{f}_ok": True for f in ("exposure", "sharpness", "flatness",
+                                                                                              "entropy", "aesthetics")}),
+                             shard["upscaled"].assign(passed=True), pd.DataFrame([{"check": "regions", "entering": 2, "kept": 2}]),
+                             out["instance_checks"], records, rejected)
+    row = flow.set_index("step").loc["model steps ok (required steps)"]
+    assert (row["entering"], row["kept"], row["dropped"]) == (2, 0, 2)
+    dataset.check_data_flow(flow)
+    kept, _ = _records(shard, out, required=[s for s in dataset.CAPTION_STEPS if s not in (step, "short_caption")])
+    assert len(kept) == 2 and kept[0]["steps"][step] == status  # a documented opt-out keeps it, its status on record
+    if step == "long_caption":
+        assert kept[0]["long_caption"] is None  # a failed caption is not a caption
+        meta, train, bench = dataset.export_dataset(kept, 1, 0)
+        assert train == [] and bench == [] and set(meta["split"]) == {"uncaptioned"}
+
+
+def test_the_record_carries_every_steps_status(shard):
+    records, rejected = _records(shard, _run_chain(shard, Scripted()))
+    assert len(rejected) == 0
+    assert records[0]["steps"] == {"purify_laion": "ok", "sr": "ok", "regions": "ok", "instance_check": "ok", "tags": "ok",
+                                   "prune": "ok", "boxes": "ok", "masks": "ok", "descriptions": "ok", "aesthetics": "ok",
+                                   "long_caption": "ok", "short_caption": "ok"}
+
+
+@pytest.mark.parametrize("override", [{"tags": "I cannot list tags."}, {"rex": "<|object_ref_start|>cat<|object_ref_end|>"}])
+def test_a_failed_tagger_or_detector_is_not_zero_instances(shard, override):
+    """Tagger prose or a Rex-Omni answer without boxes: before, the instance check passed the image
+    with 0 instances.  Now the tagger's failure is carried to the check and rejects the image."""
+    out = _run_chain(shard, Scripted(**override))
+    checks = out["instance_checks"].set_index("image_id")
+    if "tags" in override:
+        assert (out["masks"]["status"] == "tags_unparseable").all()
+        assert (checks["reason"] == "model_failed").all() and not checks["passed"].any()
+    else:  # markers without coordinates: a legitimate "no box" answer -- the image goes on, with 0 instances, status ok
+        assert (out["boxes"]["status"] == "ok").all() and checks["passed"].all()
+
+
+def test_rex_omni_stripped_special_tokens_stop_the_job_at_its_probe(shard):
+    """A server that strips special tokens although the request keeps them: coordinates without
+    markers.  The probe stops the job and says which option to set."""
+    from pixverve.core.health import StepFailed
+
+    cfg, views = shard["config"], shard["views"]
+    with FakeOpenAI(responder=Scripted(), fault="strip", fault_when=lambda body: "Detect " in _text(body)) as server:
+        judge = _client(server)
+        tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
+        rex_vlm = vlm_client.step_config(cfg, cfg["caption"]["boxes"]["rex_omni"]["vlm"])["vlm"]
+        rex = VLMClient(VLMSettings.from_config(rex_vlm | {"base_url": server.base_url, "retries": 0}))
+        rex.smoke = False
+        with pytest.raises(StepFailed, match=r"probe of model server .*Rex-Omni.*skip_special_tokens: false"):
+            caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, rex, log=lambda *_: None)

@@ -249,6 +249,8 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
     rex_prompt, rex_sha = prompt_text(spec["rex_omni"]["prompt"])
     rex_system = spec["rex_omni"].get("system_prompt")  # upstream's wrapper sends one; none: the server's template default
     out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
+    if rex_judge is not None and hasattr(rex_judge, "probe_check"):  # the probe's own test: special tokens survive
+        rex_judge.probe_check = lambda res: rex_reply_problem(res.parsed if isinstance(res.parsed, str) else "")
     smoke = bool(getattr(detector, "smoke", False) or getattr(rex_judge, "smoke", False))
     model = detector.model_name if detector is not None else rex_judge.model_name
     recs = tags.to_dict("records")
@@ -463,7 +465,12 @@ def aesthetics_vlm_overrides(config: dict) -> dict:
     if spec.get("backend", "rubric") == "artimuse":
         from pixverve.models.aesthetics import artimuse_request_setup
 
-        _, extra = artimuse_request_setup(spec.get("artimuse") or {}, "caption.aesthetics.artimuse")
+        from pixverve.models.artimuse_upstream import stop_strings
+
+        upstream, extra = artimuse_request_setup(spec.get("artimuse") or {}, "caption.aesthetics.artimuse")
+        # upstream's analysis stops at the template's separator (<|im_end|>): without it a server
+        # that does not end there writes up to 8192 tokens past the answer
+        extra = {"stop": stop_strings(upstream["conversation"])} | extra
         overrides["extra_body"] = dict(overrides.get("extra_body") or {}) | extra
         for key, value in ARTIMUSE_ANALYSIS_DECODING.items():
             overrides.setdefault(key, value)

@@ -101,3 +101,35 @@ def chat_template(conv: dict, system_message: str | None) -> str:
     return (head + "{% for m in messages %}{% if m['role'] == 'user' %}" + u + "{{ m['content'] }}" + sep
             + "{% elif m['role'] == 'assistant' %}" + a + "{{ m['content'] }}" + sep + "{% endif %}{% endfor %}"
             + "{% if add_generation_prompt %}" + a + "{% endif %}")
+
+
+def stop_strings(conv: dict) -> list[str]:
+    """Where upstream stops generating: its chat sets ``eos_token_id`` to the template's separator
+    token (``<|im_end|>`` for internvl2_5), so a request must stop there too."""
+    sep = str(conv.get("sep", "")).strip()
+    return [sep] if sep else []
+
+
+def main(argv: list[str]) -> int:
+    """``python -m pixverve artimuse-template --upstream CHECKOUT [--template NAME] [--out FILE]``:
+    ArtiMuse's chat template as a file for ``vllm serve --chat-template FILE``; then set the
+    step's ``chat_template: server`` and vLLM needs no ``--trust-request-chat-template``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m pixverve artimuse-template", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True, help="your ArtiMuse checkout (thunderbolt215/ArtiMuse)")
+    parser.add_argument("--template", default="internvl2_5", help="the checkpoint's config.json 'template' (default internvl2_5)")
+    parser.add_argument("--system-message", default=None, help="replace the template's system message (default: upstream's)")
+    parser.add_argument("--out", default=None, help="write here (default: stdout)")
+    args = parser.parse_args(argv)
+    try:
+        text = chat_template(conversation(args.upstream, args.template, "--upstream"), args.system_message)
+    except UpstreamUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0

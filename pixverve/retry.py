@@ -1,0 +1,138 @@
+"""``python -m pixverve retry``: after a model server is fixed, redo exactly the images it failed.
+
+1. Every per-shard table of a model step (``STEP_TABLES``) is read; a shard whose table has an
+   image with a failed status (``pixverve.core.health.rejects``) is to be retried, and those
+   images are counted per step.
+2. Those tables (and their sibling outputs) are moved aside (``*.before-retry``), so Snakemake
+   sees the jobs as not done.  A job that stopped at its health gate wrote no table: Snakemake
+   reruns it anyway.
+3. Snakemake runs (the arguments after ``--`` are passed on).  Each retried job answers the
+   requests that were ok before from its reply cache (``results/cache/replies/``): only the
+   failed ones reach the server.  Stages after it rerun on the recovered images by Snakemake's
+   own rules (a newer input).
+4. The report: per step, images retried and recovered, read from the new tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixverve.core.health import rejects
+
+
+@dataclass(frozen=True)
+class StepTable:
+    step: str
+    folder: str  # under results/
+    status_columns: tuple[str, ...]
+    siblings: tuple[str, ...] = ()  # other outputs of the same job (folders under results/), moved with it
+
+
+STEP_TABLES = [
+    StepTable("purify_aesthetics", "purify/aesthetics", ("laion_status", "artimuse_status")),
+    StepTable("verify_regions", "verify/regions", ("judge_status",), ("verify/patches",)),
+    StepTable("caption_tags", "caption/tags", ("tags_status", "prune_status")),
+    StepTable("caption_boxes", "caption/boxes", ("status",)),
+    StepTable("caption_masks", "caption/masks", ("status",)),
+    StepTable("verify_instances", "verify/instances", ("judge_status",), ("verify/instance_crops",)),
+    StepTable("caption_instances", "caption/instances", ("status",)),
+    StepTable("caption_aesthetics", "caption/aesthetics", ("judge_status",)),
+    StepTable("caption_text", "caption/captions", ("long_status", "short_status")),
+]
+BEFORE = ".before-retry"
+
+
+def failed_images(table, step: StepTable, policy: str) -> set[str]:
+    """The image ids of a step table that a failed status keeps out.  A status carried from an
+    earlier step (``tags_...``) is that step's to retry, not this one's."""
+    out = set()
+    for column in step.status_columns:
+        if column not in table:
+            continue
+        for iid, status in zip(table["image_id"], table[column].fillna("missing"), strict=True):
+            if not str(status).startswith("tags_") and rejects(status, policy):
+                out.add(iid)
+    return out
+
+
+def scan(results: Path, policy: str) -> dict[str, dict[Path, set[str]]]:
+    """{step: {shard table: failed image ids}} for every shard table with a failure."""
+    from pixverve.core.tables import read_table
+
+    found: dict[str, dict[Path, set[str]]] = {}
+    for step in STEP_TABLES:
+        for path in sorted((results / step.folder).glob("*.parquet")):
+            bad = failed_images(read_table(path), step, policy)
+            if bad:
+                found.setdefault(step.step, {})[path] = bad
+    return found
+
+
+def move_aside(results: Path, found: dict) -> list[Path]:
+    """Move the failed shards' outputs aside (kept for the report and for a look by hand)."""
+    moved = []
+    steps = {s.step: s for s in STEP_TABLES}
+    for name, tables in found.items():
+        for path in tables:
+            for folder in (steps[name].folder, *steps[name].siblings):
+                src = results / folder / path.name
+                if src.exists():
+                    dst = src.with_name(src.name + BEFORE)
+                    if dst.exists():
+                        dst.unlink()
+                    shutil.move(src, dst)
+                    moved.append(dst)
+    return moved
+
+
+def recovered(results: Path, found: dict, policy: str) -> dict[str, tuple[int, int]]:
+    """{step: (retried, recovered)}: recovered = retried images whose new row is ok."""
+    from pixverve.core.tables import read_table
+
+    steps = {s.step: s for s in STEP_TABLES}
+    report = {}
+    for name, tables in found.items():
+        retried = sum(len(ids) for ids in tables.values())
+        fixed = 0
+        for path, ids in tables.items():
+            if path.exists():
+                table = read_table(path)
+                still = failed_images(table, steps[name], policy)
+                fixed += len([i for i in ids if i in set(table["image_id"]) and i not in still])
+        report[name] = (retried, fixed)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pixverve retry", description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", help="the workflow's results folder (default: results)")
+    parser.add_argument("--invalid-policy", default="drop", choices=["drop", "keep"], help="vlm.invalid_policy of the run")
+    parser.add_argument("--dry-run", action="store_true", help="only report what would be retried")
+    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: the snakemake command line (default: snakemake --cores all)")
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    found = scan(results, args.invalid_policy)
+    for name, tables in found.items():
+        print(f"{name}: {sum(len(v) for v in tables.values())} failed images in {len(tables)} shards")
+    if not found:
+        print("no failed images in the step tables; running snakemake for any job that stopped")
+    if args.dry_run:
+        return 0
+    move_aside(results, found)
+    command = [a for a in args.snakemake_args if a != "--"] or ["snakemake", "--cores", "all"]
+    code = subprocess.call(command)  # noqa: S603 (the user's own command line)
+    report = recovered(results, found, args.invalid_policy)
+    print(json.dumps({"retried": {k: v[0] for k, v in report.items()}, "recovered": {k: v[1] for k, v in report.items()}}, indent=1))
+    for name, (retried, fixed) in report.items():
+        print(f"{name}: retried {retried}, recovered {fixed}, still failed {retried - fixed}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
