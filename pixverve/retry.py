@@ -35,6 +35,7 @@ class StepTable:
 
 
 STEP_TABLES = [
+    StepTable("upscale", "upscale", ("reason",)),  # SR: a failed row's reason is an sr_* code
     StepTable("purify_aesthetics", "purify/aesthetics", ("laion_status", "artimuse_status")),
     StepTable("verify_regions", "verify/regions", ("judge_status",), ("verify/patches",)),
     StepTable("caption_tags", "caption/tags", ("tags_status", "prune_status")),
@@ -56,7 +57,10 @@ def failed_images(table, step: StepTable, policy: str) -> set[str]:
         if column not in table:
             continue
         for iid, status in zip(table["image_id"], table[column].fillna("missing"), strict=True):
-            if not str(status).startswith("tags_") and rejects(status, policy):
+            if column == "reason":  # the SR table: only the model's own failures, not an unreadable source
+                if str(status).startswith("sr_"):
+                    out.add(iid)
+            elif not str(status).startswith("tags_") and rejects(status, policy):
                 out.add(iid)
     return out
 

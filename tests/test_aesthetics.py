@@ -261,3 +261,47 @@ def test_artimuse_tiny_backend_scores_through_a_real_model_forward(monkeypatch):
     assert all(d["tokens_found"] == 101 for d in pred.details)  # the whole distribution: exact
     assert pred.score(images) == pytest.approx(scores)  # deterministic
     assert scores[0] != pytest.approx(scores[1])  # the image reaches the model
+
+
+@pytest.mark.parametrize("fault, trust, expect", [
+    ("no_logprobs", True, r"no_logprobs: the server returned no top_logprobs.*--max-logprobs"),
+    (None, False, r"failed: .*400.*--trust-request-chat-template"),  # vLLM >= 0.11 refusing the request's template
+])
+def test_a_misconfigured_artimuse_server_stops_at_the_probe_with_the_fix(artimuse_checkout, fault, trust, expect):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_openai import FakeOpenAI
+
+    from pixverve.core.health import StepFailed
+    from pixverve.models.aesthetics import build_predictor
+
+    with FakeOpenAI(responder=_artimuse_server, fault=fault, trust_request_chat_template=trust) as server:
+        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
+                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
+        with pytest.raises(StepFailed, match=expect):
+            build_predictor("artimuse", spec).score([np.full((64, 64, 3), v, np.uint8) for v in (20, 220, 30)])
+        assert server.requests == 1
+
+
+def test_artimuse_failures_are_statuses_never_scores(artimuse_checkout):
+    """Refused on the dark images only (after a good probe): those have NaN and status failed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_openai import FakeOpenAI
+
+    from pixverve.models.aesthetics import build_predictor
+    from pixverve.purify.aesthetics import _scores_with_status
+
+    def dark(body):
+        import base64
+        import io
+
+        from PIL import Image
+
+        url = body["messages"][-1]["content"][0]["image_url"]["url"]
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+            return np.asarray(im).mean() < 128
+
+    with FakeOpenAI(responder=_artimuse_server, fault="refuse", fault_when=dark) as server:
+        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
+                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
+        out = _scores_with_status(build_predictor("artimuse", spec), [np.full((64, 64, 3), v, np.uint8) for v in (220, 20, 230)])
+    assert [s for _, s, _ in out] == ["ok", "failed", "ok"] and np.isnan(out[1][0]) and "400" in out[1][2]["error"]

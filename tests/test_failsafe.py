@@ -195,3 +195,13 @@ def test_retry_dry_run_changes_nothing(tmp_path):
                          text=True, cwd=Path(__file__).parents[1], check=True).stdout
     assert "caption_aesthetics: 1 failed images in 1 shards" in out
     assert (results / "caption/aesthetics/s00001.parquet").exists()
+
+
+def test_retry_finds_failed_super_resolution_but_not_an_unreadable_source(tmp_path):
+    from pixverve.retry import STEP_TABLES, scan
+
+    path = tmp_path / "results/upscale/s00000.parquet"
+    write_table(pd.DataFrame({"image_id": ["a", "b", "c"], "passed": [True, False, False], "reason": ["", "sr_wrong_size", "not_an_image"],
+                              "reason_detail": ["", "4000x3000 expected, got 3000x4000", "unreadable"]}), path)
+    assert scan(tmp_path / "results", "drop") == {"upscale": {path: {"b"}}}
+    assert STEP_TABLES[0].step == "upscale"

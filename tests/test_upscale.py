@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -252,11 +253,13 @@ def test_command_backend_and_a_failing_image(tmp_path):
     )
     template = f"{sys.executable} {tool} --input {{input}} --output {{output}} --scale {{scale}} --prompt {{prompt}}"
     rows = _rows(tmp_path, [(2, "x2"), (4, "x4")])
+    _exif_png(tmp_path / "src" / "0.png", 6)  # displayed 90 wide, 120 high: the program must get it so
     (tmp_path / "src" / "1.png").write_bytes(b"broken")  # the second image cannot be read
     table, _ = upscale_shard(rows, _config(tmp_path, "command", template), tmp_path / "out", log=lambda *_: None)
     ok = table.iloc[0]
-    assert ok["passed"] and ok["backend"] == "command" and ok["prompt"] == "sharp" and ok["out_width"] == 240
-    assert not table.iloc[1]["passed"] and table.iloc[1]["reason"] == "sr_failed"
+    assert ok["passed"] and ok["backend"] == "command" and ok["prompt"] == "sharp" and (ok["out_width"], ok["out_height"]) == (180, 240)
+    assert not table.iloc[1]["passed"] and table.iloc[1]["reason"] == "not_an_image"  # the project's reader said so
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{0:016x}.tif"]  # no input or raw output left
 
 
 def test_real_esrgan_through_the_engine_shows_no_seams(realesrgan_weights):
@@ -281,38 +284,185 @@ def test_a_missing_sr_program_stops_the_job(tmp_path):
         upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
 
 
-def test_batch_command_runs_once_per_shard_and_checks_every_output(tmp_path):
-    """One process gets every image's job (ODTSR loads once); an image it could not do is that
-    image's row; a rerun finds the outputs and starts no process."""
-    tool = tmp_path / "batch_tool.py"
-    tool.write_text(
-        "import json, sys\nfrom PIL import Image\n"
-        f"open({str(tmp_path / 'starts.txt')!r}, 'a').write('x')\n"
-        "spec = json.load(open(sys.argv[1]))\n"
-        "assert spec['options'] == {'tile': 32, 'color_fix': 'wavelet'}\n"
-        "bad = 0\n"
-        "for job in spec['jobs']:\n"
-        "    assert job['prompt'] == 'sharp'\n"
-        "    try:\n"
-        "        im = Image.open(job['input']); s = job['scale']\n"
-        "        im.resize((im.width * s, im.height * s)).save(job['output'], format='TIFF')\n"
-        "    except Exception as exc:\n"
-        "        bad += 1; print('failed', job['input'], exc, file=sys.stderr)\n"
-        "sys.exit(1 if bad else 0)\n"
-    )
-    rows = _rows(tmp_path, [(2, "x2"), (4, "x4"), (1, "native"), (4, "x4")])
-    (tmp_path / "src" / "1.png").write_bytes(b"broken")
+def _exif_png(path, orientation, size=(120, 90)):
+    """An asymmetric PNG stored ``size`` (w, h) with an EXIF orientation; returns the stored pixels."""
+    from PIL import Image
+
+    stored = np.random.default_rng(4).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[274] = orientation
+    Image.fromarray(stored).save(path, exif=exif)
+    return stored
+
+
+# A stand-in for odtsr_run.py's protocol without a model: options in the {jobs} file, one JSON job
+# per stdin line, one answer line per job on stdout.  It reads the input with plain Pillow (no
+# EXIF, RGB as stored: the input must be prepared), upscales by nearest neighbour, and before each
+# answer records what scratch holds.  Options pick misbehaviours per image id.
+FAKE_RUNNER = """
+import json, os, sys
+from pathlib import Path
+from PIL import Image
+opts = json.load(open(sys.argv[1]))["options"]
+open(opts["starts"], "a").write("x")
+open(opts["pid"], "w").write(str(os.getpid()))
+print("loading the model ...", flush=True)  # chatter on stdout is not an answer
+print("some warning", file=sys.stderr)
+for line in sys.stdin:
+    job = json.loads(line)
+    iid, folder = job["image_id"], Path(job["output"]).parent
+    if iid in opts.get("crash", []) and not os.path.exists(opts["crash_marker"]):
+        open(opts["crash_marker"], "w").write("x")
+        print("CUDA error: an illegal memory access", file=sys.stderr, flush=True)
+        os._exit(3)
+    if iid in opts.get("slow", []):
+        import time; time.sleep(60)
+    if iid in opts.get("fail", []):
+        print(f"failed {job['input']}: RuntimeError: out of memory", flush=True)
+        continue
+    with Image.open(job["input"]) as im:
+        assert im.mode == "RGB" and "exif" not in im.info
+        w, h = im.width * job["scale"] + (iid in opts.get("wrong_size", [])), im.height * job["scale"]
+        if iid not in opts.get("no_output", []):
+            im.resize((w, h), Image.NEAREST).save(job["output"], format="TIFF")
+    census = {"id": iid, "raw": len(list(folder.glob("*.cmd.tif"))), "inputs": len(list(folder.glob("*.in.tif"))),
+              "stored": sorted(p.name for p in folder.glob("*.tif") if p.name.count(".") == 1)}
+    open(opts["census"], "a").write(json.dumps(census) + "\\n")
+    print(f"ok {job['input']} -> {job['output']}", flush=True)
+"""
+
+
+def _batch_config(tmp_path, **options):
+    tool = tmp_path / "fake_runner.py"
+    tool.write_text(FAKE_RUNNER)
     cfg = _config(tmp_path, "command")
-    cfg["upscale"]["command"] = {"template": None, "batch_template": f"{sys.executable} {tool} {{jobs}}",
-                                 "options": {"tile": 32, "color_fix": "wavelet"}}
-    table, timings = upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
-    assert (tmp_path / "starts.txt").read_text() == "x"  # one process for the three images to upscale
-    assert list(table["passed"]) == [True, False, True, True]
-    assert list(table["out_width"]) == [240, 0, 120, 480] and list(table["backend"]) == ["command", "command", "archive", "command"]
-    assert table.iloc[1]["reason"] == "sr_failed" and "batch command failed (1)" in table.iloc[1]["reason_detail"]
-    assert not list((tmp_path / "out").glob("*.json")) and not list((tmp_path / "out").glob("*.cmd.tif"))
-    table2, timings2 = upscale_shard(rows.drop(index=1), cfg, tmp_path / "out", log=lambda *_: None)
-    assert (tmp_path / "starts.txt").read_text() == "x" and set(timings2["status"]) == {"existing"}
+    options = {"starts": str(tmp_path / "starts.txt"), "census": str(tmp_path / "census.jsonl"), "pid": str(tmp_path / "pid"),
+               "crash_marker": str(tmp_path / "crashed"), **options}
+    cfg["upscale"]["command"] = {"template": None, "batch_template": f"{sys.executable} {tool} {{jobs}}", "options": options}
+    return cfg
+
+
+def _ids(*numbers):
+    return [f"{n:016x}" for n in numbers]
+
+
+def test_batch_command_prepares_inputs_checks_sizes_and_holds_one_image_in_scratch(tmp_path):
+    """One process for the shard; inputs come through the project's reader (EXIF orientation,
+    alpha on io.alpha_background); a wrong-sized, missing or refused output is that image's failed
+    row while the rest go on; each output is re-tiled before the next job is sent."""
+    from pixverve.core.images import read_rgb
+
+    rows = _rows(tmp_path, [(2, "x2"), (4, "x4"), (2, "x2"), (1, "native"), (2, "x2"), (2, "x2"), (2, "x2"), (2, "x2")])
+    src = tmp_path / "src"
+    stored = _exif_png(src / "0.png", 6)  # stored 120 x 90, displayed 90 wide and 120 high
+    from PIL import Image
+
+    rgba = np.random.default_rng(5).integers(0, 255, (90, 120, 4), dtype=np.uint8)
+    rgba[:10, :10, 3] = 0  # a transparent corner
+    Image.fromarray(rgba).save(src / "1.png")
+    (src / "7.png").write_bytes(b"broken")
+    cfg = _batch_config(tmp_path, wrong_size=_ids(2), fail=_ids(5), no_output=_ids(6))
+    cfg["io"]["alpha_background"] = [0, 128, 255]
+    out = tmp_path / "out"
+    table, timings = upscale_shard(rows, cfg, out, log=lambda *_: None)
+    assert (tmp_path / "starts.txt").read_text() == "x"  # one process for the shard
+    assert list(table["passed"]) == [True, True, False, True, True, False, False, False]
+    assert list(table["reason"]) == ["", "", "sr_wrong_size", "", "", "sr_failed", "sr_no_output", "not_an_image"]
+    assert "SR output is 241x180, expected 240x180" in table.iloc[2]["reason_detail"]
+    assert "out of memory" in table.iloc[5]["reason_detail"]
+    assert list(timings["status"]) == ["done", "done", "failed", "done", "done", "failed", "failed", "failed"]
+    # orientation 6: displayed = stored turned clockwise, so the x2 output is 180 x 240 of that
+    assert (table.iloc[0]["out_width"], table.iloc[0]["out_height"]) == (180, 240)
+    np.testing.assert_array_equal(tifffile.imread(out / f"{0:016x}.tif")[::2, ::2], np.rot90(stored, k=-1))
+    # RGBA: composited on io.alpha_background as every stage reads it
+    sr = tifffile.imread(out / f"{1:016x}.tif")
+    np.testing.assert_array_equal(sr[::4, ::4], read_rgb(src / "1.png", 50, background=(0, 128, 255))[0])
+    assert tuple(sr[5, 5]) == (0, 128, 255)
+    assert not (out / f"{2:016x}.tif").exists()  # a wrong size is stored nowhere
+    # scratch: when the runner wrote each output it held that one raw output and that one input,
+    # and every earlier good image was already stored as its tiled TIFF (the native 3 is archived after)
+    census = [json.loads(line) for line in (tmp_path / "census.jsonl").read_text().splitlines()]
+    assert [c["id"] for c in census] == _ids(0, 1, 2, 4, 6)
+    assert [c["raw"] for c in census] == [1, 1, 1, 1, 0] and all(c["inputs"] == 1 for c in census)  # 6 wrote none
+    assert [c["stored"] for c in census] == [[f"{i}.tif" for i in ids] for ids in ([], _ids(0), _ids(0, 1), _ids(0, 1), _ids(0, 1, 4))]
+    assert sorted(p.name for p in out.iterdir()) == [f"{i}.tif" for i in _ids(0, 1, 3, 4)]  # no scratch left
+    # a rerun finds the stored outputs and asks the runner only for the failed images
+    table2, timings2 = upscale_shard(rows, _batch_config(tmp_path), out, log=lambda *_: None)
+    assert (tmp_path / "starts.txt").read_text() == "xx" and table2["passed"].tolist() == [True] * 7 + [False]
+    assert list(timings2["status"]) == ["existing", "existing", "done", "existing", "existing", "done", "done", "failed"]
+
+
+def test_a_runner_crash_mid_shard_keeps_the_finished_images(tmp_path):
+    rows = _rows(tmp_path, [(2, "x2")] * 4)
+    cfg = _batch_config(tmp_path, crash=_ids(2))
+    table, _ = upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
+    assert list(table["passed"]) == [True, True, False, False] and set(table["reason"][2:]) == {"sr_failed"}
+    assert table.iloc[2]["reason_detail"].startswith(f"SRImageFailed: the SR batch command exited (3) while on {0x2:016x}.tif.in.tif")
+    assert "illegal memory access" in table.iloc[2]["reason_detail"]  # the tail of its stderr says why
+    assert table.iloc[3]["reason_detail"].startswith("SRImageFailed: not run: the SR batch command exited (3)")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.tif" for i in _ids(0, 1)]
+    table2, timings2 = upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)  # the crash does not recur
+    assert table2["passed"].all() and list(timings2["status"]) == ["existing", "existing", "done", "done"]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+class _Stop(BaseException):
+    """An interrupt of the job (as Ctrl-C or a cancel would be), not one image's error."""
+
+
+def test_an_interrupted_job_kills_its_runner_mid_image(tmp_path):
+    import os
+    import signal
+    import time
+
+    rows = _rows(tmp_path, [(2, "x2")] * 3)
+    cfg = _batch_config(tmp_path, slow=_ids(1))
+
+    def stop(*_):
+        raise _Stop
+
+    def log(line):
+        if line.startswith("SR batch 1/3:"):  # image 0 is stored; the runner now works on image 1 (60 s)
+            signal.setitimer(signal.ITIMER_REAL, 1.0)
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(_Stop):
+            upscale_shard(rows, cfg, tmp_path / "out", log=log)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    pid = int((tmp_path / "pid").read_text())
+    while _running(pid) and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    assert time.monotonic() - t0 < 30, "the runner (a child of sh -c) was left working"
+    assert os.path.exists(tmp_path / "out" / f"{0:016x}.tif")  # what was finished stays
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith((".in.tif", ".cmd.tif", ".json"))]
+
+
+def test_a_runner_that_never_answers_stops_the_job(tmp_path):
+    from pixverve.upscale.sr import command_batch_backend
+
+    rows = _rows(tmp_path, [(2, "x2")])
+    cfg = _config(tmp_path, "command")
+    exits = f"{sys.executable} -c 'import sys; sys.exit(\"config key upscale.command.options.checkout is not set\")' {{jobs}}"
+    for template, message in ((exits, r"exited \(1\) before answering its first image(?s:.*)checkout is not set"),
+                              ("pixverve-no-such-runner {jobs}", r"cannot be run \(127\)")):
+        cfg["upscale"]["command"] = {"template": None, "batch_template": template, "options": {}}
+        with pytest.raises(SRUnavailable, match=message):
+            upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    # conda run would close the runner's stdin and hold its answers: refused before anything starts
+    with pytest.raises(SRUnavailable, match="--no-capture-output"):
+        command_batch_backend("conda run -n odtsr python pixverve/upscale/odtsr_run.py {jobs}")
+    command_batch_backend("conda run --no-capture-output -n odtsr python pixverve/upscale/odtsr_run.py {jobs}")
 
 
 STAND_IN_ODTSR = {
@@ -339,12 +489,8 @@ STAND_IN_ODTSR = {
 }
 
 
-def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
-    import json
-    import subprocess
-
-    from PIL import Image
-
+def _stand_in_odtsr(tmp_path) -> dict:
+    """A fake ODTSR checkout and Qwen-Image folder; returns the runner's options."""
     checkout = tmp_path / "ODTSR"
     for rel, text in STAND_IN_ODTSR.items():
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -355,16 +501,28 @@ def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
         (qwen / rel).parent.mkdir(parents=True, exist_ok=True)
         (qwen / rel).write_bytes(b"")
     (tmp_path / "odtsr.ckpt").write_bytes(b"")
+    return {"checkout": str(checkout), "trained_ckpt": str(tmp_path / "odtsr.ckpt"), "qwen_path": str(qwen), "device": "cpu"}
+
+
+ODTSR_RUN = Path(__file__).resolve().parent.parent / "pixverve" / "upscale" / "odtsr_run.py"
+
+
+def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
+    from PIL import Image
+
+    options = _stand_in_odtsr(tmp_path)
     Image.new("RGB", (120, 90), (10, 20, 30)).save(tmp_path / "a.png")
     Image.new("RGB", (700, 60), (10, 20, 30)).save(tmp_path / "b.png")
-    jobs = {"options": {"checkout": str(checkout), "trained_ckpt": str(tmp_path / "odtsr.ckpt"), "qwen_path": str(qwen), "device": "cpu"},
+    jobs = {"options": options,
             "jobs": [{"input": str(tmp_path / "a.png"), "output": str(tmp_path / "a.tif"), "scale": 2, "prompt": "sharp"},
                      {"input": str(tmp_path / "missing.png"), "output": str(tmp_path / "m.tif"), "scale": 2, "prompt": "sharp"},
                      {"input": str(tmp_path / "b.png"), "output": str(tmp_path / "b.tif"), "scale": 1, "prompt": "sharp"}]}
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    wrapper = Path(__file__).resolve().parent.parent / "pixverve" / "upscale" / "odtsr_run.py"
-    res = subprocess.run([sys.executable, str(wrapper), str(tmp_path / "jobs.json")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, str(ODTSR_RUN), str(tmp_path / "jobs.json")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "missing.png" in res.stderr  # one image failed, the others were done
+    # stdout carries exactly one answer per job, in order
+    assert [line.split()[0] for line in res.stdout.splitlines()] == ["ok", "failed", "ok"]
+    assert res.stdout.splitlines()[1].startswith(f"failed {tmp_path / 'missing.png'}: FileNotFoundError")
     assert (tmp_path / "odtsr.ckpt.loads").read_text() == "x"  # the model was built once
     calls = [json.loads(line) for line in (tmp_path / "infer.jsonl").read_text().splitlines()]
     # test_sr.py: bicubic to the target size, padded to the 512 px (64 latent) tile grid with stride 384, cfg 1, fidelity 1
@@ -373,3 +531,30 @@ def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
     with Image.open(tmp_path / "a.tif") as out:
         assert out.size == (240, 180) and out.getpixel((5, 5)) == (245, 235, 225)  # cropped back, adain colour fix applied
     assert not (tmp_path / "m.tif").exists()
+
+
+def test_odtsr_padded_size():
+    from pixverve.upscale.odtsr_run import padded_size
+
+    assert [padded_size(n, 512, 384) for n in (1, 512, 513, 896, 897, 1280)] == [512, 512, 896, 896, 1280, 1280]
+
+
+def test_odtsr_runner_through_the_shard_job(tmp_path):
+    """The real runner (stand-in model) under upscale_shard's batch protocol: an EXIF-rotated
+    image comes back upright at x2 of its displayed size."""
+    from PIL import Image
+
+    from pixverve.core.images import read_rgb
+
+    rows = _rows(tmp_path, [(2, "x2"), (4, "x4")])
+    _exif_png(tmp_path / "src" / "0.png", 8)
+    cfg = _config(tmp_path, "command")
+    cfg["upscale"]["command"] = {"template": None, "batch_template": f"{sys.executable} {ODTSR_RUN} {{jobs}}",
+                                 "options": _stand_in_odtsr(tmp_path) | {"color_fix": "wavelet"}}
+    table, _ = upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
+    assert table["passed"].all() and list(zip(table["out_width"], table["out_height"])) == [(180, 240), (480, 360)]
+    assert (tmp_path / "odtsr.ckpt.loads").read_text() == "x"
+    upright = read_rgb(tmp_path / "src" / "0.png", 50)[0]  # 120 high, 90 wide
+    bicubic = np.asarray(Image.fromarray(upright).resize((180, 240), Image.BICUBIC))  # what the stand-in model returns
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{0:016x}.tif"), bicubic)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.tif" for i in _ids(0, 1)]

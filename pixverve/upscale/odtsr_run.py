@@ -1,18 +1,27 @@
-"""Run ODTSR (RedMediaTech/ODTSR, the paper's one-step SR on Qwen-Image) over a shard's job list,
+"""Run ODTSR (RedMediaTech/ODTSR, the paper's one-step SR on Qwen-Image) over a shard's images,
 the model loaded once: ``python pixverve/upscale/odtsr_run.py JOBS.json`` (``upscale.command.batch_template``).
 
-Standalone on purpose (no pixverve import): it runs in ODTSR's own environment.  JOBS.json is what
-``pixverve.upscale.sr.command_batch_backend`` writes: ``{"options": upscale.command.options,
-"jobs": [{"input", "output", "scale", "prompt"}]}``.  Per image it does what ODTSR's published
-inference ``examples/qwen_image/test_sr.py`` does (checked against that file and ``generator.py``):
-bicubic upsampling to the target size, zero padding on the right/bottom to the tile grid, one
-tiled ``Generator.infer`` call (prompt, empty negative prompt, ``cfg``, ``fidelity``, latent
-tiles of ``tile`` with stride ``tile - tile // 4``), the crop back to the target size, then the
-colour fix (``adain`` | ``wavelet`` | ``none``) against the upsampled input.  Options (config
+Standalone on purpose (no pixverve import): it runs in ODTSR's own environment.  JOBS.json is
+``{"options": upscale.command.options}``; the jobs (``{"input", "output", "scale", "prompt"}``)
+come one JSON line at a time on stdin, and each gets one answer line on stdout, ``ok INPUT ->
+OUTPUT`` or ``failed INPUT: ERROR`` (the traceback goes to stderr).  pixverve
+(``pixverve.upscale.sr.command_batch_backend``) sends the next job only after it has checked,
+re-tiled and deleted the previous output, so scratch holds one image at a time; EOF on stdin ends
+the run.  A JOBS.json with its own ``"jobs"`` list is run from that list instead (by hand).
+Everything else the model prints goes to stderr, so stdout carries only the answers.
+
+Inputs are pixverve's prepared files (the project's reader: EXIF orientation applied, alpha
+composited on ``io.alpha_background``, 8-bit RGB, size checked against ``io.max_megapixels``), so
+this file reads them as plain RGB.  Per image it does what ODTSR's published inference
+``examples/qwen_image/test_sr.py`` does (checked against that file and ``generator.py``): bicubic
+upsampling to the target size, zero padding on the right/bottom to the tile grid, one tiled
+``Generator.infer`` call (prompt, empty negative prompt, ``cfg``, ``fidelity``, latent tiles of
+``tile`` with stride ``tile - tile // 4``), the crop back to the target size, then the colour fix
+(``adain`` | ``wavelet`` | ``none``) against the upsampled input.  Options (config
 ``upscale.command.options``): ``checkout`` (the ODTSR clone), ``trained_ckpt``, ``qwen_path``
 (the Qwen-Image folder), ``tile`` 64, ``fidelity`` 1.0, ``cfg`` 1.0, ``color_fix`` adain -- the
-defaults of test_sr.py.  One image's failure is printed and the others go on; the exit status is
-1 if any failed (pixverve checks every output either way).
+defaults of test_sr.py.  One image's failure is answered and the others go on; the exit status is
+1 if any failed (pixverve checks every output's size either way).
 """
 
 from __future__ import annotations
@@ -73,6 +82,9 @@ def load(options: dict):
 def upscale_one(model, fixes: dict, job: dict, options: dict) -> None:
     from PIL import Image
 
+    # the input is pixverve's prepared file, already checked against io.max_megapixels; outputs
+    # of up to 400 MP would otherwise trip Pillow's decompression-bomb limit (89 MP)
+    Image.MAX_IMAGE_PIXELS = None
     tile = int(options["tile"])
     stride = tile - tile // 4
     with Image.open(job["input"]) as im:
@@ -93,23 +105,43 @@ def upscale_one(model, fixes: dict, job: dict, options: dict) -> None:
     out.save(job["output"], format="TIFF")
 
 
+def jobs_of(spec: dict):
+    """The jobs: the file's own list (a run by hand), else one JSON line at a time from stdin,
+    read only when the previous answer is out (pixverve writes the next job after it)."""
+    if "jobs" in spec:
+        yield from spec["jobs"]
+        return
+    for line in sys.stdin:
+        if line.strip():
+            yield json.loads(line)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one answer line (pixverve reads answers line by line)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python pixverve/upscale/odtsr_run.py JOBS.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
     options = DEFAULTS | (spec.get("options") or {})
+    answers = sys.stdout
+    sys.stdout = sys.stderr  # the model's own prints must not mix with the answers pixverve reads
     model, fixes = load(options)
     failed = 0
-    for job in spec["jobs"]:
+    for job in jobs_of(spec):
         try:
             upscale_one(model, fixes, job, options)
-            print(f"ok {job['input']} -> {job['output']}", flush=True)
+            answer = f"ok {job['input']} -> {job['output']}"
         except SystemExit:
             raise
-        except Exception:  # one image (e.g. unreadable, out of memory) must not end the others
+        except Exception as exc:  # one image (e.g. unreadable, out of memory) must not end the others
             failed += 1
             print(f"failed {job['input']}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            answer = f"failed {job['input']}: {one_line(exc)}"
+        print(answer, file=answers, flush=True)
     return 1 if failed else 0
 
 

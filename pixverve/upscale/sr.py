@@ -11,25 +11,53 @@ Backends (``upscale.backend``):
 * ``lanczos``: OpenCV Lanczos-4, the classical baseline for comparison tables;
 * ``command``: an external program per image (``command.template``: input path, output path,
   scale and the guidance prompt), or -- ``command.batch_template`` -- one process per shard job
-  given a JSON list of every image's input, output, scale and prompt (``{jobs}``), so a 20B model
-  such as the paper's ODTSR loads once per job; every output is checked as in per-image mode.
-  ``python pixverve/upscale/odtsr_run.py {jobs}`` is a ready wrapper around ODTSR's published inference.
+  (``{jobs}``: a JSON file of ``command.options``) fed the shard's images one at a time, so a 20B
+  model such as the paper's ODTSR loads once per job.  ``python pixverve/upscale/odtsr_run.py
+  {jobs}`` is a ready runner around ODTSR's published inference.
+
 A model whose native scale is larger than the tier's (x4 model, x2 tier) runs at its scale and
 each output tile is area-averaged down to the tier's scale before blending.
+
+Command backends (both modes) never see the source file: each input is decoded by the project's
+reader (``core.images.read_rgb``: EXIF orientation applied, alpha composited on
+``io.alpha_background``, as every stage reads it) and written as an uncompressed RGB TIFF beside its
+output (``<id>.tif.in.tif``).  The program's output (``<id>.tif.cmd.tif``) must be exactly
+``round(w * scale) x round(h * scale)`` of that oriented input; a missing, unreadable or wrongly
+sized output is that image's failed row (``sr_no_output``, ``sr_bad_output``, ``sr_wrong_size``),
+never a pass.  A good one is re-tiled into the stored BigTIFF at once and deleted.
+
+Batch protocol (``command_batch_backend``): the runner reads jobs ``{"image_id", "input",
+"output", "scale", "prompt"}`` as JSON lines on stdin and answers each with one stdout line, ``ok
+INPUT -> OUTPUT`` or ``failed INPUT: ERROR``.  pixverve writes job N+1 only after job N's answer
+and after N's input is deleted and its output checked, re-tiled and deleted: scratch holds one
+prepared input and one raw output at a time (a 400 MP output is 1.2 GB; a whole shard's were
+150-600 GB).  Lockstep rather than letting the runner run ahead while pixverve watches its
+stdout: a runner ahead of the re-tiling would hold several raw outputs, and every input would have
+to exist before it starts.  The price is GPU idle time while one output is re-tiled and the next
+input prepared: seconds, against minutes of ODTSR per image.  A runner that exits before its first
+answer cannot run (SRUnavailable: the job stops); one that exits later leaves the images it
+finished stored and the rest failed rows (``sr_failed``) for a rerun.  ``conda run`` must be given
+``--no-capture-output``: without it conda closes the runner's stdin and holds its stdout until exit.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import re
 import shlex
+import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from pixverve.core.images import ImageError, probe, read_rgb
 from pixverve.core.paths import file_sha256
 from pixverve.core.tiling import TiledTiffWriter, TileGrid, bands_of, upscale_bands
 from pixverve.models.devices import resolve_device
@@ -41,7 +69,11 @@ class SRUnavailable(ModelUnavailable):
 
 
 class SRImageFailed(RuntimeError):
-    """SR of one image failed; it becomes a row with its reason and the shard goes on."""
+    """SR of one image failed; it becomes a row with its reason (``code``) and the shard goes on."""
+
+    def __init__(self, detail: str, code: str = "sr_failed"):
+        super().__init__(detail)
+        self.code = code
 
 
 @dataclass
@@ -53,13 +85,65 @@ class SRBackend:
     prompt_guided: bool = False
     smoke: bool = False
     whole_image: Callable[[Path, Path, int, str], None] | None = field(default=None, repr=False)
-    # shard-batched command: called once with every image's job before the per-image loop
-    batch: Callable[[list[dict]], None] | None = field(default=None, repr=False)
+    # shard-batched command: (jobs still to do, io settings) -> (image_id, record or exception,
+    # seconds) per image as each is finished, before the per-image loop
+    batch: Callable[[list[dict], dict], Iterator[tuple[str, dict | Exception, float]]] | None = field(default=None, repr=False)
 
 
 def command_output(dst: Path) -> Path:
     """Where a command backend writes an image's SR output before it is re-tiled into ``dst``."""
     return dst.with_name(dst.name + ".cmd.tif")
+
+
+def command_input(dst: Path) -> Path:
+    """Where a command backend's prepared input of ``dst``'s image lives while the program runs."""
+    return dst.with_name(dst.name + ".in.tif")
+
+
+def prepare_input(src: Path, path: Path, io: dict) -> tuple[int, int]:
+    """Write ``src`` as the SR program sees it; return its (width, height).
+
+    The project's reader decides the pixels (EXIF orientation, alpha on ``io.alpha_background``,
+    16-bit/CMYK/grey to 8-bit RGB), so SR upscales what every other stage sees.  Uncompressed RGB
+    TIFF: lossless, written and read fast, and any Pillow reads it (no orientation tag is written).
+    """
+    import tifffile
+
+    rgb, _ = read_rgb(src, io["max_megapixels"], background=io["background"])
+    tifffile.imwrite(path, rgb, photometric="rgb", metadata=None)
+    return rgb.shape[1], rgb.shape[0]
+
+
+def store_output(raw: Path, dst: Path, size: tuple[int, int], scale: int, io: dict) -> dict:
+    """Check the program's output ``raw``, re-tile it into ``dst`` and delete it (even when it
+    fails the check): a raw output never outlives its image's turn."""
+    try:
+        return _retile_checked(raw, dst, size, scale, io)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _retile_checked(raw: Path, dst: Path, size: tuple[int, int], scale: int, io: dict) -> dict:
+    w, h = size
+    want = (round(w * scale), round(h * scale))
+    if not raw.is_file():
+        raise SRImageFailed(f"the SR program wrote no {raw.name}", "sr_no_output")
+    cap = io["max_megapixels"] * scale * scale  # the largest right output; a larger one is wrong
+    try:
+        got = probe(raw, cap)  # the header first: a wrong size fails without a decode
+    except ImageError as exc:
+        code = "sr_wrong_size" if exc.code == "over_pixel_cap" else "sr_bad_output"
+        raise SRImageFailed(f"SR output {raw.name} refused ({exc}); expected {want[0]}x{want[1]}", code) from exc
+    if (got.width, got.height) != want:
+        raise SRImageFailed(f"SR output is {got.width}x{got.height}, expected {want[0]}x{want[1]} "
+                            f"(x{scale} of the {w}x{h} input after EXIF orientation)", "sr_wrong_size")
+    try:
+        rgb, _ = read_rgb(raw, cap, background=io["background"])
+    except ImageError as exc:
+        raise SRImageFailed(f"SR output {raw.name} cannot be decoded: {exc}", "sr_bad_output") from exc
+    out = io["output"]
+    TiledTiffWriter(dst, *rgb.shape[:2], tile=out["tiff_tile"], compression=out["compression"]).write(bands_of(rgb))
+    return {"tile_px": 0, "stride_px": 0, "tiles": 0, "out_width": rgb.shape[1], "out_height": rgb.shape[0]}
 
 
 def lanczos_tiles(tiles, scale):
@@ -164,7 +248,8 @@ def sd_x4_backend(spec: dict, device: str = "cpu") -> SRBackend:
 
 
 def command_backend(template: str) -> SRBackend:
-    """``template`` with {input} {output} {scale} {prompt}; run once per image, output checked."""
+    """``template`` with {input} {output} {scale} {prompt}; run once per image on its prepared
+    input, the output checked by ``store_output``."""
 
     def whole_image(src: Path, dst: Path, scale: int, prompt: str) -> None:
         cmd = template.format(input=shlex.quote(str(src)), output=shlex.quote(str(dst)), scale=scale, prompt=shlex.quote(prompt))
@@ -173,45 +258,150 @@ def command_backend(template: str) -> SRBackend:
             raise SRUnavailable(f"SR command cannot be run ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
         if res.returncode != 0:
             raise SRImageFailed(f"SR command failed ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
-        if not dst.exists():
-            raise SRImageFailed(f"SR command exited 0 but wrote no {dst}: {cmd}")
 
     return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided="{prompt}" in template, whole_image=whole_image)
 
 
+def _descendants(pid: int) -> list[int]:
+    """A process's children, grandchildren, ... (Linux /proc; none where it is not available)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [d for c in children for d in (c, *_descendants(c))]
+
+
+def check_live_streams(template: str) -> None:
+    """Refuse ``conda run`` without --no-capture-output: conda would close the runner's stdin and
+    hold its stdout until it exits, so it would load the model and get no job."""
+    words = shlex.split(template)
+    runs = any(re.fullmatch(r"(.*/)?conda", a) and b == "run" for a, b in itertools.pairwise(words))
+    if runs and not {"--no-capture-output", "--live-stream"} & set(words):
+        raise SRUnavailable("config key upscale.command.batch_template: `conda run` needs --no-capture-output here "
+                            "(e.g. conda run --no-capture-output -n odtsr python pixverve/upscale/odtsr_run.py {jobs}); "
+                            "the runner gets its jobs on stdin and answers on stdout while it runs")
+
+
 def command_batch_backend(template: str, options: dict | None = None) -> SRBackend:
-    """``template`` with {jobs}: the path of a JSON file ``{"options": ..., "jobs": [{input,
-    output, scale, prompt}]}``; run once per shard job, then each image's output is checked."""
-    import json
-    import tempfile
+    """``template`` with {jobs}: the path of a JSON file ``{"options": ...}``; one process per
+    shard job, fed one image at a time (module docstring: "Batch protocol")."""
+    check_live_streams(template)
 
-    state = {"detail": ""}
-
-    def batch(jobs: list[dict]) -> None:
-        state["detail"] = ""
+    def batch(jobs: list[dict], io: dict):
         if not jobs:
             return
-        for job in jobs:  # a leftover of an interrupted run is not this run's output
-            Path(job["output"]).unlink(missing_ok=True)
-        folder = Path(jobs[0]["output"]).parent
-        with tempfile.NamedTemporaryFile("w", suffix=".jobs.json", dir=folder, delete=False) as f:
-            json.dump({"options": options or {}, "jobs": jobs}, f, indent=1)
-        cmd = template.format(jobs=shlex.quote(f.name))
+        runner = BatchRunner(template, options or {}, Path(jobs[0]["dst"]).parent)
         try:
-            res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+            for job in jobs:
+                t0 = time.perf_counter()
+                try:
+                    result = runner.upscale(job, io)
+                except SRUnavailable:
+                    raise  # the runner cannot run at all: the job's error
+                except Exception as exc:  # noqa: BLE001 -- one bad image must not stop the shard
+                    result = exc
+                yield job["image_id"], result, round(time.perf_counter() - t0, 3)
+        except BaseException:
+            runner.kill()  # stopped early (error, interrupt): no runner left behind
+            raise
         finally:
-            Path(f.name).unlink(missing_ok=True)
-        if res.returncode in (126, 127):
-            raise SRUnavailable(f"SR batch command cannot be run ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
-        if res.returncode != 0:  # the images it did write are still checked and kept
-            state["detail"] = f"SR batch command failed ({res.returncode}): {cmd}\n{res.stderr[-2000:]}"
+            runner.close()
 
-    def whole_image(src: Path, dst: Path, scale: int, prompt: str) -> None:
-        if not dst.exists():
-            raise SRImageFailed(state["detail"] or f"SR batch command exited 0 but wrote no {dst}")
+    return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided=True, batch=batch)
 
-    return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided=True,
-                     whole_image=whole_image, batch=batch)
+
+class BatchRunner:
+    """One runner process of ``command.batch_template``, asked one image at a time."""
+
+    def __init__(self, template: str, options: dict, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".jobs.json", dir=folder, delete=False) as f:
+            json.dump({"options": options}, f, indent=1)
+        self.spec = Path(f.name)
+        self.cmd = template.format(jobs=shlex.quote(f.name))
+        # stderr to an unnamed file, not a pipe: a chatty runner must not block on a full pipe
+        # while we wait for its stdout; the file's tail explains a crash
+        self.stderr = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 -- closed by close()
+        # same process group as this job: Ctrl-C or a cancelled job reaches the runner too
+        self.proc = subprocess.Popen(self.cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1)
+        self.answered = 0
+        self.exited = ""  # why the rest is not run, once the runner has exited mid-shard
+
+    def upscale(self, job: dict, io: dict) -> dict:
+        """Prepare one input, ask for it, store the output; raises that image's failure."""
+        if self.exited:
+            raise SRImageFailed(f"not run: {self.exited}")
+        dst = Path(job["dst"])
+        inp, raw = command_input(dst), command_output(dst)
+        for leftover in (inp, raw):  # an interrupted run's files are not this run's
+            leftover.unlink(missing_ok=True)
+        size = prepare_input(Path(job["src"]), inp, io)
+        try:
+            answer = self.ask({"image_id": job["image_id"], "input": str(inp), "output": str(raw), "scale": job["scale"],
+                               "prompt": job["prompt"]})
+        finally:
+            inp.unlink(missing_ok=True)
+        if not answer.startswith("ok "):
+            raw.unlink(missing_ok=True)
+            raise SRImageFailed(answer)
+        return store_output(raw, dst, size, job["scale"], io)
+
+    def ask(self, job: dict) -> str:
+        """Send one job; return its answer line, or why there is none (the runner exited)."""
+        answers = (f"ok {job['input']} -> ", f"failed {job['input']}:")
+        try:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it has exited; reading its stdout to the end says how
+        for line in self.proc.stdout:
+            if line.startswith(answers):
+                self.answered += 1
+                return line.rstrip("\n")
+        # other stdout lines are the program's own output: skipped
+        return self._exited_on(job)
+
+    def _exited_on(self, job: dict) -> str:
+        rc = self.proc.wait()
+        tail = self.stderr_tail()
+        if not self.answered:  # no image ever came back: it cannot run (or dies on every image)
+            what = "cannot be run" if rc in (126, 127) else "exited"
+            raise SRUnavailable(f"SR batch command {what} ({rc}) before answering its first image: {self.cmd}\n{tail}")
+        self.exited = f"the SR batch command exited ({rc}) while on {Path(job['input']).name}: {tail}"
+        return self.exited
+
+    def stderr_tail(self, chars: int = 2000) -> str:
+        self.stderr.flush()
+        size = self.stderr.seek(0, os.SEEK_END)
+        self.stderr.seek(max(0, size - chars))
+        return self.stderr.read().decode("utf-8", errors="replace")
+
+    def kill(self) -> None:
+        """Kill the runner and what it started: under `sh -c` or `conda run` the model runs in a
+        child, which would otherwise work on to the end of its image (it reads stdin only between)."""
+        if self.proc.poll() is None:
+            for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass  # gone already
+
+    def close(self) -> None:
+        """EOF on stdin ends the runner; one that does not exit in two minutes is killed (every
+        answer is stored by then)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.stderr.close()
+        self.spec.unlink(missing_ok=True)
 
 
 def build_backend(spec: dict) -> SRBackend:
@@ -252,22 +442,29 @@ def tile_function(backend: SRBackend, scale: int) -> Callable[[list[np.ndarray]]
     raise SRUnavailable(f"backend {backend.name} upscales x{m}; it cannot make a x{scale} tier")
 
 
+def command_image(src: Path, dst: Path, scale: int, backend: SRBackend, io: dict, prompt: str) -> dict:
+    """One image through a per-image command: prepared input, program, checked and re-tiled output."""
+    inp, raw = command_input(dst), command_output(dst)
+    size = prepare_input(src, inp, io)
+    try:
+        backend.whole_image(inp, raw, scale, prompt)
+    except BaseException:
+        raw.unlink(missing_ok=True)  # a failed program's partial output is nobody's
+        raise
+    finally:
+        inp.unlink(missing_ok=True)
+    return store_output(raw, dst, size, scale, io)
+
+
 def upscale_image(src: Path, dst: Path, scale: int, backend: SRBackend, spec: dict, max_megapixels: float, background, progress=None) -> dict:
     """Upscale (or archive, scale 1) one image into a tiled BigTIFF at ``dst``; return its record."""
-    from pixverve.core import images
-
     out_cfg = spec["output"]
     tile_px, stride_px = int(spec["tile_px"]), int(spec["stride_px"])
     record = {"tile_px": tile_px, "stride_px": stride_px, "tiles": 0}
     if scale > 1 and backend.whole_image is not None:
-        tmp = command_output(dst)
-        backend.whole_image(src, tmp, scale, spec.get("prompt", ""))
-        rgb, _ = images.read_rgb(tmp, max_megapixels * scale * scale, background=background)
-        TiledTiffWriter(dst, *rgb.shape[:2], tile=out_cfg["tiff_tile"], compression=out_cfg["compression"]).write(bands_of(rgb))
-        tmp.unlink()
-        record.update(tile_px=0, stride_px=0)
-        return record | {"out_width": rgb.shape[1], "out_height": rgb.shape[0]}
-    rgb, _ = images.read_rgb(src, max_megapixels, background=background)
+        io = {"max_megapixels": max_megapixels, "background": background, "output": out_cfg}
+        return command_image(src, dst, scale, backend, io, spec.get("prompt", ""))
+    rgb, _ = read_rgb(src, max_megapixels, background=background)
     h, w = rgb.shape[:2]
     writer_args = {"tile": out_cfg["tiff_tile"], "compression": out_cfg["compression"]}
     if scale == 1:
@@ -283,10 +480,21 @@ def upscale_image(src: Path, dst: Path, scale: int, backend: SRBackend, spec: di
 
 def _geometry(rec: dict, scale: int, backend: SRBackend | None, spec: dict) -> dict:
     """The tile geometry an image gets: the same whether it is computed now or found on disk."""
-    if scale == 1 or backend is None or backend.whole_image is not None:
+    if scale == 1 or backend is None or backend.run is None:  # archived, or a command's whole image
         return {"tile_px": 0, "stride_px": 0, "tiles": 0}
     grid = TileGrid(int(rec["height"]), int(rec["width"]), scale, int(spec["tile_px"]), int(spec["stride_px"]))
     return {"tile_px": grid.tile_px, "stride_px": grid.stride_px, "tiles": grid.n_tiles}
+
+
+def _apply(row: dict, result: dict | Exception) -> str:
+    """Put one image's outcome into its row; return its timings status."""
+    if isinstance(result, dict):
+        row.update(result)
+        return "done"
+    code = result.code if isinstance(result, (ImageError, SRImageFailed)) else "sr_failed"
+    row.update(passed=False, reason=code, reason_detail=f"{type(result).__name__}: {result}", out_width=0, out_height=0,
+               tile_px=0, stride_px=0, tiles=0)
+    return "failed"
 
 
 def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int = 1, backend: SRBackend | None = None, log=print):
@@ -316,13 +524,16 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
     if backend is None and needs_model:
         backend = build_backend(spec)
     records, timings = [], []
+    batched = {}  # image_id -> (record or exception, seconds) from a batch command
     if backend is not None and backend.batch is not None:  # one process for the shard's images still to do
-        jobs = [{"image_id": r["image_id"], "input": str(image_path(roots, r["root"], r["relpath"])),
-                 "output": str(command_output(out_dir / f"{r['image_id']}.tif")), "scale": int(r["sr_scale"]),
-                 "prompt": spec.get("prompt", "")}
+        jobs = [{"image_id": r["image_id"], "src": str(image_path(roots, r["root"], r["relpath"])),
+                 "dst": str(out_dir / f"{r['image_id']}.tif"), "scale": int(r["sr_scale"]), "prompt": spec.get("prompt", "")}
                 for r in rows.to_dict("records") if int(r["sr_scale"]) > 1 and not (out_dir / f"{r['image_id']}.tif").exists()]
         log(f"SR batch command: {len(jobs)} images in one process")
-        backend.batch(jobs)
+        io = {"max_megapixels": cap, "background": background, "output": spec["output"]}
+        for n, (image_id, result, seconds) in enumerate(backend.batch(jobs, io), 1):
+            batched[image_id] = (result, seconds)
+            log(f"SR batch {n}/{len(jobs)}: {image_id} {'done' if isinstance(result, dict) else f'failed ({result})'} in {seconds:.1f} s")
     for rec in tqdm(rows.to_dict("records"), desc="upscale", unit="img", mininterval=2):
         scale = int(rec["sr_scale"])
         dst = out_dir / f"{rec['image_id']}.tif"
@@ -350,7 +561,10 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
             "reason_detail": "",
         }
         t0 = time.perf_counter()
-        if dst.exists():
+        if rec["image_id"] in batched:
+            result, seconds = batched[rec["image_id"]]
+            status = _apply(row, result)
+        elif dst.exists():
             import tifffile
 
             with tifffile.TiffFile(dst) as tif:
@@ -364,13 +578,10 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
             except SRUnavailable:
                 raise  # a broken backend is the job's error, not one image's
             except Exception as exc:  # one bad image must not stop the shard
-                from pixverve.core.images import ImageError
-
-                code = exc.code if isinstance(exc, ImageError) else "sr_failed"
-                row.update(passed=False, reason=code, reason_detail=f"{type(exc).__name__}: {exc}", out_width=0, out_height=0,
-                           tile_px=0, stride_px=0, tiles=0)
-                status = "failed"
+                status = _apply(row, exc)
+        if rec["image_id"] not in batched:
+            seconds = round(time.perf_counter() - t0, 3)
         records.append(row)
-        timings.append({"image_id": rec["image_id"], "status": status, "seconds": round(time.perf_counter() - t0, 3)})
+        timings.append({"image_id": rec["image_id"], "status": status, "seconds": seconds})
         log(f"{rec['relpath']}: x{scale} {status} in {timings[-1]['seconds']:.1f} s")
     return pd.DataFrame(records), pd.DataFrame(timings)
