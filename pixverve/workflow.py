@@ -20,7 +20,7 @@ def start_script(snakemake, name: str) -> logging.Logger:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    from pixverve.models.vlm import use_reply_cache
+    from pixverve.models.replies import use_reply_cache
 
     use_reply_cache(reply_cache_path(snakemake) if (snakemake.config.get("vlm") or {}).get("reply_cache", True) else None)
     return logging.getLogger(f"pixverve.{name}")

@@ -23,7 +23,7 @@ pytest.importorskip("openai")
 from fake_openai import FakeOpenAI  # noqa: E402
 from pixverve.core import health  # noqa: E402
 from pixverve.core.tables import read_table, write_table  # noqa: E402
-from pixverve.models import vlm  # noqa: E402
+from pixverve.models import replies, vlm  # noqa: E402
 from pixverve.models.vlm import TEXT, VLMClient, VLMSettings, user_message  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"flagged": {"type": "boolean"}}, "required": ["flagged"]}
@@ -80,7 +80,7 @@ def test_the_reply_cache_asks_again_exactly_the_failed_requests(tmp_path):
     """Two of six requests refused; after the fix, the rerun (a new client, as a new job) sends
     exactly those two, and answers the four others from the cache."""
     cache = tmp_path / "replies.jsonl"
-    vlm.use_reply_cache(cache)
+    replies.use_reply_cache(cache)
     try:
         with FakeOpenAI(fault="refuse", fault_when=lambda body: "patch 2:" in json.dumps(body) or "patch 4:" in json.dumps(body)) as server:
             first = _client(server, stop_after_consecutive_failures=0).run_many(_requests(6))
@@ -91,7 +91,7 @@ def test_the_reply_cache_asks_again_exactly_the_failed_requests(tmp_path):
             second = again.run_many(_requests(6))
             asked = [b["messages"][0]["content"][0]["text"] for b in server.bodies[before:]]
     finally:
-        vlm.use_reply_cache(None)
+        replies.use_reply_cache(None)
     assert sorted(asked) == ["patch 2: is it broken?", "patch 4: is it broken?"]
     assert [r.status for r in second] == ["ok"] * 6 and [r.cached for r in second] == [True, True, False, True, False, True]
     assert again.cache_hits == 4 and first_client_settings.model == "fake-vlm"
@@ -99,7 +99,7 @@ def test_the_reply_cache_asks_again_exactly_the_failed_requests(tmp_path):
 
 
 def test_a_changed_request_is_not_answered_from_the_cache(tmp_path):
-    vlm.use_reply_cache(tmp_path / "replies.jsonl")
+    replies.use_reply_cache(tmp_path / "replies.jsonl")
     try:
         with FakeOpenAI() as server:
             _client(server).run_many(_requests(2))
@@ -107,7 +107,7 @@ def test_a_changed_request_is_not_answered_from_the_cache(tmp_path):
             other.run_many(_requests(2))
             assert server.requests == 4 and other.cache_hits == 0  # another option is another request
     finally:
-        vlm.use_reply_cache(None)
+        replies.use_reply_cache(None)
 
 
 def test_the_step_gate_counts_failures_under_the_policy():

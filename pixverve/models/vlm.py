@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixverve.models import replies
+
 JSON_TAG = re.compile(r"<json>\s*(.*?)\s*</json>", re.S | re.I)
 JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S | re.I)
 
@@ -245,7 +247,8 @@ class VLMClient:
         # first use inside it, dropped by close(), so run_many can be called again and again.
         self._client = None
         self._semaphore: asyncio.Semaphore | None = None
-        self.cache = ReplyCache(_JOB_CACHE) if _JOB_CACHE else None
+        path = replies.current_cache()
+        self.cache = replies.ReplyCache(path) if path else None
         self.cache_hits = 0
         self.probe_check = None  # a step's own check of its probe answer: result -> problem text or ""
         self._probed = False
@@ -329,7 +332,7 @@ class VLMClient:
             self._semaphore = asyncio.Semaphore(self.settings.max_in_flight)
         result = VLMResult(task, request_id, "failed", None)
         result.request_options = json.dumps(self.settings.request_options(top_logprobs, schema), sort_keys=True)
-        key = fingerprint(self.settings.model, messages, result.request_options, schema)
+        key = replies.fingerprint(self.settings.model, messages, result.request_options, schema)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.cache_hits += 1
             return VLMResult(task, request_id, "ok", hit["parsed"], hit["raw_replies"], hit["attempts"], "", 0.0,
@@ -500,49 +503,6 @@ def backend_name(backend) -> str:
     if settings is not None:
         return f"model server {settings.base_url} (model {settings.model!r})"
     return f"model {getattr(backend, 'model_name', type(backend).__name__)!r}"
-
-
-# ----------------------------------------------------------------------------- the reply cache
-
-_JOB_CACHE: str | None = None  # the reply cache of the running job (use_reply_cache)
-
-
-def use_reply_cache(path: str | Path | None) -> None:
-    """Every VLM client made after this keeps its ok answers in ``path`` (one JSON line each) and
-    answers a request it has answered before from there: a rerun asks only for what failed."""
-    global _JOB_CACHE
-    _JOB_CACHE = str(path) if path else None
-
-
-def fingerprint(model: str, messages: list[dict], request_options: str, schema) -> str:
-    """The identity of a request: model, messages (images included) and every option sent."""
-    body = json.dumps({"model": model, "messages": messages, "options": request_options, "schema": schema}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-class ReplyCache:
-    """Ok answers by request fingerprint, appended as they arrive (a crash loses none)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.entries: dict[str, dict] = {}
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a crash: that answer is asked again
-
-    def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
-
-    def put(self, key: str, result: VLMResult) -> None:
-        entry = {"key": key, "task": result.task, "parsed": result.parsed, "raw_replies": result.raw_replies, "attempts": result.attempts}
-        self.entries[key] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
 def step_config(config: dict, overrides: dict | None) -> dict:
