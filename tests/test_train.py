@@ -324,6 +324,127 @@ def test_sampling_shift_is_the_published_one():
     assert flux2_sample_mu(4096, 4096, 40, dynamic_shift_len=4096) == pytest.approx(tm.flux2_mu(4096, 40))
 
 
+class SchedulePipe:
+    """Stands in for Flux2KleinPipeline at its timestep step: default sigmas linspace(1, 1/N, N), mu
+    = compute_empirical_mu((H/16)(W/16), N), then ``self.scheduler.set_timesteps`` -- so it records
+    the sigmas the real pipeline would sample at, with whatever scheduler generate() installed."""
+
+    def __init__(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)  # the Flux2 base's kind
+        self.sigmas = []
+
+    def __call__(self, width, height, num_inference_steps, sigmas=None, **_):
+        from types import SimpleNamespace
+
+        n = num_inference_steps
+        sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
+        self.scheduler.set_timesteps(sigmas=sigmas, mu=tm.flux2_mu((height // 16) * (width // 16), n))
+        self.sigmas.append(self.scheduler.sigmas[:-1].double())
+        return SimpleNamespace(images=[np.zeros((height, width, 3), np.float32)])
+
+
+def published_sigmas(width, height, steps, mu=None):
+    """flux2_infer/runtime.py Flux2Scheduler.set_timesteps, written out: linspace(1, 1/N, N), mu
+    from dynamic_shift_len = (H/16)(W/16) tokens (infer.py's default) or given, exponential shift."""
+    import math
+
+    mu = tm.flux2_mu((height // 16) * (width // 16), steps) if mu is None else mu
+    s = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
+    return math.exp(mu) / (math.exp(mu) + (1 / s - 1))
+
+
+def flux2_info(**changes):
+    info = {"family": "flux2", "text": {"max_length": 8, "out_layers": [1]},
+            "train_shift": {"mode": "static", "mu": 0.8},
+            "sample": {"steps": 40, "guidance": 4.0, "seed": 0, "dynamic_shift": True, "dynamic_shift_len": None}}
+    return {**info, **changes}
+
+
+def test_a_checkpoint_samples_at_the_shift_it_was_trained_with():
+    """Issue #27: trained at static mu 0.8, sampled by default at mu 0.8 (the same sigmas at 4K and
+    8K); the published dynamic shift (an option) puts every 4K sigma >= 0.9996 and every 8K one at 1."""
+    from pixverve.train.infer import checkpoint_sample_mu, generate, sample_shift_record
+
+    pipe, info = SchedulePipe(), flux2_info()
+    for side in (4096, 8192):  # the sample settings saved with it (no `shift` key, dynamic_shift true) -> trained
+        assert checkpoint_sample_mu(info, side, side, 40) == 0.8
+        generate(info, pipe, "p", side, side, 40, 4.0, seed=0)
+        assert torch.allclose(pipe.sigmas[-1], published_sigmas(side, side, 40, mu=0.8), atol=1e-6)
+    assert pipe.sigmas[-1].median() < 0.8 and pipe.sigmas[-1].min() < 0.06  # spread, as in training
+    assert pipe.scheduler.config.use_dynamic_shifting  # the pipeline's own scheduler is back after the call
+    record = sample_shift_record(info, 4096, 4096, 40)
+    assert record == {"sample_shift": "trained", "sample_mu": 0.8, "train_shift": {"mode": "static", "mu": 0.8}}
+
+    published = {"shift": "published", "dynamic_shift": True, "dynamic_shift_len": None}
+    generate(info, pipe, "p", 4096, 4096, 40, 4.0, seed=0, shift=published)
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40), atol=1e-6) and pipe.sigmas[-1].min() >= 0.9996
+    generate(info, pipe, "p", 8192, 8192, 40, 4.0, seed=0, shift=published)
+    assert torch.all(pipe.sigmas[-1] == 1.0)
+    disabled = dict(published, dynamic_shift=False)  # --disable_dynamic_shift: mu 0.8
+    assert checkpoint_sample_mu(info, 8192, 8192, 40, disabled) == 0.8
+
+    other = flux2_info(train_shift={"mode": "static", "mu": 1.5})  # another trained mu is read, not assumed
+    generate(other, pipe, "p", 4096, 4096, 40, 4.0, seed=0)
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40, mu=1.5), atol=1e-6)
+    dynamic = flux2_info(train_shift={"mode": "dynamic"})  # trained at the dynamic fit: sampled at it
+    assert checkpoint_sample_mu(dynamic, 4096, 4096, 40) is None
+    old = {k: v for k, v in info.items() if k != "train_shift"}  # model.json from before train_shift was recorded
+    assert checkpoint_sample_mu(old, 4096, 4096, 40) is None
+    assert checkpoint_sample_mu(flux2_info(train_shift=None), 4096, 4096, 40) == 0.8  # null: the default, as trained
+    with pytest.raises(ValueError, match="sampling shift"):
+        checkpoint_sample_mu(info, 64, 64, 4, {"shift": "dynamic"})
+
+
+def test_the_bench_checkpoint_backend_samples_as_trained(tmp_path, monkeypatch):
+    """A benchmark method of ours follows the same rule (no shift key: as trained), records the mu,
+    and regenerates its images when the shift changes."""
+    from pixverve.bench.generate import generate_method
+    from pixverve.train import infer
+
+    ckpt = tmp_path / "final"
+    ckpt.mkdir()
+    info = dict(flux2_info(), scheme="full_attention", steps=10, smoke=True)
+    (ckpt / "model.json").write_text(json.dumps(info))
+    (ckpt / "probe.safetensors").write_bytes(b"weights")
+    pipe = SchedulePipe()
+    monkeypatch.setattr(infer, "load_checkpoint", lambda *a, **k: (info, pipe))
+    rows = [{"file_name": "a.png", "long_caption": "a red car"}]
+    spec = {"backend": "checkpoint", "checkpoint_dir": str(ckpt), "run": "scheme1_full", "train_resolution": 4096,
+            "width": 64, "height": 64, "steps": 4, "device": "cpu"}
+    out = tmp_path / "gen"
+    summary = generate_method(rows, spec, out, tmp_path, 100.0, log=lambda m: None)
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(64, 64, 4, mu=0.8), atol=1e-6)
+    assert summary["sample_shift"] == "trained" and summary["sample_mu"] == 0.8 and (out / "a.jpg").exists()
+    assert json.loads((out / "settings.json").read_text())["sample_mu"] == 0.8
+
+    summary = generate_method(rows, dict(spec, shift="published"), out, tmp_path, 100.0, log=lambda m: None)
+    assert summary["generated"] == 1 and len(pipe.sigmas) == 2  # a changed shift regenerates
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(64, 64, 4), atol=1e-6)
+    assert summary["sample_mu"] == pytest.approx(tm.flux2_mu(16, 4))
+
+
+def test_the_sampling_shift_keys_validate(tmp_path):
+    import yaml
+
+    from pixverve.workflow import load_config
+
+    overlay = {"train": {"defaults": {"sample": {"steps": 4, "guidance": 4.0, "seed": 0, "shift": "published"}}},
+               "bench": {"fgclip2": {"backend": "none"}, "methods": {"ours": {"resolution": "4K", "generate": {
+                   "backend": "checkpoint", "run": "scheme1_full", "train_resolution": 4096, "width": 64, "height": 64,
+                   "steps": 2, "shift": "published", "dynamic_shift": False, "dynamic_shift_len": None}}}}}
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    config = load_config(ROOT / "config.yaml", path)
+    assert config["bench"]["methods"]["ours"]["generate"]["shift"] == "published"
+    assert yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["defaults"]["sample"]["shift"] == "trained"
+    overlay["bench"]["methods"]["ours"]["generate"]["shift"] = "dynamic"
+    path.write_text(yaml.safe_dump(overlay))
+    with pytest.raises(Exception, match=r"'dynamic' is not one of"):
+        load_config(ROOT / "config.yaml", path)
+
+
 # ---------------------------------------------------------------------------------------------
 # training on a tiny dataset
 
@@ -404,9 +525,13 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     stats = json.loads((tmp_path / "sigma_stats.json").read_text())  # what the run trained on
     assert stats["count"] == 30 * 2 and 0.0 < stats["q05"] < stats["q50"] < stats["q95"] < 1.0
     assert all(r["sigma_q50"] for r in log)
-    if info["family"] == "flux2":  # the published --disable_dynamic_shift samples another schedule
-        c = generate(dict(info, sample={"dynamic_shift": False}), loaded, "a red car", res, res, 3, 4.0, seed=5)
+    if info["family"] == "flux2":  # sampled where it was trained (mu 0.8): the published dynamic shift is another schedule
+        assert info["train_shift"] == {"mode": "static", "mu": 0.8}
+        c = generate(info, loaded, "a red car", res, res, 3, 4.0, seed=5, shift={"shift": "published"})
         assert c.shape == a.shape and not np.array_equal(a, c)
+        d = generate(info, loaded, "a red car", res, res, 3, 4.0, seed=5,  # --disable_dynamic_shift: mu 0.8 as well
+                     shift={"shift": "published", "dynamic_shift": False})
+        assert np.array_equal(a, d)
 
 
 def test_a_reload_that_misses_the_training_is_refused(demo_data, tmp_path):

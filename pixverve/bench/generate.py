@@ -8,8 +8,11 @@ Backends (``bench.methods.<name>.generate.backend``):
 * ``tiny``: a tiny random StableDiffusionPipeline through the same code (smoke output).
 * ``checkpoint``: a checkpoint of ours from rule train (``run``, ``train_resolution``), through
   pixverve.train.infer (schemes I/II: the Flux2KleinPipeline with tiled VAE decode; III: the L2P
-  sampler); smoke when the run's base was tiny.  The folder's settings include a fingerprint of
-  the checkpoint's weights, so retraining regenerates.
+  sampler); smoke when the run's base was tiny.  Schemes I/II sample at the noise shift the
+  checkpoint was trained with, as rule train_sample does (``shift: trained``, the default: the
+  checkpoint's own sample settings); ``shift: published`` (+ ``dynamic_shift``,
+  ``dynamic_shift_len``) is the published flux2_infer rule.  The folder's settings include a
+  fingerprint of the checkpoint's weights, so retraining regenerates.
 * ``degrade``: the real image shrunk by ``factor`` and blown back up (bicubic) -- a sanity
   baseline that must score between the real images and noise; not a method of the paper.
 Each image is written as ``<basename>.jpg`` (quality 95) atomically; a rerun skips images already
@@ -87,8 +90,7 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec["backend"] == "checkpoint":
-        probe = Path(spec["checkpoint_dir"]) / "probe.safetensors"  # a function of the trained weights
-        spec = dict(spec, checkpoint_fingerprint=hashlib.sha256(probe.read_bytes()).hexdigest()[:16])
+        spec = _checkpoint_settings(spec)
     settings = out_dir / "settings.json"
     wanted = json.dumps(spec, sort_keys=True)
     if settings.exists() and settings.read_text() != wanted:
@@ -127,6 +129,28 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
     return {"model": model_name, "smoke": spec["backend"] == "tiny", "generated": len(todo), "device": device}
 
 
+def _shift_keys(spec: dict) -> dict | None:
+    from pixverve.train.infer import SHIFT_KEYS
+
+    # the method's own shift keys, if any; else the checkpoint's saved sample settings (default: as trained)
+    return {k: spec[k] for k in SHIFT_KEYS if k in spec} or None
+
+
+def _checkpoint_settings(spec: dict) -> dict:
+    """The settings a checkpoint method's images depend on beyond its config: a fingerprint of the
+    trained weights and the shift it samples at, so a retrained model or a changed shift rule
+    regenerates instead of keeping images from another sampler."""
+    import json
+
+    from pixverve.train.infer import sample_shift_record
+
+    folder = Path(spec["checkpoint_dir"])
+    info = json.loads((folder / "model.json").read_text())
+    record = sample_shift_record(info, int(spec["width"]), int(spec["height"]), int(spec["steps"]), _shift_keys(spec))
+    return dict(spec, checkpoint_fingerprint=hashlib.sha256((folder / "probe.safetensors").read_bytes()).hexdigest()[:16],
+                **record)
+
+
 def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) -> dict:
     import json
 
@@ -137,15 +161,17 @@ def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) 
 
     info = json.loads((Path(spec["checkpoint_dir"]) / "model.json").read_text())
     name = f"ours: {spec['run']} @ {spec['train_resolution']} px ({info['scheme']}, {info['steps']} steps)"
+    shift = _shift_keys(spec)
+    record = {k: spec[k] for k in ("sample_shift", "sample_mu", "train_shift") if k in spec}  # _checkpoint_settings
     if not todo:
-        return {"model": name, "smoke": info["smoke"], "generated": 0}
+        return {"model": name, "smoke": info["smoke"], "generated": 0, **record}
     device = resolve_device(spec.get("device", "auto"))
     info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device, dtype=torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype"),
                                    sequential=bool(spec.get("sequential_loading", True)))
     for r in tqdm(todo, desc="generate", unit="img"):
         rgb = generate(info, loaded, r["long_caption"], int(spec["width"]), int(spec["height"]), int(spec["steps"]),
                        float(spec.get("guidance") or 1.0), image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
-                       device=device)
+                       device=device, shift=shift)
         _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
-    log(f"generated {len(todo)} images from {spec['checkpoint_dir']}")
-    return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device}
+    log(f"generated {len(todo)} images from {spec['checkpoint_dir']} (shift {record['sample_shift']}, mu {record['sample_mu']:.3f})")
+    return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device, **record}

@@ -2,7 +2,10 @@
 
 Schemes I/II: the base Flux2KleinPipeline with the trained transformer (full weights or the LoRA
 adapter; window processors re-installed for scheme II), tiled VAE decode (paper: tile 512, stride
-256), CFG.  Scheme III: the pixel model sampled with an Euler flow-matching loop and CFG (no
+256), CFG, and by default the noise shift the checkpoint was trained at (``sample.shift: trained``:
+model.json's ``train_shift``, static mu 0.8 unless the run said otherwise); ``sample.shift:
+published`` is the published flux2_infer rule (dynamic mu at (H/16)(W/16) tokens, or mu 0.8 with
+``dynamic_shift: false``), meant for base models.  Scheme III: the pixel model sampled with an Euler flow-matching loop and CFG (no
 pipeline class exists for it), the base pipeline's text encoder, DiffSynth's Z-Image schedule
 (static shift ``l2p.shift``, as the published L2P pipeline).
 """
@@ -84,6 +87,8 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential
 
 
 STATIC_SAMPLE_MU = 0.8  # the published sampler's mu with --disable_dynamic_shift (flux2_infer/runtime.py)
+SAMPLE_SHIFTS = ("trained", "published")
+SHIFT_KEYS = ("shift", "dynamic_shift", "dynamic_shift_len")  # the sample / bench generate keys that pick the shift
 
 
 def flux2_sample_mu(width: int, height: int, steps: int, dynamic_shift: bool = True, dynamic_shift_len=None):
@@ -97,14 +102,54 @@ def flux2_sample_mu(width: int, height: int, steps: int, dynamic_shift: bool = T
     return None
 
 
+def _shift_settings(info: dict, settings: dict | None) -> dict:
+    return (info.get("sample") or {}) if settings is None else settings
+
+
+def trained_shift(info: dict) -> dict:
+    """The training shift a FLUX.2 checkpoint of ours records (model.json ``train_shift``)."""
+    if "train_shift" not in info:  # written before the key existed (ad2ee31): those runs trained at the dynamic fit
+        return {"mode": "dynamic"}
+    return tm.train_shift(info)  # null: the default static mu, as training read it
+
+
+def checkpoint_sample_mu(info: dict, width: int, height: int, steps: int, settings: dict | None = None):
+    """mu a FLUX.2 checkpoint samples at (None = the pipeline's dynamic mu at (H/16)(W/16) tokens).
+
+    ``settings``: the sample keys ``shift`` / ``dynamic_shift`` / ``dynamic_shift_len`` (None: those
+    saved with the checkpoint).  ``shift: trained`` (the default) samples where the weights were
+    trained -- a model trained at static mu 0.8 never saw the sigmas ~1.0 the dynamic fit gives at
+    4K/8K; ``published`` is flux2_infer's rule (:func:`flux2_sample_mu`)."""
+    settings = _shift_settings(info, settings)
+    mode = settings.get("shift") or "trained"
+    if mode not in SAMPLE_SHIFTS:
+        raise ValueError(f"sampling shift {mode!r}: one of {', '.join(SAMPLE_SHIFTS)}")
+    if mode == "published":
+        return flux2_sample_mu(width, height, steps, settings.get("dynamic_shift", True), settings.get("dynamic_shift_len"))
+    shift = trained_shift(info)
+    # trained at the dynamic fit (per crop's tokens): the pipeline's own fit at the image's tokens is that rule
+    return shift["mu"] if shift["mode"] == "static" else None
+
+
+def sample_shift_record(info: dict, width: int, height: int, steps: int, settings: dict | None = None) -> dict:
+    """The shift an image was sampled at, for its record (sample.json, the bench generation log)."""
+    if info["family"] != "flux2":  # L2P: DiffSynth's static Z-Image shift
+        return {"sample_shift": "l2p", "sample_mu": math.log(float(info["l2p"].get("shift", 3.0)))}
+    settings = _shift_settings(info, settings)
+    mu = checkpoint_sample_mu(info, width, height, steps, settings)
+    if mu is None:  # what the pipeline computes: its latent sequence is (H/16)(W/16) tokens
+        mu = tm.flux2_mu((height // tm.TOKEN_PIXELS_FLUX2) * (width // tm.TOKEN_PIXELS_FLUX2), int(steps))
+    return {"sample_shift": settings.get("shift") or "trained", "sample_mu": float(mu), "train_shift": trained_shift(info)}
+
+
 def generate(info, loaded, prompt: str, width: int, height: int, steps: int, guidance: float, seed: int,
-             device: str = "cpu") -> np.ndarray:
-    """One uint8 RGB image (height, width, 3)."""
+             device: str = "cpu", shift: dict | None = None) -> np.ndarray:
+    """One uint8 RGB image (height, width, 3).  ``shift``: the FLUX.2 sampling-shift keys
+    (:func:`checkpoint_sample_mu`; None = those saved with the checkpoint)."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     text = info["text"]
     if info["family"] == "flux2":
-        shift = info.get("sample") or {}
-        mu = flux2_sample_mu(width, height, steps, shift.get("dynamic_shift", True), shift.get("dynamic_shift_len"))
+        mu = checkpoint_sample_mu(info, width, height, steps, shift)
         scheduler = loaded.scheduler
         kwargs = {}
         if mu is not None:  # a fixed mu: pre-shifted sigmas through an identity-shift copy of the scheduler

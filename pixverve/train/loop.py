@@ -3,8 +3,10 @@
 ``train_run(spec, samples, out_dir)`` runs under accelerate (one process here, or every process of
 ``accelerate launch`` / torchrun: DDP, FSDP or DeepSpeed as launched).  Per step: a one-bucket
 batch of crops read from the tiled 100 MP outputs (pixverve.train.data), captions through the
-base pipeline's text encoder, a logit-normal noise level shifted by the resolution rule, the
-flow-matching loss (v = noise - x0), AdamW, constant lr after a linear warm-up.
+base pipeline's text encoder, a noise level under a static shift (schemes I/II: logit-normal,
+``train_shift``, mu 0.8 at every resolution by default; III: L2P's grid with ``l2p.shift``), the
+flow-matching loss (v = noise - x0), AdamW, constant lr after a linear warm-up.  The final
+``model.json`` records the resolved training shift, which sampling reads (pixverve.train.infer).
 
 Resume: every ``checkpoint_every`` steps ``accelerator.save_state`` writes
 ``<out>/checkpoints/step-NNNNNN`` (model, optimizer, lr schedule, RNG) and then a ``done`` marker;
@@ -37,7 +39,6 @@ LOG_FIELDS = ["step", "epoch", "loss", "eval_loss", "lr", "images_per_s", "peak_
               "grad_norm_spread", "param_spread", "rank_loss_spread", "ranks_stepped", "sigma_q05", "sigma_q50",
               "sigma_q95"]
 SIGMA_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-DEFAULT_TRAIN_SHIFT = {"mode": "static", "mu": 0.8}
 
 
 class TrainError(RuntimeError):
@@ -70,10 +71,10 @@ def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Ge
 def flux2_train_mu(spec: dict, tokens: int) -> float:
     """mu of the schemes I/II training shift (config key train_shift; ours): static, or FLUX.2's
     dynamic inference fit at the token count (mu 11.55 at 4K: nearly every sigma ~1)."""
-    shift = spec.get("train_shift") or DEFAULT_TRAIN_SHIFT
+    shift = tm.train_shift(spec)
     if shift["mode"] == "dynamic":
         return tm.flux2_mu(tokens, int(spec["inference_steps"]))
-    return float(shift.get("mu", DEFAULT_TRAIN_SHIFT["mu"]))
+    return shift["mu"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +250,9 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
     info = {"scheme": spec["scheme"], "family": FAMILY[spec["scheme"]], "resolution": int(spec["resolution"]),
             "base": spec["base"], "steps": steps, "smoke": smoke, "lora": spec.get("lora") or None,
             "window": tm.window_settings(spec["window"], spec["resolution"]) if spec["scheme"] == "window" else None,
-            "text": spec["text"], "sample": spec.get("sample"), "train_shift": spec.get("train_shift"),
+            "text": spec["text"], "sample": spec.get("sample"),
+            # resolved, so sampling finds the shift the weights were trained at (infer.checkpoint_sample_mu)
+            "train_shift": tm.train_shift(spec) if FAMILY[spec["scheme"]] == "flux2" else None,
             "vae_tile": spec["vae_tile"], "vae_tile_stride": spec["vae_tile_stride"],
             "master_weights": spec.get("master_weights", "fp32"),
             "seq_chunk": dict(zip(("seq_chunk_single", "seq_chunk_double"), tm.seq_chunk_sizes(spec.get("memory"))))

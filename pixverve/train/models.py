@@ -3,7 +3,10 @@
 * ``Flux2Family`` (schemes I and II): FLUX.2-klein as a ``Flux2KleinPipeline`` (Qwen3 text
   encoder, ``AutoencoderKLFlux2``, ``Flux2Transformer2DModel``).  Images become VAE latents
   (tiled for UHR crops), 2x2-patchified and batch-normalised exactly as the pipeline does, so one
-  token covers 16x16 pixels and the timestep shift follows the token count (H/16)(W/16).
+  token covers 16x16 pixels.  Training noise levels are logit-normal, shifted by ``train_shift``
+  (ours: a static mu, 0.8 by default, at every resolution; ``mode: dynamic`` = FLUX.2's inference
+  fit at the crop's (H/16)(W/16) tokens); the checkpoint records it and samples with it
+  (pixverve.train.infer).
 * Scheme II swaps ``WindowAttnProcessor`` / ``WindowParallelAttnProcessor`` into every attention
   module: the published close + remote local attention (flux2_infer/models/flux2_dit.py): text
   queries attend to every token; each image query attends in two branches -- its close window
@@ -63,9 +66,21 @@ def shift_sigmas(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
 
 
 def sample_sigmas(n: int, generator: torch.Generator, mu: float, logit_mean: float = 0.0, logit_std: float = 1.0):
-    """Training noise levels: logit-normal, then shifted by ``mu`` (more noise for more tokens)."""
+    """Training noise levels: logit-normal, then shifted by ``mu`` (larger mu, more noise)."""
     u = torch.sigmoid(torch.randn(n, generator=generator) * logit_std + logit_mean)
     return shift_sigmas(u, mu)
+
+
+DEFAULT_TRAIN_SHIFT = {"mode": "static", "mu": 0.8}  # ours: the published sampler's mu with its dynamic shift off
+
+
+def train_shift(spec: dict) -> dict:
+    """The schemes I/II training shift of a run spec, resolved: ``{"mode": "static", "mu": m}`` or
+    ``{"mode": "dynamic"}`` (config key ``train_shift``; absent or null = the default)."""
+    shift = spec.get("train_shift") or DEFAULT_TRAIN_SHIFT
+    if shift["mode"] == "dynamic":
+        return {"mode": "dynamic"}
+    return {"mode": "static", "mu": float(shift.get("mu", DEFAULT_TRAIN_SHIFT["mu"]))}
 
 
 def scheduler_mu(scheduler_config, tokens: int) -> float:
