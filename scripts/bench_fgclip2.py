@@ -16,9 +16,9 @@ spec = sm.params.bench
 items = pair_method(read_benchmark(sm.input.benchmark), sm.params.real_dir, sm.params.images)
 scorer = bench.FGClip2Scorer(spec["fgclip2"]) if spec["fgclip2"]["backend"] != "none" else None
 if scorer is None:
-    import pandas as pd
-
-    table = pd.DataFrame({"name": [i.name for i in items], "fgclip2": float("nan"), "fgclip2_smoke": False, "fgclip2_model": ""})
+    table = bench.fgclip2_off(items)  # every image "off": nothing to do, not a failure
 else:
     table = bench.fgclip2_method(items, scorer, float(sm.params.max_megapixels), log=log.info)
+    bench.check_bench_health(f"bench_fgclip2 ({sm.wildcards.method})", table, ("fgclip2",),
+                             float(spec.get("max_failed_fraction", bench.DEFAULT_MAX_FAILED_FRACTION)), {"fgclip2": scorer.model_name})
 write_table(table, sm.output[0], sort_by=["name"])

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from pixverve.bench.evaluate import judge_method  # noqa: E402
+from pixverve.bench.evaluate import DEFAULT_MAX_FAILED_FRACTION, judge_method  # noqa: E402
 from pixverve.bench.inputs import pair_method, read_benchmark  # noqa: E402
 from pixverve.bench.prompts import load_judge_prompts  # noqa: E402
 from pixverve.core.tables import write_table  # noqa: E402
@@ -23,7 +23,9 @@ prompts = load_judge_prompts(judge_spec)
 log.info(f"judge prompts: {prompts.mode}")
 with contextlib.ExitStack() as stack:
     judge = served_step_judge(config, judge_spec.get("vlm"), stack, sm.log.server, log=log.info)
-    table = judge_method(items, judge, prompts, judge_spec, float(sm.params.max_megapixels), log=log.info)
+    # stops (StepFailed, naming the server and model) when more than bench.max_failed_fraction of the images failed
+    table = judge_method(items, judge, prompts, judge_spec, float(sm.params.max_megapixels), log=log.info,
+                         max_failed_fraction=float(spec.get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION)))
 for key, sha in prompts.source_sha.items():
     table[f"{key}_prompt_sha"] = sha
 write_table(table, sm.output[0], sort_by=["name"])

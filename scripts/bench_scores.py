@@ -39,13 +39,19 @@ aesthetic = build_predictor("laion", laion) if laion.get("backend", "none") != "
 clip = bench.ClipScorer(spec["clip"]) if spec["clip"]["backend"] != "none" else None
 per_image = bench.score_method(items, aesthetic, clip, cap, log=log.info, threads=sm.threads)  # benchmark order
 clip_batch = int(spec["clip"].get("batch", 4))
-sets["clip"] = bench.clip_score_of_batches(per_image["clip_raw"], clip_batch) if clip is not None else float("nan")
+# published batches over the images CLIP scored; the failed ones are counted, never read as a score
+sets["clip"] = bench.clip_of_method(per_image, clip_batch) if clip is not None else float("nan")
 sets["clip_batch"] = clip_batch
-sets["clip_images"] = len(per_image) if clip is not None else 0
+sets["clip_images"], sets["clip_failed"] = bench.metric_counts(per_image, "clip")
 per_image["aesthetics_smoke"] = bool(getattr(getattr(aesthetic, "info", None), "smoke", False))
 per_image["clip_smoke"] = bool(clip.smoke) if clip is not None else False
 per_image["clip_model"] = clip.model_name if clip is not None else ""
 sets["smoke"] = {"aesthetics": bool(per_image["aesthetics_smoke"].any()) if len(per_image) else False,
                  "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False}
+# the health gate: a scorer that failed on too many images stops the job instead of writing a partial mean
+bench.check_bench_health(f"bench_scores ({method})", per_image, ("aesthetics", "clip"),
+                         float(spec.get("max_failed_fraction", bench.DEFAULT_MAX_FAILED_FRACTION)),
+                         {"aesthetics": str(getattr(getattr(aesthetic, "info", None), "weights", "")),
+                          "clip": clip.model_name if clip is not None else ""})
 write_table(per_image, sm.output.per_image, sort_by=["name"])
 Path(sm.output.sets).write_text(json.dumps(sets, indent=1, sort_keys=True) + "\n")

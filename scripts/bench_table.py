@@ -31,6 +31,9 @@ for method, scores, sets, judged, fg in zip(sm.params.methods, sm.input.scores, 
     resolution = str(spec["methods"][method].get("resolution", ""))
     rows.append(bench.method_row(method, resolution, per_image, judged_t, set_values, smoke, fgclip2=fg_t))
 table = pd.DataFrame(rows)
+for row in rows:  # the table's dagger, said in the log too
+    if row["partial_columns"]:
+        log.warning(f"{row['method']}: {row['partial_columns']} computed on fewer images than the benchmark (failed calls left out)")
 out = Path(sm.output.table).with_suffix("")
 benchmark_rows = read_benchmark(sm.input.benchmark)
 bench.write_bench_tables(table, out, f"PixVerve-Bench ({len(benchmark_rows)} prompts)")

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+import sys
 
 import numpy as np
 import pandas as pd
@@ -161,7 +162,8 @@ def test_judge_calls_and_the_published_aggregation(tmp_path, repo_root, demo_con
     row = table.iloc[0]
     s_g = (5 * 5 + 4 * 3 + 3 * 2 + 2 * 2) / 12
     s_l = (5 * 2 + 4 * 3 + 5 * 5 + 5 * 2 + 3 * 2) / 14  # the failed calls are not counted as 3
-    assert row["valid_patches"] == 8 and row["msfi_included"]
+    assert row["valid_patches"] == 8 and row["msfi_included"] and row["msfi_status"] == "ok"  # 2 of 10 local calls failed: still scored
+    assert json.loads(row["local_statuses"]).count("unparseable") == 2 and row["ics_status"] == "ok"
     assert row["msfi"] == pytest.approx(s_g + s_g / 5 * s_l)
     assert row["ics"] == pytest.approx(math.sqrt(0.9) * (0.6 * 8 + 0.4 * 6))
     assert len(seen) == 12 and len(json.loads(row["patches"])) == 10  # 1 global + 10 local + ICS
@@ -211,11 +213,16 @@ def test_images_without_a_valid_reply_are_left_out_and_counted(tmp_path, repo_ro
         judge.smoke = False
         for item in items:
             state["image"] = item.name
-            rows.append(bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None))
+            # one image per call: g1's own call is 1 of 1 failed, let through so its row can be read
+            rows.append(bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0))
     judged = pd.concat(rows, ignore_index=True)
     assert list(judged["msfi_included"]) == [True, False] and list(judged["ics_included"]) == [True, False]
+    # why each was left out: the global reply did not parse; the ICS reply lacks SRA
+    assert list(judged["msfi_status"]) == ["ok", "unparseable"] and list(judged["ics_status"]) == ["ok", "invalid"]
+    assert "SRA" in judged["ics_error"][1] and judged["msfi_error"][0] == ""
     row = bench.method_row("m", "4K", pd.DataFrame({"aesthetics": [1.0], "glcm": [2.0]}), judged, {"images": 2, "clip": 30.0}, {})
     assert (row["msfi_images"], row["ics_images"]) == (1, 1)
+    assert (row["msfi_n"], row["msfi_failed"], row["ics_n"], row["ics_failed"]) == (1, 1, 1, 1)
     assert row["msfi"] == pytest.approx(float(judged["msfi"][0])) and row["ics"] == pytest.approx(float(judged["ics"][0]))
     assert row["clip"] == 30.0  # the published batch aggregation, from sets.json
 
@@ -274,6 +281,82 @@ def test_fgclip2_lower_cases_the_caption_and_names_its_env_on_import_error(tmp_p
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", old_model_code)
     with pytest.raises(bench.FGClip2EnvError, match=r"envs/fgclip2\.yaml"):
         bench.FGClip2Scorer({"backend": "fgclip2", "model": str(tmp_path)})
+
+
+def remote_code_folder(folder, imports: str):
+    """A model folder whose own code (trust_remote_code, as fg-clip2-base ships) runs ``imports``."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "fgclip2_stand_in", "architectures": ["StandInModel"],
+        "auto_map": {"AutoConfig": "modeling_stand_in.StandInConfig",
+                     "AutoModelForCausalLM": "modeling_stand_in.StandInModel"}}))
+    (folder / "modeling_stand_in.py").write_text(
+        f"{imports}\n"
+        "from transformers import PretrainedConfig, PreTrainedModel\n\n\n"
+        "class StandInConfig(PretrainedConfig):\n    model_type = 'fgclip2_stand_in'\n\n\n"
+        "class StandInModel(PreTrainedModel):\n    config_class = StandInConfig\n")
+    return folder
+
+
+@pytest.fixture
+def remote_code_cache(tmp_path, monkeypatch):
+    """transformers copies remote code into its modules cache: a private one per test."""
+    import sys
+
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the cache joins sys.path: undone after the test
+    for name in [m for m in sys.modules if m == "transformers_modules" or m.startswith("transformers_modules.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_fgclip2_model_code_missing_a_package_is_named_with_its_env(tmp_path, remote_code_cache, monkeypatch):
+    """Issue #27: an ImportError while loading FG-CLIP2's own code is a missing package, named with
+    the env to run in -- not 'model unavailable', not a transformers-version story, not per image."""
+    from pixverve.models.loading import ModelUnavailable
+
+    folder = remote_code_folder(tmp_path / "fgclip2", "import pixverve_absent_package_xyz")
+    with pytest.raises(bench.FGClip2MissingPackage) as caught:  # transformers' own pre-import check
+        bench.FGClip2Scorer({"backend": "fgclip2", "model": str(folder), "device": "cpu"})
+    assert caught.value.packages == ["pixverve_absent_package_xyz"] and caught.value.env == "envs/fgclip2.yaml"
+    assert "imports pixverve_absent_package_xyz" in str(caught.value) and "envs/fgclip2.yaml" in str(caught.value)
+    assert not isinstance(caught.value, ModelUnavailable) and "transformers 4.x" not in str(caught.value)
+
+    monkeypatch.setitem(sys.modules, "einops", None)  # einops absent: the import itself fails, past that check
+    folder = remote_code_folder(tmp_path / "fgclip2_einops", "from einops import rearrange")
+    with pytest.raises(bench.FGClip2MissingPackage, match=r"imports einops.*envs/fgclip2\.yaml") as caught:
+        bench.FGClip2Scorer({"backend": "fgclip2", "model": str(folder), "device": "cpu"})
+    assert caught.value.packages == ["einops"]
+
+
+def test_fgclip2_import_error_while_scoring_stops_the_job_not_one_image(tmp_path, monkeypatch):
+    """Model code that imports lazily fails on the first image: the error names the package and
+    the env, and the per-image error capture does not turn it into that image's failure."""
+    scorer = bench.FGClip2Scorer({"backend": "tiny"})
+
+    def lazy_import(*_a, **_k):
+        raise ModuleNotFoundError("No module named 'einops'", name="einops")
+
+    monkeypatch.setattr(scorer.model, "get_image_features", lazy_import)
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+    items = [BenchItem(name="a", generated=path, real=path, short_caption="x", long_caption="a red car")]
+    with pytest.raises(bench.FGClip2MissingPackage, match=r"imports einops.*envs/fgclip2\.yaml"):
+        bench.fgclip2_method(items, scorer, 100.0, log=lambda m: None)
+
+
+def test_fgclip2_import_errors_are_told_apart():
+    gone = ModuleNotFoundError("No module named 'transformers.modeling_attn_mask_utils'",
+                               name="transformers.modeling_attn_mask_utils")
+    error = bench.fgclip2_import_error(gone, "/models/fg-clip2-base")
+    assert type(error) is bench.FGClip2EnvError and "transformers 4.x" in str(error) and "envs/fgclip2.yaml" in str(error)
+    listed = ImportError("This modeling file requires the following packages that were not found in your "
+                         "environment: einops, timm. Run `pip install einops timm`")
+    error = bench.fgclip2_import_error(listed, "/models/fg-clip2-base")
+    assert isinstance(error, bench.FGClip2MissingPackage) and error.packages == ["einops", "timm"]
+    assert "add einops, timm to envs/fgclip2.yaml" in str(error)
+    assert bench.missing_packages(ModuleNotFoundError("No module named 'einops.layers'", name="einops.layers")) == ["einops"]
 
 
 def test_table_marks_the_best_per_column_and_smoke_per_cell(tmp_path):

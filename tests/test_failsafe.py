@@ -69,11 +69,21 @@ def test_a_free_text_refusal_is_not_a_caption():
 def test_an_outage_after_the_probe_stops_after_consecutive_failures():
     with FakeOpenAI() as server:
         client = _client(server, stop_after_consecutive_failures=3, max_in_flight=1)
-        assert [r.status for r in client.run_many(_requests(2))] == ["ok", "ok"]  # the probe passed
+        assert [r.status for r in client.run_many(_requests(2))] == ["ok", "ok"]  # the probe passed (request ids img0, img1)
         server.fault = "refuse"
-        with pytest.raises(health.StepFailed, match=r"3 requests in a row failed; first \(judge\): failed: .*400"):
+        with pytest.raises(health.StepFailed, match=r"every request of 3 images in a row failed; first \(judge\): failed: .*400"):
             client.run_many(_requests(40))
         assert server.requests < 10  # stopped, the other 37 never sent
+
+
+def test_one_image_refused_on_all_its_parts_is_its_failure_not_an_outage():
+    """A content filter refusing one image's 11 crops: that image fails, the job goes on."""
+    with FakeOpenAI(fault="refuse", fault_when=lambda body: "image 3 " in json.dumps(body)) as server:
+        client = _client(server, stop_after_consecutive_failures=3, max_in_flight=1)
+        requests = [("msfi_local", f"img{i}:{part}", [user_message(f"image {i} part {part}")], SCHEMA) for i in range(6) for part in range(11)]
+        results = client.run_many(requests)
+    failed = {r.request_id.split(":")[0] for r in results if r.status != "ok"}
+    assert failed == {"img3"} and sum(r.status == "failed" for r in results) == 11
 
 
 def test_the_reply_cache_asks_again_exactly_the_failed_requests(tmp_path):

@@ -53,6 +53,9 @@ def rejects(status, invalid_policy: str = "drop") -> bool:
     return not (invalid_policy == "keep" and any(status == f or status.endswith("_" + f) for f in FORMAT_FAILURES))
 
 
+DEFAULT_MAX_FAILED_FRACTION = 0.05  # <stage>.max_failed_fraction when a config does not set it
+
+
 class StepFailed(RuntimeError):
     """A job stops: its model step failed on too many images (or its first requests all failed)."""
 
@@ -86,5 +89,3 @@ def gate_table(table, step: str, status_col: str, error_col: str, config: dict, 
     errors = table[error_col] if error_col in table else [""] * len(table)
     return check_step_health(step, table[status_col], errors, fraction, policy, who, f"{stage}.max_failed_fraction")
 
-
-DEFAULT_MAX_FAILED_FRACTION = 0.05

@@ -13,8 +13,8 @@ OpenAI-compatible chat completions (the ``openai`` package), as vLLM serves them
   ``pixverve.core.health`` decides what it means downstream -- never silently a pass;
 * fail-safe (issue 27): the first request of a client is its probe (sent alone, checked before
   any other goes out: a misconfigured server stops the job at once with what to change);
-  ``stop_after_consecutive_failures`` rejecting answers in a row stop the job naming the server,
-  model and first error; every ok reply is kept in the job's reply cache (``use_reply_cache``),
+  failures on ``stop_after_consecutive_failures`` images in a row stop the job naming the
+  server, model and first error; every ok reply is kept in the job's reply cache (``use_reply_cache``),
   keyed by the request's fingerprint, so a rerun asks the server only for what failed.
 The API key is read from the environment variable named in config.  It is passed to the client
 and nowhere else: it is not logged, not put in results, not in error messages.
@@ -65,8 +65,8 @@ class VLMSettings:
     # skip_special_tokens, top_k, repetition_penalty, chat_template_kwargs (per step, from config).
     extra_body: dict = field(default_factory=dict)
     invalid_policy: str = "drop"  # what a stage does with an unparseable/invalid reply: keep | drop
-    # this many rejecting answers in a row (the first requests included) stop the job: a broken
-    # server costs seconds, not a shard of timeouts (0: never)
+    # rejecting answers for this many images in a row (the first ones included) stop the job: a
+    # broken server costs seconds, not a shard of timeouts (0: never)
     stop_after_consecutive_failures: int = 8
     probe: bool = True  # the first request goes alone and its answer is checked before the rest
 
@@ -252,7 +252,7 @@ class VLMClient:
         self.cache_hits = 0
         self.probe_check = None  # a step's own check of its probe answer: result -> problem text or ""
         self._probed = False
-        self._failures_in_a_row: list[VLMResult] = []
+        self._failing_images: dict[str, VLMResult] = {}  # since the last usable answer, by image
 
     @property
     def model_name(self) -> str:
@@ -366,21 +366,24 @@ class VLMClient:
         return result
 
     def _watch(self, result: VLMResult) -> None:
-        """The running health gate: ``stop_after_consecutive_failures`` rejecting answers in a row
-        (the first requests of a job included) stop it, naming the server, model and first error."""
+        """The running health gate: rejecting answers for ``stop_after_consecutive_failures``
+        images in a row (the first of a job included) stop it, naming the server, model and first
+        error.  Images, not requests: one image's 10 patches or 11 MSFI crops refused (a content
+        filter, one bad file) is that image's failure, not an outage."""
         from pixverve.core.health import StepFailed, rejects
 
         limit = int(self.settings.stop_after_consecutive_failures or 0)
         if not rejects(result.status, self.settings.invalid_policy):
-            self._failures_in_a_row = []
+            self._failing_images = {}
             return
-        self._failures_in_a_row.append(result)
-        if limit and len(self._failures_in_a_row) >= limit:
-            first = self._failures_in_a_row[0]
+        # request ids are "<image>:<part>" (a patch, a view, an instance): the image is the prefix
+        self._failing_images.setdefault(result.request_id.split(":", 1)[0], result)
+        if limit and len(self._failing_images) >= limit:
+            first = next(iter(self._failing_images.values()))
             raise StepFailed(
-                f"model server {self.settings.base_url} (model {self.settings.model!r}): {limit} requests in a row failed; "
-                f"first ({first.task}): {first.status}: {first.error[:400]}. Fix the server (see the README's "
-                "troubleshooting of model servers), then rerun: finished answers are kept in the reply cache"
+                f"model server {self.settings.base_url} (model {self.settings.model!r}): every request of {limit} images in a "
+                f"row failed; first ({first.task}): {first.status}: {first.error[:400]}. Fix the server (see the README's "
+                "fail-safe section), then rerun: finished answers are kept in the reply cache"
             )
 
     def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
