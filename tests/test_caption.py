@@ -601,3 +601,19 @@ def test_rex_omni_stripped_special_tokens_stop_the_job_at_its_probe(shard):
         rex.smoke = False
         with pytest.raises(StepFailed, match=r"probe of model server .*Rex-Omni.*skip_special_tokens: false"):
             caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, rex, log=lambda *_: None)
+
+
+def test_rejections_by_reason_count_the_whole_run_model_failures_included(tmp_path):
+    ingest = pd.DataFrame([{"stage": "index", "entered": 5, "passed": 3, "rejected": 2, "reasons": "empty_file: 1; not_an_image: 1"},
+                           {"stage": "dedup", "entered": 3, "passed": 3, "rejected": 0, "reasons": ""}])
+    purify = pd.DataFrame({"image_id": list("abc"), "passed": [True, False, False], "reason": ["", "model_failed", "entropy"]})
+    rejected = pd.DataFrame({"image_id": ["d", "e"], "passed": False, "reason": "model_failed",
+                             "failed_steps": ["long_caption,short_caption", "tags"]})
+    table = dataset.rejections_by_reason([("2 purification", purify), ("5 captioning", rejected)], ingest)
+    got = {(r["stage"], r["reason"], r["failed_steps"]): r["images"] for r in table.to_dict("records")}
+    assert got == {("1 index", "empty_file", ""): 1, ("1 index", "not_an_image", ""): 1, ("2 purification", "entropy", ""): 1,
+                   ("2 purification", "model_failed", ""): 1, ("5 captioning", "model_failed", "long_caption,short_caption"): 1,
+                   ("5 captioning", "model_failed", "tags"): 1}
+    flow = pd.DataFrame([{"stage": "1 collection", "step": "index", "entering": 5, "dropped": 2, "kept": 3, "sequential": True}])
+    dataset.plot_funnel(flow, table, False, tmp_path / "funnel.png")
+    assert (tmp_path / "funnel.png").stat().st_size > 10_000

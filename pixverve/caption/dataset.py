@@ -272,11 +272,17 @@ def data_flow(ingest: pd.DataFrame, purify: pd.DataFrame, upscale: pd.DataFrame,
     return df[["stage", "step", "entering", "dropped", "kept", "sequential"]]
 
 
-def rejections_by_reason(stages: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+def rejections_by_reason(stages: list[tuple[str, pd.DataFrame]], ingest: pd.DataFrame | None = None) -> pd.DataFrame:
     """The whole run's rejections, one row per stage and reason (a model step that failed is
     ``model_failed`` or the judge's own code: ``judge_failed``, ``judge_unparseable``), with the
-    failed step where the table says it (``failed_steps``)."""
+    failed step where the table says it (``failed_steps``).  ``ingest``: stage 1's summary
+    (``results/summary/ingest.csv``, its ``reasons`` column "reason: n; ...")."""
     rows = []
+    for r in ingest.to_dict("records") if ingest is not None else []:
+        for part in str(r.get("reasons") or "").split(";"):
+            reason, _, n = part.strip().rpartition(":")
+            if reason and n.strip().isdigit():
+                rows.append({"stage": f"1 {r['stage']}", "reason": reason.strip(), "failed_steps": "", "images": int(n)})
     for stage, df in stages:
         if not len(df) or "passed" not in df:
             continue
@@ -297,7 +303,7 @@ def plot_funnel(flow: pd.DataFrame, rejections: pd.DataFrame, smoke: bool, path)
 
     note = "  [SMOKE: tiny models, not a result]" if smoke else ""
     seq = flow[flow["sequential"]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(3.6, 0.32 * max(len(seq), len(rejections)) + 1.2)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, max(3.6, 0.32 * max(len(seq), len(rejections)) + 1.2)))
     labels = [f"{st.split(' ', 1)[0]}. {step}" for st, step in zip(seq["stage"], seq["step"], strict=True)]
     ax1.barh(labels[::-1], seq["kept"].to_numpy()[::-1], color="tab:blue")
     ax1.set(title=f"images kept after each step{note}", xlabel="images")
@@ -306,7 +312,7 @@ def plot_funnel(flow: pd.DataFrame, rejections: pd.DataFrame, smoke: bool, path)
                  zip(rejections["stage"], rejections["reason"], rejections["failed_steps"], strict=True)]
         model = rejections["reason"].isin(["model_failed", "judge_failed", "judge_unparseable"]) | rejections["reason"].str.startswith("sr_")
         ax2.barh(names[::-1], rejections["images"].to_numpy()[::-1], color=["tab:red" if m else "tab:grey" for m in model[::-1]])
-    ax2.set(title="rejections by stage and reason (red: a model step failed)", xlabel="images")
+    ax2.set(title="rejections by stage and reason\n(red: a model step failed)", xlabel="images")
     ax2.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -6,7 +6,8 @@ The chain, on the images that passed stage 4's checks 1-3 (``results/verify/veri
    from the tiled TIFF one tile row at a time) is written once and used by every later step;
    tags come from the tagger (VLM tag list, CLIP over a vocabulary, or tiny), then an LLM keeps
    the tangible objects (the pruned list is always a subset of the tags; a reply that stays
-   unparseable leaves the list unpruned, recorded as such).
+   unparseable leaves the list unpruned, recorded as such -- and, with ``prune`` among
+   ``caption.required_steps`` (the default), keeps the image out of the dataset).
 2. ``boxes_shard``: the detector prompted with the kept tags on the view (downscaled to
    ``boxes.detect_px``) and optionally on a grid of full-resolution tiles; boxes mapped to
    full-resolution pixels and merged per label by NMS.
@@ -20,7 +21,9 @@ The chain, on the images that passed stage 4's checks 1-3 (``results/verify/veri
 7. ``captions_shard``: a long caption from the image plus everything above, then a short
    caption distilled from the long one (text only).
 
-Every VLM reply is kept raw next to its parsed value, with the prompt template's hash and the
+Each step writes a status per image (``pixverve.core.health``); a failure is carried to the next
+step, never read as an empty answer, and ``dataset.build_records`` admits only images whose
+required steps are ok.  Every VLM reply is kept raw next to its parsed value, with the prompt template's hash and the
 request options it was asked with (``*_request_options``: JSON, keys sorted).
 """
 
