@@ -109,9 +109,9 @@ def _step_client(server, config, overrides):
     return c
 
 
-def _run_chain(shard, responder):
+def _run_chain(shard, responder, **faults):
     cfg, views = shard["config"], shard["views"]
-    with FakeOpenAI(responder=responder) as server:
+    with FakeOpenAI(responder=responder, **faults) as server:
         judge = _client(server)
         rex = _step_client(server, cfg, cfg["caption"]["boxes"]["rex_omni"]["vlm"])
         tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
@@ -617,3 +617,24 @@ def test_rejections_by_reason_count_the_whole_run_model_failures_included(tmp_pa
     flow = pd.DataFrame([{"stage": "1 collection", "step": "index", "entering": 5, "dropped": 2, "kept": 3, "sequential": True}])
     dataset.plot_funnel(flow, table, False, tmp_path / "funnel.png")
     assert (tmp_path / "funnel.png").stat().st_size > 10_000
+
+
+MARKERS = {"tags": "List what can be seen", "prune": "Below is a list of tags", "rex": "Detect ", "artifact": "centred on one object. Look",
+           "describe": "Describe the highlighted object", "aesthetics": "Analyse the aesthetics", "long": "Write a detailed caption",
+           "short": "Distil it"}
+
+
+@pytest.mark.parametrize("fault", ["refuse", "5xx", "prose", "empty"])
+@pytest.mark.parametrize("task", list(MARKERS))
+def test_every_stage5_step_broken_never_lets_an_image_into_the_dataset(shard, task, fault):
+    """Each step's requests broken in each way (below the job gates, which tests/test_failsafe.py
+    covers): the image is rejected by the instance check or kept out of the records, with the
+    step named -- never a record."""
+    out = _run_chain(shard, Scripted(), fault=fault, fault_when=lambda body: MARKERS[task] in _text(body))
+    records, rejected = _records(shard, out)
+    checks = out["instance_checks"]
+    assert records == []
+    if len(rejected):
+        assert set(rejected["reason"]) == {"model_failed"}
+    else:  # left at the instance check: the tagger/detector/judge failure carried there
+        assert not checks["passed"].any() and set(checks["reason"]) <= {"model_failed", "judge_failed", "judge_unparseable"}

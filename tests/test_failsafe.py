@@ -108,6 +108,22 @@ def test_the_reply_cache_asks_again_exactly_the_failed_requests(tmp_path):
     assert len(cache.read_text().splitlines()) == 6  # four from the first run, two recovered
 
 
+def test_on_a_rerun_the_probe_is_the_first_request_not_in_the_cache(tmp_path):
+    """Cached answers say nothing about the server now: a rerun whose first requests are cached
+    probes with the first one it really sends, and a server still broken stops it there."""
+    replies.use_reply_cache(tmp_path / "replies.jsonl")
+    try:
+        with FakeOpenAI(fault="refuse", fault_when=lambda body: "patch 2:" in json.dumps(body)) as server:
+            _client(server, probe=False, stop_after_consecutive_failures=0).run_many(_requests(3))  # 0, 1 ok; 2 refused
+            server.fault_when = None  # now refusing everything
+            before = server.requests
+            with pytest.raises(health.StepFailed, match=r"probe of model server .*failed: .*400"):
+                _client(server).run_many(_requests(6))
+            assert server.requests - before == 1  # 0 and 1 from the cache, 2 is the probe, nothing else sent
+    finally:
+        replies.use_reply_cache(None)
+
+
 def test_a_changed_request_is_not_answered_from_the_cache(tmp_path):
     replies.use_reply_cache(tmp_path / "replies.jsonl")
     try:

@@ -14,8 +14,9 @@ OpenAI-compatible chat completions (the ``openai`` package), as vLLM serves them
 * fail-safe (issue 27): the first request of a client is its probe (sent alone, checked before
   any other goes out: a misconfigured server stops the job at once with what to change);
   failures on ``stop_after_consecutive_failures`` images in a row stop the job naming the
-  server, model and first error; every ok reply is kept in the job's reply cache (``use_reply_cache``),
-  keyed by the request's fingerprint, so a rerun asks the server only for what failed.
+  server, model and first error; every ok reply is kept in the job's reply cache
+  (``pixverve.models.replies``), keyed by the request's fingerprint, so a rerun asks the server
+  only for what failed.
 The API key is read from the environment variable named in config.  It is passed to the client
 and nowhere else: it is not logged, not put in results, not in error messages.
 """
@@ -408,14 +409,18 @@ class VLMClient:
                 progress(1)
 
         start = 0
-        if self.settings.probe and not self._probed and requests:
-            await one(0, requests[0])
+        # The probe is the first request the server really answers: answers from the reply cache
+        # (a rerun) say nothing about the server as it is now.
+        while self.settings.probe and not self._probed and start < len(requests):
+            await one(start, requests[start])
+            start += 1
+            if results[start - 1].cached:
+                continue
             self._probed = True
-            problem = self.probe_problem(results[0])
+            problem = self.probe_problem(results[start - 1])
             if problem:
                 raise StepFailed(f"probe of model server {self.settings.base_url} (model {self.settings.model!r}, "
-                                 f"task {results[0].task}): {problem}")
-            start = 1
+                                 f"task {results[start - 1].task}): {problem}")
         try:
             async with asyncio.TaskGroup() as group:
                 for i in range(start, len(requests)):
