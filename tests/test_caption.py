@@ -638,3 +638,26 @@ def test_every_stage5_step_broken_never_lets_an_image_into_the_dataset(shard, ta
         assert set(rejected["reason"]) == {"model_failed"}
     else:  # left at the instance check: the tagger/detector/judge failure carried there
         assert not checks["passed"].any() and set(checks["reason"]) <= {"model_failed", "judge_failed", "judge_unparseable"}
+
+
+def test_a_rerun_after_the_fault_clears_asks_only_what_failed(shard, tmp_path):
+    """The whole chain twice with the reply cache: the first run's long captions are refused
+    (records rejected); after the fix the rerun sends only the long and short caption requests --
+    every other answer comes from the cache -- and both images become records."""
+    from pixverve.models import replies
+
+    replies.use_reply_cache(tmp_path / "replies.jsonl")
+    try:
+        first_seen, again_seen = Scripted(), Scripted()
+        first = _run_chain(shard, first_seen, fault="refuse", fault_when=lambda body: MARKERS["long"] in _text(body))
+        assert _records(shard, first)[0] == []
+        again = _run_chain(shard, again_seen)
+    finally:
+        replies.use_reply_cache(None)
+    asked = [next(k for k, m in MARKERS.items() if m in t) for t in again_seen.seen]
+    assert sorted(asked) == ["long", "long", "short", "short"]
+    records, rejected = _records(shard, again)
+    assert len(records) == 2 and len(rejected) == 0
+    for name in ("tags", "boxes", "masks", "descriptions", "aesthetics"):  # the same answers, from the cache
+        pd.testing.assert_frame_equal(first[name].drop(columns=[c for c in first[name] if c.endswith("attempts")]),
+                                      again[name].drop(columns=[c for c in again[name] if c.endswith("attempts")]))

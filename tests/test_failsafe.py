@@ -231,3 +231,20 @@ def test_retry_finds_failed_super_resolution_but_not_an_unreadable_source(tmp_pa
                               "reason_detail": ["", "4000x3000 expected, got 3000x4000", "unreadable"]}), path)
     assert scan(tmp_path / "results", "drop") == {"upscale": {path: {"b"}}}
     assert STEP_TABLES[0].step == "upscale"
+
+
+def test_a_failed_judgment_leaves_at_the_region_check_and_is_counted_there():
+    from pixverve.verify.fidelity import decide_stage4
+    from pixverve.verify.regions import judged_outcome
+
+    base = {"n_flagged": 0, "max_flagged": 1, "n_unjudged": 3}
+    hard = judged_outcome(dict(base), 10, "region_artifacts", "patches", "keep", [("failed", "HTTP 400: refused")] * 3)
+    soft = judged_outcome(dict(base), 10, "region_artifacts", "patches", "keep", [("unparseable", "no JSON")] * 3)
+    assert (hard["passed"], hard["reason"], hard["judge_status"], hard["n_failed"]) == (False, "judge_failed", "failed", 3)
+    assert soft["passed"] and soft["judge_status"] == "unparseable"  # keep excuses an off-format answer only
+    ids = {"root": "r", "relpath": "x", "shard": "s0", "scale": 4}
+    verify = pd.DataFrame([{"image_id": i, **ids, "passed": True, "reason": "", "reason_detail": ""} for i in ("a", "b")])
+    regions = pd.DataFrame([{"image_id": "a", **hard, "smoke": False}, {"image_id": "b", **soft, "smoke": False}])
+    decisions, counts = decide_stage4(verify, regions, pd.DataFrame(columns=["image_id", "output_path"]))
+    assert list(decisions["passed"]) == [False, True] and decisions["failed_check"].iloc[0] == "regions"
+    assert counts.set_index("check").loc["regions", "dropped"] == 1
