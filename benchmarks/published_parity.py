@@ -224,12 +224,14 @@ def judge_parity(eval_dir: Path, folder: Path, names, gens) -> list[str]:
         args_i = types.SimpleNamespace(benchmark_jsonl=str(jsonl), gen_dir=str(gen_dir), output_dir=str(folder / "ics"),
                                        model_path="fake-vlm", api_url=server.base_url, concurrency=4)
         asyncio.run(ics_evaluator.main(args_i))
+        # the fake judge answers off-format on purpose (the published aggregation's cases): no job gates here
         settings = VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, temperature=0.1, max_tokens=8192,
-                               response_format="json_object", extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+                               response_format="json_object", extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+                               probe=False, stop_after_consecutive_failures=0)
         judge = VLMClient(settings)
         judge.smoke = False
         items = [BenchItem(n, g, g, n, captions[n]) for n, g in zip(names, gens, strict=True)]
-        ours = bench.judge_method(items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None)
+        ours = bench.judge_method(items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0)
     pub_msfi = pd.read_csv(folder / "msfi" / "gen_MSFI.csv")
     pub_ics = [json.loads(x) for x in (folder / "ics" / "gen_ics_eval.jsonl").read_text().splitlines()]
     out = []
@@ -282,9 +284,11 @@ def ours_only(weights, folder: Path, names, reals, gens, size: int) -> list[str]
     spec = load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")["bench"]["judge"]
     spec = {**spec, **{k: str(ROOT / v) for k, v in spec.items() if k.endswith("_prompt")}}
     with FakeOpenAI(responder=fake_reply) as server:
-        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, response_format="json_object"))
+        # off-format fake replies on purpose (see above): no job gates
+        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, response_format="json_object",
+                                      probe=False, stop_after_consecutive_failures=0))
         judge.smoke = False
-        judged = bench.judge_method(items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None)
+        judged = bench.judge_method(items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0)
     out.append(f"MSFI images scored {int(judged['msfi_included'].sum())}/{len(items)}, "
                f"ICS images scored {int(judged['ics_included'].sum())}/{len(items)} (fake judge, our prompts)")
     return out
