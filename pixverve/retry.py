@@ -29,22 +29,28 @@ from pixverve.core.health import rejects
 @dataclass(frozen=True)
 class StepTable:
     step: str
-    folder: str  # under results/
+    pattern: str  # the job's table, a glob under results/
     status_columns: tuple[str, ...]
-    siblings: tuple[str, ...] = ()  # other outputs of the same job (folders under results/), moved with it
+    # the job's other outputs: (part of the table's path, what it becomes), moved with it
+    siblings: tuple[tuple[str, str], ...] = ()
+    policy: str | None = None  # a fixed vlm.invalid_policy (the bench never keeps an off-format answer)
+    id_column: str = "image_id"  # the bench's tables name their images by "name" (the benchmark's file stem)
 
 
 STEP_TABLES = [
-    StepTable("upscale", "upscale", ("reason",)),  # SR: a failed row's reason is an sr_* code
-    StepTable("purify_aesthetics", "purify/aesthetics", ("laion_status", "artimuse_status")),
-    StepTable("verify_regions", "verify/regions", ("judge_status",), ("verify/patches",)),
-    StepTable("caption_tags", "caption/tags", ("tags_status", "prune_status")),
-    StepTable("caption_boxes", "caption/boxes", ("status",)),
-    StepTable("caption_masks", "caption/masks", ("status",)),
-    StepTable("verify_instances", "verify/instances", ("judge_status",), ("verify/instance_crops",)),
-    StepTable("caption_instances", "caption/instances", ("status",)),
-    StepTable("caption_aesthetics", "caption/aesthetics", ("judge_status",)),
-    StepTable("caption_text", "caption/captions", ("long_status", "short_status")),
+    StepTable("upscale", "upscale/*.parquet", ("reason",)),  # SR: a failed row's reason is an sr_* code
+    StepTable("purify_aesthetics", "purify/aesthetics/*.parquet", ("laion_status", "artimuse_status")),
+    StepTable("verify_regions", "verify/regions/*.parquet", ("judge_status",), (("verify/regions/", "verify/patches/"),)),
+    StepTable("caption_tags", "caption/tags/*.parquet", ("tags_status", "prune_status")),
+    StepTable("caption_boxes", "caption/boxes/*.parquet", ("status",)),
+    StepTable("caption_masks", "caption/masks/*.parquet", ("status",)),
+    StepTable("verify_instances", "verify/instances/*.parquet", ("judge_status",), (("verify/instances/", "verify/instance_crops/"),)),
+    StepTable("caption_instances", "caption/instances/*.parquet", ("status",)),
+    StepTable("caption_aesthetics", "caption/aesthetics/*.parquet", ("judge_status",)),
+    StepTable("caption_text", "caption/captions/*.parquet", ("long_status", "short_status")),
+    StepTable("bench_scores", "bench/*/scores.parquet", ("aesthetics_status", "clip_status"), (("scores.parquet", "sets.json"),), "drop", "name"),
+    StepTable("bench_fgclip2", "bench/*/fgclip2.parquet", ("fgclip2_status",), policy="drop", id_column="name"),
+    StepTable("bench_judge", "bench/*/judged.parquet", ("msfi_status", "ics_status"), policy="drop", id_column="name"),
 ]
 BEFORE = ".before-retry"
 
@@ -56,7 +62,7 @@ def failed_images(table, step: StepTable, policy: str) -> set[str]:
     for column in step.status_columns:
         if column not in table:
             continue
-        for iid, status in zip(table["image_id"], table[column].fillna("missing"), strict=True):
+        for iid, status in zip(table[step.id_column], table[column].fillna("missing"), strict=True):
             if column == "reason":  # the SR table: only the model's own failures, not an unreadable source
                 if str(status).startswith("sr_"):
                     out.add(iid)
@@ -71,8 +77,8 @@ def scan(results: Path, policy: str) -> dict[str, dict[Path, set[str]]]:
 
     found: dict[str, dict[Path, set[str]]] = {}
     for step in STEP_TABLES:
-        for path in sorted((results / step.folder).glob("*.parquet")):
-            bad = failed_images(read_table(path), step, policy)
+        for path in sorted(results.glob(step.pattern)):
+            bad = failed_images(read_table(path), step, step.policy or policy)
             if bad:
                 found.setdefault(step.step, {})[path] = bad
     return found
@@ -84,8 +90,9 @@ def move_aside(results: Path, found: dict) -> list[Path]:
     steps = {s.step: s for s in STEP_TABLES}
     for name, tables in found.items():
         for path in tables:
-            for folder in (steps[name].folder, *steps[name].siblings):
-                src = results / folder / path.name
+            relative = path.relative_to(results).as_posix()
+            for old, new in (("", ""), *steps[name].siblings):
+                src = results / relative.replace(old, new, 1) if old else path
                 if src.exists():
                     dst = src.with_name(src.name + BEFORE)
                     if dst.exists():
@@ -107,8 +114,8 @@ def recovered(results: Path, found: dict, policy: str) -> dict[str, tuple[int, i
         for path, ids in tables.items():
             if path.exists():
                 table = read_table(path)
-                still = failed_images(table, steps[name], policy)
-                fixed += len([i for i in ids if i in set(table["image_id"]) and i not in still])
+                still = failed_images(table, steps[name], steps[name].policy or policy)
+                fixed += len([i for i in ids if i in set(table[steps[name].id_column]) and i not in still])
         report[name] = (retried, fixed)
     return report
 

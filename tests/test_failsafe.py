@@ -248,3 +248,18 @@ def test_a_failed_judgment_leaves_at_the_region_check_and_is_counted_there():
     decisions, counts = decide_stage4(verify, regions, pd.DataFrame(columns=["image_id", "output_path"]))
     assert list(decisions["passed"]) == [False, True] and decisions["failed_check"].iloc[0] == "regions"
     assert counts.set_index("check").loc["regions", "dropped"] == 1
+
+
+def test_retry_covers_the_bench_judge_and_its_sibling_outputs(tmp_path):
+    from pixverve.retry import move_aside, scan
+
+    results = tmp_path / "results"
+    judged = results / "bench/ours/judged.parquet"
+    write_table(pd.DataFrame({"name": ["a", "b"], "msfi_status": ["ok", "unparseable"], "ics_status": ["ok", "ok"]}), judged)
+    scores = results / "bench/ours/scores.parquet"
+    write_table(pd.DataFrame({"name": ["a", "b"], "aesthetics_status": ["ok", "ok"], "clip_status": ["model_error", "ok"]}), scores)
+    (results / "bench/ours/sets.json").write_text("{}")
+    found = scan(results, "keep")  # the bench never keeps an off-format answer, whatever the run's policy
+    assert found == {"bench_scores": {scores: {"a"}}, "bench_judge": {judged: {"b"}}}
+    moved = move_aside(results, found)
+    assert sorted(p.name for p in moved) == ["judged.parquet.before-retry", "scores.parquet.before-retry", "sets.json.before-retry"]
