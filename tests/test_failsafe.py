@@ -142,6 +142,11 @@ def test_the_step_gate_counts_failures_under_the_policy():
     with pytest.raises(health.StepFailed, match=r"s: 2 of 20 images failed .*at model server X; first: failed: HTTP 400 bad"):
         health.check_step_health("s", statuses, errors, 0.05, who="model server X")
     assert health.check_step_health("s", statuses, errors, 0.05, invalid_policy="keep") == 1  # keep excuses the off-format one
+    assert health.check_step_health("s", ["ok", "failed"], ["", "x"], 0.05) == 1  # one bad image in a small shard: its row
+    with pytest.raises(health.StepFailed):
+        health.check_step_health("s", ["ok", "failed"], ["", "x"], 0.0)  # 0: none tolerated
+    with pytest.raises(health.StepFailed):
+        health.check_step_health("s", ["failed", "failed", "ok"], ["x", "x", ""], 0.05)
     assert health.rejects("tags_unparseable", "drop") and not health.rejects("tags_unparseable", "keep")
     assert all(health.rejects(s, "keep") for s in ("failed", "empty", "refusal", "no_logprobs", "special_tokens_stripped", "missing"))
     assert not any(health.rejects(s) for s in ("ok", "off", "no_tags", "no_instances", "skipped"))

@@ -62,13 +62,16 @@ class StepFailed(RuntimeError):
 
 def check_step_health(step: str, statuses, errors, max_failed_fraction: float, invalid_policy: str = "drop",
                       who: str = "", config_key: str = "") -> int:
-    """Raise :class:`StepFailed` when more than ``max_failed_fraction`` of a step's images failed.
+    """Raise :class:`StepFailed` when more than ``max_failed_fraction`` of a step's images failed
+    (and more than one, unless the fraction is 0: one bad image in a small shard is its row).
 
     ``statuses``/``errors``: one per image; ``who``: the server and model (or the local model) for
     the message; ``config_key``: where the fraction is set.  Returns the number of failures."""
     statuses, errors = list(statuses), list(errors)
     failed = [i for i, s in enumerate(statuses) if rejects(s, invalid_policy)]
     allowed = math.floor(float(max_failed_fraction) * len(statuses) + 1e-9)
+    if max_failed_fraction > 0:  # one bad image never stops a small shard (0: none tolerated)
+        allowed = max(1, allowed)
     if len(failed) > allowed:
         first = failed[0]
         raise StepFailed(
