@@ -4,7 +4,9 @@ Usage: python benchmarks/vlm_client.py [--latency 1.0] [--levels 1 8 32 64]
 
 For each concurrency bound c it sends max(16, 4c) requests (each with a small JPEG image, as the
 artefact judges do) and prints requests/s, the ideal c / latency, their ratio (target >= 0.9 at
-32), and the server-observed peak of requests in flight.
+32), and the server-observed peak of requests in flight.  Then the reply cache (issue 27): the
+cost of a request's fingerprint and of a cache lookup for a 768 px patch (what a region judge
+sends), side by side with one reply's latency, and a rerun answered wholly from the cache.
 """
 
 from __future__ import annotations
@@ -58,6 +60,44 @@ def main() -> None:
             peak = server.max_active
         rps, ideal = n / dt, c / args.latency
         print(f"{c:>11} {n:>8} {dt:>8.2f} {rps:>8.1f} {ideal:>8.1f} {rps / ideal:>6.2f} {peak:>5}")
+    reply_cache(args.latency, 8 if args.quick else 64)
+
+
+def reply_cache(latency: float, n: int) -> None:
+    """Fingerprint cost per request against the reply latency, and a rerun from the cache."""
+    import tempfile
+    import tracemalloc
+
+    from pixverve.models import replies
+
+    patch = np.random.default_rng(1).integers(0, 255, (768, 768, 3), dtype=np.uint8)
+    reqs = [("bench", f"img{i}:p", [user_message(f"judge {i} scenario:ok", [patch])], SCHEMA) for i in range(n)]
+    t0 = time.perf_counter()
+    keys = [replies.fingerprint("fake", m, "{}", s) for _, _, m, s in reqs]
+    per_key = (time.perf_counter() - t0) / n
+    with tempfile.TemporaryDirectory() as tmp:
+        replies.use_reply_cache(Path(tmp) / "replies.jsonl")
+        try:
+            with FakeOpenAI(latency=latency) as server:
+                first = VLMClient(VLMSettings(base_url=server.base_url, model="fake", max_in_flight=32))
+                t0 = time.perf_counter()
+                first.run_many(reqs)
+                asked = time.perf_counter() - t0
+                tracemalloc.start()
+                again = VLMClient(VLMSettings(base_url=server.base_url, model="fake", max_in_flight=32))
+                t0 = time.perf_counter()
+                out = again.run_many(reqs)
+                cached = time.perf_counter() - t0
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                sent_again = server.requests - n
+        finally:
+            replies.use_reply_cache(None)
+    assert all(r.cached for r in out) and sent_again == 0 and len(set(keys)) == n
+    print(f"reply cache, {n} requests with a 768 px JPEG patch:")
+    print(f"  fingerprint {per_key * 1e3:.2f} ms/request = {per_key / latency:.4f} of one {latency:.2f} s reply")
+    print(f"  first run {asked:.2f} s, rerun from the cache {cached:.2f} s (ratio {cached / asked:.3f}), "
+          f"0 requests sent again, peak traced memory of the rerun {peak / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":
