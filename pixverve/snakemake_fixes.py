@@ -19,6 +19,11 @@ newer Snakemake keeps its own check.
 from __future__ import annotations
 
 TESTED_SNAKEMAKE = ("9.27.",)
+NOT_APPLIED = (
+    "pixverve: the group-check fix (pixverve/snakemake_fixes.py) is written for Snakemake 9.27.x and was not "
+    "applied to this Snakemake: its own check runs, fine for small runs, but a paper-scale DAG (hundreds of "
+    "shards) may take many minutes to plan. Use Snakemake 9.27 (requirements.txt) for such runs."
+)
 
 
 def check_groups_once_per_group(dag) -> None:

@@ -24,7 +24,8 @@ from pixverve.workflow import (  # noqa: E402
 )
 
 # Snakemake 9.27's group check is quadratic in the shard count (pixverve/snakemake_fixes.py)
-snakemake_fixes.apply()
+if not snakemake_fixes.apply():
+    print(snakemake_fixes.NOT_APPLIED, file=sys.stderr)
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)

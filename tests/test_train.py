@@ -779,3 +779,27 @@ def test_sequence_chunking_keeps_a_lora_on_the_fused_projection(tiny_flux2):
         models.append(_flux2_forward(pipe))
     plain_base = _flux2_forward(tiny_flux2)
     assert torch.allclose(models[0], models[1], atol=1e-5) and not torch.allclose(models[0], plain_base, atol=1e-3)
+
+
+def test_the_rendezvous_port_is_free_per_job_and_the_launcher_gets_the_node_cpus():
+    """#28: a fixed 29500 collides when two training jobs share a node; `auto` picks a free port
+    on the first node (where the command is built); the multi-node launcher step asks for the
+    node's CPUs (the job step would otherwise give it one)."""
+    import socket
+
+    from pixverve.train.config import rendezvous_port
+
+    assert rendezvous_port({"port": 29613}) == 29613
+    ports = {rendezvous_port({"port": "auto"}) for _ in range(5)}
+    assert all(1024 <= p <= 65535 for p in ports)
+    for port in ports:  # free now: it can be bound
+        with socket.socket() as sock:
+            sock.bind(("", port))
+    spec = demo_spec("scheme3_l2p", 64, device="cuda")
+    spec["resources"].update(nodes=2, gpus_per_node=4, cpus_per_gpu=8)
+    spec["distributed"] = {"strategy": "ddp", "port": "auto"}
+    cmd = launch_command(spec, [])
+    assert "--cpus-per-task=32" in cmd[:7]
+    port = int(cmd[-1].split("--main_process_port ")[1].split()[0])
+    with socket.socket() as sock:  # the command's port is one nobody listens on
+        sock.bind(("", port))

@@ -133,17 +133,32 @@ def world_size(spec: dict) -> tuple[int, int]:
     return int(res["nodes"]), int(res["gpus_per_node"])
 
 
+def rendezvous_port(dist: dict) -> int:
+    """The run's rendezvous port: a number from config, or with ``port: auto`` (the default) a
+    port free on this host now -- the launch command is built on the first node, which is the
+    rendezvous host, so two training jobs sharing a node never collide on a fixed 29500."""
+    port = dist.get("port", "auto")
+    if port not in ("auto", None, 0):
+        return int(port)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))  # all interfaces: the other nodes reach the master on its network address
+        return sock.getsockname()[1]
+
+
 def launch_command(spec: dict, worker_args: list[str]) -> list[str]:
     """The command that starts every process of a run: ``accelerate launch`` with the run's
     strategy; across nodes, one launcher per node through ``srun`` (rank 0's host is the
     rendezvous)."""
     nodes, per_node = world_size(spec)
     dist = spec["distributed"]
+    port = rendezvous_port(dist)
     if spec["device"] == "cpu" or int(spec["resources"]["gpus_per_node"]) == 0:
         # CPU processes (tests, a laptop): torchrun; accelerate picks gloo from its environment
         # (accelerate launch --cpu would need MPI for more than one process)
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(per_node), "--master_port",
-                str(int(dist["port"])), "-m", "pixverve.train.worker", *worker_args]
+                str(port), "-m", "pixverve.train.worker", *worker_args]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nodes * per_node),
            "--num_machines", str(nodes), "--dynamo_backend", "no", "--mixed_precision", spec["mixed_precision"]]
     if nodes * per_node > 1 and dist["strategy"] == "ddp":
@@ -154,13 +169,16 @@ def launch_command(spec: dict, worker_args: list[str]) -> list[str]:
     elif dist["strategy"] == "deepspeed":
         cmd += ["--use_deepspeed", "--zero_stage", str(int(dist["zero_stage"])),
                 "--gradient_accumulation_steps", str(int(spec["gradient_accumulation"]))]
-    cmd += ["--main_process_port", str(int(dist["port"]))]
+    cmd += ["--main_process_port", str(port)]
     if nodes > 1:
         cmd += ["--machine_rank", "$SLURM_NODEID", "--main_process_ip", "$PIXVERVE_MASTER", "--rdzv_backend", "static"]
     cmd += ["--module", "pixverve.train.worker", *worker_args]
     if nodes > 1:  # one launcher per node; the master is the first host of the allocation
         inner = " ".join(a if a.startswith("$") else shlex.quote(a) for a in cmd)
         script = ("export PIXVERVE_MASTER=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1); " + inner)
-        # explicit geometry: an inherited SLURM_NTASKS=1 would otherwise start rank 0 only
-        return ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "bash", "-c", script]
+        # explicit geometry: an inherited SLURM_NTASKS=1 would otherwise start rank 0 only; and the
+        # node's CPUs for its launcher (the job step would otherwise get 1 CPU per task)
+        cpus = int(spec["resources"].get("cpus_per_gpu", 1)) * per_node
+        return ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}",
+                "bash", "-c", script]
     return cmd
