@@ -305,3 +305,21 @@ def test_artimuse_failures_are_statuses_never_scores(artimuse_checkout):
                 "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
         out = _scores_with_status(build_predictor("artimuse", spec), [np.full((64, 64, 3), v, np.uint8) for v in (220, 20, 230)])
     assert [s for _, s, _ in out] == ["ok", "failed", "ok"] and np.isnan(out[1][0]) and "400" in out[1][2]["error"]
+
+
+def test_a_job_stop_is_not_swallowed_by_the_per_image_error_capture(artimuse_checkout):
+    """The shard loop runs a failing batch image by image (MODEL_ERRORS); a server stop must pass
+    through it as the job's error, not become a model_error row per image."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_openai import FakeOpenAI
+
+    from pixverve.core.health import StepFailed
+    from pixverve.models.aesthetics import build_predictor
+    from pixverve.purify.aesthetics import _scores_with_status
+
+    with FakeOpenAI(responder=_artimuse_server, fault="refuse") as server:
+        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
+                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
+        with pytest.raises(StepFailed, match="probe of model server"):
+            _scores_with_status(build_predictor("artimuse", spec), [np.full((64, 64, 3), v, np.uint8) for v in (20, 220, 30)])
+        assert server.requests == 1

@@ -661,3 +661,16 @@ def test_a_rerun_after_the_fault_clears_asks_only_what_failed(shard, tmp_path):
     for name in ("tags", "boxes", "masks", "descriptions", "aesthetics"):  # the same answers, from the cache
         pd.testing.assert_frame_equal(first[name].drop(columns=[c for c in first[name] if c.endswith("attempts")]),
                                       again[name].drop(columns=[c for c in again[name] if c.endswith("attempts")]))
+
+
+def test_an_undescribed_instance_or_a_missing_status_is_not_a_pass(shard):
+    """A description row missing for a kept instance, or a step table without its status column,
+    did not run for the image: the record is refused, not written with the gap."""
+    out = _run_chain(shard, Scripted())
+    dropped = out | {"descriptions": out["descriptions"].iloc[1:]}  # one kept instance lost its row
+    records, rejected = _records(shard, dropped)
+    assert len(records) == 1 and rejected["failed_steps"].tolist() == ["descriptions"]
+    assert "1 of 2 kept instances have no description row" in rejected["reason_detail"].iloc[0]
+    no_column = out | {"aesthetics": out["aesthetics"].drop(columns=["judge_status"])}
+    records, rejected = _records(shard, no_column)
+    assert records == [] and set(rejected["failed_steps"]) == {"aesthetics"}

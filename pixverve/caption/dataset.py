@@ -64,21 +64,32 @@ def _by_id(table) -> dict:
 CAPTION_STEPS = ["tags", "prune", "boxes", "masks", "descriptions", "aesthetics", "long_caption", "short_caption"]
 
 
-def step_statuses(iid: str, t: dict, b: dict, m: dict, descriptions: list[dict], a: dict | None, c: dict | None) -> dict:
-    """{step: (status, error)} of one image's stage-5 steps; a step that wrote no row for the
-    image did not run for it (``missing``), which is not a pass."""
+def step_statuses(t: dict, b: dict, m: dict, descriptions: list[dict], a: dict | None, c: dict | None) -> dict:
+    """{step: (status, error)} of one image's stage-5 steps.  A step without a status column or a
+    row for the image did not run for it (``missing``): never read as a pass.  Descriptions: one
+    ok row per kept instance, else the first failure (or ``missing`` for an undescribed one)."""
     missing = ("missing", "no row for the image")
-    desc = [d for d in descriptions if d.get("status") != "ok"]
+
+    def of(row, status, error):
+        return (row.get(status, "missing"), row.get(error, "")) if row is not None else missing
+
+    kept = sum(1 for x in json.loads(m.get("instances") or "[]") if x.get("kept"))
+    bad = [d for d in descriptions if d.get("status") != "ok"]
+    if bad:
+        described = (bad[0]["status"], f"{len(bad)} of {kept} instances: {bad[0].get('error', '')}")
+    elif len(descriptions) < kept:
+        described = ("missing", f"{kept - len(descriptions)} of {kept} kept instances have no description row")
+    else:
+        described = ("ok", "") if kept else ("no_instances", "")
     return {
-        "tags": (t.get("tags_status", "ok"), t.get("tags_error", "")),
-        "prune": (t.get("prune_status", "off"), t.get("prune_error", "")),
-        "boxes": (b.get("status", "ok"), b.get("error", "")),
-        "masks": (m.get("status", "ok"), m.get("error", "")),
-        "descriptions": (desc[0]["status"], f"{len(desc)} of {len(descriptions)} instances: {desc[0].get('error', '')}") if desc
-        else ("ok" if descriptions else "no_instances", ""),
-        "aesthetics": (a.get("judge_status", "ok"), a.get("judge_error", "")) if a is not None else missing,
-        "long_caption": (c.get("long_status", "ok"), c.get("long_error", "")) if c is not None else missing,
-        "short_caption": (c.get("short_status", "ok"), c.get("short_error", "")) if c is not None else missing,
+        "tags": of(t, "tags_status", "tags_error"),
+        "prune": of(t, "prune_status", "prune_error"),
+        "boxes": of(b, "status", "error"),
+        "masks": of(m, "status", "error"),
+        "descriptions": described,
+        "aesthetics": of(a, "judge_status", "judge_error"),
+        "long_caption": of(c, "long_status", "long_error"),
+        "short_caption": of(c, "short_status", "short_error"),
     }
 
 
@@ -112,7 +123,7 @@ def build_records(inputs: dict, required=None, invalid_policy: str = "drop") -> 
     for check in checks[checks["passed"]].to_dict("records") if len(checks) else []:
         iid = check["image_id"]
         t, m, b, a, c = tags[iid], masks[iid], boxes[iid], aesthetics.get(iid), captions.get(iid)
-        steps = step_statuses(iid, t, b, m, desc_by_image.get(iid, []), a, c)
+        steps = step_statuses(t, b, m, desc_by_image.get(iid, []), a, c)
         failed = [f"{name}: {status}: {str(error)[:300]}" for name, (status, error) in steps.items()
                   if name in required and rejects(status, invalid_policy)]
         if failed:  # a check that did not run is not passed: the image leaves, counted, with why
@@ -157,8 +168,8 @@ def build_records(inputs: dict, required=None, invalid_policy: str = "drop") -> 
             "mask_grid": mask_grid,
             "instances": instances,
             "aesthetics": analysis,
-            "long_caption": c["long_caption"] if c is not None and c.get("long_status", "ok") == "ok" else None,
-            "short_caption": c["short_caption"] if c is not None and c.get("short_status", "ok") == "ok" else None,
+            "long_caption": c["long_caption"] if steps["long_caption"][0] == "ok" else None,
+            "short_caption": c["short_caption"] if steps["short_caption"][0] == "ok" else None,
             "models": {"tagger": t["tagger_model"], "tag_pruner": t.get("prune_model", ""), "detector": b["detector"],
                        "segmenter": m["segmenter"], "instance_judge": check["judge_model"],
                        "captioner": c["model"] if c is not None else ""},

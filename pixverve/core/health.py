@@ -56,8 +56,10 @@ def rejects(status, invalid_policy: str = "drop") -> bool:
 DEFAULT_MAX_FAILED_FRACTION = 0.05  # <stage>.max_failed_fraction when a config does not set it
 
 
-class StepFailed(RuntimeError):
-    """A job stops: its model step failed on too many images (or its first requests all failed)."""
+class StepFailed(Exception):
+    """A job stops: its model step failed on too many images (or its first requests all failed).
+    Not a RuntimeError on purpose: the per-image capture of model errors (``MODEL_ERRORS``) must
+    not turn a job stop into one image's row."""
 
 
 def check_step_health(step: str, statuses, errors, max_failed_fraction: float, invalid_policy: str = "drop",

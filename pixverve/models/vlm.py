@@ -462,7 +462,8 @@ def probe_hint(result: VLMResult, settings: VLMSettings) -> str:
     """What to change on the server or in config, for the probe failures we know."""
     error = result.error.lower()
     options = json.loads(result.request_options or "{}")
-    if "chat_template" in error or ("chat_template" in options and "400" in error):
+    # vLLM >= 0.11: "Chat template is passed with request, but --trust-request-chat-template is not set"
+    if "chat template" in error or "chat_template" in error or ("chat_template" in options and "400" in error):
         return (" -- the request carries a chat template (the ArtiMuse setting chat_template: upstream); vLLM >= 0.11 "
                 "refuses that unless started with --trust-request-chat-template. Start it so, or start it with "
                 "--chat-template FILE (`python -m pixverve artimuse-template --upstream CHECKOUT`) and set chat_template: server")
