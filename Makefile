@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: demo test lint report clean-demo slurm-profile
+.PHONY: demo test lint report clean-demo slurm-profile envs
 
 $(BIN)/.installed: requirements.txt constraints.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,3 +51,12 @@ slurm-profile:
 	  mkdir -p "$(SLURM_PROFILE_DIR)" && cp profiles/slurm/config.yaml profiles/slurm/partitions.yaml "$(SLURM_PROFILE_DIR)/" && \
 	  echo "installed $(SLURM_PROFILE_DIR): edit the lines marked EDIT, then: snakemake --profile slurm"; \
 	fi
+
+# Every conda env of the workflow (envs/*.yaml), made now on this host (a login node: no GPU
+# needed, the workflow declares CONDA_OVERRIDE_CUDA itself, config key software.cuda_override),
+# into the conda-prefix of your profile: the folders your run then uses (rules/envs.smk).  Give the
+# same profile, --configfile and --directory arguments as the run:
+#   make envs ENVS_ARGS="--profile slurm --configfile my.yaml"
+ENVS_ARGS ?= --profile slurm
+envs: $(BIN)/.installed
+	$(BIN)/snakemake $(ENVS_ARGS) --conda-create-envs-only conda_envs

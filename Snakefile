@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/envs.smk"
 include: "rules/collect.smk"
 include: "rules/ingest.smk"
 include: "rules/purify.smk"

@@ -88,6 +88,7 @@ def check_config(config: dict) -> None:
             raise ValueError("config key vlm.transformers.model: backend `transformers` needs a local folder or hub id")
         if (vlm.get("serve") or {}).get("enabled") and vlm.get("backend", "endpoint") != "endpoint":
             raise ValueError("config key vlm.serve.enabled: starting vLLM only makes sense with vlm.backend: endpoint")
+        check_serve_gpus(vlm.get("serve") or {})
     bench = config.get("bench") or {}
     if bench.get("methods") and (bench.get("fgclip2") or {}).get("backend") == "fgclip2" and not bench["fgclip2"].get("model"):
         raise ValueError("config key bench.fgclip2.model: set a local folder with fg-clip2-base, or backend tiny/none")
@@ -95,6 +96,22 @@ def check_config(config: dict) -> None:
     from pixverve.train.config import check_train_config
 
     check_train_config(config)
+
+
+def check_serve_gpus(serve: dict) -> None:
+    """A job that starts vLLM holds one GPU (its rule's gpu resource): tensor parallelism over more
+    would fail only after the model's download, on the node -- stopped here instead."""
+    if not serve.get("enabled"):
+        return
+    args = [str(a) for a in serve.get("args") or []]
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name in ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"):
+            size = value or (args[i + 1] if i + 1 < len(args) else "1")
+            if int(size) > 1:
+                raise ValueError(f"config key vlm.serve.args: {name} {size}: a job that starts vLLM holds one GPU; "
+                                 "serve a model that needs several GPUs as a standing server and set vlm.base_url "
+                                 "(vlm.serve.enabled: false)")
 
 
 def check_artimuse_checkouts(config: dict) -> None:

@@ -101,6 +101,7 @@ rule bench_judge:
         benchmark=config["bench"]["benchmark"],
         generated=bench_images_input,
         prompts=bench_judge_prompt_inputs,
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         "results/bench/{method}/judged.parquet",
     log:

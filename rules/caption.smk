@@ -9,6 +9,7 @@ rule caption_tags:
         prompt=config["caption"]["tags"]["prompt"],
         prune_prompt=config["caption"]["tags"]["prune"]["prompt"],
         vocabulary=config["caption"]["tags"]["clip"]["vocabulary"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         table="results/caption/tags/{shard}.parquet",
         views=directory("results/caption/views/{shard}"),
@@ -37,6 +38,7 @@ rule caption_boxes:
         views="results/caption/views/{shard}",
         upscaled="results/upscale/{shard}.parquet",
         prompt=config["caption"]["boxes"]["rex_omni"]["prompt"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         "results/caption/boxes/{shard}.parquet",
     log:
@@ -84,6 +86,7 @@ rule caption_instances:
         views="results/caption/views/{shard}",
         upscaled="results/upscale/{shard}.parquet",
         prompt=config["caption"]["instances"]["prompt"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         "results/caption/instances/{shard}.parquet",
     log:
@@ -108,6 +111,7 @@ rule caption_aesthetics:
         checks="results/verify/instances/{shard}.parquet",
         views="results/caption/views/{shard}",
         prompt=config["caption"]["aesthetics"]["prompt"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         "results/caption/aesthetics/{shard}.parquet",
     log:
@@ -137,6 +141,7 @@ rule caption_text:
         views="results/caption/views/{shard}",
         long_prompt=config["caption"]["captions"]["long_prompt"],
         short_prompt=config["caption"]["captions"]["short_prompt"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         "results/caption/captions/{shard}.parquet",
     log:

@@ -37,6 +37,7 @@ rule import_dataset:
 rule synth_prompts:
     input:
         template=config["synthetic"]["prompt_template"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         prompts="results/collect/synthetic_prompts.parquet",
         requests="results/collect/synthetic_requests.parquet",

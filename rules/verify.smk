@@ -30,6 +30,7 @@ rule verify_regions:
         verified="results/verify/{shard}.parquet",
         upscaled="results/upscale/{shard}.parquet",
         prompt=config["verify"]["regions"]["prompt"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         images="results/verify/regions/{shard}.parquet",
         patches="results/verify/patches/{shard}.parquet",
@@ -82,6 +83,7 @@ rule verify_instances:
         views="results/caption/views/{shard}",
         upscaled="results/upscale/{shard}.parquet",
         prompt=config["verify"]["instances"]["prompt"],
+        vllm=vllm_executable_input,  # the env's vLLM when this job starts it (vlm.serve)
     output:
         images="results/verify/instances/{shard}.parquet",
         crops="results/verify/instance_crops/{shard}.parquet",

@@ -25,9 +25,46 @@ class ServerFailed(RuntimeError):
     pass
 
 
+# The `vllm` of the workflow's own env (envs/vllm.yaml; vLLM pins its own torch, so it is an env
+# apart): rule vllm_path runs `command -v vllm` in that env and writes the path here (relative to
+# the working directory), and every job that starts vLLM takes the file as an input.
+VLLM_PATH_FILE = "results/envs/vllm.path"
+
+
+def uses_vllm_env(config: dict) -> bool:
+    """Whether some job starts vLLM from envs/vllm.yaml: a ``serve`` block anywhere in the config
+    (``vlm.serve`` or a step's ``vlm:`` override) with ``enabled`` and ``vllm_env`` true and a
+    command that starts with a bare ``vllm``."""
+    def walk(node):
+        if isinstance(node, dict):
+            serve = node.get("serve")
+            if isinstance(serve, dict) and serve.get("enabled") and _from_env(serve):
+                return True
+            return any(walk(v) for v in node.values())
+        if isinstance(node, list):
+            return any(walk(v) for v in node)
+        return False
+
+    return walk(config)
+
+
+def _from_env(serve: dict) -> bool:
+    words = shlex.split(serve.get("command", "vllm serve"))
+    return bool(serve.get("vllm_env", True)) and bool(words) and words[0] == "vllm"
+
+
 def serve_command(serve: dict, model: str, port: int) -> list[str]:
-    """The argv: ``<command> <model> --host 127.0.0.1 --port <port> <extra args>``."""
-    return [*shlex.split(serve.get("command", "vllm serve")), model, "--host", "127.0.0.1", "--port", str(port), *map(str, serve.get("args") or [])]
+    """The argv: ``<command> <model> --host 127.0.0.1 --port <port> <extra args>``; a bare ``vllm``
+    is the env's (``VLLM_PATH_FILE``) unless ``vllm_env: false`` (then it is found on PATH)."""
+    words = shlex.split(serve.get("command", "vllm serve"))
+    if _from_env(serve):
+        path = Path(VLLM_PATH_FILE)
+        if not path.is_file() or not path.read_text().strip():
+            raise ServerFailed(f"{VLLM_PATH_FILE} (rule vllm_path: the `vllm` of envs/vllm.yaml) is missing or empty; "
+                               "it is an input of every job with vlm.serve.enabled -- or set vlm.serve.vllm_env: false "
+                               "to run `vllm` from PATH (a site module)")
+        words[0] = path.read_text().strip()
+    return [*words, model, "--host", "127.0.0.1", "--port", str(port), *map(str, serve.get("args") or [])]
 
 
 def _listed_models(base_url: str, headers: dict) -> list[str]:
