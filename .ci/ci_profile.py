@@ -5,10 +5,13 @@ Usage: python .ci/ci_profile.py SITE_PROFILE_DIR WORKFLOW_PROFILE_SRC WORKFLOW_P
 SITE_PROFILE_DIR is what `make slurm-profile` installed (profiles/slurm as shipped): only its
 site lines change (the account, the partitions file) plus what a 2-CPU node without conda needs
 (conda off: no channels here; threads capped; global limits that make Snakemake lay a group out
-to fit the node).  The workflow profile (profiles/default) is copied with memory capped to the
-node; everything else in it -- threads, runtimes, groups, retries -- stays as shipped.
+to fit the node; each rule's memory capped to the node with the site's own per-rule
+`set-resources`, as a site would steer a rule).  The workflow profile (profiles/default: groups,
+retries) is copied as shipped; threads, memory and runtime per rule stay the rules' own
+(rules/*.smk, next to WORKFLOW_PROFILE_SRC's profiles/ folder).
 """
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +31,15 @@ profile["keep-going"] = False
 profile["cores"] = 2
 profile["max-threads"] = 1  # as the local run: two 1-thread jobs side by side, the same floats
 profile["resources"] = {"mem_mb": 8000, "gpu": 2}
+# the CI node has 24 GB: every rule that asks for more than 2000 MB gets 2000 (its other
+# resources stay the rule's); train's memory comes from .ci/gpu-asks.yaml (per GPU)
+capped = profile.setdefault("set-resources", {})
+for smk in sorted((wf_src.resolve().parent.parent / "rules").glob("*.smk")):
+    for rule, body in re.findall(r"^(?:rule|checkpoint) (\w+):\n((?:[ \t].*\n|\n)*)", smk.read_text(), re.MULTILINE):
+        mem = re.search(r"^\s+mem_mb=(\d+),", body, re.MULTILINE)
+        if mem and int(mem.group(1)) > 2000:
+            capped.setdefault(rule, {})["mem_mb"] = 2000
+assert len(capped) >= 20, f"rules with their own memory not found: {sorted(capped)}"
 (site / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
 # the CI cluster's partitions (slurm-cluster.sh): the same names and roles as the shipped file
 partitions = yaml.safe_load((site / "partitions.yaml").read_text())["partitions"]
@@ -38,9 +50,4 @@ partitions["gpu"].update(max_threads=2, max_mem_mb=8000, max_gpu=2, max_runtime=
 (site / "partitions.yaml").write_text(yaml.safe_dump({"partitions": partitions}, sort_keys=False))
 
 wf_dest.mkdir(parents=True, exist_ok=True)
-workflow = yaml.safe_load((wf_src / "config.yaml").read_text())
-for res in workflow.get("set-resources", {}).values():
-    if "mem_mb" in res:
-        res["mem_mb"] = min(int(res["mem_mb"]), 2000)  # the CI node has 24 GB
-(wf_dest / "config.yaml").write_text(yaml.safe_dump(workflow, sort_keys=False))
-shutil.copymode(wf_src / "config.yaml", wf_dest / "config.yaml")
+shutil.copy2(wf_src / "config.yaml", wf_dest / "config.yaml")  # as shipped: groups and retries

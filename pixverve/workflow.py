@@ -63,6 +63,12 @@ def check_config(config: dict) -> None:
         command = up.get("command") or {}
         if up["backend"] == "command" and not (command.get("template") or command.get("batch_template")):
             raise ValueError("config key upscale.command.template (or batch_template): backend `command` needs the program's invocation")
+        if up["backend"] == "command":
+            for key in ("template", "batch_template"):
+                into_checkout = [w for w in (command.get(key) or "").split() if w.startswith(("pixverve/", "scripts/"))]
+                if into_checkout:  # the job's working directory is not the checkout under --directory or a module
+                    raise ValueError(f"config key upscale.command.{key}: {into_checkout[0]} is relative to the working "
+                                     f"directory; write {{workflow}}/{into_checkout[0]} (the workflow's folder)")
     collect = config.get("collect") or {}
     for source in collect.get("enabled") or []:
         if source not in collect:

@@ -28,9 +28,11 @@ rule bench_generate:
         "results/benchmarks/bench_generate/{method}.tsv"
     conda:
         "../envs/generate.yaml"
-    threads: 2
-    resources:
+    threads: 8
+    resources:  # a 4K-100 MP text-to-image model
         gpu=lambda wc: int(bench_method_uses_gpu(wc.method)),
+        mem_mb=128000,
+        runtime=2880,
     params:
         spec=bench_generate_spec,
         real_dir=config["bench"]["real_dir"],
@@ -55,9 +57,11 @@ rule bench_scores:
         "results/benchmarks/bench_scores/{method}.tsv"
     conda:
         "../envs/bench.yaml"
-    threads: 2
-    resources:
+    threads: 8
+    resources:  # Inception (FID at 4096^2 resized), CLIP, LAION; GLCM on the CPU
         gpu=lambda wc: int(config["bench"]["fid"]["device"] != "cpu"),
+        mem_mb=64000,
+        runtime=480,
     params:
         bench=config["bench"],
         laion=config["purify"]["aesthetics"]["predictors"].get("laion", {}),
@@ -111,10 +115,12 @@ rule bench_judge:
         "results/benchmarks/bench_judge/{method}.tsv"
     conda:
         "../envs/bench.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(judge_uses_gpu()),
     params:
+        mem_mb=64000,
+        runtime=720,
         bench=config["bench"],
         vlm=config["vlm"],
         real_dir=config["bench"]["real_dir"],

@@ -21,6 +21,9 @@ rule screen_bundle:
         "logs/bundles/screen/{bundle}.log",
     conda:
         "../envs/cv.yaml"
+    resources:
+        mem_mb=500,
+        runtime=1,
     shell:
         "printf '%s\\n' {input:q} > {output:q} 2> {log:q}"
 
@@ -34,6 +37,9 @@ rule purify_bundle:
         "logs/bundles/purify/{bundle}.log",
     conda:
         "../envs/cv.yaml"
+    resources:
+        mem_mb=500,
+        runtime=1,
     shell:
         "printf '%s\\n' {input:q} > {output:q} 2> {log:q}"
 
@@ -47,6 +53,9 @@ rule verify_bundle:
         "logs/bundles/verify/{bundle}.log",
     conda:
         "../envs/verify.yaml"
+    resources:
+        mem_mb=500,
+        runtime=1,
     shell:
         "printf '%s\\n' {input:q} > {output:q} 2> {log:q}"
 
@@ -60,5 +69,8 @@ rule caption_bundle:
         "logs/bundles/caption/{bundle}.log",
     conda:
         "../envs/caption.yaml"
+    resources:
+        mem_mb=500,
+        runtime=1,
     shell:
         "printf '%s\\n' {input:q} > {output:q} 2> {log:q}"

@@ -1,6 +1,10 @@
 # Stage 5: stage-wise captioning over shards of the images that passed stage 4's checks 1-3.
 # tags -> boxes -> masks -> (stage 4 check 4: verify_instances) -> instance descriptions,
 # aesthetic analysis -> long/short captions -> annotation records -> dataset export + tables.
+# On a cluster one shard's whole chain runs as one group job (caption_shards, profiles/default);
+# a group job's runtime is the sum over its chain (8 steps): the runtimes below sum to 1890 min
+# (31.5 h), within the 48 h GPU partition limit of profiles/slurm/partitions.yaml
+# (tests/test_slurm_submit.py checks it).
 
 
 rule caption_tags:
@@ -22,9 +26,11 @@ rule caption_tags:
         "../envs/caption.yaml"
         if config["caption"]["tags"]["backend"] != "ram_plus"
         else "../envs/ramplus.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(caption_uses_gpu("tags")),
+        mem_mb=48000,
+        runtime=240,
     params:
         caption=config["caption"],
         vlm=config["vlm"],
@@ -48,9 +54,11 @@ rule caption_boxes:
         "results/benchmarks/caption_boxes/{shard}.tsv"
     conda:
         "../envs/caption.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(caption_uses_gpu("boxes")),
+        mem_mb=32000,
+        runtime=120,
     params:
         caption=config["caption"],
         vlm=config["vlm"],
@@ -70,9 +78,11 @@ rule caption_masks:
         "results/benchmarks/caption_masks/{shard}.tsv"
     conda:
         "../envs/caption.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(caption_uses_gpu("masks")),
+        mem_mb=32000,
+        runtime=120,
     params:
         caption=config["caption"],
     script:
@@ -96,9 +106,11 @@ rule caption_instances:
         "results/benchmarks/caption_instances/{shard}.tsv"
     conda:
         "../envs/caption.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(caption_uses_gpu("instances")),
+        mem_mb=48000,
+        runtime=600,  # ~43 instances per image, two images per request
     params:
         caption=config["caption"],
         vlm=config["vlm"],
@@ -121,9 +133,11 @@ rule caption_aesthetics:
         "results/benchmarks/caption_aesthetics/{shard}.tsv"
     conda:
         "../envs/caption.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(caption_uses_gpu("aesthetics")),
+        mem_mb=48000,
+        runtime=180,
     params:
         caption=config["caption"],
         vlm=config["vlm"],
@@ -151,9 +165,11 @@ rule caption_text:
         "results/benchmarks/caption_text/{shard}.tsv"
     conda:
         "../envs/caption.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(caption_uses_gpu("captions")),
+        mem_mb=48000,
+        runtime=360,
     params:
         caption=config["caption"],
         vlm=config["vlm"],
@@ -182,6 +198,10 @@ rule caption_records:
         "logs/caption_records/{shard}.log",
     conda:
         "../envs/caption.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         required=config["caption"].get("required_steps", "all"),
         invalid_policy=config["vlm"].get("invalid_policy", "drop"),

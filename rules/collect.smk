@@ -46,9 +46,11 @@ rule synth_prompts:
         server="logs/collect/synth_prompts.vllm.log",
     conda:
         "../envs/generate.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(judge_uses_gpu()),
+        mem_mb=64000,
+        runtime=240,
     script:
         "../scripts/synth_prompts.py"
 
@@ -65,11 +67,13 @@ rule synth_render:
         "results/benchmarks/synth_render.tsv"
     conda:
         "../envs/generate.yaml"
-    threads: 4
-    resources:
+    threads: 8
+    resources:  # a ~4K text-to-image model (FLUX.2 klein 4B / Qwen-Image) on one GPU
         gpu=lambda wc: int(
             config["synthetic"]["backend"] == "diffusers"
             and config["synthetic"]["diffusers"].get("device", "auto") != "cpu"
         ),
+        mem_mb=64000,
+        runtime=2880,
     script:
         "../scripts/synth_render.py"

@@ -13,7 +13,7 @@ WORKFLOW_DIR = Path(workflow.current_basedir).parent
 # The pixverve package sits next to the Snakefile; scripts import it from there too.
 sys.path.insert(0, str(WORKFLOW_DIR))
 
-from pixverve import snakemake_fixes  # noqa: E402
+from pixverve import deploy_checks, snakemake_fixes  # noqa: E402
 from pixverve.ingest.index import bundle_of_shards, generated_manifests  # noqa: E402
 from pixverve.workflow import (  # noqa: E402
     check_config,
@@ -26,6 +26,10 @@ from pixverve.workflow import (  # noqa: E402
 # Snakemake 9.27's group check is quadratic in the shard count (pixverve/snakemake_fixes.py)
 if not snakemake_fixes.apply():
     print(snakemake_fixes.NOT_APPLIED, file=sys.stderr)
+
+# a cluster run without the workflow profile's groups (a module, another folder) stops at its
+# start, naming --workflow-profile (pixverve/deploy_checks.py); local runs are not affected
+deploy_checks.require_workflow_profile(workflow, WORKFLOW_DIR)
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)

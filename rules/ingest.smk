@@ -29,7 +29,10 @@ checkpoint index:
         "results/benchmarks/index.tsv"
     conda:
         "../envs/cv.yaml"
-    threads: 4
+    threads: 16  # hashing is I/O bound: threads read files in parallel
+    resources:
+        mem_mb=16000,
+        runtime=720,
     params:
         sources=config["sources"],
         generated=generated_manifests(config),
@@ -51,7 +54,10 @@ rule screen:
         "results/benchmarks/screen/{shard}.tsv"
     conda:
         "../envs/cv.yaml"
-    threads: 2
+    threads: 4
+    resources:
+        mem_mb=8000,  # a 1000 MP cap image is 3 GB as RGB uint8
+        runtime=120,
     params:
         target_megapixels=config["target_megapixels"],
         screening=config["screening"],
@@ -73,6 +79,9 @@ rule dedup:
         "results/benchmarks/dedup.tsv"
     conda:
         "../envs/cv.yaml"
+    resources:
+        mem_mb=16000,
+        runtime=60,
     params:
         dedup=config["dedup"],
     script:

@@ -13,7 +13,10 @@ rule purify_classical:
         "results/benchmarks/purify/classical/{shard}.tsv"
     conda:
         "../envs/cv.yaml"
-    threads: 2
+    threads: 4
+    resources:
+        mem_mb=8000,  # one 100 MP grey image + bands per thread
+        runtime=120,
     params:
         target_megapixels=config["target_megapixels"],
         purify=config["purify"],
@@ -35,9 +38,11 @@ rule purify_aesthetics:
         "results/benchmarks/purify/aesthetics/{shard}.tsv"
     conda:
         "../envs/aesthetics.yaml"
-    threads: 2
-    resources:
+    threads: 8
+    resources:  # CLIP ViT-L/14 + MLP; a GPU only with a real backend
         gpu=lambda wc: int(uses_gpu(config["purify"]["aesthetics"]["predictors"])),
+        mem_mb=32000,
+        runtime=240,
     params:
         purify=config["purify"],
         io=config["io"],

@@ -60,9 +60,11 @@ rule train_sample:
         "results/benchmarks/train_sample/{run}/{res}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 2
-    resources:
+    threads: 8
+    resources:  # one image from a checkpoint (4K-10K, tiled VAE decode) on one GPU
         gres=lambda wc: "gpu:1" if train_uses_gpu(wc.run, wc.res) else "",
+        mem_mb=64000,
+        runtime=240,
     params:
         spec=lambda wc: train_spec(wc.run, wc.res),
         prompt=config["train"]["sample_prompt"],

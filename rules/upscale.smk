@@ -26,12 +26,14 @@ rule upscale:
         "results/benchmarks/upscale/{shard}.tsv"
     conda:
         "../envs/sr.yaml"
-    threads: 2
-    resources:
+    threads: 8
+    resources:  # Real-ESRGAN / ODTSR on one GPU; ODTSR needs an 80 GB card (~58 GB of weights)
         gpu=lambda wc: int(
             config["upscale"]["backend"] != "lanczos"
             and config["upscale"].get("device") != "cpu"
         ),
+        mem_mb=64000,  # a 25 MP source and one band of its 400 MP output
+        runtime=1440,
     params:
         upscale=config["upscale"],
         io=config["io"],

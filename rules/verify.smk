@@ -15,9 +15,11 @@ rule verify:
         "results/benchmarks/verify/{shard}.tsv"
     conda:
         "../envs/verify.yaml"
-    threads: 1
+    threads: 2
     resources:
         gpu=lambda wc: int(config["verify"]["consistency"]["lpips"]["device"] != "cpu"),
+        mem_mb=16000,  # one 400 MP SR output as uint8 (1.2 GB), its source and the downsampled copy
+        runtime=120,
     params:
         verify=config["verify"],
         io=config["io"],
@@ -41,9 +43,11 @@ rule verify_regions:
         "results/benchmarks/verify_regions/{shard}.tsv"
     conda:
         "../envs/verify.yaml"
-    threads: 2
-    resources:
+    threads: 8
+    resources:  # the VLM judge: a GPU only with vlm.serve (vLLM in the job) or transformers
         gpu=lambda wc: int(judge_uses_gpu()),
+        mem_mb=64000,  # a 400 MP SR output as uint8 + vLLM's host memory for a 30B-A3B model
+        runtime=480,  # vLLM start-up (model load) + 10 patches per image
     params:
         verify=config["verify"],
         vlm=config["vlm"],
@@ -94,9 +98,11 @@ rule verify_instances:
         "results/benchmarks/verify_instances/{shard}.tsv"
     conda:
         "../envs/verify.yaml"
-    threads: 2
+    threads: 8
     resources:
         gpu=lambda wc: int(judge_uses_gpu()),
+        mem_mb=48000,
+        runtime=240,
     params:
         verify=config["verify"],
         caption=config["caption"],

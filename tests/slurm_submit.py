@@ -21,13 +21,18 @@ class _Log:
 
 
 def sbatch_line(job, partitions) -> dict:
-    from snakemake_executor_plugin_slurm.partitions import get_best_partition
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm import Executor
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
     from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
 
     res = job.resources
-    partition = get_best_partition(partitions, job, _Log()) if partitions else res.get("slurm_partition")
+    # the plugin's own choice (Executor.get_partition_arg): a job's explicit slurm_partition (a site
+    # profile's set-resources) wins, else the best fit from the partitions file; no sinfo fallback here
+    chooser = SimpleNamespace(_partitions=partitions, logger=_Log(), _fallback_partition="")
+    partition = Executor.get_partition_arg(chooser, job).replace(" -p ", "", 1) or None
     params = {
         "run_uuid": "RUN",
         "slurm_logfile": "logs/slurm/%j.log",

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "pixverve"
 SHARED = {"core", "models"}
 STAGES = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common", "bundles"}  # workflow plumbing, no science
-# the workflow-level modules above every stage: the config check, the audit CLI, Snakemake patches
-TOP = {"__init__", "__main__", "workflow", "audit", "retry", "snakemake_fixes"}
+# the workflow-level modules above every stage: the config check, the audit CLI, Snakemake patches,
+# the start-up check of a run away from the checkout
+TOP = {"__init__", "__main__", "workflow", "audit", "retry", "snakemake_fixes", "deploy_checks"}
 # stage -> earlier stages whose public names it may use, and why
 STAGE_USES = {"bench": {"train"}}  # bench generates images with our trained checkpoints (train.infer)
 

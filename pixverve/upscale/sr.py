@@ -12,8 +12,10 @@ Backends (``upscale.backend``):
 * ``command``: an external program per image (``command.template``: input path, output path,
   scale and the guidance prompt), or -- ``command.batch_template`` -- one process per shard job
   (``{jobs}``: a JSON file of ``command.options``) fed the shard's images one at a time, so a 20B
-  model such as the paper's ODTSR loads once per job.  ``python pixverve/upscale/odtsr_run.py
-  {jobs}`` is a ready runner around ODTSR's published inference.
+  model such as the paper's ODTSR loads once per job.  ``python {workflow}/pixverve/upscale/odtsr_run.py
+  {jobs}`` is a ready runner around ODTSR's published inference.  ``{workflow}`` in either template
+  is the workflow's folder (shell-quoted), so a shipped program is found also when the job runs in
+  another working directory (``--directory``, a module).
 
 A model whose native scale is larger than the tier's (x4 model, x2 tier) runs at its scale and
 each output tile is area-averaged down to the tier's scale before blending.
@@ -62,6 +64,10 @@ from pixverve.core.paths import file_sha256
 from pixverve.core.tiling import TiledTiffWriter, TileGrid, bands_of, upscale_bands
 from pixverve.models.devices import resolve_device
 from pixverve.models.loading import ModelUnavailable
+
+# `{workflow}` in upscale.command.(batch_)template: the workflow's folder (where pixverve/ sits), so a
+# shipped runner such as pixverve/upscale/odtsr_run.py is found from any working directory
+WORKFLOW_ARG = shlex.quote(str(Path(__file__).resolve().parents[2]))
 
 
 class SRUnavailable(ModelUnavailable):
@@ -252,7 +258,8 @@ def command_backend(template: str) -> SRBackend:
     input, the output checked by ``store_output``."""
 
     def whole_image(src: Path, dst: Path, scale: int, prompt: str) -> None:
-        cmd = template.format(input=shlex.quote(str(src)), output=shlex.quote(str(dst)), scale=scale, prompt=shlex.quote(prompt))
+        cmd = template.format(input=shlex.quote(str(src)), output=shlex.quote(str(dst)), scale=scale,
+                              prompt=shlex.quote(prompt), workflow=WORKFLOW_ARG)
         res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
         if res.returncode in (126, 127):  # the shell could not find or run the program: every image would fail
             raise SRUnavailable(f"SR command cannot be run ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
@@ -278,7 +285,8 @@ def check_live_streams(template: str) -> None:
     runs = any(re.fullmatch(r"(.*/)?conda", a) and b == "run" for a, b in itertools.pairwise(words))
     if runs and not {"--no-capture-output", "--live-stream"} & set(words):
         raise SRUnavailable("config key upscale.command.batch_template: `conda run` needs --no-capture-output here "
-                            "(e.g. conda run --no-capture-output -n odtsr python pixverve/upscale/odtsr_run.py {jobs}); "
+                            "(e.g. conda run --no-capture-output -n odtsr python "
+                            "{workflow}/pixverve/upscale/odtsr_run.py {jobs}); "
                             "the runner gets its jobs on stdin and answers on stdout while it runs")
 
 
@@ -318,7 +326,7 @@ class BatchRunner:
         with tempfile.NamedTemporaryFile("w", suffix=".jobs.json", dir=folder, delete=False) as f:
             json.dump({"options": options}, f, indent=1)
         self.spec = Path(f.name)
-        self.cmd = template.format(jobs=shlex.quote(f.name))
+        self.cmd = template.format(jobs=shlex.quote(f.name), workflow=WORKFLOW_ARG)
         # stderr to an unnamed file, not a pipe: a chatty runner must not block on a full pipe
         # while we wait for its stdout; the file's tail explains a crash
         self.stderr = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 -- closed by close()
