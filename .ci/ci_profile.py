@@ -22,6 +22,7 @@ site, wf_src, wf_dest = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 profile = yaml.safe_load((site / "config.yaml").read_text())
 profile.pop("software-deployment-method", None)  # conda cannot reach its channels in CI
 profile.pop("conda-frontend", None)
+profile.pop("conda-prefix", None)  # the site's shared env folder: Snakemake would create it even without conda
 profile["default-resources"]["slurm_account"] = "ci"  # the account slurm-cluster.sh creates
 profile["default-resources"]["mem_mb"] = 1000
 profile["slurm-init-seconds-before-status-checks"] = 4

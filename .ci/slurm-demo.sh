@@ -55,6 +55,33 @@ check() {  # check LOGNAME PARTITION GPU(yes|no): every SLURM job of that rule/g
   [ "$n" -gt 0 ] || { echo "no SLURM job for $1"; status=1; }
   echo "$1: $n job(s) in partition $2 (GPU $3)"
 }
+# Members of one group job run side by side, each its own job step (pixverve/snakemake_fixes.py):
+# the most steps of any of its SLURM jobs that ran at once, per sacct; GPU steps each with a card
+most_at_once() {  # most_at_once LOGNAME cpu|gpu
+  local most=0 n
+  while read -r id; do
+    n=$(sacct -n -P -j "$id" -o JobID,Start,End,AllocTRES | "$venv/bin/python" -c '
+import sys
+from datetime import datetime
+edges = []
+for line in sys.stdin:
+    step, start, end, tres = line.rstrip("\n").split("|")
+    head, _, tail = step.partition(".")
+    if not tail.isdigit() or (sys.argv[1] == "gpu" and "gres/gpu=1" not in tres):
+        continue  # the batch and extern steps are not members
+    edges += [(datetime.fromisoformat(start), 1), (datetime.fromisoformat(end), -1)]
+now = most = 0
+for _, delta in sorted(edges, key=lambda e: (e[0], e[1])):  # an end before a start at the same second
+    now += delta
+    most = max(most, now)
+print(most)' "$2")
+    [ "$n" -gt "$most" ] && most=$n
+  done < <(sed -n "s|.*SLURM jobid \([0-9]*\) (log: .*/$1[^/]*/.*|\1|p" "$tmp/slurm.log")
+  echo "$1: at most $most $2 member step(s) at once"
+  [ "$most" -ge 2 ] || { echo "the members of $1 did not run side by side"; status=1; }
+}
+most_at_once group_screen_shards cpu
+most_at_once group_verify_shards gpu
 check rule_index cpu no
 check rule_dedup cpu no
 check group_screen_shards cpu no

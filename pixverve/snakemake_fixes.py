@@ -14,6 +14,18 @@ on, walk upstream through outside jobs; reaching a member again means the group 
 itself.  Same verdict, each upstream job visited once per group.  It is installed only on the
 Snakemake versions it was written against (the method must exist and have the same role); a
 newer Snakemake keeps its own check.
+
+Two more fixes concern SLURM group jobs (snakemake-executor-plugin-slurm 2.8, its jobstep 0.6).
+Snakemake sizes a group job as its members run level by level, side by side within a level (a
+level's threads, memory and GPUs summed, runtimes summed over levels).  The plugin, though,
+starts the group's inner Snakemake with ``--jobs 1`` (its issue #469), so the members ran one
+after another in an allocation sized for them side by side: idle GPUs, and a ``-t`` shorter than
+the members' runtimes added up.  ``--jobs unlimited`` lets the inner Snakemake start every ready
+member at once, each as its own ``srun`` job step; SLURM then starts a step only when the
+allocation has its CPUs, memory and GPUs free, so members never oversubscribe it and every GPU
+step gets its own card.  For that each step asks for its own memory (``--mem``): a step that
+names none is given the whole allocation's, and the next step waits for it to end
+(measured on SLURM 22.05, NOTES.md "#28 allocations").
 """
 
 from __future__ import annotations
@@ -57,8 +69,21 @@ def check_group(dag, group) -> None:
                 stack.append((dep, member))
 
 
-def apply() -> bool:
-    """Install the check on the tested Snakemake versions; return whether it was installed."""
+TESTED_SLURM_PLUGINS = {
+    "snakemake-executor-plugin-slurm": ("2.8.",),
+    "snakemake-executor-plugin-slurm-jobstep": ("0.6.",),
+}
+SLURM_NOT_APPLIED = (
+    "pixverve: the SLURM group-job fix (pixverve/snakemake_fixes.py) is written for "
+    "snakemake-executor-plugin-slurm 2.8.x with its jobstep 0.6.x and was not applied to {versions}: on a SLURM "
+    "run the members of a group job (profiles/default `groups`) may run one after another in an allocation sized "
+    "for them side by side. Install the versions of requirements.txt for cluster runs."
+)
+GROUP_INNER_JOBS = "unlimited"  # the allocation bounds the inner run: SLURM queues steps that do not fit
+
+
+def apply_group_check() -> bool:
+    """Install the once-per-group check on the tested Snakemake versions; return whether it was installed."""
     import snakemake
     from snakemake.dag import DAG
 
@@ -68,3 +93,55 @@ def apply() -> bool:
     DAG._check_groups = check_groups_once_per_group
     DAG.validate_group = check_group
     return True
+
+
+def side_by_side_args(general_args: str) -> str:
+    """The plugin's arguments for a job's inner Snakemake with ``--jobs 1`` widened to the allocation."""
+    import re
+
+    return re.sub(r"(^| )--jobs 1(?= |$)", rf"\g<1>--jobs {GROUP_INNER_JOBS}", general_args)
+
+
+def step_memory(job) -> str:
+    """``--mem`` for one member's job step: its own memory, so steps share the allocation's."""
+    if job.resources.get("mem_mb_per_cpu"):
+        return ""  # SLURM divides --mem-per-cpu by the step's CPUs itself
+    mem_mb = job.resources.get("mem_mb")
+    return f"--mem={int(mem_mb)}M" if isinstance(mem_mb, (int, float)) and mem_mb > 0 else ""
+
+
+def apply_slurm_group_jobs() -> str | None:
+    """Let a SLURM group job's members run side by side; None when applied (or no plugin), else a warning."""
+    from importlib import metadata
+
+    try:
+        versions = {name: metadata.version(name) for name in TESTED_SLURM_PLUGINS}
+    except metadata.PackageNotFoundError:
+        return None  # no SLURM plugin installed: nothing to fix
+    if not all(versions[name].startswith(tested) for name, tested in TESTED_SLURM_PLUGINS.items()):
+        return SLURM_NOT_APPLIED.format(versions=", ".join(f"{n} {v}" for n, v in versions.items()))
+    import snakemake_executor_plugin_slurm as slurm
+    import snakemake_executor_plugin_slurm_jobstep as jobstep
+
+    if getattr(slurm.Executor.additional_general_args, "pixverve_fix", False):
+        return None  # already installed (a workflow parsed twice in one process)
+    general_args = slurm.Executor.additional_general_args
+    node_setting = jobstep.get_node_setting
+
+    def additional_general_args(self):
+        return side_by_side_args(general_args(self))
+
+    def node_and_memory_setting(job):
+        return " ".join(s for s in (node_setting(job), step_memory(job)) if s)
+
+    additional_general_args.pixverve_fix = True
+    slurm.Executor.additional_general_args = additional_general_args
+    jobstep.get_node_setting = node_and_memory_setting  # run_job looks it up at call time
+    return None
+
+
+def apply() -> list[str]:
+    """Install every fix that fits the installed versions; return a warning for each that did not."""
+    warnings = [] if apply_group_check() else [NOT_APPLIED]
+    slurm_warning = apply_slurm_group_jobs()
+    return warnings + ([slurm_warning] if slurm_warning else [])

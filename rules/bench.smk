@@ -76,6 +76,7 @@ rule bench_fgclip2:
     input:
         benchmark=config["bench"]["benchmark"],
         generated=bench_images_input,
+        model=fgclip2_model_input,
     output:
         "results/bench/{method}/fgclip2.parquet",
     log:
@@ -118,9 +119,9 @@ rule bench_judge:
     threads: 8
     resources:
         gpu=lambda wc: int(judge_uses_gpu()),
-    params:
         mem_mb=64000,
         runtime=720,
+    params:
         bench=config["bench"],
         vlm=config["vlm"],
         real_dir=config["bench"]["real_dir"],

@@ -18,14 +18,17 @@ from pixverve.ingest.index import bundle_of_shards, generated_manifests  # noqa:
 from pixverve.workflow import (  # noqa: E402
     check_config,
     check_roots,
+    fgclip2_model_missing,
     resolve_shipped_files,
     roots_filled_by_rules,
+    set_cuda_override,
     shipped_path,
 )
 
-# Snakemake 9.27's group check is quadratic in the shard count (pixverve/snakemake_fixes.py)
-if not snakemake_fixes.apply():
-    print(snakemake_fixes.NOT_APPLIED, file=sys.stderr)
+# Snakemake 9.27's group check is quadratic in the shard count, and the SLURM plugin runs a
+# group's members one at a time (pixverve/snakemake_fixes.py)
+for warning in snakemake_fixes.apply():
+    print(warning, file=sys.stderr)
 
 # a cluster run without the workflow profile's groups (a module, another folder) stops at its
 # start, naming --workflow-profile (pixverve/deploy_checks.py); local runs are not affected
@@ -33,6 +36,11 @@ deploy_checks.require_workflow_profile(workflow, WORKFLOW_DIR)
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
+# conda-forge's CUDA builds of pytorch need the virtual package __cuda, which conda detects from
+# the GPU driver: on a GPU-less submit host (where Snakemake creates the envs, also mid-run after
+# the checkpoint) software.cuda_override declares it for every conda this process starts; the
+# user's own CONDA_OVERRIDE_CUDA (even empty) wins (rules/envs.smk, README "make envs").
+set_cuda_override(config)
 # config values naming shipped files (prompts/..., schemas/...): the working directory's copy
 # when it has one, else the workflow folder's (README, "Running outside the checkout")
 resolve_shipped_files(config, WORKFLOW_DIR)
@@ -130,6 +138,21 @@ def sr_weights_input(wildcards):
     """The SR weights file a realesrgan backend needs (made by sr_weights when it is the default)."""
     up = config["upscale"]
     return [up["realesrgan"]["weights"]] if up["backend"] == "realesrgan" else []
+
+
+def vllm_executable_input(wildcards):
+    """results/envs/vllm.path (the env's `vllm`, rule vllm_path) for a job that starts vLLM itself."""
+    from pixverve.models.vllm_server import VLLM_PATH_FILE, uses_vllm_env
+
+    return [VLLM_PATH_FILE] if uses_vllm_env(config) else []
+
+
+def fgclip2_model_input(wildcards):
+    """No file: stops the DAG naming the config key when FG-CLIP2 has no model folder."""
+    error = fgclip2_model_missing(config["bench"])
+    if error:
+        raise ValueError(error)
+    return []
 
 
 def aesthetic_weights_input(wildcards):

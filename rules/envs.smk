@@ -5,24 +5,7 @@
 # post-deploy script (snakemake/deployment/conda.py, Env._get_hash), never by the rule or the
 # path naming the file: these jobs get the very folders the stage rules later use, also those after
 # the index checkpoint, which a plain --conda-create-envs-only cannot see on a fresh checkout.
-import os
-
 CONDA_ENVS = sorted(p.stem for p in (WORKFLOW_DIR / "envs").glob("*.yaml"))
-
-# conda-forge's CUDA builds of pytorch need the virtual package __cuda, which conda detects from
-# the GPU driver: on a GPU-less submit host (where Snakemake creates the envs, also mid-run after
-# the checkpoint) it is declared here for every conda this process starts.  A CONDA_OVERRIDE_CUDA
-# of the user's environment (even empty) wins.
-CUDA_OVERRIDE = (config.get("software") or {}).get("cuda_override")
-if CUDA_OVERRIDE is not None and "CONDA_OVERRIDE_CUDA" not in os.environ:
-    os.environ["CONDA_OVERRIDE_CUDA"] = str(CUDA_OVERRIDE)
-
-
-def vllm_executable_input(wildcards):
-    """results/envs/vllm.path (the env's `vllm`, rule vllm_path) for a job that starts vLLM itself."""
-    from pixverve.models.vllm_server import VLLM_PATH_FILE, uses_vllm_env
-
-    return [VLLM_PATH_FILE] if uses_vllm_env(config) else []
 
 
 localrules:

@@ -10,6 +10,7 @@ Usage: python tests/slurm_submit.py OUT.json PARTITIONS.yaml -- <snakemake argum
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -53,17 +54,77 @@ def sbatch_line(job, partitions) -> dict:
         )
 
     members = list(job.jobs) if job.is_group() else [job]
+    ids = {m.jobid for m in members}
     return {
         "name": job.name,
         "group": job.is_group(),
         "rules": sorted({m.rule.name for m in members}),
+        "wildcards": {} if job.is_group() else dict(job.wildcards),
         "partition": partition,
         "sbatch": call,
         "resources": {k: v for k, v in res.items() if isinstance(v, (int, str))},
         "threads": job.threads,
         "levels": [sorted(j.rule.name for j in level) for level in job.toposorted] if job.is_group() else [],
-        "steps": [{"rule": m.rule.name, "shard": m.wildcards.get("shard"), "jobid": m.jobid, "srun": step(m), "gpu": m.resources.get("gpu") or 0} for m in members],
+        "steps": [{"rule": m.rule.name, "shard": m.wildcards.get("shard"), "jobid": m.jobid, "srun": step(m),
+                   "gpu": m.resources.get("gpu") or 0, "threads": m.threads, "runtime": m.resources.get("runtime"),
+                   "needs": sorted(d.jobid for d in m.dag.dependencies[m] if d.jobid in ids)} for m in members],
+        # how the job's inner Snakemake runs its members: the plugin's own arguments for it
+        "inner_args": inner_args(),
     }
+
+
+def inner_args() -> str:
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm import Executor
+
+    plugin = SimpleNamespace(workflow=SimpleNamespace(executor_settings=SimpleNamespace(pass_command_as_script=False)))
+    return Executor.additional_general_args(plugin)
+
+
+def _option(line: str, name: str) -> str | None:
+    m = re.search(rf"(?:^| ){re.escape(name)}[= ](\S+)", line)
+    return m.group(1) if m else None
+
+
+def inner_run(record: dict) -> dict:
+    """Model a job's allocation as the plugin runs it: its inner Snakemake starts up to `--jobs` ready
+    members, each an `srun` step that SLURM starts only when the allocation has the step's CPUs,
+    memory and GPUs free (a step without --mem takes the whole allocation's memory).  Returns the
+    makespan in minutes and the largest number of members that ran at once."""
+    sbatch = record["sbatch"]
+    jobs = _option(record["inner_args"], "--jobs")
+    limit = float("inf") if jobs == "unlimited" else int(jobs)
+    gpus = re.search(r"--gpus=(?:\w+:)?(\d+)|--gres=gpu:(?:\w+:)?(\d+)", sbatch)
+    free = {"cpu": int(_option(sbatch, "--cpus-per-task")), "mem": int(_option(sbatch, "--mem")),
+            "gpu": int(next(g for g in gpus.groups() if g)) if gpus else 0}
+    steps = []
+    for s in record["steps"]:
+        mem = _option(s["srun"], "--mem")
+        steps.append({"id": s["jobid"], "needs": s["needs"], "runtime": int(s["runtime"]),
+                      "cpu": int(_option(s["srun"], "--cpus-per-task") or 1),
+                      "mem": int(mem.rstrip("M")) if mem else free["mem"],
+                      "gpu": int(_option(s["srun"], "--gpus") or 0)})
+    for s in steps:
+        if any(s[k] > free[k] for k in free):
+            raise ValueError(f"step {s} does not fit its allocation {free}")
+    now, done, running, pending, widest = 0, {}, [], steps, 0
+    while pending or running:
+        for s in list(pending):
+            ready = all(done.get(n, float("inf")) <= now for n in s["needs"])
+            if len(running) < limit and ready and all(s[k] <= free[k] for k in free):
+                pending.remove(s)
+                running.append((now + s["runtime"], s))
+                for k in free:
+                    free[k] -= s[k]
+        widest = max(widest, len(running))
+        now = min(end for end, _ in running)
+        for end, s in [r for r in running if r[0] == now]:
+            running.remove((end, s))
+            done[s["id"]] = now
+            for k in free:
+                free[k] += s[k]
+    return {"minutes": now, "widest": widest}
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 pytestmark = pytest.mark.e2e
@@ -28,6 +29,19 @@ def _run(args, cwd, check=True):
 
 def _jobs(res) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M) if k != "total"}
+
+
+def _edit_lines_overlay(tmp_path, work) -> Path:
+    """The paper config's EDIT lines that name files, filled with stand-ins: nothing else changes."""
+    (tmp_path / "eval/util").mkdir(parents=True)
+    (tmp_path / "eval/util/build_prompts.py").touch()  # a checkout of the published eval code
+    weights = work / "resources/weights/sac+logos+ava1-l14-linearMSE.pth"  # the LAION MLP, downloaded by the user
+    weights.parent.mkdir(parents=True)
+    weights.touch()
+    overlay = tmp_path / "edits.yaml"
+    overlay.write_text(yaml.safe_dump({"bench": {"fgclip2": {"model": str(tmp_path / "fg-clip2-base")},
+                                                 "judge": {"published_eval": str(tmp_path / "eval")}}}))
+    return overlay
 
 
 def _roots_overlay(tmp_path, folders) -> Path:
@@ -49,16 +63,23 @@ def test_paper_config_dry_runs_on_a_stand_in_root_and_names_a_missing_one(tmp_pa
         for i in range(2):
             Image.fromarray(np.full((40, 60, 3), 40 * i, np.uint8)).save(folders[name] / f"{i}.jpg")
     work = tmp_path / "work"
-    base = ["-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n", "--quiet", "rules"]
-    res = _run([*base, "--configfile", str(_roots_overlay(tmp_path, folders))], ROOT)
-    assert _jobs(res)["index"] == 1 and "all" in _jobs(res)
+    edits = _edit_lines_overlay(tmp_path, work)
+    base = ["-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n", "--quiet", "rules", "--configfile", str(edits)]
+    res = _run([*base, str(_roots_overlay(tmp_path, folders))], ROOT)
+    jobs = _jobs(res)
+    assert jobs["index"] == 1 and "all" in jobs
+    # the whole paper: every scheme trained at the paper's resolutions (I full and LoRA, II at 4K and 8K,
+    # III at 4K, 8K, 10K), and the benchmark of their checkpoints beside the two base models sampled
+    # directly at 4096^2 (the training-free baselines)
+    assert jobs["train"] == 2 + 2 + 2 + 3 and jobs["train_sample"] == jobs["train"]
+    assert jobs["bench_generate"] == jobs["bench_scores"] == jobs["bench_judge"] == 6 and jobs["bench_table"] == 1
     for f in folders["unsplash"].iterdir():
         f.unlink()
     (folders["unsplash"] / "notes.txt").write_text("not an image")
-    empty = _run([*base, "--configfile", str(_roots_overlay(tmp_path, folders))], ROOT, check=False)
+    empty = _run([*base, str(_roots_overlay(tmp_path, folders))], ROOT, check=False)
     assert empty.returncode != 0 and "sources.roots[1] (name 'unsplash')" in empty.stdout + empty.stderr
     assert "holds no file with an extension" in empty.stdout + empty.stderr
-    missing = _run(["-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n"], ROOT, check=False)  # data/raw/...
+    missing = _run([*base[:-2], "--configfile", str(edits)], ROOT, check=False)  # data/raw/...
     out = missing.stdout + missing.stderr
     assert missing.returncode != 0 and "MissingInputException" not in out
     assert "sources.roots[0] (name 'pexels')" in out and "does not exist" in out and "configs/demo.yaml" in out

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "pixverve"
 SHARED = {"core", "models"}
-STAGES = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common", "bundles"}  # workflow plumbing, no science
+STAGES = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common", "bundles", "envs"}  # workflow plumbing, no science
 # the workflow-level modules above every stage: the config check, the audit CLI, Snakemake patches,
 # the start-up check of a run away from the checkout
 TOP = {"__init__", "__main__", "workflow", "audit", "retry", "snakemake_fixes", "deploy_checks"}

@@ -30,6 +30,7 @@ def site_profile(dest: Path) -> Path:
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     profile.pop("software-deployment-method")
     profile.pop("conda-frontend")
+    profile.pop("conda-prefix")  # no conda here: Snakemake would still create the shared folder
     profile["default-resources"]["slurm_account"] = "acct"
     (dest / "config.yaml").write_text(yaml.safe_dump(profile))
     shutil.copy(ROOT / "profiles/slurm/partitions.yaml", dest / "partitions.yaml")
@@ -55,7 +56,10 @@ def submits(tmp_path_factory):
     (work / "resources/weights").mkdir(parents=True)
     (work / "resources/weights/sac+logos+ava1-l14-linearMSE.pth").touch()
     write_shards(synthetic_index(4 * SHARDS, 4), work / "results/index/index.parquet", work / "results/index/shards")
+    (work / "eval/util").mkdir(parents=True)
+    (work / "eval/util/build_prompts.py").touch()  # the EDIT lines naming files: stand-ins
     (work / "overlay.yaml").write_text(yaml.safe_dump({
+        "bench": {"fgclip2": {"model": "fg-clip2-base"}, "judge": {"published_eval": "eval"}},
         "vlm": {"serve": {"enabled": True}},
         "train": {"enabled": ["scheme3_l2p"], "runs": {"scheme3_l2p": {"resources": {"nodes": 2, "gpus_per_node": 4}}}},
     }))
@@ -104,7 +108,38 @@ def test_gpu_rule(submits):
     records, _ = submits
     up = next(r for r in records if r["name"] == "upscale")
     assert up["partition"] == "gpu" and "--gpus=1" in up["sbatch"] and "--cpus-per-task=8" in up["sbatch"]
-    assert up["steps"][0]["srun"] == "srun -n1 --cpus-per-task=8 --gpus=1 --nodes=1"
+    # the step asks for the job's memory itself (pixverve/snakemake_fixes.py: steps share a group's)
+    mem = flag(up["sbatch"], "--mem")
+    assert up["steps"][0]["srun"] == f"srun -n1 --cpus-per-task=8 --gpus=1 --nodes=1 --mem={mem}M"
+
+
+def test_every_allocation_covers_what_runs_in_it(submits):
+    """Each job modelled as the plugin runs it (tests/slurm_submit.py inner_run): its inner Snakemake
+    starts the ready members, SLURM starts each member's step when the allocation has room.  Every
+    job's -t covers its members' runtimes as they then run, and a group's members run side by side."""
+    from slurm_submit import inner_run
+
+    records, _ = submits
+    runs = {}
+    for r in records:
+        if r["steps"][0]["srun"] is None:  # the MPI path (multi-node train): one command, no steps
+            continue
+        assert "--jobs unlimited" in r["inner_args"], r["inner_args"]  # not the plugin's --jobs 1
+        runs[id(r)] = run = inner_run(r)
+        assert run["minutes"] <= int(flag(r["sbatch"], "-t")), (r["name"], run, r["sbatch"])
+    caption = next(r for r in records if r["group"] and "caption_tags" in r["rules"])
+    t = int(flag(caption["sbatch"], "-t"))
+    # at its widest level, every GPU of the allocation holds a member (2 shards x instances, aesthetics)
+    assert runs[id(caption)]["widest"] >= gpus_of(caption["sbatch"]) == 4
+    # the model has teeth: the plugin's own `--jobs 1` (its issue #469), or steps that do not ask for
+    # their own memory (each then holds the whole allocation's), run the chain past its -t
+    serial = dict(caption, inner_args=caption["inner_args"].replace("--jobs unlimited", "--jobs 1"))
+    whole_memory = dict(caption, steps=[dict(s, srun=re.sub(r" --mem=\S+", "", s["srun"])) for s in caption["steps"]])
+    for variant in (serial, whole_memory):
+        run = inner_run(variant)
+        assert run["minutes"] > t and run["widest"] == 1, run
+    screens = [runs[id(r)]["widest"] for r in records if r["group"] and "screen" in r["rules"]]
+    assert sorted(screens) == [2, 8]  # a bundle's shards at once (10 shards: 8 + 2)
 
 
 def test_caption_group_is_one_schedulable_job_with_a_card_per_step(submits):
@@ -145,8 +180,8 @@ def test_bundled_stages_have_the_configured_sizes(submits):
 
 def test_two_node_train_starts_a_process_per_node(submits):
     records, _ = submits
-    train = [r for r in records if r["name"] == "train"]
-    assert train
+    train = [r for r in records if r["name"] == "train" and r["wildcards"]["run"] == "scheme3_l2p"]  # 2 nodes (overlay)
+    assert len(train) == 3  # 4K, 8K, 10K
     for r in train:
         sbatch = r["sbatch"]
         assert "--nodes=2" in sbatch and "--ntasks=2" in sbatch and "--gres=gpu:4" in sbatch, sbatch

@@ -29,7 +29,7 @@ rule c:
     group: "g"
     shell: "touch {{output}}"
 """
-PATCH = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom pixverve import snakemake_fixes\nassert snakemake_fixes.apply()\n"
+PATCH = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom pixverve import snakemake_fixes\nassert snakemake_fixes.apply_group_check()\n"
 
 
 @pytest.mark.parametrize("patched", [False, True], ids=["snakemake's check", "ours"])
@@ -51,3 +51,27 @@ def test_same_verdict_as_snakemakes_own_check(tmp_path, patched, leaves_and_retu
             assert "Error in group g" in out and "depend on rule(s) a from inside the group" in out, out[-2000:]
     else:
         assert res.returncode == 0, out[-2000:]
+
+
+def test_slurm_group_fix_widens_only_the_inner_jobs_and_warns_on_other_plugin_versions(monkeypatch):
+    """The group-job fix rewrites exactly the plugin's `--jobs 1`, gives a step its own memory
+    (never with --mem-per-cpu, which SLURM divides itself), and says when it does not apply."""
+    import importlib.metadata
+    from types import SimpleNamespace
+
+    from pixverve import snakemake_fixes as fixes
+
+    assert fixes.side_by_side_args("--executor slurm-jobstep --jobs 1") == "--executor slurm-jobstep --jobs unlimited"
+    assert fixes.side_by_side_args("--jobs 1 --x") == "--jobs unlimited --x"
+    assert fixes.side_by_side_args("--jobs 10") == "--jobs 10"  # a plugin that already runs members in parallel
+
+    class Resources(dict):
+        __getattr__ = dict.get
+
+    assert fixes.step_memory(SimpleNamespace(resources=Resources(mem_mb=48000))) == "--mem=48000M"
+    assert fixes.step_memory(SimpleNamespace(resources=Resources(mem_mb=48000, mem_mb_per_cpu=4000))) == ""
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "2.9.0" if name == "snakemake-executor-plugin-slurm" else real(name))
+    warning = fixes.apply_slurm_group_jobs()
+    assert warning and "snakemake-executor-plugin-slurm 2.9.0" in warning and "one after another" in warning
