@@ -37,6 +37,7 @@ include: "rules/verify.smk"
 include: "rules/caption.smk"
 include: "rules/train.smk"
 include: "rules/bench.smk"
+include: "rules/atlas.smk"
 include: "rules/bundles.smk"
 
 

@@ -15,28 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-# Pipeline order of the stage folders under results/; unknown folders come after these.
-STAGE_ORDER = ["collect", "index", "screen", "dedup", "purify", "upscale", "verify", "caption", "dataset", "train", "bench"]
-SKIP_DIRS = {"summary", "benchmarks", "cache"}
+from pixverve.atlas import records
+
 SHORT_ID = 6
 
 
 class AuditError(Exception):
     pass
-
-
-def _read_rows(path: Path, image_ids: list[str], files: set[tuple[str, str]] = frozenset()) -> pd.DataFrame:
-    """Rows of this image: by image_id, or -- in tables written before the index existed (the
-    source rules' collect/import tables) -- by (root, relpath)."""
-    try:
-        return pd.read_parquet(path, filters=[("image_id", "in", image_ids)])
-    except Exception:
-        df = pd.read_parquet(path)
-        if "image_id" in df.columns:
-            return df[df["image_id"].isin(image_ids)]
-        if {"root", "relpath"} <= set(df.columns) and files:
-            return df[[(r, p) in files for r, p in zip(df["root"], df["relpath"])]]
-        return df.iloc[0:0]
 
 
 def find_images(results: Path, key: str) -> pd.DataFrame:
@@ -59,24 +44,6 @@ def find_images(results: Path, key: str) -> pd.DataFrame:
     return rows
 
 
-def stage_dirs(results: Path) -> list[Path]:
-    dirs = [d for d in results.iterdir() if d.is_dir() and d.name not in SKIP_DIRS and not d.name.startswith(".")]
-    known = {name: i for i, name in enumerate(STAGE_ORDER)}
-    return sorted(dirs, key=lambda d: (known.get(d.name, len(known)), d.name))
-
-
-def stage_tables(stage_dir: Path, shards: set[str]) -> list[Path]:
-    """The shard tables this image can be in, plus the stage's pool-level tables."""
-    out = []
-    for p in sorted(stage_dir.rglob("*.parquet")):
-        if p.parent.name == "shards" and stage_dir.name == "index":
-            continue  # the index's shard manifests repeat index.parquet
-        if p.stem.startswith("s") and p.stem[1:].isdigit() and p.stem not in shards:
-            continue
-        out.append(p)
-    return out
-
-
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.6g}"
@@ -93,26 +60,25 @@ def audit(results: str | Path, key: str, out=sys.stdout) -> int:
     for r in rows.itertuples():
         print(f"  file: {r.root}/{r.relpath}  (source {r.source}, licence {r.licence or '?'})", file=out)
     found = 0
-    for stage_dir in stage_dirs(results):
-        for table in stage_tables(stage_dir, shards):
-            sub = _read_rows(table, [image_id], set(zip(rows["root"], rows["relpath"])))
-            for rec in sub.to_dict("records"):
-                found += 1
-                if "passed" not in rec:  # a step that records, not decides (stage 5 tables)
-                    verdict = ""
-                else:
-                    verdict = "PASSED" if rec.get("passed") else f"REJECTED: {rec.get('reason', '?')}"
-                where = f"{rec.get('root', '')}/{rec.get('relpath', '')}".strip("/")
-                print(f"\n== {stage_dir.name}  [{table.relative_to(results)}]  {verdict}  {where}", file=out)
-                if rec.get("reason_detail"):
-                    print(f"   why: {rec['reason_detail']}", file=out)
-                for col, value in rec.items():
-                    if col in ("image_id", "passed", "reason", "reason_detail", "root", "relpath"):
-                        continue
-                    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
-                        continue
-                    label = "output" if col.endswith("_path") else col
-                    print(f"   {label:<22} {_fmt(value)}", file=out)
+    # the same reader the atlas draws from (pixverve/atlas/records.py), every table in stage order
+    for image in records.read_shard(results, "", [image_id]).values():
+        for stage, table, rec in image["rows"]:
+            found += 1
+            if "passed" not in rec:  # a step that records, not decides (stage 5 tables)
+                verdict = ""
+            else:
+                verdict = "PASSED" if rec.get("passed") else f"REJECTED: {rec.get('reason', '?')}"
+            where = f"{rec.get('root', '')}/{rec.get('relpath', '')}".strip("/")
+            print(f"\n== {stage}  [{table}]  {verdict}  {where}", file=out)
+            if rec.get("reason_detail"):
+                print(f"   why: {rec['reason_detail']}", file=out)
+            for col, value in rec.items():
+                if col in ("image_id", "passed", "reason", "reason_detail", "root", "relpath"):
+                    continue
+                if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+                    continue
+                label = "output" if col.endswith("_path") else col
+                print(f"   {label:<22} {_fmt(value)}", file=out)
     found += _print_record(results, image_id, shards, out)
     if found == 0:
         print("(no stage tables found)", file=out)

@@ -327,3 +327,65 @@ def train_targets():
         for run, res in enabled_runs(config)
         for name in ("final", "sample.png")
     ]
+
+
+# ----------------------------------------------------------------------------- the atlas
+
+# Per stage, what the atlas of one shard waits for (config atlas.stages); {shard}: its shard.
+ATLAS_STAGE_INPUTS = {
+    "screen": ["results/screen/{shard}.parquet"],
+    "dedup": ["results/dedup/decisions.parquet"],
+    "purify": ["results/purify/decisions.parquet"],
+    "upscale": ["results/upscale/{shard}.parquet"],
+    "verify": ["results/verify/verified.parquet"],
+    "caption": ["results/verify/instances/{shard}.parquet", "results/caption/records/{shard}.jsonl"],
+}
+
+
+def atlas_stages():
+    stages = config["atlas"]["stages"]
+    return list(ATLAS_STAGE_INPUTS) + ["bench"] if stages == "all" else list(stages)
+
+
+def atlas_shard_inputs(wildcards):
+    """The index, and for a shard the outputs of every stage in atlas.stages."""
+    files = ["results/index/index.parquet"]
+    if wildcards.atlas_shard == "unsharded":  # the images the index rejected: no later stage
+        return files
+    for stage in atlas_stages():
+        files += [f.format(shard=wildcards.atlas_shard) for f in ATLAS_STAGE_INPUTS.get(stage, [])]
+    return files
+
+
+def atlas_wants_bench():
+    return "bench" in atlas_stages() and bool(bench_methods())
+
+
+def atlas_bench_inputs(wildcards):
+    methods = bench_methods()
+    return {
+        "benchmark": config["bench"]["benchmark"],
+        "table": "paper_figures/bench_table.csv",
+        "judged": expand("results/bench/{method}/judged.parquet", method=methods),
+        "generated": [bench_images_input(method=m) for m in methods],
+    }
+
+
+def atlas_site_inputs(wildcards):
+    """Every shard's entries (the index's shards and the unsharded rejects), the bench page's data,
+    Table 1 when stage 5 is in atlas.stages, and the vendored OpenSeadragon (make's set-up)."""
+    viewer = WORKFLOW_DIR / "resources/vendor/openseadragon/openseadragon.min.js"
+    if not viewer.exists():
+        raise ValueError(
+            f"the atlas needs OpenSeadragon, vendored by the set-up: run `make {WORKFLOW_DIR}/.venv/bin/.installed` "
+            f"(`make vendor`) in {WORKFLOW_DIR}; {viewer} is missing"
+        )
+    inputs = {
+        "entries": expand("results/atlas/shards/{s}.jsonl", s=["unsharded", *shard_names()]),
+        "viewer": str(viewer),
+    }
+    if "caption" in atlas_stages():
+        inputs["table1"] = "paper_figures/table1_data_flow.csv"
+    if atlas_wants_bench():
+        inputs["bench"] = "results/atlas/shards/bench.json"
+    return inputs

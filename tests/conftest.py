@@ -76,6 +76,9 @@ def copy_workflow(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / name)
     shutil.copytree(ROOT / "tests" / "e2e", dest / "tests" / "e2e")
+    vendor = ROOT / "resources" / "vendor"  # what the set-up vendored (OpenSeadragon for the atlas)
+    if vendor.is_dir():
+        shutil.copytree(vendor, dest / "resources" / "vendor")
     return dest
 
 
@@ -101,5 +104,5 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.Comp
 def demo_run(tmp_path_factory):
     """One end-to-end run of the demo DAG in a copy of the workflow (shared by the e2e tests)."""
     work = copy_workflow(tmp_path_factory.mktemp("demo_run"))
-    snakemake(work)
+    snakemake(work, "all", "atlas")  # as `make demo`: the run and its atlas
     return work

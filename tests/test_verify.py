@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import cv2
@@ -109,6 +110,12 @@ def test_verify_rejects_a_planted_seam(tmp_path):
 
     row = _verify(tmp_path, seam)
     assert row["reason"] == "seam" and row["worst_seam"] == "x=512" and not row["seam_ok"]
+    # every seam with its ratio, for the atlas to draw: the planted one is the worst, the rest are smooth
+    seams = json.loads(row["seams"])
+    assert len(seams) == row["n_seams"] and {(a, p) for a, p, _ in seams} >= {("x", 208), ("x", 512)}
+    worst = max(seams, key=lambda s: s[2])
+    assert worst[:2] == ["x", 512] and worst[2] == round(row["max_seam_ratio"], 4)
+    assert all(r < 2 for a, p, r in seams if (a, p) != ("x", 512))
 
 
 def test_verify_rejects_an_inconsistent_output(tmp_path):

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -229,6 +230,7 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
             "n_seams": 0,
             "max_seam_ratio": 0.0,
             "worst_seam": "",
+            "seams": "[]",  # every seam: [axis, position px, ratio] (JSON), drawn by the atlas
             "psnr": math.nan,
             "ssim": math.nan,
             "lpips": math.nan,
@@ -260,7 +262,8 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
             )
             if ratios:
                 axis, pos, worst = max(ratios, key=lambda t: t[2])
-                row.update(n_seams=len(ratios), max_seam_ratio=round(worst, 6), worst_seam=f"{axis}={pos}")
+                row.update(n_seams=len(ratios), max_seam_ratio=round(worst, 6), worst_seam=f"{axis}={pos}",
+                           seams=json.dumps([[a, int(q), round(float(r), 4)] for a, q, r in ratios]))
         row["seam_ok"] = row["max_seam_ratio"] <= row["seam_max_ratio"]
         back = downsample_to(sr, src.shape[1], src.shape[0]) if sr.shape[:2] != src.shape[:2] else sr
         del sr

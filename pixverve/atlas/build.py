@@ -1,0 +1,74 @@
+"""The atlas of a run, shard by shard (CPU jobs on the cluster), then its index.
+
+``build_shard``: every image of one shard -- its entry (``entries.entry``), its pyramids (the
+image shown and, after SR, its source) and thumbnail -- and the shard's summary for the index.
+An image that cannot be tiled is recorded with its reason (``pyramid_error``); the shard goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pixverve.atlas import entries, records
+from pixverve.atlas.pyramid import PyramidError, build_pyramid, build_thumbnail
+
+UNSHARDED = "unsharded"  # images the index rejected have no shard
+
+
+def shard_folder(shard: str) -> str:
+    return shard or UNSHARDED
+
+
+def _source_path(image: dict, roots) -> Path | None:
+    from pixverve.core.paths import image_path
+
+    idx = image["index"] or {}
+    try:
+        return image_path(roots, idx["root"], idx["relpath"])
+    except (KeyError, ValueError, OSError):
+        return None  # a root no longer configured, or a path outside it: shown without pixels
+
+
+def tile_image(entry: dict, site_dir: Path, max_megapixels: float | None) -> dict:
+    """Replace the entry's image paths by tile sources (URLs relative to the site) and add its
+    thumbnail; an image libvips cannot tile keeps no pixels and says why."""
+    rel = Path("tiles") / shard_folder(entry["shard"]) / entry["image_id"]
+    folder = Path(site_dir) / rel
+    shown_path = entry["final"]["path"] if entry["final"] else None
+    try:
+        for key, name in (("final", "final"), ("source_image", "source")):
+            shown = entry[key]
+            if shown is None:
+                continue
+            tiles = build_pyramid(shown["path"], folder, name, max_megapixels)
+            url = f"{rel.as_posix()}/{tiles.pop('files')}"
+            entry[key] = {k: v for k, v in shown.items() if k != "path"} | tiles | {"url": url}
+        if shown_path is not None:
+            build_thumbnail(shown_path, folder / "thumb.jpg", max_megapixels)
+            entry["thumb"] = f"{rel.as_posix()}/thumb.jpg"
+    except PyramidError as exc:
+        entry["pyramid_error"] = str(exc)
+        for key in ("final", "source_image"):
+            if entry[key] is not None and "path" in entry[key]:
+                entry[key] = None
+    return entry
+
+
+def build_shard(results, shard: str, config: dict, site_dir, log=print) -> tuple[list[dict], list[dict]]:
+    """(entries, thumb summaries) of every image of ``shard``, pyramids written under ``site_dir``."""
+    from tqdm import tqdm
+
+    from pixverve.core.paths import roots_from_config
+
+    roots = roots_from_config(config)
+    images = records.read_shard(results, shard)
+    cap = (config.get("io") or {}).get("max_megapixels")
+    out, thumbs = [], []
+    for image in tqdm(images.values(), desc=f"atlas {shard_folder(shard)}", unit="img"):
+        entry = tile_image(entries.entry(image, _source_path(image, roots)), site_dir, cap)
+        if entry["pyramid_error"]:
+            log(f"{entry['name']}: {entry['pyramid_error']}")
+        out.append(entry)
+        thumbs.append({"image_id": entry["image_id"], "name": entry["name"], "thumb": entry["thumb"],
+                       "status": entry["status"], "shard": entry["shard"]} | records.summary(image))
+    return out, thumbs
