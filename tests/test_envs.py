@@ -48,6 +48,7 @@ CONDA_NAME = {
     "accelerate": "accelerate",
     "peft": "peft",
     "deepspeed": "deepspeed",
+    "pyvips": "pyvips",  # libvips' binding (envs/atlas.yaml names libvips beside it)
 }
 # provided by Snakemake itself: its script preamble puts the running Snakemake on sys.path
 PROVIDED = {"snakemake"}
@@ -269,7 +270,8 @@ def test_closure_sees_through_pixverve():
 
 # conda-forge name -> pip distribution of the tested venv, where the two differ
 PIP_DIST = {"pytorch": "torch", "torch-fidelity": "torch_fidelity", "opencv": "opencv-python-headless", "matplotlib-base": "matplotlib", "pyyaml": "PyYAML",
-            "hjson-py": "hjson", "msgpack-python": "msgpack"}
+            "hjson-py": "hjson", "msgpack-python": "msgpack",
+            "libvips": "pyvips-binary"}  # the venv's libvips comes in pyvips-binary's wheel, same version
 # pins the venv cannot hold next to its own: FG-CLIP2's model code needs transformers 4.x (issue 16)
 OTHER_STACK = {"fgclip2.yaml": {"transformers", "tokenizers"}}
 
