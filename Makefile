@@ -20,6 +20,29 @@ $(BIN)/.installed: requirements.txt constraints.txt pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# The atlas viewer (rules/atlas.smk): OpenSeadragon from its npm package, checked against the pinned
+# integrity of the registry's tarball, its built files only (resources/ is not tracked).  An
+# order-only prerequisite of the venv: made when missing, never a reason to reinstall the venv.
+OSD_VERSION := 6.1.1
+OSD_INTEGRITY := sha512-g4iKe2q8B642SaBT3+x4ZF3/8b1TxPPydyjmtrOLgDrlYWMKd9ZXM+1Cb/xa9DVySkvs/7l6HR1nHKfD5F3Tsw==
+OSD_DIR := resources/vendor/openseadragon
+OSD_STAMP := $(OSD_DIR)/.openseadragon-$(OSD_VERSION)
+$(BIN)/.installed: | $(OSD_STAMP)
+.PHONY: vendor
+vendor: $(OSD_STAMP)
+$(OSD_STAMP):
+	@set -e; command -v npm >/dev/null || { echo "npm is needed to vendor OpenSeadragon (Debian: apt-get install npm)" >&2; exit 1; }; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	npm pack --silent --pack-destination "$$tmp" openseadragon@$(OSD_VERSION) >/dev/null; \
+	tgz="$$tmp/openseadragon-$(OSD_VERSION).tgz"; \
+	got=$$($(PYTHON) -c "import base64, hashlib, sys; print('sha512-' + base64.b64encode(hashlib.sha512(open(sys.argv[1], 'rb').read()).digest()).decode())" "$$tgz"); \
+	if [ "$$got" != "$(OSD_INTEGRITY)" ]; then echo "openseadragon-$(OSD_VERSION).tgz: integrity $$got, expected $(OSD_INTEGRITY)" >&2; exit 1; fi; \
+	tar -xzf "$$tgz" -C "$$tmp" package/LICENSE.txt package/build/openseadragon/openseadragon.min.js package/build/openseadragon/images; \
+	rm -rf $(OSD_DIR); mkdir -p $(OSD_DIR); \
+	cp -R "$$tmp/package/build/openseadragon/openseadragon.min.js" "$$tmp/package/build/openseadragon/images" "$$tmp/package/LICENSE.txt" $(OSD_DIR)/; \
+	echo "openseadragon $(OSD_VERSION) $(OSD_INTEGRITY)" > $@; \
+	echo "vendored OpenSeadragon $(OSD_VERSION) into $(OSD_DIR)"
+
 # The demo's jobs are mostly Python start-up on tiny models: one thread each lets $(CORES) of them
 # run side by side (10 min instead of 17 on 2 cores).  Thread counts change the floats slightly.
 DEMO_THREADS ?= 1
