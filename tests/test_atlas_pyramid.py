@@ -2,7 +2,7 @@
 
 The layout is what libvips' dzsave writes and OpenSeadragon's DZI tile source reads: levels 0 (one
 pixel) to ceil(log2(max side)) (full size), level L of size ceil(side / 2**(max - L)), tiles of
-254 px plus a 1 px overlap on each inner edge, named <col>_<row>.jpg.  The pixels are the ones the
+254 px plus a 1 px overlap on each inner edge, named <col>_<row>.jpeg (dzsave's direct JPEG mode).  The pixels are the ones the
 stages saw (pixverve.core.images.read_rgb): EXIF orientation applied, alpha on white, 16-bit to
 8-bit, compared within JPEG tolerance.
 """
@@ -18,7 +18,15 @@ from PIL import Image
 
 pytest.importorskip("pyvips")
 
-from pixverve.atlas.pyramid import OVERLAP, THUMB_PX, TILE_SIZE, PyramidError, build_pyramid, build_thumbnail  # noqa: E402
+from pixverve.atlas.pyramid import (  # noqa: E402
+    OVERLAP,
+    THUMB_PX,
+    TILE_SIZE,
+    PyramidError,
+    build_pyramid,
+    build_thumbnail,
+    set_threads,
+)
 from pixverve.core.images import read_rgb  # noqa: E402
 
 CAP = 10  # megapixels
@@ -49,7 +57,7 @@ def read_dzi(path):
 def assemble(level_dir, width, height) -> np.ndarray:
     """The full image of one level from its tiles, each tile's overlap cut off."""
     out = np.zeros((height, width, 3), np.uint8)
-    for tile in level_dir.glob("*.jpg"):
+    for tile in level_dir.glob("*.jpeg"):
         col, row = map(int, tile.stem.split("_"))
         arr = np.asarray(Image.open(tile).convert("RGB"))
         x0, y0 = col * TILE_SIZE, row * TILE_SIZE
@@ -78,8 +86,8 @@ def test_levels_tiles_and_descriptor(tmp_path):
     src = tmp_path / "src.png"
     Image.fromarray(rgb).save(src)
     desc = build_pyramid(src, tmp_path / "out", "final", max_megapixels=CAP)
-    assert desc == {"width": w, "height": h, "tile_size": 254, "overlap": 1, "format": "jpg", "files": "final_files/"}
-    assert read_dzi(tmp_path / "out" / "final.dzi") == {"tile": 254, "overlap": 1, "format": "jpg", "width": w, "height": h}
+    assert desc == {"width": w, "height": h, "tile_size": 254, "overlap": 1, "format": "jpeg", "files": "final_files/"}
+    assert read_dzi(tmp_path / "out" / "final.dzi") == {"tile": 254, "overlap": 1, "format": "jpeg", "width": w, "height": h}
     files = tmp_path / "out" / "final_files"
     top = math.ceil(math.log2(max(w, h)))
     # levels 0 (1 px) .. 10 (full size), and nothing else (no vips-properties.xml in the site)
@@ -88,15 +96,15 @@ def test_levels_tiles_and_descriptor(tmp_path):
         lw, lh = math.ceil(w / 2 ** (top - level)), math.ceil(h / 2 ** (top - level))
         cols, rows = math.ceil(lw / TILE_SIZE), math.ceil(lh / TILE_SIZE)
         names = {p.name for p in (files / str(level)).iterdir()}
-        assert names == {f"{c}_{r}.jpg" for c in range(cols) for r in range(rows)}, level
+        assert names == {f"{c}_{r}.jpeg" for c in range(cols) for r in range(rows)}, level
         for c in range(cols):
             for r in range(rows):
                 x0, y0 = c * TILE_SIZE - (OVERLAP if c else 0), r * TILE_SIZE - (OVERLAP if r else 0)
                 x1, y1 = min(lw, (c + 1) * TILE_SIZE + OVERLAP), min(lh, (r + 1) * TILE_SIZE + OVERLAP)
-                with Image.open(files / str(level) / f"{c}_{r}.jpg") as tile:
+                with Image.open(files / str(level) / f"{c}_{r}.jpeg") as tile:
                     assert tile.size == (x1 - x0, y1 - y0), (level, c, r)
                     assert tile.format == "JPEG" and 274 not in tile.getexif()  # stripped: no orientation for a browser to re-apply
-    assert (files / "0" / "0_0.jpg").exists() and Image.open(files / "0" / "0_0.jpg").size == (1, 1)
+    assert Image.open(files / "0" / "0_0.jpeg").size == (1, 1)
     close(assemble(files / str(top), w, h), rgb)
 
 
@@ -106,8 +114,8 @@ def test_other_tile_size(tmp_path):
     desc = build_pyramid(src, tmp_path / "out", "final", max_megapixels=CAP, tile_size=510)
     assert desc["tile_size"] == 510 and read_dzi(tmp_path / "out" / "final.dzi")["tile"] == 510
     top = tmp_path / "out" / "final_files" / "11"
-    assert sorted(p.name for p in top.iterdir()) == ["0_0.jpg", "1_0.jpg", "2_0.jpg"]
-    assert [Image.open(top / f"{c}_0.jpg").size for c in range(3)] == [(511, 400), (512, 400), (1100 - 1019, 400)]
+    assert sorted(p.name for p in top.iterdir()) == ["0_0.jpeg", "1_0.jpeg", "2_0.jpeg"]
+    assert [Image.open(top / f"{c}_0.jpeg").size for c in range(3)] == [(511, 400), (512, 400), (1100 - 1019, 400)]
 
 
 def test_rerun_replaces_the_tiles(tmp_path):
@@ -222,3 +230,20 @@ def test_thumbnail_long_edge(tmp_path, size, expect):
     with Image.open(dest) as im:
         assert im.size == expect and im.format == "JPEG" and im.mode == "RGB"
     assert THUMB_PX == 256
+
+
+def test_set_threads(monkeypatch):
+    import pyvips
+
+    before = pyvips.concurrency_get()
+    monkeypatch.delenv("VIPS_CONCURRENCY", raising=False)
+    try:
+        set_threads(3)
+        assert pyvips.concurrency_get() == 3
+        set_threads(None)  # leaves it
+        assert pyvips.concurrency_get() == 3
+        monkeypatch.setenv("VIPS_CONCURRENCY", "2")  # the user's setting wins
+        set_threads(5)
+        assert pyvips.concurrency_get() == 3
+    finally:
+        pyvips.concurrency_set(before)

@@ -15,6 +15,7 @@ from pathlib import Path
 TILE_SIZE = 254  # OpenSeadragon's default tile edge (256 with the 1 px overlap on each side)
 OVERLAP = 1
 QUALITY = 85
+TILE_FORMAT = "jpeg"  # the tiles' file extension, as dzsave's direct JPEG mode names them
 THUMB_PX = 256
 FAIL_ON = "truncated"
 IMAGE_LOADERS = ("jpeg", "png", "tiff", "webp", "gif", "heif", "jp2k", "jxl")
@@ -24,10 +25,9 @@ def set_threads(threads: int | None) -> None:
     """libvips' worker threads in this process (a shard job: its rule's ``threads``).
 
     libvips' default is one per core the process may run on, and each thread holds its own tile
-    buffers: measured with ``benchmarks/atlas.py`` on a 100 MP JPEG (NOTES.md, #29), peak RSS
-    120 MB with 1-2 threads, 204 MB with 8, 326 MB with 32 (more than one decoded RGB copy, 286 MB),
-    while a 2-core machine was fastest with 2.  ``VIPS_CONCURRENCY`` in the environment wins, as in
-    libvips itself; None leaves libvips' default.
+    buffers: measured with ``benchmarks/atlas.py`` on a 100 MP JPEG (NOTES.md, #29; 2 cores), peak
+    RSS 99 MB with 1 thread, 248 MB with 8, 383 MB with 32 (1.3x one decoded RGB copy, 286 MB).
+    ``VIPS_CONCURRENCY`` in the environment wins, as in libvips itself; None leaves libvips' default.
     """
     import os
 
@@ -80,7 +80,7 @@ def _display_rgb(image):
 
 def build_pyramid(src, out_dir, name: str, max_megapixels: float | None = None, quality: int = QUALITY,
                   tile_size: int = TILE_SIZE) -> dict:
-    """Write ``out_dir/<name>_files/<level>/<col>_<row>.jpg`` (+ ``<name>.dzi``); return its
+    """Write ``out_dir/<name>_files/<level>/<col>_<row>.jpeg`` (+ ``<name>.dzi``); return its
     descriptor: the tile source an OpenSeadragon viewer opens without fetching the .dzi.
 
     Files per 100 MP image: 2,147 tiles at 254 px, 548 at 510 px, which also builds faster where
@@ -90,7 +90,12 @@ def build_pyramid(src, out_dir, name: str, max_megapixels: float | None = None, 
     shutil.rmtree(out_dir / f"{name}_files", ignore_errors=True)  # a rerun replaces, never mixes
     image = _display_rgb(_open(Path(src), max_megapixels))
     try:
-        image.dzsave(str(out_dir / name), tile_size=int(tile_size), overlap=OVERLAP, suffix=f".jpg[Q={int(quality)},strip]",
+        # no `suffix`: libvips then writes each tile with libjpeg straight from the strip ("direct
+        # mode", libvips >= 8.15), metadata stripped; a suffix such as ".jpg[Q=85]" runs a
+        # jpegsave pipeline per tile instead: 3.4-3.6 CPU s against 1.9-2.4 for a 100 MP JPEG on
+        # one thread here (NOTES.md, #29). Its tiles are named .jpeg, hence "format": "jpeg" in
+        # the descriptor and the .dzi.
+        image.dzsave(str(out_dir / name), tile_size=int(tile_size), overlap=OVERLAP, Q=int(quality),
                      depth="onepixel", layout="dz")
     except Exception as exc:  # pyvips.Error: a truncated file shows only when its pixels are read
         shutil.rmtree(out_dir / f"{name}_files", ignore_errors=True)  # no half pyramid is left behind
@@ -100,7 +105,7 @@ def build_pyramid(src, out_dir, name: str, max_megapixels: float | None = None, 
     # site publishes only tiles and what the atlas writes itself
     (out_dir / f"{name}_files" / "vips-properties.xml").unlink(missing_ok=True)
     return {"width": image.width, "height": image.height, "tile_size": int(tile_size), "overlap": OVERLAP,
-            "format": "jpg", "files": f"{name}_files/"}
+            "format": TILE_FORMAT, "files": f"{name}_files/"}
 
 
 def build_thumbnail(src, dest, max_megapixels: float | None = None, px: int = THUMB_PX) -> tuple[int, int]:
