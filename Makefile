@@ -47,7 +47,8 @@ $(OSD_STAMP):
 # run side by side (10 min instead of 17 on 2 cores).  Thread counts change the floats slightly.
 DEMO_THREADS ?= 1
 demo: $(BIN)/.installed
-	$(BIN)/snakemake --configfile configs/demo.yaml --cores $(CORES) --max-threads $(DEMO_THREADS)
+	$(BIN)/snakemake --configfile configs/demo.yaml --cores $(CORES) --max-threads $(DEMO_THREADS) all atlas
+	@echo "the atlas of the demo run: $(CURDIR)/results/atlas/index.html (open it in a browser)"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -25,7 +25,9 @@ member at once, each as its own ``srun`` job step; SLURM then starts a step only
 allocation has its CPUs, memory and GPUs free, so members never oversubscribe it and every GPU
 step gets its own card.  For that each step asks for its own memory (``--mem``): a step that
 names none is given the whole allocation's, and the next step waits for it to end
-(measured on SLURM 22.05, NOTES.md "#28 allocations").
+(measured on SLURM 22.05, NOTES.md "#28 allocations").  And the jobstep's ``run_job`` waits for
+its step to end before it returns, so the inner Snakemake could start the next member only then:
+it runs in a thread of its own.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def apply_slurm_group_jobs() -> str | None:
         return None  # no SLURM plugin installed: nothing to fix
     if not all(versions[name].startswith(tested) for name, tested in TESTED_SLURM_PLUGINS.items()):
         return SLURM_NOT_APPLIED.format(versions=", ".join(f"{n} {v}" for n, v in versions.items()))
+    import threading
+
     import snakemake_executor_plugin_slurm as slurm
     import snakemake_executor_plugin_slurm_jobstep as jobstep
 
@@ -127,6 +131,7 @@ def apply_slurm_group_jobs() -> str | None:
         return None  # already installed (a workflow parsed twice in one process)
     general_args = slurm.Executor.additional_general_args
     node_setting = jobstep.get_node_setting
+    run_job = jobstep.Executor.run_job
 
     def additional_general_args(self):
         return side_by_side_args(general_args(self))
@@ -134,9 +139,26 @@ def apply_slurm_group_jobs() -> str | None:
     def node_and_memory_setting(job):
         return " ".join(s for s in (node_setting(job), step_memory(job)) if s)
 
+    def run_job_in_background(self, job):
+        # the jobstep's run_job waits for its srun step to end: in a thread, the next member's
+        # step starts while this one runs (the scheduler takes reports from threads, as it does
+        # from the local executor's pool)
+        def run():
+            try:
+                run_job(self, job)
+            except Exception as exc:  # noqa: BLE001 -- reported to the scheduler as the job's failure
+                from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+
+                self.logger.error(f"job step of {job}: {exc}")
+                self.report_job_error(SubmittedJobInfo(job))
+
+        threading.Thread(target=run, name=f"pixverve-jobstep-{job.jobid}", daemon=True).start()
+
     additional_general_args.pixverve_fix = True
+    run_job_in_background.pixverve_fix = True
     slurm.Executor.additional_general_args = additional_general_args
     jobstep.get_node_setting = node_and_memory_setting  # run_job looks it up at call time
+    jobstep.Executor.run_job = run_job_in_background
     return None
 
 

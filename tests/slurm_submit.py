@@ -68,8 +68,10 @@ def sbatch_line(job, partitions) -> dict:
         "steps": [{"rule": m.rule.name, "shard": m.wildcards.get("shard"), "jobid": m.jobid, "srun": step(m),
                    "gpu": m.resources.get("gpu") or 0, "threads": m.threads, "runtime": m.resources.get("runtime"),
                    "needs": sorted(d.jobid for d in m.dag.dependencies[m] if d.jobid in ids)} for m in members],
-        # how the job's inner Snakemake runs its members: the plugin's own arguments for it
+        # how the job's inner Snakemake runs its members: the plugin's own arguments for it, and
+        # whether the jobstep starts a member's step without waiting for the previous one to end
         "inner_args": inner_args(),
+        "steps_in_background": steps_in_background(),
     }
 
 
@@ -80,6 +82,14 @@ def inner_args() -> str:
 
     plugin = SimpleNamespace(workflow=SimpleNamespace(executor_settings=SimpleNamespace(pass_command_as_script=False)))
     return Executor.additional_general_args(plugin)
+
+
+def steps_in_background() -> bool:
+    """The jobstep's run_job waits for its srun step (plugin 0.6.1); pixverve/snakemake_fixes.py
+    runs it in a thread."""
+    from snakemake_executor_plugin_slurm_jobstep import Executor
+
+    return bool(getattr(Executor.run_job, "pixverve_fix", False))
 
 
 def _option(line: str, name: str) -> str | None:
@@ -95,6 +105,8 @@ def inner_run(record: dict) -> dict:
     sbatch = record["sbatch"]
     jobs = _option(record["inner_args"], "--jobs")
     limit = float("inf") if jobs == "unlimited" else int(jobs)
+    if not record["steps_in_background"]:
+        limit = 1  # run_job returns when its step has ended: one member at a time
     gpus = re.search(r"--gpus=(?:\w+:)?(\d+)|--gres=gpu:(?:\w+:)?(\d+)", sbatch)
     free = {"cpu": int(_option(sbatch, "--cpus-per-task")), "mem": int(_option(sbatch, "--mem")),
             "gpu": int(next(g for g in gpus.groups() if g)) if gpus else 0}

@@ -18,7 +18,9 @@ STAGES = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common", "bundles"
 # the start-up check of a run away from the checkout
 TOP = {"__init__", "__main__", "workflow", "audit", "retry", "snakemake_fixes", "deploy_checks"}
 # stage -> earlier stages whose public names it may use, and why
-STAGE_USES = {"bench": {"train"}}  # bench generates images with our trained checkpoints (train.infer)
+# bench generates images with our trained checkpoints (train.infer); the atlas scores each judged
+# MSFI patch with the bench's own weights (bench.scores)
+STAGE_USES = {"bench": {"train"}, "atlas": {"bench"}}
 
 
 def modules() -> dict[str, Path]:

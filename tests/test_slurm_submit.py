@@ -67,7 +67,7 @@ def submits(tmp_path_factory):
     res = subprocess.run(
         [sys.executable, str(ROOT / "tests/slurm_submit.py"), str(out), str(site / "partitions.yaml"), "--",
          "-n", "--cores", "10000", "--rerun-triggers", "mtime", "--profile", str(site),
-         "--configfile", "config.yaml", "overlay.yaml", "--quiet", "rules"],
+         "--configfile", "config.yaml", "overlay.yaml", "--quiet", "rules", "--", "all", "atlas"],
         cwd=work, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "workflow specific profile profiles/default" in res.stderr  # read by itself
@@ -125,6 +125,7 @@ def test_every_allocation_covers_what_runs_in_it(submits):
         if r["steps"][0]["srun"] is None:  # the MPI path (multi-node train): one command, no steps
             continue
         assert "--jobs unlimited" in r["inner_args"], r["inner_args"]  # not the plugin's --jobs 1
+        assert r["steps_in_background"]  # and the jobstep does not wait for one step to start the next
         runs[id(r)] = run = inner_run(r)
         assert run["minutes"] <= int(flag(r["sbatch"], "-t")), (r["name"], run, r["sbatch"])
     caption = next(r for r in records if r["group"] and "caption_tags" in r["rules"])
@@ -135,7 +136,8 @@ def test_every_allocation_covers_what_runs_in_it(submits):
     # their own memory (each then holds the whole allocation's), run the chain past its -t
     serial = dict(caption, inner_args=caption["inner_args"].replace("--jobs unlimited", "--jobs 1"))
     whole_memory = dict(caption, steps=[dict(s, srun=re.sub(r" --mem=\S+", "", s["srun"])) for s in caption["steps"]])
-    for variant in (serial, whole_memory):
+    waiting = dict(caption, steps_in_background=False)  # the jobstep's own run_job waits for each step
+    for variant in (serial, whole_memory, waiting):
         run = inner_run(variant)
         assert run["minutes"] > t and run["widest"] == 1, run
     screens = [runs[id(r)]["widest"] for r in records if r["group"] and "screen" in r["rules"]]
@@ -226,3 +228,16 @@ def test_make_slurm_profile_installs_where_profile_slurm_looks(tmp_path):
     code = "from snakemake.cli import get_profile_dir; print(get_profile_dir('slurm')[0])"
     found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert found.stdout.strip() == str(installed), found.stderr
+
+
+def test_atlas_builds_shard_by_shard_in_cpu_jobs(submits):
+    """The atlas of a run: one CPU job per shard (and one for the images the index rejected), then
+    its index -- never one job over the whole run."""
+    records, limits = submits
+    shards = [r for r in records if r["name"] == "atlas_shard"]
+    assert sorted(r["wildcards"]["atlas_shard"] for r in shards) == [f"s{i:05d}" for i in range(SHARDS)] + ["unsharded"]
+    site = [r for r in records if r["name"] == "atlas_site"]
+    assert len(site) == 1
+    for r in shards + site:
+        assert r["partition"] == "cpu" and gpus_of(r["sbatch"]) == 0, r["sbatch"]
+
