@@ -20,7 +20,8 @@ own, from /proc/self/status read at its end, interpreter and imports included):
   build_thumbnail     pixverve.atlas.pyramid.build_thumbnail: 256 px long edge
   imports only        the interpreter with pyvips (or numpy + Pillow) imported: the fixed part
 then builds the JPEG's pyramid again with --threads libvips threads (VIPS_CONCURRENCY: memory
-grows with them) and with --tile-sizes (larger tiles: fewer files), and prints the table with
+grows with them), with --tile-sizes (larger tiles: fewer files) and with a jpegsave pipeline per
+tile (dzsave's suffix option, what build_pyramid avoids), and prints the table with
 the targets of issue #29: pyramid time / decode time <= 3x (against the faster decode of that
 form; CPU seconds shown too), pyramid peak RSS / one decoded RGB copy (w*h*3 bytes) <= 1x, and
 the pyramid's disk (file bytes, and blocks allocated) against the source file's size.
@@ -98,7 +99,7 @@ def child(task: str, src: str, work: str, tile_size: int | None = None) -> dict:
     """One measurement, in this (fresh) interpreter."""
     sys.path.insert(0, str(ROOT))
     out: dict = {}
-    if task in ("pyramid", "thumbnail", "imports_vips"):
+    if task in ("pyramid", "pyramid_suffix", "thumbnail", "imports_vips"):
         import pyvips  # noqa: F401  (pyramid.py imports it lazily: loading libvips is no part of the time)
 
         from pixverve.atlas import pyramid
@@ -118,6 +119,10 @@ def child(task: str, src: str, work: str, tile_size: int | None = None) -> dict:
     elif task == "pyramid":
         kw = {"tile_size": tile_size} if tile_size else {}
         out["descriptor"] = pyramid.build_pyramid(src, work, "final", max_megapixels=1000, **kw)
+    elif task == "pyramid_suffix":  # the same pyramid with a jpegsave pipeline per tile (dzsave's suffix)
+        image = pyramid._display_rgb(pyramid._open(Path(src), 1000))
+        image.dzsave(str(Path(work) / "final"), tile_size=pyramid.TILE_SIZE, overlap=pyramid.OVERLAP,
+                     suffix=f".jpg[Q={pyramid.QUALITY},strip]", depth="onepixel", layout="dz")
     elif task == "thumbnail":
         out["size"] = pyramid.build_thumbnail(src, Path(work) / "thumb.jpg", max_megapixels=1000)
     out["seconds"] = time.perf_counter() - t0
@@ -216,6 +221,11 @@ def main() -> None:
         for n in sweep:
             r = run("pyramid", jpeg, work, threads=n)
             print(f"  {n:>3} threads: {r['seconds']:6.2f} s ({r['cpu_s']:.2f} CPU s), peak RSS {r['peak_mb']:5.0f} MB = {r['peak_mb'] / rgb_mb:.2f}x one RGB copy")
+    for n in (1, None):
+        direct, suffix = run("pyramid", jpeg, work, threads=n), run("pyramid_suffix", jpeg, work, threads=n)
+        print(f"JPEG build_pyramid, {n or 'default'} thread(s): dzsave's direct JPEG tiles {direct['seconds']:.2f} s "
+              f"({direct['cpu_s']:.2f} CPU s), a jpegsave pipeline per tile (suffix .jpg[Q=..]) {suffix['seconds']:.2f} s "
+              f"({suffix['cpu_s']:.2f} CPU s)")
     for size in [int(n) for n in args.tile_sizes.split(",") if n.strip()]:
         r = run("pyramid", jpeg, work, tile_size=size)
         disk = tree_size(work)
