@@ -120,7 +120,7 @@ def child(task: str, src: str, work: str, tile_size: int | None = None) -> dict:
         kw = {"tile_size": tile_size} if tile_size else {}
         out["descriptor"] = pyramid.build_pyramid(src, work, "final", max_megapixels=1000, **kw)
     elif task == "pyramid_suffix":  # the same pyramid with a jpegsave pipeline per tile (dzsave's suffix)
-        image = pyramid._display_rgb(pyramid._open(Path(src), 1000))
+        image = pyramid.display_rgb(pyramid.open_image(Path(src), 1000))
         image.dzsave(str(Path(work) / "final"), tile_size=pyramid.TILE_SIZE, overlap=pyramid.OVERLAP,
                      suffix=f".jpg[Q={pyramid.QUALITY},strip]", depth="onepixel", layout="dz")
     elif task == "thumbnail":

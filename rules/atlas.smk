@@ -56,6 +56,7 @@ rule atlas_bench:
         method_dirs=lambda wc: {m: bench_image_dir(m) for m in bench_methods()},
         real_dir=config["bench"]["real_dir"],
         max_megapixels=config["io"]["max_megapixels"],
+        tile_size=config["atlas"]["tile_size"],
     script:
         "../scripts/atlas_bench.py"
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 from pixverve.atlas import build  # noqa: E402
+from pixverve.atlas.pyramid import set_threads  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "atlas_shard")
+set_threads(sm.threads)  # libvips' memory grows with its threads (NOTES #29 atlas pyramids)
 results = Path(sm.input[0]).parents[1]  # results/index/index.parquet
 tiles = Path(sm.output.tiles)
 tiles.mkdir(parents=True, exist_ok=True)

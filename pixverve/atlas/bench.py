@@ -13,12 +13,12 @@ from pixverve.atlas.pyramid import PyramidError, build_pyramid
 TILES = Path("tiles") / "bench"
 
 
-def _tiles(src: Path, site_dir: Path, folder: str, max_megapixels) -> dict | None:
+def _tiles(src: Path, site_dir: Path, folder: str, max_megapixels, tile_size: int) -> dict | None:
     if not src.exists():
         return None
     rel = TILES / folder
     try:
-        tiles = build_pyramid(src, Path(site_dir) / rel, src.stem, max_megapixels)
+        tiles = build_pyramid(src, Path(site_dir) / rel, src.stem, max_megapixels, tile_size=tile_size)
     except PyramidError as exc:
         return {"error": str(exc)}
     return tiles | {"url": f"{rel.as_posix()}/{tiles.pop('files')}", "label": folder}
@@ -50,7 +50,7 @@ def patch_scores(row: dict) -> list[dict]:
 
 
 def bench_data(benchmark_rows: list[dict], real_dir, method_dirs: dict[str, str], judged: dict[str, str | None],
-               table_rows: list[dict], site_dir, max_megapixels=None) -> dict:
+               table_rows: list[dict], site_dir, max_megapixels=None, tile_size: int = 510) -> dict:
     """bench.js's content; pyramids written under ``site_dir/tiles/bench/``."""
     import pandas as pd
 
@@ -62,10 +62,10 @@ def bench_data(benchmark_rows: list[dict], real_dir, method_dirs: dict[str, str]
     for r in benchmark_rows:
         stem = Path(r["file_name"]).stem
         item = {"stem": stem, "caption": r.get("long_caption", ""),
-                "real": _tiles(Path(real_dir) / r["file_name"], site_dir, "real", max_megapixels),
+                "real": _tiles(Path(real_dir) / r["file_name"], site_dir, "real", max_megapixels, tile_size),
                 "methods": {}, "patches": {}}
         for method, folder in method_dirs.items():
-            item["methods"][method] = _tiles(Path(folder) / f"{stem}.jpg", site_dir, method, max_megapixels)
+            item["methods"][method] = _tiles(Path(folder) / f"{stem}.jpg", site_dir, method, max_megapixels, tile_size)
             row = judged_rows.get(method, {}).get(stem)
             item["patches"][method] = patch_scores(row) if row else []
         images.append(item)

@@ -49,7 +49,7 @@ def _why(exc: Exception) -> str:
     return "; ".join(dict.fromkeys(useful or lines))[:300] or type(exc).__name__
 
 
-def _open(path: Path, max_megapixels: float | None):
+def open_image(path: Path, max_megapixels: float | None):
     import pyvips
 
     try:
@@ -66,7 +66,7 @@ def _open(path: Path, max_megapixels: float | None):
     return image
 
 
-def _display_rgb(image):
+def display_rgb(image):
     """8-bit sRGB without alpha, upright, as the stages decoded it."""
     image = image.autorot()  # EXIF orientation (a no-op without one)
     if image.hasalpha():
@@ -88,7 +88,7 @@ def build_pyramid(src, out_dir, name: str, max_megapixels: float | None = None, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / f"{name}_files", ignore_errors=True)  # a rerun replaces, never mixes
-    image = _display_rgb(_open(Path(src), max_megapixels))
+    image = display_rgb(open_image(Path(src), max_megapixels))
     try:
         # no `suffix`: libvips then writes each tile with libjpeg straight from the strip ("direct
         # mode", libvips >= 8.15), metadata stripped; a suffix such as ".jpg[Q=85]" runs a
@@ -113,12 +113,12 @@ def build_thumbnail(src, dest, max_megapixels: float | None = None, px: int = TH
     lower pyramid level when the file has one.  Returns its size."""
     import pyvips
 
-    _open(Path(src), max_megapixels)  # the cap and a readable header, with its own message
+    open_image(Path(src), max_megapixels)  # the cap and a readable header, with its own message
     try:
         # from a Source, so that the loader takes fail_on (Image.thumbnail has no load options)
         thumb = pyvips.Image.thumbnail_source(pyvips.Source.new_from_file(str(src)), px, height=px, size="down",
                                               option_string=f"fail_on={FAIL_ON}")
-        thumb = _display_rgb(thumb)
+        thumb = display_rgb(thumb)
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         thumb.jpegsave(str(dest), Q=80, strip=True)
     except pyvips.Error as exc:
