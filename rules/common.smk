@@ -338,7 +338,10 @@ ATLAS_STAGE_INPUTS = {
     "purify": ["results/purify/decisions.parquet"],
     "upscale": ["results/upscale/{shard}.parquet"],
     "verify": ["results/verify/verified.parquet"],
-    "caption": ["results/verify/instances/{shard}.parquet", "results/caption/records/{shard}.jsonl"],
+    "caption": [
+        "results/verify/instances/{shard}.parquet",
+        "results/caption/records/{shard}.jsonl",
+    ],
 }
 
 
@@ -350,10 +353,14 @@ def atlas_stages():
 def atlas_shard_inputs(wildcards):
     """The index, and for a shard the outputs of every stage in atlas.stages."""
     files = ["results/index/index.parquet"]
-    if wildcards.atlas_shard == "unsharded":  # the images the index rejected: no later stage
+    # the images the index rejected (no shard) have no later stage
+    if wildcards.atlas_shard == "unsharded":
         return files
     for stage in atlas_stages():
-        files += [f.format(shard=wildcards.atlas_shard) for f in ATLAS_STAGE_INPUTS.get(stage, [])]
+        files += [
+            f.format(shard=wildcards.atlas_shard)
+            for f in ATLAS_STAGE_INPUTS.get(stage, [])
+        ]
     return files
 
 
@@ -373,7 +380,8 @@ def atlas_bench_inputs(wildcards):
 
 def atlas_site_inputs(wildcards):
     """Every shard's entries (the index's shards and the unsharded rejects), the bench page's data,
-    Table 1 when stage 5 is in atlas.stages, and the vendored OpenSeadragon (make's set-up)."""
+    Table 1 when stage 5 is in atlas.stages, and the vendored OpenSeadragon (make's set-up).
+    """
     viewer = WORKFLOW_DIR / "resources/vendor/openseadragon/openseadragon.min.js"
     if not viewer.exists():
         raise ValueError(
@@ -381,7 +389,9 @@ def atlas_site_inputs(wildcards):
             f"(`make vendor`) in {WORKFLOW_DIR}; {viewer} is missing"
         )
     inputs = {
-        "entries": expand("results/atlas/shards/{s}.jsonl", s=["unsharded", *shard_names()]),
+        "entries": expand(
+            "results/atlas/shards/{s}.jsonl", s=["unsharded", *shard_names()]
+        ),
         "viewer": str(viewer),
     }
     if "caption" in atlas_stages():
