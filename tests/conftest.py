@@ -104,5 +104,5 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.Comp
 def demo_run(tmp_path_factory):
     """One end-to-end run of the demo DAG in a copy of the workflow (shared by the e2e tests)."""
     work = copy_workflow(tmp_path_factory.mktemp("demo_run"))
-    snakemake(work, "all", "atlas")  # as `make demo`: the run and its atlas
+    snakemake(work, "--", "all", "atlas")  # as `make demo`: the run and its atlas ("--" ends --configfile)
     return work
