@@ -66,6 +66,10 @@ def main() -> None:
         weights = work / "resources/weights"
         weights.mkdir(parents=True)
         (weights / "sac+logos+ava1-l14-linearMSE.pth").touch()
+        # the paper config's other EDIT lines that name files: a published eval checkout, FG-CLIP2
+        (work / "eval/util").mkdir(parents=True)
+        (work / "eval/util/build_prompts.py").touch()
+        (work / "edits.yaml").write_text("bench:\n  fgclip2: {model: fg-clip2-base}\n  judge: {published_eval: eval}\n")
         t0 = time.perf_counter()
         df = synthetic_index(args.images, args.per_shard)
         names = write_shards(df, work / "results/index/index.parquet", work / "results/index/shards")
@@ -75,7 +79,7 @@ def main() -> None:
             os.utime(work / folder / "stand_in.jpg", (past, past))
             os.utime(work / folder, (past, past))
         cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n",
-               "--quiet", "rules", "--cores", "1"]
+               "--quiet", "rules", "--cores", "1", "--configfile", str(work / "edits.yaml")]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         t_dag = time.perf_counter() - t0
