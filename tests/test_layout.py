@@ -124,3 +124,36 @@ def test_every_models_missing_error_is_one_class():
 
     for cls in (FIDWeightsUnavailable, GeneratorUnavailable, T2IUnavailable, VLMUnavailable, SRUnavailable, LPIPSUnavailable):
         assert issubclass(cls, ModelUnavailable) and issubclass(cls, RuntimeError), cls
+
+
+def test_no_import_cycles():
+    """No module reaches itself through pixverve imports, lazy (in-function) ones included."""
+    mods = modules()
+    graph = {}
+    for module, path in mods.items():
+        targets = set()
+        for target, names, _ in pixverve_imports(path):
+            # `from pixverve.x import y` names module pixverve.x.y when that is a module
+            for name in names or [""]:
+                full = f"{target}.{name}" if name and f"{target}.{name}" in mods else target
+                if full in mods and full != module:
+                    targets.add(full)
+        graph[module] = targets
+    cycles = []
+
+    def visit(node, stack, state):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif not state.get(nxt):
+                visit(nxt, stack, state)
+        stack.pop()
+        state[node] = 2
+
+    state = {}
+    for node in sorted(graph):
+        if not state.get(node):
+            visit(node, [], state)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from pixverve.bench.glcm import DISP, LEVELS, PAD, PATCH, WIDTH
+from pixverve.bench.glcm_layout import DISP, LEVELS, PAD, PATCH, WIDTH
 
 U = np.uint64
 
