@@ -70,6 +70,7 @@ def one(args) -> dict:
     spec = resolve_run(config, args.scheme, args.resolution) if args.scheme != "scheme3_l2p" else None
     if spec is None:  # L2P: the benchmark resolution must be one of the run's resolutions
         config["train"]["runs"]["scheme3_l2p"]["resolutions"] = [args.resolution]
+        config["train"]["runs"]["scheme3_l2p"]["sizes"] = {str(args.resolution): "square"}  # a square step, as the others
         spec = resolve_run(config, "scheme3_l2p", args.resolution)
         spec["l2p"]["token_grid"] = args.token_grid
     if args.scheme == "scheme2_window":
