@@ -42,17 +42,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's across exec)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def cpu_seconds() -> float:
     """User + system CPU time of this process, all its threads (libvips' workers included)."""
     import resource
@@ -127,6 +116,8 @@ def child(task: str, src: str, work: str, tile_size: int | None = None) -> dict:
         out["size"] = pyramid.build_thumbnail(src, Path(work) / "thumb.jpg", max_megapixels=1000)
     out["seconds"] = time.perf_counter() - t0
     out["cpu_s"] = cpu_seconds() - c0
+    from pixverve.core.memory import peak_rss_mb  # standard library only: no memory of its own
+
     out["peak_mb"] = peak_rss_mb()
     return out
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
-import resource
 import sys
 import time
 from pathlib import Path
@@ -28,15 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's across exec)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from pixverve.core.memory import peak_rss_mb  # noqa: E402 (standard library only)
 
 
 def make_jpeg(path: Path, megapixels: float) -> None:

@@ -77,8 +77,6 @@ rule atlas_site:
     resources:
         mem_mb=8000,  # the galleries' small rows of every image (95K: ~100 MB)
         runtime=120,
-    params:
-        smoke_note=config.get("atlas", {}).get("title", "PixVerve atlas"),
     script:
         "../scripts/atlas_site.py"
 

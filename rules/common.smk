@@ -385,8 +385,8 @@ def atlas_site_inputs(wildcards):
     viewer = WORKFLOW_DIR / "resources/vendor/openseadragon/openseadragon.min.js"
     if not viewer.exists():
         raise ValueError(
-            f"the atlas needs OpenSeadragon, vendored by the set-up: run `make {WORKFLOW_DIR}/.venv/bin/.installed` "
-            f"(`make vendor`) in {WORKFLOW_DIR}; {viewer} is missing"
+            f"the atlas needs OpenSeadragon, which the set-up vendors from npm: {viewer} is missing; "
+            f"run `make vendor` in {WORKFLOW_DIR} (needs npm)"
         )
     inputs = {
         "entries": expand(

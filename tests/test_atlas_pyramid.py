@@ -26,6 +26,7 @@ from pixverve.atlas.pyramid import (  # noqa: E402
     build_pyramid,
     build_thumbnail,
     set_threads,
+    thumbnail_from_pyramid,
 )
 from pixverve.core.images import read_rgb  # noqa: E402
 
@@ -247,3 +248,24 @@ def test_set_threads(monkeypatch):
         assert pyvips.concurrency_get() == 3
     finally:
         pyvips.concurrency_set(before)
+
+
+@pytest.mark.parametrize("size", [(2300, 1500), (700, 1900), (300, 200)])
+def test_thumbnail_from_the_pyramid_equals_one_from_the_file(tmp_path, size):
+    """The shard job's thumbnail comes from the pyramid's own level (no second decode): the same
+    size as build_thumbnail's, and the same picture within JPEG tolerance; with tiles under 256 px
+    no level is both whole in one tile and large enough, and it says so (None)."""
+    w, h = size
+    src = tmp_path / "src.jpg"
+    Image.fromarray(texture(h, w)).save(src, quality=95)
+    desc = build_pyramid(src, tmp_path / "p", "final", max_megapixels=CAP, tile_size=510)
+    got = thumbnail_from_pyramid(tmp_path / "p", desc, tmp_path / "a.jpg")
+    want = build_thumbnail(src, tmp_path / "b.jpg", max_megapixels=CAP)
+    assert got == want
+    a = np.asarray(Image.open(tmp_path / "a.jpg").convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(tmp_path / "b.jpg").convert("RGB"), dtype=np.int16)
+    assert np.abs(a - b).mean() < 6
+    small = build_pyramid(src, tmp_path / "q", "final", max_megapixels=CAP, tile_size=126)
+    if max(w, h) > 256:
+        assert thumbnail_from_pyramid(tmp_path / "q", small, tmp_path / "c.jpg") is None
+

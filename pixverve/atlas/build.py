@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixverve.atlas import entries, records
-from pixverve.atlas.pyramid import PyramidError, build_pyramid, build_thumbnail
+from pixverve.atlas.pyramid import PyramidError, build_pyramid, build_thumbnail, thumbnail_from_pyramid
 
 TILE_SIZE = 510  # atlas.tile_size: a quarter of the files of 254 px tiles, as fast to view (NOTES #29)
 
@@ -36,18 +36,21 @@ def tile_image(entry: dict, site_dir: Path, max_megapixels: float | None, tile_s
     thumbnail; an image libvips cannot tile keeps no pixels and says why."""
     rel = Path("tiles") / shard_folder(entry["shard"]) / entry["image_id"]
     folder = Path(site_dir) / rel
-    shown_path = entry["final"]["path"] if entry["final"] else None
+    if entry["final"] is None:
+        entry["pyramid_error"] = "no image file to show: its root is not configured, or the path leaves it"
+        return entry
+    shown_path = entry["final"]["path"]
     try:
         for key, name in (("final", "final"), ("source_image", "source")):
             shown = entry[key]
             if shown is None:
                 continue
             tiles = build_pyramid(shown["path"], folder, name, max_megapixels, tile_size=tile_size)
+            if key == "final" and thumbnail_from_pyramid(folder, tiles, folder / "thumb.jpg") is None:
+                build_thumbnail(shown_path, folder / "thumb.jpg", max_megapixels)  # tiles under 256 px
             url = f"{rel.as_posix()}/{tiles.pop('files')}"
             entry[key] = {k: v for k, v in shown.items() if k != "path"} | tiles | {"url": url}
-        if shown_path is not None:
-            build_thumbnail(shown_path, folder / "thumb.jpg", max_megapixels)
-            entry["thumb"] = f"{rel.as_posix()}/thumb.jpg"
+        entry["thumb"] = f"{rel.as_posix()}/thumb.jpg"
     except PyramidError as exc:
         entry["pyramid_error"] = str(exc)
         for key in ("final", "source_image"):

@@ -125,3 +125,31 @@ def build_thumbnail(src, dest, max_megapixels: float | None = None, px: int = TH
         Path(dest).unlink(missing_ok=True)
         raise PyramidError(f"cannot thumbnail {Path(src).name}: {_why(exc)}") from exc
     return thumb.width, thumb.height
+
+
+def thumbnail_from_pyramid(out_dir, descriptor: dict, dest, px: int = THUMB_PX) -> tuple[int, int] | None:
+    """The thumbnail from a pyramid just written: its largest level that one tile holds whole,
+    shrunk to a long edge of ``px`` -- no second decode of the full image (on a 100 MP BigTIFF SR
+    output ``build_thumbnail`` costs half the pyramid again: NOTES.md, #29).  None when that
+    level is smaller than ``px`` (tiles under ``px``): then ``build_thumbnail`` is the way."""
+    import math
+
+    import pyvips
+
+    width, height = int(descriptor["width"]), int(descriptor["height"])
+    top = math.ceil(math.log2(max(width, height))) if max(width, height) > 1 else 0
+    for level in range(top, -1, -1):  # DZI: level `top` is full size, each below halves it (rounded up)
+        long_side = max(math.ceil(width / 2 ** (top - level)), math.ceil(height / 2 ** (top - level)))
+        if long_side <= int(descriptor["tile_size"]):
+            break
+    if long_side < min(px, max(width, height)):
+        return None
+    tile = Path(out_dir) / descriptor["files"] / str(level) / f"0_0.{descriptor['format']}"
+    try:
+        thumb = pyvips.Image.thumbnail(str(tile), px, height=px, size="down")
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        thumb.jpegsave(str(dest), Q=80, strip=True)
+    except pyvips.Error as exc:
+        raise PyramidError(f"cannot thumbnail {tile.name} of level {level}: {_why(exc)}") from exc
+    return thumb.width, thumb.height
+

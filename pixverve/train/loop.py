@@ -55,13 +55,9 @@ def _dtype(name: str):
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:  # resident peak of this process (ru_maxrss would report a forking parent's peak)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    from pixverve.core.memory import peak_rss_mb
+
+    return peak_rss_mb()  # resident peak of this process
 
 
 def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
