@@ -56,6 +56,8 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 report: $(BIN)/.installed
 	$(BIN)/snakemake --configfile configs/demo.yaml --report results/report.html

@@ -79,7 +79,9 @@ def make_sources(folder: Path, side: int) -> tuple[Path, Path]:
         out = load_yaml(ROOT / "config.yaml")["upscale"]["output"]
         t0 = time.perf_counter()
         rgb, _ = read_rgb(jpeg, 1000)
-        TiledTiffWriter(tiff, *rgb.shape[:2], tile=out["tiff_tile"], compression=out["compression"]).write(bands_of(rgb))
+        TiledTiffWriter(tiff, *rgb.shape[:2], tile=out["tiff_tile"], compression=out["compression"]).write(
+            bands_of(rgb)
+        )
         print(f"made {tiff} (tile {out['tiff_tile']}, {out['compression']}) in {time.perf_counter() - t0:.1f} s")
     return jpeg, tiff
 
@@ -110,8 +112,14 @@ def child(task: str, src: str, work: str, tile_size: int | None = None) -> dict:
         out["descriptor"] = pyramid.build_pyramid(src, work, "final", max_megapixels=1000, **kw)
     elif task == "pyramid_suffix":  # the same pyramid with a jpegsave pipeline per tile (dzsave's suffix)
         image = pyramid.display_rgb(pyramid.open_image(Path(src), 1000))
-        image.dzsave(str(Path(work) / "final"), tile_size=pyramid.TILE_SIZE, overlap=pyramid.OVERLAP,
-                     suffix=f".jpg[Q={pyramid.QUALITY},strip]", depth="onepixel", layout="dz")
+        image.dzsave(
+            str(Path(work) / "final"),
+            tile_size=pyramid.TILE_SIZE,
+            overlap=pyramid.OVERLAP,
+            suffix=f".jpg[Q={pyramid.QUALITY},strip]",
+            depth="onepixel",
+            layout="dz",
+        )
     elif task == "thumbnail":
         out["size"] = pyramid.build_thumbnail(src, Path(work) / "thumb.jpg", max_megapixels=1000)
     out["seconds"] = time.perf_counter() - t0
@@ -133,8 +141,13 @@ def run(task: str, src: Path, work: Path, threads: int | None = None, tile_size:
     for _ in range(REPEAT):
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        proc = subprocess.run([sys.executable, __file__, "--child", task, str(src), str(work), str(tile_size or 0)],
-                              capture_output=True, text=True, check=False, env=env)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", task, str(src), str(work), str(tile_size or 0)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
         if proc.returncode:
             raise SystemExit(f"{task} on {src.name} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -146,11 +159,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", type=int, default=10000, help="the image is side x side pixels (10000: 100 MP)")
     ap.add_argument("--cache", help="folder for the two source files, kept for reruns (default: a temporary folder)")
-    ap.add_argument("--threads", default="1,8,32",
-                    help="libvips thread counts (VIPS_CONCURRENCY) to build the JPEG's pyramid with besides the default")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per step: the fastest time and the largest peak RSS are shown")
+    ap.add_argument(
+        "--threads",
+        default="1,8,32",
+        help="libvips thread counts (VIPS_CONCURRENCY) to build the JPEG's pyramid with besides the default",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs per step: the fastest time and the largest peak RSS are shown"
+    )
     ap.add_argument("--quick", action="store_true", help="seconds, 2000 x 2000: CI checks that it still runs")
-    ap.add_argument("--tile-sizes", default="510", help="other tile sizes to build the JPEG's pyramid with (files per image)")
+    ap.add_argument(
+        "--tile-sizes", default="510", help="other tile sizes to build the JPEG's pyramid with (files per image)"
+    )
     ap.add_argument("--child", nargs=4, metavar=("TASK", "SRC", "WORK", "TILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -169,18 +189,22 @@ def main() -> None:
     rgb_mb = args.side * args.side * 3 / 2**20
     import pyvips
 
-    print(f"image: {args.side} x {args.side} = {args.side**2 / 1e6:g} MP; one decoded RGB uint8 copy = {rgb_mb:.0f} MB; "
-          f"libvips {pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}, {os.cpu_count()} CPUs, "
-          f"VIPS_CONCURRENCY={os.environ.get('VIPS_CONCURRENCY', 'unset')}")
-    print(f"each step {REPEAT}x, each time in a fresh interpreter: seconds = the fastest run, peak RSS = the largest "
-          f"VmHWM (/proc/self/status at the step's end, interpreter and imports included)")
+    print(
+        f"image: {args.side} x {args.side} = {args.side**2 / 1e6:g} MP; one decoded RGB uint8 copy = {rgb_mb:.0f} MB; "
+        f"libvips {pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}, {os.cpu_count()} CPUs, "
+        f"VIPS_CONCURRENCY={os.environ.get('VIPS_CONCURRENCY', 'unset')}"
+    )
+    print(
+        f"each step {REPEAT}x, each time in a fresh interpreter: seconds = the fastest run, peak RSS = the largest "
+        f"VmHWM (/proc/self/status at the step's end, interpreter and imports included)"
+    )
     header = f"{'form':<8} {'step':<22} {'seconds':>8} {'CPU s':>6} {'peak MB':>8} {'/ RGB':>6} {'/ decode s':>10} {'disk MB':>8} {'/ source':>8} {'files':>6}"
     rows = []
     for form, src, floors in (("JPEG", jpeg, ("read_rgb", "simplejpeg")), ("BigTIFF", tiff, ("read_rgb",))):
         base_dec = run("imports_np", src, work)
         base_vips = run("imports_vips", src, work)
         dec = {task: run(task, src, work) for task in floors}
-        for task, r in dec.items():
+        for r in dec.values():
             assert r["shape"] == [args.side, args.side, 3], r["shape"]
         floor = min(r["seconds"] for r in dec.values())
         pyr = run("pyramid", src, work)
@@ -195,33 +219,44 @@ def main() -> None:
         for name, r, d in steps:
             timed = not name.startswith("imports")
             secs, cpu = (f"{r['seconds']:.2f}", f"{r['cpu_s']:.2f}") if timed else ("-", "-")
-            line = (f"{form:<8} {name:<22} {secs:>8} {cpu:>6} {r['peak_mb']:>8.0f} {r['peak_mb'] / rgb_mb:>6.2f} "
-                    + (f"{r['seconds'] / floor:>9.2f}x" if timed else ""))
+            line = f"{form:<8} {name:<22} {secs:>8} {cpu:>6} {r['peak_mb']:>8.0f} {r['peak_mb'] / rgb_mb:>6.2f} " + (
+                f"{r['seconds'] / floor:>9.2f}x" if timed else ""
+            )
             if d:
                 line += f" {d[0] / 2**20:>8.1f} {d[0] / 2**20 / src_mb:>7.2f}x {d[2]:>6}"
             rows.append(line)
-        rows.append(f"{form:<8} pyramid: {pyr['seconds'] / floor:.2f}x the fastest decode (target <= 3), peak RSS "
-                    f"{pyr['peak_mb'] / rgb_mb:.2f}x one RGB copy (target <= 1; {pyr['peak_mb'] - base_vips['peak_mb']:.0f} MB "
-                    f"above the imports), disk {disk[0] / 2**20:.1f} MB in files, {disk[1] / 2**20:.1f} MB allocated "
-                    f"({disk[0] / 2**20 / src_mb:.2f}x the source)")
+        rows.append(
+            f"{form:<8} pyramid: {pyr['seconds'] / floor:.2f}x the fastest decode (target <= 3), peak RSS "
+            f"{pyr['peak_mb'] / rgb_mb:.2f}x one RGB copy (target <= 1; {pyr['peak_mb'] - base_vips['peak_mb']:.0f} MB "
+            f"above the imports), disk {disk[0] / 2**20:.1f} MB in files, {disk[1] / 2**20:.1f} MB allocated "
+            f"({disk[0] / 2**20 / src_mb:.2f}x the source)"
+        )
     print(header)
     print("\n".join(rows))
     sweep = [int(n) for n in args.threads.split(",") if n.strip()]
     if sweep:
-        print(f"JPEG build_pyramid by libvips threads (VIPS_CONCURRENCY; pixverve.atlas.pyramid.set_threads), {os.cpu_count()} CPUs:")
+        print(
+            f"JPEG build_pyramid by libvips threads (VIPS_CONCURRENCY; pixverve.atlas.pyramid.set_threads), {os.cpu_count()} CPUs:"
+        )
         for n in sweep:
             r = run("pyramid", jpeg, work, threads=n)
-            print(f"  {n:>3} threads: {r['seconds']:6.2f} s ({r['cpu_s']:.2f} CPU s), peak RSS {r['peak_mb']:5.0f} MB = {r['peak_mb'] / rgb_mb:.2f}x one RGB copy")
+            print(
+                f"  {n:>3} threads: {r['seconds']:6.2f} s ({r['cpu_s']:.2f} CPU s), peak RSS {r['peak_mb']:5.0f} MB = {r['peak_mb'] / rgb_mb:.2f}x one RGB copy"
+            )
     for n in (1, None):
         direct, suffix = run("pyramid", jpeg, work, threads=n), run("pyramid_suffix", jpeg, work, threads=n)
-        print(f"JPEG build_pyramid, {n or 'default'} thread(s): dzsave's direct JPEG tiles {direct['seconds']:.2f} s "
-              f"({direct['cpu_s']:.2f} CPU s), a jpegsave pipeline per tile (suffix .jpg[Q=..]) {suffix['seconds']:.2f} s "
-              f"({suffix['cpu_s']:.2f} CPU s)")
+        print(
+            f"JPEG build_pyramid, {n or 'default'} thread(s): dzsave's direct JPEG tiles {direct['seconds']:.2f} s "
+            f"({direct['cpu_s']:.2f} CPU s), a jpegsave pipeline per tile (suffix .jpg[Q=..]) {suffix['seconds']:.2f} s "
+            f"({suffix['cpu_s']:.2f} CPU s)"
+        )
     for size in [int(n) for n in args.tile_sizes.split(",") if n.strip()]:
         r = run("pyramid", jpeg, work, tile_size=size)
         disk = tree_size(work)
-        print(f"JPEG build_pyramid with {size} px tiles: {r['seconds']:.2f} s ({r['cpu_s']:.2f} CPU s), peak RSS {r['peak_mb']:.0f} MB, "
-              f"{disk[2]} files, {disk[0] / 2**20:.1f} MB in files, {disk[1] / 2**20:.1f} MB allocated")
+        print(
+            f"JPEG build_pyramid with {size} px tiles: {r['seconds']:.2f} s ({r['cpu_s']:.2f} CPU s), peak RSS {r['peak_mb']:.0f} MB, "
+            f"{disk[2]} files, {disk[0] / 2**20:.1f} MB in files, {disk[1] / 2**20:.1f} MB allocated"
+        )
     tmp.cleanup()
 
 

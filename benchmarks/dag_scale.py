@@ -78,8 +78,22 @@ def main() -> None:
         for folder in ("data/raw/pexels", "data/raw/unsplash"):
             os.utime(work / folder / "stand_in.jpg", (past, past))
             os.utime(work / folder, (past, past))
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n",
-               "--quiet", "rules", "--cores", "1", "--configfile", str(work / "edits.yaml")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(work),
+            "-n",
+            "--quiet",
+            "rules",
+            "--cores",
+            "1",
+            "--configfile",
+            str(work / "edits.yaml"),
+        ]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         t_dag = time.perf_counter() - t0
@@ -94,8 +108,10 @@ def main() -> None:
             print(f"{rule:<20} {n:>8}")
     total = int(counts.get("total", 0))
     print(f"{'total':<20} {total:>8}")
-    print(f"snakemake -n (paper config): {t_dag:.1f} s  (target <= 30 s, jobs in the low thousands: "
-          f"{'OK' if t_dag <= 30 and total < 10_000 else 'MISSED'})")
+    print(
+        f"snakemake -n (paper config): {t_dag:.1f} s  (target <= 30 s, jobs in the low thousands: "
+        f"{'OK' if t_dag <= 30 and total < 10_000 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _child(task: str, grey_path: str, workers: int, queue) -> None:
         from pixverve.bench.glcm import PATCH
 
         tops = list(range(0, grey.shape[0] - PATCH + 1, PATCH))
-        chunks = [(grey_path, tops[i::workers * 4]) for i in range(workers * 4)]
+        chunks = [(grey_path, tops[i :: workers * 4]) for i in range(workers * 4)]
         t0 = time.perf_counter()
         with mp.get_context("fork").Pool(workers) as pool:
             parts = pool.map(_ref_rows, chunks)
@@ -109,13 +109,19 @@ def main() -> None:
     ours = run("ours", grey_path, args.workers)
     ref = run("reference", grey_path, args.workers)
     a, b = np.load(grey_path + ".ours.npy"), np.load(grey_path + ".reference.npy")
-    print(f"GLCM score, {args.megapixels:g} MP grey image ({grey_mb:.0f} MB), {ours['patches']} patches, {args.workers} workers")
+    print(
+        f"GLCM score, {args.megapixels:g} MP grey image ({grey_mb:.0f} MB), {ours['patches']} patches, {args.workers} workers"
+    )
     print("| step | seconds | peak RSS MB |\n|---|---|---|")
     print(f"| reference: per-patch skimage, process pool | {ref['seconds']:.2f} | {ref['peak_mb']:.0f} (per process) |")
-    print(f"| ours: pixverve.bench.glcm (compile/cache load {ours['compile_s']:.1f} s, not counted) | {ours['seconds']:.3f} | {ours['peak_mb']:.0f} |")
+    print(
+        f"| ours: pixverve.bench.glcm (compile/cache load {ours['compile_s']:.1f} s, not counted) | {ours['seconds']:.3f} | {ours['peak_mb']:.0f} |"
+    )
     print(f"speed-up: {ref['seconds'] / ours['seconds']:.1f}x (target >= 30)")
-    print(f"max |ours - reference| per patch: {np.abs(a - b).max():.2e} (target <= 1e-9); "
-          f"image scores {a.mean():.12f} vs {b.mean():.12f}")
+    print(
+        f"max |ours - reference| per patch: {np.abs(a - b).max():.2e} (target <= 1e-9); "
+        f"image scores {a.mean():.12f} vs {b.mean():.12f}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import functools
 import hashlib
 import json
@@ -104,7 +103,9 @@ def fid_metrics(pub, weights, names, reals, gens, size: int) -> list[str]:
     from pixverve.bench.fid import fid_for_pairs
     from pixverve.bench.inputs import BenchItem
 
-    pub.FrechetInceptionDistance = functools.partial(FrechetInceptionDistance, feature_extractor_weights_path=str(weights))
+    pub.FrechetInceptionDistance = functools.partial(
+        FrechetInceptionDistance, feature_extractor_weights_path=str(weights)
+    )
     evaluator = pub.MetricEvaluator.__new__(pub.MetricEvaluator)  # __init__ would download CLIP
     evaluator.device = "cpu"
     random.seed(42)  # what MetricEvaluator.__init__ does before any metric
@@ -139,11 +140,11 @@ def our_seed(name: str) -> int:
 
 def msfi_preprocessing(eval_dir: Path, names, gens) -> list[str]:
     from PIL import Image
+    from util.image_process import MSFI_Preprocessor  # the published module
 
     from pixverve.bench.evaluate import jpeg_data_url
     from pixverve.bench.scores import msfi_layout
     from pixverve.core import images
-    from util.image_process import MSFI_Preprocessor  # the published module
 
     out, same_rects, same_bytes, total = [], 0, 0, 0
     for name, path in zip(names, gens, strict=True):
@@ -154,12 +155,18 @@ def msfi_preprocessing(eval_dir: Path, names, gens) -> list[str]:
         o_rects = [p["relative"] for p in patches[:6]]
         total += 1
         same_rects += t_rects == o_rects
-        payload = [jpeg_data_url(global_view).split(",", 1)[1]] + [jpeg_data_url(img.crop(p["box"])).split(",", 1)[1] for p in patches[:6]]
+        payload = [jpeg_data_url(global_view).split(",", 1)[1]] + [
+            jpeg_data_url(img.crop(p["box"])).split(",", 1)[1] for p in patches[:6]
+        ]
         pub_payload = [theirs["global_scale"]["image_b64"]] + [p["patch_b64"] for p in theirs["local_scale"][:6]]
         same_bytes += payload == pub_payload
-        out.append(f"MSFI top-6 {name:<20} {img.size[0]}x{img.size[1]}: rectangles {'same' if t_rects == o_rects else 'DIFFER'}, "
-                   f"JPEG bytes sent {'same' if payload == pub_payload else 'DIFFER'} ({len(patches[:6])} patches)")
-    out.append(f"MSFI top-6 rectangles the same on {same_rects}/{total} images, bytes sent the same on {same_bytes}/{total}")
+        out.append(
+            f"MSFI top-6 {name:<20} {img.size[0]}x{img.size[1]}: rectangles {'same' if t_rects == o_rects else 'DIFFER'}, "
+            f"JPEG bytes sent {'same' if payload == pub_payload else 'DIFFER'} ({len(patches[:6])} patches)"
+        )
+    out.append(
+        f"MSFI top-6 rectangles the same on {same_rects}/{total} images, bytes sent the same on {same_bytes}/{total}"
+    )
     return out
 
 
@@ -185,12 +192,12 @@ def fake_reply(body) -> str:
 
 
 def judge_parity(eval_dir: Path, folder: Path, names, gens) -> list[str]:
+    import ics_evaluator
+    import msfi_evaluator  # the published modules
     import pandas as pd
+    import util.image_process as pub_ip
     from fake_openai import FakeOpenAI
 
-    import msfi_evaluator  # the published modules
-    import ics_evaluator
-    import util.image_process as pub_ip
     from pixverve.bench import evaluate as bench
     from pixverve.bench.inputs import BenchItem
     from pixverve.bench.prompts import load_judge_prompts
@@ -212,43 +219,81 @@ def judge_parity(eval_dir: Path, folder: Path, names, gens) -> list[str]:
     pub_ip.random = types.SimpleNamespace(sample=sample)
     captions = {n: f"a photograph of {n.replace('_', ' ')} with a red ball" for n in names}
     jsonl = folder / "benchmark.jsonl"
-    jsonl.write_text("".join(json.dumps({"file_name": f"{n}.png", "short_caption": n, "long_caption": c}) + "\n"
-                             for n, c in captions.items()))
-    spec = {"prompts": "published", "published_eval": str(eval_dir), "jpeg_quality": 98, "ics_response_format": False,
-            "msfi": {"global_long_edge": 2048, "analysis_long_edge": 2048, "n_sobel": 6, "n_random": 4}, "ics": {"long_edge": 3072}}
+    jsonl.write_text(
+        "".join(
+            json.dumps({"file_name": f"{n}.png", "short_caption": n, "long_caption": c}) + "\n"
+            for n, c in captions.items()
+        )
+    )
+    spec = {
+        "prompts": "published",
+        "published_eval": str(eval_dir),
+        "jpeg_quality": 98,
+        "ics_response_format": False,
+        "msfi": {"global_long_edge": 2048, "analysis_long_edge": 2048, "n_sobel": 6, "n_random": 4},
+        "ics": {"long_edge": 3072},
+    }
     gen_dir = gens[0].parent
     with FakeOpenAI(responder=fake_reply) as server:
-        args = types.SimpleNamespace(gen_dir=str(gen_dir), output_dir=str(folder / "msfi"), model_path="fake-vlm",
-                                     api_url=server.base_url, concurrency=4)
+        args = types.SimpleNamespace(
+            gen_dir=str(gen_dir),
+            output_dir=str(folder / "msfi"),
+            model_path="fake-vlm",
+            api_url=server.base_url,
+            concurrency=4,
+        )
         asyncio.run(msfi_evaluator.main(args))
-        args_i = types.SimpleNamespace(benchmark_jsonl=str(jsonl), gen_dir=str(gen_dir), output_dir=str(folder / "ics"),
-                                       model_path="fake-vlm", api_url=server.base_url, concurrency=4)
+        args_i = types.SimpleNamespace(
+            benchmark_jsonl=str(jsonl),
+            gen_dir=str(gen_dir),
+            output_dir=str(folder / "ics"),
+            model_path="fake-vlm",
+            api_url=server.base_url,
+            concurrency=4,
+        )
         asyncio.run(ics_evaluator.main(args_i))
         # the fake judge answers off-format on purpose (the published aggregation's cases): no job gates here
-        settings = VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, temperature=0.1, max_tokens=8192,
-                               response_format="json_object", extra_body={"chat_template_kwargs": {"enable_thinking": False}},
-                               probe=False, stop_after_consecutive_failures=0)
+        settings = VLMSettings(
+            base_url=server.base_url,
+            model="fake-vlm",
+            retries=0,
+            temperature=0.1,
+            max_tokens=8192,
+            response_format="json_object",
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+            probe=False,
+            stop_after_consecutive_failures=0,
+        )
         judge = VLMClient(settings)
         judge.smoke = False
         items = [BenchItem(n, g, g, n, captions[n]) for n, g in zip(names, gens, strict=True)]
-        ours = bench.judge_method(items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0)
+        ours = bench.judge_method(
+            items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0
+        )
     pub_msfi = pd.read_csv(folder / "msfi" / "gen_MSFI.csv")
     pub_ics = [json.loads(x) for x in (folder / "ics" / "gen_ics_eval.jsonl").read_text().splitlines()]
     out = []
     theirs = {Path(f).stem: v for f, v in zip(pub_msfi["File_Name"], pub_msfi["MSFI"], strict=True)}
     ours_m = {n: v for n, v in zip(ours["name"], ours["msfi"], strict=True) if v == v}
     worst = max((rel(round(ours_m[n], 4), theirs[n]) for n in theirs if n in ours_m), default=0.0)
-    out.append(f"MSFI images scored: ours {sorted(ours_m)} published {sorted(theirs)} "
-               f"(per image, rounded to 4 places as published: worst rel.diff {worst:.2e})")
+    out.append(
+        f"MSFI images scored: ours {sorted(ours_m)} published {sorted(theirs)} "
+        f"(per image, rounded to 4 places as published: worst rel.diff {worst:.2e})"
+    )
     # the published summary is the mean of its CSV's (rounded) per-image values
-    out.append(line("MSFI mean", float(np.mean([round(v, 4) for v in ours_m.values()])), float(pub_msfi["MSFI"].mean())))
+    out.append(
+        line("MSFI mean", float(np.mean([round(v, 4) for v in ours_m.values()])), float(pub_msfi["MSFI"].mean()))
+    )
     t_ics = {Path(r["file_name"]).stem: r for r in pub_ics}
     o_ics = {n: v for n, v in zip(ours["name"], ours["ics"], strict=True) if v == v}
     out.append(f"ICS images scored: ours {sorted(o_ics)} published {sorted(t_ics)}")
-    out.append(line("ICS mean", float(np.mean(list(o_ics.values()))),
-                    float(np.mean([math_ics(r) for r in t_ics.values()]))))
+    out.append(
+        line("ICS mean", float(np.mean(list(o_ics.values()))), float(np.mean([math_ics(r) for r in t_ics.values()])))
+    )
     valid = sum(int(v) for v, inc in zip(ours["valid_patches"], ours["msfi_included"], strict=True) if inc)
-    out.append(f"valid local patches of the scored images: ours {valid}, published {int(pub_msfi['Valid_Patches'].sum())}")
+    out.append(
+        f"valid local patches of the scored images: ours {valid}, published {int(pub_msfi['Valid_Patches'].sum())}"
+    )
     return out
 
 
@@ -275,9 +320,11 @@ def ours_only(weights, folder: Path, names, reals, gens, size: int) -> list[str]
     from pixverve.workflow import load_config
 
     items = [BenchItem(n, r, g, n, f"a photograph of {n}") for n, r, g in zip(names, reals, gens, strict=True)]
-    out = [f"{'FID':<22} ours {fid_for_pairs(items, weights, size=size, method='parity'):>16.10f}",
-           f"{'FID_patch':<22} ours {bench.fid_patch(items, weights, size, 299, 20, 42, 'cpu', method='parity'):>16.10f}",
-           f"{'GLCM':<22} ours {np.mean([glcm_score(pil_grey(images.read_rgb(p, 1000.0)[0])) for p in gens]):>16.10f}"]
+    out = [
+        f"{'FID':<22} ours {fid_for_pairs(items, weights, size=size, method='parity'):>16.10f}",
+        f"{'FID_patch':<22} ours {bench.fid_patch(items, weights, size, 299, 20, 42, 'cpu', method='parity'):>16.10f}",
+        f"{'GLCM':<22} ours {np.mean([glcm_score(pil_grey(images.read_rgb(p, 1000.0)[0])) for p in gens]):>16.10f}",
+    ]
     for name, path in zip(names, gens, strict=True):
         _, patches = msfi_layout(Image.fromarray(images.read_rgb(path, 1000.0)[0]), our_seed(name))
         out.append(f"MSFI patches {name:<20} {len(patches)}")
@@ -285,19 +332,35 @@ def ours_only(weights, folder: Path, names, reals, gens, size: int) -> list[str]
     spec = {**spec, **{k: str(ROOT / v) for k, v in spec.items() if k.endswith("_prompt")}}
     with FakeOpenAI(responder=fake_reply) as server:
         # off-format fake replies on purpose (see above): no job gates
-        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, response_format="json_object",
-                                      probe=False, stop_after_consecutive_failures=0))
+        judge = VLMClient(
+            VLMSettings(
+                base_url=server.base_url,
+                model="fake-vlm",
+                retries=0,
+                response_format="json_object",
+                probe=False,
+                stop_after_consecutive_failures=0,
+            )
+        )
         judge.smoke = False
-        judged = bench.judge_method(items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0)
-    out.append(f"MSFI images scored {int(judged['msfi_included'].sum())}/{len(items)}, "
-               f"ICS images scored {int(judged['ics_included'].sum())}/{len(items)} (fake judge, our prompts)")
+        judged = bench.judge_method(
+            items, judge, load_judge_prompts(spec), spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0
+        )
+    out.append(
+        f"MSFI images scored {int(judged['msfi_included'].sum())}/{len(items)}, "
+        f"ICS images scored {int(judged['ics_included'].sum())}/{len(items)} (fake judge, our prompts)"
+    )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("published_eval", type=Path, nargs="?",
-                    help="the eval/ folder of a PixVerve-95K checkout (without it, --quick runs our side alone)")
+    ap.add_argument(
+        "published_eval",
+        type=Path,
+        nargs="?",
+        help="the eval/ folder of a PixVerve-95K checkout (without it, --quick runs our side alone)",
+    )
     ap.add_argument("--quick", action="store_true", help="3 images blown up 2x (not 6 at 4x)")
     ap.add_argument("--size", type=int, default=512, help="FID / FID_patch size (paper: 4096)")
     ap.add_argument("--keep", type=Path, help="keep the images and replies in this folder")
@@ -306,19 +369,29 @@ def main() -> None:
 
     if args.published_eval is None:
         if not args.quick:
-            sys.exit("give the published eval folder: git clone https://github.com/HaojunChen663/PixVerve-95K, "
-                     "then pass PixVerve-95K/eval (or --quick alone to run our side only)")
+            sys.exit(
+                "give the published eval folder: git clone https://github.com/HaojunChen663/PixVerve-95K, "
+                "then pass PixVerve-95K/eval (or --quick alone to run our side only)"
+            )
         with tempfile.TemporaryDirectory(prefix="pv-parity-") as tmp:
             names, reals, gens = make_images(Path(tmp) / "images", 2, 2)
             weights = convert_fid_weights(fid_helper_torchscript(), Path(tmp) / "fid_inception_v3.pth")
-            print("\n".join(["no published checkout given: our side only (nothing compared; not results)",
-                             *ours_only(weights, Path(tmp), names, reals, gens, 320)]))
+            print(
+                "\n".join(
+                    [
+                        "no published checkout given: our side only (nothing compared; not results)",
+                        *ours_only(weights, Path(tmp), names, reals, gens, 320),
+                    ]
+                )
+            )
         return
     eval_dir = args.published_eval.resolve()
     if (eval_dir / "eval" / "metrics.py").is_file():
         eval_dir = eval_dir / "eval"
     if not (eval_dir / "metrics.py").is_file():
-        sys.exit(f"{eval_dir}: no metrics.py -- git clone https://github.com/HaojunChen663/PixVerve-95K and pass PixVerve-95K/eval")
+        sys.exit(
+            f"{eval_dir}: no metrics.py -- git clone https://github.com/HaojunChen663/PixVerve-95K and pass PixVerve-95K/eval"
+        )
 
     with tempfile.TemporaryDirectory(prefix="pv-parity-") as tmp:
         folder = args.keep or Path(tmp)
@@ -326,10 +399,14 @@ def main() -> None:
         names, reals, gens = make_images(folder / "images", n, factor)
         weights = convert_fid_weights(fid_helper_torchscript(), folder / "fid_inception_v3.pth")
         pub = import_published(eval_dir)
-        report = [f"published code: {eval_dir}; {n} scikit-image photographs, generated = {factor}x blown up + noise, JPEG",
-                  *fid_metrics(pub, weights, names, reals, gens, args.size), *glcm_metric(pub, gens),
-                  *msfi_preprocessing(eval_dir, names, gens), *judge_parity(eval_dir, folder, names, gens),
-                  "left out (need a download): aesthetics, CLIPScore, FG-CLIP2"]
+        report = [
+            f"published code: {eval_dir}; {n} scikit-image photographs, generated = {factor}x blown up + noise, JPEG",
+            *fid_metrics(pub, weights, names, reals, gens, args.size),
+            *glcm_metric(pub, gens),
+            *msfi_preprocessing(eval_dir, names, gens),
+            *judge_parity(eval_dir, folder, names, gens),
+            "left out (need a download): aesthetics, CLIPScore, FG-CLIP2",
+        ]
         print("\n".join(report))
 
 

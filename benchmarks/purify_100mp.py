@@ -111,14 +111,26 @@ def main() -> None:
     ref = run("reference", path, args.patch)
     h, w, _ = rgb["shape"]
     rgb_mb = h * w * 3 / 2**20
-    print(f"image: {w} x {h} = {w * h / 1e6:.1f} MP JPEG ({path.stat().st_size / 2**20:.0f} MB); decoded RGB uint8 = {rgb_mb:.0f} MB")
+    print(
+        f"image: {w} x {h} = {w * h / 1e6:.1f} MP JPEG ({path.stat().st_size / 2**20:.0f} MB); decoded RGB uint8 = {rgb_mb:.0f} MB"
+    )
     print(f"{'step':<34} {'seconds':>8} {'peak RSS MB':>12} {'peak / RGB':>11}")
-    print(f"{'decode RGB (libjpeg-turbo floor)':<34} {rgb['seconds']:>8.2f} {rgb['peak_mb']:>12.0f} {rgb['peak_mb'] / rgb_mb:>10.2f}x")
-    print(f"{'decode grey (luma plane)':<34} {base['decode_s']:>8.2f} {base['peak_mb']:>12.0f} {base['peak_mb'] / rgb_mb:>10.2f}x")
-    print(f"{'ours: four measures':<34} {ours['seconds']:>8.2f} {ours['peak_mb']:>12.0f} {ours['peak_mb'] / rgb_mb:>10.2f}x")
-    print(f"{'reference: float64 scipy/skimage':<34} {ref['seconds']:>8.2f} {ref['peak_mb']:>12.0f} {ref['peak_mb'] / rgb_mb:>10.2f}x")
-    print(f"ours / decode RGB: {ours['seconds'] / rgb['seconds']:.2f}x (target <= 1.0)   "
-          f"reference / ours: {ref['seconds'] / ours['seconds']:.1f}x faster (target >= 10)")
+    print(
+        f"{'decode RGB (libjpeg-turbo floor)':<34} {rgb['seconds']:>8.2f} {rgb['peak_mb']:>12.0f} {rgb['peak_mb'] / rgb_mb:>10.2f}x"
+    )
+    print(
+        f"{'decode grey (luma plane)':<34} {base['decode_s']:>8.2f} {base['peak_mb']:>12.0f} {base['peak_mb'] / rgb_mb:>10.2f}x"
+    )
+    print(
+        f"{'ours: four measures':<34} {ours['seconds']:>8.2f} {ours['peak_mb']:>12.0f} {ours['peak_mb'] / rgb_mb:>10.2f}x"
+    )
+    print(
+        f"{'reference: float64 scipy/skimage':<34} {ref['seconds']:>8.2f} {ref['peak_mb']:>12.0f} {ref['peak_mb'] / rgb_mb:>10.2f}x"
+    )
+    print(
+        f"ours / decode RGB: {ours['seconds'] / rgb['seconds']:.2f}x (target <= 1.0)   "
+        f"reference / ours: {ref['seconds'] / ours['seconds']:.1f}x faster (target >= 10)"
+    )
     a, b = ours["scores"], ref["scores"]
     print(f"{'value':<16} {'ours':>20} {'reference':>20}")
     for name in ("exposure_share", "laplacian_var", "flat_share", "entropy_bits"):

@@ -95,19 +95,31 @@ def main() -> None:
         from pixverve.upscale import weights as sr_weights
 
         sr_weights.write_safetensors(sr_weights.convert(*sr_weights.wheel_model_files()), args.weights)
-    common = dict(backend="realesrgan", megapixels=args.megapixels, device=args.device, batch=args.batch, weights=args.weights)
+    common = dict(
+        backend="realesrgan", megapixels=args.megapixels, device=args.device, batch=args.batch, weights=args.weights
+    )
     bare, ours = run("bare", **common), run("ours", **common)
-    print(f"Part 1: Real-ESRGAN x4plus on {args.device}, input {bare['in'][1]}x{bare['in'][0]} -> "
-          f"{ours['out'][1]}x{ours['out'][0]}, {ours['tiles']} tiles of 512 px (stride 384), batch {args.batch}")
+    print(
+        f"Part 1: Real-ESRGAN x4plus on {args.device}, input {bare['in'][1]}x{bare['in'][0]} -> "
+        f"{ours['out'][1]}x{ours['out'][0]}, {ours['tiles']} tiles of 512 px (stride 384), batch {args.batch}"
+    )
     print(f"{'run':<28} {'seconds':>9} {'tiles/s':>8} {'peak MB':>8}")
-    print(f"{'bare model, same tiles':<28} {bare['seconds']:>9.2f} {bare['tiles'] / bare['seconds']:>8.2f} {bare['peak_mb']:>8.0f}")
-    print(f"{'our engine (blend+bands+TIFF)':<28} {ours['seconds']:>9.2f} {ours['tiles'] / ours['seconds']:>8.2f} {ours['peak_mb']:>8.0f}")
-    print(f"overhead ratio ours / bare: {ours['seconds'] / bare['seconds']:.3f} (target <= 1.05); model load {ours['load_s']:.1f} s")
+    print(
+        f"{'bare model, same tiles':<28} {bare['seconds']:>9.2f} {bare['tiles'] / bare['seconds']:>8.2f} {bare['peak_mb']:>8.0f}"
+    )
+    print(
+        f"{'our engine (blend+bands+TIFF)':<28} {ours['seconds']:>9.2f} {ours['tiles'] / ours['seconds']:>8.2f} {ours['peak_mb']:>8.0f}"
+    )
+    print(
+        f"overhead ratio ours / bare: {ours['seconds'] / bare['seconds']:.3f} (target <= 1.05); model load {ours['load_s']:.1f} s"
+    )
     big = dict(backend="lanczos", side=args.big_side, batch=8)
     ours_big, naive_big = run("ours", **big), run("naive", **big)
     h, w = ours_big["out"]
-    print(f"\nPart 2: Lanczos x4, {args.big_side}x{args.big_side} -> {w}x{h} = {w * h / 1e6:.0f} MP "
-          f"(uint8 output {w * h * 3 / 2**20:.0f} MB; float32 canvas + weights {w * h * 16 / 2**20:.0f} MB)")
+    print(
+        f"\nPart 2: Lanczos x4, {args.big_side}x{args.big_side} -> {w}x{h} = {w * h / 1e6:.0f} MP "
+        f"(uint8 output {w * h * 3 / 2**20:.0f} MB; float32 canvas + weights {w * h * 16 / 2**20:.0f} MB)"
+    )
     print(f"{'run':<28} {'seconds':>9} {'peak MB':>8}")
     print(f"{'ours (banded)':<28} {ours_big['seconds']:>9.2f} {ours_big['peak_mb']:>8.0f}")
     print(f"{'naive full float32 canvas':<28} {naive_big['seconds']:>9.2f} {naive_big['peak_mb']:>8.0f}")

@@ -57,7 +57,7 @@ def one(args) -> dict:
     import torch
 
     from pixverve.train.config import resolve_run
-    from pixverve.train.loop import FAMILY, Flux2Adapter, L2PAdapter, trainable_model, peak_memory_mb, step_generator
+    from pixverve.train.loop import FAMILY, Flux2Adapter, L2PAdapter, peak_memory_mb, step_generator, trainable_model
     from pixverve.workflow import load_config
 
     config = load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
@@ -70,7 +70,9 @@ def one(args) -> dict:
     spec = resolve_run(config, args.scheme, args.resolution) if args.scheme != "scheme3_l2p" else None
     if spec is None:  # L2P: the benchmark resolution must be one of the run's resolutions
         config["train"]["runs"]["scheme3_l2p"]["resolutions"] = [args.resolution]
-        config["train"]["runs"]["scheme3_l2p"]["sizes"] = {str(args.resolution): "square"}  # a square step, as the others
+        config["train"]["runs"]["scheme3_l2p"]["sizes"] = {
+            str(args.resolution): "square"
+        }  # a square step, as the others
         spec = resolve_run(config, "scheme3_l2p", args.resolution)
         spec["l2p"]["token_grid"] = args.token_grid
     if args.scheme == "scheme2_window":
@@ -79,8 +81,11 @@ def one(args) -> dict:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     work = Path("/tmp/pixverve-train-bench")
     work.mkdir(exist_ok=True)
-    adapter = (L2PAdapter(spec, work, device, dtype) if FAMILY[spec["scheme"]] == "zimage"
-               else Flux2Adapter(spec, work, device, dtype))
+    adapter = (
+        L2PAdapter(spec, work, device, dtype)
+        if FAMILY[spec["scheme"]] == "zimage"
+        else Flux2Adapter(spec, work, device, dtype)
+    )
     model = trainable_model(adapter.model.to(device, torch.float32), spec)
     if args.device == "cuda":
         inner = model.transformer if spec["scheme"] == "l2p" else model
@@ -98,9 +103,14 @@ def one(args) -> dict:
                 return adapter.loss(model, pixels, ["a mountain lake at dawn"], step_generator(0, step, 0))
 
         times.append(timed_step(loss_fn, opt, args.device == "cuda"))
-    tokens = ((args.resolution // 16) ** 2 if spec["scheme"] != "l2p" else args.token_grid ** 2)
-    return {"scheme": args.scheme, "tokens": tokens, "step_s": statistics.median(times[1:]),
-            "peak_mb": peak_memory_mb(device), "trainable_m": sum(p.numel() for p in params) / 1e6}
+    tokens = (args.resolution // 16) ** 2 if spec["scheme"] != "l2p" else args.token_grid**2
+    return {
+        "scheme": args.scheme,
+        "tokens": tokens,
+        "step_s": statistics.median(times[1:]),
+        "peak_mb": peak_memory_mb(device),
+        "trainable_m": sum(p.numel() for p in params) / 1e6,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +118,13 @@ def one(args) -> dict:
 
 # flux2_infer/runtime.py KLEIN_BASE_4B_DIT_CONFIG (the rest: the class defaults, equal in the
 # published Flux2DiT and diffusers' Flux2Transformer2DModel)
-KLEIN_4B = {"guidance_embeds": False, "joint_attention_dim": 7680, "num_attention_heads": 24, "num_layers": 5,
-            "num_single_layers": 20}
+KLEIN_4B = {
+    "guidance_embeds": False,
+    "joint_attention_dim": 7680,
+    "num_attention_heads": 24,
+    "num_layers": 5,
+    "num_single_layers": 20,
+}
 QUICK_FLUX2 = {"num_attention_heads": 2, "num_layers": 1, "num_single_layers": 1}  # CPU: real head size, 2 heads
 # Z-Image (diffusers' ZImageTransformer2DModel defaults = the published ZImageDiT's: dim 3840, 30 layers)
 QUICK_ZIMAGE = {"dim": 256, "n_heads": 2, "n_kv_heads": 2, "n_layers": 2, "n_refiner_layers": 1}
@@ -147,6 +162,7 @@ def real_step(args) -> dict:
 
         def forward():
             return model(x, torch.tensor([0.5], device=device, dtype=dtype), cap, patch)
+
         target = torch.randn_like(x)
     else:
         cfg = dict(KLEIN_4B, **(QUICK_FLUX2 if args.quick else {}))
@@ -157,8 +173,9 @@ def real_step(args) -> dict:
             from peft import LoraConfig
 
             model.requires_grad_(False)
-            model.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=["to_q", "to_k", "to_v", "to_out.0",
-                                                                            "to_qkv_mlp_proj"]))
+            model.add_adapter(
+                LoraConfig(r=64, lora_alpha=64, target_modules=["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"])
+            )
         if args.scheme in ("scheme2_window", "scheme2_chunked"):
             chunk = args.seq_chunk if not args.quick else (res // 16) ** 2 // 4
             memory = {"seq_chunk_single": chunk} if args.scheme == "scheme2_chunked" else None
@@ -167,12 +184,22 @@ def real_step(args) -> dict:
         tokens = grid * grid
         hidden = torch.randn(1, tokens, cfg.get("in_channels", 128), device=device, dtype=dtype)
         text = torch.randn(1, 512, cfg["joint_attention_dim"], device=device, dtype=dtype)
-        img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(grid), torch.arange(grid), torch.arange(1)).to(device)
+        img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(grid), torch.arange(grid), torch.arange(1)).to(
+            device
+        )
         txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(512)).to(device)
 
         def forward():
-            return model(hidden_states=hidden, encoder_hidden_states=text, timestep=torch.tensor([0.5], device=device, dtype=dtype),
-                         img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+            return model(
+                hidden_states=hidden,
+                encoder_hidden_states=text,
+                timestep=torch.tensor([0.5], device=device, dtype=dtype),
+                img_ids=img_ids,
+                txt_ids=txt_ids,
+                guidance=None,
+                return_dict=False,
+            )[0]
+
         target = torch.randn_like(hidden)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01)
@@ -181,26 +208,55 @@ def real_step(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(timed_step(lambda: F.mse_loss(forward().float(), target.float()), opt, device.type == "cuda"))
-    return {"scheme": args.scheme, "preset": args.preset, "resolution": res, "tokens": tokens,
-            "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0], "peak_mb": peak_memory_mb(device),
-            "trainable_m": sum(p.numel() for p in params) / 1e6, "total_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    return {
+        "scheme": args.scheme,
+        "preset": args.preset,
+        "resolution": res,
+        "tokens": tokens,
+        "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
+        "peak_mb": peak_memory_mb(device),
+        "trainable_m": sum(p.numel() for p in params) / 1e6,
+        "total_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def real_table(args) -> None:
     kind = "quick (real layer types, cut widths/depths, small sizes)" if args.quick else "real shapes"
-    print(f"training step, {kind}, random {'bf16' if args.device == 'cuda' else 'fp32'} weights, {args.device}, median of {args.steps - 1} steps after one")
-    print(f"{'scheme':<16} {'preset':>6} {'px':>6} {'tokens':>7} {'params M':>10} {'trainable M':>12} {'s/step':>9} {'peak MB':>9}")
+    print(
+        f"training step, {kind}, random {'bf16' if args.device == 'cuda' else 'fp32'} weights, {args.device}, median of {args.steps - 1} steps after one"
+    )
+    print(
+        f"{'scheme':<16} {'preset':>6} {'px':>6} {'tokens':>7} {'params M':>10} {'trainable M':>12} {'s/step':>9} {'peak MB':>9}"
+    )
     for preset in args.presets:
         for scheme in REAL_SCHEMES:
-            cmd = [sys.executable, __file__, "--real-shapes", "--scheme", scheme, "--preset", preset, "--device",
-                   args.device, "--steps", str(args.steps), "--seq-chunk", str(args.seq_chunk)] + (["--quick"] if args.quick else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--real-shapes",
+                "--scheme",
+                scheme,
+                "--preset",
+                preset,
+                "--device",
+                args.device,
+                "--steps",
+                str(args.steps),
+                "--seq-chunk",
+                str(args.seq_chunk),
+            ] + (["--quick"] if args.quick else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"{scheme:<16} {preset:>6} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+                print(
+                    f"{scheme:<16} {preset:>6} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+                )
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{scheme:<16} {preset:>6} {r['resolution']:>6} {r['tokens']:>7} {r['total_m']:>10.1f} "
-                  f"{r['trainable_m']:>12.1f} {r['step_s']:>9.3f} {r['peak_mb']:>9.0f}", flush=True)
+            print(
+                f"{scheme:<16} {preset:>6} {r['resolution']:>6} {r['tokens']:>7} {r['total_m']:>10.1f} "
+                f"{r['trainable_m']:>12.1f} {r['step_s']:>9.3f} {r['peak_mb']:>9.0f}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -212,14 +268,24 @@ def main() -> None:
     parser.add_argument("--token-grid", type=int, default=16, help="L2P token grid side (paper: 64)")
     parser.add_argument("--flux2", default=None, help="FLUX.2-klein pipeline folder (else tiny)")
     parser.add_argument("--zimage", default=None, help="Z-Image pipeline folder (else tiny)")
-    parser.add_argument("--real-shapes", action="store_true",
-                        help="the published architectures (FLUX.2-klein-base-4B; Z-Image L2P + U-Net) with random "
-                             "bf16 weights at 4K/8K/10K (a GPU)")
-    parser.add_argument("--quick", action="store_true",
-                        help="seconds, tiny sizes (CI checks that it still runs); with --real-shapes: cut widths/depths")
+    parser.add_argument(
+        "--real-shapes",
+        action="store_true",
+        help="the published architectures (FLUX.2-klein-base-4B; Z-Image L2P + U-Net) with random "
+        "bf16 weights at 4K/8K/10K (a GPU)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="seconds, tiny sizes (CI checks that it still runs); with --real-shapes: cut widths/depths",
+    )
     parser.add_argument("--presets", nargs="+", default=["4k", "8k", "10k"], choices=["4k", "8k", "10k"])
-    parser.add_argument("--seq-chunk", type=int, default=16384,
-                        help="tokens per projection/FFN chunk of the scheme2_chunked row (--real-shapes; quick: a quarter of the grid)")
+    parser.add_argument(
+        "--seq-chunk",
+        type=int,
+        default=16384,
+        help="tokens per projection/FFN chunk of the scheme2_chunked row (--real-shapes; quick: a quarter of the grid)",
+    )
     parser.add_argument("--preset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scheme", default=None, help=argparse.SUPPRESS)  # internal: one scheme per process
     args = parser.parse_args()
@@ -243,12 +309,16 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]["step_s"]
     kind = "real" if (args.flux2 or args.zimage) else "tiny random"
-    print(f"training step at {args.resolution}x{args.resolution} px, {args.device}, {kind} models, "
-          f"median of {args.steps - 1} steps")
+    print(
+        f"training step at {args.resolution}x{args.resolution} px, {args.device}, {kind} models, "
+        f"median of {args.steps - 1} steps"
+    )
     print(f"{'scheme':<16} {'tokens':>7} {'trainable M':>12} {'s/step':>9} {'vs I full':>10} {'peak MB':>9}")
     for r in rows:
-        print(f"{r['scheme']:<16} {r['tokens']:>7} {r['trainable_m']:>12.3f} {r['step_s']:>9.4f} "
-              f"{r['step_s'] / base:>9.2f}x {r['peak_mb']:>9.0f}")
+        print(
+            f"{r['scheme']:<16} {r['tokens']:>7} {r['trainable_m']:>12.3f} {r['step_s']:>9.4f} "
+            f"{r['step_s'] / base:>9.2f}x {r['peak_mb']:>9.0f}"
+        )
 
 
 if __name__ == "__main__":

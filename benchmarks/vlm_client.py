@@ -47,7 +47,7 @@ def main() -> None:
             reqs = [("bench", f"r{i}", [user_message(f"judge {i} scenario:ok", [patch])], SCHEMA) for i in range(n)]
             warm = [("bench", f"w{i}", [user_message(f"warm {i} scenario:ok", [patch])], SCHEMA) for i in range(c)]
 
-            async def timed():
+            async def timed(client=client, warm=warm, reqs=reqs):
                 await client.ask_many(warm)  # connections opened and imports done before timing
                 t0 = time.perf_counter()
                 out = await client.ask_many(reqs)
@@ -96,8 +96,10 @@ def reply_cache(latency: float, n: int) -> None:
     assert all(r.cached for r in out) and sent_again == 0 and len(set(keys)) == n
     print(f"reply cache, {n} requests with a 768 px JPEG patch:")
     print(f"  fingerprint {per_key * 1e3:.2f} ms/request = {per_key / latency:.4f} of one {latency:.2f} s reply")
-    print(f"  first run {asked:.2f} s, rerun from the cache {cached:.2f} s (ratio {cached / asked:.3f}), "
-          f"0 requests sent again, peak traced memory of the rerun {peak / 2**20:.1f} MiB")
+    print(
+        f"  first run {asked:.2f} s, rerun from the cache {cached:.2f} s (ratio {cached / asked:.3f}), "
+        f"0 requests sent again, peak traced memory of the rerun {peak / 2**20:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -85,21 +85,30 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     passthrough = sys.argv[1:]
-    print(f"attention over {args.text} text + grid^2 image tokens, {args.heads} heads x {args.head_dim}, "
-          f"factors {args.factors}, {args.device}, median of {args.repeats}")
-    print(f"{'grid':>6} {'tokens':>8} {'full s':>9} {'window s':>9} {'full/window':>12} {'full MB':>9} "
-          f"{'window MB':>10} {'cover diff':>11}")
+    print(
+        f"attention over {args.text} text + grid^2 image tokens, {args.heads} heads x {args.head_dim}, "
+        f"factors {args.factors}, {args.device}, median of {args.repeats}"
+    )
+    print(
+        f"{'grid':>6} {'tokens':>8} {'full s':>9} {'window s':>9} {'full/window':>12} {'full MB':>9} "
+        f"{'window MB':>10} {'cover diff':>11}"
+    )
     for grid in args.grids:
         row = {}
         for method in ("full", "window"):
-            out = subprocess.run([sys.executable, __file__, *passthrough, "--grid", str(grid), "--method", method],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, *passthrough, "--grid", str(grid), "--method", method],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode != 0:
                 raise SystemExit(out.stderr[-3000:])
             row[method] = json.loads(out.stdout.strip().splitlines()[-1])
         f, w = row["full"], row["window"]
-        print(f"{grid:>6} {grid * grid:>8} {f['seconds']:>9.4f} {w['seconds']:>9.4f} {f['seconds'] / w['seconds']:>11.2f}x "
-              f"{f['peak_mb']:>9.0f} {w['peak_mb']:>10.0f} {w['diff']:>11.2e}")
+        print(
+            f"{grid:>6} {grid * grid:>8} {f['seconds']:>9.4f} {w['seconds']:>9.4f} {f['seconds'] / w['seconds']:>11.2f}x "
+            f"{f['peak_mb']:>9.0f} {w['peak_mb']:>10.0f} {w['diff']:>11.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -97,11 +97,17 @@ def _print_record(results: Path, image_id: str, shards: set[str], out) -> int:
             rec = json.loads(line)
             if rec["image_id"] != image_id:
                 continue
-            print(f"\n== annotation record  [{path.relative_to(results)}]{'  SMOKE: ' + ','.join(rec['smoke_steps']) if rec['smoke'] else ''}", file=out)
+            print(
+                f"\n== annotation record  [{path.relative_to(results)}]{'  SMOKE: ' + ','.join(rec['smoke_steps']) if rec['smoke'] else ''}",
+                file=out,
+            )
             print(f"   {'tags':<22} {', '.join(rec['tags'])}", file=out)
             print(f"   {'instances':<22} {len(rec['instances'])} (mask grid {rec['mask_grid']})", file=out)
             for inst in rec["instances"]:
-                print(f"     #{inst['instance']} {inst['label']} box {inst['box']} importance {inst['importance']}: {inst['description']}", file=out)
+                print(
+                    f"     #{inst['instance']} {inst['label']} box {inst['box']} importance {inst['importance']}: {inst['description']}",
+                    file=out,
+                )
             print(f"   {'long_caption':<22} {rec['long_caption']}", file=out)
             print(f"   {'short_caption':<22} {rec['short_caption']}", file=out)
             return 1

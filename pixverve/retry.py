@@ -40,15 +40,29 @@ class StepTable:
 STEP_TABLES = [
     StepTable("upscale", "upscale/*.parquet", ("reason",)),  # SR: a failed row's reason is an sr_* code
     StepTable("purify_aesthetics", "purify/aesthetics/*.parquet", ("laion_status", "artimuse_status")),
-    StepTable("verify_regions", "verify/regions/*.parquet", ("judge_status",), (("verify/regions/", "verify/patches/"),)),
+    StepTable(
+        "verify_regions", "verify/regions/*.parquet", ("judge_status",), (("verify/regions/", "verify/patches/"),)
+    ),
     StepTable("caption_tags", "caption/tags/*.parquet", ("tags_status", "prune_status")),
     StepTable("caption_boxes", "caption/boxes/*.parquet", ("status",)),
     StepTable("caption_masks", "caption/masks/*.parquet", ("status",)),
-    StepTable("verify_instances", "verify/instances/*.parquet", ("judge_status",), (("verify/instances/", "verify/instance_crops/"),)),
+    StepTable(
+        "verify_instances",
+        "verify/instances/*.parquet",
+        ("judge_status",),
+        (("verify/instances/", "verify/instance_crops/"),),
+    ),
     StepTable("caption_instances", "caption/instances/*.parquet", ("status",)),
     StepTable("caption_aesthetics", "caption/aesthetics/*.parquet", ("judge_status",)),
     StepTable("caption_text", "caption/captions/*.parquet", ("long_status", "short_status")),
-    StepTable("bench_scores", "bench/*/scores.parquet", ("aesthetics_status", "clip_status"), (("scores.parquet", "sets.json"),), "drop", "name"),
+    StepTable(
+        "bench_scores",
+        "bench/*/scores.parquet",
+        ("aesthetics_status", "clip_status"),
+        (("scores.parquet", "sets.json"),),
+        "drop",
+        "name",
+    ),
     StepTable("bench_fgclip2", "bench/*/fgclip2.parquet", ("fgclip2_status",), policy="drop", id_column="name"),
     StepTable("bench_judge", "bench/*/judged.parquet", ("msfi_status", "ics_status"), policy="drop", id_column="name"),
 ]
@@ -123,9 +137,15 @@ def recovered(results: Path, found: dict, policy: str) -> dict[str, tuple[int, i
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pixverve retry", description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", help="the workflow's results folder (default: results)")
-    parser.add_argument("--invalid-policy", default="drop", choices=["drop", "keep"], help="vlm.invalid_policy of the run")
+    parser.add_argument(
+        "--invalid-policy", default="drop", choices=["drop", "keep"], help="vlm.invalid_policy of the run"
+    )
     parser.add_argument("--dry-run", action="store_true", help="only report what would be retried")
-    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: the snakemake command line (default: snakemake --cores all)")
+    parser.add_argument(
+        "snakemake_args",
+        nargs=argparse.REMAINDER,
+        help="after --: the snakemake command line (default: snakemake --cores all)",
+    )
     args = parser.parse_args(argv)
     results = Path(args.results)
     found = scan(results, args.invalid_policy)
@@ -139,7 +159,12 @@ def main(argv: list[str]) -> int:
     command = [a for a in args.snakemake_args if a != "--"] or ["snakemake", "--cores", "all"]
     code = subprocess.call(command)  # noqa: S603 (the user's own command line)
     report = recovered(results, found, args.invalid_policy)
-    print(json.dumps({"retried": {k: v[0] for k, v in report.items()}, "recovered": {k: v[1] for k, v in report.items()}}, indent=1))
+    print(
+        json.dumps(
+            {"retried": {k: v[0] for k, v in report.items()}, "recovered": {k: v[1] for k, v in report.items()}},
+            indent=1,
+        )
+    )
     for name, (retried, fixed) in report.items():
         print(f"{name}: retried {retried}, recovered {fixed}, still failed {retried - fixed}")
     return code

@@ -90,7 +90,9 @@ def apply_group_check() -> bool:
     from snakemake.dag import DAG
 
     version = getattr(snakemake, "__version__", "")
-    if not version.startswith(TESTED_SNAKEMAKE) or not all(hasattr(DAG, m) for m in ("_check_groups", "validate_group")):
+    if not version.startswith(TESTED_SNAKEMAKE) or not all(
+        hasattr(DAG, m) for m in ("_check_groups", "validate_group")
+    ):
         return False
     DAG._check_groups = check_groups_once_per_group
     DAG.validate_group = check_group

@@ -22,7 +22,9 @@ def start_script(snakemake, name: str) -> logging.Logger:
     )
     from pixverve.models.replies import use_reply_cache
 
-    use_reply_cache(reply_cache_path(snakemake) if (snakemake.config.get("vlm") or {}).get("reply_cache", True) else None)
+    use_reply_cache(
+        reply_cache_path(snakemake) if (snakemake.config.get("vlm") or {}).get("reply_cache", True) else None
+    )
     return logging.getLogger(f"pixverve.{name}")
 
 
@@ -44,14 +46,20 @@ def check_config(config: dict) -> None:
         raise ValueError(f"config key sources.roots: root name(s) {dupes} used more than once")
     for i, m in enumerate(config["sources"].get("manifests", [])):
         if m["root"] not in roots:
-            raise ValueError(f"config key sources.manifests[{i}].root: {m['root']!r} is not one of sources.roots {roots}")
+            raise ValueError(
+                f"config key sources.manifests[{i}].root: {m['root']!r} is not one of sources.roots {roots}"
+            )
     for i, c in enumerate(config["screening"]["criteria"]):
         top = c.get("max_megapixels")
         if top is not None and top < c["min_megapixels"]:
-            raise ValueError(f"config key screening.criteria[{i}].max_megapixels: {top} is below min_megapixels {c['min_megapixels']}")
+            raise ValueError(
+                f"config key screening.criteria[{i}].max_megapixels: {top} is below min_megapixels {c['min_megapixels']}"
+            )
     scales = [t["scale"] for t in sorted(config["sr_tiers"], key=lambda t: -t["min_megapixels"])]
     if scales != sorted(scales):
-        raise ValueError(f"config key sr_tiers: smaller sources must get larger scales, got {scales} from largest tier down")
+        raise ValueError(
+            f"config key sr_tiers: smaller sources must get larger scales, got {scales} from largest tier down"
+        )
     up = config.get("upscale")
     if up:
         if up["stride_px"] > up["tile_px"]:
@@ -59,22 +67,30 @@ def check_config(config: dict) -> None:
         scales = {t["scale"] for t in config["sr_tiers"]} - {1}
         bad = [s for s in scales if up["tile_px"] % s or up["stride_px"] % s]
         if bad:
-            raise ValueError(f"config keys upscale.tile_px/stride_px must be multiples of every tier scale; not of {bad}")
+            raise ValueError(
+                f"config keys upscale.tile_px/stride_px must be multiples of every tier scale; not of {bad}"
+            )
         command = up.get("command") or {}
         if up["backend"] == "command" and not (command.get("template") or command.get("batch_template")):
-            raise ValueError("config key upscale.command.template (or batch_template): backend `command` needs the program's invocation")
+            raise ValueError(
+                "config key upscale.command.template (or batch_template): backend `command` needs the program's invocation"
+            )
         if up["backend"] == "command":
             for key in ("template", "batch_template"):
                 into_checkout = [w for w in (command.get(key) or "").split() if w.startswith(("pixverve/", "scripts/"))]
                 if into_checkout:  # the job's working directory is not the checkout under --directory or a module
-                    raise ValueError(f"config key upscale.command.{key}: {into_checkout[0]} is relative to the working "
-                                     f"directory; write {{workflow}}/{into_checkout[0]} (the workflow's folder)")
+                    raise ValueError(
+                        f"config key upscale.command.{key}: {into_checkout[0]} is relative to the working "
+                        f"directory; write {{workflow}}/{into_checkout[0]} (the workflow's folder)"
+                    )
     collect = config.get("collect") or {}
     for source in collect.get("enabled") or []:
         if source not in collect:
             raise ValueError(f"config key collect.{source}: collector {source!r} is enabled but has no settings")
         if collect[source]["root"] not in roots:
-            raise ValueError(f"config key collect.{source}.root: {collect[source]['root']!r} is not one of sources.roots {roots}")
+            raise ValueError(
+                f"config key collect.{source}.root: {collect[source]['root']!r} is not one of sources.roots {roots}"
+            )
         if source in TERMS:  # before any job: a cluster run must not get as far as the collector to learn this
             terms_acknowledgement(collect[source], source)
     for name, spec in (config.get("imports") or {}).items():
@@ -87,7 +103,9 @@ def check_config(config: dict) -> None:
         if synthetic["backend"] == "diffusers" and not (synthetic.get("diffusers") or {}).get("model"):
             raise ValueError("config key synthetic.diffusers.model: backend `diffusers` needs a local folder or hub id")
         if synthetic["backend"] == "command" and not (synthetic.get("command") or {}).get("template"):
-            raise ValueError("config key synthetic.command.template: backend `command` needs the generator's invocation")
+            raise ValueError(
+                "config key synthetic.command.template: backend `command` needs the generator's invocation"
+            )
     vlm = config.get("vlm")
     if vlm:
         if vlm.get("backend") == "transformers" and not (vlm.get("transformers") or {}).get("model"):
@@ -128,9 +146,11 @@ def check_serve_gpus(serve: dict) -> None:
         if name in ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"):
             size = value or (args[i + 1] if i + 1 < len(args) else "1")
             if int(size) > 1:
-                raise ValueError(f"config key vlm.serve.args: {name} {size}: a job that starts vLLM holds one GPU; "
-                                 "serve a model that needs several GPUs as a standing server and set vlm.base_url "
-                                 "(vlm.serve.enabled: false)")
+                raise ValueError(
+                    f"config key vlm.serve.args: {name} {size}: a job that starts vLLM holds one GPU; "
+                    "serve a model that needs several GPUs as a standing server and set vlm.base_url "
+                    "(vlm.serve.enabled: false)"
+                )
 
 
 def check_artimuse_checkouts(config: dict) -> None:
@@ -188,7 +208,11 @@ def check_roots(config: dict, workdir: str | Path = ".") -> None:
         if not r.get("scan", True) or r["name"] in filled:
             continue
         folder = Path(workdir) / r["path"]
-        where = f"{r['path']!r} (relative to the working directory {Path(workdir).resolve()})" if not Path(r["path"]).is_absolute() else repr(r["path"])
+        where = (
+            f"{r['path']!r} (relative to the working directory {Path(workdir).resolve()})"
+            if not Path(r["path"]).is_absolute()
+            else repr(r["path"])
+        )
         if not folder.is_dir():
             problem = f"folder {where} does not exist"
         elif not _has_image(folder, extensions):
@@ -243,8 +267,10 @@ def resolve_shipped_files(config, workflow_dir: str | Path, workdir: str | Path 
 def note_empty(log, n: int, stage: str) -> None:
     """The one clear log line of a stage that received no image (its tables are written empty)."""
     if n == 0:
-        log.info(f"{stage}: no image entered (every image was dropped by an earlier stage, or the pool is empty); "
-                 "writing empty tables")
+        log.info(
+            f"{stage}: no image entered (every image was dropped by an earlier stage, or the pool is empty); "
+            "writing empty tables"
+        )
 
 
 def load_config(*paths: str | Path) -> dict:

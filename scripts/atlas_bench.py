@@ -18,7 +18,15 @@ rows = [json.loads(line) for line in Path(sm.input.benchmark).read_text(encoding
 methods = sm.params.method_dirs
 judged = {m: p for m, p in zip(methods, sm.input.judged, strict=True)}
 Path(sm.output.tiles).mkdir(parents=True, exist_ok=True)
-data = bench_data(rows, sm.params.real_dir, methods, judged, pd.read_csv(sm.input.table).to_dict("records"),
-                  Path(sm.output.tiles).parents[1], sm.params.max_megapixels, sm.params.tile_size)
+data = bench_data(
+    rows,
+    sm.params.real_dir,
+    methods,
+    judged,
+    pd.read_csv(sm.input.table).to_dict("records"),
+    Path(sm.output.tiles).parents[1],
+    sm.params.max_megapixels,
+    sm.params.tile_size,
+)
 Path(sm.output.data).write_text(json.dumps(data, ensure_ascii=True), encoding="utf-8")
 log.info(f"{len(rows)} benchmark images x {len(methods)} methods")

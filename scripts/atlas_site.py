@@ -34,10 +34,22 @@ table1 = pd.read_csv(inputs["table1"]).to_dict("records") if "table1" in inputs 
 mismatch = records.funnel_mismatch(funnel, table1) if table1 else []
 for line in mismatch:
     log.warning(f"the atlas's funnel differs from Table 1: {line}")
-run = {"title": "PixVerve atlas" + (" [SMOKE: tiny models, not a result]" if smoke else ""), "smoke": smoke,
-       "stages": [row["stage"] for row in funnel], "funnel": funnel, "table1": table1}
+run = {
+    "title": "PixVerve atlas" + (" [SMOKE: tiny models, not a result]" if smoke else ""),
+    "smoke": smoke,
+    "stages": [row["stage"] for row in funnel],
+    "funnel": funnel,
+    "table1": table1,
+}
 bench = json.loads(Path(inputs["bench"]).read_text(encoding="utf-8")) if "bench" in inputs else None
-written = site.write_site(Path(sm.output.index).parent, run, (rec["entry"] for rec in lines()), bench,
-                          vendor_dir=Path(inputs["viewer"]).parent)
-log.info(f"{len(summaries)} images in {len(written['galleries'])} galleries; funnel: "
-    + ", ".join(f"{r['stage']} {r['entering']}->{r['kept']}" for r in funnel))
+written = site.write_site(
+    Path(sm.output.index).parent,
+    run,
+    (rec["entry"] for rec in lines()),
+    bench,
+    vendor_dir=Path(inputs["viewer"]).parent,
+)
+log.info(
+    f"{len(summaries)} images in {len(written['galleries'])} galleries; funnel: "
+    + ", ".join(f"{r['stage']} {r['entering']}->{r['kept']}" for r in funnel)
+)

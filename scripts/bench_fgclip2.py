@@ -19,6 +19,11 @@ if scorer is None:
     table = bench.fgclip2_off(items)  # every image "off": nothing to do, not a failure
 else:
     table = bench.fgclip2_method(items, scorer, float(sm.params.max_megapixels), log=log.info)
-    bench.check_bench_health(f"bench_fgclip2 ({sm.wildcards.method})", table, ("fgclip2",),
-                             float(spec.get("max_failed_fraction", bench.DEFAULT_MAX_FAILED_FRACTION)), {"fgclip2": scorer.model_name})
+    bench.check_bench_health(
+        f"bench_fgclip2 ({sm.wildcards.method})",
+        table,
+        ("fgclip2",),
+        float(spec.get("max_failed_fraction", bench.DEFAULT_MAX_FAILED_FRACTION)),
+        {"fgclip2": scorer.model_name},
+    )
 write_table(table, sm.output[0], sort_by=["name"])

@@ -24,8 +24,15 @@ log.info(f"judge prompts: {prompts.mode}")
 with contextlib.ExitStack() as stack:
     judge = served_step_judge(config, judge_spec.get("vlm"), stack, sm.log.server, log=log.info)
     # stops (StepFailed, naming the server and model) when more than bench.max_failed_fraction of the images failed
-    table = judge_method(items, judge, prompts, judge_spec, float(sm.params.max_megapixels), log=log.info,
-                         max_failed_fraction=float(spec.get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION)))
+    table = judge_method(
+        items,
+        judge,
+        prompts,
+        judge_spec,
+        float(sm.params.max_megapixels),
+        log=log.info,
+        max_failed_fraction=float(spec.get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION)),
+    )
 for key, sha in prompts.source_sha.items():
     table[f"{key}_prompt_sha"] = sha
 write_table(table, sm.output[0], sort_by=["name"])

@@ -24,9 +24,21 @@ fid, fp = spec["fid"], spec["fid_patch"]
 sets = {
     "method": method,
     "images": len(items),
-    "fid": fid_for_pairs(items, sm.input.fid_weights, int(fid["size"]), fid["resample"], device, int(fid["batch"]), cap, method=method),
-    "fid_patch": bench.fid_patch(items, sm.input.fid_weights, int(fp["size"]), int(fp["crop"]), int(fp["per_pair"]), int(fp["seed"]), device, cap,
-                                 order=fp["order"], method=method),
+    "fid": fid_for_pairs(
+        items, sm.input.fid_weights, int(fid["size"]), fid["resample"], device, int(fid["batch"]), cap, method=method
+    ),
+    "fid_patch": bench.fid_patch(
+        items,
+        sm.input.fid_weights,
+        int(fp["size"]),
+        int(fp["crop"]),
+        int(fp["per_pair"]),
+        int(fp["seed"]),
+        device,
+        cap,
+        order=fp["order"],
+        method=method,
+    ),
     "compression": compression_ratio([i.generated for i in items], int(fid["size"])),
     "fid_size": int(fid["size"]),
     "fid_resample": fid["resample"],
@@ -46,12 +58,20 @@ sets["clip_images"], sets["clip_failed"] = bench.metric_counts(per_image, "clip"
 per_image["aesthetics_smoke"] = bool(getattr(getattr(aesthetic, "info", None), "smoke", False))
 per_image["clip_smoke"] = bool(clip.smoke) if clip is not None else False
 per_image["clip_model"] = clip.model_name if clip is not None else ""
-sets["smoke"] = {"aesthetics": bool(per_image["aesthetics_smoke"].any()) if len(per_image) else False,
-                 "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False}
+sets["smoke"] = {
+    "aesthetics": bool(per_image["aesthetics_smoke"].any()) if len(per_image) else False,
+    "clip": bool(per_image["clip_smoke"].any()) if len(per_image) else False,
+}
 # the health gate: a scorer that failed on too many images stops the job instead of writing a partial mean
-bench.check_bench_health(f"bench_scores ({method})", per_image, ("aesthetics", "clip"),
-                         float(spec.get("max_failed_fraction", bench.DEFAULT_MAX_FAILED_FRACTION)),
-                         {"aesthetics": str(getattr(getattr(aesthetic, "info", None), "weights", "")),
-                          "clip": clip.model_name if clip is not None else ""})
+bench.check_bench_health(
+    f"bench_scores ({method})",
+    per_image,
+    ("aesthetics", "clip"),
+    float(spec.get("max_failed_fraction", bench.DEFAULT_MAX_FAILED_FRACTION)),
+    {
+        "aesthetics": str(getattr(getattr(aesthetic, "info", None), "weights", "")),
+        "clip": clip.model_name if clip is not None else "",
+    },
+)
 write_table(per_image, sm.output.per_image, sort_by=["name"])
 Path(sm.output.sets).write_text(json.dumps(sets, indent=1, sort_keys=True) + "\n")

@@ -22,5 +22,7 @@ with contextlib.ExitStack() as stack:
     else:
         Path(sm.log.server).write_text("no VLM used: the detector runs in this job\n")
         rex = None
-    table = boxes_shard(read_table(sm.input.tags), config, sm.input.views, read_table(sm.input.upscaled), detector, rex, log=log.info)
+    table = boxes_shard(
+        read_table(sm.input.tags), config, sm.input.views, read_table(sm.input.upscaled), detector, rex, log=log.info
+    )
 write_table(table, sm.output[0])

@@ -16,6 +16,12 @@ config = dict(sm.config, caption=sm.params.caption, vlm=dict(sm.params.vlm))
 with contextlib.ExitStack() as stack:
     judge = served_step_judge(config, config["caption"]["instances"].get("vlm"), stack, sm.log.server, log=log.info)
     table = describe_instances_shard(
-        read_table(sm.input.masks), read_table(sm.input.checks), config, sm.input.views, read_table(sm.input.upscaled), judge, log=log.info
+        read_table(sm.input.masks),
+        read_table(sm.input.checks),
+        config,
+        sm.input.views,
+        read_table(sm.input.upscaled),
+        judge,
+        log=log.info,
     )
 write_table(table, sm.output[0], sort_by=["image_id", "instance"])

@@ -18,10 +18,21 @@ spec = config["caption"]["tags"]
 Path(sm.output.views).mkdir(parents=True, exist_ok=True)
 with contextlib.ExitStack() as stack:
     tagger = build_tagger(spec)
-    vlm_tagger = served_step_judge(config, spec.get("vlm"), stack, sm.log.server, log=log.info) if tagger is None else None
+    vlm_tagger = (
+        served_step_judge(config, spec.get("vlm"), stack, sm.log.server, log=log.info) if tagger is None else None
+    )
     pruner = None
     if spec["prune"]["enabled"]:
         server_log = sm.log.server + ".prune" if vlm_tagger is not None else sm.log.server
         pruner = served_step_judge(config, spec["prune"].get("vlm"), stack, server_log, log=log.info)
-    table = tag_shard(read_table(sm.input.verified), sm.wildcards.shard, config, sm.output.views, tagger, vlm_tagger, pruner, log=log.info)
+    table = tag_shard(
+        read_table(sm.input.verified),
+        sm.wildcards.shard,
+        config,
+        sm.output.views,
+        tagger,
+        vlm_tagger,
+        pruner,
+        log=log.info,
+    )
 write_table(table, sm.output.table)

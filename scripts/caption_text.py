@@ -16,7 +16,14 @@ config = dict(sm.config, caption=sm.params.caption, vlm=dict(sm.params.vlm))
 with contextlib.ExitStack() as stack:
     judge = served_step_judge(config, config["caption"]["captions"].get("vlm"), stack, sm.log.server, log=log.info)
     table = captions_shard(
-        read_table(sm.input.checks), read_table(sm.input.tags), read_table(sm.input.instances), read_table(sm.input.aesthetics),
-        read_table(sm.input.index), config, sm.input.views, judge, log=log.info,
+        read_table(sm.input.checks),
+        read_table(sm.input.tags),
+        read_table(sm.input.instances),
+        read_table(sm.input.aesthetics),
+        read_table(sm.input.index),
+        config,
+        sm.input.views,
+        judge,
+        log=log.info,
     )
 write_table(table, sm.output[0])

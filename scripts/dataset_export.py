@@ -24,21 +24,38 @@ for rows, path in ((train, sm.output.train), (bench, sm.output.benchmark)):
     Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 smoke = any(r["smoke"] for r in records)
 mark = " [SMOKE: tiny models, not a result]" if smoke else ""
-purify, upscaled, checks, rejected = (read_table(sm.input.purify), read_tables(sm.input.upscaled), read_tables(sm.input.checks),
-                                      read_tables(sm.input.rejected))
+purify, upscaled, checks, rejected = (
+    read_table(sm.input.purify),
+    read_tables(sm.input.upscaled),
+    read_tables(sm.input.checks),
+    read_tables(sm.input.rejected),
+)
 ingest = pd.read_csv(sm.input.ingest)
 flow = dataset.data_flow(ingest, purify, upscaled, pd.read_csv(sm.input.verify_counts), checks, records, rejected)
 dataset.check_data_flow(flow)
 figures = Path(sm.output.flow).parent
 dataset.write_formats(flow, figures / "table1_data_flow", "Table 1: images entering and kept at each step" + mark)
-rejections = dataset.rejections_by_reason([("2 purification", purify), ("3 super-resolution", upscaled),
-                                           ("4 verification", read_table(sm.input.verified)), ("4 instances", checks),
-                                           ("5 captioning", rejected)], ingest)
-dataset.write_formats(rejections, figures / "rejections_by_reason", "Rejections of the whole run by stage and reason" + mark)
+rejections = dataset.rejections_by_reason(
+    [
+        ("2 purification", purify),
+        ("3 super-resolution", upscaled),
+        ("4 verification", read_table(sm.input.verified)),
+        ("4 instances", checks),
+        ("5 captioning", rejected),
+    ],
+    ingest,
+)
+dataset.write_formats(
+    rejections, figures / "rejections_by_reason", "Rejections of the whole run by stage and reason" + mark
+)
 dataset.plot_funnel(flow, rejections, smoke, sm.output.funnel)
-dataset.write_formats(dataset.dataset_comparison(meta, smoke), figures / "table2_datasets", "Table 2: UHR datasets compared" + mark)
+dataset.write_formats(
+    dataset.dataset_comparison(meta, smoke), figures / "table2_datasets", "Table 2: UHR datasets compared" + mark
+)
 edges = [e * float(sm.params.target_megapixels) / 100 for e in spec["pixel_buckets_mp"]]
-dataset.write_formats(dataset.pixel_buckets(meta, edges), figures / "pixel_buckets", "Images per pixel-count bucket" + mark)
+dataset.write_formats(
+    dataset.pixel_buckets(meta, edges), figures / "pixel_buckets", "Images per pixel-count bucket" + mark
+)
 dataset.write_formats(dataset.source_mix(meta), figures / "source_mix", "Images per source and licence" + mark)
 dataset.plot_distributions(meta, smoke, sm.output.caption_plot, sm.output.instance_plot)
 log.info(f"{len(records)} records: {len(train)} train, {len(bench)} benchmark; smoke={smoke}")

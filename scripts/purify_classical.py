@@ -16,4 +16,6 @@ note_empty(log, len(rows), f"stage 2 (purify_classical {sm.wildcards.shard})")
 config = dict(sm.config, target_megapixels=sm.params.target_megapixels, purify=sm.params.purify, io=sm.params.io)
 result = score_classical_shard(rows, config, ".", threads=sm.threads)
 write_table(result, sm.output[0])
-log.info("%d image(s) scored, %d pass the absolute filters", len(result), int(result["passed"].sum()) if len(result) else 0)
+log.info(
+    "%d image(s) scored, %d pass the absolute filters", len(result), int(result["passed"].sum()) if len(result) else 0
+)

@@ -14,7 +14,9 @@ sm = snakemake  # noqa: F821
 log = start_script(sm, "purify_decide")
 classical = read_tables(list(sm.input.classical))
 if not list(sm.input.classical):  # no shard at all (no readable image): stage 2's columns, no rows
-    config = dict(target_megapixels=sm.params.target_megapixels, purify=sm.params.purify, io=sm.params.io, sources={"roots": []})
+    config = dict(
+        target_megapixels=sm.params.target_megapixels, purify=sm.params.purify, io=sm.params.io, sources={"roots": []}
+    )
     classical = score_classical_shard(pd.DataFrame(columns=["image_id", "root", "relpath", "shard"]), config, ".")
 note_empty(log, len(classical), "stage 2 (purify_decide)")
 aesthetics = read_tables(list(sm.input.aesthetics)) if "aesthetics" in sm.input.keys() else None

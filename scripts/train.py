@@ -31,9 +31,15 @@ if nodes * per_node == 1:
 else:
     cmd = launch_command(spec, args)
     log.info("launching %d process(es) on %d node(s): %s", nodes * per_node, nodes, " ".join(cmd))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(sm.scriptdir).parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(sm.scriptdir).parent), os.environ.get("PYTHONPATH", "")])
+    )
     done = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
     if done.returncode != 0:
         raise SystemExit(f"training processes failed (exit {done.returncode}); see {sm.log[0]}")
-plot_train_log(sm.output.log_csv, sm.output.plot, title=f"{sm.wildcards.run} @ {sm.wildcards.res} px",
-               smoke=spec["base"]["backend"] == "tiny")
+plot_train_log(
+    sm.output.log_csv,
+    sm.output.plot,
+    title=f"{sm.wildcards.run} @ {sm.wildcards.res} px",
+    smoke=spec["base"]["backend"] == "tiny",
+)

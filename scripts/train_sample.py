@@ -19,15 +19,37 @@ device = resolve_device(spec["device"])
 width, height = sm.params.size or (spec["resolution"], spec["resolution"])
 started = time.perf_counter()
 sample = spec["sample"]
-info, loaded = load_checkpoint(sm.input.final, device=device, dtype=torch_dtype(sample.get("dtype"), "train.runs.<run>.sample.dtype"),
-                               sequential=bool(sample.get("sequential_loading", True)))
+info, loaded = load_checkpoint(
+    sm.input.final,
+    device=device,
+    dtype=torch_dtype(sample.get("dtype"), "train.runs.<run>.sample.dtype"),
+    sequential=bool(sample.get("sequential_loading", True)),
+)
 # the run's current sample keys pick the shift (sample.shift: trained = where the checkpoint was trained)
-rgb = generate(info, loaded, sm.params.prompt, int(width), int(height), int(sample["steps"]), float(sample["guidance"]),
-               int(sample["seed"]), device=device, shift=sample)
+rgb = generate(
+    info,
+    loaded,
+    sm.params.prompt,
+    int(width),
+    int(height),
+    int(sample["steps"]),
+    float(sample["guidance"]),
+    int(sample["seed"]),
+    device=device,
+    shift=sample,
+)
 save_sample(rgb, sm.output.image, smoke=info["smoke"])
-record = {"run": sm.wildcards.run, "resolution": int(sm.wildcards.res), "prompt": sm.params.prompt, "width": int(width),
-          "height": int(height), **sample, "smoke": info["smoke"], "device": device,
-          **sample_shift_record(info, int(width), int(height), int(sample["steps"]), sample),
-          "seconds": round(time.perf_counter() - started, 1)}
+record = {
+    "run": sm.wildcards.run,
+    "resolution": int(sm.wildcards.res),
+    "prompt": sm.params.prompt,
+    "width": int(width),
+    "height": int(height),
+    **sample,
+    "smoke": info["smoke"],
+    "device": device,
+    **sample_shift_record(info, int(width), int(height), int(sample["steps"]), sample),
+    "seconds": round(time.perf_counter() - started, 1),
+}
 Path(sm.output.info).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 log.info("sample: %s", record)

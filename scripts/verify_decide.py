@@ -10,7 +10,9 @@ from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "verify_decide")
-decisions, counts = decide_stage4(read_tables(sm.input.verify), read_tables(sm.input.regions), read_tables(sm.input.upscaled))
+decisions, counts = decide_stage4(
+    read_tables(sm.input.verify), read_tables(sm.input.regions), read_tables(sm.input.upscaled)
+)
 write_table(decisions, sm.output.decisions)
 counts.to_csv(sm.output.counts, index=False)
 log.info("stage 4: %d of %d SR outputs kept", int(decisions["passed"].sum()), len(decisions))

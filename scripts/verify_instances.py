@@ -16,7 +16,13 @@ config = dict(sm.config, verify=sm.params.verify, caption=sm.params.caption, vlm
 with contextlib.ExitStack() as stack:
     judge = served_judge(config, stack, sm.log.server, log=log.info)
     images, crops = judge_instances_shard(
-        read_table(sm.input.masks), config, sm.input.views, read_table(sm.input.upscaled), judge, sm.input.prompt, log=log.info
+        read_table(sm.input.masks),
+        config,
+        sm.input.views,
+        read_table(sm.input.upscaled),
+        judge,
+        sm.input.prompt,
+        log=log.info,
     )
 write_table(images, sm.output.images)
 write_table(crops, sm.output.crops, sort_by=["image_id", "instance"])

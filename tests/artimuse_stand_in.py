@@ -11,21 +11,27 @@ STAND_IN_FILES = {
     "src/artimuse/internvl/model/internvl_chat/modeling_artimuse.py": (
         "class InternVLChatModel:\n"
         "    def chat(self, question):\n        question = 'not this one'\n\n"
-        f"    def score(self, device, tokenizer, pixel_values):\n        question = {STAND_IN_QUESTION!r}\n        return question\n"),
+        f"    def score(self, device, tokenizer, pixel_values):\n        question = {STAND_IN_QUESTION!r}\n        return question\n"
+    ),
     "src/artimuse/internvl/conversation.py": (
         "class SeparatorStyle:\n    MPT = 1\n\n"
         "register_conv_template(Conversation(name='other', roles=('a', 'b'), sep='x', sep_style=SeparatorStyle.MPT))\n"
         "register_conv_template(Conversation(name='internvl2_5', system_template='<|im_start|>system\\n{system_message}',\n"
         "    system_message='stand-in system', roles=('<|im_start|>user\\n', '<|im_start|>assistant\\n'),\n"
-        "    sep_style=SeparatorStyle.MPT, sep='<|im_end|>\\n'))\n"),
+        "    sep_style=SeparatorStyle.MPT, sep='<|im_end|>\\n'))\n"
+    ),
     "src/eval/eval_image.py": (
         "AESTHETIC_ATTRIBUTES = ['Composition & Design', 'Visual Elements & Structure', 'Technical Execution',\n"
         "    'Originality & Creativity', 'Theme & Communication', 'Emotion & Viewer Response', 'Overall Gestalt']\n"
-        "def main(aspect=None):\n    for aspect in AESTHETIC_ATTRIBUTES:\n        prompt = f'Judge the {aspect} of it.'\n"),
+        "def main(aspect=None):\n    for aspect in AESTHETIC_ATTRIBUTES:\n        prompt = f'Judge the {aspect} of it.'\n"
+    ),
 }
 # what upstream's Conversation.get_prompt (MPT style) builds for the rating question, written out by hand
-STAND_IN_PROMPT = ("<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n" + STAND_IN_QUESTION
-                   + "<|im_end|>\n<|im_start|>assistant\n")
+STAND_IN_PROMPT = (
+    "<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n"
+    + STAND_IN_QUESTION
+    + "<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 def make_checkout(folder):

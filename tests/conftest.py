@@ -69,7 +69,18 @@ def stage1(demo_workdir, demo_config):
 def copy_workflow(dest: Path) -> Path:
     """Copy the workflow's source (not results) so a test can run Snakemake in isolation."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config.yaml", "rules", "scripts", "pixverve", "schemas", "envs", "configs", "report", "prompts"):
+    for name in (
+        "Snakefile",
+        "config.yaml",
+        "rules",
+        "scripts",
+        "pixverve",
+        "schemas",
+        "envs",
+        "configs",
+        "report",
+        "prompts",
+    ):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -35,8 +35,12 @@ def main(args: list[str]) -> int:
         python = prefix / "bin" / "python"
         python.write_text(f'#!/bin/sh\necho "$@" >> "{prefix}/python-calls"\n')
         python.chmod(0o755)
-        record = {"prefix": str(prefix), "file": str(env_file), "content": env_file.read_text(),
-                  "CONDA_OVERRIDE_CUDA": os.environ.get("CONDA_OVERRIDE_CUDA")}
+        record = {
+            "prefix": str(prefix),
+            "file": str(env_file),
+            "content": env_file.read_text(),
+            "CONDA_OVERRIDE_CUDA": os.environ.get("CONDA_OVERRIDE_CUDA"),
+        }
         with open(os.environ["FAKE_CONDA_LOG"], "a") as log:
             log.write(json.dumps(record) + "\n")
     elif args[0] == "clean":  # conda-cleanup-pkgs (profiles/default)
@@ -53,8 +57,10 @@ def install(folder: Path) -> Path:
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     conda = bin_dir / "conda"
-    conda.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0] = {str(conda)!r}\n"
-                     f"sys.exit(runpy.run_path({str(Path(__file__).resolve())!r})['main'](sys.argv[1:]))\n")
+    conda.write_text(
+        f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0] = {str(conda)!r}\n"
+        f"sys.exit(runpy.run_path({str(Path(__file__).resolve())!r})['main'](sys.argv[1:]))\n"
+    )
     conda.chmod(0o755)
     (bin_dir / "activate").write_text('PATH="$1/bin:$PATH"; export PATH\n')
     return bin_dir

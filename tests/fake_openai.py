@@ -73,8 +73,17 @@ def vllm_request_error(body: dict) -> str | None:
 
 
 class FakeOpenAI(LocalServer):
-    def __init__(self, latency: float = 0.0, retry_after: float = 0.2, responder=None, port: int = 0, models=("fake-vlm",),
-                 fault: str | None = None, fault_when=None, trust_request_chat_template: bool = True):
+    def __init__(
+        self,
+        latency: float = 0.0,
+        retry_after: float = 0.2,
+        responder=None,
+        port: int = 0,
+        models=("fake-vlm",),
+        fault: str | None = None,
+        fault_when=None,
+        trust_request_chat_template: bool = True,
+    ):
         self.latency, self.retry_after, self.responder, self.models = latency, retry_after, responder, list(models)
         self.fault, self.fault_when, self.fault_sleep_s = fault, fault_when, 2.0
         self.trust_request_chat_template = trust_request_chat_template
@@ -139,9 +148,14 @@ class FakeOpenAI(LocalServer):
             return handler._send(400, {"object": "error", "message": error, "type": "BadRequestError", "code": 400})
         fault = self.fault if self.fault and (self.fault_when is None or self.fault_when(body)) else None
         if fault == "refuse":
-            return handler._send(400, {"object": "error", "message": "scripted refusal: bad request", "type": "BadRequestError", "code": 400})
+            return handler._send(
+                400,
+                {"object": "error", "message": "scripted refusal: bad request", "type": "BadRequestError", "code": 400},
+            )
         if fault == "5xx":
-            return handler._send(500, {"object": "error", "message": "scripted server error", "type": "InternalServerError", "code": 500})
+            return handler._send(
+                500, {"object": "error", "message": "scripted server error", "type": "InternalServerError", "code": 500}
+            )
         if fault == "timeout":
             time.sleep(self.fault_sleep_s)
         text = ""
@@ -172,15 +186,26 @@ class FakeOpenAI(LocalServer):
         if fault == "no_logprobs" and isinstance(answer, dict):
             answer = {k: v for k, v in answer.items() if k != "logprobs"}
         if isinstance(answer, dict):  # a whole choice (e.g. with logprobs)
-            return handler._send(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
-                                       "model": body.get("model", "fake-vlm"),
-                                       "choices": [{"index": 0, "finish_reason": "length", **answer}]})
-        content = answer if answer is not None else {
-            "ok": f"<json>{json.dumps(OK_JSON)}</json>",
-            "fence": f"Here you go:\n```json\n{json.dumps(OK_JSON)}\n```",
-            "garbage": "I looked at the image and it seems fine to me.",
-            "schema": json.dumps({"flagged": "maybe"}),
-        }.get(name, f"<json>{json.dumps(OK_JSON)}</json>")
+            return handler._send(
+                200,
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model", "fake-vlm"),
+                    "choices": [{"index": 0, "finish_reason": "length", **answer}],
+                },
+            )
+        content = (
+            answer
+            if answer is not None
+            else {
+                "ok": f"<json>{json.dumps(OK_JSON)}</json>",
+                "fence": f"Here you go:\n```json\n{json.dumps(OK_JSON)}\n```",
+                "garbage": "I looked at the image and it seems fine to me.",
+                "schema": json.dumps({"flagged": "maybe"}),
+            }.get(name, f"<json>{json.dumps(OK_JSON)}</json>")
+        )
         if body.get("skip_special_tokens", True) is not False or fault == "strip":
             content = SPECIAL_TOKEN.sub("", content)
         handler._send(
@@ -190,7 +215,9 @@ class FakeOpenAI(LocalServer):
                 "object": "chat.completion",
                 "created": 0,
                 "model": body.get("model", "fake-vlm"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
         )

@@ -131,7 +131,9 @@ class FakePhotoAPI(LocalServer):
             in_month = sum(1 for t in calls if service == "pexels" and now < self.month_reset)
             over = in_hour >= self.hourly_limit[service] or (service == "pexels" and in_month >= self.monthly_limit)
             elsewhere = self.month_spent_elsewhere_after
-            over = over or (service == "pexels" and elsewhere is not None and len(calls) >= elsewhere and now < self.month_reset)
+            over = over or (
+                service == "pexels" and elsewhere is not None and len(calls) >= elsewhere and now < self.month_reset
+            )
             if not over:
                 calls.append(now)
         if not over:
@@ -148,8 +150,11 @@ class FakePhotoAPI(LocalServer):
             calls = self.served[service]
             if service == "pexels":
                 left = self.monthly_limit - sum(1 for t in calls if now < self.month_reset)
-                return {"X-Ratelimit-Limit": str(self.monthly_limit), "X-Ratelimit-Remaining": str(max(0, left)),
-                        "X-Ratelimit-Reset": str(int(self.month_reset))}
+                return {
+                    "X-Ratelimit-Limit": str(self.monthly_limit),
+                    "X-Ratelimit-Remaining": str(max(0, left)),
+                    "X-Ratelimit-Reset": str(int(self.month_reset)),
+                }
             left = self.hourly_limit[service] - sum(1 for t in calls if t > now - 3600)
             return {"X-Ratelimit-Limit": str(self.hourly_limit[service]), "X-Ratelimit-Remaining": str(max(0, left))}
 
@@ -162,17 +167,29 @@ class FakePhotoAPI(LocalServer):
 
     def pexels_photo(self, pid):
         w, h = self._listed_size(pid)
-        return {"id": int(pid), "width": w, "height": h, "url": f"https://www.pexels.com/photo/{pid}/",
-                "photographer": f"Author {pid}", "photographer_url": f"https://www.pexels.com/@a{pid}",
-                "src": {"original": f"{self.base}/img/{pid}.jpg", "large": "unused"}}
+        return {
+            "id": int(pid),
+            "width": w,
+            "height": h,
+            "url": f"https://www.pexels.com/photo/{pid}/",
+            "photographer": f"Author {pid}",
+            "photographer_url": f"https://www.pexels.com/@a{pid}",
+            "src": {"original": f"{self.base}/img/{pid}.jpg", "large": "unused"},
+        }
 
     def unsplash_photo(self, pid):
         w, h = self._listed_size(pid)
-        return {"id": pid, "width": w, "height": h,
-                "urls": {"raw": f"{self.base}/img/{pid}.jpg", "full": f"{self.base}/img/{pid}.jpg"},
-                "links": {"html": f"https://unsplash.com/photos/{pid}",
-                          "download_location": f"{self.base}/unsplash/track/{pid}"},
-                "user": {"name": f"Author {pid}", "links": {"html": f"https://unsplash.com/@a{pid}"}}}
+        return {
+            "id": pid,
+            "width": w,
+            "height": h,
+            "urls": {"raw": f"{self.base}/img/{pid}.jpg", "full": f"{self.base}/img/{pid}.jpg"},
+            "links": {
+                "html": f"https://unsplash.com/photos/{pid}",
+                "download_location": f"{self.base}/unsplash/track/{pid}",
+            },
+            "user": {"name": f"Author {pid}", "links": {"html": f"https://unsplash.com/@a{pid}"}},
+        }
 
     def handle(self, h, path, query, n):
         if path in self.fail_once and n == 1:
@@ -200,7 +217,9 @@ class FakePhotoAPI(LocalServer):
             return self._send(h, 401, b'{"errors": ["OAuth error: The access token is invalid"]}')
         if service == "unsplash" and self.forbidden:
             return self._send(h, 403, b'{"errors": ["Forbidden"]}')
-        if query.get("query") in self.flagged or (path.startswith("/unsplash/track/") and path.rsplit("/", 1)[-1] in self.gone_tracks):
+        if query.get("query") in self.flagged or (
+            path.startswith("/unsplash/track/") and path.rsplit("/", 1)[-1] in self.gone_tracks
+        ):
             return self._refuse(h, path, 410, b'{"error": "Gone"}')
         if self._quota(h, path, service):
             return None
@@ -212,13 +231,24 @@ class FakePhotoAPI(LocalServer):
                     self.sizes_asked.append(query.get("size"))
             more = page < len(self.pages)
             nxt = f"{self.base}{path}?page={page + 1}" if more else None
-            payload = {"page": page, "per_page": int(query.get("per_page", 15)), "photos": [self.pexels_photo(p) for p in ids]}
+            payload = {
+                "page": page,
+                "per_page": int(query.get("per_page", 15)),
+                "photos": [self.pexels_photo(p) for p in ids],
+            }
             if nxt:
                 payload["next_page"] = nxt
             return self._json(h, payload, service)
         if path == "/unsplash/search/photos":
-            return self._json(h, {"total": sum(map(len, self.pages)), "total_pages": len(self.pages),
-                                  "results": [self.unsplash_photo(p) for p in ids]}, service)
+            return self._json(
+                h,
+                {
+                    "total": sum(map(len, self.pages)),
+                    "total_pages": len(self.pages),
+                    "results": [self.unsplash_photo(p) for p in ids],
+                },
+                service,
+            )
         if path == "/unsplash/photos":
             return self._json(h, [self.unsplash_photo(p) for p in ids], service)
         if path.startswith("/unsplash/track/"):

@@ -65,9 +65,19 @@ def sbatch_line(job, partitions) -> dict:
         "resources": {k: v for k, v in res.items() if isinstance(v, (int, str))},
         "threads": job.threads,
         "levels": [sorted(j.rule.name for j in level) for level in job.toposorted] if job.is_group() else [],
-        "steps": [{"rule": m.rule.name, "shard": m.wildcards.get("shard"), "jobid": m.jobid, "srun": step(m),
-                   "gpu": m.resources.get("gpu") or 0, "threads": m.threads, "runtime": m.resources.get("runtime"),
-                   "needs": sorted(d.jobid for d in m.dag.dependencies[m] if d.jobid in ids)} for m in members],
+        "steps": [
+            {
+                "rule": m.rule.name,
+                "shard": m.wildcards.get("shard"),
+                "jobid": m.jobid,
+                "srun": step(m),
+                "gpu": m.resources.get("gpu") or 0,
+                "threads": m.threads,
+                "runtime": m.resources.get("runtime"),
+                "needs": sorted(d.jobid for d in m.dag.dependencies[m] if d.jobid in ids),
+            }
+            for m in members
+        ],
         # how the job's inner Snakemake runs its members: the plugin's own arguments for it, and
         # whether the jobstep starts a member's step without waiting for the previous one to end
         "inner_args": inner_args(),
@@ -108,15 +118,24 @@ def inner_run(record: dict) -> dict:
     if not record["steps_in_background"]:
         limit = 1  # run_job returns when its step has ended: one member at a time
     gpus = re.search(r"--gpus=(?:\w+:)?(\d+)|--gres=gpu:(?:\w+:)?(\d+)", sbatch)
-    free = {"cpu": int(_option(sbatch, "--cpus-per-task")), "mem": int(_option(sbatch, "--mem")),
-            "gpu": int(next(g for g in gpus.groups() if g)) if gpus else 0}
+    free = {
+        "cpu": int(_option(sbatch, "--cpus-per-task")),
+        "mem": int(_option(sbatch, "--mem")),
+        "gpu": int(next(g for g in gpus.groups() if g)) if gpus else 0,
+    }
     steps = []
     for s in record["steps"]:
         mem = _option(s["srun"], "--mem")
-        steps.append({"id": s["jobid"], "needs": s["needs"], "runtime": int(s["runtime"]),
-                      "cpu": int(_option(s["srun"], "--cpus-per-task") or 1),
-                      "mem": int(mem.rstrip("M")) if mem else free["mem"],
-                      "gpu": int(_option(s["srun"], "--gpus") or 0)})
+        steps.append(
+            {
+                "id": s["jobid"],
+                "needs": s["needs"],
+                "runtime": int(s["runtime"]),
+                "cpu": int(_option(s["srun"], "--cpus-per-task") or 1),
+                "mem": int(mem.rstrip("M")) if mem else free["mem"],
+                "gpu": int(_option(s["srun"], "--gpus") or 0),
+            }
+        )
     for s in steps:
         if any(s[k] > free[k] for k in free):
             raise ValueError(f"step {s} does not fit its allocation {free}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_weights_file_loads_with_layers_prefix_and_checks_sha(tmp_path):
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"0.weight": torch.zeros(1), "payload": ae.PredictorInfo("x", "y", False, "z")}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         ae.load_laion_mlp(path, None)  # weights_only=True refuses arbitrary objects
 
 
@@ -159,7 +160,16 @@ def test_shard_scores_in_the_demo(stage1, demo_workdir, demo_config):
 def test_artimuse_answer_tokens_match_the_published_mapping():
     from pixverve.models.aesthetics import ARTIMUSE_TOKENS, artimuse_token
 
-    assert [artimuse_token(i) for i in (0, 25, 26, 50, 51, 75, 76, 100)] == ["aa", "az", "ca", "cy", "da", "dy", "ea", "ey"]
+    assert [artimuse_token(i) for i in (0, 25, 26, 50, 51, 75, 76, 100)] == [
+        "aa",
+        "az",
+        "ca",
+        "cy",
+        "da",
+        "dy",
+        "ea",
+        "ey",
+    ]
     assert len(set(ARTIMUSE_TOKENS)) == 101 and not any(t.startswith("b") for t in ARTIMUSE_TOKENS)
     with pytest.raises(ValueError):
         artimuse_token(101)
@@ -209,8 +219,10 @@ def _artimuse_server(body):
     best = 80 if bright else 20  # the "model" likes bright images
     alts = [(artimuse_token(best), 0.5), (artimuse_token(best + 10), 0.3), ("Sure", 0.2)]
     top = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in alts]
-    return {"message": {"role": "assistant", "content": alts[0][0]},
-            "logprobs": {"content": [{"token": alts[0][0], "logprob": math.log(0.5), "bytes": [], "top_logprobs": top}]}}
+    return {
+        "message": {"role": "assistant", "content": alts[0][0]},
+        "logprobs": {"content": [{"token": alts[0][0], "logprob": math.log(0.5), "bytes": [], "top_logprobs": top}]},
+    }
 
 
 def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path, artimuse_checkout):
@@ -220,8 +232,16 @@ def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path, artimuse_check
     from pixverve.models.aesthetics import build_predictor
 
     with FakeOpenAI(responder=_artimuse_server) as server:
-        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
-                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
+        spec = {
+            "backend": "endpoint",
+            "base_url": server.base_url,
+            "model": "fake-vlm",
+            "top_logprobs": 128,
+            "retries": 0,
+            "upstream": str(artimuse_checkout),
+            "template": "internvl2_5",
+            "system_message": None,
+        }
         pred = build_predictor("artimuse", spec)
         scores = pred.score([np.full((300, 500, 3), 220, np.uint8), np.full((64, 64, 3), 20, np.uint8)])
         again = pred.score([np.full((64, 64, 3), 20, np.uint8)])  # the client is reusable across calls
@@ -235,7 +255,9 @@ def test_artimuse_without_a_checkout_is_a_clear_error(tmp_path):
     from pixverve.models.artimuse_upstream import UpstreamUnavailable
 
     spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "upstream": None}
-    with pytest.raises(UpstreamUnavailable, match=r"artimuse.upstream: not set; `git clone https://github.com/thunderbolt215/ArtiMuse`"):
+    with pytest.raises(
+        UpstreamUnavailable, match=r"artimuse.upstream: not set; `git clone https://github.com/thunderbolt215/ArtiMuse`"
+    ):
         build_predictor("artimuse", spec)
     with pytest.raises(UpstreamUnavailable, match="modeling_artimuse.py not found"):
         build_predictor("artimuse", spec | {"upstream": str(tmp_path)})
@@ -245,8 +267,16 @@ def test_artimuse_endpoint_that_does_not_answer_is_a_clear_error_before_any_imag
     from pixverve.models.aesthetics import build_predictor
     from pixverve.models.vlm import VLMConfigError
 
-    spec = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2, "upstream": str(artimuse_checkout)}
-    with pytest.raises(VLMConfigError, match=r"artimuse.base_url: the model server at http://127.0.0.1:9/v1/models does not answer"):
+    spec = {
+        "backend": "endpoint",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "m",
+        "timeout_s": 2,
+        "upstream": str(artimuse_checkout),
+    }
+    with pytest.raises(
+        VLMConfigError, match=r"artimuse.base_url: the model server at http://127.0.0.1:9/v1/models does not answer"
+    ):
         build_predictor("artimuse", spec)
 
 
@@ -255,7 +285,10 @@ def test_artimuse_tiny_backend_scores_through_a_real_model_forward(monkeypatch):
     from pixverve.models.aesthetics import build_predictor
 
     pred = build_predictor("artimuse", {"backend": "tiny"})
-    images = [np.full((100, 120, 3), 200, np.uint8), np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+    images = [
+        np.full((100, 120, 3), 200, np.uint8),
+        np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8),
+    ]
     scores = pred.score(images)
     assert pred.info.smoke and all(0 <= s <= 100 for s in scores)
     assert all(d["tokens_found"] == 101 for d in pred.details)  # the whole distribution: exact
@@ -263,10 +296,13 @@ def test_artimuse_tiny_backend_scores_through_a_real_model_forward(monkeypatch):
     assert scores[0] != pytest.approx(scores[1])  # the image reaches the model
 
 
-@pytest.mark.parametrize("fault, trust, expect", [
-    ("no_logprobs", True, r"no_logprobs: the server returned no top_logprobs.*--max-logprobs"),
-    (None, False, r"failed: .*400.*--trust-request-chat-template"),  # vLLM >= 0.11 refusing the request's template
-])
+@pytest.mark.parametrize(
+    "fault, trust, expect",
+    [
+        ("no_logprobs", True, r"no_logprobs: the server returned no top_logprobs.*--max-logprobs"),
+        (None, False, r"failed: .*400.*--trust-request-chat-template"),  # vLLM >= 0.11 refusing the request's template
+    ],
+)
 def test_a_misconfigured_artimuse_server_stops_at_the_probe_with_the_fix(artimuse_checkout, fault, trust, expect):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_openai import FakeOpenAI
@@ -275,8 +311,16 @@ def test_a_misconfigured_artimuse_server_stops_at_the_probe_with_the_fix(artimus
     from pixverve.models.aesthetics import build_predictor
 
     with FakeOpenAI(responder=_artimuse_server, fault=fault, trust_request_chat_template=trust) as server:
-        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
-                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
+        spec = {
+            "backend": "endpoint",
+            "base_url": server.base_url,
+            "model": "fake-vlm",
+            "top_logprobs": 128,
+            "retries": 0,
+            "upstream": str(artimuse_checkout),
+            "template": "internvl2_5",
+            "system_message": None,
+        }
         with pytest.raises(StepFailed, match=expect):
             build_predictor("artimuse", spec).score([np.full((64, 64, 3), v, np.uint8) for v in (20, 220, 30)])
         assert server.requests == 1
@@ -301,9 +345,19 @@ def test_artimuse_failures_are_statuses_never_scores(artimuse_checkout):
             return np.asarray(im).mean() < 128
 
     with FakeOpenAI(responder=_artimuse_server, fault="refuse", fault_when=dark) as server:
-        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
-                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
-        out = _scores_with_status(build_predictor("artimuse", spec), [np.full((64, 64, 3), v, np.uint8) for v in (220, 20, 230)])
+        spec = {
+            "backend": "endpoint",
+            "base_url": server.base_url,
+            "model": "fake-vlm",
+            "top_logprobs": 128,
+            "retries": 0,
+            "upstream": str(artimuse_checkout),
+            "template": "internvl2_5",
+            "system_message": None,
+        }
+        out = _scores_with_status(
+            build_predictor("artimuse", spec), [np.full((64, 64, 3), v, np.uint8) for v in (220, 20, 230)]
+        )
     assert [s for _, s, _ in out] == ["ok", "failed", "ok"] and np.isnan(out[1][0]) and "400" in out[1][2]["error"]
 
 
@@ -318,8 +372,18 @@ def test_a_job_stop_is_not_swallowed_by_the_per_image_error_capture(artimuse_che
     from pixverve.purify.aesthetics import _scores_with_status
 
     with FakeOpenAI(responder=_artimuse_server, fault="refuse") as server:
-        spec = {"backend": "endpoint", "base_url": server.base_url, "model": "fake-vlm", "top_logprobs": 128, "retries": 0,
-                "upstream": str(artimuse_checkout), "template": "internvl2_5", "system_message": None}
+        spec = {
+            "backend": "endpoint",
+            "base_url": server.base_url,
+            "model": "fake-vlm",
+            "top_logprobs": 128,
+            "retries": 0,
+            "upstream": str(artimuse_checkout),
+            "template": "internvl2_5",
+            "system_message": None,
+        }
         with pytest.raises(StepFailed, match="probe of model server"):
-            _scores_with_status(build_predictor("artimuse", spec), [np.full((64, 64, 3), v, np.uint8) for v in (20, 220, 30)])
+            _scores_with_status(
+                build_predictor("artimuse", spec), [np.full((64, 64, 3), v, np.uint8) for v in (20, 220, 30)]
+            )
         assert server.requests == 1

@@ -7,21 +7,21 @@ import math
 import numpy as np
 import pytest
 
+from pixverve.caption.models import nearest_tag, parse_rex_boxes
+from pixverve.core.tiling import TiledTiffWriter, bands_of
 from pixverve.core.views import (
     TiledImage,
     box_iou,
     box_nms,
     fit_within,
-    mask_nms,
+    instance_crop,
     map_box,
+    mask_nms,
     padded_crop_box,
     rle_decode,
     rle_encode,
     tile_regions,
 )
-from pixverve.caption.models import nearest_tag, parse_rex_boxes
-from pixverve.core.tiling import TiledTiffWriter, bands_of
-from pixverve.core.views import instance_crop
 
 
 def test_map_box_from_a_downscaled_view():

@@ -98,8 +98,12 @@ def test_sr_image_page_pixels_seams_and_instances(page, demo_atlas, tmp_path):  
     diff = np.abs(got - stored[y0 : y0 + h, x0 : x0 + w].astype(np.int16)).mean()
     assert diff < 6, f"mean abs diff {diff:.2f} levels against the stored SR output"
     # the instances of the annotation record, each box where the record puts it
-    record = next(json.loads(line) for p in sorted((demo_atlas["work"] / "results/caption/records").glob("*.jsonl"))
-                  for line in p.read_text().splitlines() if json.loads(line)["image_id"] == row["image_id"])
+    record = next(
+        json.loads(line)
+        for p in sorted((demo_atlas["work"] / "results/caption/records").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+        if json.loads(line)["image_id"] == row["image_id"]
+    )
     page.check("input[data-layer=instances]")
     boxes = page.locator(".ov-instances")
     assert boxes.count() == len(record["instances"]) > 0

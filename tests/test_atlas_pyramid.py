@@ -44,15 +44,22 @@ def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
     img = np.dstack([r, g, b])
     for _ in range(6):
         cy, cx, rad = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, 40)
-        img += (np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rad**2)) * rng.uniform(-60, 60, 3)[:, None, None]).transpose(1, 2, 0)
+        img += (
+            np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rad**2)) * rng.uniform(-60, 60, 3)[:, None, None]
+        ).transpose(1, 2, 0)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
 def read_dzi(path):
     text = path.read_text()
     size = re.search(r'<Size\s+Height="(\d+)"\s+Width="(\d+)"', text)
-    return {"tile": int(re.search(r'TileSize="(\d+)"', text).group(1)), "overlap": int(re.search(r'Overlap="(\d+)"', text).group(1)),
-            "format": re.search(r'Format="(\w+)"', text).group(1), "width": int(size.group(2)), "height": int(size.group(1))}
+    return {
+        "tile": int(re.search(r'TileSize="(\d+)"', text).group(1)),
+        "overlap": int(re.search(r'Overlap="(\d+)"', text).group(1)),
+        "format": re.search(r'Format="(\w+)"', text).group(1),
+        "width": int(size.group(2)),
+        "height": int(size.group(1)),
+    }
 
 
 def assemble(level_dir, width, height) -> np.ndarray:
@@ -88,7 +95,13 @@ def test_levels_tiles_and_descriptor(tmp_path):
     Image.fromarray(rgb).save(src)
     desc = build_pyramid(src, tmp_path / "out", "final", max_megapixels=CAP)
     assert desc == {"width": w, "height": h, "tile_size": 254, "overlap": 1, "format": "jpeg", "files": "final_files/"}
-    assert read_dzi(tmp_path / "out" / "final.dzi") == {"tile": 254, "overlap": 1, "format": "jpeg", "width": w, "height": h}
+    assert read_dzi(tmp_path / "out" / "final.dzi") == {
+        "tile": 254,
+        "overlap": 1,
+        "format": "jpeg",
+        "width": w,
+        "height": h,
+    }
     files = tmp_path / "out" / "final_files"
     top = math.ceil(math.log2(max(w, h)))
     # levels 0 (1 px) .. 10 (full size), and nothing else (no vips-properties.xml in the site)
@@ -104,7 +117,9 @@ def test_levels_tiles_and_descriptor(tmp_path):
                 x1, y1 = min(lw, (c + 1) * TILE_SIZE + OVERLAP), min(lh, (r + 1) * TILE_SIZE + OVERLAP)
                 with Image.open(files / str(level) / f"{c}_{r}.jpeg") as tile:
                     assert tile.size == (x1 - x0, y1 - y0), (level, c, r)
-                    assert tile.format == "JPEG" and 274 not in tile.getexif()  # stripped: no orientation for a browser to re-apply
+                    assert (
+                        tile.format == "JPEG" and 274 not in tile.getexif()
+                    )  # stripped: no orientation for a browser to re-apply
     assert Image.open(files / "0" / "0_0.jpeg").size == (1, 1)
     close(assemble(files / str(top), w, h), rgb)
 
@@ -151,7 +166,9 @@ def test_exif_orientation_6(tmp_path):
     desc, full = deepest(tmp_path, src)
     assert (desc["width"], desc["height"]) == (200, 300)
     close(full, seen)
-    assert np.abs(full.astype(int) - np.rot90(seen, k=2).astype(int)).mean() > 20  # the check can tell orientations apart
+    assert (
+        np.abs(full.astype(int) - np.rot90(seen, k=2).astype(int)).mean() > 20
+    )  # the check can tell orientations apart
     thumb = tmp_path / "thumb.jpg"
     assert build_thumbnail(src, thumb, max_megapixels=CAP) == (171, 256)
     with Image.open(thumb) as im:
@@ -202,8 +219,10 @@ def test_not_an_image_and_the_pixel_cap(tmp_path):
         build_pyramid(text, tmp_path / "out", "final", max_megapixels=CAP)
     big = tmp_path / "big.png"
     Image.fromarray(texture(400, 600)).save(big)
-    for call in (lambda: build_pyramid(big, tmp_path / "out", "big", max_megapixels=0.2),
-                 lambda: build_thumbnail(big, tmp_path / "big.jpg", max_megapixels=0.2)):
+    for call in (
+        lambda: build_pyramid(big, tmp_path / "out", "big", max_megapixels=0.2),
+        lambda: build_thumbnail(big, tmp_path / "big.jpg", max_megapixels=0.2),
+    ):
         with pytest.raises(PyramidError, match=r"big\.png: 600 x 400 exceeds io\.max_megapixels 0\.2"):
             call()
     assert not (tmp_path / "out" / "big_files").exists() and not (tmp_path / "big.jpg").exists()
@@ -268,4 +287,3 @@ def test_thumbnail_from_the_pyramid_equals_one_from_the_file(tmp_path, size):
     small = build_pyramid(src, tmp_path / "q", "final", max_megapixels=CAP, tile_size=126)
     if max(w, h) > 256:
         assert thumbnail_from_pyramid(tmp_path / "q", small, tmp_path / "c.jpg") is None
-

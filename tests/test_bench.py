@@ -17,6 +17,7 @@ from PIL import Image
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
+
 from pixverve.bench import evaluate as bench  # noqa: E402
 from pixverve.bench.generate import generate_method  # noqa: E402
 from pixverve.bench.inputs import BenchItem  # noqa: E402
@@ -103,7 +104,9 @@ def test_score_method_hands_the_full_image_to_the_models(tmp_path):
     clip = bench.ClipScorer({"backend": "tiny"})
     row = bench.score_method([BenchItem("g", path, path, "a dog", "")], None, clip, 1000.0).iloc[0]
     assert row["clip_raw"] == pytest.approx(clip.score(rgb, "a dog"), abs=1e-6)
-    assert row["clip_raw"] != pytest.approx(clip.score(fit_within(rgb, 1024), "a dog"), abs=1e-6)  # not the old 1024 px copy
+    assert row["clip_raw"] != pytest.approx(
+        clip.score(fit_within(rgb, 1024), "a dog"), abs=1e-6
+    )  # not the old 1024 px copy
     assert (row["width"], row["height"]) == (1500, 1100)
     # GLCM reads PIL's "L" grey (published), which is not OpenCV's BT.601 fixed point on every pixel
     from pixverve.bench.glcm import glcm_score
@@ -116,8 +119,12 @@ def test_score_method_hands_the_full_image_to_the_models(tmp_path):
 MSFI_GLOBAL = {"SC-global": 5, "PI": 4, "LC": 3, "CH": 2}
 MSFI_LOCAL = {"NGE": 5, "GA": 4, "TF": 5, "MGC": 5, "SC-local": 3}
 ICS = {"IEV": 9, "AAA": 8, "SRA": 6}
-PAPER_JUDGE = {"temperature": 0.1, "max_tokens": 8192, "response_format": "json_object",
-               "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}
+PAPER_JUDGE = {
+    "temperature": 0.1,
+    "max_tokens": 8192,
+    "response_format": "json_object",
+    "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
+}
 
 
 def _text(body):
@@ -156,13 +163,17 @@ def test_judge_calls_and_the_published_aggregation(tmp_path, repo_root, demo_con
     with FakeOpenAI(responder=responder) as server:
         first = bench.judge_requests(item, np.asarray(Image.open(path).convert("RGB")), prompts, spec)[2]
         fail_at = [str(p["relative"]) for p in first[1:3]]
-        judge = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=0, **PAPER_JUDGE))
+        judge = VLMClient(
+            VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=0, **PAPER_JUDGE)
+        )
         judge.smoke = False
         table = bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None)
     row = table.iloc[0]
     s_g = (5 * 5 + 4 * 3 + 3 * 2 + 2 * 2) / 12
     s_l = (5 * 2 + 4 * 3 + 5 * 5 + 5 * 2 + 3 * 2) / 14  # the failed calls are not counted as 3
-    assert row["valid_patches"] == 8 and row["msfi_included"] and row["msfi_status"] == "ok"  # 2 of 10 local calls failed: still scored
+    assert (
+        row["valid_patches"] == 8 and row["msfi_included"] and row["msfi_status"] == "ok"
+    )  # 2 of 10 local calls failed: still scored
     assert json.loads(row["local_statuses"]).count("unparseable") == 2 and row["ics_status"] == "ok"
     assert row["msfi"] == pytest.approx(s_g + s_g / 5 * s_l)
     assert row["ics"] == pytest.approx(math.sqrt(0.9) * (0.6 * 8 + 0.4 * 6))
@@ -181,8 +192,10 @@ def test_judge_calls_and_the_published_aggregation(tmp_path, repo_root, demo_con
     # request options as published: json_object on MSFI calls only, no thinking, 8192 tokens at 0.1
     assert all(b["response_format"] == {"type": "json_object"} for b in seen if b is not ics_body)
     assert "response_format" not in ics_body
-    assert all(b["chat_template_kwargs"] == {"enable_thinking": False} and b["max_tokens"] == 8192 and b["temperature"] == 0.1
-               for b in seen)
+    assert all(
+        b["chat_template_kwargs"] == {"enable_thinking": False} and b["max_tokens"] == 8192 and b["temperature"] == 0.1
+        for b in seen
+    )
     assert table["smoke"].eq(False).all()
 
 
@@ -214,20 +227,26 @@ def test_images_without_a_valid_reply_are_left_out_and_counted(tmp_path, repo_ro
         for item in items:
             state["image"] = item.name
             # one image per call: g1's own call is 1 of 1 failed, let through so its row can be read
-            rows.append(bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0))
+            rows.append(
+                bench.judge_method([item], judge, prompts, spec, 1000.0, log=lambda *_: None, max_failed_fraction=1.0)
+            )
     judged = pd.concat(rows, ignore_index=True)
     assert list(judged["msfi_included"]) == [True, False] and list(judged["ics_included"]) == [True, False]
     # why each was left out: the global reply did not parse; the ICS reply lacks SRA
     assert list(judged["msfi_status"]) == ["ok", "unparseable"] and list(judged["ics_status"]) == ["ok", "invalid"]
     assert "SRA" in judged["ics_error"][1] and judged["msfi_error"][0] == ""
-    row = bench.method_row("m", "4K", pd.DataFrame({"aesthetics": [1.0], "glcm": [2.0]}), judged, {"images": 2, "clip": 30.0}, {})
+    row = bench.method_row(
+        "m", "4K", pd.DataFrame({"aesthetics": [1.0], "glcm": [2.0]}), judged, {"images": 2, "clip": 30.0}, {}
+    )
     assert (row["msfi_images"], row["ics_images"]) == (1, 1)
     assert (row["msfi_n"], row["msfi_failed"], row["ics_n"], row["ics_failed"]) == (1, 1, 1, 1)
-    assert row["msfi"] == pytest.approx(float(judged["msfi"][0])) and row["ics"] == pytest.approx(float(judged["ics"][0]))
+    assert row["msfi"] == pytest.approx(float(judged["msfi"][0])) and row["ics"] == pytest.approx(
+        float(judged["ics"][0])
+    )
     assert row["clip"] == 30.0  # the published batch aggregation, from sets.json
 
 
-STAND_IN = '''
+STAND_IN = """
 def build_global_eval_prompt():
     return "GLOBAL whole of an AI-generated image"
 
@@ -238,7 +257,7 @@ def build_local_eval_prompt(relative_coords):
 
 def build_ICS_eval_prompt(long_caption):
     return f"ICS follows its prompt: {long_caption}"
-'''
+"""
 
 
 def test_published_prompts_come_from_the_named_checkout(tmp_path):
@@ -249,12 +268,19 @@ def test_published_prompts_come_from_the_named_checkout(tmp_path):
     for folder in (tmp_path, tmp_path / "eval"):  # the repository root or its eval folder
         prompts = load_judge_prompts({"prompts": "published", "published_eval": str(folder)})
         assert prompts.mode == "published" and prompts.msfi_global() == "GLOBAL whole of an AI-generated image"
-        assert prompts.msfi_local([0.1, 0.2, 0.3, 0.4]) == "LOCAL one region of an AI-generated image at [0.1, 0.2, 0.3, 0.4]"
+        assert (
+            prompts.msfi_local([0.1, 0.2, 0.3, 0.4])
+            == "LOCAL one region of an AI-generated image at [0.1, 0.2, 0.3, 0.4]"
+        )
         assert prompts.ics("a cat") == "ICS follows its prompt: a cat"
     assert judge_prompt_files({"prompts": "published", "published_eval": str(tmp_path)}) == [
-        str(tmp_path / "eval" / "util" / "build_prompts.py")]
+        str(tmp_path / "eval" / "util" / "build_prompts.py")
+    ]
     for missing in (None, str(tmp_path / "nope")):
-        with pytest.raises(PromptsUnavailable, match=r"bench\.judge\.published_eval.*git clone https://github.com/HaojunChen663/PixVerve-95K"):
+        with pytest.raises(
+            PromptsUnavailable,
+            match=r"bench\.judge\.published_eval.*git clone https://github.com/HaojunChen663/PixVerve-95K",
+        ):
             load_judge_prompts({"prompts": "published", "published_eval": missing})
     with pytest.raises(PromptsUnavailable, match="bench.judge.prompts"):
         judge_prompt_files({"prompts": "theirs"})
@@ -286,15 +312,24 @@ def test_fgclip2_lower_cases_the_caption_and_names_its_env_on_import_error(tmp_p
 def remote_code_folder(folder, imports: str):
     """A model folder whose own code (trust_remote_code, as fg-clip2-base ships) runs ``imports``."""
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "fgclip2_stand_in", "architectures": ["StandInModel"],
-        "auto_map": {"AutoConfig": "modeling_stand_in.StandInConfig",
-                     "AutoModelForCausalLM": "modeling_stand_in.StandInModel"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "fgclip2_stand_in",
+                "architectures": ["StandInModel"],
+                "auto_map": {
+                    "AutoConfig": "modeling_stand_in.StandInConfig",
+                    "AutoModelForCausalLM": "modeling_stand_in.StandInModel",
+                },
+            }
+        )
+    )
     (folder / "modeling_stand_in.py").write_text(
         f"{imports}\n"
         "from transformers import PretrainedConfig, PreTrainedModel\n\n\n"
         "class StandInConfig(PretrainedConfig):\n    model_type = 'fgclip2_stand_in'\n\n\n"
-        "class StandInModel(PreTrainedModel):\n    config_class = StandInConfig\n")
+        "class StandInModel(PreTrainedModel):\n    config_class = StandInConfig\n"
+    )
     return folder
 
 
@@ -347,24 +382,55 @@ def test_fgclip2_import_error_while_scoring_stops_the_job_not_one_image(tmp_path
 
 
 def test_fgclip2_import_errors_are_told_apart():
-    gone = ModuleNotFoundError("No module named 'transformers.modeling_attn_mask_utils'",
-                               name="transformers.modeling_attn_mask_utils")
+    gone = ModuleNotFoundError(
+        "No module named 'transformers.modeling_attn_mask_utils'", name="transformers.modeling_attn_mask_utils"
+    )
     error = bench.fgclip2_import_error(gone, "/models/fg-clip2-base")
-    assert type(error) is bench.FGClip2EnvError and "transformers 4.x" in str(error) and "envs/fgclip2.yaml" in str(error)
-    listed = ImportError("This modeling file requires the following packages that were not found in your "
-                         "environment: einops, timm. Run `pip install einops timm`")
+    assert (
+        type(error) is bench.FGClip2EnvError and "transformers 4.x" in str(error) and "envs/fgclip2.yaml" in str(error)
+    )
+    listed = ImportError(
+        "This modeling file requires the following packages that were not found in your "
+        "environment: einops, timm. Run `pip install einops timm`"
+    )
     error = bench.fgclip2_import_error(listed, "/models/fg-clip2-base")
     assert isinstance(error, bench.FGClip2MissingPackage) and error.packages == ["einops", "timm"]
     assert "add einops, timm to envs/fgclip2.yaml" in str(error)
-    assert bench.missing_packages(ModuleNotFoundError("No module named 'einops.layers'", name="einops.layers")) == ["einops"]
+    assert bench.missing_packages(ModuleNotFoundError("No module named 'einops.layers'", name="einops.layers")) == [
+        "einops"
+    ]
 
 
 def test_table_marks_the_best_per_column_and_smoke_per_cell(tmp_path):
     rows = [
-        {"method": "a", "resolution": "4K", "fid": 120.0, "fid_patch": 50.0, "aesthetics": 5.9, "glcm": 1.0, "msfi": 8.0,
-         "clip": 34.0, "fgclip2": float("nan"), "ics": 7.0, "compression": 10.0, "smoke_columns": "msfi,ics"},
-        {"method": "b", "resolution": "4K", "fid": 110.0, "fid_patch": 55.0, "aesthetics": 6.1, "glcm": 1.0, "msfi": 7.0,
-         "clip": 33.0, "fgclip2": float("nan"), "ics": 8.0, "compression": 12.0, "smoke_columns": ""},
+        {
+            "method": "a",
+            "resolution": "4K",
+            "fid": 120.0,
+            "fid_patch": 50.0,
+            "aesthetics": 5.9,
+            "glcm": 1.0,
+            "msfi": 8.0,
+            "clip": 34.0,
+            "fgclip2": float("nan"),
+            "ics": 7.0,
+            "compression": 10.0,
+            "smoke_columns": "msfi,ics",
+        },
+        {
+            "method": "b",
+            "resolution": "4K",
+            "fid": 110.0,
+            "fid_patch": 55.0,
+            "aesthetics": 6.1,
+            "glcm": 1.0,
+            "msfi": 7.0,
+            "clip": 33.0,
+            "fgclip2": float("nan"),
+            "ics": 8.0,
+            "compression": 12.0,
+            "smoke_columns": "",
+        },
     ]
     df = pd.DataFrame(rows)
     marks = bench.best_marks(df)
@@ -384,7 +450,9 @@ def test_generation_degrade_and_tiny_resume(tmp_path):
     real_dir.mkdir()
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(real_dir / "abc.png")
     rows = [{"file_name": "abc.png", "short_caption": "s", "long_caption": "a red apple on a table"}]
-    info = generate_method(rows, {"backend": "degrade", "factor": 4}, tmp_path / "deg", real_dir, 100.0, log=lambda *_: None)
+    info = generate_method(
+        rows, {"backend": "degrade", "factor": 4}, tmp_path / "deg", real_dir, 100.0, log=lambda *_: None
+    )
     out = np.asarray(Image.open(tmp_path / "deg" / "abc.jpg"))
     assert out.shape == (64, 96, 3) and info["generated"] == 1 and not info["smoke"]
     spec = {"backend": "tiny", "width": 64, "height": 64, "steps": 2, "guidance": None}
@@ -395,8 +463,18 @@ def test_generation_degrade_and_tiny_resume(tmp_path):
     assert again["generated"] == 0 and (tmp_path / "tiny" / "abc.jpg").read_bytes() == first  # resumed, not redone
 
 
-@pytest.mark.parametrize("size, budget", [((160, 128), 128), ((176, 192), 256), ((400, 360), 576), ((448, 448), 784),
-                                          ((512, 512), 1024), ((4096, 4096), 1024), ((100, 50), 128)])
+@pytest.mark.parametrize(
+    "size, budget",
+    [
+        ((160, 128), 128),
+        ((176, 192), 256),
+        ((400, 360), 576),
+        ((448, 448), 784),
+        ((512, 512), 1024),
+        ((4096, 4096), 1024),
+        ((100, 50), 128),
+    ],
+)
 def test_fgclip2_patch_budget_buckets(size, budget):
     # (w // 16) * (h // 16) rounded up to 128/256/576/784/1024: 80, 132, 550, 784, 1024, 65536, 18
     assert bench.fgclip2_patch_budget(*size) == budget
@@ -418,9 +496,13 @@ def test_changed_generation_settings_discard_the_old_images(tmp_path):
     rows = [{"file_name": "abc.png", "short_caption": "s", "long_caption": "l"}]
     generate_method(rows, {"backend": "degrade", "factor": 4}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None)
     first = (tmp_path / "m" / "abc.jpg").read_bytes()
-    again = generate_method(rows, {"backend": "degrade", "factor": 4}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None)
+    again = generate_method(
+        rows, {"backend": "degrade", "factor": 4}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None
+    )
     assert again["generated"] == 0  # same settings: kept
-    other = generate_method(rows, {"backend": "degrade", "factor": 2}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None)
+    other = generate_method(
+        rows, {"backend": "degrade", "factor": 2}, tmp_path / "m", real_dir, 100.0, log=lambda *_: None
+    )
     assert other["generated"] == 1 and (tmp_path / "m" / "abc.jpg").read_bytes() != first  # new settings: remade
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
+
 from pixverve.bench import evaluate as bench  # noqa: E402
 from pixverve.bench.inputs import BenchItem  # noqa: E402
 from pixverve.core.health import StepFailed  # noqa: E402
@@ -23,8 +24,12 @@ from pixverve.models.vlm import VLMClient, VLMSettings, decode_data_url  # noqa:
 MSFI_GLOBAL = {"SC-global": 5, "PI": 4, "LC": 3, "CH": 2}
 MSFI_LOCAL = {"NGE": 5, "GA": 4, "TF": 5, "MGC": 5, "SC-local": 3}
 ICS = {"IEV": 9, "AAA": 8, "SRA": 6}
-PAPER_JUDGE = {"temperature": 0.1, "max_tokens": 8192, "response_format": "json_object",
-               "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}
+PAPER_JUDGE = {
+    "temperature": 0.1,
+    "max_tokens": 8192,
+    "response_format": "json_object",
+    "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
+}
 REFUSAL = "This image was rejected by the content filter"
 PROSE = "I looked at the image carefully and I think it is a lovely picture overall."
 
@@ -62,7 +67,9 @@ class BrokenServer(FakeOpenAI):
     """Answers every chat request HTTP 400 (e.g. an option the server refuses)."""
 
     def _answer(self, handler, body):
-        return handler._send(400, {"object": "error", "message": "unsupported option", "type": "BadRequestError", "code": 400})
+        return handler._send(
+            400, {"object": "error", "message": "unsupported option", "type": "BadRequestError", "code": 400}
+        )
 
 
 def _items(tmp_path, bright: list[bool]) -> list[BenchItem]:
@@ -72,7 +79,9 @@ def _items(tmp_path, bright: list[bool]) -> list[BenchItem]:
         rng = np.random.default_rng(k)
         low = 200 if is_bright else 0
         path = tmp_path / f"g{k}.png"
-        Image.fromarray(rng.integers(low, low + 56, (600, 900, 3), dtype=np.uint8)).save(path)  # room for one 512 px patch
+        Image.fromarray(rng.integers(low, low + 56, (600, 900, 3), dtype=np.uint8)).save(
+            path
+        )  # room for one 512 px patch
         items.append(BenchItem(f"g{k}", path, path, "s", "a cat on a sofa"))
     return items
 
@@ -104,7 +113,9 @@ def test_refused_images_are_failed_with_the_http_status_and_message_and_counted(
     spec, prompts = judge_setup
     items = _items(tmp_path, [False, True, False])  # the first is the client's probe: answered
     with RefusingServer(responder=_scores) as server:
-        judged = bench.judge_method(items, _client(server), prompts, spec, 1000.0, log=lambda *_: None, max_failed_fraction=0.5)
+        judged = bench.judge_method(
+            items, _client(server), prompts, spec, 1000.0, log=lambda *_: None, max_failed_fraction=0.5
+        )
     refused, ok = judged.iloc[1], judged.iloc[[0, 2]]
     for metric in ("msfi", "ics"):
         assert refused[f"{metric}_status"] == "failed" and math.isnan(refused[metric])
@@ -118,7 +129,11 @@ def test_refused_images_are_failed_with_the_http_status_and_message_and_counted(
     bench.write_bench_tables(pd.DataFrame([row]), tmp_path / "t", "title")
     md, tex = (tmp_path / "t.md").read_text(), (tmp_path / "t.tex").read_text()
     # one row: every value is the best (bold), then the dagger
-    assert f"**{row['msfi']:.3f}**{bench.FAILED_MARK}" in md and "MSFI 2 of 3 (1 failed)" in md and "ICS 2 of 3 (1 failed)" in md
+    assert (
+        f"**{row['msfi']:.3f}**{bench.FAILED_MARK}" in md
+        and "MSFI 2 of 3 (1 failed)" in md
+        and "ICS 2 of 3 (1 failed)" in md
+    )
     assert f"**{row['aesthetics']:.3f}** |" in md  # a metric scored on every image carries no mark
     assert rf"\textbf{{{row['msfi']:.3f}}}$^\dagger$" in tex and r"$^\dagger$ computed on fewer images" in tex
     csv = pd.read_csv(tmp_path / "t.csv")
@@ -138,8 +153,15 @@ def test_a_prose_reply_is_unparseable_counted_and_never_a_score(tmp_path, judge_
         client = _client(server, invalid_policy=invalid_policy)
         judged = bench.judge_method(items, client, prompts, spec, 1000.0, log=lambda *_: None, max_failed_fraction=0.5)
         with pytest.raises(StepFailed, match=r"bench_judge msfi: 1 of 2 images failed.*unparseable"):
-            bench.judge_method(items, _client(server, invalid_policy=invalid_policy), prompts, spec, 1000.0,
-                               log=lambda *_: None, max_failed_fraction=0.0)
+            bench.judge_method(
+                items,
+                _client(server, invalid_policy=invalid_policy),
+                prompts,
+                spec,
+                1000.0,
+                log=lambda *_: None,
+                max_failed_fraction=0.0,
+            )
     prose = judged.iloc[1]
     assert (prose["msfi_status"], prose["ics_status"]) == ("unparseable", "unparseable")
     assert "not JSON" in prose["msfi_error"] and "not JSON" in prose["ics_error"]
@@ -180,15 +202,22 @@ class FlakyModel:
 
 def test_scorer_failures_are_recorded_counted_and_gated(tmp_path):
     items = _items(tmp_path, [False, False, False, False])
-    items = [BenchItem(i.name, i.real, i.generated, short, short) for i, short in zip(items, ["a", "boom", "nan", "b"], strict=True)]
+    items = [
+        BenchItem(i.name, i.real, i.generated, short, short)
+        for i, short in zip(items, ["a", "boom", "nan", "b"], strict=True)
+    ]
     per_image = bench.score_method(items, None, FlakyModel(), 1000.0, log=lambda *_: None)
     assert list(per_image["clip_status"]) == ["ok", "model_error", "not_finite", "ok"]
     assert "CUDA out of memory" in per_image["clip_error"][1] and (per_image["aesthetics_status"] == "off").all()
     ok = per_image["clip_raw"][[0, 3]]
     assert bench.clip_of_method(per_image) == pytest.approx(ok.mean())  # the failed ones left out, not NaN
     assert bench.metric_counts(per_image, "clip") == (2, 2) and bench.metric_counts(per_image, "aesthetics") == (0, 0)
-    with pytest.raises(StepFailed, match=r"bench_scores \(m\) clip: 2 of 4 images failed .* at flaky test model; first: model_error"):
-        bench.check_bench_health("bench_scores (m)", per_image, ("aesthetics", "clip"), 0.05, {"clip": "flaky test model"})
+    with pytest.raises(
+        StepFailed, match=r"bench_scores \(m\) clip: 2 of 4 images failed .* at flaky test model; first: model_error"
+    ):
+        bench.check_bench_health(
+            "bench_scores (m)", per_image, ("aesthetics", "clip"), 0.05, {"clip": "flaky test model"}
+        )
     bench.check_bench_health("bench_scores (m)", per_image, ("aesthetics", "clip"), 0.5, {})  # 2 of 4 allowed
     fg = bench.fgclip2_method(items, FlakyModel(), 1000.0, log=lambda *_: None)
     assert list(fg["fgclip2_status"]) == ["ok", "model_error", "not_finite", "ok"]
@@ -200,7 +229,9 @@ def test_scorer_failures_are_recorded_counted_and_gated(tmp_path):
     assert (off["fgclip2_status"] == "off").all() and bench.metric_counts(off, "fgclip2") == (0, 0)
 
 
-def test_the_demo_tiny_judge_is_counted_failed_and_the_paper_gate_would_stop_it(tmp_path, repo_root, demo_config, judge_setup):
+def test_the_demo_tiny_judge_is_counted_failed_and_the_paper_gate_would_stop_it(
+    tmp_path, repo_root, demo_config, judge_setup
+):
     """The demo's tiny judge writes random tokens: every MSFI/ICS reply fails to parse.  The demo's
     bench.max_failed_fraction (1.0) lets its bench finish with them counted; config.yaml's stops it."""
     from pixverve.core.config import load_yaml
@@ -212,8 +243,15 @@ def test_the_demo_tiny_judge_is_counted_failed_and_the_paper_gate_would_stop_it(
     assert load_yaml(repo_root / "config.yaml")["bench"]["max_failed_fraction"] == 0.05
     judge = build_judge(demo_config)
     items = _items(tmp_path, [False])
-    judged = bench.judge_method(items, judge, prompts, spec, 1000.0, log=lambda *_: None,
-                                max_failed_fraction=demo_config["bench"]["max_failed_fraction"])
+    judged = bench.judge_method(
+        items,
+        judge,
+        prompts,
+        spec,
+        1000.0,
+        log=lambda *_: None,
+        max_failed_fraction=demo_config["bench"]["max_failed_fraction"],
+    )
     assert rejects(judged.loc[0, "msfi_status"]) and rejects(judged.loc[0, "ics_status"])
     row = _row(judged, 1)
     assert judged[["msfi", "ics"]].isna().all().all() and (row["msfi_failed"], row["ics_failed"]) == (1, 1)
@@ -222,8 +260,15 @@ def test_the_demo_tiny_judge_is_counted_failed_and_the_paper_gate_would_stop_it(
     assert f"--{bench.FAILED_MARK}" in md and "MSFI 0 of 1 (1 failed)" in md
     (tmp_path / "two").mkdir()
     with pytest.raises(StepFailed, match="local judge tiny random Qwen2-VL"):  # two images: more than the one tolerated
-        bench.judge_method(_items(tmp_path / "two", [False, False]), judge, prompts, spec, 1000.0, log=lambda *_: None,
-                           max_failed_fraction=0.05)
+        bench.judge_method(
+            _items(tmp_path / "two", [False, False]),
+            judge,
+            prompts,
+            spec,
+            1000.0,
+            log=lambda *_: None,
+            max_failed_fraction=0.05,
+        )
 
 
 def test_max_failed_fraction_is_a_validated_config_key(repo_root):

@@ -24,12 +24,18 @@ def _bench(tmp_path, names, generated):
 def test_pairs_by_basename_whatever_the_extension(tmp_path):
     rows = _bench(tmp_path, ["a", "b"], ["a.png", "b.jpg", "notes.txt"])
     items = pair_method(rows, tmp_path / "real", tmp_path / "gen")
-    assert [(i.name, i.generated.name, i.short_caption) for i in items] == [("a", "a.png", "s a"), ("b", "b.jpg", "s b")]
+    assert [(i.name, i.generated.name, i.short_caption) for i in items] == [
+        ("a", "a.png", "s a"),
+        ("b", "b.jpg", "s b"),
+    ]
 
 
 def test_missing_and_extra_pairs_are_listed(tmp_path):
     rows = _bench(tmp_path, ["a", "b", "c"], ["a.jpg", "zz.jpg"])
-    with pytest.raises(PairingError, match=r"2 benchmark image\(s\) have no generated image.*\['b', 'c'\].*match no benchmark row: \['zz'\]"):
+    with pytest.raises(
+        PairingError,
+        match=r"2 benchmark image\(s\) have no generated image.*\['b', 'c'\].*match no benchmark row: \['zz'\]",
+    ):
         pair_method(rows, tmp_path / "real", tmp_path / "gen")
 
 

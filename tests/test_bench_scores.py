@@ -21,8 +21,9 @@ def test_msfi_hand_computed_with_the_published_keys():
     assert out["s_global"] == pytest.approx(3.75) and out["s_local"] == pytest.approx(s_l)
     assert out["msfi"] == pytest.approx(3.75 + 3.75 / 5 * s_l) and out["included"]
     # the old keys ("SC") are not the published ones: they are missing, so count as 3
-    assert weighted_score({"SC": 5, "PI": 5, "LC": 5, "CH": 5}, {"SC-global": 5, "PI": 3, "LC": 2, "CH": 2})[0] == pytest.approx(
-        (15 + 15 + 10 + 10) / 12)
+    assert weighted_score({"SC": 5, "PI": 5, "LC": 5, "CH": 5}, {"SC-global": 5, "PI": 3, "LC": 2, "CH": 2})[
+        0
+    ] == pytest.approx((15 + 15 + 10 + 10) / 12)
     perfect = msfi({k: 5 for k in GLOBAL}, [{k: 5 for k in LOCAL}] * 10)
     assert perfect["msfi"] == pytest.approx(10.0)
 
@@ -72,10 +73,12 @@ def test_msfi_layout_as_published_on_a_3000x2000_image():
     assert patches[0]["box"] == (2045, 1022, 2557, 1534)
     assert patches[0]["relative"] == [0.681667, 0.511, 0.852333, 0.767]
     boxes = [p["box"] for p in patches]
-    assert len(set(boxes)) == 10 and all(r - l == 512 and b - t == 512 for l, t, r, b in boxes)
-    assert all(0 <= l and r <= 3000 and 0 <= t and b <= 2000 for l, t, r, b in boxes)
+    assert len(set(boxes)) == 10 and all(r - x == 512 and b - t == 512 for x, t, r, b in boxes)
+    assert all(0 <= x and r <= 3000 and 0 <= t and b <= 2000 for x, t, r, b in boxes)
     again = msfi_layout(Image.fromarray(rgb), seed=7)[1]
-    assert again == patches and msfi_layout(Image.fromarray(rgb), seed=8)[1][6:] != patches[6:]  # ours: seeded per image
+    assert (
+        again == patches and msfi_layout(Image.fromarray(rgb), seed=8)[1][6:] != patches[6:]
+    )  # ours: seeded per image
 
 
 def test_msfi_layout_upscales_a_small_image_as_published():

@@ -13,9 +13,17 @@ BENCHMARKS = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=[p.stem for p in BENCHMARKS])
 def test_benchmark_declares_quick(path):
-    calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
-             and getattr(n.func, "attr", "") == "add_argument" and n.args and isinstance(n.args[0], ast.Constant)]
-    assert "--quick" in [c.args[0].value for c in calls], f"{path.name} has no --quick mode (benchmarks/run_quick.sh runs it)"
+    calls = [
+        n
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Call)
+        and getattr(n.func, "attr", "") == "add_argument"
+        and n.args
+        and isinstance(n.args[0], ast.Constant)
+    ]
+    assert "--quick" in [c.args[0].value for c in calls], (
+        f"{path.name} has no --quick mode (benchmarks/run_quick.sh runs it)"
+    )
 
 
 def test_ci_runs_the_quick_benchmarks():

@@ -6,10 +6,10 @@ aesthetics, captions, schema-valid records, the export split and Table 1's bookk
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 import json
 import re
 import sys
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
+
 from pixverve.caption import dataset  # noqa: E402
 from pixverve.caption import steps as caption  # noqa: E402
 from pixverve.caption.models import BoxSegmenter, build_detector, build_segmenter, build_tagger  # noqa: E402
@@ -31,8 +32,10 @@ from pixverve.verify.instances import judge_instances_shard  # noqa: E402
 IDS = ["00000000000000aa", "00000000000000bb"]
 W, H = 400, 300
 AESTHETICS = {k: {"score": 7, "analysis": f"fine {k}"} for k, _ in caption.AESTHETIC_DIMENSIONS}
-REX = ("<|object_ref_start|>cat<|object_ref_end|><|box_start|><100><100><400><500>,<102><100><400><500><|box_end|>"
-       "<|object_ref_start|>red sofa<|object_ref_end|><|box_start|><500><500><999><999><|box_end|>")
+REX = (
+    "<|object_ref_start|>cat<|object_ref_end|><|box_start|><100><100><400><500>,<102><100><400><500><|box_end|>"
+    "<|object_ref_start|>red sofa<|object_ref_end|><|box_start|><500><500><999><999><|box_end|>"
+)
 
 
 def _text(body) -> str:
@@ -49,9 +52,16 @@ class Scripted:
     def __call__(self, body):
         text = _text(body)
         self.seen.append(text)
-        for key, marker in (("tags", "List what can be seen"), ("prune", "Below is a list of tags"), ("rex", "Detect "),
-                            ("artifact", "centred on one object. Look"), ("describe", "Describe the highlighted object"),
-                            ("aesthetics", "Analyse the aesthetics"), ("long", "Write a detailed caption"), ("short", "Distil it")):
+        for key, marker in (
+            ("tags", "List what can be seen"),
+            ("prune", "Below is a list of tags"),
+            ("rex", "Detect "),
+            ("artifact", "centred on one object. Look"),
+            ("describe", "Describe the highlighted object"),
+            ("aesthetics", "Analyse the aesthetics"),
+            ("long", "Write a detailed caption"),
+            ("short", "Distil it"),
+        ):
             if marker in text:
                 if key in self.overrides:
                     return self.overrides[key]
@@ -60,7 +70,11 @@ class Scripted:
             raise AssertionError(f"unexpected prompt: {text[:80]}")
         if key == "describe":
             label = re.search(r'labelled "([^"]+)"', text).group(1)
-            return "<json>" + json.dumps({"description": f"a {label} seen closely", "importance": 9 if label == "cat" else 3}) + "</json>"
+            return (
+                "<json>"
+                + json.dumps({"description": f"a {label} seen closely", "importance": 9 if label == "cat" else 3})
+                + "</json>"
+            )
         return {
             "tags": '<json>{"tags": ["Cat", "sky", "cat", "red  sofa", "happiness"]}</json>',
             "prune": '<json>{"objects": ["red sofa", "cat", "dragon"]}</json>',
@@ -80,7 +94,9 @@ def shard(tmp_path, demo_config):
         path = tmp_path / "sr" / f"{iid}.tif"
         TiledTiffWriter(path, H, W, tile=128).write(bands_of(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), 64))
         base = {"image_id": iid, "root": "demo", "relpath": f"{iid}.jpg", "shard": "s00000"}
-        up_rows.append(base | {"passed": True, "output_path": str(path), "backend": "lanczos", "scale": 2, "weights": ""})
+        up_rows.append(
+            base | {"passed": True, "output_path": str(path), "backend": "lanczos", "scale": 2, "weights": ""}
+        )
         ver_rows.append(base | {"passed": True, "output_path": str(path)})
     config = copy.deepcopy(demo_config)
     config["caption"]["view_px"] = 200
@@ -90,20 +106,36 @@ def shard(tmp_path, demo_config):
     config["vlm"]["invalid_policy"] = "drop"
     # these tests look at each image's outcome, below the job's health gates (tests/test_failsafe.py)
     config["caption"]["max_failed_fraction"] = config["verify"]["max_failed_fraction"] = 1.0
-    return {"config": config, "verified": pd.DataFrame(ver_rows), "upscaled": pd.DataFrame(up_rows), "views": tmp_path / "views"}
+    return {
+        "config": config,
+        "verified": pd.DataFrame(ver_rows),
+        "upscaled": pd.DataFrame(up_rows),
+        "views": tmp_path / "views",
+    }
 
 
 def _client(server, **kw):
-    kw = {"probe": False, "stop_after_consecutive_failures": 0} | kw  # per-image outcomes; the gates: tests/test_failsafe.py
-    c = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=1, timeout_s=10, **kw))
+    kw = {
+        "probe": False,
+        "stop_after_consecutive_failures": 0,
+    } | kw  # per-image outcomes; the gates: tests/test_failsafe.py
+    c = VLMClient(
+        VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.01, retries=1, timeout_s=10, **kw)
+    )
     c.smoke = False
     return c
 
 
 def _step_client(server, config, overrides):
     """A client with a step's ``vlm`` overrides merged in, as scripts/ build it (served_step_judge)."""
-    vlm = vlm_client.step_config(config, overrides)["vlm"] | {"base_url": server.base_url, "backoff_s": 0.01, "retries": 1, "timeout_s": 10,
-                                                              "probe": False, "stop_after_consecutive_failures": 0}
+    vlm = vlm_client.step_config(config, overrides)["vlm"] | {
+        "base_url": server.base_url,
+        "backoff_s": 0.01,
+        "retries": 1,
+        "timeout_s": 10,
+        "probe": False,
+        "stop_after_consecutive_failures": 0,
+    }
     c = VLMClient(VLMSettings.from_config(vlm))
     c.smoke = False
     return c
@@ -117,13 +149,26 @@ def _run_chain(shard, responder, **faults):
         tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, None, judge, judge, log=lambda *_: None)
         boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], None, rex, log=lambda *_: None)
         masks = caption.masks_shard(boxes, cfg, views, BoxSegmenter(), log=lambda *_: None)
-        checks, crops = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
-        desc = caption.describe_instances_shard(masks, checks, cfg, views, shard["upscaled"], judge, log=lambda *_: None)
+        checks, crops = judge_instances_shard(
+            masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None
+        )
+        desc = caption.describe_instances_shard(
+            masks, checks, cfg, views, shard["upscaled"], judge, log=lambda *_: None
+        )
         aest = caption.aesthetic_analysis_shard(checks, cfg, views, judge, log=lambda *_: None)
         index = shard["verified"].assign(source="demo", licence="CC0", url="", author="")
         caps = caption.captions_shard(checks, tags, desc, aest, index, cfg, views, judge, log=lambda *_: None)
-    return dict(tags=tags, boxes=boxes, masks=masks, instance_checks=checks, crops=crops, descriptions=desc, aesthetics=aest,
-                captions=caps, index=index)
+    return dict(
+        tags=tags,
+        boxes=boxes,
+        masks=masks,
+        instance_checks=checks,
+        crops=crops,
+        descriptions=desc,
+        aesthetics=aest,
+        captions=caps,
+        index=index,
+    )
 
 
 def test_the_chain_with_a_well_behaved_vlm(shard):
@@ -153,19 +198,32 @@ def test_the_chain_with_a_well_behaved_vlm(shard):
     assert caps.loc[IDS[0], "long_caption"].startswith("A cat sits")  # <think> removed
     assert caps.loc[IDS[0], "short_caption"] == "A cat on a red sofa."
     # every raw reply column has its request options beside it (JSON, keys sorted: the same every run)
-    for name, column, max_tokens in (("tags", "tags_request_options", 1024), ("tags", "prune_request_options", 1024),
-                                     ("boxes", "request_options", 4096), ("descriptions", "request_options", 1024),
-                                     ("aesthetics", "judge_request_options", 1024), ("captions", "long_request_options", 1024),
-                                     ("captions", "short_request_options", 1024), ("crops", "request_options", 1024)):
+    for name, column, max_tokens in (
+        ("tags", "tags_request_options", 1024),
+        ("tags", "prune_request_options", 1024),
+        ("boxes", "request_options", 4096),
+        ("descriptions", "request_options", 1024),
+        ("aesthetics", "judge_request_options", 1024),
+        ("captions", "long_request_options", 1024),
+        ("captions", "short_request_options", 1024),
+        ("crops", "request_options", 1024),
+    ):
         for value in out[name][column]:
-            assert json.loads(value)["max_tokens"] == max_tokens and value == json.dumps(json.loads(value), sort_keys=True), column
+            assert json.loads(value)["max_tokens"] == max_tokens and value == json.dumps(
+                json.loads(value), sort_keys=True
+            ), column
     # the long-caption prompt got the metadata, most important instance first
     long_prompt = next(t for t in responder.seen if "Write a detailed caption" in t)
-    meta = json.loads(long_prompt.split("source information) are given below as JSON.", 1)[1].split("The caption should", 1)[0]
-                      .split("never mention that annotations were given.", 1)[1])
+    meta = json.loads(
+        long_prompt.split("source information) are given below as JSON.", 1)[1]
+        .split("The caption should", 1)[0]
+        .split("never mention that annotations were given.", 1)[1]
+    )
     assert [i["label"] for i in meta["instances"]] == ["cat", "red sofa"] and meta["tags"] == ["cat", "red sofa"]
     # the record of each image validates and carries provenance and every step
-    purify = shard["verified"].assign(exposure_share=0.01, laplacian_var=50.0, flat_share=0.2, entropy_bits=7.0, laion_score=5.5)
+    purify = shard["verified"].assign(
+        exposure_share=0.01, laplacian_var=50.0, flat_share=0.2, entropy_bits=7.0, laion_score=5.5
+    )
     verify = shard["verified"].assign(max_seam_ratio=1.1, psnr=33.0, ssim=0.95, lpips=float("nan"))
     records, rejected = dataset.build_records(out | {"purify": purify, "verify": verify, "upscale": shard["upscaled"]})
     assert len(records) == 2 and not any(r["smoke"] for r in records)
@@ -182,7 +240,9 @@ def test_the_chain_with_a_well_behaved_vlm(shard):
 def test_unparseable_pruning_leaves_the_tags_unpruned_and_says_so(shard):
     with FakeOpenAI(responder=Scripted(prune="I think the cat matters.")) as server:
         judge = _client(server)
-        tags = caption.tag_shard(shard["verified"], "s00000", shard["config"], shard["views"], None, judge, judge, log=lambda *_: None)
+        tags = caption.tag_shard(
+            shard["verified"], "s00000", shard["config"], shard["views"], None, judge, judge, log=lambda *_: None
+        )
     assert (tags["prune_status"] == "unparseable").all()
     assert json.loads(tags["tags"].iloc[0]) == ["cat", "sky", "red sofa", "happiness"]
     assert "I think the cat matters." in tags["prune_replies"].iloc[0]
@@ -234,7 +294,13 @@ def test_missing_real_models_are_clear_errors(shard):
 
     spec = shard["config"]["caption"]
     with pytest.raises(ModelUnavailable, match="caption.boxes.grounding_dino.model"):
-        build_detector(spec["boxes"] | {"backend": "grounding_dino", "grounding_dino": spec["boxes"]["grounding_dino"] | {"model": "/nonexistent/gdino"}})
+        build_detector(
+            spec["boxes"]
+            | {
+                "backend": "grounding_dino",
+                "grounding_dino": spec["boxes"]["grounding_dino"] | {"model": "/nonexistent/gdino"},
+            }
+        )
     with pytest.raises(ModelUnavailable, match="caption.masks.sam2.model"):
         build_segmenter(spec["masks"] | {"backend": "sam2", "sam2": {"model": None}})
 
@@ -251,18 +317,33 @@ def test_benchmark_split_is_stable_when_images_are_added():
 def test_export_layout_and_split():
     records = []
     for i in range(5):
-        records.append({"image_id": f"{i:016x}", "file_name": f"{i:016x}.tif", "width": 100, "height": 50,
-                        "provenance": {"source": "demo", "licence": "CC0"}, "scores": {}, "tags": ["cat"], "instances": [],
-                        "aesthetics": None, "long_caption": "a long one" if i != 4 else None, "short_caption": "short",
-                        "smoke": False, "smoke_steps": []})
+        records.append(
+            {
+                "image_id": f"{i:016x}",
+                "file_name": f"{i:016x}.tif",
+                "width": 100,
+                "height": 50,
+                "provenance": {"source": "demo", "licence": "CC0"},
+                "scores": {},
+                "tags": ["cat"],
+                "instances": [],
+                "aesthetics": None,
+                "long_caption": "a long one" if i != 4 else None,
+                "short_caption": "short",
+                "smoke": False,
+                "smoke_steps": [],
+            }
+        )
     meta, train, bench = dataset.export_dataset(records, 2, seed=0)
     assert len(bench) == 2 and len(train) == 2 and set(meta["split"]) == {"train", "benchmark", "uncaptioned"}
     assert set(bench[0]) == {"file_name", "short_caption", "long_caption"}
 
 
 def test_data_flow_check_catches_counts_that_do_not_add_up():
-    good = pd.DataFrame([("1", "a", 10, 0, 10, True), ("2", "filter", 10, 5, 5, False), ("2", "b", 10, 2, 8, True)],
-                        columns=["stage", "step", "entering", "dropped", "kept", "sequential"])
+    good = pd.DataFrame(
+        [("1", "a", 10, 0, 10, True), ("2", "filter", 10, 5, 5, False), ("2", "b", 10, 2, 8, True)],
+        columns=["stage", "step", "entering", "dropped", "kept", "sequential"],
+    )
     dataset.check_data_flow(good)
     bad = good.copy()
     bad.loc[2, "entering"] = 9
@@ -287,7 +368,9 @@ def test_rex_omni_is_asked_the_way_its_own_code_decodes(shard):
     cfg = shard["config"]
     with FakeOpenAI(responder=Scripted()) as server:
         judge = _client(server)
-        tags = caption.tag_shard(shard["verified"], "s00000", cfg, shard["views"], None, judge, None, log=lambda *_: None)
+        tags = caption.tag_shard(
+            shard["verified"], "s00000", cfg, shard["views"], None, judge, None, log=lambda *_: None
+        )
         n_before = len(server.bodies)
         rex = _step_client(server, cfg, cfg["caption"]["boxes"]["rex_omni"]["vlm"])
         good = caption.boxes_shard(tags, cfg, shard["views"], shard["upscaled"], None, rex, log=lambda *_: None)
@@ -300,7 +383,11 @@ def test_rex_omni_is_asked_the_way_its_own_code_decodes(shard):
     assert (good["status"] == "ok").all() and (good["n_boxes"] == 2).all()
     # ... and each boxes row records what its replies were asked with
     for recorded in map(json.loads, good["request_options"]):
-        assert recorded["skip_special_tokens"] is False and recorded["top_k"] == 1 and recorded["repetition_penalty"] == 1.05
+        assert (
+            recorded["skip_special_tokens"] is False
+            and recorded["top_k"] == 1
+            and recorded["repetition_penalty"] == 1.05
+        )
         assert recorded["max_tokens"] == 4096 and recorded["temperature"] == 0.0 and "response_format" not in recorded
     assert all("skip_special_tokens" not in json.loads(v) for v in stripped["request_options"])
     assert (stripped["n_boxes"] == 0).all() and (stripped["status"] == "special_tokens_stripped").all()
@@ -310,12 +397,16 @@ def test_rex_omni_is_asked_the_way_its_own_code_decodes(shard):
 def test_a_truncated_rex_answer_keeps_its_last_category():
     from pixverve.caption.models import parse_rex_boxes, rex_reply_problem
 
-    cut = ("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><999><999><|box_end|>"
-           "<|object_ref_start|>dog<|object_ref_end|><|box_start|><0><0><499><499>, <500><500><999><999>, <10><10>")
+    cut = (
+        "<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><999><999><|box_end|>"
+        "<|object_ref_start|>dog<|object_ref_end|><|box_start|><0><0><499><499>, <500><500><999><999>, <10><10>"
+    )
     boxes = parse_rex_boxes(cut, 999, 999)
     assert [b["label"] for b in boxes] == ["cat", "dog", "dog"]  # the half-written third dog box is dropped
     assert boxes[2]["box"] == pytest.approx([500, 500, 999, 999])
-    ended = parse_rex_boxes("<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><9><9><|box_end|><|im_end|>junk", 999, 999)
+    ended = parse_rex_boxes(
+        "<|object_ref_start|>cat<|object_ref_end|><|box_start|><0><0><9><9><|box_end|><|im_end|>junk", 999, 999
+    )
     assert len(ended) == 1
     assert rex_reply_problem("cat<0><0><9><9>") and not rex_reply_problem(cut) and not rex_reply_problem("")
 
@@ -334,7 +425,10 @@ def test_sam2_prompts_one_image_embedding_with_chunks_of_boxes(tmp_path):
     inputs = seg.processor(images=view, input_boxes=[boxes], return_tensors="pt")
     with torch.inference_mode():
         whole = seg.model(**inputs, multimask_output=False)
-    want = [m[0].numpy().astype(bool) for m in seg.processor.post_process_masks(whole.pred_masks, inputs["original_sizes"])[0]]
+    want = [
+        m[0].numpy().astype(bool)
+        for m in seg.processor.post_process_masks(whole.pred_masks, inputs["original_sizes"])[0]
+    ]
     seen, forward = [], seg.model.forward
 
     def counting(*args, **kw):
@@ -383,7 +477,9 @@ class _FailsOn:
 
     def _call(self, view, arg):
         if int(view[0, 0, 0]) == self.bad_px:
-            raise RuntimeError("The size of tensor a (94) must match the size of tensor b (64) at non-singleton dimension 2")
+            raise RuntimeError(
+                "The size of tensor a (94) must match the size of tensor b (64) at non-singleton dimension 2"
+            )
         return getattr(self.inner, self.method)(view, arg)
 
     def detect(self, view, tags):
@@ -391,7 +487,9 @@ class _FailsOn:
 
     def tag(self, views):  # a batch holding the bad image fails as a whole, as a batched forward would
         if any(int(view[0, 0, 0]) == self.bad_px for view in views):
-            raise RuntimeError("The size of tensor a (94) must match the size of tensor b (64) at non-singleton dimension 2")
+            raise RuntimeError(
+                "The size of tensor a (94) must match the size of tensor b (64) at non-singleton dimension 2"
+            )
         return self.inner.tag(views)
 
     def segment(self, view, boxes):
@@ -416,8 +514,16 @@ def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step
         bad = int(annotate.read_view(views, IDS[1])[0, 0, 0])
         assert int(annotate.read_view(views, IDS[0])[0, 0, 0]) != bad
         if step == "tagger":  # the same views again, tagged by a model that fails on the second image
-            tags = caption.tag_shard(shard["verified"], "s00000", cfg, views, _FailsOn(_CatTagger(), bad, "tag"), None, judge,
-                                     log=lambda *_: None)
+            tags = caption.tag_shard(
+                shard["verified"],
+                "s00000",
+                cfg,
+                views,
+                _FailsOn(_CatTagger(), bad, "tag"),
+                None,
+                judge,
+                log=lambda *_: None,
+            )
             by_id = tags.set_index("image_id")
             assert by_id.loc[IDS[0], "tags_status"] == "ok" and json.loads(by_id.loc[IDS[0], "tags"]) == ["cat"]
             assert by_id.loc[IDS[1], "tags_status"] == "model_error" and by_id.loc[IDS[1], "n_tags"] == 0
@@ -427,16 +533,27 @@ def test_a_model_error_on_one_image_is_its_row_and_the_shard_goes_on(shard, step
             model_name, smoke = "whole-image boxes", False
 
             def detect(self, view, kept):
-                return [{"label": kept[0], "phrase": kept[0], "score": 0.9, "box": [0, 0, view.shape[1] - 1, view.shape[0] - 1]}]
+                return [
+                    {
+                        "label": kept[0],
+                        "phrase": kept[0],
+                        "score": 0.9,
+                        "box": [0, 0, view.shape[1] - 1, view.shape[0] - 1],
+                    }
+                ]
 
         detector = _FailsOn(Boxes(), bad, "detect") if step == "detector" else Boxes()
         segmenter = _FailsOn(BoxSegmenter(), bad, "segment") if step == "segmenter" else BoxSegmenter()
         boxes = caption.boxes_shard(tags, cfg, views, shard["upscaled"], detector, None, log=lambda *_: None)
         masks = caption.masks_shard(boxes, cfg, views, segmenter, log=lambda *_: None)
-        checks, _ = judge_instances_shard(masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None)
+        checks, _ = judge_instances_shard(
+            masks, cfg, views, shard["upscaled"], judge, "prompts/instance_artifact.md", log=lambda *_: None
+        )
     masks, checks = masks.set_index("image_id"), checks.set_index("image_id")
     assert masks.loc[IDS[0], "status"] == "ok" and masks.loc[IDS[0], "n_instances"] == 1
-    carried = "tags_model_error" if step == "tagger" else "model_error"  # a tagger failure is carried with its step's name
+    carried = (
+        "tags_model_error" if step == "tagger" else "model_error"
+    )  # a tagger failure is carried with its step's name
     assert masks.loc[IDS[1], "status"] == carried and f"{step}: RuntimeError" in masks.loc[IDS[1], "error"]
     assert checks.loc[IDS[0], "passed"] and not checks.loc[IDS[1], "passed"]
     assert checks.loc[IDS[1], "reason"] == "model_failed" and "size of tensor" in checks.loc[IDS[1], "reason_detail"]
@@ -447,7 +564,9 @@ def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_quest
 
     cfg = shard["config"]
     checkout = make_checkout(tmp_path / "ArtiMuse")
-    cfg["caption"]["aesthetics"].update(backend="artimuse", artimuse={"upstream": str(checkout), "template": "internvl2_5"})
+    cfg["caption"]["aesthetics"].update(
+        backend="artimuse", artimuse={"upstream": str(checkout), "template": "internvl2_5"}
+    )
     rendered = []
 
     def artimuse(body):
@@ -458,7 +577,9 @@ def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_quest
 
     checks = shard["verified"][["image_id", "root", "relpath", "shard"]].assign(passed=True)
     with FakeOpenAI(responder=artimuse) as server:
-        caption.tag_shard(shard["verified"], "s00000", cfg, shard["views"], None, _client(server), None, log=lambda *_: None)
+        caption.tag_shard(
+            shard["verified"], "s00000", cfg, shard["views"], None, _client(server), None, log=lambda *_: None
+        )
         judge = _step_client(server, cfg, caption.aesthetics_vlm_overrides(cfg))
         table = caption.aesthetic_analysis_shard(checks, cfg, shard["views"], judge, log=lambda *_: None)
     assert len(server.bodies) == 2 + 2 * 6  # tags, then one request per image and dimension
@@ -470,8 +591,10 @@ def test_artimuse_writes_the_aesthetic_analysis_with_its_own_per_attribute_quest
     assert analysis["composition_design"] == {"analysis": "Balanced, with the Composition & Design well handled."}
     assert set(analysis) == {k for k, _ in caption.AESTHETIC_DIMENSIONS} and (table["judge_status"] == "ok").all()
     assert table["composition_design_score"].isna().all()  # prose, not a rubric score
-    assert ("<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n"
-            "Judge the Composition & Design of it.<|im_end|>\n<|im_start|>assistant\n") in rendered  # requests overlap: any order
+    assert (
+        "<|im_start|>system\nstand-in system<|im_end|>\n<|im_start|>user\n<image>\n"
+        "Judge the Composition & Design of it.<|im_end|>\n<|im_start|>assistant\n"
+    ) in rendered  # requests overlap: any order
 
 
 STAND_IN_RAM = {
@@ -481,7 +604,8 @@ STAND_IN_RAM = {
         "from torchvision.transforms import Compose, Normalize, Resize, ToTensor\n"
         "def get_transform(image_size=384):\n"
         "    return Compose([lambda im: im.convert('RGB'), Resize((image_size, image_size)), ToTensor(),\n"
-        "                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])\n"),
+        "                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])\n"
+    ),
     "ram/models/__init__.py": (
         "import torch\n"
         "CALLS = []\n"
@@ -495,15 +619,23 @@ STAND_IN_RAM = {
         "        return (['cat | red sofa | sky' if b else 'night | lamp' for b in bright], ['zh'] * len(bright))\n"
         "def ram_plus(pretrained='', image_size=384, vit=''):\n"
         "    CALLS.append((pretrained, image_size, vit))\n"
-        "    return _RamPlus(image_size)\n"),
+        "    return _RamPlus(image_size)\n"
+    ),
 }
 
 
 def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_does(tmp_path, monkeypatch):
     from pixverve.models.loading import ModelUnavailable
 
-    spec = {"backend": "ram_plus", "ram_plus": {"weights": str(tmp_path / "ram_plus_swin_large_14m.pth"), "image_size": 64,
-                                                 "vit": "swin_l", "device": "cpu"}}
+    spec = {
+        "backend": "ram_plus",
+        "ram_plus": {
+            "weights": str(tmp_path / "ram_plus_swin_large_14m.pth"),
+            "image_size": 64,
+            "vit": "swin_l",
+            "device": "cpu",
+        },
+    }
     with pytest.raises(ModelUnavailable, match="pip install git\\+https://github.com/xinyu1205/recognize-anything"):
         build_tagger(spec)  # not installed in this venv: the error says how
     for rel, text in STAND_IN_RAM.items():
@@ -519,7 +651,10 @@ def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_do
 
         assert ram.models.CALLS == [(spec["ram_plus"]["weights"], 64, "swin_l")]
         bright, dark = np.full((90, 120, 3), 230, np.uint8), np.full((50, 50, 3), 10, np.uint8)
-        assert tagger.tag([bright, dark]) == [[("cat", 1.0), ("red sofa", 1.0), ("sky", 1.0)], [("night", 1.0), ("lamp", 1.0)]]
+        assert tagger.tag([bright, dark]) == [
+            [("cat", 1.0), ("red sofa", 1.0), ("sky", 1.0)],
+            [("night", 1.0), ("lamp", 1.0)],
+        ]
     finally:  # the stand-in must not outlive this test
         for name in [m for m in sys.modules if m == "ram" or m.startswith("ram.")]:
             sys.modules.pop(name)
@@ -529,18 +664,22 @@ def test_ram_plus_tagger_runs_recognize_anything_the_way_its_inference_script_do
 
 
 def _records(shard, out, **kw):
-    purify = shard["verified"].assign(exposure_share=0.01, laplacian_var=50.0, flat_share=0.2, entropy_bits=7.0, laion_score=5.5,
-                                      laion_status="ok")
+    purify = shard["verified"].assign(
+        exposure_share=0.01, laplacian_var=50.0, flat_share=0.2, entropy_bits=7.0, laion_score=5.5, laion_status="ok"
+    )
     verify = shard["verified"].assign(max_seam_ratio=1.1, psnr=33.0, ssim=0.95, lpips=float("nan"))
     return dataset.build_records(out | {"purify": purify, "verify": verify, "upscale": shard["upscaled"]}, **kw)
 
 
-@pytest.mark.parametrize("override, step, status", [
-    ({"long": "I am sorry, I can't evaluate this image right now."}, "long_caption", "refusal"),
-    ({"long": ""}, "long_caption", "empty"),
-    ({"aesthetics": "The image is nice."}, "aesthetics", "unparseable"),
-    ({"describe": "A cat."}, "descriptions", "unparseable"),
-])
+@pytest.mark.parametrize(
+    "override, step, status",
+    [
+        ({"long": "I am sorry, I can't evaluate this image right now."}, "long_caption", "refusal"),
+        ({"long": ""}, "long_caption", "empty"),
+        ({"aesthetics": "The image is nice."}, "aesthetics", "unparseable"),
+        ({"describe": "A cat."}, "descriptions", "unparseable"),
+    ],
+)
 def test_a_failed_stage5_step_keeps_the_image_out_of_the_dataset_counted(shard, override, step, status):
     """The issue's runs: prose instead of JSON, a refusal as the long caption -- 9 of 9 records
     before.  Now no record; the rejected table and Table 1 say which step and why."""
@@ -548,13 +687,21 @@ def test_a_failed_stage5_step_keeps_the_image_out_of_the_dataset_counted(shard, 
     records, rejected = _records(shard, out)
     assert records == [] and len(rejected) == 2 and set(rejected["reason"]) == {"model_failed"}
     # the step itself first (a failed long caption also leaves no short one: carried, listed after it)
-    assert {f.split(",")[0] for f in rejected["failed_steps"]} == {step} and f"{step}: {status}" in rejected["reason_detail"].iloc[0]
+    assert {f.split(",")[0] for f in rejected["failed_steps"]} == {step} and f"{step}: {status}" in rejected[
+        "reason_detail"
+    ].iloc[0]
     assert json.loads(rejected["steps"].iloc[0])[step] == status
-    flow = dataset.data_flow(pd.DataFrame([{"stage": "index", "entered": 2, "passed": 2}]),
-                             shard["verified"].assign(reason="", **{f"{f}_ok": True for f in ("exposure", "sharpness", "flatness",
-                                                                                              "entropy", "aesthetics")}),
-                             shard["upscaled"].assign(passed=True), pd.DataFrame([{"check": "regions", "entering": 2, "kept": 2}]),
-                             out["instance_checks"], records, rejected)
+    flow = dataset.data_flow(
+        pd.DataFrame([{"stage": "index", "entered": 2, "passed": 2}]),
+        shard["verified"].assign(
+            reason="", **{f"{f}_ok": True for f in ("exposure", "sharpness", "flatness", "entropy", "aesthetics")}
+        ),
+        shard["upscaled"].assign(passed=True),
+        pd.DataFrame([{"check": "regions", "entering": 2, "kept": 2}]),
+        out["instance_checks"],
+        records,
+        rejected,
+    )
     row = flow.set_index("step").loc["model steps ok (required steps)"]
     assert (row["entering"], row["kept"], row["dropped"]) == (2, 0, 2)
     dataset.check_data_flow(flow)
@@ -569,12 +716,25 @@ def test_a_failed_stage5_step_keeps_the_image_out_of_the_dataset_counted(shard, 
 def test_the_record_carries_every_steps_status(shard):
     records, rejected = _records(shard, _run_chain(shard, Scripted()))
     assert len(rejected) == 0
-    assert records[0]["steps"] == {"purify_laion": "ok", "sr": "ok", "regions": "ok", "instance_check": "ok", "tags": "ok",
-                                   "prune": "ok", "boxes": "ok", "masks": "ok", "descriptions": "ok", "aesthetics": "ok",
-                                   "long_caption": "ok", "short_caption": "ok"}
+    assert records[0]["steps"] == {
+        "purify_laion": "ok",
+        "sr": "ok",
+        "regions": "ok",
+        "instance_check": "ok",
+        "tags": "ok",
+        "prune": "ok",
+        "boxes": "ok",
+        "masks": "ok",
+        "descriptions": "ok",
+        "aesthetics": "ok",
+        "long_caption": "ok",
+        "short_caption": "ok",
+    }
 
 
-@pytest.mark.parametrize("override", [{"tags": "I cannot list tags."}, {"rex": "<|object_ref_start|>cat<|object_ref_end|>"}])
+@pytest.mark.parametrize(
+    "override", [{"tags": "I cannot list tags."}, {"rex": "<|object_ref_start|>cat<|object_ref_end|>"}]
+)
 def test_a_failed_tagger_or_detector_is_not_zero_instances(shard, override):
     """Tagger prose or a Rex-Omni answer without boxes: before, the instance check passed the image
     with 0 instances.  Now the tagger's failure is carried to the check and rejects the image."""
@@ -604,24 +764,50 @@ def test_rex_omni_stripped_special_tokens_stop_the_job_at_its_probe(shard):
 
 
 def test_rejections_by_reason_count_the_whole_run_model_failures_included(tmp_path):
-    ingest = pd.DataFrame([{"stage": "index", "entered": 5, "passed": 3, "rejected": 2, "reasons": "empty_file: 1; not_an_image: 1"},
-                           {"stage": "dedup", "entered": 3, "passed": 3, "rejected": 0, "reasons": ""}])
-    purify = pd.DataFrame({"image_id": list("abc"), "passed": [True, False, False], "reason": ["", "model_failed", "entropy"]})
-    rejected = pd.DataFrame({"image_id": ["d", "e"], "passed": False, "reason": "model_failed",
-                             "failed_steps": ["long_caption,short_caption", "tags"]})
+    ingest = pd.DataFrame(
+        [
+            {"stage": "index", "entered": 5, "passed": 3, "rejected": 2, "reasons": "empty_file: 1; not_an_image: 1"},
+            {"stage": "dedup", "entered": 3, "passed": 3, "rejected": 0, "reasons": ""},
+        ]
+    )
+    purify = pd.DataFrame(
+        {"image_id": list("abc"), "passed": [True, False, False], "reason": ["", "model_failed", "entropy"]}
+    )
+    rejected = pd.DataFrame(
+        {
+            "image_id": ["d", "e"],
+            "passed": False,
+            "reason": "model_failed",
+            "failed_steps": ["long_caption,short_caption", "tags"],
+        }
+    )
     table = dataset.rejections_by_reason([("2 purification", purify), ("5 captioning", rejected)], ingest)
     got = {(r["stage"], r["reason"], r["failed_steps"]): r["images"] for r in table.to_dict("records")}
-    assert got == {("1 index", "empty_file", ""): 1, ("1 index", "not_an_image", ""): 1, ("2 purification", "entropy", ""): 1,
-                   ("2 purification", "model_failed", ""): 1, ("5 captioning", "model_failed", "long_caption,short_caption"): 1,
-                   ("5 captioning", "model_failed", "tags"): 1}
-    flow = pd.DataFrame([{"stage": "1 collection", "step": "index", "entering": 5, "dropped": 2, "kept": 3, "sequential": True}])
+    assert got == {
+        ("1 index", "empty_file", ""): 1,
+        ("1 index", "not_an_image", ""): 1,
+        ("2 purification", "entropy", ""): 1,
+        ("2 purification", "model_failed", ""): 1,
+        ("5 captioning", "model_failed", "long_caption,short_caption"): 1,
+        ("5 captioning", "model_failed", "tags"): 1,
+    }
+    flow = pd.DataFrame(
+        [{"stage": "1 collection", "step": "index", "entering": 5, "dropped": 2, "kept": 3, "sequential": True}]
+    )
     dataset.plot_funnel(flow, table, False, tmp_path / "funnel.png")
     assert (tmp_path / "funnel.png").stat().st_size > 10_000
 
 
-MARKERS = {"tags": "List what can be seen", "prune": "Below is a list of tags", "rex": "Detect ", "artifact": "centred on one object. Look",
-           "describe": "Describe the highlighted object", "aesthetics": "Analyse the aesthetics", "long": "Write a detailed caption",
-           "short": "Distil it"}
+MARKERS = {
+    "tags": "List what can be seen",
+    "prune": "Below is a list of tags",
+    "rex": "Detect ",
+    "artifact": "centred on one object. Look",
+    "describe": "Describe the highlighted object",
+    "aesthetics": "Analyse the aesthetics",
+    "long": "Write a detailed caption",
+    "short": "Distil it",
+}
 
 
 @pytest.mark.parametrize("fault", ["refuse", "5xx", "prose", "empty"])
@@ -637,7 +823,11 @@ def test_every_stage5_step_broken_never_lets_an_image_into_the_dataset(shard, ta
     if len(rejected):
         assert set(rejected["reason"]) == {"model_failed"}
     else:  # left at the instance check: the tagger/detector/judge failure carried there
-        assert not checks["passed"].any() and set(checks["reason"]) <= {"model_failed", "judge_failed", "judge_unparseable"}
+        assert not checks["passed"].any() and set(checks["reason"]) <= {
+            "model_failed",
+            "judge_failed",
+            "judge_unparseable",
+        }
 
 
 def test_a_rerun_after_the_fault_clears_asks_only_what_failed(shard, tmp_path):
@@ -659,8 +849,10 @@ def test_a_rerun_after_the_fault_clears_asks_only_what_failed(shard, tmp_path):
     records, rejected = _records(shard, again)
     assert len(records) == 2 and len(rejected) == 0
     for name in ("tags", "boxes", "masks", "descriptions", "aesthetics"):  # the same answers, from the cache
-        pd.testing.assert_frame_equal(first[name].drop(columns=[c for c in first[name] if c.endswith("attempts")]),
-                                      again[name].drop(columns=[c for c in again[name] if c.endswith("attempts")]))
+        pd.testing.assert_frame_equal(
+            first[name].drop(columns=[c for c in first[name] if c.endswith("attempts")]),
+            again[name].drop(columns=[c for c in again[name] if c.endswith("attempts")]),
+        )
 
 
 def test_an_undescribed_instance_or_a_missing_status_is_not_a_pass(shard):

@@ -22,7 +22,15 @@ from pixverve.core.config import load_yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-SECRET-4242"
 # ids -> real file size.  Page layout: "13" is listed on pages 1 and 2 (listings shift).
-PHOTOS = {"11": (400, 300), "12": (420, 320), "13": (380, 300), "14": (100, 80), "15": (300, 400), "16": (440, 330), "17": (400, 310)}
+PHOTOS = {
+    "11": (400, 300),
+    "12": (420, 320),
+    "13": (380, 300),
+    "14": (100, 80),
+    "15": (300, 400),
+    "16": (440, 330),
+    "17": (400, 310),
+}
 PAGES = [["11", "12", "13"], ["13", "14", "15"], ["16", "17"]]
 
 
@@ -47,10 +55,13 @@ class FakeClock:
 def _config(tmp_path: Path, base: str, source: str) -> dict:
     config = load_yaml(ROOT / "config.yaml")
     config["target_megapixels"] = 0.25  # criterion (i): > 0.0625 MP, short side >= 150 px
-    config["sources"]["roots"] = [{"name": source, "path": str(tmp_path / source), "source": source, "licence": "", "scan": True}]
+    config["sources"]["roots"] = [
+        {"name": source, "path": str(tmp_path / source), "source": source, "licence": "", "scan": True}
+    ]
     api_base = f"{base}/pexels/v1" if source == "pexels" else f"{base}/unsplash"
-    config["collect"][source].update(api_base=api_base, root=source, queries=["mountains"], max_pages=10,
-                                     terms_acknowledgement=ACK)
+    config["collect"][source].update(
+        api_base=api_base, root=source, queries=["mountains"], max_pages=10, terms_acknowledgement=ACK
+    )
     config["collect"]["http"].update(backoff_s=0.01, max_backoff_s=0.05, max_rate_wait_s=2)
     return config
 
@@ -134,7 +145,9 @@ def test_the_stand_in_server_answers_limits_as_the_real_ones_do():
         ok = requests.get(pexels, params={"query": "x"}, headers={"Authorization": KEY})
         assert float(ok.headers["X-Ratelimit-Reset"]) > time.time() + 86400  # a UNIX time, weeks away
         over = requests.get(pexels, params={"query": "x"}, headers={"Authorization": KEY})
-        assert over.status_code == 429 and not any(h.lower().startswith(("x-ratelimit", "retry-after")) for h in over.headers)
+        assert over.status_code == 429 and not any(
+            h.lower().startswith(("x-ratelimit", "retry-after")) for h in over.headers
+        )
         ok = requests.get(unsplash, params={"query": "x"}, headers={"Authorization": f"Client-ID {KEY}"})
         assert ok.headers["X-Ratelimit-Remaining"] == "0" and "X-Ratelimit-Reset" not in ok.headers
         over = requests.get(unsplash, params={"query": "x"}, headers={"Authorization": f"Client-ID {KEY}"})
@@ -145,9 +158,24 @@ def test_refuses_to_start_without_a_terms_acknowledgement(tmp_path):
     with FakePhotoAPI(PHOTOS, PAGES, KEY) as server:
         for source in ("pexels", "unsplash"):
             config = _config(tmp_path, server.base, source)
-            for value in (None, "", "yes", "  True ", "no", "none", "n/a", "-", "sure", "I do not have permission",
-                          "TBD", "edit_me", "yes I agree to the terms", "written permission from <source>, <date>",
-                          "permission: none yet", "licence without a contract"):
+            for value in (
+                None,
+                "",
+                "yes",
+                "  True ",
+                "no",
+                "none",
+                "n/a",
+                "-",
+                "sure",
+                "I do not have permission",
+                "TBD",
+                "edit_me",
+                "yes I agree to the terms",
+                "written permission from <source>, <date>",
+                "permission: none yet",
+                "licence without a contract",
+            ):
                 config["collect"][source]["terms_acknowledgement"] = value
                 with pytest.raises(CollectorConfigError, match=f"collect.{source}.terms_acknowledgement") as err:
                     collect(source, config, tmp_path, log=lambda *_: None)
@@ -172,9 +200,13 @@ def test_terms_acknowledgement_rule_says_why_and_accepts_real_statements():
     assert "fewer than 3" in why("sure") and "fewer than 3" in why("-")
     assert "names no permission" in why("yes I agree to the terms")
     assert "<...> placeholder" in why("written permission from Pexels, <date>, <reference>")
-    for ok in (ACK, "written permission from Pexels (test)",  # the value tests/test_imports.py sets
-               "written permission from Pexels, 2026-05-01, ticket 1234", "Unsplash+ data licence, contract 77",
-               "  approved by Pexels support by email, 2026-05-01 "):
+    for ok in (
+        ACK,
+        "written permission from Pexels (test)",  # the value tests/test_imports.py sets
+        "written permission from Pexels, 2026-05-01, ticket 1234",
+        "Unsplash+ data licence, contract 77",
+        "  approved by Pexels support by email, 2026-05-01 ",
+    ):
         assert terms_acknowledgement({"terms_acknowledgement": ok}, "pexels") == ok.strip()
 
 
@@ -247,7 +279,7 @@ def test_pexels_429_after_plenty_was_left_waits_the_hour_once_then_stops_with_th
         server.monthly_limit = 5000
         server.month_reset = clock.now + 10 * 86400
         server.month_spent_elsewhere_after = 1  # page 1 says 4,999 left; then another user of the key spends them
-        day = dt.datetime.fromtimestamp(server.month_reset, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        day = dt.datetime.fromtimestamp(server.month_reset, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         # 1. the hour does not fit max_rate_wait_s (2 s): stops at once, naming the hour and the last reset seen
         with pytest.raises(QuotaExhausted, match="hourly limit") as err:
             _run(tmp_path, server, clock=clock)
@@ -283,7 +315,7 @@ def test_monthly_quota_beyond_max_wait_stops_at_once_with_the_reset_date(tmp_pat
         config = _paced_config(tmp_path, server, "pexels")
         with pytest.raises(QuotaExhausted, match="X-Ratelimit-Reset") as err:
             _run(tmp_path, server, clock=clock, config=config)
-        day = dt.datetime.fromtimestamp(server.month_reset, dt.timezone.utc).strftime("%Y-%m-%d")
+        day = dt.datetime.fromtimestamp(server.month_reset, dt.UTC).strftime("%Y-%m-%d")
         assert day in str(err.value) and "max_rate_wait_s" in str(err.value)
         assert server.counts["/pexels/v1/search"] == 2 and server.refused == {}  # stopped before asking again
         assert clock.slept == [] or max(clock.slept) < 1  # and did not wait for it
@@ -291,7 +323,9 @@ def test_monthly_quota_beyond_max_wait_stops_at_once_with_the_reset_date(tmp_pat
         with pytest.raises(QuotaExhausted):
             _run(tmp_path, server, clock=clock, config=config)
         assert server.counts["/pexels/v1/search"] == 2
-        journal = [json.loads(line) for line in (tmp_path / "pexels" / ".collect-pexels.jsonl").read_text().splitlines()]
+        journal = [
+            json.loads(line) for line in (tmp_path / "pexels" / ".collect-pexels.jsonl").read_text().splitlines()
+        ]
         assert [r["page"] for r in journal if r.get("kind") == "page"] == [1, 2]  # the work done is kept
 
 
@@ -316,7 +350,11 @@ def test_flagged_query_is_skipped_with_a_row_and_the_run_goes_on(tmp_path):
         again, _ = _run(tmp_path, server, config=config)
         assert server.refused == {"/pexels/v1/search": 1}  # not asked again on a rerun
     flagged = table[table["reason"] == "query_flagged"]
-    assert len(flagged) == 1 and flagged.iloc[0]["query"] == "forbidden words" and "410" in flagged.iloc[0]["reason_detail"]
+    assert (
+        len(flagged) == 1
+        and flagged.iloc[0]["query"] == "forbidden words"
+        and "410" in flagged.iloc[0]["reason_detail"]
+    )
     assert len(manifest) == 6 and len(again) == len(table)
 
 
@@ -450,7 +488,12 @@ def test_collected_files_go_through_the_index_with_their_metadata(tmp_path):
     found = {c.relpath: c for c in discover(config, tmp_path, log=lambda *_: None)}
     assert sorted(found) == ["11.jpg", "12.jpg", "13.jpg", "15.jpg", "16.jpg", "17.jpg"]  # no journal, no temp files
     c = found["11.jpg"]
-    assert (c.source, c.licence, c.author, c.url) == ("pexels", "Pexels License", "Author 11", "https://www.pexels.com/photo/11/")
+    assert (c.source, c.licence, c.author, c.url) == (
+        "pexels",
+        "Pexels License",
+        "Author 11",
+        "https://www.pexels.com/photo/11/",
+    )
     assert pd.notna(c.abspath)
 
 
@@ -463,8 +506,19 @@ def test_audit_shows_an_images_collection_record(tmp_path):
     (results / "collect").mkdir(parents=True)
     (results / "index").mkdir()
     table.to_parquet(results / "collect" / "pexels.parquet")
-    index = pd.DataFrame([{"image_id": "ab" * 8, "root": "pexels", "relpath": "12.jpg", "source": "pexels",
-                           "licence": "Pexels License", "shard": "s00000", "passed": True}])
+    index = pd.DataFrame(
+        [
+            {
+                "image_id": "ab" * 8,
+                "root": "pexels",
+                "relpath": "12.jpg",
+                "source": "pexels",
+                "licence": "Pexels License",
+                "shard": "s00000",
+                "passed": True,
+            }
+        ]
+    )
     index.to_parquet(results / "index" / "index.parquet")
     import io
 

@@ -67,9 +67,25 @@ def site(tmp_path_factory):
 
 def run(site, *args, log: Path, env_extra=None, cwd=None) -> list[dict]:
     env = {**site["env"], "FAKE_CONDA_LOG": str(log), **(env_extra or {})}
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(site["base"] / "site"),
-                          "--configfile", "config.yaml", "overlay.yaml", *args],
-                         cwd=cwd or site["work"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            str(site["base"] / "site"),
+            "--configfile",
+            "config.yaml",
+            "overlay.yaml",
+            *args,
+        ],
+        cwd=cwd or site["work"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -93,8 +109,16 @@ def env_hash(prefix: Path, env_file: Path) -> str:
 
 def test_every_env_of_every_rule_is_created_with_the_cuda_override_into_the_shared_prefix(site, created):
     wanted = rule_envs()
-    assert {p.name for p in wanted} >= {"cv.yaml", "sr.yaml", "train.yaml", "generate.yaml", "bench.yaml",
-                                        "ramplus.yaml", "fgclip2.yaml", "vllm.yaml"}
+    assert {p.name for p in wanted} >= {
+        "cv.yaml",
+        "sr.yaml",
+        "train.yaml",
+        "generate.yaml",
+        "bench.yaml",
+        "ramplus.yaml",
+        "fgclip2.yaml",
+        "vllm.yaml",
+    }
     assert wanted <= set((ROOT / "envs").glob("*.yaml"))
     by_content = {r["content"]: r for r in created}
     assert len(by_content) == len(created), "an env was created twice"
@@ -137,28 +161,69 @@ def test_a_run_in_another_directory_past_the_checkpoint_creates_nothing_more(sit
     (run_dir / "resources/weights").mkdir(parents=True)
     (run_dir / "resources/weights/sac+logos+ava1-l14-linearMSE.pth").touch()
     write_shards(synthetic_index(8, 4), run_dir / "results/index/index.parquet", run_dir / "results/index/shards")
-    overlay = {"bench": {"fgclip2": {"model": "/nowhere/fg-clip2-base"}, "judge": {"prompts": "ours"}}, "vlm": {"serve": {"enabled": True}},
-               "caption": {"tags": {"backend": "ram_plus"}}, "train": {"enabled": ["scheme3_l2p"]}}
+    overlay = {
+        "bench": {"fgclip2": {"model": "/nowhere/fg-clip2-base"}, "judge": {"prompts": "ours"}},
+        "vlm": {"serve": {"enabled": True}},
+        "caption": {"tags": {"backend": "ram_plus"}},
+        "train": {"enabled": ["scheme3_l2p"]},
+    }
     (run_dir / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     shutil.copy(site["work"] / "config.yaml", run_dir / "config.yaml")
     log = tmp_path / "run.jsonl"
-    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--rerun-triggers", "mtime", "-s",
-                          str(site["work"] / "Snakefile"), "--directory", str(run_dir), "--configfile",
-                          str(site["work"] / "config.yaml"), str(run_dir / "overlay.yaml"), "--quiet", "rules"],
-                         env=site["env"], capture_output=True, text=True, timeout=120, check=False)
+    dry = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--rerun-triggers",
+            "mtime",
+            "-s",
+            str(site["work"] / "Snakefile"),
+            "--directory",
+            str(run_dir),
+            "--configfile",
+            str(site["work"] / "config.yaml"),
+            str(run_dir / "overlay.yaml"),
+            "--quiet",
+            "rules",
+        ],
+        env=site["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     for rule in ("upscale", "verify_regions", "caption_tags", "caption_text", "train", "vllm_path"):
         assert re.search(rf"^{rule}\s", dry.stdout, re.MULTILINE), f"{rule} not in the DAG:\n{dry.stdout}"
-    again = run(site, "--conda-create-envs-only", "--rerun-triggers", "mtime", "--directory", str(run_dir),
-                "-s", str(site["work"] / "Snakefile"), log=log, cwd=run_dir)
+    again = run(
+        site,
+        "--conda-create-envs-only",
+        "--rerun-triggers",
+        "mtime",
+        "--directory",
+        str(run_dir),
+        "-s",
+        str(site["work"] / "Snakefile"),
+        log=log,
+        cwd=run_dir,
+    )
     name_of = {p.read_text(): p.name for p in (ROOT / "envs").glob("*.yaml")}
     assert again == [], [name_of.get(r["content"]) for r in again]
 
 
 def test_the_users_own_override_wins(site, tmp_path):
     log = tmp_path / "mine.jsonl"
-    [record] = run(site, "--conda-create-envs-only", "--conda-prefix", str(tmp_path / "envs"), "results/envs/figures.txt",
-                   log=log, env_extra={"CONDA_OVERRIDE_CUDA": "12.9"})
+    [record] = run(
+        site,
+        "--conda-create-envs-only",
+        "--conda-prefix",
+        str(tmp_path / "envs"),
+        "results/envs/figures.txt",
+        log=log,
+        env_extra={"CONDA_OVERRIDE_CUDA": "12.9"},
+    )
     assert record["CONDA_OVERRIDE_CUDA"] == "12.9"
 
 
@@ -167,15 +232,27 @@ def test_a_job_starting_vllm_runs_the_envs_vllm(tmp_path, monkeypatch):
     vllm_env: false or another command is run as written; a missing record stops with its name."""
     from pixverve.models.vllm_server import VLLM_PATH_FILE, ServerFailed, serve_command, uses_vllm_env
 
-    assert re.search(rf"^rule vllm_path:\n    output:\n        \"{re.escape(VLLM_PATH_FILE)}\",", (ROOT / "rules/envs.smk").read_text(), re.MULTILINE)
+    assert re.search(
+        rf"^rule vllm_path:\n    output:\n        \"{re.escape(VLLM_PATH_FILE)}\",",
+        (ROOT / "rules/envs.smk").read_text(),
+        re.MULTILINE,
+    )
     monkeypatch.chdir(tmp_path)
     serve = {"enabled": True, "command": "vllm serve", "args": ["--trust-request-chat-template"]}
     with pytest.raises(ServerFailed, match="vllm.path"):
         serve_command(serve, "m", 8000)
     Path(VLLM_PATH_FILE).parent.mkdir(parents=True)
     Path(VLLM_PATH_FILE).write_text("/site/envs/abc_/bin/vllm\n")
-    assert serve_command(serve, "m", 8000) == ["/site/envs/abc_/bin/vllm", "serve", "m", "--host", "127.0.0.1", "--port",
-                                               "8000", "--trust-request-chat-template"]
+    assert serve_command(serve, "m", 8000) == [
+        "/site/envs/abc_/bin/vllm",
+        "serve",
+        "m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+        "--trust-request-chat-template",
+    ]
     assert serve_command({**serve, "vllm_env": False}, "m", 1)[0] == "vllm"
     assert serve_command({**serve, "command": "/opt/vllm/bin/vllm serve"}, "m", 1)[0] == "/opt/vllm/bin/vllm"
     assert uses_vllm_env({"vlm": {"serve": serve}})
@@ -190,14 +267,29 @@ def test_the_vllm_env_is_its_own_and_every_job_that_may_start_vllm_waits_for_it(
     assert pip == ["vllm==0.34.0"]  # pins its own torch (==2.14.0): never inside another env
     text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     served = set(re.findall(r"^rule (\w+):(?:\n(?!rule ).*)*?\n        server=", text, re.MULTILINE))
-    assert {"verify_regions", "verify_instances", "caption_tags", "caption_text", "bench_judge", "synth_prompts"} <= served
+    assert {
+        "verify_regions",
+        "verify_instances",
+        "caption_tags",
+        "caption_text",
+        "bench_judge",
+        "synth_prompts",
+    } <= served
     for rule in served:
         block = re.search(rf"^rule {rule}:\n((?:(?!rule ).*\n)*)", text, re.MULTILINE).group(1)
         assert "vllm=vllm_executable_input," in block, rule
 
 
-@pytest.mark.parametrize("args, ok", [([], True), (["--tensor-parallel-size", "1"], True), (["--tensor-parallel-size=2"], False),
-                                      (["-tp", "4"], False), (["--max-model-len", "32768"], True)])
+@pytest.mark.parametrize(
+    "args, ok",
+    [
+        ([], True),
+        (["--tensor-parallel-size", "1"], True),
+        (["--tensor-parallel-size=2"], False),
+        (["-tp", "4"], False),
+        (["--max-model-len", "32768"], True),
+    ],
+)
 def test_a_served_model_fits_the_one_gpu_of_its_job(args, ok):
     from pixverve.workflow import check_serve_gpus
 
@@ -225,9 +317,26 @@ def test_the_pinned_deepspeed_from_pypi_installs_without_nvcc_and_imports_with_t
     target = tmp_path / "site"
     extra = ["hjson", "msgpack", "py-cpuinfo", "nvidia-ml-py"]  # not in the venv; conda gives them in the env
     try:
-        res = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-input", "--no-deps", "--target",
-                              str(target), pin, *extra], capture_output=True, text=True, timeout=240, check=False,
-                             env={**os.environ, "DS_BUILD_OPS": "0", "CUDA_HOME": "/nonexistent"})
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-input",
+                "--no-deps",
+                "--target",
+                str(target),
+                pin,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+            env={**os.environ, "DS_BUILD_OPS": "0", "CUDA_HOME": "/nonexistent"},
+        )
     except subprocess.TimeoutExpired:
         pytest.skip("PyPI too slow")
     if res.returncode != 0:
@@ -241,13 +350,21 @@ def test_the_pinned_deepspeed_from_pypi_installs_without_nvcc_and_imports_with_t
             req = Requirement(line.split(":", 1)[1])
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 assert canonicalize_name(req.name) in provided, f"train.yaml: pip would fetch {req.name} for DeepSpeed"
-    probe = ("import deepspeed, torch, accelerate.utils\n"
-             "from deepspeed.git_version_info import installed_ops\n"
-             "import deepspeed.runtime.zero.stage_1_and_2, deepspeed.runtime.zero.stage3\n"
-             "import json; print(json.dumps([deepspeed.__version__, torch.__version__,"
-             " sorted(k for k, v in installed_ops.items() if v), accelerate.utils.is_deepspeed_available()]))\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False,
-                         env={**os.environ, "PYTHONPATH": str(target)})
+    probe = (
+        "import deepspeed, torch, accelerate.utils\n"
+        "from deepspeed.git_version_info import installed_ops\n"
+        "import deepspeed.runtime.zero.stage_1_and_2, deepspeed.runtime.zero.stage3\n"
+        "import json; print(json.dumps([deepspeed.__version__, torch.__version__,"
+        " sorted(k for k, v in installed_ops.items() if v), accelerate.utils.is_deepspeed_available()]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ds, torch_version, ops, seen = json.loads(out.stdout.strip().splitlines()[-1])  # DeepSpeed logs to stdout too
     assert ds == pin.split("==")[1] and torch_version.split("+")[0] == version("torch").split("+")[0]

@@ -74,7 +74,10 @@ def test_bench_enabled_must_name_configured_methods(repo_root, tmp_path):
     bad.write_text("bench:\n  enabled: [ours-scheme1, nope]\n")
     res = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", "configs/demo.yaml", str(bad)],
-        cwd=repo_root, capture_output=True, text=True, timeout=120,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode != 0 and "bench.enabled: ['nope'] not among bench.methods" in res.stdout + res.stderr
 
@@ -85,14 +88,18 @@ def test_a_missing_artimuse_checkout_fails_the_config_check_naming_the_key(repo_
     from pixverve.workflow import load_config
 
     base = load_yaml(repo_root / "config.yaml")
-    check_config(base)  # as shipped: the purify predictor's checkout is an EDIT placeholder (null), the rubric needs none
+    check_config(
+        base
+    )  # as shipped: the purify predictor's checkout is an EDIT placeholder (null), the rubric needs none
     cfg = copy.deepcopy(base)
     cfg["caption"]["aesthetics"]["backend"] = "artimuse"  # upstream still null
     with pytest.raises(ValueError, match=r"config key caption\.aesthetics\.artimuse\.upstream: not set"):
         check_config(cfg)
     cfg = copy.deepcopy(base)
     cfg["purify"]["aesthetics"]["predictors"]["artimuse"]["upstream"] = str(tmp_path / "not-artimuse")
-    with pytest.raises(ValueError, match=r"config key purify\.aesthetics\.predictors\.artimuse\.upstream: .* not found"):
+    with pytest.raises(
+        ValueError, match=r"config key purify\.aesthetics\.predictors\.artimuse\.upstream: .* not found"
+    ):
         check_config(cfg)
     checkout = str(make_checkout(tmp_path / "ArtiMuse"))
     cfg["purify"]["aesthetics"]["predictors"]["artimuse"]["upstream"] = checkout
@@ -102,4 +109,6 @@ def test_a_missing_artimuse_checkout_fails_the_config_check_naming_the_key(repo_
     with pytest.raises(ValueError, match=r"caption\.aesthetics\.artimuse\.upstream: conversation template 'internvl9'"):
         check_config(cfg)
     # the demo and the e2e configs use no ArtiMuse checkout and still pass (load_config runs check_config)
-    load_config(repo_root / "config.yaml", repo_root / "configs" / "demo.yaml", repo_root / "tests" / "e2e" / "config.yaml")
+    load_config(
+        repo_root / "config.yaml", repo_root / "configs" / "demo.yaml", repo_root / "tests" / "e2e" / "config.yaml"
+    )

@@ -16,12 +16,21 @@ from PIL import Image
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIGS = [str(ROOT / "configs/demo.yaml"), str(ROOT / "tests/e2e/config.yaml"), str(ROOT / "tests/e2e/deploy.yaml")]
+DEMO_CONFIGS = [
+    str(ROOT / "configs/demo.yaml"),
+    str(ROOT / "tests/e2e/config.yaml"),
+    str(ROOT / "tests/e2e/deploy.yaml"),
+]
 
 
 def _run(args, cwd, check=True):
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--max-threads", "1", *args], cwd=cwd, capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--max-threads", "1", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
@@ -39,8 +48,16 @@ def _edit_lines_overlay(tmp_path, work) -> Path:
     weights.parent.mkdir(parents=True)
     weights.touch()
     overlay = tmp_path / "edits.yaml"
-    overlay.write_text(yaml.safe_dump({"bench": {"fgclip2": {"model": str(tmp_path / "fg-clip2-base")},
-                                                 "judge": {"published_eval": str(tmp_path / "eval")}}}))
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "bench": {
+                    "fgclip2": {"model": str(tmp_path / "fg-clip2-base")},
+                    "judge": {"published_eval": str(tmp_path / "eval")},
+                }
+            }
+        )
+    )
     return overlay
 
 
@@ -64,7 +81,17 @@ def test_paper_config_dry_runs_on_a_stand_in_root_and_names_a_missing_one(tmp_pa
             Image.fromarray(np.full((40, 60, 3), 40 * i, np.uint8)).save(folders[name] / f"{i}.jpg")
     work = tmp_path / "work"
     edits = _edit_lines_overlay(tmp_path, work)
-    base = ["-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n", "--quiet", "rules", "--configfile", str(edits)]
+    base = [
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "-n",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(edits),
+    ]
     res = _run([*base, str(_roots_overlay(tmp_path, folders))], ROOT)
     jobs = _jobs(res)
     assert jobs["index"] == 1 and "all" in jobs
@@ -89,8 +116,10 @@ def test_paper_config_dry_runs_on_a_stand_in_root_and_names_a_missing_one(tmp_pa
 def outside(tmp_path_factory):
     """The demo through stage 2's decisions with --directory outside the checkout (results there)."""
     work = tmp_path_factory.mktemp("outside")
-    _run(["-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile", *DEMO_CONFIGS, "--", "purify"],
-         tmp_path_factory.mktemp("elsewhere"))
+    _run(
+        ["-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile", *DEMO_CONFIGS, "--", "purify"],
+        tmp_path_factory.mktemp("elsewhere"),
+    )
     return work
 
 
@@ -101,8 +130,20 @@ def test_directory_run_keeps_results_there_and_finds_every_shipped_file(outside)
     assert len(decisions) > 5 and decisions["passed"].any()
     assert (outside / "resources/demo_pool/sources.csv").exists() and (outside / "logs/index.log").exists()
     # the whole DAG from here on: every prompt, vocabulary and schema input is found in the checkout
-    res = _run(["-s", str(ROOT / "Snakefile"), "--directory", str(outside), "--configfile", *DEMO_CONFIGS,
-                "-n", "--quiet", "rules"], outside)
+    res = _run(
+        [
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(outside),
+            "--configfile",
+            *DEMO_CONFIGS,
+            "-n",
+            "--quiet",
+            "rules",
+        ],
+        outside,
+    )
     jobs = _jobs(res)
     assert {"verify_regions", "caption_tags", "caption_records", "bench_judge"} <= set(jobs)
     assert "purify_decide" not in jobs and "screen" not in jobs  # nothing of stages 1-2 redone
@@ -117,9 +158,26 @@ def test_killed_snakemake_leaves_a_lock_that_unlock_clears_and_the_rerun_resumes
     args = ["-s", str(ROOT / "Snakefile"), "--directory", str(outside), "--configfile", *DEMO_CONFIGS]
     target = outside / "results/purify/decisions.parquet"
     before = target.read_bytes()
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--max-threads", "1", *args, "--forcerun", "purify_decide",
-                             "--", str(target.relative_to(outside))], cwd=outside, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "2",
+            "--max-threads",
+            "1",
+            *args,
+            "--forcerun",
+            "purify_decide",
+            "--",
+            str(target.relative_to(outside)),
+        ],
+        cwd=outside,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     locks = outside / ".snakemake/locks"
     deadline = time.monotonic() + 120
     while not (locks.is_dir() and any(locks.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
@@ -160,9 +218,12 @@ def test_shipped_file_rule(tmp_path):
     work = tmp_path / "work"
     (work / "prompts").mkdir(parents=True)
     (work / "prompts/tags.md").write_text("my own prompt")
-    config = {"caption": {"tags": {"prompt": "prompts/tags.md", "prune": {"prompt": "prompts/tag_prune.md"}}},
-              "verify": {"regions": {"prompt": "prompts/region_artifact.md"}}, "x": ["prompts/nope.md", "data/raw"],
-              "upscale": {"weights": "resources/weights/a.pth"}}
+    config = {
+        "caption": {"tags": {"prompt": "prompts/tags.md", "prune": {"prompt": "prompts/tag_prune.md"}}},
+        "verify": {"regions": {"prompt": "prompts/region_artifact.md"}},
+        "x": ["prompts/nope.md", "data/raw"],
+        "upscale": {"weights": "resources/weights/a.pth"},
+    }
     changed = resolve_shipped_files(config, ROOT, work)
     assert config["caption"]["tags"]["prompt"] == "prompts/tags.md"  # present in the working directory
     assert config["caption"]["tags"]["prune"]["prompt"] == str(ROOT / "prompts/tag_prune.md")

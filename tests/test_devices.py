@@ -27,8 +27,9 @@ def test_auto_is_cuda_when_torch_sees_one(clean_env):
     assert devices.resolve_device("cuda:1") == "cuda:1"
 
 
-@pytest.mark.parametrize("var, value", [("SLURM_GPUS_ON_NODE", "1"), ("SLURM_JOB_GPUS", "0,1"),
-                                        ("CUDA_VISIBLE_DEVICES", "0")])
+@pytest.mark.parametrize(
+    "var, value", [("SLURM_GPUS_ON_NODE", "1"), ("SLURM_JOB_GPUS", "0,1"), ("CUDA_VISIBLE_DEVICES", "0")]
+)
 def test_gpu_job_without_cuda_torch_stops(clean_env, var, value):
     clean_env.setattr("torch.cuda.is_available", lambda: False)
     clean_env.setenv(var, value)

@@ -70,12 +70,37 @@ def test_a_pool_without_one_readable_image_runs_stages_1_and_2_on_nothing(tmp_pa
 
     (tmp_path / "pool").mkdir()
     (tmp_path / "pool/bad.jpg").write_bytes(b"not a jpeg")
-    (tmp_path / "zero.yaml").write_text(yaml.safe_dump({"sources": {
-        "roots": [{"name": "pool", "path": "pool", "source": "test", "licence": "test"}],
-        "manifests": [], "demo_pool": False}}))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                          "results/purify/candidates.parquet", "--cores", "1",
-                          "--configfile", str(ROOT / "configs/demo.yaml"), str(tmp_path / "zero.yaml")], capture_output=True, text=True, timeout=600)
+    (tmp_path / "zero.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "sources": {
+                    "roots": [{"name": "pool", "path": "pool", "source": "test", "licence": "test"}],
+                    "manifests": [],
+                    "demo_pool": False,
+                }
+            }
+        )
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "results/purify/candidates.parquet",
+            "--cores",
+            "1",
+            "--configfile",
+            str(ROOT / "configs/demo.yaml"),
+            str(tmp_path / "zero.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert len(pd.read_parquet(tmp_path / "results/purify/candidates.parquet")) == 0
     assert "no image entered" in (tmp_path / "logs/purify/decide.log").read_text()

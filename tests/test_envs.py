@@ -196,9 +196,11 @@ def conda_env_for(rule: str, config: dict) -> Path:
 RULES = rules_with_envs()
 # Envs a conditional conda directive picks besides its first (default) one, with the script they run
 # (e.g. caption_tags in envs/ramplus.yaml for caption.tags.backend: ram_plus)
-ALTERNATIVE_ENVS = [(rule, (smk.parent / env).resolve(), script)
-                    for rule, smk, expression, script in conda_expressions()
-                    for env in re.findall(r"\"([^\"]+\.yaml)\"", expression)[1:]]
+ALTERNATIVE_ENVS = [
+    (rule, (smk.parent / env).resolve(), script)
+    for rule, smk, expression, script in conda_expressions()
+    for env in re.findall(r"\"([^\"]+\.yaml)\"", expression)[1:]
+]
 
 
 def test_rules_were_found():
@@ -215,8 +217,11 @@ def test_env_file_parses_and_pins(env):
         assert version, f"{env.name}: {name} is not pinned"
 
 
-@pytest.mark.parametrize("rule, env, script", RULES + ALTERNATIVE_ENVS,
-                         ids=[r[0] for r in RULES] + [f"{r[0]}[{r[1].name}]" for r in ALTERNATIVE_ENVS])
+@pytest.mark.parametrize(
+    "rule, env, script",
+    RULES + ALTERNATIVE_ENVS,
+    ids=[r[0] for r in RULES] + [f"{r[0]}[{r[1].name}]" for r in ALTERNATIVE_ENVS],
+)
 def test_env_covers_script_imports(rule, env, script):
     assert env is not None, f"rule {rule} runs {script.name} but declares no conda env"
     assert env.exists(), f"rule {rule}: env file {env} is missing"
@@ -226,8 +231,10 @@ def test_env_covers_script_imports(rule, env, script):
         assert CONDA_NAME[top] in have, f"rule {rule}: {script.name} imports {top}; add {CONDA_NAME[top]} to {env.name}"
 
 
-@pytest.mark.parametrize("backend, env", [("ram_plus", "ramplus.yaml"), ("vlm", "caption.yaml"), ("clip", "caption.yaml"),
-                                          ("tiny", "caption.yaml")])
+@pytest.mark.parametrize(
+    "backend, env",
+    [("ram_plus", "ramplus.yaml"), ("vlm", "caption.yaml"), ("clip", "caption.yaml"), ("tiny", "caption.yaml")],
+)
 def test_caption_tags_runs_ram_plus_in_its_own_env(backend, env):
     from pixverve.core.config import load_yaml
 
@@ -242,9 +249,14 @@ def _lazy_imports(path: Path, class_name: str) -> set[str]:
     """Top-level names a class imports at run time with ``importlib.import_module("literal")``
     (invisible to ``imports_of`` on purpose: the default env must not need them)."""
     [cls] = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef) and n.name == class_name]
-    return {call.args[0].value.split(".")[0] for call in ast.walk(cls)
-            if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "import_module"
-            and call.args and isinstance(call.args[0], ast.Constant)}
+    return {
+        call.args[0].value.split(".")[0]
+        for call in ast.walk(cls)
+        if isinstance(call, ast.Call)
+        and getattr(call.func, "attr", "") == "import_module"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+    }
 
 
 def test_ramplus_env_provides_what_the_ram_plus_tagger_imports():
@@ -257,7 +269,9 @@ def test_ramplus_env_provides_what_the_ram_plus_tagger_imports():
     assert "ram" in ramplus and re.fullmatch(r"[0-9a-f]{40}", ramplus["ram"])
     assert "ram" not in default
     # what recognize-anything's requirements.txt pins and its model code imports
-    assert {"timm", "fairscale", "torch", "torchvision", "transformers"} <= {("torch" if n == "pytorch" else n) for n in ramplus}
+    assert {"timm", "fairscale", "torch", "torchvision", "transformers"} <= {
+        ("torch" if n == "pytorch" else n) for n in ramplus
+    }
     assert int(ramplus["transformers"].split(".")[0]) < 5
 
 
@@ -269,9 +283,16 @@ def test_closure_sees_through_pixverve():
 
 
 # conda-forge name -> pip distribution of the tested venv, where the two differ
-PIP_DIST = {"pytorch": "torch", "torch-fidelity": "torch_fidelity", "opencv": "opencv-python-headless", "matplotlib-base": "matplotlib", "pyyaml": "PyYAML",
-            "hjson-py": "hjson", "msgpack-python": "msgpack",
-            "libvips": "pyvips-binary"}  # the venv's libvips comes in pyvips-binary's wheel, same version
+PIP_DIST = {
+    "pytorch": "torch",
+    "torch-fidelity": "torch_fidelity",
+    "opencv": "opencv-python-headless",
+    "matplotlib-base": "matplotlib",
+    "pyyaml": "PyYAML",
+    "hjson-py": "hjson",
+    "msgpack-python": "msgpack",
+    "libvips": "pyvips-binary",
+}  # the venv's libvips comes in pyvips-binary's wheel, same version
 # pins the venv cannot hold next to its own: FG-CLIP2's model code needs transformers 4.x (issue 16)
 OTHER_STACK = {"fgclip2.yaml": {"transformers", "tokenizers"}}
 
@@ -327,8 +348,10 @@ def test_envs_a_gpu_cluster_can_solve(env):
     conda-forge's CUDA DeepSpeed pins an older pytorch than the tested one, so DeepSpeed comes from
     PyPI (conda-forge recipes: pytorch-cpu-feedstock, opencv-feedstock; tests/test_conda_envs.py)."""
     conda = conda_specs(env)
-    pip = {d.split("==")[0] for d in next((d["pip"] for d in yaml.safe_load(env.read_text())["dependencies"]
-                                          if isinstance(d, dict)), [])}
+    pip = {
+        d.split("==")[0]
+        for d in next((d["pip"] for d in yaml.safe_load(env.read_text())["dependencies"] if isinstance(d, dict)), [])
+    }
     if "pytorch" in conda:
         assert re.fullmatch(r"cuda\d+\*", conda["pytorch"][1]), f"{env.name}: pytorch {conda['pytorch']}"
         cuda = conda["pytorch"][1][4:-1]

@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
+
 from pixverve.core import health  # noqa: E402
 from pixverve.core.tables import read_table, write_table  # noqa: E402
 from pixverve.models import replies, vlm  # noqa: E402
@@ -38,8 +39,10 @@ def _requests(n: int, schema=SCHEMA) -> list[tuple]:
     return [("judge", f"img{i}", [user_message(f"patch {i}: is it broken?")], schema) for i in range(n)]
 
 
-@pytest.mark.parametrize("fault, status", [("refuse", "failed"), ("5xx", "failed"), ("timeout", "failed"), ("prose", "unparseable"),
-                                           ("empty", "empty")])
+@pytest.mark.parametrize(
+    "fault, status",
+    [("refuse", "failed"), ("5xx", "failed"), ("timeout", "failed"), ("prose", "unparseable"), ("empty", "empty")],
+)
 def test_a_broken_server_stops_the_job_at_its_probe_naming_it(fault, status):
     with FakeOpenAI(fault=fault) as server:
         server.fault_sleep_s = 1.5  # longer than the client's 0.5 s timeout
@@ -47,13 +50,17 @@ def test_a_broken_server_stops_the_job_at_its_probe_naming_it(fault, status):
             _client(server).run_many(_requests(20))
         sent = server.requests
     message = str(stop.value)
-    assert f"probe of model server {server.base_url}" in message and "'fake-vlm'" in message and f"): {status}" in message
+    assert (
+        f"probe of model server {server.base_url}" in message and "'fake-vlm'" in message and f"): {status}" in message
+    )
     assert sent <= 2  # the probe and its one retry: no other image was sent
 
 
 def test_the_probe_names_what_to_change_for_a_refused_request_chat_template():
     with FakeOpenAI(trust_request_chat_template=False) as server:
-        client = VLMClient(VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, extra_body={"chat_template": "{{ x }}"}))
+        client = VLMClient(
+            VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0, extra_body={"chat_template": "{{ x }}"})
+        )
         with pytest.raises(health.StepFailed, match=r"400.*--trust-request-chat-template.*--chat-template FILE"):
             client.run_many(_requests(3))
         assert server.requests == 1
@@ -63,15 +70,22 @@ def test_a_free_text_refusal_is_not_a_caption():
     with FakeOpenAI(fault="prose") as server:
         res = _client(server, probe=False, stop_after_consecutive_failures=0).run_many(_requests(1, TEXT))[0]
     assert res.status == "refusal" and res.parsed is None and "sorry" in res.error
-    assert vlm.parse_reply("A cat sleeps on a sofa; sorry state of the cushions.", TEXT)[0] == "ok"  # "sorry" later is prose
+    assert (
+        vlm.parse_reply("A cat sleeps on a sofa; sorry state of the cushions.", TEXT)[0] == "ok"
+    )  # "sorry" later is prose
 
 
 def test_an_outage_after_the_probe_stops_after_consecutive_failures():
     with FakeOpenAI() as server:
         client = _client(server, stop_after_consecutive_failures=3, max_in_flight=1)
-        assert [r.status for r in client.run_many(_requests(2))] == ["ok", "ok"]  # the probe passed (request ids img0, img1)
+        assert [r.status for r in client.run_many(_requests(2))] == [
+            "ok",
+            "ok",
+        ]  # the probe passed (request ids img0, img1)
         server.fault = "refuse"
-        with pytest.raises(health.StepFailed, match=r"every request of 3 images in a row failed; first \(judge\): failed: .*400"):
+        with pytest.raises(
+            health.StepFailed, match=r"every request of 3 images in a row failed; first \(judge\): failed: .*400"
+        ):
             client.run_many(_requests(40))
         assert server.requests < 10  # stopped, the other 37 never sent
 
@@ -80,7 +94,11 @@ def test_one_image_refused_on_all_its_parts_is_its_failure_not_an_outage():
     """A content filter refusing one image's 11 crops: that image fails, the job goes on."""
     with FakeOpenAI(fault="refuse", fault_when=lambda body: "image 3 " in json.dumps(body)) as server:
         client = _client(server, stop_after_consecutive_failures=3, max_in_flight=1)
-        requests = [("msfi_local", f"img{i}:{part}", [user_message(f"image {i} part {part}")], SCHEMA) for i in range(6) for part in range(11)]
+        requests = [
+            ("msfi_local", f"img{i}:{part}", [user_message(f"image {i} part {part}")], SCHEMA)
+            for i in range(6)
+            for part in range(11)
+        ]
         results = client.run_many(requests)
     failed = {r.request_id.split(":")[0] for r in results if r.status != "ok"}
     assert failed == {"img3"} and sum(r.status == "failed" for r in results) == 11
@@ -92,18 +110,29 @@ def test_the_reply_cache_asks_again_exactly_the_failed_requests(tmp_path):
     cache = tmp_path / "replies.jsonl"
     replies.use_reply_cache(cache)
     try:
-        with FakeOpenAI(fault="refuse", fault_when=lambda body: "patch 2:" in json.dumps(body) or "patch 4:" in json.dumps(body)) as server:
+        with FakeOpenAI(
+            fault="refuse", fault_when=lambda body: "patch 2:" in json.dumps(body) or "patch 4:" in json.dumps(body)
+        ) as server:
             first = _client(server, stop_after_consecutive_failures=0).run_many(_requests(6))
             assert [r.status for r in first] == ["ok", "ok", "failed", "ok", "failed", "ok"]
             assert "400" in first[2].error and "scripted refusal" in first[2].error
             server.fault, before = None, server.requests
-            again = VLMClient(first_client_settings := VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0))
+            again = VLMClient(
+                first_client_settings := VLMSettings(base_url=server.base_url, model="fake-vlm", retries=0)
+            )
             second = again.run_many(_requests(6))
             asked = [b["messages"][0]["content"][0]["text"] for b in server.bodies[before:]]
     finally:
         replies.use_reply_cache(None)
     assert sorted(asked) == ["patch 2: is it broken?", "patch 4: is it broken?"]
-    assert [r.status for r in second] == ["ok"] * 6 and [r.cached for r in second] == [True, True, False, True, False, True]
+    assert [r.status for r in second] == ["ok"] * 6 and [r.cached for r in second] == [
+        True,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
     assert again.cache_hits == 4 and first_client_settings.model == "fake-vlm"
     assert len(cache.read_text().splitlines()) == 6  # four from the first run, two recovered
 
@@ -139,22 +168,45 @@ def test_a_changed_request_is_not_answered_from_the_cache(tmp_path):
 def test_the_step_gate_counts_failures_under_the_policy():
     statuses, errors = ["ok"] * 18 + ["failed", "unparseable"], [""] * 18 + ["HTTP 400 bad", "no JSON"]
     assert health.check_step_health("s", statuses, errors, 0.1) == 2  # 2 of 20 is not more than 10 %
-    with pytest.raises(health.StepFailed, match=r"s: 2 of 20 images failed .*at model server X; first: failed: HTTP 400 bad"):
+    with pytest.raises(
+        health.StepFailed, match=r"s: 2 of 20 images failed .*at model server X; first: failed: HTTP 400 bad"
+    ):
         health.check_step_health("s", statuses, errors, 0.05, who="model server X")
-    assert health.check_step_health("s", statuses, errors, 0.05, invalid_policy="keep") == 1  # keep excuses the off-format one
-    assert health.check_step_health("s", ["ok", "failed"], ["", "x"], 0.05) == 1  # one bad image in a small shard: its row
+    assert (
+        health.check_step_health("s", statuses, errors, 0.05, invalid_policy="keep") == 1
+    )  # keep excuses the off-format one
+    assert (
+        health.check_step_health("s", ["ok", "failed"], ["", "x"], 0.05) == 1
+    )  # one bad image in a small shard: its row
     with pytest.raises(health.StepFailed):
         health.check_step_health("s", ["ok", "failed"], ["", "x"], 0.0)  # 0: none tolerated
     with pytest.raises(health.StepFailed):
         health.check_step_health("s", ["failed", "failed", "ok"], ["x", "x", ""], 0.05)
     assert health.rejects("tags_unparseable", "drop") and not health.rejects("tags_unparseable", "keep")
-    assert all(health.rejects(s, "keep") for s in ("failed", "empty", "refusal", "no_logprobs", "special_tokens_stripped", "missing"))
+    assert all(
+        health.rejects(s, "keep")
+        for s in ("failed", "empty", "refusal", "no_logprobs", "special_tokens_stripped", "missing")
+    )
     assert not any(health.rejects(s) for s in ("ok", "off", "no_tags", "no_instances", "skipped"))
 
 
 def _classical(ids):
-    rows = [{"image_id": i, "root": "r", "relpath": f"{i}.jpg", "shard": "s0", "passed": True, "reason": "", "reason_detail": "",
-             "entropy_bits": 7.0, "exposure_ok": True, "sharpness_ok": True, "flatness_ok": True} for i in ids]
+    rows = [
+        {
+            "image_id": i,
+            "root": "r",
+            "relpath": f"{i}.jpg",
+            "shard": "s0",
+            "passed": True,
+            "reason": "",
+            "reason_detail": "",
+            "entropy_bits": 7.0,
+            "exposure_ok": True,
+            "sharpness_ok": True,
+            "flatness_ok": True,
+        }
+        for i in ids
+    ]
     return pd.DataFrame(rows)
 
 
@@ -164,10 +216,17 @@ def test_purify_rejects_an_image_whose_required_predictor_failed_and_ranks_only_
     from pixverve.purify.classical import decide
 
     ids = [f"{i:02d}" for i in range(5)]
-    aest = pd.DataFrame({"image_id": ids, "laion_score": [5.0, 4.0, 3.0, 2.0, 1.0], "laion_status": ["ok"] * 5,
-                         "laion_error": [""] * 5, "artimuse_score": [np.nan, 60.0, np.nan, 40.0, 50.0],
-                         "artimuse_status": ["failed", "ok", "failed", "ok", "ok"],
-                         "artimuse_error": ["BadRequestError: Error code: 400 - untrusted chat template", "", "", "", ""]})
+    aest = pd.DataFrame(
+        {
+            "image_id": ids,
+            "laion_score": [5.0, 4.0, 3.0, 2.0, 1.0],
+            "laion_status": ["ok"] * 5,
+            "laion_error": [""] * 5,
+            "artimuse_score": [np.nan, 60.0, np.nan, 40.0, 50.0],
+            "artimuse_status": ["failed", "ok", "failed", "ok", "ok"],
+            "artimuse_error": ["BadRequestError: Error code: 400 - untrusted chat template", "", "", "", ""],
+        }
+    )
     config = {"purify": {"entropy": {"keep_top_fraction": 1.0}, "aesthetics": {"keep_top_fraction": 0.6}}}
     df, cuts = decide(_classical(ids), aest, config)
     df = df.set_index("image_id")
@@ -186,9 +245,19 @@ def test_purify_rejects_an_image_whose_required_predictor_failed_and_ranks_only_
 
 
 def _step_table(path: Path, statuses: dict[str, str]) -> None:
-    write_table(pd.DataFrame({"image_id": list(statuses), "passed": True, "reason": "", "reason_detail": "",
-                              "judge_status": list(statuses.values()), "judge_error": ["" if s == "ok" else "HTTP 400" for s in statuses.values()]}),
-                path)
+    write_table(
+        pd.DataFrame(
+            {
+                "image_id": list(statuses),
+                "passed": True,
+                "reason": "",
+                "reason_detail": "",
+                "judge_status": list(statuses.values()),
+                "judge_error": ["" if s == "ok" else "HTTP 400" for s in statuses.values()],
+            }
+        ),
+        path,
+    )
 
 
 def test_retry_moves_aside_only_the_failed_shards_and_reports_what_it_recovered(tmp_path):
@@ -208,22 +277,53 @@ def test_retry_moves_aside_only_the_failed_shards_and_reports_what_it_recovered(
         "_step_table(r / 'verify/regions/s00000.parquet', {'a': 'ok', 'f': 'ok'})\n"
     )
     untouched = (results / "caption/aesthetics/s00000.parquet").stat().st_mtime_ns
-    out = subprocess.run([sys.executable, "-m", "pixverve", "retry", "--results", str(results), "--",
-                          sys.executable, str(fixer), str(Path(__file__).parent), str(results)],
-                         capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True).stdout
-    assert "caption_aesthetics: 2 failed images in 1 shards" in out and "verify_regions: 1 failed images in 1 shards" in out
-    assert "caption_aesthetics: retried 2, recovered 1, still failed 1" in out and "verify_regions: retried 1, recovered 1" in out
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixverve",
+            "retry",
+            "--results",
+            str(results),
+            "--",
+            sys.executable,
+            str(fixer),
+            str(Path(__file__).parent),
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        check=True,
+    ).stdout
+    assert (
+        "caption_aesthetics: 2 failed images in 1 shards" in out
+        and "verify_regions: 1 failed images in 1 shards" in out
+    )
+    assert (
+        "caption_aesthetics: retried 2, recovered 1, still failed 1" in out
+        and "verify_regions: retried 1, recovered 1" in out
+    )
     assert (results / "caption/aesthetics/s00000.parquet").stat().st_mtime_ns == untouched  # an ok shard is not redone
     assert (results / "caption/aesthetics/s00001.parquet.before-retry").exists()
     assert (results / "verify/patches/s00000.parquet.before-retry").exists()  # the job's other output goes with it
-    assert set(read_table(results / "caption/aesthetics/s00001.parquet.before-retry")["judge_status"]) == {"ok", "failed", "refusal"}
+    assert set(read_table(results / "caption/aesthetics/s00001.parquet.before-retry")["judge_status"]) == {
+        "ok",
+        "failed",
+        "refusal",
+    }
 
 
 def test_retry_dry_run_changes_nothing(tmp_path):
     results = tmp_path / "results"
     _step_table(results / "caption/aesthetics/s00001.parquet", {"c": "ok", "d": "failed"})
-    out = subprocess.run([sys.executable, "-m", "pixverve", "retry", "--results", str(results), "--dry-run"], capture_output=True,
-                         text=True, cwd=Path(__file__).parents[1], check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pixverve", "retry", "--results", str(results), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        check=True,
+    ).stdout
     assert "caption_aesthetics: 1 failed images in 1 shards" in out
     assert (results / "caption/aesthetics/s00001.parquet").exists()
 
@@ -232,8 +332,17 @@ def test_retry_finds_failed_super_resolution_but_not_an_unreadable_source(tmp_pa
     from pixverve.retry import STEP_TABLES, scan
 
     path = tmp_path / "results/upscale/s00000.parquet"
-    write_table(pd.DataFrame({"image_id": ["a", "b", "c"], "passed": [True, False, False], "reason": ["", "sr_wrong_size", "not_an_image"],
-                              "reason_detail": ["", "4000x3000 expected, got 3000x4000", "unreadable"]}), path)
+    write_table(
+        pd.DataFrame(
+            {
+                "image_id": ["a", "b", "c"],
+                "passed": [True, False, False],
+                "reason": ["", "sr_wrong_size", "not_an_image"],
+                "reason_detail": ["", "4000x3000 expected, got 3000x4000", "unreadable"],
+            }
+        ),
+        path,
+    )
     assert scan(tmp_path / "results", "drop") == {"upscale": {path: {"b"}}}
     assert STEP_TABLES[0].step == "upscale"
 
@@ -245,10 +354,17 @@ def test_a_failed_judgment_leaves_at_the_region_check_and_is_counted_there():
     base = {"n_flagged": 0, "max_flagged": 1, "n_unjudged": 3}
     hard = judged_outcome(dict(base), 10, "region_artifacts", "patches", "keep", [("failed", "HTTP 400: refused")] * 3)
     soft = judged_outcome(dict(base), 10, "region_artifacts", "patches", "keep", [("unparseable", "no JSON")] * 3)
-    assert (hard["passed"], hard["reason"], hard["judge_status"], hard["n_failed"]) == (False, "judge_failed", "failed", 3)
+    assert (hard["passed"], hard["reason"], hard["judge_status"], hard["n_failed"]) == (
+        False,
+        "judge_failed",
+        "failed",
+        3,
+    )
     assert soft["passed"] and soft["judge_status"] == "unparseable"  # keep excuses an off-format answer only
     ids = {"root": "r", "relpath": "x", "shard": "s0", "scale": 4}
-    verify = pd.DataFrame([{"image_id": i, **ids, "passed": True, "reason": "", "reason_detail": ""} for i in ("a", "b")])
+    verify = pd.DataFrame(
+        [{"image_id": i, **ids, "passed": True, "reason": "", "reason_detail": ""} for i in ("a", "b")]
+    )
     regions = pd.DataFrame([{"image_id": "a", **hard, "smoke": False}, {"image_id": "b", **soft, "smoke": False}])
     decisions, counts = decide_stage4(verify, regions, pd.DataFrame(columns=["image_id", "output_path"]))
     assert list(decisions["passed"]) == [False, True] and decisions["failed_check"].iloc[0] == "regions"
@@ -260,11 +376,20 @@ def test_retry_covers_the_bench_judge_and_its_sibling_outputs(tmp_path):
 
     results = tmp_path / "results"
     judged = results / "bench/ours/judged.parquet"
-    write_table(pd.DataFrame({"name": ["a", "b"], "msfi_status": ["ok", "unparseable"], "ics_status": ["ok", "ok"]}), judged)
+    write_table(
+        pd.DataFrame({"name": ["a", "b"], "msfi_status": ["ok", "unparseable"], "ics_status": ["ok", "ok"]}), judged
+    )
     scores = results / "bench/ours/scores.parquet"
-    write_table(pd.DataFrame({"name": ["a", "b"], "aesthetics_status": ["ok", "ok"], "clip_status": ["model_error", "ok"]}), scores)
+    write_table(
+        pd.DataFrame({"name": ["a", "b"], "aesthetics_status": ["ok", "ok"], "clip_status": ["model_error", "ok"]}),
+        scores,
+    )
     (results / "bench/ours/sets.json").write_text("{}")
     found = scan(results, "keep")  # the bench never keeps an off-format answer, whatever the run's policy
     assert found == {"bench_scores": {scores: {"a"}}, "bench_judge": {judged: {"b"}}}
     moved = move_aside(results, found)
-    assert sorted(p.name for p in moved) == ["judged.parquet.before-retry", "scores.parquet.before-retry", "sets.json.before-retry"]
+    assert sorted(p.name for p in moved) == [
+        "judged.parquet.before-retry",
+        "scores.parquet.before-retry",
+        "sets.json.before-retry",
+    ]

@@ -10,7 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_fidelity")
 
-from pixverve.bench.fid import FIDWeightsUnavailable, convert_fid_weights, fid_helper_torchscript, frechet_inception_distance  # noqa: E402
+from pixverve.bench.fid import (
+    FIDWeightsUnavailable,
+    convert_fid_weights,
+    fid_helper_torchscript,
+    frechet_inception_distance,
+)  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,15 @@ def _photo_grey() -> np.ndarray:
         ("range_10", np.random.default_rng(1).integers(100, 140, (128, 192), dtype=np.uint8)),
         ("range_25", np.random.default_rng(2).integers(60, 160, (128, 192), dtype=np.uint8)),
         ("range_64", np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)),
-        ("mixed_ranges", np.concatenate([np.random.default_rng(4).integers(0, 256, (64, 320), dtype=np.uint8),
-                                         np.random.default_rng(5).integers(200, 220, (64, 320), dtype=np.uint8)])),
+        (
+            "mixed_ranges",
+            np.concatenate(
+                [
+                    np.random.default_rng(4).integers(0, 256, (64, 320), dtype=np.uint8),
+                    np.random.default_rng(5).integers(200, 220, (64, 320), dtype=np.uint8),
+                ]
+            ),
+        ),
     ],
 )
 def test_equals_the_per_patch_scikit_image_procedure(name, grey):
@@ -59,11 +66,13 @@ def test_strided_view_and_exact_ranges():
 
 
 def test_known_answers_and_edges():
-    assert patch_entropies(np.full((64, 64), 200, np.uint8)).tolist() == pytest.approx([
-        # one distinct non-zero value per slice group: 16 slices each hold 1 non-zero entry, equal values
-        # across slices with the same pair count; the rest are zeros
-        reference_patch_entropies(np.full((64, 64), 200, np.uint8))[0]
-    ])
+    assert patch_entropies(np.full((64, 64), 200, np.uint8)).tolist() == pytest.approx(
+        [
+            # one distinct non-zero value per slice group: 16 slices each hold 1 non-zero entry, equal values
+            # across slices with the same pair count; the rest are zeros
+            reference_patch_entropies(np.full((64, 64), 200, np.uint8))[0]
+        ]
+    )
     assert math.isnan(glcm_score(np.zeros((63, 500), np.uint8)))  # no whole patch
     assert len(patch_entropies(np.zeros((127, 130), np.uint8))) == 2  # partial strips are not patches
     # scikit-image rounds the 45/135 degree offsets: distances 1 and 2 give the same (1, +-1)

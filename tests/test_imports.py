@@ -34,38 +34,58 @@ def _dataset(tmp_path: Path, metadata_name: str, rows: list[dict]) -> Path:
 
 def _config(folder: Path) -> dict:
     config = load_yaml(ROOT / "config.yaml")
-    config["sources"]["roots"] = [{"name": "ds", "path": str(folder), "source": "ds", "licence": "root licence", "scan": False}]
+    config["sources"]["roots"] = [
+        {"name": "ds", "path": str(folder), "source": "ds", "licence": "root licence", "scan": False}
+    ]
     return config
 
 
 def test_imagefolder_preset_keeps_captions_and_checks_every_file(tmp_path):
-    folder = _dataset(tmp_path, "metadata.jsonl", [
-        {"file_name": "imgs/a.jpg", "caption": "a dark square"},
-        {"file_name": "imgs/b.jpg", "caption": "a grey square"},
-        {"file_name": "imgs/missing.jpg", "caption": "gone"},
-        {"file_name": "imgs/a.jpg", "caption": "again"},
-        {"file_name": "../../etc/passwd", "caption": "escape"},
-    ])
-    table, manifest = import_dataset("ultrahr_100k", {"preset": "ultrahr_100k", "root": "ds"}, _config(folder), tmp_path, log=lambda *_: None)
+    folder = _dataset(
+        tmp_path,
+        "metadata.jsonl",
+        [
+            {"file_name": "imgs/a.jpg", "caption": "a dark square"},
+            {"file_name": "imgs/b.jpg", "caption": "a grey square"},
+            {"file_name": "imgs/missing.jpg", "caption": "gone"},
+            {"file_name": "imgs/a.jpg", "caption": "again"},
+            {"file_name": "../../etc/passwd", "caption": "escape"},
+        ],
+    )
+    table, manifest = import_dataset(
+        "ultrahr_100k", {"preset": "ultrahr_100k", "root": "ds"}, _config(folder), tmp_path, log=lambda *_: None
+    )
     rows = table.set_index("relpath", drop=False)
     assert list(table["reason"]) == ["", "", "missing_file", "listed_twice", "outside_roots"]
     assert rows.loc["imgs/a.jpg"].iloc[0]["caption"] == "a dark square"
     assert set(table["licence"]) == {"UltraHR-100K licence: see the dataset card"}
-    assert [m["path"] for m in manifest] == ["imgs/a.jpg", "imgs/b.jpg"] and {m["source"] for m in manifest} == {"ultrahr_100k"}
+    assert [m["path"] for m in manifest] == ["imgs/a.jpg", "imgs/b.jpg"] and {m["source"] for m in manifest} == {
+        "ultrahr_100k"
+    }
 
 
 def test_generic_csv_with_a_column_mapping_and_a_clear_error_for_a_wrong_one(tmp_path):
-    folder = _dataset(tmp_path, "meta.csv", [
-        {"file": "imgs/a.jpg", "text": "first", "lic": "CC-BY-4.0", "by": "Ann"},
-        {"file": "imgs/b.jpg", "text": "second", "lic": "", "by": "Bob"},
-    ])
-    spec = {"preset": "generic", "root": "ds", "metadata": str(folder / "meta.csv"),
-            "columns": {"path": "file", "caption": "text", "licence": "lic", "author": "by"}}
+    folder = _dataset(
+        tmp_path,
+        "meta.csv",
+        [
+            {"file": "imgs/a.jpg", "text": "first", "lic": "CC-BY-4.0", "by": "Ann"},
+            {"file": "imgs/b.jpg", "text": "second", "lic": "", "by": "Bob"},
+        ],
+    )
+    spec = {
+        "preset": "generic",
+        "root": "ds",
+        "metadata": str(folder / "meta.csv"),
+        "columns": {"path": "file", "caption": "text", "licence": "lic", "author": "by"},
+    }
     table, manifest = import_dataset("mine", spec, _config(folder), tmp_path, log=lambda *_: None)
     assert list(table["caption"]) == ["first", "second"] and table["passed"].all()
     assert [m["licence"] for m in manifest] == ["CC-BY-4.0", "root licence"]  # empty cell: the root's licence
     bad = dict(spec, columns={"path": "filename"})
-    with pytest.raises(ValueError, match=r"'filename'.*the file has \['by', 'file', 'lic', 'text'\].*imports.mine.columns"):
+    with pytest.raises(
+        ValueError, match=r"'filename'.*the file has \['by', 'file', 'lic', 'text'\].*imports.mine.columns"
+    ):
         import_dataset("mine", bad, _config(folder), tmp_path)
 
 
@@ -76,9 +96,24 @@ def _workflow_with(tmp_path: Path, overlay: dict) -> subprocess.CompletedProcess
         copy_workflow(tmp_path)
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "configs/demo.yaml", "overlay.yaml",
-         "--quiet", "rules", "--", "results/index/index.parquet"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "1",
+            "--configfile",
+            "configs/demo.yaml",
+            "overlay.yaml",
+            "--quiet",
+            "rules",
+            "--",
+            "results/index/index.parquet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
 
 
@@ -87,25 +122,50 @@ def test_enabled_collectors_and_imports_feed_the_index(tmp_path):
     (tmp_path / "data/ds").mkdir(parents=True)
     (tmp_path / "data/ds/metadata.jsonl").write_text("")
     overlay = {
-        "sources": {"roots": [
-            {"name": "pexels", "path": "data/raw/pexels", "source": "pexels", "licence": "Pexels License"},
-            {"name": "ds", "path": "data/ds", "source": "ds", "licence": "x", "scan": False},
-            {"name": "synthetic", "path": "data/synthetic", "source": "synthetic", "licence": "generated", "scan": False}],
-            "manifests": [], "demo_pool": False},
-        "collect": {"enabled": ["pexels"], "pexels": {"terms_acknowledgement": "written permission from Pexels (test)"}},
+        "sources": {
+            "roots": [
+                {"name": "pexels", "path": "data/raw/pexels", "source": "pexels", "licence": "Pexels License"},
+                {"name": "ds", "path": "data/ds", "source": "ds", "licence": "x", "scan": False},
+                {
+                    "name": "synthetic",
+                    "path": "data/synthetic",
+                    "source": "synthetic",
+                    "licence": "generated",
+                    "scan": False,
+                },
+            ],
+            "manifests": [],
+            "demo_pool": False,
+        },
+        "collect": {
+            "enabled": ["pexels"],
+            "pexels": {"terms_acknowledgement": "written permission from Pexels (test)"},
+        },
         "imports": {"aesthetic_train_v2": {"preset": "aesthetic_train_v2", "root": "ds"}},
         "synthetic": {"enabled": True, "backend": "tiny"},
     }
     res = _workflow_with(tmp_path, overlay)
     assert res.returncode == 0, res.stderr + res.stdout
-    jobs = dict(line.split() for line in res.stdout.splitlines() if line.strip() and line.split()[-1].isdigit() and len(line.split()) == 2)
+    jobs = dict(
+        line.split()
+        for line in res.stdout.splitlines()
+        if line.strip() and line.split()[-1].isdigit() and len(line.split()) == 2
+    )
     assert jobs.get("collect") == "1" and jobs.get("import_dataset") == "1" and jobs.get("index") == "1"
     assert jobs.get("synth_prompts") == "1" and jobs.get("synth_render") == "1"
     # no acknowledgement of the source's terms: the DAG stops before any job, naming the key
     overlay["collect"]["pexels"] = {"terms_acknowledgement": None}
     res = _workflow_with(tmp_path, overlay)
     assert res.returncode != 0 and "collect.pexels.terms_acknowledgement is not set" in res.stderr + res.stdout
-    overlay["collect"]["pexels"] = {"terms_acknowledgement": "written permission from Pexels (test)", "root": "nowhere", "api_base": "https://api.pexels.com/v1", "api_key_env": "K",
-                                    "per_page": 80, "max_pages": 1}
+    overlay["collect"]["pexels"] = {
+        "terms_acknowledgement": "written permission from Pexels (test)",
+        "root": "nowhere",
+        "api_base": "https://api.pexels.com/v1",
+        "api_key_env": "K",
+        "per_page": 80,
+        "max_pages": 1,
+    }
     res = _workflow_with(tmp_path, overlay)
-    assert res.returncode != 0 and "collect.pexels.root: 'nowhere' is not one of sources.roots" in res.stderr + res.stdout
+    assert (
+        res.returncode != 0 and "collect.pexels.root: 'nowhere' is not one of sources.roots" in res.stderr + res.stdout
+    )

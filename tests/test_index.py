@@ -60,7 +60,9 @@ def test_manifest_paths_must_stay_inside_root(tmp_path):
         "/etc/passwd,x,,,\n"
         "gone.png,x,,,\n"
     )
-    df = ix.build_index(_config(root, [{"path": str(manifest), "root": "r"}], scan=False), tmp_path, log=lambda *_: None)
+    df = ix.build_index(
+        _config(root, [{"path": str(manifest), "root": "r"}], scan=False), tmp_path, log=lambda *_: None
+    )
     by = df.set_index("relpath")
     assert by.loc["ok.png", "passed"] and by.loc["ok.png", "author"] == "Ann" and by.loc["ok.png", "source"] == "pexels"
     assert by.loc["../secret.png", "reason"] == "outside_roots"
@@ -149,13 +151,17 @@ def test_paths_the_scan_cannot_resolve_or_read_are_rows(tmp_path, monkeypatch):
     assert by.loc["a.png", "reason"] == "unresolvable" and by.loc["b.png", "reason"] == "unresolvable"
     assert "loop" in by.loc["a.png", "reason_detail"].lower()
     assert by.loc["dangling.png", "reason"] == "unreadable"
-    assert by.loc["noread.png", "reason"] == "unreadable" and "Permission denied" in by.loc["noread.png", "reason_detail"]
+    assert (
+        by.loc["noread.png", "reason"] == "unreadable" and "Permission denied" in by.loc["noread.png", "reason_detail"]
+    )
     assert by.loc["locked", "reason"] == "unreadable" and "not listable" in by.loc["locked", "reason_detail"]
     assert (df.loc[~df["passed"], "shard"] == "").all()
     # the same loop listed in a manifest
     manifest = tmp_path / "loop.csv"
     manifest.write_text("path,source,licence,url,author\na.png,x,,,\nok.png,x,,,\n")
-    listed = ix.build_index(_config(root, [{"path": str(manifest), "root": "r"}], scan=False), tmp_path, log=lambda *_: None)
+    listed = ix.build_index(
+        _config(root, [{"path": str(manifest), "root": "r"}], scan=False), tmp_path, log=lambda *_: None
+    )
     assert listed.set_index("relpath").loc["a.png", "reason"] == "unresolvable" and listed["passed"].sum() == 1
 
 

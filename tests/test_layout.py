@@ -13,7 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "pixverve"
 SHARED = {"core", "models"}
-STAGES = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common", "bundles", "envs"}  # workflow plumbing, no science
+STAGES = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {
+    "common",
+    "bundles",
+    "envs",
+}  # workflow plumbing, no science
 # the workflow-level modules above every stage: the config check, the audit CLI, Snakemake patches,
 # the start-up check of a run away from the checkout
 TOP = {"__init__", "__main__", "workflow", "audit", "retry", "snakemake_fixes", "deploy_checks"}
@@ -56,7 +60,9 @@ def area(module: str) -> str:
 
 def test_one_package_per_rules_file_and_nothing_loose():
     packages = {p.name for p in PKG.iterdir() if (p / "__init__.py").exists()}
-    assert packages == STAGES | SHARED, f"rules files without a package, or packages without one: {packages ^ (STAGES | SHARED)}"
+    assert packages == STAGES | SHARED, (
+        f"rules files without a package, or packages without one: {packages ^ (STAGES | SHARED)}"
+    )
     loose = {p.stem for p in PKG.glob("*.py")}
     assert loose == TOP, f"modules outside the stage/shared packages: {loose - TOP}"
 
@@ -82,22 +88,39 @@ def test_imports_run_one_way():
 def test_no_module_uses_another_modules_private_names():
     """Across pixverve, the rule scripts and the benchmarks (the tests may reach in)."""
     wrong = []
-    callers = modules() | {f"{p.parent.name}.{p.stem}": p for d in ("scripts", "benchmarks") for p in (ROOT / d).glob("*.py")}
+    callers = modules() | {
+        f"{p.parent.name}.{p.stem}": p for d in ("scripts", "benchmarks") for p in (ROOT / d).glob("*.py")
+    }
     for module, path in callers.items():
         aliases = {}
         tree = ast.parse(path.read_text())
         for target, names, line in pixverve_imports(path):
             if target == module:
                 continue
-            wrong += [f"{path.relative_to(ROOT)}:{line}: {target}.{n}" for n in names if n.startswith("_") and not n.startswith("__")]
+            wrong += [
+                f"{path.relative_to(ROOT)}:{line}: {target}.{n}"
+                for n in names
+                if n.startswith("_") and not n.startswith("__")
+            ]
         for node in ast.walk(tree):  # `from pixverve.train import models as tm` ... `tm._private`
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pixverve"):
-                aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules()})
+                aliases.update(
+                    {
+                        a.asname or a.name: f"{node.module}.{a.name}"
+                        for a in node.names
+                        if f"{node.module}.{a.name}" in modules()
+                    }
+                )
             elif isinstance(node, ast.Import):
                 aliases.update({a.asname: a.name for a in node.names if a.asname and a.name.startswith("pixverve")})
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {aliases[node.value.id]}.{node.attr}")
     assert not wrong, "\n".join(wrong)
 
@@ -122,7 +145,14 @@ def test_every_models_missing_error_is_one_class():
     from pixverve.upscale.sr import SRUnavailable
     from pixverve.verify.fidelity import LPIPSUnavailable
 
-    for cls in (FIDWeightsUnavailable, GeneratorUnavailable, T2IUnavailable, VLMUnavailable, SRUnavailable, LPIPSUnavailable):
+    for cls in (
+        FIDWeightsUnavailable,
+        GeneratorUnavailable,
+        T2IUnavailable,
+        VLMUnavailable,
+        SRUnavailable,
+        LPIPSUnavailable,
+    ):
         assert issubclass(cls, ModelUnavailable) and issubclass(cls, RuntimeError), cls
 
 
@@ -146,7 +176,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif not state.get(nxt):
                 visit(nxt, stack, state)
         stack.pop()

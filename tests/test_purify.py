@@ -106,7 +106,10 @@ def _classical_row(iid, entropy, reason=""):
 def test_decide_intersection_and_either_aesthetic():
     config = {"purify": {"entropy": {"keep_top_fraction": 0.6}, "aesthetics": {"keep_top_fraction": 0.5}}}
     classical = pd.DataFrame(
-        [_classical_row(i, e, r) for i, e, r in [("a", 7.0, ""), ("b", 6.0, ""), ("c", 5.0, ""), ("d", 4.0, ""), ("e", 8.0, "exposure")]]
+        [
+            _classical_row(i, e, r)
+            for i, e, r in [("a", 7.0, ""), ("b", 6.0, ""), ("c", 5.0, ""), ("d", 4.0, ""), ("e", 8.0, "exposure")]
+        ]
     )
     aesthetics = pd.DataFrame(
         {

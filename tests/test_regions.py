@@ -79,7 +79,9 @@ def _sr_shard(tmp_path, n_planted: int):
     out = tmp_path / "a.tif"
     TiledTiffWriter(out, *sr.shape[:2]).write(bands_of(sr))
     image_id = "0123456789abcdef"
-    verified = pd.DataFrame([{"image_id": image_id, "root": "r", "relpath": "a.png", "shard": "s00000", "passed": True}])
+    verified = pd.DataFrame(
+        [{"image_id": image_id, "root": "r", "relpath": "a.png", "shard": "s00000", "passed": True}]
+    )
     upscaled = pd.DataFrame([{"image_id": image_id, "output_path": str(out)}])
     return verified, upscaled
 
@@ -87,10 +89,19 @@ def _sr_shard(tmp_path, n_planted: int):
 def _config(base_url: str, policy: str = "drop", gates: bool = True) -> dict:
     return {
         "target_megapixels": 100,
-        "verify": {"regions": {"patch_px": 64, "n_sobel": 6, "n_random": 4, "max_flagged": 1, "prompt": str(PROMPT)},
-                   "max_failed_fraction": 0.05 if gates else 1.0},
-        "vlm": {"backend": "endpoint", "base_url": base_url, "model": "fake-vlm", "retries": 1, "backoff_s": 0.01,
-                "invalid_policy": policy} | ({} if gates else {"probe": False, "stop_after_consecutive_failures": 0}),
+        "verify": {
+            "regions": {"patch_px": 64, "n_sobel": 6, "n_random": 4, "max_flagged": 1, "prompt": str(PROMPT)},
+            "max_failed_fraction": 0.05 if gates else 1.0,
+        },
+        "vlm": {
+            "backend": "endpoint",
+            "base_url": base_url,
+            "model": "fake-vlm",
+            "retries": 1,
+            "backoff_s": 0.01,
+            "invalid_policy": policy,
+        }
+        | ({} if gates else {"probe": False, "stop_after_consecutive_failures": 0}),
     }
 
 
@@ -101,7 +112,9 @@ def test_region_judge_drops_an_image_with_more_than_one_flagged_patch(tmp_path, 
     verified, upscaled = _sr_shard(tmp_path, n_planted)
     with FakeOpenAI(responder=_judge_by_colour) as server:
         config = _config(server.base_url)
-        images, patches = judge_regions_shard(verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None)
+        images, patches = judge_regions_shard(
+            verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None
+        )
     row = images.iloc[0]
     assert len(patches) == 10 and row["n_patches"] == 20 and row["n_judged"] == 10
     assert row["n_flagged"] == n_planted and bool(row["passed"]) is passed
@@ -110,7 +123,9 @@ def test_region_judge_drops_an_image_with_more_than_one_flagged_patch(tmp_path, 
     assert sorted(flagged["x"]) == [64 * k for k in range(n_planted)] and set(flagged["y"]) == {0}
     assert set(flagged["picked"]) == {"sobel"}  # the checkerboard has the highest Sobel variance
     assert all(json.loads(r)[0].startswith("<json>") for r in patches["raw_replies"])  # raw replies kept
-    assert [json.loads(o) for o in patches["request_options"]] == [{"max_tokens": 1024, "temperature": 0.1}] * 10  # and how asked
+    assert [json.loads(o) for o in patches["request_options"]] == [
+        {"max_tokens": 1024, "temperature": 0.1}
+    ] * 10  # and how asked
 
 
 @pytest.mark.parametrize("policy, passed", [("drop", False), ("keep", True)])
@@ -120,7 +135,9 @@ def test_unparseable_judge_replies_follow_the_policy_never_a_silent_pass(tmp_pat
     verified, upscaled = _sr_shard(tmp_path, 0)
     with FakeOpenAI(responder=lambda body: "looks fine to me") as server:
         config = _config(server.base_url, policy, gates=False)  # the per-image policy, below the job's gates
-        images, patches = judge_regions_shard(verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None)
+        images, patches = judge_regions_shard(
+            verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None
+        )
     row = images.iloc[0]
     assert row["n_unjudged"] == 10 and row["n_flagged"] == 0 and bool(row["passed"]) is passed
     assert row["reason"] == ("" if passed else "judge_unparseable")
@@ -172,12 +189,14 @@ def test_transformers_backend_loads_a_saved_model_folder_and_names_a_missing_one
     (res,) = judge.run_many([("t", "r", [user_message("judge this", [image])], None)])
     assert res.attempts == 1 and len(res.raw_replies) == 1 and res.status == "unparseable"
     with pytest.raises(VLMUnavailable, match="vlm.transformers.model.*nowhere"):
-        build_judge({"vlm": {"backend": "transformers", "transformers": {"model": str(tmp_path / "nowhere"), "device": "cpu"}}})
+        build_judge(
+            {"vlm": {"backend": "transformers", "transformers": {"model": str(tmp_path / "nowhere"), "device": "cpu"}}}
+        )
 
 
 def _fake_vllm(tmp_path, extra: str = "") -> str:
     script = tmp_path / "vllm"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'fake_openai.py'} \"$@\" {extra}\n")
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} {ROOT / "tests" / "fake_openai.py"} "$@" {extra}\n')
     script.chmod(0o755)
     return str(script)
 
@@ -186,13 +205,20 @@ def test_vllm_serve_option_starts_waits_answers_and_stops(tmp_path):
     from pixverve.models.vllm_server import served
     from pixverve.models.vlm import VLMClient, VLMSettings, user_message
 
-    serve = {"command": f"{_fake_vllm(tmp_path, '--startup-delay 1')} serve", "port": 0, "poll_s": 0.2, "startup_timeout_s": 30}
+    serve = {
+        "command": f"{_fake_vllm(tmp_path, '--startup-delay 1')} serve",
+        "port": 0,
+        "poll_s": 0.2,
+        "startup_timeout_s": 30,
+    }
     with served(serve, "judge-model", tmp_path / "vllm.log") as base_url:
         client = VLMClient(VLMSettings(base_url=base_url, model="judge-model"))
         (res,) = client.run_many([("t", "r", [user_message("hello")], None)])
         assert res.status == "ok"
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-        server_pids = [p for p in pids if "fake_openai.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        server_pids = [
+            p for p in pids if "fake_openai.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+        ]
         assert server_pids
     import time
 
@@ -230,7 +256,9 @@ def test_images_judged_in_several_batches_keep_their_own_verdicts(tmp_path, monk
     verified, upscaled = pd.concat([one, two], ignore_index=True), pd.concat([up_one, up_two], ignore_index=True)
     with FakeOpenAI(responder=_judge_by_colour) as server:
         config = _config(server.base_url)
-        images, patches = judge_regions_shard(verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None)
+        images, patches = judge_regions_shard(
+            verified, upscaled, config, build_judge(config), PROMPT, log=lambda *_: None
+        )
     by_id = images.set_index("image_id")
     assert by_id.loc["0123456789abcdef", "reason"] == "region_artifacts" and by_id.loc["fedcba9876543210", "passed"]
     assert patches.groupby("image_id")["flagged"].sum().to_dict() == {"0123456789abcdef": 2, "fedcba9876543210": 0}

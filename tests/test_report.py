@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import snakemake
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +53,14 @@ def test_report_renders_with_figures(demo_run, tmp_path):
     assert "data:image/png;base64" in dom or "image/png" in dom
     shot = tmp_path / "report.png"
     subprocess.run(
-        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,900", f"--screenshot={shot}", report.as_uri()],
+        [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--window-size=1400,900",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        ],
         capture_output=True,
         timeout=120,
     )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixverve.core.config import check_resolution
-from pixverve.core.config import screening_criteria, sr_tiers, tier_for
+from pixverve.core.config import check_resolution, screening_criteria, sr_tiers, tier_for
 
 
 @pytest.fixture
@@ -45,7 +44,14 @@ def test_criteria_scale_with_target(demo_config):
 
 @pytest.mark.parametrize(
     "pixels, tier",
-    [(100_000_000, "native"), (99_999_999, "x2"), (25_000_001, "x2"), (25_000_000, "x4"), (10_000_000, "x4"), (9_999_999, None)],
+    [
+        (100_000_000, "native"),
+        (99_999_999, "x2"),
+        (25_000_001, "x2"),
+        (25_000_000, "x4"),
+        (10_000_000, "x4"),
+        (9_999_999, None),
+    ],
 )
 def test_sr_tiers_at_paper_scale(demo_config, pixels, tier):
     got = tier_for(pixels, sr_tiers(dict(demo_config, target_megapixels=100)))
@@ -67,8 +73,11 @@ def test_files_that_changed_after_the_index_are_rows(tmp_path, demo_config):
     rng = np.random.default_rng(0)
     for name in ("keep", "gone", "rewritten", "same_size", "loop"):
         Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(root / f"{name}.png")
-    config = dict(demo_config, sources={"roots": [{"name": "r", "path": str(root), "scan": True}], "manifests": [],
-                                        "extensions": [".png"]}, target_megapixels=0.25)
+    config = dict(
+        demo_config,
+        sources={"roots": [{"name": "r", "path": str(root), "scan": True}], "manifests": [], "extensions": [".png"]},
+        target_megapixels=0.25,
+    )
     index = build_index(config, tmp_path, log=lambda *_: None)
     assert index["passed"].all() and len(index) == 5
     (root / "gone.png").unlink()
@@ -82,6 +91,9 @@ def test_files_that_changed_after_the_index_are_rows(tmp_path, demo_config):
     out = screen_shard(index.assign(shard="s00000"), config, tmp_path).set_index("relpath")
     assert out.loc["keep.png", "passed"], out.loc["keep.png", "reason_detail"]
     assert out.loc["gone.png", "reason"] == "vanished_since_index"
-    assert out.loc["rewritten.png", "reason"] == "changed_since_index" and "bytes" in out.loc["rewritten.png", "reason_detail"]
+    assert (
+        out.loc["rewritten.png", "reason"] == "changed_since_index"
+        and "bytes" in out.loc["rewritten.png", "reason_detail"]
+    )
     assert out.loc["same_size.png", "reason"] == "changed_since_index"
     assert out.loc["loop.png", "reason"] == "unresolvable"

@@ -3,7 +3,6 @@ offline through the same loader real weights use, run through the tiling engine 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -16,7 +15,14 @@ from pixverve.upscale.sr import SRUnavailable, build_backend, tile_function  # n
 
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
     from pixverve.models.tiny_models import tiny_clip_text_model, tiny_clip_tokenizer
 
     root = tmp_path_factory.mktemp("sdx4")
@@ -59,7 +65,12 @@ def tiny_pipeline_dir(tmp_path_factory):
 
 
 def _spec(model):
-    return {"backend": "sd-x4", "device": "cpu", "prompt": "crisp detail", "sd_x4": {"model": str(model), "steps": 2, "seed": 0}}
+    return {
+        "backend": "sd-x4",
+        "device": "cpu",
+        "prompt": "crisp detail",
+        "sd_x4": {"model": str(model), "steps": 2, "seed": 0},
+    }
 
 
 def test_tiny_pipeline_reloads_offline_and_upscales_x4(tiny_pipeline_dir, monkeypatch):

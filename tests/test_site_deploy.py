@@ -63,14 +63,38 @@ def steered(tmp_path_factory):
     write_shards(synthetic_index(8, 4), work / "results/index/index.parquet", work / "results/index/shards")
     # one paper run, its resources as config.yaml ships them (the benchmark's models are not needed
     # for these targets)
-    (work / "overlay.yaml").write_text(yaml.safe_dump({"train": {"enabled": ["scheme1_full"]},
-                                                       "bench": {"fgclip2": {"backend": "none"}}}))
+    (work / "overlay.yaml").write_text(
+        yaml.safe_dump({"train": {"enabled": ["scheme1_full"]}, "bench": {"fgclip2": {"backend": "none"}}})
+    )
     out = work / "submits.json"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "tests/slurm_submit.py"), str(out), str(site / "partitions.yaml"), "--",
-         "upscale_all", "train_all", "-n", "--cores", "10000", "--rerun-triggers", "mtime", "--profile", str(site),
-         "--configfile", "config.yaml", "overlay.yaml", "--quiet", "rules"],
-        cwd=work, capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            str(ROOT / "tests/slurm_submit.py"),
+            str(out),
+            str(site / "partitions.yaml"),
+            "--",
+            "upscale_all",
+            "train_all",
+            "-n",
+            "--cores",
+            "10000",
+            "--rerun-triggers",
+            "mtime",
+            "--profile",
+            str(site),
+            "--configfile",
+            "config.yaml",
+            "overlay.yaml",
+            "--quiet",
+            "rules",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "workflow specific profile profiles/default" in res.stderr
     limits = yaml.safe_load((site / "partitions.yaml").read_text())["partitions"]
@@ -131,6 +155,7 @@ def test_rules_size_themselves_and_the_workflow_profile_holds_groups_and_retries
 
 # --- running away from the checkout --------------------------------------------------------------
 
+
 def _snakemake(args, cwd, env=None):
     # SLURM's commands replaced by ones that fail at once: should a check fail to stop the run, no
     # sbatch reaches any cluster (the plugin also asks scontrol at import, which would wait ~10 s)
@@ -140,8 +165,15 @@ def _snakemake(args, cwd, env=None):
         (bin_dir / name).write_text("#!/bin/sh\necho 'no SLURM in this test' >&2\nexit 1\n")
         (bin_dir / name).chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _module_folder(tmp_path) -> Path:
@@ -150,7 +182,8 @@ def _module_folder(tmp_path) -> Path:
     (folder / "workflow/Snakefile").write_text(
         f'configfile: "{ROOT / "config.yaml"}"\nconfigfile: "{ROOT / "configs/demo.yaml"}"\n\n\n'
         f'module pixverve:\n    snakefile:\n        "{ROOT / "Snakefile"}"\n    config:\n        config\n\n\n'
-        "use rule * from pixverve\n")
+        "use rule * from pixverve\n"
+    )
     return folder
 
 
@@ -179,8 +212,9 @@ def test_directory_runs_find_the_workflow_profile_and_a_cluster_run_without_it_s
     assert dry.returncode == 0 and f"workflow specific profile {ROOT / 'profiles/default'}" in dry.stderr
     stopped = _snakemake([*base, *CLUSTER, "--workflow-profile", "none"], tmp_path)
     assert stopped.returncode != 0 and "--workflow-profile" in stopped.stdout + stopped.stderr
-    allowed = _snakemake([*base, *CLUSTER, "--workflow-profile", "none", "-n"], tmp_path,
-                         env={"PIXVERVE_ALLOW_NO_GROUPS": "1"})
+    allowed = _snakemake(
+        [*base, *CLUSTER, "--workflow-profile", "none", "-n"], tmp_path, env={"PIXVERVE_ALLOW_NO_GROUPS": "1"}
+    )
     assert allowed.returncode == 0, allowed.stderr[-3000:]
 
 
@@ -194,8 +228,11 @@ def test_the_start_check_stops_only_a_cluster_run_of_the_main_process(tmp_path, 
     calls = []
 
     def run(groups, local, mode=ExecMode.DEFAULT):
-        wf = SimpleNamespace(execute=lambda *a, **k: calls.append(k), exec_mode=mode,
-                             group_settings=SimpleNamespace(overwrite_groups=groups))
+        wf = SimpleNamespace(
+            execute=lambda *a, **k: calls.append(k),
+            exec_mode=mode,
+            group_settings=SimpleNamespace(overwrite_groups=groups),
+        )
         require_workflow_profile(wf, ROOT)
         require_workflow_profile(wf, ROOT)  # installed once
         plugin = SimpleNamespace(common_settings=SimpleNamespace(local_exec=local))
@@ -223,7 +260,8 @@ def test_a_git_module_is_refused_with_what_to_do(tmp_path):
     (folder / "workflow").mkdir(parents=True)
     (folder / "workflow/Snakefile").write_text(
         f'module pixverve:\n    snakefile:\n        gitfile(repo_path="{repo}", path="Snakefile", ref="HEAD")\n'
-        "    config:\n        config\n\n\nuse rule * from pixverve\n")
+        "    config:\n        config\n\n\nuse rule * from pixverve\n"
+    )
     res = _snakemake(["-n", "--cores", "1"], folder)
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "a git source: not supported" in out and "Clone it" in out, out[-3000:]
@@ -246,7 +284,8 @@ def test_shipped_programs_are_named_from_the_workflow_folder(tmp_path, monkeypat
     with pytest.raises(ValueError, match=r"write \{workflow\}/pixverve/upscale/odtsr_run.py"):
         check_config(config)
     config["upscale"]["command"]["batch_template"] = config["upscale"]["command"]["batch_template"].replace(
-        " pixverve/", " {workflow}/pixverve/")
+        " pixverve/", " {workflow}/pixverve/"
+    )
     check_config(config)
     shipped = (ROOT / "config.yaml").read_text() + (ROOT / "README.md").read_text()
     assert " python pixverve/upscale/odtsr_run.py" not in shipped

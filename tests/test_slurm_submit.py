@@ -19,8 +19,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-CAPTION_RULES = {"caption_tags", "caption_boxes", "caption_masks", "verify_instances", "caption_instances",
-                 "caption_aesthetics", "caption_text", "caption_records"}
+CAPTION_RULES = {
+    "caption_tags",
+    "caption_boxes",
+    "caption_masks",
+    "verify_instances",
+    "caption_instances",
+    "caption_aesthetics",
+    "caption_text",
+    "caption_records",
+}
 SHARDS = 10
 
 
@@ -58,17 +66,47 @@ def submits(tmp_path_factory):
     write_shards(synthetic_index(4 * SHARDS, 4), work / "results/index/index.parquet", work / "results/index/shards")
     (work / "eval/util").mkdir(parents=True)
     (work / "eval/util/build_prompts.py").touch()  # the EDIT lines naming files: stand-ins
-    (work / "overlay.yaml").write_text(yaml.safe_dump({
-        "bench": {"fgclip2": {"model": "fg-clip2-base"}, "judge": {"published_eval": "eval"}},
-        "vlm": {"serve": {"enabled": True}},
-        "train": {"enabled": ["scheme3_l2p"], "runs": {"scheme3_l2p": {"resources": {"nodes": 2, "gpus_per_node": 4}}}},
-    }))
+    (work / "overlay.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "bench": {"fgclip2": {"model": "fg-clip2-base"}, "judge": {"published_eval": "eval"}},
+                "vlm": {"serve": {"enabled": True}},
+                "train": {
+                    "enabled": ["scheme3_l2p"],
+                    "runs": {"scheme3_l2p": {"resources": {"nodes": 2, "gpus_per_node": 4}}},
+                },
+            }
+        )
+    )
     out = work / "submits.json"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "tests/slurm_submit.py"), str(out), str(site / "partitions.yaml"), "--",
-         "-n", "--cores", "10000", "--rerun-triggers", "mtime", "--profile", str(site),
-         "--configfile", "config.yaml", "overlay.yaml", "--quiet", "rules", "--", "all", "atlas"],
-        cwd=work, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "tests/slurm_submit.py"),
+            str(out),
+            str(site / "partitions.yaml"),
+            "--",
+            "-n",
+            "--cores",
+            "10000",
+            "--rerun-triggers",
+            "mtime",
+            "--profile",
+            str(site),
+            "--configfile",
+            "config.yaml",
+            "overlay.yaml",
+            "--quiet",
+            "rules",
+            "--",
+            "all",
+            "atlas",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "workflow specific profile profiles/default" in res.stderr  # read by itself
     records = json.loads(out.read_text())
@@ -192,8 +230,13 @@ def test_two_node_train_starts_a_process_per_node(submits):
         assert r["steps"][0]["srun"] is None
     from pixverve.train.config import launch_command
 
-    spec = {"device": "cuda", "mixed_precision": "bf16", "gradient_accumulation": 1,
-            "resources": {"nodes": 2, "gpus_per_node": 4}, "distributed": {"strategy": "ddp", "port": 29500}}
+    spec = {
+        "device": "cuda",
+        "mixed_precision": "bf16",
+        "gradient_accumulation": 1,
+        "resources": {"nodes": 2, "gpus_per_node": 4},
+        "distributed": {"strategy": "ddp", "port": 29500},
+    }
     cmd = launch_command(spec, [])
     assert cmd[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
 
@@ -240,4 +283,3 @@ def test_atlas_builds_shard_by_shard_in_cpu_jobs(submits):
     assert len(site) == 1
     for r in shards + site:
         assert r["partition"] == "cpu" and gpus_of(r["sbatch"]) == 0, r["sbatch"]
-

@@ -40,8 +40,13 @@ def test_same_verdict_as_snakemakes_own_check(tmp_path, patched, leaves_and_retu
     # which components a merge would join depends on set order, so the verdict would too.)
     c_input = '"b/{s}"' if leaves_and_returns else ""
     (tmp_path / "Snakefile").write_text(TOY.format(patch=PATCH if patched else "", c_input=c_input))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = res.stdout + res.stderr
     if leaves_and_returns:
         assert res.returncode != 0, out[-2000:]
@@ -71,7 +76,8 @@ def test_slurm_group_fix_widens_only_the_inner_jobs_and_warns_on_other_plugin_ve
     assert fixes.step_memory(SimpleNamespace(resources=Resources(mem_mb=48000))) == "--mem=48000M"
     assert fixes.step_memory(SimpleNamespace(resources=Resources(mem_mb=48000, mem_mb_per_cpu=4000))) == ""
     real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "2.9.0" if name == "snakemake-executor-plugin-slurm" else real(name))
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: "2.9.0" if name == "snakemake-executor-plugin-slurm" else real(name)
+    )
     warning = fixes.apply_slurm_group_jobs()
     assert warning and "snakemake-executor-plugin-slurm 2.9.0" in warning and "one after another" in warning

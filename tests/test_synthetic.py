@@ -37,9 +37,18 @@ def test_near_duplicates_by_word_trigram_jaccard():
 
 def _config(tmp_path: Path, base_url: str = "http://127.0.0.1:9/v1") -> dict:
     config = load_yaml(ROOT / "config.yaml")
-    config["sources"]["roots"] = [{"name": "synthetic", "path": str(tmp_path / "synthetic"), "source": "synthetic", "licence": ""}]
-    config["synthetic"].update(enabled=True, categories=["forest", "harbour"], prompts_per_category=4, per_request=2,
-                               width=64, height=48, backend="tiny")
+    config["sources"]["roots"] = [
+        {"name": "synthetic", "path": str(tmp_path / "synthetic"), "source": "synthetic", "licence": ""}
+    ]
+    config["synthetic"].update(
+        enabled=True,
+        categories=["forest", "harbour"],
+        prompts_per_category=4,
+        per_request=2,
+        width=64,
+        height=48,
+        backend="tiny",
+    )
     config["vlm"].update(base_url=base_url, model="fake-vlm", retries=1, backoff_s=0.01)
     return config
 
@@ -51,12 +60,18 @@ def _prompt_server(body):
     if category == "harbour" and batch == "2":
         return "Sorry, I cannot help with that."  # no JSON: the request is recorded, no prompts
     prompts = {
-        ("forest", "1"): ["A misty pine forest at dawn with soft light on wet moss and ferns",
-                          "Autumn beech forest, low sun through copper leaves, a stream over stones"],
-        ("forest", "2"): ["A misty pine forest at dawn with soft light on wet moss and stones",  # near dup
-                          "Snowy spruce forest under a blue dusk sky, fresh tracks of a fox"],
-        ("harbour", "1"): ["An old harbour at night, fishing boats under sodium lamps, rain on the quay",
-                           "Autumn beech forest, low sun through copper leaves, a stream over stones"],  # exact dup
+        ("forest", "1"): [
+            "A misty pine forest at dawn with soft light on wet moss and ferns",
+            "Autumn beech forest, low sun through copper leaves, a stream over stones",
+        ],
+        ("forest", "2"): [
+            "A misty pine forest at dawn with soft light on wet moss and stones",  # near dup
+            "Snowy spruce forest under a blue dusk sky, fresh tracks of a fox",
+        ],
+        ("harbour", "1"): [
+            "An old harbour at night, fishing boats under sodium lamps, rain on the quay",
+            "Autumn beech forest, low sun through copper leaves, a stream over stones",
+        ],  # exact dup
     }[(category, batch)]
     return f"<json>{json.dumps({'prompts': prompts})}</json>"
 
@@ -80,7 +95,9 @@ def test_prompts_through_the_vlm_client_keep_raw_replies_and_drop_duplicates(tmp
 
 def _prompts_table() -> pd.DataFrame:
     rows = [("a" * 16, "forest", "a pine forest"), ("b" * 16, "harbour", "a harbour at night")]
-    return pd.DataFrame([{"prompt_id": i, "category": c, "prompt": p, "passed": True, "smoke": False} for i, c, p in rows])
+    return pd.DataFrame(
+        [{"prompt_id": i, "category": c, "prompt": p, "passed": True, "smoke": False} for i, c, p in rows]
+    )
 
 
 def test_tiny_backend_renders_records_seeds_and_resumes(tmp_path, monkeypatch):
@@ -108,7 +125,10 @@ def test_diffusers_backend_loads_a_pipeline_folder_and_names_a_missing_one(tmp_p
     from pixverve.models.tiny_models import build_tiny_sd_pipeline
 
     folder = build_tiny_sd_pipeline(tmp_path / "pipe")
-    cfg = {"backend": "diffusers", "diffusers": {"model": str(folder), "device": "cpu", "dtype": "float32", "steps": 2, "guidance": 3.0}}
+    cfg = {
+        "backend": "diffusers",
+        "diffusers": {"model": str(folder), "device": "cpu", "dtype": "float32", "steps": 2, "guidance": 3.0},
+    }
     t2i = build_t2i(cfg)
     t2i.render("a barn", 7, 64, 64, tmp_path / "x.png")
     with Image.open(tmp_path / "x.png") as im:
@@ -126,7 +146,13 @@ def test_command_backend_runs_an_external_generator_and_reports_a_missing_one(tm
         "Image.new('RGB', (w, h), (len(prompt) % 256, int(sys.argv[2]) % 256, 0)).save(sys.argv[5], format='PNG')\n"
     )
     config = _config(tmp_path)
-    config["synthetic"].update(backend="command", command={"template": f"{sys.executable} {script} {{prompt_file}} {{seed}} {{width}} {{height}} {{output}}", "model": "gen"})
+    config["synthetic"].update(
+        backend="command",
+        command={
+            "template": f"{sys.executable} {script} {{prompt_file}} {{seed}} {{width}} {{height}} {{output}}",
+            "model": "gen",
+        },
+    )
     table, _ = render_prompts(_prompts_table(), config, base_dir=tmp_path, log=lambda *_: None)
     assert table["passed"].all() and not table["smoke"].any() and set(table["model"]) == {"gen"}
     with Image.open(tmp_path / "synthetic" / table.iloc[0]["relpath"]) as im:

@@ -61,19 +61,29 @@ def explicit_close_remote(q, k, v, num_txt, grid, factors):
         for c in range(gw):
             p = num_txt + r * gw + c
             bi, bj = band(he, r), band(we, c)
-            close = [num_txt + rr * gw + cc for rr in range(gh) for cc in range(gw)
-                     if band(he, rr) == bi and band(we, cc) == bj]
+            close = [
+                num_txt + rr * gw + cc
+                for rr in range(gh)
+                for cc in range(gw)
+                if band(he, rr) == bi and band(we, cc) == bj
+            ]
             o = attend(q[:, p], text + close)
             if (fh, fw) != (1, 1):
-                remote = [num_txt + rr * gw + cc for rr in range(gh) for cc in range(gw)
-                          if rr % fh == r % fh and cc % fw == c % fw]
+                remote = [
+                    num_txt + rr * gw + cc
+                    for rr in range(gh)
+                    for cc in range(gw)
+                    if rr % fh == r % fh and cc % fw == c % fw
+                ]
                 o = (o + attend(q[:, p], text + remote)) / 2
             out[:, p] = o
     return out
 
 
-@pytest.mark.parametrize("grid,factors,chunk", [((6, 8), (2, 4), 0), ((5, 7), (2, 3), 2), ((7, 5), (3, 2), 1),
-                                                ((4, 6), (4, 1), 3), ((6, 4), (1, 1), 0)])
+@pytest.mark.parametrize(
+    "grid,factors,chunk",
+    [((6, 8), (2, 4), 0), ((5, 7), (2, 3), 2), ((7, 5), (3, 2), 1), ((4, 6), (4, 1), 3), ((6, 4), (1, 1), 0)],
+)
 def test_local_attention_matches_the_explicit_close_remote_definition(grid, factors, chunk):
     """Even and uneven splits (5 rows in 2 bands: 2 + 3), chunked or not."""
     g = torch.Generator().manual_seed(0)
@@ -107,8 +117,15 @@ def test_published_pattern_presets_and_parsing():
     assert tm.parse_pattern("1x1,8x16,16x8,4x32,32x4") == tm.PATTERN_PRESETS["4k"]
     assert tm.window_settings({}, 4096)["pattern"] == [[1, 1], [8, 16], [16, 8], [4, 32], [32, 4]]
     assert tm.window_settings({}, 10240)["pattern"] == [[1, 1], [16, 32], [32, 16], [8, 64], [64, 8]]
-    assert tm.block_factors(7, tm.parse_pattern("1x1,2x4,4x2")) == [(1, 1), (2, 4), (4, 2), (1, 1), (2, 4), (4, 2),
-                                                                       (1, 1)]
+    assert tm.block_factors(7, tm.parse_pattern("1x1,2x4,4x2")) == [
+        (1, 1),
+        (2, 4),
+        (4, 2),
+        (1, 1),
+        (2, 4),
+        (4, 2),
+        (1, 1),
+    ]
     with pytest.raises(ValueError):
         tm.parse_pattern("0x4")
 
@@ -126,8 +143,15 @@ def _flux2_call(pipe, grid, seed: int):
     text = torch.randn(1, 5, cfg.joint_attention_dim, generator=g)
     img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(grid[0]), torch.arange(grid[1]), torch.arange(1))
     txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(5))
-    return pipe.transformer(hidden_states=hidden, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
-                            img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+    return pipe.transformer(
+        hidden_states=hidden,
+        encoder_hidden_states=text,
+        timestep=torch.tensor([0.4]),
+        img_ids=img_ids,
+        txt_ids=txt_ids,
+        guidance=None,
+        return_dict=False,
+    )[0]
 
 
 def _flux2_forward(pipe, grid=(4, 6)):
@@ -146,20 +170,24 @@ def test_window_processors_in_the_real_model(tiny_flux2):
     windowed = _flux2_forward(pipe)
     assert context.grid == (4, 6) and context.num_txt == 5  # read from img_ids by the pre-hook
     assert (windowed - full).abs().max() > 1e-3  # the local attention is in effect
-    procs = [b.attn.processor.factors for b in list(pipe.transformer.transformer_blocks)
-             + list(pipe.transformer.single_transformer_blocks)]
+    procs = [
+        b.attn.processor.factors
+        for b in list(pipe.transformer.transformer_blocks) + list(pipe.transformer.single_transformer_blocks)
+    ]
     assert procs == [(1, 1), (2, 3), (4, 1)]  # block index mod pattern: double-stream block first
 
 
 # what the published _flux2_auto_factor_pattern (flux2_infer/models/flux2_dit.py) returns for these
 # (grid, target window) pairs, computed by running the published function outside this project
-PUBLISHED_AUTO = [((256, 256), (24, 24), ((8, 16), (16, 8), (4, 32), (32, 4), (4, 16))),
-                  ((512, 512), (24, 24), ((16, 32), (32, 16), (8, 64), (64, 8), (8, 32))),
-                  ((640, 640), (24, 24), ((20, 32), (32, 20), (20, 40), (64, 10), (10, 64))),
-                  ((256, 128), (16, 16), ((16, 8), (32, 4), (8, 16), (64, 2), (4, 32))),
-                  ((96, 160), (24, 24), ((3, 8), (6, 5), (3, 10), (6, 4), (2, 16))),
-                  ((64, 64), (16, 8), ((4, 8), (8, 4), (2, 16), (16, 2), (1, 32))),
-                  ((12, 18), (4, 4), ((4, 3), (6, 2), (2, 6), (4, 2), (2, 9)))]
+PUBLISHED_AUTO = [
+    ((256, 256), (24, 24), ((8, 16), (16, 8), (4, 32), (32, 4), (4, 16))),
+    ((512, 512), (24, 24), ((16, 32), (32, 16), (8, 64), (64, 8), (8, 32))),
+    ((640, 640), (24, 24), ((20, 32), (32, 20), (20, 40), (64, 10), (10, 64))),
+    ((256, 128), (16, 16), ((16, 8), (32, 4), (8, 16), (64, 2), (4, 32))),
+    ((96, 160), (24, 24), ((3, 8), (6, 5), (3, 10), (6, 4), (2, 16))),
+    ((64, 64), (16, 8), ((4, 8), (8, 4), (2, 16), (16, 2), (1, 32))),
+    ((12, 18), (4, 4), ((4, 3), (6, 2), (2, 6), (4, 2), (2, 9))),
+]
 
 
 @pytest.mark.parametrize("grid,window,expected", PUBLISHED_AUTO)
@@ -203,7 +231,8 @@ def test_sequence_chunking_changes_memory_not_results(tiny_flux2, window, monkey
         tm.install_window_attention(plain.transformer, window)
     chunked = copy.deepcopy(tiny_flux2)
     assert tm.needs_own_processors("full_attention", {"seq_chunk_single": 7}) and not tm.needs_own_processors(
-        "full_attention", {"seq_chunk_single": 0})
+        "full_attention", {"seq_chunk_single": 0}
+    )
     tm.install_window_attention(chunked.transformer, window, {"seq_chunk_single": 7, "seq_chunk_double": 5})
     calls = {"fused": 0, "whole": 0, "ff": 0, "to_q": 0}
     rows = tm._linear_rows  # the fused single-stream projection, row block by row block (never called whole)
@@ -283,7 +312,9 @@ def test_l2p_noise_levels_are_uniform_over_the_shifted_grid():
     g = torch.Generator().manual_seed(0)
     s = tm.l2p_sample_sigmas(50000, g, 3.0, 1000).double()
     index = 1000 * (1 - s / (3 - 2 * s))  # undo the shift s' = 3s / (1 + 2s), then s = 1 - i/1000
-    assert (index - index.round()).abs().max() < 1e-2 and index.min() >= -1e-3 and index.max() < 1000  # grid points only
+    assert (
+        (index - index.round()).abs().max() < 1e-2 and index.min() >= -1e-3 and index.max() < 1000
+    )  # grid points only
     counts = torch.bincount(index.round().long(), minlength=1000)
     assert counts.min() > 20 and counts.max() < 90  # ~50 each: uniform in the index
 
@@ -309,7 +340,10 @@ def test_training_noise_levels_at_4k_are_spread_not_pure_noise():
 
     defaults = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["defaults"]
     g = torch.Generator().manual_seed(0)
-    draw = lambda spec: tm.sample_sigmas(20000, g, flux2_train_mu(spec, 256 * 256), spec["logit_mean"], spec["logit_std"])
+
+    def draw(spec):
+        return tm.sample_sigmas(20000, g, flux2_train_mu(spec, 256 * 256), spec["logit_mean"], spec["logit_std"])
+
     stats = sigma_stats(draw(defaults).numpy())
     assert stats["q05"] < 0.3 and 0.4 < stats["q50"] < 0.9 and stats["q95"] > 0.9 and stats["frac_above_0.99"] < 0.05
     old = sigma_stats(draw(dict(defaults, train_shift={"mode": "dynamic"})).numpy())
@@ -356,9 +390,12 @@ def published_sigmas(width, height, steps, mu=None):
 
 
 def flux2_info(**changes):
-    info = {"family": "flux2", "text": {"max_length": 8, "out_layers": [1]},
-            "train_shift": {"mode": "static", "mu": 0.8},
-            "sample": {"steps": 40, "guidance": 4.0, "seed": 0, "dynamic_shift": True, "dynamic_shift_len": None}}
+    info = {
+        "family": "flux2",
+        "text": {"max_length": 8, "out_layers": [1]},
+        "train_shift": {"mode": "static", "mu": 0.8},
+        "sample": {"steps": 40, "guidance": 4.0, "seed": 0, "dynamic_shift": True, "dynamic_shift_len": None},
+    }
     return {**info, **changes}
 
 
@@ -379,7 +416,9 @@ def test_a_checkpoint_samples_at_the_shift_it_was_trained_with():
 
     published = {"shift": "published", "dynamic_shift": True, "dynamic_shift_len": None}
     generate(info, pipe, "p", 4096, 4096, 40, 4.0, seed=0, shift=published)
-    assert torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40), atol=1e-6) and pipe.sigmas[-1].min() >= 0.9996
+    assert (
+        torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40), atol=1e-6) and pipe.sigmas[-1].min() >= 0.9996
+    )
     generate(info, pipe, "p", 8192, 8192, 40, 4.0, seed=0, shift=published)
     assert torch.all(pipe.sigmas[-1] == 1.0)
     disabled = dict(published, dynamic_shift=False)  # --disable_dynamic_shift: mu 0.8
@@ -411,8 +450,16 @@ def test_the_bench_checkpoint_backend_samples_as_trained(tmp_path, monkeypatch):
     pipe = SchedulePipe()
     monkeypatch.setattr(infer, "load_checkpoint", lambda *a, **k: (info, pipe))
     rows = [{"file_name": "a.png", "long_caption": "a red car"}]
-    spec = {"backend": "checkpoint", "checkpoint_dir": str(ckpt), "run": "scheme1_full", "train_resolution": 4096,
-            "width": 64, "height": 64, "steps": 4, "device": "cpu"}
+    spec = {
+        "backend": "checkpoint",
+        "checkpoint_dir": str(ckpt),
+        "run": "scheme1_full",
+        "train_resolution": 4096,
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "device": "cpu",
+    }
     out = tmp_path / "gen"
     summary = generate_method(rows, spec, out, tmp_path, 100.0, log=lambda m: None)
     assert torch.allclose(pipe.sigmas[-1], published_sigmas(64, 64, 4, mu=0.8), atol=1e-6)
@@ -430,10 +477,28 @@ def test_the_sampling_shift_keys_validate(tmp_path):
 
     from pixverve.workflow import load_config
 
-    overlay = {"train": {"defaults": {"sample": {"steps": 4, "guidance": 4.0, "seed": 0, "shift": "published"}}},
-               "bench": {"fgclip2": {"backend": "none"}, "methods": {"ours": {"resolution": "4K", "generate": {
-                   "backend": "checkpoint", "run": "scheme1_full", "train_resolution": 4096, "width": 64, "height": 64,
-                   "steps": 2, "shift": "published", "dynamic_shift": False, "dynamic_shift_len": None}}}}}
+    overlay = {
+        "train": {"defaults": {"sample": {"steps": 4, "guidance": 4.0, "seed": 0, "shift": "published"}}},
+        "bench": {
+            "fgclip2": {"backend": "none"},
+            "methods": {
+                "ours": {
+                    "resolution": "4K",
+                    "generate": {
+                        "backend": "checkpoint",
+                        "run": "scheme1_full",
+                        "train_resolution": 4096,
+                        "width": 64,
+                        "height": 64,
+                        "steps": 2,
+                        "shift": "published",
+                        "dynamic_shift": False,
+                        "dynamic_shift_len": None,
+                    },
+                }
+            },
+        },
+    }
     path = tmp_path / "overlay.yaml"
     path.write_text(yaml.safe_dump(overlay))
     config = load_config(ROOT / "config.yaml", path)
@@ -461,8 +526,16 @@ def demo_data(tmp_path_factory):
         image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
         path = folder / f"{k:016x}.tif"
         TiledTiffWriter(path, h, w, tile=128).write(bands_of(image, 64))
-        rows.append({"image_id": f"{k:016x}", "width": w, "height": h, "long_caption": f"picture number {k}",
-                     "short_caption": f"pic {k}", "provenance": {"sr_output": str(path)}})
+        rows.append(
+            {
+                "image_id": f"{k:016x}",
+                "width": w,
+                "height": h,
+                "long_caption": f"picture number {k}",
+                "short_caption": f"pic {k}",
+                "provenance": {"sr_output": str(path)},
+            }
+        )
     return rows
 
 
@@ -480,8 +553,12 @@ def read_log(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-SCHEMES = [("scheme1_full", 128, {}), ("scheme1_lora", 128, {"lr": 3e-2}), ("scheme2_window", 128, {}),
-           ("scheme3_l2p", 64, {})]
+SCHEMES = [
+    ("scheme1_full", 128, {}),
+    ("scheme1_lora", 128, {"lr": 3e-2}),
+    ("scheme2_window", 128, {}),
+    ("scheme3_l2p", 64, {}),
+]
 
 
 @pytest.mark.parametrize("run,res,changes", SCHEMES, ids=[s[0] for s in SCHEMES])
@@ -490,8 +567,9 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     from pixverve.train.infer import generate, load_checkpoint
     from pixverve.train.loop import train_run
 
-    spec = demo_spec(run, res, max_steps=30, overfit_batches=1, log_every=10, eval_every=10, checkpoint_every=30,
-                     **changes)
+    spec = demo_spec(
+        run, res, max_steps=30, overfit_batches=1, log_every=10, eval_every=10, checkpoint_every=30, **changes
+    )
     # the mechanics on aspect buckets and random crops, as before the demo's L2P run took the
     # published square / budget sizes (those: tests/test_train_data.py; the demo trains on them)
     spec["sizes"], spec["data"]["crop_mode"] = "buckets", "crop"
@@ -517,7 +595,10 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
 
         saved = load_file(final / "l2p_trained.safetensors")
         assert info["l2p"]["frozen_layers"] == [1]
-        assert not any(k.startswith("transformer.layers.1.") for k in saved) and "transformer.layers.0.attention.to_q.weight" in saved
+        assert (
+            not any(k.startswith("transformer.layers.1.") for k in saved)
+            and "transformer.layers.0.attention.to_q.weight" in saved
+        )
         base = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints").transformer
         trained = loaded["model"].transformer
         assert torch.equal(trained.layers[1].attention.to_q.weight, base.layers[1].attention.to_q.weight)  # frozen
@@ -525,12 +606,23 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     stats = json.loads((tmp_path / "sigma_stats.json").read_text())  # what the run trained on
     assert stats["count"] == 30 * 2 and 0.0 < stats["q05"] < stats["q50"] < stats["q95"] < 1.0
     assert all(r["sigma_q50"] for r in log)
-    if info["family"] == "flux2":  # sampled where it was trained (mu 0.8): the published dynamic shift is another schedule
+    if (
+        info["family"] == "flux2"
+    ):  # sampled where it was trained (mu 0.8): the published dynamic shift is another schedule
         assert info["train_shift"] == {"mode": "static", "mu": 0.8}
         c = generate(info, loaded, "a red car", res, res, 3, 4.0, seed=5, shift={"shift": "published"})
         assert c.shape == a.shape and not np.array_equal(a, c)
-        d = generate(info, loaded, "a red car", res, res, 3, 4.0, seed=5,  # --disable_dynamic_shift: mu 0.8 as well
-                     shift={"shift": "published", "dynamic_shift": False})
+        d = generate(
+            info,
+            loaded,
+            "a red car",
+            res,
+            res,
+            3,
+            4.0,
+            seed=5,  # --disable_dynamic_shift: mu 0.8 as well
+            shift={"shift": "published", "dynamic_shift": False},
+        )
         assert np.array_equal(a, d)
 
 
@@ -545,8 +637,10 @@ def test_a_reload_that_misses_the_training_is_refused(demo_data, tmp_path):
     samples = samples_from_records(demo_data, 128, "long", 16)
     train_run(spec, samples, tmp_path / "a", log=lambda m: None)
     weights = load_file(tmp_path / "a" / "final" / "transformer.safetensors")
-    save_file({k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()},
-              tmp_path / "a" / "final" / "transformer.safetensors")
+    save_file(
+        {k: v + 0.05 * torch.randn_like(v) for k, v in weights.items()},
+        tmp_path / "a" / "final" / "transformer.safetensors",
+    )
     with pytest.raises(tm.ModelUnavailable, match="probe"):
         load_checkpoint(tmp_path / "a" / "final")
 
@@ -561,8 +655,9 @@ def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
     from pixverve.train.infer import generate, load_checkpoint
     from pixverve.train.loop import train_run
 
-    spec = demo_spec("scheme3_l2p", 64, max_steps=3, log_every=1, eval_every=0, checkpoint_every=3,
-                     master_weights="bf16", lr=5e-2)
+    spec = demo_spec(
+        "scheme3_l2p", 64, max_steps=3, log_every=1, eval_every=0, checkpoint_every=3, master_weights="bf16", lr=5e-2
+    )
     spec["sizes"], spec["data"]["crop_mode"] = "buckets", "crop"
     train_run(spec, samples_from_records(demo_data, 64, "long", bucket_multiple(spec)), tmp_path, log=lambda m: None)
     saved = load_file(tmp_path / "final" / "l2p_trained.safetensors")
@@ -571,10 +666,12 @@ def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
     assert info["master_weights"] == "bf16" and next(loaded["model"].parameters()).dtype == torch.bfloat16
     base = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints").transformer
     trained = loaded["model"].transformer
-    assert torch.equal(trained.layers[1].attention.to_q.weight.float(),
-                       base.layers[1].attention.to_q.weight.to(torch.bfloat16).float())  # frozen: the bf16 base
-    assert not torch.equal(trained.layers[0].attention.to_q.weight.float(),
-                           base.layers[0].attention.to_q.weight.to(torch.bfloat16).float())
+    assert torch.equal(
+        trained.layers[1].attention.to_q.weight.float(), base.layers[1].attention.to_q.weight.to(torch.bfloat16).float()
+    )  # frozen: the bf16 base
+    assert not torch.equal(
+        trained.layers[0].attention.to_q.weight.float(), base.layers[0].attention.to_q.weight.to(torch.bfloat16).float()
+    )
     assert generate(info, loaded, "a red car", 64, 64, 2, 4.0, seed=1).shape == (64, 64, 3)
     load_checkpoint(tmp_path / "final")  # fp32 reload of bf16 weights: the probe still matches
 
@@ -608,18 +705,21 @@ def test_resume_continues_at_the_right_step_with_the_same_result(demo_data, tmp_
 
     samples = samples_from_records(demo_data, 128, "long", 16)
     common = dict(log_every=2, eval_every=0, checkpoint_every=4, keep_checkpoints=5)
-    straight = train_run(demo_spec("scheme2_window", 128, max_steps=8, **common), samples, tmp_path / "straight",
-                         log=lambda m: None)
+    straight = train_run(
+        demo_spec("scheme2_window", 128, max_steps=8, **common), samples, tmp_path / "straight", log=lambda m: None
+    )
     assert straight["resumed_from"] == 0
     # "killed" after step 4: its checkpoint is the newest; a half-written one (no marker) is ignored
-    first = train_run(demo_spec("scheme2_window", 128, max_steps=4, **common), samples, tmp_path / "resumed",
-                      log=lambda m: None)
+    first = train_run(
+        demo_spec("scheme2_window", 128, max_steps=4, **common), samples, tmp_path / "resumed", log=lambda m: None
+    )
     assert first["resumed_from"] == 0
     (tmp_path / "resumed" / "checkpoints" / "step-000006").mkdir()  # no `done`: a job killed mid-save
     assert newest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step-000004"
     messages = []
-    again = train_run(demo_spec("scheme2_window", 128, max_steps=8, **common), samples, tmp_path / "resumed",
-                      log=messages.append)
+    again = train_run(
+        demo_spec("scheme2_window", 128, max_steps=8, **common), samples, tmp_path / "resumed", log=messages.append
+    )
     assert again["resumed_from"] == 4 and any("resumed from step-000004" in m for m in messages)
     log = read_log(tmp_path / "resumed" / "train_log.csv")
     assert [int(r["step"]) for r in log] == [2, 4, 6, 8]  # no step twice, none missing
@@ -634,10 +734,21 @@ def test_two_processes_step_together(demo_data, tmp_path):
     parameters agree after every logged step, and one final checkpoint is written."""
     import pandas as pd
 
-    meta = pd.DataFrame([{"image_id": r["image_id"], "file_name": r["image_id"] + ".tif", "split": "train",
-                          "width": r["width"], "height": r["height"], "long_caption": r["long_caption"],
-                          "short_caption": r["short_caption"], "prov_sr_output": r["provenance"]["sr_output"]}
-                         for r in demo_data])
+    meta = pd.DataFrame(
+        [
+            {
+                "image_id": r["image_id"],
+                "file_name": r["image_id"] + ".tif",
+                "split": "train",
+                "width": r["width"],
+                "height": r["height"],
+                "long_caption": r["long_caption"],
+                "short_caption": r["short_caption"],
+                "prov_sr_output": r["provenance"]["sr_output"],
+            }
+            for r in demo_data
+        ]
+    )
     meta.to_parquet(tmp_path / "metadata.parquet")
     spec = demo_spec("scheme1_full", 128, max_steps=6, log_every=2, eval_every=0, checkpoint_every=3, batch_size=1)
     spec["data"]["metadata"] = str(tmp_path / "metadata.parquet")
@@ -657,8 +768,11 @@ def test_two_processes_step_together(demo_data, tmp_path):
         assert float(r["grad_norm_spread"]) < 1e-6 and float(r["param_spread"]) < 1e-6
     assert any(float(r["rank_loss_spread"]) > 0 for r in log)  # the ranks saw different images
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000003", "step-000006"]
-    assert sorted(p.name for p in (out / "final").iterdir()) == ["model.json", "probe.safetensors",
-                                                                 "transformer.safetensors"]
+    assert sorted(p.name for p in (out / "final").iterdir()) == [
+        "model.json",
+        "probe.safetensors",
+        "transformer.safetensors",
+    ]
     assert done.stderr.count('"world_size": 2') == 2  # both ranks report the world size
 
 
@@ -683,23 +797,50 @@ def test_paper_config_train_rules_dry_run(tmp_path):
     (tmp_path / "results" / "dataset").mkdir(parents=True)
     (tmp_path / "results" / "dataset" / "metadata.parquet").write_bytes(b"")
     (tmp_path / "overlay.yaml").write_text(
-        "train:\n  enabled: [scheme1_full, scheme1_lora, scheme2_window, scheme3_l2p]\n")
+        "train:\n  enabled: [scheme1_full, scheme1_lora, scheme2_window, scheme3_l2p]\n"
+    )
     res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(ROOT / "config.yaml"), str(tmp_path / "overlay.yaml"),
-         "--allowed-rules", "train", "train_sample", "train_all", "--", "train_all"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(tmp_path / "overlay.yaml"),
+            "--allowed-rules",
+            "train",
+            "train_sample",
+            "train_all",
+            "--",
+            "train_all",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     text = res.stdout
     assert "train               9" in text.replace("\t", " ") or text.count("rule train:") == 9
-    assert "gres=gpu:8" in text and "nodes=1" in text and "runtime=2880" in text and "tasks=1" in text and "tasks_per_gpu=0" in text
+    assert (
+        "gres=gpu:8" in text
+        and "nodes=1" in text
+        and "runtime=2880" in text
+        and "tasks=1" in text
+        and "tasks_per_gpu=0" in text
+    )
     assert "input: results/dataset/metadata.parquet, results/train/scheme3_l2p/8192/final" in text  # 10K from 8K
 
 
 def test_bad_train_config_is_an_error(tmp_path):
-    from pixverve.train.config import check_train_config
-
     import yaml
+
+    from pixverve.train.config import check_train_config
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["train"]["enabled"] = ["scheme9"]
@@ -718,8 +859,18 @@ def test_bad_train_config_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="vae_tile_stride"):
         check_train_config(config)
     del config["train"]["runs"]["scheme1_full"]["vae_tile_stride"]
-    config["bench"]["methods"] = {"ours": {"generate": {"backend": "checkpoint", "run": "scheme1_full",
-                                                       "train_resolution": 1024, "width": 64, "height": 64, "steps": 2}}}
+    config["bench"]["methods"] = {
+        "ours": {
+            "generate": {
+                "backend": "checkpoint",
+                "run": "scheme1_full",
+                "train_resolution": 1024,
+                "width": 64,
+                "height": 64,
+                "steps": 2,
+            }
+        }
+    }
     with pytest.raises(ValueError, match="train_resolution"):
         check_train_config(config)
 
@@ -735,8 +886,16 @@ def test_lora_file_fuses_as_the_published_loader_reads_it(demo_data, tmp_path):
     from pixverve.train.infer import load_checkpoint
     from pixverve.train.loop import train_run
 
-    spec = demo_spec("scheme1_lora", 128, max_steps=2, log_every=2, eval_every=0, checkpoint_every=2, lr=3e-2,
-                     lora={"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"]})
+    spec = demo_spec(
+        "scheme1_lora",
+        128,
+        max_steps=2,
+        log_every=2,
+        eval_every=0,
+        checkpoint_every=2,
+        lr=3e-2,
+        lora={"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"]},
+    )
     train_run(spec, samples_from_records(demo_data, 128, "long", 16), tmp_path, log=lambda m: None)
     info, pipe = load_checkpoint(tmp_path / "final")
     want = _flux2_forward(pipe)
@@ -769,8 +928,9 @@ def test_sequence_chunking_keeps_a_lora_on_the_fused_projection(tiny_flux2):
     for memory in (None, {"seq_chunk_single": 7}):
         pipe = copy.deepcopy(tiny_flux2)
         torch.manual_seed(0)
-        pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
-                                                target_modules=["to_qkv_mlp_proj"]))
+        pipe.transformer.add_adapter(
+            LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_qkv_mlp_proj"])
+        )
         for name, p in pipe.transformer.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))

@@ -48,8 +48,17 @@ def records(tmp_path):
         path = tmp_path / f"{k:016x}.tif"
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         TiledTiffWriter(path, h, w, tile=128).write(bands_of(image, 64))
-        out.append({"image_id": f"{k:016x}", "width": w, "height": h, "provenance": {"sr_output": str(path)},
-                    "long_caption": f"long {k}", "short_caption": f"short {k}", "_image": image})
+        out.append(
+            {
+                "image_id": f"{k:016x}",
+                "width": w,
+                "height": h,
+                "provenance": {"sr_output": str(path)},
+                "long_caption": f"long {k}",
+                "short_caption": f"short {k}",
+                "_image": image,
+            }
+        )
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,15 @@ import tifffile
 
 from pixverve.core.tiling import TiledTiffWriter, TileGrid, feather, naive_full_canvas, upscale_bands
 from pixverve.upscale import weights as sr_weights
-from pixverve.upscale.sr import SRBackend, SRUnavailable, lanczos_tiles, load_state_dict, spandrel_backend, tile_function, upscale_shard
+from pixverve.upscale.sr import (
+    SRBackend,
+    SRUnavailable,
+    lanczos_tiles,
+    load_state_dict,
+    spandrel_backend,
+    tile_function,
+    upscale_shard,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -195,7 +204,7 @@ def test_real_esrgan_weights_from_the_wheel(realesrgan_weights):
 def test_pickled_weights_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"conv_first.weight": torch.zeros(1), "x": SRBackend("a", 1, None)}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_state_dict(path)
     with pytest.raises(SRUnavailable, match="sr_weights"):
         load_state_dict(tmp_path / "missing.pth")
@@ -225,8 +234,18 @@ def _rows(tmp_path, specs):
     rows = []
     for i, (scale, tier) in enumerate(specs):
         Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "src" / f"{i}.png")
-        rows.append({"image_id": f"{i:016x}", "root": "r", "relpath": f"{i}.png", "shard": "s00000", "sr_tier": tier, "sr_scale": scale,
-                     "width": 120, "height": 90})
+        rows.append(
+            {
+                "image_id": f"{i:016x}",
+                "root": "r",
+                "relpath": f"{i}.png",
+                "shard": "s00000",
+                "sr_tier": tier,
+                "sr_scale": scale,
+                "width": 120,
+                "height": 90,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -257,7 +276,12 @@ def test_command_backend_and_a_failing_image(tmp_path):
     (tmp_path / "src" / "1.png").write_bytes(b"broken")  # the second image cannot be read
     table, _ = upscale_shard(rows, _config(tmp_path, "command", template), tmp_path / "out", log=lambda *_: None)
     ok = table.iloc[0]
-    assert ok["passed"] and ok["backend"] == "command" and ok["prompt"] == "sharp" and (ok["out_width"], ok["out_height"]) == (180, 240)
+    assert (
+        ok["passed"]
+        and ok["backend"] == "command"
+        and ok["prompt"] == "sharp"
+        and (ok["out_width"], ok["out_height"]) == (180, 240)
+    )
     assert not table.iloc[1]["passed"] and table.iloc[1]["reason"] == "not_an_image"  # the project's reader said so
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{0:016x}.tif"]  # no input or raw output left
 
@@ -336,9 +360,18 @@ def _batch_config(tmp_path, **options):
     tool = tmp_path / "fake_runner.py"
     tool.write_text(FAKE_RUNNER)
     cfg = _config(tmp_path, "command")
-    options = {"starts": str(tmp_path / "starts.txt"), "census": str(tmp_path / "census.jsonl"), "pid": str(tmp_path / "pid"),
-               "crash_marker": str(tmp_path / "crashed"), **options}
-    cfg["upscale"]["command"] = {"template": None, "batch_template": f"{sys.executable} {tool} {{jobs}}", "options": options}
+    options = {
+        "starts": str(tmp_path / "starts.txt"),
+        "census": str(tmp_path / "census.jsonl"),
+        "pid": str(tmp_path / "pid"),
+        "crash_marker": str(tmp_path / "crashed"),
+        **options,
+    }
+    cfg["upscale"]["command"] = {
+        "template": None,
+        "batch_template": f"{sys.executable} {tool} {{jobs}}",
+        "options": options,
+    }
     return cfg
 
 
@@ -384,12 +417,23 @@ def test_batch_command_prepares_inputs_checks_sizes_and_holds_one_image_in_scrat
     census = [json.loads(line) for line in (tmp_path / "census.jsonl").read_text().splitlines()]
     assert [c["id"] for c in census] == _ids(0, 1, 2, 4, 6)
     assert [c["raw"] for c in census] == [1, 1, 1, 1, 0] and all(c["inputs"] == 1 for c in census)  # 6 wrote none
-    assert [c["stored"] for c in census] == [[f"{i}.tif" for i in ids] for ids in ([], _ids(0), _ids(0, 1), _ids(0, 1), _ids(0, 1, 4))]
+    assert [c["stored"] for c in census] == [
+        [f"{i}.tif" for i in ids] for ids in ([], _ids(0), _ids(0, 1), _ids(0, 1), _ids(0, 1, 4))
+    ]
     assert sorted(p.name for p in out.iterdir()) == [f"{i}.tif" for i in _ids(0, 1, 3, 4)]  # no scratch left
     # a rerun finds the stored outputs and asks the runner only for the failed images
     table2, timings2 = upscale_shard(rows, _batch_config(tmp_path), out, log=lambda *_: None)
     assert (tmp_path / "starts.txt").read_text() == "xx" and table2["passed"].tolist() == [True] * 7 + [False]
-    assert list(timings2["status"]) == ["existing", "existing", "done", "existing", "existing", "done", "done", "failed"]
+    assert list(timings2["status"]) == [
+        "existing",
+        "existing",
+        "done",
+        "existing",
+        "existing",
+        "done",
+        "done",
+        "failed",
+    ]
 
 
 def test_a_runner_crash_mid_shard_keeps_the_finished_images(tmp_path):
@@ -397,7 +441,9 @@ def test_a_runner_crash_mid_shard_keeps_the_finished_images(tmp_path):
     cfg = _batch_config(tmp_path, crash=_ids(2))
     table, _ = upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
     assert list(table["passed"]) == [True, True, False, False] and set(table["reason"][2:]) == {"sr_failed"}
-    assert table.iloc[2]["reason_detail"].startswith(f"SRImageFailed: the SR batch command exited (3) while on {0x2:016x}.tif.in.tif")
+    assert table.iloc[2]["reason_detail"].startswith(
+        f"SRImageFailed: the SR batch command exited (3) while on {0x2:016x}.tif.in.tif"
+    )
     assert "illegal memory access" in table.iloc[2]["reason_detail"]  # the tail of its stderr says why
     assert table.iloc[3]["reason_detail"].startswith("SRImageFailed: not run: the SR batch command exited (3)")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.tif" for i in _ids(0, 1)]
@@ -453,8 +499,10 @@ def test_a_runner_that_never_answers_stops_the_job(tmp_path):
     rows = _rows(tmp_path, [(2, "x2")])
     cfg = _config(tmp_path, "command")
     exits = f"{sys.executable} -c 'import sys; sys.exit(\"config key upscale.command.options.checkout is not set\")' {{jobs}}"
-    for template, message in ((exits, r"exited \(1\) before answering its first image(?s:.*)checkout is not set"),
-                              ("pixverve-no-such-runner {jobs}", r"cannot be run \(127\)")):
+    for template, message in (
+        (exits, r"exited \(1\) before answering its first image(?s:.*)checkout is not set"),
+        ("pixverve-no-such-runner {jobs}", r"cannot be run \(127\)"),
+    ):
         cfg["upscale"]["command"] = {"template": None, "batch_template": template, "options": {}}
         with pytest.raises(SRUnavailable, match=message):
             upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
@@ -482,10 +530,12 @@ STAND_IN_ODTSR = {
         "    def infer(self, prompt, negative_prompt, condition_image, cfg_scale, fidelity, tiled, tile_size, tile_stride):\n"
         "        open(self.log, 'a').write(json.dumps([prompt, negative_prompt, list(condition_image.size), cfg_scale, fidelity,\n"
         "                                              tiled, tile_size, tile_stride]) + '\\n')\n"
-        "        return condition_image\n"),
+        "        return condition_image\n"
+    ),
     "examples/qwen_image/wavelet_color_fix.py": (
         "def adain_color_fix(target, source):\n    return target.point(lambda v: 255 - v)\n"
-        "def wavelet_color_fix(target, source):\n    return target\n"),
+        "def wavelet_color_fix(target, source):\n    return target\n"
+    ),
 }
 
 
@@ -496,12 +546,21 @@ def _stand_in_odtsr(tmp_path) -> dict:
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         (checkout / rel).write_text(text.replace("self.log", repr(str(tmp_path / "infer.jsonl"))))
     qwen = tmp_path / "Qwen-Image"
-    for rel in ("transformer/diffusion_pytorch_model-00001-of-00002.safetensors", "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
-                "text_encoder/model-00001-of-00001.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+    for rel in (
+        "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "text_encoder/model-00001-of-00001.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ):
         (qwen / rel).parent.mkdir(parents=True, exist_ok=True)
         (qwen / rel).write_bytes(b"")
     (tmp_path / "odtsr.ckpt").write_bytes(b"")
-    return {"checkout": str(checkout), "trained_ckpt": str(tmp_path / "odtsr.ckpt"), "qwen_path": str(qwen), "device": "cpu"}
+    return {
+        "checkout": str(checkout),
+        "trained_ckpt": str(tmp_path / "odtsr.ckpt"),
+        "qwen_path": str(qwen),
+        "device": "cpu",
+    }
 
 
 ODTSR_RUN = Path(__file__).resolve().parent.parent / "pixverve" / "upscale" / "odtsr_run.py"
@@ -513,12 +572,18 @@ def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
     options = _stand_in_odtsr(tmp_path)
     Image.new("RGB", (120, 90), (10, 20, 30)).save(tmp_path / "a.png")
     Image.new("RGB", (700, 60), (10, 20, 30)).save(tmp_path / "b.png")
-    jobs = {"options": options,
-            "jobs": [{"input": str(tmp_path / "a.png"), "output": str(tmp_path / "a.tif"), "scale": 2, "prompt": "sharp"},
-                     {"input": str(tmp_path / "missing.png"), "output": str(tmp_path / "m.tif"), "scale": 2, "prompt": "sharp"},
-                     {"input": str(tmp_path / "b.png"), "output": str(tmp_path / "b.tif"), "scale": 1, "prompt": "sharp"}]}
+    jobs = {
+        "options": options,
+        "jobs": [
+            {"input": str(tmp_path / "a.png"), "output": str(tmp_path / "a.tif"), "scale": 2, "prompt": "sharp"},
+            {"input": str(tmp_path / "missing.png"), "output": str(tmp_path / "m.tif"), "scale": 2, "prompt": "sharp"},
+            {"input": str(tmp_path / "b.png"), "output": str(tmp_path / "b.tif"), "scale": 1, "prompt": "sharp"},
+        ],
+    }
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    res = subprocess.run([sys.executable, str(ODTSR_RUN), str(tmp_path / "jobs.json")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(ODTSR_RUN), str(tmp_path / "jobs.json")], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 1 and "missing.png" in res.stderr  # one image failed, the others were done
     # stdout carries exactly one answer per job, in order
     assert [line.split()[0] for line in res.stdout.splitlines()] == ["ok", "failed", "ok"]
@@ -529,7 +594,11 @@ def test_odtsr_wrapper_runs_the_published_inference_steps_once_loaded(tmp_path):
     assert calls[0] == ["sharp", "", [512, 512], 1.0, 1.0, True, 64, 48]
     assert calls[1][2] == [896, 512]  # 700 wide: 512 + 1 stride of 384
     with Image.open(tmp_path / "a.tif") as out:
-        assert out.size == (240, 180) and out.getpixel((5, 5)) == (245, 235, 225)  # cropped back, adain colour fix applied
+        assert out.size == (240, 180) and out.getpixel((5, 5)) == (
+            245,
+            235,
+            225,
+        )  # cropped back, adain colour fix applied
     assert not (tmp_path / "m.tif").exists()
 
 
@@ -549,8 +618,11 @@ def test_odtsr_runner_through_the_shard_job(tmp_path):
     rows = _rows(tmp_path, [(2, "x2"), (4, "x4")])
     _exif_png(tmp_path / "src" / "0.png", 8)
     cfg = _config(tmp_path, "command")
-    cfg["upscale"]["command"] = {"template": None, "batch_template": f"{sys.executable} {ODTSR_RUN} {{jobs}}",
-                                 "options": _stand_in_odtsr(tmp_path) | {"color_fix": "wavelet"}}
+    cfg["upscale"]["command"] = {
+        "template": None,
+        "batch_template": f"{sys.executable} {ODTSR_RUN} {{jobs}}",
+        "options": _stand_in_odtsr(tmp_path) | {"color_fix": "wavelet"},
+    }
     table, _ = upscale_shard(rows, cfg, tmp_path / "out", log=lambda *_: None)
     assert table["passed"].all() and list(zip(table["out_width"], table["out_height"])) == [(180, 240), (480, 360)]
     assert (tmp_path / "odtsr.ckpt.loads").read_text() == "x"

@@ -77,13 +77,29 @@ def _shard_fixture(tmp_path, mutate):
     sr = mutate(np.concatenate(list(upscale_bands(src, g, lambda t: lanczos_tiles(t, 4)))).copy())
     out = tmp_path / "a.tif"
     TiledTiffWriter(out, *sr.shape[:2]).write(bands_of(sr))
-    record = {"image_id": "a" * 16, "root": "r", "relpath": "a.png", "shard": "s00000", "scale": 4, "tile_px": 512,
-              "stride_px": 384, "output_path": str(out), "passed": True, "reason": ""}
+    record = {
+        "image_id": "a" * 16,
+        "root": "r",
+        "relpath": "a.png",
+        "shard": "s00000",
+        "scale": 4,
+        "tile_px": 512,
+        "stride_px": 384,
+        "output_path": str(out),
+        "passed": True,
+        "reason": "",
+    }
     config = {
         "sources": {"roots": [{"name": "r", "path": str(tmp_path / "src")}]},
         "io": {"max_megapixels": 10, "alpha_background": [255, 255, 255]},
-        "verify": {"seam": {"max_ratio": 2.0, "beside_px": 6, "min_step": 1.0}, "consistency": {
-            "min_psnr": 28.0, "min_ssim": 0.88, "lpips": {"net": "alex", "weights": "random", "max": None}}},
+        "verify": {
+            "seam": {"max_ratio": 2.0, "beside_px": 6, "min_step": 1.0},
+            "consistency": {
+                "min_psnr": 28.0,
+                "min_ssim": 0.88,
+                "lpips": {"net": "alex", "weights": "random", "max": None},
+            },
+        },
     }
     return pd.DataFrame([record]), config
 
@@ -161,8 +177,11 @@ def test_lpips_tiles_are_the_area_weighted_mean_and_one_tile_is_the_whole_image(
     assert lpips_tiled(model, a, b, tile_px=1024) == pytest.approx(whole(a, b), rel=1e-6)
     ys, xs = _even_splits(150, 64), _even_splits(180, 64)
     assert ys == [0, 50, 100, 150] and xs == [0, 60, 120, 180]  # near-equal tiles, none a sliver
-    expected = sum(whole(a[y0:y1, x0:x1], b[y0:y1, x0:x1]) * (y1 - y0) * (x1 - x0)
-                   for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])) / (150 * 180)
+    expected = sum(
+        whole(a[y0:y1, x0:x1], b[y0:y1, x0:x1]) * (y1 - y0) * (x1 - x0)
+        for y0, y1 in zip(ys, ys[1:])
+        for x0, x1 in zip(xs, xs[1:])
+    ) / (150 * 180)
     assert lpips_tiled(model, a, b, tile_px=64) == pytest.approx(expected, rel=1e-6)
 
 

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai import FakeOpenAI  # noqa: E402
+
 from pixverve.models.vlm import VLMClient, VLMConfigError, VLMSettings, extract_json, image_data_url, user_message  # noqa: E402
 
 SCHEMA = {
@@ -23,7 +24,10 @@ KEY = "sk-test-PIXVERVE-SECRET-0123456789"
 
 
 def client(server, **kw):
-    kw = {"probe": False, "stop_after_consecutive_failures": 0} | kw  # per-request behaviour; the gates have their own tests
+    kw = {
+        "probe": False,
+        "stop_after_consecutive_failures": 0,
+    } | kw  # per-request behaviour; the gates have their own tests
     settings = VLMSettings(base_url=server.base_url, model="fake-vlm", backoff_s=0.05, timeout_s=5, **kw)
     return VLMClient(settings)
 
@@ -62,7 +66,9 @@ def test_client_errors_are_not_retried():
 
 def test_timeout_is_retried_then_reported():
     with FakeOpenAI() as server:
-        settings = VLMSettings(base_url=server.base_url, model="m", timeout_s=0.3, retries=1, backoff_s=0.01, probe=False)
+        settings = VLMSettings(
+            base_url=server.base_url, model="m", timeout_s=0.3, retries=1, backoff_s=0.01, probe=False
+        )
         (res,) = VLMClient(settings).run_many([req(0, "slow:1.0")])
     assert res.status == "failed" and res.attempts == 2 and "Timeout" in res.error
 
@@ -102,7 +108,9 @@ def test_key_comes_from_env_and_is_never_written(monkeypatch, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("PIXVERVE_TEST_VLM_KEY", KEY)
     with FakeOpenAI() as server:
-        settings = VLMSettings(base_url=server.base_url, model="m", api_key_env="PIXVERVE_TEST_VLM_KEY", retries=1, backoff_s=0.01)
+        settings = VLMSettings(
+            base_url=server.base_url, model="m", api_key_env="PIXVERVE_TEST_VLM_KEY", retries=1, backoff_s=0.01
+        )
         results = VLMClient(settings).run_many([req(0, "ok"), req(1, "garbage"), req(2, "fail:9:401")])
     assert server.auth_headers and all(h == f"Bearer {KEY}" for h in server.auth_headers)  # it was sent
     out = tmp_path / "results.jsonl"
@@ -128,8 +136,12 @@ def test_settings_from_the_paper_config(repo_root):
 
 
 def test_extra_body_and_json_object_reach_the_server_and_are_recorded():
-    options = {"skip_special_tokens": False, "top_k": 1, "repetition_penalty": 1.05,
-               "chat_template_kwargs": {"enable_thinking": False}}
+    options = {
+        "skip_special_tokens": False,
+        "top_k": 1,
+        "repetition_penalty": 1.05,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
     with FakeOpenAI() as server:
         c = client(server, response_format="json_object", extra_body=options, max_tokens=4096)
         [res] = c.run_many([req(0, "ok")])
@@ -161,11 +173,20 @@ def test_response_format_is_recorded_only_when_it_is_sent():
 
     with FakeOpenAI(responder=lambda body: "A caption.") as server:
         c = client(server, response_format=True)
-        text, logprobs = c.run_many([("caption", "t0", [user_message("Write a caption.")], TEXT),
-                                     ("rate", "t1", [user_message("Rate it.")], None, 5)])
+        text, logprobs = c.run_many(
+            [
+                ("caption", "t0", [user_message("Write a caption.")], TEXT),
+                ("rate", "t1", [user_message("Rate it.")], None, 5),
+            ]
+        )
     assert [("response_format" in b) for b in server.bodies] == [False, False]
     assert text.status == "ok" and "response_format" not in json.loads(text.request_options)
-    assert json.loads(logprobs.request_options) == {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5}
+    assert json.loads(logprobs.request_options) == {
+        "temperature": 0.0,
+        "max_tokens": 1,
+        "logprobs": True,
+        "top_logprobs": 5,
+    }
 
 
 @pytest.mark.parametrize("bad", [{"response_format": "yes"}, {"extra_body": {"temperature": 0}}, {"extra_body": [1]}])
@@ -184,8 +205,13 @@ def _thinking_qwen(body):
     return 'The user wants {"flagged": ...}. Let me look.\n</think>\n\n' + answer
 
 
-@pytest.mark.parametrize("reply", ['musing {"a": 1}</think>{"flagged": true, "reason": "x"}',
-                                   '<think>musing {"a": 1}</think>{"flagged": true, "reason": "x"}'])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        'musing {"a": 1}</think>{"flagged": true, "reason": "x"}',
+        '<think>musing {"a": 1}</think>{"flagged": true, "reason": "x"}',
+    ],
+)
 def test_reasoning_before_a_closing_think_is_dropped(reply):
     from pixverve.models.vlm import TEXT, parse_reply
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import copy_workflow, snakemake
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +81,12 @@ def test_stage5_records_and_table1_add_up(run_a):
     purify = pd.read_parquet(run_a / "results/purify/decisions.parquet")
     upscale = pd.concat(pd.read_parquet(p) for p in sorted((run_a / "results/upscale").glob("s*.parquet")))
     assert flow.loc["index", "entering"] == len(index) and flow.loc["index", "kept"] == int(index["passed"].sum())
-    assert flow.loc["dedup", "kept"] == int(dedup["passed"].sum()) == flow.loc["candidates (all five)", "entering"] == len(purify)
+    assert (
+        flow.loc["dedup", "kept"]
+        == int(dedup["passed"].sum())
+        == flow.loc["candidates (all five)", "entering"]
+        == len(purify)
+    )
     assert flow.loc["candidates (all five)", "kept"] == int(purify["passed"].sum()) == len(upscale)
     assert flow.loc["filter: entropy", "dropped"] == int((~purify["entropy_ok"]).sum())
     assert flow.loc["regions", "kept"] == int(decisions["passed"].sum()) == flow.loc["instances", "entering"]
@@ -137,8 +141,14 @@ def test_deterministic_across_runs(run_a, tmp_path):
     run_b = copy_workflow(tmp_path / "run_b")
     snakemake(run_b, "--rerun-incomplete", "ingest", "purify", "upscale_all")
     a, b = tables(run_a), tables(run_b)
-    stages = ("results/index/", "results/screen/", "results/dedup/", "results/purify/", "results/upscale/",
-              "results/summary/ingest")
+    stages = (
+        "results/index/",
+        "results/screen/",
+        "results/dedup/",
+        "results/purify/",
+        "results/upscale/",
+        "results/summary/ingest",
+    )
     a = {k: v for k, v in a.items() if k.startswith(stages)}
     assert a.keys() == b.keys() and len(a) > 10
     different = [k for k in a if a[k] != b[k]]
@@ -173,8 +183,18 @@ def test_audit_shows_patch_coordinates_replies_and_decisions(run_a):
     res = _audit(run_a, "rocket_x2.jpg")
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    for needle in ("== upscale", "== verify", "verify/patches/", "verify/regions/", "verify/verified.parquet",
-                   "lpips", "picked", "raw_replies", "judge_smoke", "prompt_sha"):
+    for needle in (
+        "== upscale",
+        "== verify",
+        "verify/patches/",
+        "verify/regions/",
+        "verify/verified.parquet",
+        "lpips",
+        "picked",
+        "raw_replies",
+        "judge_smoke",
+        "prompt_sha",
+    ):
         assert needle in out, needle
     assert out.count("verify/patches/") == 10  # one block per judged patch, with x/y/w/h
     assert re.search(r"^   x\s+\d+$", out, re.M) and re.search(r"^   w\s+\d+$", out, re.M)
@@ -212,10 +232,21 @@ def test_resume_redoes_only_the_lost_shard(run_a):
     # a stage 5 job killed (instance descriptions of one shard): that shard's later steps and the
     # export rerun, nothing else
     shard = sorted((run_a / "results/caption/instances").glob("s*.parquet"))[1].stem
-    _lose(run_a, f"results/caption/instances/{shard}.parquet", f"results/caption/captions/{shard}.parquet",
-          f"results/caption/records/{shard}.jsonl", "results/dataset/metadata.parquet")
-    assert _planned_jobs(run_a, "caption_all") == {"caption_instances": 1, "caption_text": 1, "caption_records": 1,
-                                                   "caption_bundle": 1, "dataset_export": 1, "caption_all": 1}
+    _lose(
+        run_a,
+        f"results/caption/instances/{shard}.parquet",
+        f"results/caption/captions/{shard}.parquet",
+        f"results/caption/records/{shard}.jsonl",
+        "results/dataset/metadata.parquet",
+    )
+    assert _planned_jobs(run_a, "caption_all") == {
+        "caption_instances": 1,
+        "caption_text": 1,
+        "caption_records": 1,
+        "caption_bundle": 1,
+        "dataset_export": 1,
+        "caption_all": 1,
+    }
     snakemake(run_a, "--rerun-incomplete", "caption_all")
     # a judge job killed (so the stage 4 gather and stage 5 never ran): that shard's judgments and
     # the gather rerun, nothing before them

@@ -44,13 +44,31 @@ def patch_scores(row: dict) -> list[dict]:
                 score = None if math.isnan(value) else round(float(value), 3)
             except (ValueError, TypeError, AttributeError):
                 score = None
-        out.append({"x": p["x"], "y": p["y"], "w": p["w"], "h": p["h"], "picked": p.get("picked", ""),
-                    "status": status, "score": score, "reply": "\n\n".join(str(t) for t in texts)})
+        out.append(
+            {
+                "x": p["x"],
+                "y": p["y"],
+                "w": p["w"],
+                "h": p["h"],
+                "picked": p.get("picked", ""),
+                "status": status,
+                "score": score,
+                "reply": "\n\n".join(str(t) for t in texts),
+            }
+        )
     return out
 
 
-def bench_data(benchmark_rows: list[dict], real_dir, method_dirs: dict[str, str], judged: dict[str, str | None],
-               table_rows: list[dict], site_dir, max_megapixels=None, tile_size: int = 510) -> dict:
+def bench_data(
+    benchmark_rows: list[dict],
+    real_dir,
+    method_dirs: dict[str, str],
+    judged: dict[str, str | None],
+    table_rows: list[dict],
+    site_dir,
+    max_megapixels=None,
+    tile_size: int = 510,
+) -> dict:
     """bench.js's content; pyramids written under ``site_dir/tiles/bench/``."""
     import pandas as pd
 
@@ -61,9 +79,13 @@ def bench_data(benchmark_rows: list[dict], real_dir, method_dirs: dict[str, str]
     images = []
     for r in benchmark_rows:
         stem = Path(r["file_name"]).stem
-        item = {"stem": stem, "caption": r.get("long_caption", ""),
-                "real": _tiles(Path(real_dir) / r["file_name"], site_dir, "real", max_megapixels, tile_size),
-                "methods": {}, "patches": {}}
+        item = {
+            "stem": stem,
+            "caption": r.get("long_caption", ""),
+            "real": _tiles(Path(real_dir) / r["file_name"], site_dir, "real", max_megapixels, tile_size),
+            "methods": {},
+            "patches": {},
+        }
         for method, folder in method_dirs.items():
             item["methods"][method] = _tiles(Path(folder) / f"{stem}.jpg", site_dir, method, max_megapixels, tile_size)
             row = judged_rows.get(method, {}).get(stem)

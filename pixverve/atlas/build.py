@@ -75,6 +75,14 @@ def build_shard(results, shard: str, config: dict, site_dir, log=print) -> tuple
         if entry["pyramid_error"]:
             log(f"{entry['name']}: {entry['pyramid_error']}")
         out.append(entry)
-        thumbs.append({"image_id": entry["image_id"], "name": entry["name"], "thumb": entry["thumb"],
-                       "status": entry["status"], "shard": entry["shard"]} | records.summary(image))
+        thumbs.append(
+            {
+                "image_id": entry["image_id"],
+                "name": entry["name"],
+                "thumb": entry["thumb"],
+                "status": entry["status"],
+                "shard": entry["shard"],
+            }
+            | records.summary(image)
+        )
     return out, thumbs

@@ -35,7 +35,10 @@ def final_and_source(image: dict, source_path: Path | None) -> tuple[dict | None
     up = next((e for e in image["stages"] if e["stage"] == "upscale" and e["verdict"] == "passed"), None)
     if up and up["fields"].get("output_path"):
         scale = int(up["fields"].get("scale") or 1)
-        final = {"path": up["fields"]["output_path"], "label": f"SR output (x{scale}, {up['fields'].get('backend', '?')})"}
+        final = {
+            "path": up["fields"]["output_path"],
+            "label": f"SR output (x{scale}, {up['fields'].get('backend', '?')})",
+        }
         source = {"path": str(source_path), "label": "source", "scale": scale} if source_path else None
         return final, source
     return ({"path": str(source_path), "label": "source"} if source_path else None), None
@@ -70,28 +73,51 @@ def overlays(image: dict, width: int | None, height: int | None) -> dict:
         worst = verify.get("max_seam_ratio")
         limit = verify.get("seam_max_ratio")
         for axis, pos, ratio in _json_list(verify.get("seams")):
-            seams.append({"axis": axis, "pos": int(pos), "ratio": ratio,
-                          "flagged": bool(limit is not None and ratio is not None and ratio > limit),
-                          "worst": ratio == (round(worst, 4) if worst is not None else None)})
+            seams.append(
+                {
+                    "axis": axis,
+                    "pos": int(pos),
+                    "ratio": ratio,
+                    "flagged": bool(limit is not None and ratio is not None and ratio > limit),
+                    "worst": ratio == (round(worst, 4) if worst is not None else None),
+                }
+            )
     regions = []
     for table, rows in image["items"].items():
         if table.startswith("verify/patches/"):
             for r in rows:
                 replies = _json_list(r.get("raw_replies"))
-                regions.append({"x": r.get("x"), "y": r.get("y"), "w": r.get("w"), "h": r.get("h"),
-                                "picked": r.get("picked") or "", "status": r.get("status") or "",
-                                "flagged": bool(r.get("flagged")), "reason": r.get("judge_reason") or r.get("reason_detail") or "",
-                                "reply": "\n\n".join(str(x) for x in replies) if replies else (r.get("error") or "")})
+                regions.append(
+                    {
+                        "x": r.get("x"),
+                        "y": r.get("y"),
+                        "w": r.get("w"),
+                        "h": r.get("h"),
+                        "picked": r.get("picked") or "",
+                        "status": r.get("status") or "",
+                        "flagged": bool(r.get("flagged")),
+                        "reason": r.get("judge_reason") or r.get("reason_detail") or "",
+                        "reply": "\n\n".join(str(x) for x in replies) if replies else (r.get("error") or ""),
+                    }
+                )
     record = image["record"] or {}
     instances = []
     if record.get("instances") is not None:
         source_rows = record["instances"]
     else:  # no record yet (or the image left at stage 5): the masks table's kept instances
-        source_rows = [i for i in _json_list(_stage_fields(image, "caption/masks/").get("instances")) if i.get("kept", True)]
+        source_rows = [
+            i for i in _json_list(_stage_fields(image, "caption/masks/").get("instances")) if i.get("kept", True)
+        ]
     for inst in source_rows:
-        instances.append({"box": inst.get("box"), "label": inst.get("label") or "", "description": inst.get("description") or "",
-                          "importance": inst.get("importance"),
-                          "polygon": _polygon(inst.get("mask"), width, height) if width and height else None})
+        instances.append(
+            {
+                "box": inst.get("box"),
+                "label": inst.get("label") or "",
+                "description": inst.get("description") or "",
+                "importance": inst.get("importance"),
+                "polygon": _polygon(inst.get("mask"), width, height) if width and height else None,
+            }
+        )
     tags = record.get("tags")
     if tags is None:
         tags = _json_list(_stage_fields(image, "caption/tags/").get("tags"))
@@ -106,18 +132,28 @@ def entry(image: dict, source_path: Path | None) -> dict:
     record = image["record"] or {}
     width = record.get("width") or _stage_fields(image, "upscale/").get("out_width") or idx.get("width")
     height = record.get("height") or _stage_fields(image, "upscale/").get("out_height") or idx.get("height")
-    smoke = any(e["fields"].get("smoke") or e["fields"].get("lpips_smoke") for e in image["stages"]) or bool(record.get("smoke"))
+    smoke = any(e["fields"].get("smoke") or e["fields"].get("lpips_smoke") for e in image["stages"]) or bool(
+        record.get("smoke")
+    )
     stages = [{k: e[k] for k in ("stage", "table", "verdict", "reason", "detail", "fields")} for e in image["stages"]]
     return {
         "image_id": image["key"],  # the page key: the content id (a duplicate file: <id>-2, ...)
         "content_id": image["image_id"],
         "name": f"{idx.get('root', '')}/{idx.get('relpath', '')}",
-        "source": idx.get("source") or "", "licence": idx.get("licence") or "", "shard": idx.get("shard") or "",
-        "smoke": smoke, "status": records.status_of(image), "left": image["left"],
-        "final": final, "source_image": source, "thumb": None,
+        "source": idx.get("source") or "",
+        "licence": idx.get("licence") or "",
+        "shard": idx.get("shard") or "",
+        "smoke": smoke,
+        "status": records.status_of(image),
+        "left": image["left"],
+        "final": final,
+        "source_image": source,
+        "thumb": None,
         "stages": stages,
         "overlays": overlays(image, width, height),
-        "captions": {"long": record.get("long_caption") or "", "short": record.get("short_caption") or ""} if record else None,
+        "captions": {"long": record.get("long_caption") or "", "short": record.get("short_caption") or ""}
+        if record
+        else None,
         "aesthetics": record.get("aesthetics"),
         "pyramid_error": None,
     }

@@ -78,8 +78,9 @@ def display_rgb(image):
     return image.cast("uchar") if image.format != "uchar" else image
 
 
-def build_pyramid(src, out_dir, name: str, max_megapixels: float | None = None, quality: int = QUALITY,
-                  tile_size: int = TILE_SIZE) -> dict:
+def build_pyramid(
+    src, out_dir, name: str, max_megapixels: float | None = None, quality: int = QUALITY, tile_size: int = TILE_SIZE
+) -> dict:
     """Write ``out_dir/<name>_files/<level>/<col>_<row>.jpeg`` (+ ``<name>.dzi``); return its
     descriptor: the tile source an OpenSeadragon viewer opens without fetching the .dzi.
 
@@ -95,8 +96,14 @@ def build_pyramid(src, out_dir, name: str, max_megapixels: float | None = None, 
         # jpegsave pipeline per tile instead: 3.4-3.6 CPU s against 1.9-2.4 for a 100 MP JPEG on
         # one thread here (NOTES.md, #29). Its tiles are named .jpeg, hence "format": "jpeg" in
         # the descriptor and the .dzi.
-        image.dzsave(str(out_dir / name), tile_size=int(tile_size), overlap=OVERLAP, Q=int(quality),
-                     depth="onepixel", layout="dz")
+        image.dzsave(
+            str(out_dir / name),
+            tile_size=int(tile_size),
+            overlap=OVERLAP,
+            Q=int(quality),
+            depth="onepixel",
+            layout="dz",
+        )
     except Exception as exc:  # pyvips.Error: a truncated file shows only when its pixels are read
         shutil.rmtree(out_dir / f"{name}_files", ignore_errors=True)  # no half pyramid is left behind
         (out_dir / f"{name}.dzi").unlink(missing_ok=True)
@@ -104,8 +111,14 @@ def build_pyramid(src, out_dir, name: str, max_megapixels: float | None = None, 
     # dzsave's own metadata dump (loader, resolution, a date): nothing OpenSeadragon reads, and the
     # site publishes only tiles and what the atlas writes itself
     (out_dir / f"{name}_files" / "vips-properties.xml").unlink(missing_ok=True)
-    return {"width": image.width, "height": image.height, "tile_size": int(tile_size), "overlap": OVERLAP,
-            "format": TILE_FORMAT, "files": f"{name}_files/"}
+    return {
+        "width": image.width,
+        "height": image.height,
+        "tile_size": int(tile_size),
+        "overlap": OVERLAP,
+        "format": TILE_FORMAT,
+        "files": f"{name}_files/",
+    }
 
 
 def build_thumbnail(src, dest, max_megapixels: float | None = None, px: int = THUMB_PX) -> tuple[int, int]:
@@ -116,8 +129,9 @@ def build_thumbnail(src, dest, max_megapixels: float | None = None, px: int = TH
     open_image(Path(src), max_megapixels)  # the cap and a readable header, with its own message
     try:
         # from a Source, so that the loader takes fail_on (Image.thumbnail has no load options)
-        thumb = pyvips.Image.thumbnail_source(pyvips.Source.new_from_file(str(src)), px, height=px, size="down",
-                                              option_string=f"fail_on={FAIL_ON}")
+        thumb = pyvips.Image.thumbnail_source(
+            pyvips.Source.new_from_file(str(src)), px, height=px, size="down", option_string=f"fail_on={FAIL_ON}"
+        )
         thumb = display_rgb(thumb)
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         thumb.jpegsave(str(dest), Q=80, strip=True)
@@ -152,4 +166,3 @@ def thumbnail_from_pyramid(out_dir, descriptor: dict, dest, px: int = THUMB_PX) 
     except pyvips.Error as exc:
         raise PyramidError(f"cannot thumbnail {tile.name} of level {level}: {_why(exc)}") from exc
     return thumb.width, thumb.height
-

@@ -21,7 +21,19 @@ import numpy as np
 import pandas as pd
 
 # Pipeline order of the stage folders under results/; unknown folders come after these.
-STAGE_ORDER = ["collect", "index", "screen", "dedup", "purify", "upscale", "verify", "caption", "dataset", "train", "bench"]
+STAGE_ORDER = [
+    "collect",
+    "index",
+    "screen",
+    "dedup",
+    "purify",
+    "upscale",
+    "verify",
+    "caption",
+    "dataset",
+    "train",
+    "bench",
+]
 SKIP_DIRS = {"summary", "benchmarks", "cache", "bundles", "atlas", "envs"}
 # Per stage, the tables whose `passed`/`reason` decide whether an image goes on ({shard}: its shard).
 DECISION_TABLES = {
@@ -97,8 +109,15 @@ def _entry(stage: str, table: str, rec: dict, decides: bool) -> dict:
         verdict = None
     fields = {k: _plain(v) for k, v in rec.items() if k not in ROW_KEYS}
     fields = {k: v for k, v in fields.items() if v is not None and v != ""}
-    return {"stage": stage, "table": table, "decides": decides, "verdict": verdict,
-            "reason": _plain(rec.get("reason")) or "", "detail": _plain(rec.get("reason_detail")) or "", "fields": fields}
+    return {
+        "stage": stage,
+        "table": table,
+        "decides": decides,
+        "verdict": verdict,
+        "reason": _plain(rec.get("reason")) or "",
+        "detail": _plain(rec.get("reason_detail")) or "",
+        "fields": fields,
+    }
 
 
 def read_shard(results, shard: str, image_ids: list[str] | None = None) -> dict[str, dict]:
@@ -115,13 +134,23 @@ def read_shard(results, shard: str, image_ids: list[str] | None = None) -> dict[
     for row in index.to_dict("records"):
         n = len(by_id.setdefault(row["image_id"], []))
         key = row["image_id"] if n == 0 else f"{row['image_id']}-{n + 1}"
-        images[key] = {"key": key, "image_id": row["image_id"], "index": row, "stages": [], "items": {}, "left": None,
-                       "record": None, "rows": []}  # rows: (stage, table, row) in reading order, for audit
+        images[key] = {
+            "key": key,
+            "image_id": row["image_id"],
+            "index": row,
+            "stages": [],
+            "items": {},
+            "left": None,
+            "record": None,
+            "rows": [],
+        }  # rows: (stage, table, row) in reading order, for audit
         by_file[(row["root"], row["relpath"])] = key
         by_id[row["image_id"]].append(key)
     ids = list(by_id)
     shards = {shard} | set(index["shard"]) - {""}
-    decision_paths = {(stage, t.format(shard=s)) for stage, tables in DECISION_TABLES.items() for t in tables for s in shards}
+    decision_paths = {
+        (stage, t.format(shard=s)) for stage, tables in DECISION_TABLES.items() for t in tables for s in shards
+    }
     for stage_dir in stage_dirs(results):
         for path in stage_tables(stage_dir, shards):
             rel = path.relative_to(results).as_posix()
@@ -201,10 +230,15 @@ def funnel(summaries) -> list[dict]:
 
 # Table 1's sequential steps (pixverve/caption/dataset.py data_flow) that open and close each
 # funnel stage: the stage's entering is the first's, its kept the last's.
-TABLE1_STEPS = {"index": ("index", "index"), "screen": ("screen", "screen"), "dedup": ("dedup", "dedup"),
-                "purify": ("candidates (all five)", "candidates (all five)"),
-                "upscale": ("SR output written", "SR output written"), "verify": ("seam", "instances"),
-                "caption": ("model steps ok (required steps)", "annotation record")}
+TABLE1_STEPS = {
+    "index": ("index", "index"),
+    "screen": ("screen", "screen"),
+    "dedup": ("dedup", "dedup"),
+    "purify": ("candidates (all five)", "candidates (all five)"),
+    "upscale": ("SR output written", "SR output written"),
+    "verify": ("seam", "instances"),
+    "caption": ("model steps ok (required steps)", "annotation record"),
+}
 
 
 def funnel_mismatch(funnel_rows: list[dict], table1: list[dict]) -> list[str]:

@@ -24,6 +24,7 @@ Definitions checked against the published evaluation code (github HaojunChen663/
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -37,8 +38,17 @@ import numpy as np
 from pixverve.core.health import DEFAULT_MAX_FAILED_FRACTION
 
 LOWER_IS_BETTER = {"fid", "fid_patch", "compression"}  # compression: less compressible = more detail (Diffusion-4K)
-TABLE_COLUMNS = [("fid", "FID"), ("fid_patch", "FID_patch"), ("aesthetics", "Aes"), ("glcm", "GLCM"), ("msfi", "MSFI"),
-                 ("clip", "CLIP"), ("fgclip2", "FG-CLIP2"), ("ics", "ICS"), ("compression", "Compression")]
+TABLE_COLUMNS = [
+    ("fid", "FID"),
+    ("fid_patch", "FID_patch"),
+    ("aesthetics", "Aes"),
+    ("glcm", "GLCM"),
+    ("msfi", "MSFI"),
+    ("clip", "CLIP"),
+    ("fgclip2", "FG-CLIP2"),
+    ("ics", "ICS"),
+    ("compression", "Compression"),
+]
 
 
 # ----------------------------------------------------------------------------- per-image statuses (issue 27)
@@ -99,12 +109,20 @@ def check_bench_health(step: str, table, metrics, max_failed_fraction: float, wh
 
     for metric in metrics:
         if f"{metric}_status" in table and len(table):
-            check_step_health(f"{step} {metric}", table[f"{metric}_status"], table[f"{metric}_error"], max_failed_fraction,
-                              "drop", who=who.get(metric, ""), config_key="bench.max_failed_fraction")
+            check_step_health(
+                f"{step} {metric}",
+                table[f"{metric}_status"],
+                table[f"{metric}_error"],
+                max_failed_fraction,
+                "drop",
+                who=who.get(metric, ""),
+                config_key="bench.max_failed_fraction",
+            )
 
 
-def fid_patch_coordinates(n_pairs: int, size: int, crop: int = 299, per_pair: int = 20, seed: int = 42,
-                          order: str = "yx") -> list[list[tuple[int, int]]]:
+def fid_patch_coordinates(
+    n_pairs: int, size: int, crop: int = 299, per_pair: int = 20, seed: int = 42, order: str = "yx"
+) -> list[list[tuple[int, int]]]:
     """(x, y) of every crop, pair by pair, from one generator seeded once (see the module docstring)."""
     if crop > size:
         raise ValueError(f"FID_patch crop {crop} is larger than the resized image {size}: raise bench.fid_patch.size")
@@ -122,16 +140,25 @@ def fid_patch_coordinates(n_pairs: int, size: int, crop: int = 299, per_pair: in
     return out
 
 
-def fid_patch(items, weights_path, size: int, crop: int, per_pair: int, seed: int, device: str = "cpu",
-              max_megapixels: float = 1000.0, order: str = "yx", method: str = "?") -> float:
+def fid_patch(
+    items,
+    weights_path,
+    size: int,
+    crop: int,
+    per_pair: int,
+    seed: int,
+    device: str = "cpu",
+    max_megapixels: float = 1000.0,
+    order: str = "yx",
+    method: str = "?",
+) -> float:
     import torch
 
-    from pixverve.bench.fid import square_uint8, frechet_inception_distance, require_two_images
+    from pixverve.bench.fid import frechet_inception_distance, require_two_images, square_uint8
 
     require_two_images(len(items), method, "FID_patch")
     metric = frechet_inception_distance(weights_path, device)
-    for item, coords in zip(items, fid_patch_coordinates(len(items), size, crop, per_pair, seed, order),
-                            strict=True):
+    for item, coords in zip(items, fid_patch_coordinates(len(items), size, crop, per_pair, seed, order), strict=True):
         for attr, real in (("real", True), ("generated", False)):
             # published: the real image is always resized, the generated one only when it is not size x size
             full = square_uint8(getattr(item, attr), size, "lanczos", max_megapixels, only_if_needed=not real)
@@ -157,7 +184,10 @@ class ClipScorer:
 
             with tempfile.TemporaryDirectory(prefix="pixverve-tiny-clip-") as folder:
                 build_tiny_clip(folder, seed=int(spec.get("seed", 0)))
-                self.model, self.processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+                self.model, self.processor = (
+                    CLIPModel.from_pretrained(folder).eval(),
+                    CLIPProcessor.from_pretrained(folder),
+                )
             self.device, self.model_name = "cpu", "tiny random CLIP"
         else:
             self.model = load_pretrained(CLIPModel.from_pretrained, spec["model"], "bench.clip.model").eval()
@@ -174,8 +204,14 @@ class ClipScorer:
         import torch
 
         with torch.inference_mode():
-            inputs = self.processor(text=[text], images=[rgb], return_tensors="pt", padding=True, truncation=True,
-                                    max_length=self.model.config.text_config.max_position_embeddings).to(self.device)
+            inputs = self.processor(
+                text=[text],
+                images=[rgb],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.model.config.text_config.max_position_embeddings,
+            ).to(self.device)
             img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
             txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             img, txt = (getattr(t, "pooler_output", t).float() for t in (img, txt))
@@ -249,11 +285,14 @@ def fgclip2_import_error(exc: ImportError, model: str) -> FGClip2EnvError:
         return FGClip2MissingPackage(
             f"FG-CLIP2's own model code in {model} imports {names}, which is not installed in this Python "
             f"({sys.executable}): a missing package, not a missing model ({type(exc).__name__}: {exc}). "
-            f"{run_in}; if that env lacks it, add {names} to {FGCLIP2_ENV}", packages)
+            f"{run_in}; if that env lacks it, add {names} to {FGCLIP2_ENV}",
+            packages,
+        )
     # a transformers module or name the code imports is gone (e.g. modeling_attn_mask_utils in 5.x)
     return FGClip2EnvError(
         f"FG-CLIP2's own model code in {model} does not import under transformers {_transformers_version()} "
-        f"({type(exc).__name__}: {exc}); it needs transformers 4.x: {run_in}")
+        f"({type(exc).__name__}: {exc}); it needs transformers 4.x: {run_in}"
+    )
 
 
 class FGClip2Scorer:
@@ -282,20 +321,29 @@ class FGClip2Scorer:
             with tempfile.TemporaryDirectory(prefix="pixverve-tiny-siglip2-") as folder:
                 build_tiny_siglip2(folder, seed=int(spec.get("seed", 0)))
                 self.model = AutoModel.from_pretrained(folder).eval()
-                self.tokenizer, self.image_processor = AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
+                self.tokenizer, self.image_processor = (
+                    AutoTokenizer.from_pretrained(folder),
+                    AutoImageProcessor.from_pretrained(folder),
+                )
             self.device, self.model_name, self.long_mode = "cpu", "tiny random SigLIP 2 (FG-CLIP2 stand-in)", False
             return
         model = spec.get("model")
         if not model:
-            raise RuntimeError("config key bench.fgclip2.model: set a local folder holding fg-clip2-base (with its code)")
+            raise RuntimeError(
+                "config key bench.fgclip2.model: set a local folder holding fg-clip2-base (with its code)"
+            )
 
         def remote(loader):
             return lambda m, **kw: loader(m, trust_remote_code=True, **kw)
 
         try:  # the folder's own code runs here: an ImportError is the env's, raised before any image is scored
-            self.model = load_pretrained(remote(AutoModelForCausalLM.from_pretrained), model, "bench.fgclip2.model").eval()
+            self.model = load_pretrained(
+                remote(AutoModelForCausalLM.from_pretrained), model, "bench.fgclip2.model"
+            ).eval()
             self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, "bench.fgclip2.model")
-            self.image_processor = load_pretrained(remote(AutoImageProcessor.from_pretrained), model, "bench.fgclip2.model")
+            self.image_processor = load_pretrained(
+                remote(AutoImageProcessor.from_pretrained), model, "bench.fgclip2.model"
+            )
         except ImportError as exc:
             raise fgclip2_import_error(exc, model) from exc
         self.device, self.model_name, self.long_mode = model_device(spec), model, True
@@ -312,17 +360,26 @@ class FGClip2Scorer:
 
         h, w = rgb.shape[:2]
         with torch.inference_mode():
-            image = self.image_processor(images=rgb, max_num_patches=fgclip2_patch_budget(w, h), return_tensors="pt").to(self.device)
+            image = self.image_processor(
+                images=rgb, max_num_patches=fgclip2_patch_budget(w, h), return_tensors="pt"
+            ).to(self.device)
             # the published scorer lower-cases the caption before tokenising it
-            text = self.tokenizer([long_caption.lower()], padding="max_length", max_length=196, truncation=True, return_tensors="pt").to(self.device)
+            text = self.tokenizer(
+                [long_caption.lower()], padding="max_length", max_length=196, truncation=True, return_tensors="pt"
+            ).to(self.device)
             img = self.model.get_image_features(**image)
-            txt = self.model.get_text_features(**text, walk_type="long") if self.long_mode else self.model.get_text_features(**text)
+            txt = (
+                self.model.get_text_features(**text, walk_type="long")
+                if self.long_mode
+                else self.model.get_text_features(**text)
+            )
             img, txt = (getattr(t, "pooler_output", t).float() for t in (img, txt))
             cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
         return float(100.0 * torch.clamp(cos, min=0.0)[0])
 
 
 # ----------------------------------------------------------------------------- MLLM judge
+
 
 def jpeg_data_url(img, quality: int = 98) -> str:
     """A PIL image as a JPEG data URL, PIL's encoder at ``quality`` (the published bench: 98)."""
@@ -354,18 +411,40 @@ def judge_requests(item, rgb: np.ndarray, prompts, spec: dict):
     quality = int(spec.get("jpeg_quality", 98))
     m = spec["msfi"]
     seed = int(hashlib.sha256(item.name.encode()).hexdigest()[:16], 16)  # the random patches: per image, reproducible
-    global_view, patches = msfi_layout(img, seed, int(m["n_sobel"]), int(m["n_random"]), int(m["analysis_long_edge"]),
-                                       int(m["global_long_edge"]))
-    msfi_requests = [("msfi_global", f"{item.name}:global", [judge_message(prompts.msfi_global(), [global_view], quality)], None)]
+    global_view, patches = msfi_layout(
+        img, seed, int(m["n_sobel"]), int(m["n_random"]), int(m["analysis_long_edge"]), int(m["global_long_edge"])
+    )
+    msfi_requests = [
+        ("msfi_global", f"{item.name}:global", [judge_message(prompts.msfi_global(), [global_view], quality)], None)
+    ]
     rows = []
     for p in patches:
         left, top, right, bottom = p["box"]
         text = prompts.msfi_local(p["relative"])
-        msfi_requests.append(("msfi_local", f"{item.name}:{left},{top}",
-                              [judge_message(text, [img.crop(p["box"]), global_view], quality)], None))
-        rows.append({"x": left, "y": top, "w": right - left, "h": bottom - top, "relative": p["relative"], "picked": p["picked"]})
-    ics_request = ("ics", f"{item.name}:ics", [judge_message(prompts.ics(item.long_caption),
-                                                             [ics_view(img, int(spec["ics"]["long_edge"]))], quality)], None)
+        msfi_requests.append(
+            (
+                "msfi_local",
+                f"{item.name}:{left},{top}",
+                [judge_message(text, [img.crop(p["box"]), global_view], quality)],
+                None,
+            )
+        )
+        rows.append(
+            {
+                "x": left,
+                "y": top,
+                "w": right - left,
+                "h": bottom - top,
+                "relative": p["relative"],
+                "picked": p["picked"],
+            }
+        )
+    ics_request = (
+        "ics",
+        f"{item.name}:ics",
+        [judge_message(prompts.ics(item.long_caption), [ics_view(img, int(spec["ics"]["long_edge"]))], quality)],
+        None,
+    )
     return msfi_requests, ics_request, rows
 
 
@@ -432,13 +511,23 @@ def judge_gate(rows: list[dict], total: int, max_failed_fraction: float, who: st
 
     from pixverve.core.health import OK
 
-    pending = [{f"{k}_{f}": (OK if f == "status" else "") for k in ("msfi", "ics") for f in ("status", "error")}] * (total - len(rows))
-    check_bench_health("bench_judge", pd.DataFrame(rows + pending), ("msfi", "ics"), max_failed_fraction,
-                       {"msfi": who, "ics": who})
+    pending = [{f"{k}_{f}": (OK if f == "status" else "") for k in ("msfi", "ics") for f in ("status", "error")}] * (
+        total - len(rows)
+    )
+    check_bench_health(
+        "bench_judge", pd.DataFrame(rows + pending), ("msfi", "ics"), max_failed_fraction, {"msfi": who, "ics": who}
+    )
 
 
-def judge_method(items, judge, prompts, spec: dict, max_megapixels: float, log=print,
-                 max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION):
+def judge_method(
+    items,
+    judge,
+    prompts,
+    spec: dict,
+    max_megapixels: float,
+    log=print,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
+):
     """Per-image MSFI and ICS rows (with every raw reply) for one method; an image the published
     code leaves out of a mean (no global / no local reply; no valid ICS reply) has NaN there,
     ``msfi_included`` / ``ics_included`` False and ``msfi_status`` / ``ics_status`` saying why
@@ -464,20 +553,38 @@ def judge_method(items, judge, prompts, spec: dict, max_megapixels: float, log=p
         m = msfi(g.parsed if g.status == "ok" else None, [r.parsed if r.status == "ok" else None for r in locals_])
         m_status, m_error = msfi_status(g, locals_, m)
         ics_value, i_status, i_error = ics_result(i)
-        rows.append({
-            "name": item.name, "msfi": m["msfi"], "s_global": m["s_global"], "s_local": m["s_local"],
-            "msfi_included": m["included"], "msfi_status": m_status, "msfi_error": m_error,
-            "valid_patches": m["valid_patches"], "n_patches": len(patches),
-            "defaulted_global": ",".join(m["defaulted_global"]), "defaulted_local": m["defaulted_local"],
-            "ics": ics_value, "ics_included": not math.isnan(ics_value), "ics_status": i_status, "ics_error": i_error,
-            "global_status": g.status, "local_statuses": json.dumps([r.status for r in locals_]),
-            "local_errors": json.dumps([r.error for r in locals_]), "patches": json.dumps(patches),
-            "replies": json.dumps({r.request_id: r.raw_replies for r in [*results, i]}),
-            "request_options": json.dumps({"msfi": results[0].request_options, "ics": i.request_options}),
-            "judge_model": judge.model_name, "prompts": prompts.mode, "smoke": bool(judge.smoke),
-        })
-        log(f"{item.name}: MSFI {m['msfi']:.3f} ({m_status}; global {g.status}, {m['valid_patches']}/{len(patches)} patches), "
-            f"ICS {ics_value:.3f} ({i_status}){' -- ' + (m_error or i_error)[:300] if m_error or i_error else ''}")
+        rows.append(
+            {
+                "name": item.name,
+                "msfi": m["msfi"],
+                "s_global": m["s_global"],
+                "s_local": m["s_local"],
+                "msfi_included": m["included"],
+                "msfi_status": m_status,
+                "msfi_error": m_error,
+                "valid_patches": m["valid_patches"],
+                "n_patches": len(patches),
+                "defaulted_global": ",".join(m["defaulted_global"]),
+                "defaulted_local": m["defaulted_local"],
+                "ics": ics_value,
+                "ics_included": not math.isnan(ics_value),
+                "ics_status": i_status,
+                "ics_error": i_error,
+                "global_status": g.status,
+                "local_statuses": json.dumps([r.status for r in locals_]),
+                "local_errors": json.dumps([r.error for r in locals_]),
+                "patches": json.dumps(patches),
+                "replies": json.dumps({r.request_id: r.raw_replies for r in [*results, i]}),
+                "request_options": json.dumps({"msfi": results[0].request_options, "ics": i.request_options}),
+                "judge_model": judge.model_name,
+                "prompts": prompts.mode,
+                "smoke": bool(judge.smoke),
+            }
+        )
+        log(
+            f"{item.name}: MSFI {m['msfi']:.3f} ({m_status}; global {g.status}, {m['valid_patches']}/{len(patches)} patches), "
+            f"ICS {ics_value:.3f} ({i_status}){' -- ' + (m_error or i_error)[:300] if m_error or i_error else ''}"
+        )
         judge_gate(rows, len(items), max_failed_fraction, who)
     return pd.DataFrame(rows)
 
@@ -507,7 +614,12 @@ def clip_columns(clip, rgb: np.ndarray, caption: str) -> dict:
     if clip is None:
         return {"clip_raw": float("nan"), **off_columns("clip")}
     raw, status, error = model_score("clip", lambda: clip.score(rgb, caption))
-    return {"clip_raw": raw, "clip": max(raw, 0.0) if status == "ok" else raw, "clip_status": status, "clip_error": error}
+    return {
+        "clip_raw": raw,
+        "clip": max(raw, 0.0) if status == "ok" else raw,
+        "clip_status": status,
+        "clip_error": error,
+    }
 
 
 def clip_of_method(per_image, batch: int = 4) -> float:
@@ -554,9 +666,17 @@ def fgclip2_method(items, fgclip2, max_megapixels: float, log=print):
     rows = []
     for item in items:
         rgb, _ = images.read_rgb(item.generated, max_megapixels)
-        value, status, error = model_score("fgclip2", lambda: fgclip2.score(rgb, item.long_caption))
-        rows.append({"name": item.name, "fgclip2": value, "fgclip2_status": status, "fgclip2_error": error,
-                     "fgclip2_smoke": bool(fgclip2.smoke), "fgclip2_model": fgclip2.model_name})
+        value, status, error = model_score("fgclip2", functools.partial(fgclip2.score, rgb, item.long_caption))
+        rows.append(
+            {
+                "name": item.name,
+                "fgclip2": value,
+                "fgclip2_status": status,
+                "fgclip2_error": error,
+                "fgclip2_smoke": bool(fgclip2.smoke),
+                "fgclip2_model": fgclip2.model_name,
+            }
+        )
         del rgb
     log(f"FG-CLIP2 scored {sum(r['fgclip2_status'] == 'ok' for r in rows)} of {len(rows)} images")
     return pd.DataFrame(rows, columns=FGCLIP2_COLUMNS)
@@ -569,8 +689,10 @@ def fgclip2_off(items):
     """The FG-CLIP2 table of a run with ``bench.fgclip2.backend: none``: every image ``off``."""
     import pandas as pd
 
-    return pd.DataFrame([{"name": i.name, **off_columns("fgclip2"), "fgclip2_smoke": False, "fgclip2_model": ""} for i in items],
-                        columns=FGCLIP2_COLUMNS)
+    return pd.DataFrame(
+        [{"name": i.name, **off_columns("fgclip2"), "fgclip2_smoke": False, "fgclip2_model": ""} for i in items],
+        columns=FGCLIP2_COLUMNS,
+    )
 
 
 # ----------------------------------------------------------------------------- tables
@@ -625,7 +747,9 @@ def best_marks(df) -> dict[str, set[int]]:
             marks[key] = set()
             continue
         best = np.nanmin(values) if key in LOWER_IS_BETTER else np.nanmax(values)
-        marks[key] = {i for i, v in enumerate(values) if not math.isnan(v) and math.isclose(v, best, rel_tol=0, abs_tol=1e-12)}
+        marks[key] = {
+            i for i, v in enumerate(values) if not math.isnan(v) and math.isclose(v, best, rel_tol=0, abs_tol=1e-12)
+        }
     return marks
 
 
@@ -655,23 +779,49 @@ def write_bench_tables(df, stem, title: str) -> list[Path]:
     md = [f"**{title}**", "", "| method | resolution | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     tex_rows = []
     for i in range(len(df)):
-        md.append(f"| {df.loc[i, 'method']} | {df.loc[i, 'resolution']} | "
-                  + " | ".join(cell(i, k, lambda t: f"**{t}**", FAILED_MARK) for k, _ in TABLE_COLUMNS) + " |")
-        tex_rows.append(" & ".join([str(df.loc[i, "method"]).replace("_", r"\_"), str(df.loc[i, "resolution"])]
-                                   + [cell(i, k, lambda t: rf"\textbf{{{t}}}", r"$^\dagger$") for k, _ in TABLE_COLUMNS]) + r" \\")
+        md.append(
+            f"| {df.loc[i, 'method']} | {df.loc[i, 'resolution']} | "
+            + " | ".join(cell(i, k, lambda t: f"**{t}**", FAILED_MARK) for k, _ in TABLE_COLUMNS)
+            + " |"
+        )
+        tex_rows.append(
+            " & ".join(
+                [str(df.loc[i, "method"]).replace("_", r"\_"), str(df.loc[i, "resolution"])]
+                + [cell(i, k, lambda t: rf"\textbf{{{t}}}", r"$^\dagger$") for k, _ in TABLE_COLUMNS]
+            )
+            + r" \\"
+        )
     partial = failed_note(df)
-    counts = [f"{df.loc[i, 'method']}: MSFI {int(df.loc[i, 'msfi_images'])}, ICS {int(df.loc[i, 'ics_images'])} of {int(df.loc[i, 'images'])}"
-              for i in range(len(df)) if {"msfi_images", "ics_images", "images"} <= set(df.columns)]
+    counts = [
+        f"{df.loc[i, 'method']}: MSFI {int(df.loc[i, 'msfi_images'])}, ICS {int(df.loc[i, 'ics_images'])} of {int(df.loc[i, 'images'])}"
+        for i in range(len(df))
+        if {"msfi_images", "ics_images", "images"} <= set(df.columns)
+    ]
     if counts:
-        md += ["", "Images each judged mean covers (as published, an image without a valid reply is left out): " + "; ".join(counts) + "."]
+        md += [
+            "",
+            "Images each judged mean covers (as published, an image without a valid reply is left out): "
+            + "; ".join(counts)
+            + ".",
+        ]
     if partial:
         md += ["", f"{FAILED_MARK} {partial}"]
     if df["smoke_columns"].astype(bool).any():
         md += ["", "\\* SMOKE: scored, judged or generated by a tiny random model -- exercises the code, not a result."]
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     tex_heads = " & ".join(["Method", "Res."] + [h.replace("_", r"\_") for h in heads]) + r" \\"
-    tex = [r"\begin{table}[t]", r"\centering", rf"\caption{{{title}}}", r"\begin{tabular}{ll" + "r" * len(heads) + "}", r"\toprule",
-           tex_heads, r"\midrule", *tex_rows, r"\bottomrule", r"\end{tabular}"]
+    tex = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{title}}}",
+        r"\begin{tabular}{ll" + "r" * len(heads) + "}",
+        r"\toprule",
+        tex_heads,
+        r"\midrule",
+        *tex_rows,
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
     if partial:
         tex.append(r"\par\footnotesize $^\dagger$ " + latex_text(partial))
     tex.append(r"\end{table}")
@@ -681,7 +831,11 @@ def write_bench_tables(df, stem, title: str) -> list[Path]:
 
 def partial_columns(df, i: int) -> list[str]:
     """The metrics of row ``i`` computed on fewer images than the benchmark."""
-    return str(df.loc[i, "partial_columns"]).split(",") if "partial_columns" in df and isinstance(df.loc[i, "partial_columns"], str) else []
+    return (
+        str(df.loc[i, "partial_columns"]).split(",")
+        if "partial_columns" in df and isinstance(df.loc[i, "partial_columns"], str)
+        else []
+    )
 
 
 def failed_note(df) -> str:
@@ -690,14 +844,18 @@ def failed_note(df) -> str:
     parts = []
     for i in range(len(df)):
         cols = [m for m in partial_columns(df, i) if m]
-        counts = [f"{labels[m]} {count_text(df, i, m + '_n')} of {int(df.loc[i, 'images'])} ({count_text(df, i, m + '_failed')} failed)"
-                  for m in cols]
+        counts = [
+            f"{labels[m]} {count_text(df, i, m + '_n')} of {int(df.loc[i, 'images'])} ({count_text(df, i, m + '_failed')} failed)"
+            for m in cols
+        ]
         if counts:
             parts.append(f"{df.loc[i, 'method']}: " + ", ".join(counts))
     if not parts:
         return ""
-    return ("computed on fewer images than the benchmark (-- : on none): the images whose scorer or judge call failed "
-            "are left out (as published), so the value is not comparable with a full one -- " + "; ".join(parts) + ".")
+    return (
+        "computed on fewer images than the benchmark (-- : on none): the images whose scorer or judge call failed "
+        "are left out (as published), so the value is not comparable with a full one -- " + "; ".join(parts) + "."
+    )
 
 
 def count_text(df, i: int, column: str) -> str:
@@ -707,11 +865,24 @@ def count_text(df, i: int, column: str) -> str:
 
 def latex_text(text: str) -> str:
     """Plain text for a LaTeX footnote (the characters method names and our notes use)."""
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
+    return (
+        text.replace("\\", r"\textbackslash{}")
+        .replace("_", r"\_")
+        .replace("%", r"\%")
+        .replace("&", r"\&")
+        .replace("#", r"\#")
+    )
 
 
-def crops_figure(method_dirs: dict[str, Path], real_dir: Path, names: list[str], crop_px: int, out_png, max_megapixels: float,
-                 smoke_methods: frozenset = frozenset()) -> None:
+def crops_figure(
+    method_dirs: dict[str, Path],
+    real_dir: Path,
+    names: list[str],
+    crop_px: int,
+    out_png,
+    max_megapixels: float,
+    smoke_methods: frozenset = frozenset(),
+) -> None:
     """Side-by-side crops at 100 % zoom: one row per image, the real image then each method, the
     same region (centre of the image, ``crop_px`` square, scaled to each image's size)."""
     import matplotlib

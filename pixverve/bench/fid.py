@@ -148,8 +148,10 @@ class TooFewImages(ValueError):
 def require_two_images(n: int, method: str, metric: str = "FID") -> None:
     """FID needs a covariance of each set: fewer than 2 images is a clear error, not torchmetrics'."""
     if n < 2:
-        raise TooFewImages(f"{metric} of method {method!r} needs at least 2 image pairs, got {n} "
-                           "(bench.benchmark lists too few images, or too few were paired)")
+        raise TooFewImages(
+            f"{metric} of method {method!r} needs at least 2 image pairs, got {n} "
+            "(bench.benchmark lists too few images, or too few were paired)"
+        )
 
 
 def square_uint8(path, size: int, resample: str, max_megapixels: float, only_if_needed: bool = False):
@@ -168,8 +170,16 @@ def square_uint8(path, size: int, resample: str, max_megapixels: float, only_if_
     return np.asarray(Image.fromarray(rgb).resize((size, size), RESAMPLE[resample]))
 
 
-def fid_for_pairs(items, weights_path, size: int = 4096, resample: str = "bilinear", device: str = "cpu",
-                  batch: int = 4, max_megapixels: float = 1000.0, method: str = "?") -> float:
+def fid_for_pairs(
+    items,
+    weights_path,
+    size: int = 4096,
+    resample: str = "bilinear",
+    device: str = "cpu",
+    batch: int = 4,
+    max_megapixels: float = 1000.0,
+    method: str = "?",
+) -> float:
     """PixVerve-Bench FID: real and generated images resized to ``size`` x ``size`` (aspect not
     kept), uint8, through torchmetrics' FID with the converted Inception.  ``items``: BenchItems.
     (The published code feeds one pair at a time; the batch only changes float summation order.)"""

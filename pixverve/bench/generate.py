@@ -66,7 +66,9 @@ def load_pipeline(spec: dict):
 
         model = spec.get("model")
         if not model:
-            raise GeneratorUnavailable("bench method generate.model: set a local pipeline folder or hub id for backend diffusers")
+            raise GeneratorUnavailable(
+                "bench method generate.model: set a local pipeline folder or hub id for backend diffusers"
+            )
         dtype = torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype")
         try:
             pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
@@ -107,7 +109,9 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
             rgb, _ = images.read_rgb(Path(real_dir) / r["file_name"], max_megapixels)
             h, w = rgb.shape[:2]
             small = Image.fromarray(rgb).resize((max(1, w // f), max(1, h // f)), Image.Resampling.BICUBIC)
-            _save_jpeg(np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)), out_dir / f"{Path(r['file_name']).stem}.jpg")
+            _save_jpeg(
+                np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)), out_dir / f"{Path(r['file_name']).stem}.jpg"
+            )
         return {"model": f"real image down/up x{f} (sanity baseline)", "smoke": False, "generated": len(todo)}
     if spec["backend"] == "checkpoint":
         return _generate_from_checkpoint(todo, spec, out_dir, log)
@@ -118,9 +122,16 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
         pipe.vae.enable_tiling()  # UHR decode in tiles
     pipe.set_progress_bar_config(disable=True)
     for r in tqdm(todo, desc="generate", unit="img"):
-        generator = torch.Generator(device="cpu").manual_seed(image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))))
-        kwargs = {"height": int(spec["height"]), "width": int(spec["width"]), "num_inference_steps": int(spec["steps"]),
-                  "generator": generator, "output_type": "np"}
+        generator = torch.Generator(device="cpu").manual_seed(
+            image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0)))
+        )
+        kwargs = {
+            "height": int(spec["height"]),
+            "width": int(spec["width"]),
+            "num_inference_steps": int(spec["steps"]),
+            "generator": generator,
+            "output_type": "np",
+        }
         if spec.get("guidance") is not None:
             kwargs["guidance_scale"] = float(spec["guidance"])
         out = pipe(r["long_caption"], **kwargs).images[0]
@@ -147,8 +158,11 @@ def _checkpoint_settings(spec: dict) -> dict:
     folder = Path(spec["checkpoint_dir"])
     info = json.loads((folder / "model.json").read_text())
     record = sample_shift_record(info, int(spec["width"]), int(spec["height"]), int(spec["steps"]), _shift_keys(spec))
-    return dict(spec, checkpoint_fingerprint=hashlib.sha256((folder / "probe.safetensors").read_bytes()).hexdigest()[:16],
-                **record)
+    return dict(
+        spec,
+        checkpoint_fingerprint=hashlib.sha256((folder / "probe.safetensors").read_bytes()).hexdigest()[:16],
+        **record,
+    )
 
 
 def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) -> dict:
@@ -166,12 +180,27 @@ def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) 
     if not todo:
         return {"model": name, "smoke": info["smoke"], "generated": 0, **record}
     device = resolve_device(spec.get("device", "auto"))
-    info, loaded = load_checkpoint(spec["checkpoint_dir"], device=device, dtype=torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype"),
-                                   sequential=bool(spec.get("sequential_loading", True)))
+    info, loaded = load_checkpoint(
+        spec["checkpoint_dir"],
+        device=device,
+        dtype=torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype"),
+        sequential=bool(spec.get("sequential_loading", True)),
+    )
     for r in tqdm(todo, desc="generate", unit="img"):
-        rgb = generate(info, loaded, r["long_caption"], int(spec["width"]), int(spec["height"]), int(spec["steps"]),
-                       float(spec.get("guidance") or 1.0), image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
-                       device=device, shift=shift)
+        rgb = generate(
+            info,
+            loaded,
+            r["long_caption"],
+            int(spec["width"]),
+            int(spec["height"]),
+            int(spec["steps"]),
+            float(spec.get("guidance") or 1.0),
+            image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
+            device=device,
+            shift=shift,
+        )
         _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
-    log(f"generated {len(todo)} images from {spec['checkpoint_dir']} (shift {record['sample_shift']}, mu {record['sample_mu']:.3f})")
+    log(
+        f"generated {len(todo)} images from {spec['checkpoint_dir']} (shift {record['sample_shift']}, mu {record['sample_mu']:.3f})"
+    )
     return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device, **record}

@@ -103,7 +103,13 @@ def reference_patch_entropies(grey: np.ndarray) -> np.ndarray:
     out = []
     for top in range(0, q.shape[0] - PATCH + 1, PATCH):
         for left in range(0, q.shape[1] - PATCH + 1, PATCH):
-            m = graycomatrix(q[top : top + PATCH, left : left + PATCH], list(DISTANCES), list(ANGLES),
-                             levels=LEVELS, symmetric=True, normed=True)
+            m = graycomatrix(
+                q[top : top + PATCH, left : left + PATCH],
+                list(DISTANCES),
+                list(ANGLES),
+                levels=LEVELS,
+                symmetric=True,
+                normed=True,
+            )
             out.append(shannon_entropy(m))
     return np.asarray(out)

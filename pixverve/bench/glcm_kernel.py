@@ -138,6 +138,18 @@ def all_patches(grey, weight, rows_of, table, n_ids, xlogx):
         vcount = np.zeros(n_ids + 8, dtype=np.int32)
         touched = np.empty(weight.shape[0] * LEVELS * LEVELS + 1, dtype=np.uint64)
         for k in range(w * per, min((w + 1) * per, rows * cols)):
-            out[k] = patch_entropy(grey, U((k // cols) * PATCH), U((k % cols) * PATCH), weight, rows_of, table,
-                                   n_ids, xlogx, counts, P, vcount, touched)
+            out[k] = patch_entropy(
+                grey,
+                U((k // cols) * PATCH),
+                U((k % cols) * PATCH),
+                weight,
+                rows_of,
+                table,
+                n_ids,
+                xlogx,
+                counts,
+                P,
+                vcount,
+                touched,
+            )
     return out

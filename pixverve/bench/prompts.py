@@ -77,14 +77,27 @@ def load_judge_prompts(judge_spec: dict) -> JudgePrompts:
         spec = importlib.util.spec_from_file_location("pixverve_published_build_prompts", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        missing = [n for n in ("build_global_eval_prompt", "build_local_eval_prompt", "build_ICS_eval_prompt") if not hasattr(module, n)]
+        missing = [
+            n
+            for n in ("build_global_eval_prompt", "build_local_eval_prompt", "build_ICS_eval_prompt")
+            if not hasattr(module, n)
+        ]
         if missing:
             raise PromptsUnavailable(f"config key bench.judge.published_eval: {path} lacks {missing}")
         sha = _sha(path.read_text(encoding="utf-8"))
-        return JudgePrompts(module.build_global_eval_prompt, module.build_local_eval_prompt, module.build_ICS_eval_prompt,
-                            {"msfi_global": sha, "msfi_local": sha, "ics": sha}, "published")
+        return JudgePrompts(
+            module.build_global_eval_prompt,
+            module.build_local_eval_prompt,
+            module.build_ICS_eval_prompt,
+            {"msfi_global": sha, "msfi_local": sha, "ics": sha},
+            "published",
+        )
     texts = [Path(f).read_text(encoding="utf-8").strip() for f in files]
     g, loc, i = texts
-    return JudgePrompts(lambda: g, lambda rel: loc.replace("{coordinates}", str(list(rel))),
-                        lambda caption: i.replace("{caption}", caption),
-                        {k: _sha(t) for k, t in zip(("msfi_global", "msfi_local", "ics"), texts, strict=True)}, "ours")
+    return JudgePrompts(
+        lambda: g,
+        lambda rel: loc.replace("{coordinates}", str(list(rel))),
+        lambda caption: i.replace("{caption}", caption),
+        {k: _sha(t) for k, t in zip(("msfi_global", "msfi_local", "ics"), texts, strict=True)},
+        "ours",
+    )

@@ -50,8 +50,15 @@ def msfi(global_scores, local_scores: list) -> dict:
     valid = [s for s in local_scores if s is not None]
     if not global_scores or not valid:
         nan = float("nan")
-        return {"msfi": nan, "s_global": nan, "s_local": nan, "defaulted_global": [], "defaulted_local": 0,
-                "valid_patches": len(valid), "included": False}
+        return {
+            "msfi": nan,
+            "s_global": nan,
+            "s_local": nan,
+            "defaulted_global": [],
+            "defaulted_local": 0,
+            "valid_patches": len(valid),
+            "included": False,
+        }
     s_g, g_missing = weighted_score(global_scores, MSFI_GLOBAL_WEIGHTS)
     locals_ = [weighted_score(s, MSFI_LOCAL_WEIGHTS) for s in valid]
     s_l = sum(s for s, _ in locals_) / len(locals_)
@@ -112,8 +119,9 @@ def sobel_variance(grey_patch) -> float:
     return float(np.var(np.sqrt(gx**2 + gy**2)))
 
 
-def msfi_layout(img, seed: int, n_sobel: int = 6, n_random: int = 4, analysis_long_edge: int = 2048,
-                global_long_edge: int = 2048):
+def msfi_layout(
+    img, seed: int, n_sobel: int = 6, n_random: int = 4, analysis_long_edge: int = 2048, global_long_edge: int = 2048
+):
     """(global view, patches) of one RGB PIL image, the published preprocessing.
 
     The analysis copy (Lanczos to ``analysis_long_edge``, then PIL "L") is cut into whole

@@ -124,13 +124,25 @@ def build_records(inputs: dict, required=None, invalid_policy: str = "drop") -> 
         iid = check["image_id"]
         t, m, b, a, c = tags[iid], masks[iid], boxes[iid], aesthetics.get(iid), captions.get(iid)
         steps = step_statuses(t, b, m, desc_by_image.get(iid, []), a, c)
-        failed = [f"{name}: {status}: {str(error)[:300]}" for name, (status, error) in steps.items()
-                  if name in required and rejects(status, invalid_policy)]
+        failed = [
+            f"{name}: {status}: {str(error)[:300]}"
+            for name, (status, error) in steps.items()
+            if name in required and rejects(status, invalid_policy)
+        ]
         if failed:  # a check that did not run is not passed: the image leaves, counted, with why
-            rejected.append({"image_id": iid, "passed": False, "reason": MODEL_FAILED, "reason_detail": "; ".join(failed),
-                             "root": check["root"], "relpath": check["relpath"], "shard": check["shard"],
-                             "failed_steps": ",".join(f.split(":")[0] for f in failed),
-                             "steps": json.dumps({k: v[0] for k, v in steps.items()}, sort_keys=True)})
+            rejected.append(
+                {
+                    "image_id": iid,
+                    "passed": False,
+                    "reason": MODEL_FAILED,
+                    "reason_detail": "; ".join(failed),
+                    "root": check["root"],
+                    "relpath": check["relpath"],
+                    "shard": check["shard"],
+                    "failed_steps": ",".join(f.split(":")[0] for f in failed),
+                    "steps": json.dumps({k: v[0] for k, v in steps.items()}, sort_keys=True),
+                }
+            )
             continue
         src, up = index.get(iid, {}), upscale[iid]
         tables = {"purify": purify.get(iid, {}), "verify": verify.get(iid, {})}
@@ -141,15 +153,32 @@ def build_records(inputs: dict, required=None, invalid_policy: str = "drop") -> 
                 continue
             d = desc.get((iid, inst["instance"]), {})
             importance = d.get("importance")
-            instances.append({
-                "instance": inst["instance"], "label": inst["label"], "box": inst["box"], "score": inst["score"],
-                "area_fraction": inst["area_fraction"], "mask": inst["mask"],
-                "description": d.get("description"), "importance": None if importance is None or importance is pd.NA else int(importance),
-                "description_status": d.get("status", "missing"),
-            })
+            instances.append(
+                {
+                    "instance": inst["instance"],
+                    "label": inst["label"],
+                    "box": inst["box"],
+                    "score": inst["score"],
+                    "area_fraction": inst["area_fraction"],
+                    "mask": inst["mask"],
+                    "description": d.get("description"),
+                    "importance": None if importance is None or importance is pd.NA else int(importance),
+                    "description_status": d.get("status", "missing"),
+                }
+            )
         analysis = json.loads(a["analysis"]) if a is not None and a["analysis"] else None
-        smoke_steps = [name for name, row in (("tags", t), ("boxes", b), ("masks", m), ("instance_check", check),
-                                               ("aesthetics", a), ("captions", c)) if row is not None and bool(row.get("smoke"))]
+        smoke_steps = [
+            name
+            for name, row in (
+                ("tags", t),
+                ("boxes", b),
+                ("masks", m),
+                ("instance_check", check),
+                ("aesthetics", a),
+                ("captions", c),
+            )
+            if row is not None and bool(row.get("smoke"))
+        ]
         if iid in smoke_desc:
             smoke_steps.append("descriptions")
         record = {
@@ -158,9 +187,16 @@ def build_records(inputs: dict, required=None, invalid_policy: str = "drop") -> 
             "width": int(t["width"]),
             "height": int(t["height"]),
             "provenance": {
-                "root": check["root"], "relpath": check["relpath"], "source": src.get("source", ""), "licence": src.get("licence", ""),
-                "url": src.get("url", ""), "author": src.get("author", ""), "sr_backend": up["backend"], "sr_scale": int(up["scale"]),
-                "sr_weights": up.get("weights") or "", "sr_output": up["output_path"],
+                "root": check["root"],
+                "relpath": check["relpath"],
+                "source": src.get("source", ""),
+                "licence": src.get("licence", ""),
+                "url": src.get("url", ""),
+                "author": src.get("author", ""),
+                "sr_backend": up["backend"],
+                "sr_scale": int(up["scale"]),
+                "sr_weights": up.get("weights") or "",
+                "sr_output": up["output_path"],
             },
             "scores": {k: _num(tables[table].get(col)) for k, (table, col) in VISUAL_SCORES.items()},
             "tags": json.loads(t["tags"]),
@@ -170,20 +206,40 @@ def build_records(inputs: dict, required=None, invalid_policy: str = "drop") -> 
             "aesthetics": analysis,
             "long_caption": c["long_caption"] if steps["long_caption"][0] == "ok" else None,
             "short_caption": c["short_caption"] if steps["short_caption"][0] == "ok" else None,
-            "models": {"tagger": t["tagger_model"], "tag_pruner": t.get("prune_model", ""), "detector": b["detector"],
-                       "segmenter": m["segmenter"], "instance_judge": check["judge_model"],
-                       "captioner": c["model"] if c is not None else ""},
-            "prompts": {k: v for k, v in {"tags": t.get("tags_prompt_sha", ""), "prune": t.get("prune_prompt_sha", ""),
-                                           "instance_artifact": check["prompt_sha"],
-                                           "aesthetics": a["prompt_sha"] if a is not None else "",
-                                           "long_caption": c["long_prompt_sha"] if c is not None else "",
-                                           "short_caption": c["short_prompt_sha"] if c is not None else ""}.items() if v},
+            "models": {
+                "tagger": t["tagger_model"],
+                "tag_pruner": t.get("prune_model", ""),
+                "detector": b["detector"],
+                "segmenter": m["segmenter"],
+                "instance_judge": check["judge_model"],
+                "captioner": c["model"] if c is not None else "",
+            },
+            "prompts": {
+                k: v
+                for k, v in {
+                    "tags": t.get("tags_prompt_sha", ""),
+                    "prune": t.get("prune_prompt_sha", ""),
+                    "instance_artifact": check["prompt_sha"],
+                    "aesthetics": a["prompt_sha"] if a is not None else "",
+                    "long_caption": c["long_prompt_sha"] if c is not None else "",
+                    "short_caption": c["short_prompt_sha"] if c is not None else "",
+                }.items()
+                if v
+            },
             "smoke": bool(smoke_steps),
             "smoke_steps": smoke_steps,
             # every model step's status: the stage 2-4 gates it passed, then stage 5's own
-            "steps": {**{f"purify_{k.removesuffix('_status')}": str(v) for k, v in tables["purify"].items() if k.endswith("_status")},
-                      "sr": "ok", "regions": "ok", "instance_check": "ok",
-                      **{name: status for name, (status, _) in steps.items()}},
+            "steps": {
+                **{
+                    f"purify_{k.removesuffix('_status')}": str(v)
+                    for k, v in tables["purify"].items()
+                    if k.endswith("_status")
+                },
+                "sr": "ok",
+                "regions": "ok",
+                "instance_check": "ok",
+                **{name: status for name, (status, _) in steps.items()},
+            },
         }
         jsonschema.validate(record, schema)
         records.append(record)
@@ -222,16 +278,31 @@ def export_dataset(records: list[dict], size: int, seed: int):
     held_out = benchmark_split(captioned, size, seed)
     rows, train, bench = [], [], []
     for r in sorted(records, key=lambda r: r["image_id"]):
-        split = "uncaptioned" if r["image_id"] not in set(captioned) else ("benchmark" if r["image_id"] in held_out else "train")
+        split = (
+            "uncaptioned"
+            if r["image_id"] not in set(captioned)
+            else ("benchmark" if r["image_id"] in held_out else "train")
+        )
         row = {
-            "image_id": r["image_id"], "file_name": r["file_name"], "split": split, "width": r["width"], "height": r["height"],
-            "megapixels": round(r["width"] * r["height"] / 1e6, 3), **{f"prov_{k}": v for k, v in r["provenance"].items()},
-            **r["scores"], "tags": json.dumps(r["tags"]), "n_tags": len(r["tags"]), "n_instances": len(r["instances"]),
+            "image_id": r["image_id"],
+            "file_name": r["file_name"],
+            "split": split,
+            "width": r["width"],
+            "height": r["height"],
+            "megapixels": round(r["width"] * r["height"] / 1e6, 3),
+            **{f"prov_{k}": v for k, v in r["provenance"].items()},
+            **r["scores"],
+            "tags": json.dumps(r["tags"]),
+            "n_tags": len(r["tags"]),
+            "n_instances": len(r["instances"]),
             "n_described": sum(1 for i in r["instances"] if i["description"]),
-            "long_caption": r["long_caption"], "short_caption": r["short_caption"],
+            "long_caption": r["long_caption"],
+            "short_caption": r["short_caption"],
             "long_words": len(r["long_caption"].split()) if r["long_caption"] else 0,
             "short_words": len(r["short_caption"].split()) if r["short_caption"] else 0,
-            "has_aesthetics": r["aesthetics"] is not None, "smoke": r["smoke"], "smoke_steps": ",".join(r["smoke_steps"]),
+            "has_aesthetics": r["aesthetics"] is not None,
+            "smoke": r["smoke"],
+            "smoke_steps": ",".join(r["smoke_steps"]),
         }
         for key, _ in AESTHETIC_DIMENSIONS:
             row[f"aes_{key}"] = r["aesthetics"][key]["score"] if r["aesthetics"] else None
@@ -247,8 +318,15 @@ def export_dataset(records: list[dict], size: int, seed: int):
 # ----------------------------------------------------------------------------- tables
 
 
-def data_flow(ingest: pd.DataFrame, purify: pd.DataFrame, upscale: pd.DataFrame, verify_counts: pd.DataFrame,
-              instance_checks: pd.DataFrame, records: list[dict], rejected: pd.DataFrame | None = None) -> pd.DataFrame:
+def data_flow(
+    ingest: pd.DataFrame,
+    purify: pd.DataFrame,
+    upscale: pd.DataFrame,
+    verify_counts: pd.DataFrame,
+    instance_checks: pd.DataFrame,
+    records: list[dict],
+    rejected: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Table 1: images entering and kept at every step, in the pipeline's order.
 
     Stage 2's five filters are applied to the same pool (the candidates are their intersection),
@@ -293,13 +371,17 @@ def rejections_by_reason(stages: list[tuple[str, pd.DataFrame]], ingest: pd.Data
         for part in str(r.get("reasons") or "").split(";"):
             reason, _, n = part.strip().rpartition(":")
             if reason and n.strip().isdigit():
-                rows.append({"stage": f"1 {r['stage']}", "reason": reason.strip(), "failed_steps": "", "images": int(n)})
+                rows.append(
+                    {"stage": f"1 {r['stage']}", "reason": reason.strip(), "failed_steps": "", "images": int(n)}
+                )
     for stage, df in stages:
         if not len(df) or "passed" not in df:
             continue
         out = df.loc[~df["passed"].astype(bool)]
         steps = out["failed_steps"] if "failed_steps" in out else pd.Series([""] * len(out), index=out.index)
-        for (reason, step), n in pd.DataFrame({"reason": out["reason"].fillna(""), "step": steps.fillna("")}).value_counts().items():
+        for (reason, step), n in (
+            pd.DataFrame({"reason": out["reason"].fillna(""), "step": steps.fillna("")}).value_counts().items()
+        ):
             rows.append({"stage": stage, "reason": reason or "(none)", "failed_steps": step, "images": int(n)})
     return pd.DataFrame(rows, columns=["stage", "reason", "failed_steps", "images"])
 
@@ -319,10 +401,18 @@ def plot_funnel(flow: pd.DataFrame, rejections: pd.DataFrame, smoke: bool, path)
     ax1.barh(labels[::-1], seq["kept"].to_numpy()[::-1], color="tab:blue")
     ax1.set(title=f"images kept after each step{note}", xlabel="images")
     if len(rejections):
-        names = [f"{s}: {r}" + (f" ({f})" if f else "") for s, r, f in
-                 zip(rejections["stage"], rejections["reason"], rejections["failed_steps"], strict=True)]
-        model = rejections["reason"].isin(["model_failed", "judge_failed", "judge_unparseable"]) | rejections["reason"].str.startswith("sr_")
-        ax2.barh(names[::-1], rejections["images"].to_numpy()[::-1], color=["tab:red" if m else "tab:grey" for m in model[::-1]])
+        names = [
+            f"{s}: {r}" + (f" ({f})" if f else "")
+            for s, r, f in zip(rejections["stage"], rejections["reason"], rejections["failed_steps"], strict=True)
+        ]
+        model = rejections["reason"].isin(["model_failed", "judge_failed", "judge_unparseable"]) | rejections[
+            "reason"
+        ].str.startswith("sr_")
+        ax2.barh(
+            names[::-1],
+            rejections["images"].to_numpy()[::-1],
+            color=["tab:red" if m else "tab:grey" for m in model[::-1]],
+        )
     ax2.set(title="rejections by stage and reason\n(red: a model step failed)", xlabel="images")
     ax2.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
@@ -335,23 +425,45 @@ def check_data_flow(flow: pd.DataFrame) -> None:
     seq = flow[flow["sequential"]].to_dict("records")
     for prev, cur in zip(seq, seq[1:]):
         if cur["entering"] != prev["kept"]:
-            raise ValueError(f"data flow does not add up: {prev['step']} kept {prev['kept']} but {cur['step']} entered {cur['entering']}")
+            raise ValueError(
+                f"data flow does not add up: {prev['step']} kept {prev['kept']} but {cur['step']} entered {cur['entering']}"
+            )
 
 
 def dataset_comparison(meta: pd.DataFrame, smoke: bool) -> pd.DataFrame:
-    rows = [{"dataset": n, "avg_width": w, "avg_height": h, "images": c, "avg_caption_words": words,
-             "annotations": "captions" if n != "PixVerve-95K (paper)" else "tags, boxes, masks, instances, aesthetics, long + short captions"}
-            for n, w, h, c, words in PUBLISHED_DATASETS]
+    rows = [
+        {
+            "dataset": n,
+            "avg_width": w,
+            "avg_height": h,
+            "images": c,
+            "avg_caption_words": words,
+            "annotations": "captions"
+            if n != "PixVerve-95K (paper)"
+            else "tags, boxes, masks, instances, aesthetics, long + short captions",
+        }
+        for n, w, h, c, words in PUBLISHED_DATASETS
+    ]
     if len(meta):
-        have = [("tags", meta["n_tags"].gt(0).any()), ("boxes/masks", meta["n_instances"].gt(0).any()),
-                ("instance descriptions", meta["n_described"].gt(0).any()), ("aesthetics", meta["has_aesthetics"].any()),
-                ("long + short captions", meta["long_words"].gt(0).any())]
-        rows.append({
-            "dataset": "PixVerve (this run" + (", SMOKE: tiny models" if smoke else "") + ")",
-            "avg_width": round(float(meta["width"].mean())), "avg_height": round(float(meta["height"].mean())), "images": len(meta),
-            "avg_caption_words": round(float(meta.loc[meta["long_words"] > 0, "long_words"].mean()), 1) if meta["long_words"].gt(0).any() else 0.0,
-            "annotations": ", ".join(name for name, present in have if present) or "none",
-        })
+        have = [
+            ("tags", meta["n_tags"].gt(0).any()),
+            ("boxes/masks", meta["n_instances"].gt(0).any()),
+            ("instance descriptions", meta["n_described"].gt(0).any()),
+            ("aesthetics", meta["has_aesthetics"].any()),
+            ("long + short captions", meta["long_words"].gt(0).any()),
+        ]
+        rows.append(
+            {
+                "dataset": "PixVerve (this run" + (", SMOKE: tiny models" if smoke else "") + ")",
+                "avg_width": round(float(meta["width"].mean())),
+                "avg_height": round(float(meta["height"].mean())),
+                "images": len(meta),
+                "avg_caption_words": round(float(meta.loc[meta["long_words"] > 0, "long_words"].mean()), 1)
+                if meta["long_words"].gt(0).any()
+                else 0.0,
+                "annotations": ", ".join(name for name, present in have if present) or "none",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -372,19 +484,33 @@ def source_mix(meta: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["source", "licence", "images", "share"])
     g = meta.groupby(["prov_source", "prov_licence"]).size().reset_index(name="images")
     g["share"] = (g["images"] / len(meta)).round(4)
-    return g.rename(columns={"prov_source": "source", "prov_licence": "licence"}).sort_values(["images", "source"], ascending=[False, True])
+    return g.rename(columns={"prov_source": "source", "prov_licence": "licence"}).sort_values(
+        ["images", "source"], ascending=[False, True]
+    )
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    cells = [[str(c) for c in df.columns]] + [["" if v is None else str(v) for v in row] for row in df.itertuples(index=False)]
+    cells = [[str(c) for c in df.columns]] + [
+        ["" if v is None else str(v) for v in row] for row in df.itertuples(index=False)
+    ]
     lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells[1:]]
     return "\n".join(lines) + "\n"
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"),
-                 ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("$", r"\$"),
+        ("#", r"\#"),
+        ("_", r"\_"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("~", r"\textasciitilde{}"),
+        ("^", r"\textasciicircum{}"),
+    ):
         text = text.replace(a, b) if a != "\\" else text.replace(a, "\0")
     return text.replace("\0", r"\textbackslash{}")
 
@@ -392,9 +518,28 @@ def _latex_escape(text: str) -> str:
 def _latex(df: pd.DataFrame, caption: str) -> str:
     spec = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
     head = " & ".join(_latex_escape(str(c)) for c in df.columns) + r" \\"
-    body = [" & ".join(_latex_escape("" if v is None else str(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
-    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
-                      r"\toprule", head, r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
+    body = [
+        " & ".join(_latex_escape("" if v is None else str(v)) for v in row) + r" \\"
+        for row in df.itertuples(index=False)
+    ]
+    return (
+        "\n".join(
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                rf"\caption{{{_latex_escape(caption)}}}",
+                rf"\begin{{tabular}}{{{spec}}}",
+                r"\toprule",
+                head,
+                r"\midrule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                r"\end{table}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def write_formats(df: pd.DataFrame, stem, caption: str) -> list[Path]:
@@ -429,7 +574,9 @@ def plot_distributions(meta: pd.DataFrame, smoke: bool, caption_png, instances_p
     fig, axis = plt.subplots(figsize=(5.5, 3.6))
     if len(meta):
         sns.histplot(meta["n_instances"], ax=axis, discrete=True)
-        axis.axvline(float(meta["n_instances"].mean()), color="k", ls="--", lw=1, label=f"mean {meta['n_instances'].mean():.1f}")
+        axis.axvline(
+            float(meta["n_instances"].mean()), color="k", ls="--", lw=1, label=f"mean {meta['n_instances'].mean():.1f}"
+        )
         axis.legend()
     axis.set(title=f"instances per image{note}", xlabel="instances (after mask NMS)", ylabel="images")
     fig.tight_layout()

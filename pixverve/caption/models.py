@@ -26,15 +26,22 @@ import numpy as np
 
 from pixverve.models.loading import ModelUnavailable, load_pretrained, model_device
 
-
 # ----------------------------------------------------------------------------- tagging
 
 
 class ClipTagger:
     """Open-vocabulary tags: cosine similarity between the image and every vocabulary entry."""
 
-    def __init__(self, model_id: str, vocabulary: list[str], threshold: float, top_k: int, device: str = "cpu",
-                 smoke: bool = False, key: str = "caption.tags.clip.model"):
+    def __init__(
+        self,
+        model_id: str,
+        vocabulary: list[str],
+        threshold: float,
+        top_k: int,
+        device: str = "cpu",
+        smoke: bool = False,
+        key: str = "caption.tags.clip.model",
+    ):
         import torch
         from transformers import CLIPModel, CLIPProcessor
 
@@ -45,7 +52,9 @@ class ClipTagger:
         self.vocabulary, self.threshold, self.top_k, self.device = vocabulary, threshold, top_k, device
         self.smoke, self.model_name = smoke, model_id
         with torch.inference_mode():
-            text = self.processor(text=[f"a photo of {t}" for t in vocabulary], return_tensors="pt", padding=True).to(device)
+            text = self.processor(text=[f"a photo of {t}" for t in vocabulary], return_tensors="pt", padding=True).to(
+                device
+            )
             emb = self.model.get_text_features(**text)
             emb = getattr(emb, "pooler_output", emb)
             self.text_emb = torch.nn.functional.normalize(emb.float(), dim=-1)
@@ -61,12 +70,16 @@ class ClipTagger:
         out = []
         for row in sims.cpu().numpy().astype(np.float64):
             order = sorted(range(len(row)), key=lambda i: (-row[i], i))
-            out.append([(self.vocabulary[i], round(float(row[i]), 6)) for i in order[: self.top_k] if row[i] >= self.threshold])
+            out.append(
+                [(self.vocabulary[i], round(float(row[i]), 6)) for i in order[: self.top_k] if row[i] >= self.threshold]
+            )
         return out
 
 
-RAM_PLUS_INSTALL = ("conda env create -f envs/ramplus.yaml (or, in an env with transformers<5: "
-                    "pip install git+https://github.com/xinyu1205/recognize-anything)")
+RAM_PLUS_INSTALL = (
+    "conda env create -f envs/ramplus.yaml (or, in an env with transformers<5: "
+    "pip install git+https://github.com/xinyu1205/recognize-anything)"
+)
 
 
 class RamPlusTagger:
@@ -76,8 +89,14 @@ class RamPlusTagger:
     tags read from the English " | "-joined output.  The package is imported only here: it is on
     GitHub, not PyPI, needs transformers < 5 and runs in its own env (envs/ramplus.yaml)."""
 
-    def __init__(self, weights: str, image_size: int = 384, vit: str = "swin_l", device: str = "cpu",
-                 key: str = "caption.tags.ram_plus"):
+    def __init__(
+        self,
+        weights: str,
+        image_size: int = 384,
+        vit: str = "swin_l",
+        device: str = "cpu",
+        key: str = "caption.tags.ram_plus",
+    ):
         import importlib
 
         try:  # imported by name: only envs/ramplus.yaml has it
@@ -101,7 +120,9 @@ class RamPlusTagger:
         import torch
         from PIL import Image
 
-        batch = torch.stack([self.transform(Image.fromarray(np.ascontiguousarray(im))) for im in images]).to(self.device)
+        batch = torch.stack([self.transform(Image.fromarray(np.ascontiguousarray(im))) for im in images]).to(
+            self.device
+        )
         with torch.no_grad():
             english, _ = self.model.generate_tag(batch)
         # RAM++ returns the tags above their thresholds, no scores: 1.0 each, in its tag-list order
@@ -121,7 +142,9 @@ def build_tagger(spec: dict):
         return None
     if backend == "ram_plus":
         ram = spec.get("ram_plus") or {}
-        return RamPlusTagger(ram.get("weights"), int(ram.get("image_size", 384)), ram.get("vit", "swin_l"), model_device(ram))
+        return RamPlusTagger(
+            ram.get("weights"), int(ram.get("image_size", 384)), ram.get("vit", "swin_l"), model_device(ram)
+        )
     clip = spec.get("clip") or {}
     vocabulary = read_vocabulary(clip["vocabulary"])
     if backend == "clip":
@@ -137,7 +160,9 @@ def build_tagger(spec: dict):
             tagger = ClipTagger(folder, vocabulary, -1.0, int(clip["top_k"]), "cpu", smoke=True)
         tagger.model_name = "tiny random CLIP"
         return tagger
-    raise ModelUnavailable(f"config key caption.tags.backend: unknown backend {backend!r} (vlm | ram_plus | clip | tiny)")
+    raise ModelUnavailable(
+        f"config key caption.tags.backend: unknown backend {backend!r} (vlm | ram_plus | clip | tiny)"
+    )
 
 
 # ----------------------------------------------------------------------------- detection
@@ -146,11 +171,21 @@ def build_tagger(spec: dict):
 class GroundingDinoDetector:
     """Zero-shot boxes for a list of phrases (transformers Grounding DINO)."""
 
-    def __init__(self, model_id: str, box_threshold: float, text_threshold: float, tags_per_prompt: int,
-                 device: str = "cpu", smoke: bool = False, key: str = "caption.boxes.grounding_dino.model"):
+    def __init__(
+        self,
+        model_id: str,
+        box_threshold: float,
+        text_threshold: float,
+        tags_per_prompt: int,
+        device: str = "cpu",
+        smoke: bool = False,
+        key: str = "caption.boxes.grounding_dino.model",
+    ):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        self.model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, model_id, key).to(device).eval()
+        self.model = (
+            load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, model_id, key).to(device).eval()
+        )
         self.processor = load_pretrained(AutoProcessor.from_pretrained, model_id, key)
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.tags_per_prompt, self.device, self.smoke, self.model_name = tags_per_prompt, device, smoke, model_id
@@ -160,7 +195,9 @@ class GroundingDinoDetector:
         """Tokens one prompt may have: the model's own ``max_text_len`` (256 for the released
         models), never more than its text encoder's positions."""
         config = self.model.config
-        positions = getattr(getattr(config, "text_config", None), "max_position_embeddings", None) or config.max_text_len
+        positions = (
+            getattr(getattr(config, "text_config", None), "max_position_embeddings", None) or config.max_text_len
+        )
         return int(min(config.max_text_len, positions))
 
     def prompt_groups(self, tags: list[str]) -> list[list[str]]:
@@ -189,17 +226,23 @@ class GroundingDinoDetector:
         found = []
         for group in self.prompt_groups(tags):
             text = ". ".join(group) + "."
-            inputs = self.processor(images=view, text=text, truncation=True, max_length=self.text_limit,
-                                    return_tensors="pt").to(self.device)
+            inputs = self.processor(
+                images=view, text=text, truncation=True, max_length=self.text_limit, return_tensors="pt"
+            ).to(self.device)
             with torch.inference_mode():
                 outputs = self.model(**inputs)
             result = self.processor.post_process_grounded_object_detection(
-                outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
+                outputs,
+                inputs["input_ids"],
+                threshold=self.box_threshold,
+                text_threshold=self.text_threshold,
                 target_sizes=[view.shape[:2]],
             )[0]
             labels = result["text_labels"] if "text_labels" in result else result["labels"]  # "labels" warns in v5
             for box, score, label in zip(result["boxes"].tolist(), result["scores"].tolist(), labels):
-                found.append({"label": nearest_tag(str(label), group), "phrase": str(label), "score": float(score), "box": box})
+                found.append(
+                    {"label": nearest_tag(str(label), group), "phrase": str(label), "score": float(score), "box": box}
+                )
         return found
 
 
@@ -214,7 +257,9 @@ def nearest_tag(phrase: str, tags: list[str]) -> str:
         return "object"
     if phrase in tags:
         return phrase
-    inside = sorted((t for t in tags if re.search(rf"\b{re.escape(t)}\b", phrase)), key=lambda t: (-len(t), tags.index(t)))
+    inside = sorted(
+        (t for t in tags if re.search(rf"\b{re.escape(t)}\b", phrase)), key=lambda t: (-len(t), tags.index(t))
+    )
     if inside:
         return inside[0]
     containing = [t for t in tags if phrase in t]
@@ -227,7 +272,9 @@ def nearest_tag(phrase: str, tags: list[str]) -> str:
 # Checked against IDEA-Research/Rex-Omni rex_omni/parser.py (parse_standard_prediction): the answer
 # ends at <|im_end|>, a truncated one is closed with <|box_end|>, boxes are the comma-separated
 # groups of exactly four <bin> tokens, bins map to pixels as bin / 999 * size.
-REX_BOX = re.compile(r"<\|object_ref_start\|>\s*([^<]+?)\s*<\|object_ref_end\|>\s*<\|box_start\|>(.*?)<\|box_end\|>", re.S)
+REX_BOX = re.compile(
+    r"<\|object_ref_start\|>\s*([^<]+?)\s*<\|object_ref_end\|>\s*<\|box_start\|>(.*?)<\|box_end\|>", re.S
+)
 REX_BIN = re.compile(r"<(\d+)>")
 REX_MARKERS = ("<|object_ref_start|>", "<|box_start|>")
 
@@ -261,8 +308,10 @@ def rex_reply_problem(text: str) -> str:
     if any(m in text for m in REX_MARKERS) or not text.strip():
         return ""
     if REX_BIN.search(text):
-        return ("the reply has coordinate tokens but no <|box_start|>/<|object_ref_start|> markers: the server stripped "
-                "special tokens; set caption.boxes.rex_omni.vlm.extra_body.skip_special_tokens: false")
+        return (
+            "the reply has coordinate tokens but no <|box_start|>/<|object_ref_start|> markers: the server stripped "
+            "special tokens; set caption.boxes.rex_omni.vlm.extra_body.skip_special_tokens: false"
+        )
     return ""
 
 
@@ -285,7 +334,9 @@ def build_detector(spec: dict):
             detector = GroundingDinoDetector(folder, *args, device="cpu", smoke=True)
         detector.model_name = "tiny random Grounding DINO"
         return detector
-    raise ModelUnavailable(f"config key caption.boxes.backend: unknown backend {backend!r} (grounding_dino | rex_omni | tiny)")
+    raise ModelUnavailable(
+        f"config key caption.boxes.backend: unknown backend {backend!r} (grounding_dino | rex_omni | tiny)"
+    )
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -296,8 +347,14 @@ class Sam2Segmenter:
     prompted with at most ``box_chunk`` boxes per forward (a 100 MP image can have ~1000 boxes;
     all of them in one forward would hold every low- and full-resolution mask at once)."""
 
-    def __init__(self, model_id: str, device: str = "cpu", smoke: bool = False, key: str = "caption.masks.sam2.model",
-                 box_chunk: int = 64):
+    def __init__(
+        self,
+        model_id: str,
+        device: str = "cpu",
+        smoke: bool = False,
+        key: str = "caption.masks.sam2.model",
+        box_chunk: int = 64,
+    ):
         from transformers import Sam2Model, Sam2Processor
 
         if int(box_chunk) < 1:

@@ -34,10 +34,24 @@ import json
 
 import numpy as np
 
-from pixverve.core.views import (TiledImage, box_nms, fit_within, highlight, instance_crop, kept_instances, map_box, mask_nms, read_view,
-                       rle_decode, rle_encode, tile_regions, view_file, write_view)
 from pixverve.core.health import gate_table, step_ok
 from pixverve.core.tables import MODEL_ERROR, MODEL_ERRORS, chunks, id_columns, model_error_text
+from pixverve.core.views import (
+    TiledImage,
+    box_nms,
+    fit_within,
+    highlight,
+    instance_crop,
+    kept_instances,
+    map_box,
+    mask_nms,
+    read_view,
+    rle_decode,
+    rle_encode,
+    tile_regions,
+    view_file,
+    write_view,
+)
 from pixverve.models.vlm import backend_name, prompt_text
 
 AESTHETIC_DIMENSIONS = [  # the paper's six dimensions (ArtiMuse's), in its order
@@ -50,8 +64,16 @@ AESTHETIC_DIMENSIONS = [  # the paper's six dimensions (ArtiMuse's), in its orde
 ]
 IMAGES_PER_BATCH = 16  # images whose VLM requests are in flight together
 
-TAGS_SCHEMA = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}, "required": ["tags"]}
-PRUNE_SCHEMA = {"type": "object", "properties": {"objects": {"type": "array", "items": {"type": "string"}}}, "required": ["objects"]}
+TAGS_SCHEMA = {
+    "type": "object",
+    "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["tags"],
+}
+PRUNE_SCHEMA = {
+    "type": "object",
+    "properties": {"objects": {"type": "array", "items": {"type": "string"}}},
+    "required": ["objects"],
+}
 
 
 def instance_schema(low: int, high: int) -> dict:
@@ -68,10 +90,17 @@ def instance_schema(low: int, high: int) -> dict:
 def aesthetic_schema(low: int, high: int) -> dict:
     dim = {
         "type": "object",
-        "properties": {"score": {"type": "integer", "minimum": low, "maximum": high}, "analysis": {"type": "string", "minLength": 1}},
+        "properties": {
+            "score": {"type": "integer", "minimum": low, "maximum": high},
+            "analysis": {"type": "string", "minLength": 1},
+        },
         "required": ["score", "analysis"],
     }
-    return {"type": "object", "properties": {k: dim for k, _ in AESTHETIC_DIMENSIONS}, "required": [k for k, _ in AESTHETIC_DIMENSIONS]}
+    return {
+        "type": "object",
+        "properties": {k: dim for k, _ in AESTHETIC_DIMENSIONS},
+        "required": [k for k, _ in AESTHETIC_DIMENSIONS],
+    }
 
 
 def survivors(verified, shard: str):
@@ -131,16 +160,37 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
                     size = (tiled.width, tiled.height)
             except (OSError, ValueError, KeyError, IndexError) as exc:  # the rest of the shard goes on; the
                 # instance check rejects the image (no analysis copy), nothing downstream guesses
-                rows.append(id_columns(rec) | {"width": 0, "height": 0, "view_width": 0, "view_height": 0, "tagger_model": "",
-                                          "tags_raw": "[]", "tags_status": "unreadable", "tags_replies": "[]", "tags_request_options": "",
-                                          "tags_error": f"SR output {rec['output_path']}: {exc}", "smoke": False, "candidates": [],
-                                          "tags": [], "prune_status": "no_tags", "prune_replies": "[]", "prune_request_options": "", "prune_error": "",
-                                          "prune_model": ""})
+                rows.append(
+                    id_columns(rec)
+                    | {
+                        "width": 0,
+                        "height": 0,
+                        "view_width": 0,
+                        "view_height": 0,
+                        "tagger_model": "",
+                        "tags_raw": "[]",
+                        "tags_status": "unreadable",
+                        "tags_replies": "[]",
+                        "tags_request_options": "",
+                        "tags_error": f"SR output {rec['output_path']}: {exc}",
+                        "smoke": False,
+                        "candidates": [],
+                        "tags": [],
+                        "prune_status": "no_tags",
+                        "prune_replies": "[]",
+                        "prune_request_options": "",
+                        "prune_error": "",
+                        "prune_model": "",
+                    }
+                )
                 log(f"{rec['relpath']}: SR output unreadable: {exc}")
                 continue
             write_view(view_file(views_dir, rec["image_id"]), view)
             views.append(view)
-            rows.append(id_columns(rec) | {"width": size[0], "height": size[1], "view_width": view.shape[1], "view_height": view.shape[0]})
+            rows.append(
+                id_columns(rec)
+                | {"width": size[0], "height": size[1], "view_width": view.shape[1], "view_height": view.shape[0]}
+            )
             batch.append(rows[-1])
         if not batch:
             bar.update(len(chunk))
@@ -148,18 +198,29 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
         if tagger is not None:
             for row, tags in zip(batch, _tag_each(tagger, views, log), strict=True):
                 failed = isinstance(tags, str)
-                row.update(tagger_model=tagger.model_name, tags_raw="[]" if failed else json.dumps(tags),
-                           tags_status=MODEL_ERROR if failed else "ok", tags_replies="[]", tags_request_options="",
-                           tags_error=tags if failed else "",
-                           smoke=bool(tagger.smoke))
+                row.update(
+                    tagger_model=tagger.model_name,
+                    tags_raw="[]" if failed else json.dumps(tags),
+                    tags_status=MODEL_ERROR if failed else "ok",
+                    tags_replies="[]",
+                    tags_request_options="",
+                    tags_error=tags if failed else "",
+                    smoke=bool(tagger.smoke),
+                )
                 row["candidates"] = [] if failed else [t for t, _ in tags]
         else:
-            requests = [("tags", r["image_id"], [user_message(tag_prompt, [fit_within(v, int(spec["vlm_px"]))])], TAGS_SCHEMA)
-                        for r, v in zip(batch, views, strict=True)]
+            requests = [
+                ("tags", r["image_id"], [user_message(tag_prompt, [fit_within(v, int(spec["vlm_px"]))])], TAGS_SCHEMA)
+                for r, v in zip(batch, views, strict=True)
+            ]
             for row, res in zip(batch, vlm_tagger.run_many(requests), strict=True):
                 tags = _clean_tags(res.parsed["tags"]) if res.status == "ok" else []
-                row.update(tagger_model=vlm_tagger.model_name, tags_raw=json.dumps(tags), smoke=bool(vlm_tagger.smoke),
-                           **_reply_columns(res, "tags"))
+                row.update(
+                    tagger_model=vlm_tagger.model_name,
+                    tags_raw=json.dumps(tags),
+                    smoke=bool(vlm_tagger.smoke),
+                    **_reply_columns(res, "tags"),
+                )
                 row["candidates"] = tags
         for row in batch:
             row["candidates"] = row["candidates"][: int(spec["max_tags"])]
@@ -167,14 +228,18 @@ def tag_shard(verified, shard: str, config: dict, views_dir, tagger, vlm_tagger,
         bar.update(len(chunk))
     bar.close()
     for row in rows:
-        row.update(tags_prompt_sha=tag_sha if tagger is None else "", prune_prompt_sha=prune_sha if pruner is not None else "")
+        row.update(
+            tags_prompt_sha=tag_sha if tagger is None else "", prune_prompt_sha=prune_sha if pruner is not None else ""
+        )
         row["n_tags_raw"] = len(row["candidates"])
         row["n_tags"] = len(row["tags"])
         row["tags"] = json.dumps(row["tags"])
         del row["candidates"]
         log(f"{row['relpath']}: {row['n_tags_raw']} tags -> {row['n_tags']} kept ({row['prune_status']})")
     table = pd.DataFrame(rows)
-    gate_table(table, "caption_tags", "tags_status", "tags_error", config, "caption", backend_name(tagger or vlm_tagger))
+    gate_table(
+        table, "caption_tags", "tags_status", "tags_error", config, "caption", backend_name(tagger or vlm_tagger)
+    )
     if pruner is not None:
         gate_table(table, "caption_tags/prune", "prune_status", "prune_error", config, "caption", backend_name(pruner))
     return table
@@ -211,12 +276,25 @@ def _prune(batch: list[dict], pruner, prompt: str) -> None:
     """Keep the tangible objects among each row's candidate tags (a subset, in the tags' order)."""
     if pruner is None:
         for row in batch:
-            row.update(tags=list(row["candidates"]), prune_status="off", prune_replies="[]", prune_request_options="",
-                       prune_error="", prune_model="")
+            row.update(
+                tags=list(row["candidates"]),
+                prune_status="off",
+                prune_replies="[]",
+                prune_request_options="",
+                prune_error="",
+                prune_model="",
+            )
         return
     todo = [r for r in batch if r["candidates"]]
-    requests = [("prune_tags", r["image_id"], [{"role": "user", "content": prompt.replace("{tags}", json.dumps(r["candidates"]))}],
-                 PRUNE_SCHEMA) for r in todo]
+    requests = [
+        (
+            "prune_tags",
+            r["image_id"],
+            [{"role": "user", "content": prompt.replace("{tags}", json.dumps(r["candidates"]))}],
+            PRUNE_SCHEMA,
+        )
+        for r in todo
+    ]
     results = dict(zip([r["image_id"] for r in todo], pruner.run_many(requests) if requests else [], strict=True))
     for row in batch:
         res = results.get(row["image_id"])
@@ -250,7 +328,9 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
     spec = config["caption"]["boxes"]
     detect_px, grid = int(spec["detect_px"]), int(spec["tiles"])
     rex_prompt, rex_sha = prompt_text(spec["rex_omni"]["prompt"])
-    rex_system = spec["rex_omni"].get("system_prompt")  # upstream's wrapper sends one; none: the server's template default
+    rex_system = spec["rex_omni"].get(
+        "system_prompt"
+    )  # upstream's wrapper sends one; none: the server's template default
     out_paths = dict(zip(upscaled["image_id"], upscaled["output_path"], strict=True)) if len(upscaled) else {}
     if rex_judge is not None and hasattr(rex_judge, "probe_check"):  # the probe's own test: special tokens survive
         rex_judge.probe_check = lambda res: rex_reply_problem(res.parsed if isinstance(res.parsed, str) else "")
@@ -264,9 +344,18 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
         for rec in chunk:
             kept_tags = json.loads(rec["tags"])
             W, H = int(rec["width"]), int(rec["height"])
-            row = id_columns(rec) | {"width": W, "height": H, "n_views": 0, "replies": "[]", "request_options": "", "error": "",
-                                 "status": "ok" if kept_tags else "no_tags"}
-            if not step_ok(rec.get("tags_status", "ok")):  # no boxes because the tagger failed, not because nothing is there
+            row = id_columns(rec) | {
+                "width": W,
+                "height": H,
+                "n_views": 0,
+                "replies": "[]",
+                "request_options": "",
+                "error": "",
+                "status": "ok" if kept_tags else "no_tags",
+            }
+            if not step_ok(
+                rec.get("tags_status", "ok")
+            ):  # no boxes because the tagger failed, not because nothing is there
                 row.update(status=f"tags_{rec['tags_status']}", error=rec["tags_error"])
             views = []
             if kept_tags:
@@ -284,7 +373,9 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
                 try:
                     for image, region, name in views:
                         for d in detector.detect(image, kept_tags):
-                            found_by_row[k].append(d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name})
+                            found_by_row[k].append(
+                                d | {"box": map_box(d["box"], (image.shape[1], image.shape[0]), region), "view": name}
+                            )
                 except MODEL_ERRORS as exc:
                     found_by_row[k] = []
                     row.update(status=MODEL_ERROR, error=model_error_text("detector", exc))
@@ -295,11 +386,15 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
                 prompt = rex_prompt.replace("{tags}", ", ".join(kept_tags))
                 system = [{"role": "system", "content": rex_system}] if rex_system else []
                 for image, region, name in views:
-                    requests.append(("boxes", f"{row['image_id']}:{name}", system + [user_message(prompt, [image])], TEXT))
+                    requests.append(
+                        ("boxes", f"{row['image_id']}:{name}", system + [user_message(prompt, [image])], TEXT)
+                    )
                     where.append((k, image.shape[1], image.shape[0], region, name))
             replies: list[list] = [[] for _ in work]
             problems: list[list[str]] = [[] for _ in work]
-            for (k, vw, vh, region, name), res in zip(where, rex_judge.run_many(requests) if requests else [], strict=True):
+            for (k, vw, vh, region, name), res in zip(
+                where, rex_judge.run_many(requests) if requests else [], strict=True
+            ):
                 replies[k].append(res)
                 text = res.parsed if res.status == "ok" else ""
                 problem = rex_reply_problem(text)
@@ -319,14 +414,22 @@ def boxes_shard(tags, config: dict, views_dir, upscaled, detector, rex_judge, lo
                 row["error"] = "; ".join([r.error for r in replies[k] if r.error] + problems[k])
         for (row, _, _), found in zip(work, found_by_row, strict=True):
             boxes = _merge_boxes(found, float(spec["nms_iou"]), int(spec["max_boxes"]))
-            row.update(boxes=json.dumps(boxes), n_boxes=len(boxes), n_raw_boxes=len(found), smoke=smoke, detector=model,
-                       prompt_sha=rex_sha if detector is None else "")
+            row.update(
+                boxes=json.dumps(boxes),
+                n_boxes=len(boxes),
+                n_raw_boxes=len(found),
+                smoke=smoke,
+                detector=model,
+                prompt_sha=rex_sha if detector is None else "",
+            )
             rows.append(row)
             log(f"{row['relpath']}: {len(found)} raw boxes -> {len(boxes)} after NMS over {row['n_views']} views")
         bar.update(len(chunk))
     bar.close()
     table = pd.DataFrame(rows)
-    own = table[~table["status"].str.startswith("tags_")] if len(table) else table  # the tagger's failures were gated there
+    own = (
+        table[~table["status"].str.startswith("tags_")] if len(table) else table
+    )  # the tagger's failures were gated there
     gate_table(own, "caption_boxes", "status", "error", config, "caption", backend_name(detector or rex_judge))
     return table
 
@@ -339,8 +442,16 @@ def _merge_boxes(found: list[dict], iou: float, max_boxes: int) -> list[dict]:
         for i in box_nms([d["box"] for d in group], [d["score"] for d in group], iou):
             kept.append(group[i])
     kept.sort(key=lambda d: (-d["score"], d["box"][1], d["box"][0], d["label"]))
-    return [{"label": d["label"], "phrase": d["phrase"], "score": round(float(d["score"]), 6),
-             "box": [round(float(v), 2) for v in d["box"]], "view": d["view"]} for d in kept[:max_boxes]]
+    return [
+        {
+            "label": d["label"],
+            "phrase": d["phrase"],
+            "score": round(float(d["score"]), 6),
+            "box": [round(float(v), 2) for v in d["box"]],
+            "view": d["view"],
+        }
+        for d in kept[:max_boxes]
+    ]
 
 
 # ----------------------------------------------------------------------------- 3. masks
@@ -380,17 +491,35 @@ def masks_shard(boxes, config: dict, views_dir, segmenter, log=print):
                     dropped[i] = f"cap: more than caption.masks.max_instances={cap}"
                 kept = sorted(by_score[: int(cap)])
             for i, (b, m) in enumerate(zip(found, masks, strict=True)):
-                instances.append({
-                    "instance": i, "label": b["label"], "box": b["box"], "det_score": b["score"],
-                    "mask_score": round(float(mask_scores[i]), 6), "score": round(float(scores[i]), 6),
-                    "area_fraction": round(float(np.count_nonzero(m) / m.size), 6),
-                    "kept": i in kept, "drop_reason": dropped.get(i, ""), "mask": rle_encode(m),
-                })
+                instances.append(
+                    {
+                        "instance": i,
+                        "label": b["label"],
+                        "box": b["box"],
+                        "det_score": b["score"],
+                        "mask_score": round(float(mask_scores[i]), 6),
+                        "score": round(float(scores[i]), 6),
+                        "area_fraction": round(float(np.count_nonzero(m) / m.size), 6),
+                        "kept": i in kept,
+                        "drop_reason": dropped.get(i, ""),
+                        "mask": rle_encode(m),
+                    }
+                )
         n_kept = sum(1 for x in instances if x["kept"])
-        rows.append(id_columns(rec) | {
-            "width": W, "height": H, "instances": json.dumps(instances), "n_candidates": len(instances), "n_instances": n_kept,
-            "status": status, "error": error, "segmenter": segmenter.model_name, "smoke": bool(segmenter.smoke or rec["smoke"]),
-        })
+        rows.append(
+            id_columns(rec)
+            | {
+                "width": W,
+                "height": H,
+                "instances": json.dumps(instances),
+                "n_candidates": len(instances),
+                "n_instances": n_kept,
+                "status": status,
+                "error": error,
+                "segmenter": segmenter.model_name,
+                "smoke": bool(segmenter.smoke or rec["smoke"]),
+            }
+        )
         log(f"{rec['relpath']}: {len(instances)} masks -> {n_kept} instances after NMS/area")
     table = pd.DataFrame(rows)
     if len(table):  # the segmenter's own failures (carried ones were gated where they happened)
@@ -428,24 +557,70 @@ def describe_instances_shard(masks, instance_checks, config: dict, views_dir, up
                     crop, region = instance_crop(tiled, view, inst["box"], float(spec["padding"]), int(spec["crop_px"]))
                     lit = highlight(context, rle_decode(inst["mask"]))
                     text = prompt.replace("{label}", inst["label"])
-                    requests.append(("describe_instance", f"{rec['image_id']}:{inst['instance']}", [user_message(text, [crop, lit])], schema))
-                    meta.append(id_columns(rec) | {"instance": inst["instance"], "label": inst["label"], "crop_x": region[0],
-                                              "crop_y": region[1], "crop_w": region[2], "crop_h": region[3]})
+                    requests.append(
+                        (
+                            "describe_instance",
+                            f"{rec['image_id']}:{inst['instance']}",
+                            [user_message(text, [crop, lit])],
+                            schema,
+                        )
+                    )
+                    meta.append(
+                        id_columns(rec)
+                        | {
+                            "instance": inst["instance"],
+                            "label": inst["label"],
+                            "crop_x": region[0],
+                            "crop_y": region[1],
+                            "crop_w": region[2],
+                            "crop_h": region[3],
+                        }
+                    )
         for m, res in zip(meta, judge.run_many(requests) if requests else [], strict=True):
             ok = res.status == "ok"
-            rows.append(m | {
-                "description": res.parsed["description"].strip() if ok else None,
-                "importance": int(res.parsed["importance"]) if ok else None,
-                "status": res.status, "replies": json.dumps(res.raw_replies), "request_options": res.request_options,
-                "error": res.error, "attempts": res.attempts,
-                "model": judge.model_name, "prompt_sha": sha, "smoke": bool(judge.smoke),
-            })
-    columns = ["image_id", "root", "relpath", "shard", "instance", "label", "crop_x", "crop_y", "crop_w", "crop_h", "description",
-               "importance", "status", "replies", "request_options", "error", "attempts", "model", "prompt_sha", "smoke"]
+            rows.append(
+                m
+                | {
+                    "description": res.parsed["description"].strip() if ok else None,
+                    "importance": int(res.parsed["importance"]) if ok else None,
+                    "status": res.status,
+                    "replies": json.dumps(res.raw_replies),
+                    "request_options": res.request_options,
+                    "error": res.error,
+                    "attempts": res.attempts,
+                    "model": judge.model_name,
+                    "prompt_sha": sha,
+                    "smoke": bool(judge.smoke),
+                }
+            )
+    columns = [
+        "image_id",
+        "root",
+        "relpath",
+        "shard",
+        "instance",
+        "label",
+        "crop_x",
+        "crop_y",
+        "crop_w",
+        "crop_h",
+        "description",
+        "importance",
+        "status",
+        "replies",
+        "request_options",
+        "error",
+        "attempts",
+        "model",
+        "prompt_sha",
+        "smoke",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
         table["importance"] = table["importance"].astype("Int64")
-    log(f"{len(recs)} images, {len(table)} instances described, {int((table['status'] != 'ok').sum()) if len(table) else 0} without a valid reply")
+    log(
+        f"{len(recs)} images, {len(table)} instances described, {int((table['status'] != 'ok').sum()) if len(table) else 0} without a valid reply"
+    )
     gate_table(table, "caption_instances", "status", "error", config, "caption", backend_name(judge))
     return table
 
@@ -467,7 +642,6 @@ def aesthetics_vlm_overrides(config: dict) -> dict:
     overrides = copy.deepcopy(spec.get("vlm") or {})
     if spec.get("backend", "rubric") == "artimuse":
         from pixverve.models.aesthetics import artimuse_request_setup
-
         from pixverve.models.artimuse_upstream import stop_strings
 
         upstream, extra = artimuse_request_setup(spec.get("artimuse") or {}, "caption.aesthetics.artimuse")
@@ -489,7 +663,9 @@ def artimuse_dimension_prompts(spec: dict) -> dict[str, str]:
     by_name = {a.lower(): q for a, q in upstream.items()}
     missing = [label for _, label in AESTHETIC_DIMENSIONS if label not in by_name]
     if missing:
-        raise ValueError(f"config key caption.aesthetics.artimuse.upstream: the checkout's AESTHETIC_ATTRIBUTES lack {missing}")
+        raise ValueError(
+            f"config key caption.aesthetics.artimuse.upstream: the checkout's AESTHETIC_ATTRIBUTES lack {missing}"
+        )
     return {key: by_name[label] for key, label in AESTHETIC_DIMENSIONS}
 
 
@@ -520,28 +696,45 @@ def aesthetic_analysis_shard(instance_checks, config: dict, views_dir, judge, lo
     for chunk in chunks(recs, IMAGES_PER_BATCH):
         views = [fit_within(read_view(views_dir, r["image_id"]), int(spec["view_px"])) for r in chunk]
         if backend == "rubric":
-            requests = [("aesthetic_analysis", r["image_id"], [user_message(prompt, [v])], schema) for r, v in zip(chunk, views)]
+            requests = [
+                ("aesthetic_analysis", r["image_id"], [user_message(prompt, [v])], schema) for r, v in zip(chunk, views)
+            ]
             for rec, res in zip(chunk, judge.run_many(requests), strict=True):
                 ok = res.status == "ok"
-                row = id_columns(rec) | {"analysis": json.dumps(res.parsed, sort_keys=True) if ok else "", "model": judge.model_name,
-                                    "prompt_sha": sha, "smoke": bool(judge.smoke), **_reply_columns(res, "judge")}
+                row = id_columns(rec) | {
+                    "analysis": json.dumps(res.parsed, sort_keys=True) if ok else "",
+                    "model": judge.model_name,
+                    "prompt_sha": sha,
+                    "smoke": bool(judge.smoke),
+                    **_reply_columns(res, "judge"),
+                }
                 for key, _ in AESTHETIC_DIMENSIONS:
                     row[f"{key}_score"] = int(res.parsed[key]["score"]) if ok else None
                 rows.append(row)
             continue
-        requests = [("aesthetic_analysis", f"{r['image_id']}:{key}", [user_message(questions[key], [v])], TEXT)
-                    for r, v in zip(chunk, views) for key, _ in AESTHETIC_DIMENSIONS]
+        requests = [
+            ("aesthetic_analysis", f"{r['image_id']}:{key}", [user_message(questions[key], [v])], TEXT)
+            for r, v in zip(chunk, views)
+            for key, _ in AESTHETIC_DIMENSIONS
+        ]
         results = judge.run_many(requests)
         n = len(AESTHETIC_DIMENSIONS)
         for i, rec in enumerate(chunk):
             per_dim = results[i * n : (i + 1) * n]
             bad = [r for r in per_dim if r.status != "ok"]
-            analysis = {key: {"analysis": r.parsed} for (key, _), r in zip(AESTHETIC_DIMENSIONS, per_dim)} if not bad else None
-            row = id_columns(rec) | {"analysis": json.dumps(analysis, sort_keys=True) if analysis else "", "model": judge.model_name,
-                                "prompt_sha": sha, "smoke": bool(judge.smoke), "judge_status": bad[0].status if bad else "ok",
-                                "judge_replies": json.dumps([r.raw_replies for r in per_dim]),
-                                "judge_request_options": _options_of(per_dim),
-                                "judge_error": "; ".join(r.error for r in bad)}
+            analysis = (
+                {key: {"analysis": r.parsed} for (key, _), r in zip(AESTHETIC_DIMENSIONS, per_dim)} if not bad else None
+            )
+            row = id_columns(rec) | {
+                "analysis": json.dumps(analysis, sort_keys=True) if analysis else "",
+                "model": judge.model_name,
+                "prompt_sha": sha,
+                "smoke": bool(judge.smoke),
+                "judge_status": bad[0].status if bad else "ok",
+                "judge_replies": json.dumps([r.raw_replies for r in per_dim]),
+                "judge_request_options": _options_of(per_dim),
+                "judge_error": "; ".join(r.error for r in bad),
+            }
             for key, _ in AESTHETIC_DIMENSIONS:
                 row[f"{key}_score"] = None  # ArtiMuse's analysis is prose; its score is purify's artimuse predictor
             rows.append(row)
@@ -564,7 +757,9 @@ def caption_metadata(tags_row: dict, instances: list[dict], analysis: str, sourc
     meta = {
         "size": f"{tags_row['width']}x{tags_row['height']}",
         "tags": json.loads(tags_row["tags"]),
-        "instances": [{"label": i["label"], "importance": i["importance"], "description": i["description"]} for i in described],
+        "instances": [
+            {"label": i["label"], "importance": i["importance"], "description": i["description"]} for i in described
+        ],
         "aesthetics": json.loads(analysis) if analysis else None,
     }
     for key in ("source", "source_caption"):
@@ -593,28 +788,55 @@ def captions_shard(instance_checks, tags, descriptions, aesthetics, index, confi
     for chunk in chunks(recs, IMAGES_PER_BATCH):
         longs = []
         for rec in chunk:
-            meta = caption_metadata(tags_by[rec["image_id"]], desc_by.get(rec["image_id"], []), aest_by.get(rec["image_id"], ""),
-                                    index_by.get(rec["image_id"], {}))
+            meta = caption_metadata(
+                tags_by[rec["image_id"]],
+                desc_by.get(rec["image_id"], []),
+                aest_by.get(rec["image_id"], ""),
+                index_by.get(rec["image_id"], {}),
+            )
             text = long_prompt.replace("{metadata}", json.dumps(meta, ensure_ascii=False, indent=1))
             view = fit_within(read_view(views_dir, rec["image_id"]), int(spec["view_px"]))
             longs.append(("long_caption", rec["image_id"], [user_message(text, [view])], TEXT))
         long_results = judge.run_many(longs)
-        shorts = [("short_caption", rec["image_id"], [{"role": "user", "content": short_prompt.replace("{long_caption}", res.parsed)}], TEXT)
-                  for rec, res in zip(chunk, long_results, strict=True) if res.status == "ok"]
+        shorts = [
+            (
+                "short_caption",
+                rec["image_id"],
+                [{"role": "user", "content": short_prompt.replace("{long_caption}", res.parsed)}],
+                TEXT,
+            )
+            for rec, res in zip(chunk, long_results, strict=True)
+            if res.status == "ok"
+        ]
         short_results = dict(zip([s[1] for s in shorts], judge.run_many(shorts) if shorts else [], strict=True))
         for rec, long_res in zip(chunk, long_results, strict=True):
             short_res = short_results.get(rec["image_id"])
             long_caption = long_res.parsed if long_res.status == "ok" else None
             short_caption = short_res.parsed if short_res is not None and short_res.status == "ok" else None
-            rows.append(id_columns(rec) | {
-                "long_caption": long_caption, "short_caption": short_caption,
-                "long_words": len(long_caption.split()) if long_caption else 0,
-                "short_words": len(short_caption.split()) if short_caption else 0,
-                **_reply_columns(long_res, "long"),
-                **(_reply_columns(short_res, "short") if short_res is not None else {"short_status": "no_long_caption", "short_replies": "[]", "short_request_options": "",
-                                                                       "short_error": ""}),
-                "model": judge.model_name, "long_prompt_sha": long_sha, "short_prompt_sha": short_sha, "smoke": bool(judge.smoke),
-            })
+            rows.append(
+                id_columns(rec)
+                | {
+                    "long_caption": long_caption,
+                    "short_caption": short_caption,
+                    "long_words": len(long_caption.split()) if long_caption else 0,
+                    "short_words": len(short_caption.split()) if short_caption else 0,
+                    **_reply_columns(long_res, "long"),
+                    **(
+                        _reply_columns(short_res, "short")
+                        if short_res is not None
+                        else {
+                            "short_status": "no_long_caption",
+                            "short_replies": "[]",
+                            "short_request_options": "",
+                            "short_error": "",
+                        }
+                    ),
+                    "model": judge.model_name,
+                    "long_prompt_sha": long_sha,
+                    "short_prompt_sha": short_sha,
+                    "smoke": bool(judge.smoke),
+                }
+            )
     log(f"captions for {len(rows)} images")
     table = pd.DataFrame(rows)
     gate_table(table, "caption_text/long", "long_status", "long_error", config, "caption", backend_name(judge))

@@ -61,7 +61,9 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
     columns = {**preset["columns"], **(spec.get("columns") or {})}
     roots = roots_from_config(config, base_dir)
     if spec["root"] not in roots:
-        raise ValueError(f"config key imports.{name}.root: {spec['root']!r} is not one of sources.roots {sorted(roots)}")
+        raise ValueError(
+            f"config key imports.{name}.root: {spec['root']!r} is not one of sources.roots {sorted(roots)}"
+        )
     root = roots[spec["root"]]
     metadata = Path(spec.get("metadata") or root.path / preset["metadata"])
     if not metadata.is_absolute() and spec.get("metadata"):
@@ -74,8 +76,10 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
         if n == 1:
             missing = [f"{field} -> {col!r}" for field, col in columns.items() if col not in rec]
             if missing:
-                raise ValueError(f"{metadata}: column(s) {missing} not found; the file has {sorted(rec)} "
-                                 f"(set imports.{name}.columns)")
+                raise ValueError(
+                    f"{metadata}: column(s) {missing} not found; the file has {sorted(rec)} "
+                    f"(set imports.{name}.columns)"
+                )
         value = {field: str(rec.get(col) or "") for field, col in columns.items()}
         rel = os.path.normpath(value["path"])
         row = {
@@ -96,18 +100,41 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
             seen.add(rel)
             try:
                 if not resolve_inside(root.path, rel).is_file():
-                    row.update(passed=False, reason="missing_file", reason_detail=f"{metadata.name} row {n}: no file {rel} in {root.path}")
+                    row.update(
+                        passed=False,
+                        reason="missing_file",
+                        reason_detail=f"{metadata.name} row {n}: no file {rel} in {root.path}",
+                    )
             except Unresolvable as exc:  # a symlink loop: a row, the import goes on
                 row.update(passed=False, reason="unresolvable", reason_detail=str(exc))
             except ValueError as exc:
                 row.update(passed=False, reason="outside_roots", reason_detail=str(exc))
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["dataset", "root", "relpath", "caption", "licence", "url", "author",
-                                        "passed", "reason", "reason_detail"])
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "dataset",
+            "root",
+            "relpath",
+            "caption",
+            "licence",
+            "url",
+            "author",
+            "passed",
+            "reason",
+            "reason_detail",
+        ],
+    )
     kept = table[table["passed"]]
     log(f"import {name}: {len(kept)} of {len(table)} listed images found in root {root.name}")
     manifest = [
-        {"path": r["relpath"], "source": spec.get("source", name), "licence": r["licence"], "url": r["url"], "author": r["author"]}
+        {
+            "path": r["relpath"],
+            "source": spec.get("source", name),
+            "licence": r["licence"],
+            "url": r["url"],
+            "author": r["author"],
+        }
         for r in kept.to_dict("records")
     ]
     return table, manifest

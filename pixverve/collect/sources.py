@@ -60,6 +60,8 @@ LICENCES = {
 CONTENT_TYPE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/tiff": ".tif"}
 HOUR_S = 3600.0
 MONTH_S = 30 * 86400.0  # "per month": counted over any 30 days (conservative for calendar months)
+
+
 class QuotaExhausted(RuntimeError):
     """A rate limit that frees later than ``collect.http.max_rate_wait_s``: the run stops; rerun later."""
 
@@ -109,7 +111,9 @@ class Listed:
 def api_key(cfg: dict, source: str) -> str:
     env = cfg.get("api_key_env")
     if not env:
-        raise CollectorConfigError(f"config key collect.{source}.api_key_env: name the environment variable holding the key")
+        raise CollectorConfigError(
+            f"config key collect.{source}.api_key_env: name the environment variable holding the key"
+        )
     key = os.environ.get(env)
     if not key:
         raise CollectorConfigError(
@@ -120,7 +124,7 @@ def api_key(cfg: dict, source: str) -> str:
 
 
 def _utc(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _api_reset(seen: dict | None) -> float | None:
@@ -188,10 +192,19 @@ class CallLog:
         if len(self.calls) % 1000 == 0:
             self._prune()
 
-    def observe(self, remaining: int, limit: int | None, reset: float | None, ours: bool = False, bare: int = 0) -> None:
+    def observe(
+        self, remaining: int, limit: int | None, reset: float | None, ours: bool = False, bare: int = 0
+    ) -> None:
         api_reset = reset if reset is not None and not ours else _api_reset(self.seen)
-        self.seen = {"t": self.clock(), "remaining": int(remaining), "limit": limit, "reset": reset, "ours": ours,
-                     "api_reset": api_reset, "bare": bare}
+        self.seen = {
+            "t": self.clock(),
+            "remaining": int(remaining),
+            "limit": limit,
+            "reset": reset,
+            "ours": ours,
+            "api_reset": api_reset,
+            "bare": bare,
+        }
         self._write(self.seen)
 
     def since(self, t0: float) -> int:
@@ -212,8 +225,18 @@ class ApiSession:
 
     ``clock`` (UNIX seconds) and ``sleep`` are injectable so tests run hours of pacing at once."""
 
-    def __init__(self, base_url: str, auth_header: str, http: dict, limits: dict | None = None, log=print,
-                 sleep=time.sleep, clock=time.time, call_log: CallLog | None = None, source: str = "api"):
+    def __init__(
+        self,
+        base_url: str,
+        auth_header: str,
+        http: dict,
+        limits: dict | None = None,
+        log=print,
+        sleep=time.sleep,
+        clock=time.time,
+        call_log: CallLog | None = None,
+        source: str = "api",
+    ):
         import requests
 
         self.base_url = base_url.rstrip("/")
@@ -264,9 +287,14 @@ class ApiSession:
                 # a bare 429 came again after the hourly wait: the monthly quota, back at the last reset the API gave
                 back = _api_reset(seen) + float(self.http.get("reset_margin_s", 5))
                 if back > when:
-                    when, why = back, (f"the monthly quota may be used up (HTTP 429 again after waiting for the hourly "
-                                       f"window); {self.source.capitalize()} last said it resets at "
-                                       f"{_utc(_api_reset(seen))} (X-Ratelimit-Reset)")
+                    when, why = (
+                        back,
+                        (
+                            f"the monthly quota may be used up (HTTP 429 again after waiting for the hourly "
+                            f"window); {self.source.capitalize()} last said it resets at "
+                            f"{_utc(_api_reset(seen))} (X-Ratelimit-Reset)"
+                        ),
+                    )
             elif left <= 0 and reset is None and now - seen["t"] < float(self.http["exhausted_wait_s"]):
                 # no reset time (Unsplash, or a bare 429).  If our own calls filled the server's hourly
                 # limit, it frees as they leave the hour; if not, someone else shares the key: wait it out.
@@ -279,8 +307,10 @@ class ApiSession:
                 if t > when:
                     when, why = t, "the API's hourly limit is used up"
                     if seen.get("bare") and (_api_reset(seen) or 0) > now:  # a bare 429: or the monthly quota
-                        why += (f" (or, if it is the monthly quota, {self.source.capitalize()} last said it resets at "
-                                f"{_utc(_api_reset(seen))}, X-Ratelimit-Reset)")
+                        why += (
+                            f" (or, if it is the monthly quota, {self.source.capitalize()} last said it resets at "
+                            f"{_utc(_api_reset(seen))}, X-Ratelimit-Reset)"
+                        )
         return when, why
 
     def _pace(self, spent: float = 0.0) -> float:
@@ -312,7 +342,9 @@ class ApiSession:
         ours = self.limits.get("hourly_limit")
         if limit and not reset and ours and int(limit) > int(ours) and not self._hinted:
             self._hinted = True  # Unsplash's limit is hourly: a production app may go faster
-            self.log(f"{self.source}: the API allows {limit} calls an hour; collect.{self.source}.hourly_limit is {ours}")
+            self.log(
+                f"{self.source}: the API allows {limit} calls an hour; collect.{self.source}.hourly_limit is {ours}"
+            )
 
     def _rate_limited(self, url: str, resp) -> None:
         """A rate-limit answer: note what it means so that _pace waits for it, or stop.
@@ -336,19 +368,25 @@ class ApiSession:
         if again:
             resp.close()
             reset = _api_reset(self.calls.seen)
-            tail = (f"the monthly quota may be used up; {self.source.capitalize()} last said it resets at {_utc(reset)} "
-                    f"(X-Ratelimit-Reset). Rerun after then" if reset and reset > now else
-                    "the API sends no reset time. Rerun later")
+            tail = (
+                f"the monthly quota may be used up; {self.source.capitalize()} last said it resets at {_utc(reset)} "
+                f"(X-Ratelimit-Reset). Rerun after then"
+                if reset and reset > now
+                else "the API sends no reset time. Rerun later"
+            )
             raise QuotaExhausted(
                 f"{self.source}: HTTP {resp.status_code} (rate limit) from {_host_path(url)} again after waiting for the "
                 f"hourly window: {tail}: the journal resumes where this run stopped."
             )
-        self.log(f"HTTP {resp.status_code} (rate limit) from {_host_path(url)}: no reset time given: waiting for the hourly window")
+        self.log(
+            f"HTTP {resp.status_code} (rate limit) from {_host_path(url)}: no reset time given: waiting for the hourly window"
+        )
 
     # -- requests -------------------------------------------------------------------------
 
-    def request(self, url: str, params: dict | None = None, auth: bool = True, stream: bool = False,
-                headers: dict | None = None):
+    def request(
+        self, url: str, params: dict | None = None, auth: bool = True, stream: bool = False, headers: dict | None = None
+    ):
         """GET with retries; returns the response (2xx).  ``auth`` only for the API host."""
         import requests
 
@@ -363,7 +401,9 @@ class ApiSession:
                 self._last_call = self.clock()
                 self.api_calls += 1
             try:
-                resp = self.session.get(url, params=params, headers=sent, timeout=float(self.http["timeout_s"]), stream=stream)
+                resp = self.session.get(
+                    url, params=params, headers=sent, timeout=float(self.http["timeout_s"]), stream=stream
+                )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = type(exc).__name__
                 self.sleep(self._backoff(attempt))
@@ -390,13 +430,19 @@ class ApiSession:
                 raise QueryFlagged(f"{_host_path(url)} answered HTTP 410 Gone")
             if resp.status_code >= 400:
                 resp.close()
-                hint = " (check the API key and that the application may use this endpoint)" if resp.status_code in (401, 403) else ""
+                hint = (
+                    " (check the API key and that the application may use this endpoint)"
+                    if resp.status_code in (401, 403)
+                    else ""
+                )
                 raise HttpError(resp.status_code, f"{_host_path(url)} answered HTTP {resp.status_code}{hint}")
             if auth:
                 self._remember_rate_headers(resp.headers)
             return resp
         if auth and last.endswith("rate limit"):
-            raise QuotaExhausted(f"{_host_path(url)}: still rate-limited after {attempts} attempts ({last}); rerun later")
+            raise QuotaExhausted(
+                f"{_host_path(url)}: still rate-limited after {attempts} attempts ({last}); rerun later"
+            )
         raise RuntimeError(f"{_host_path(url)}: gave up after {attempts} attempts ({last})")
 
     def get_json(self, path_or_url: str, params: dict | None = None):
@@ -466,6 +512,7 @@ def pexels_listings(api: ApiSession, cfg: dict, first_page):
     if int(cfg.get("curated_pages", 0)):
         plans.append(("/curated", {"per_page": per_page}, "curated", int(cfg["curated_pages"])))
     for path, params, label, max_pages in plans:
+
         def parse(data, page, label=label):
             return [_pexels_photo(p, label) for p in data.get("photos", [])], not data.get("next_page")
 
@@ -474,8 +521,15 @@ def pexels_listings(api: ApiSession, cfg: dict, first_page):
 
 def _pexels_photo(p: dict, query: str) -> Photo:
     return Photo(
-        "pexels", str(p["id"]), int(p["width"]), int(p["height"]), p["src"]["original"], p.get("url", ""),
-        p.get("photographer", ""), p.get("photographer_url", ""), query,
+        "pexels",
+        str(p["id"]),
+        int(p["width"]),
+        int(p["height"]),
+        p["src"]["original"],
+        p.get("url", ""),
+        p.get("photographer", ""),
+        p.get("photographer_url", ""),
+        query,
     )
 
 
@@ -483,22 +537,37 @@ def unsplash_listings(api: ApiSession, cfg: dict, first_page):
     """Each search query's pages, then the editorial list's (/photos)."""
     per_page = int(cfg["per_page"])
     for q in cfg.get("queries") or []:
-        def parse(data, page, q=q):
-            return [_unsplash_photo(p, q, cfg) for p in data.get("results", [])], page >= int(data.get("total_pages", page))
 
-        yield from _walk(api, q, "/search/photos", {"query": q, "per_page": per_page}, int(cfg["max_pages"]), first_page, parse)
+        def parse(data, page, q=q):
+            return [_unsplash_photo(p, q, cfg) for p in data.get("results", [])], page >= int(
+                data.get("total_pages", page)
+            )
+
+        yield from _walk(
+            api, q, "/search/photos", {"query": q, "per_page": per_page}, int(cfg["max_pages"]), first_page, parse
+        )
     if int(cfg.get("list_pages", 0)):
+
         def parse_list(data, page):
             return [_unsplash_photo(p, "editorial", cfg) for p in data], False
 
-        yield from _walk(api, "editorial", "/photos", {"per_page": per_page}, int(cfg["list_pages"]), first_page, parse_list)
+        yield from _walk(
+            api, "editorial", "/photos", {"per_page": per_page}, int(cfg["list_pages"]), first_page, parse_list
+        )
 
 
 def _unsplash_photo(p: dict, query: str, cfg: dict) -> Photo:
     user = p.get("user") or {}
     return Photo(
-        "unsplash", str(p["id"]), int(p["width"]), int(p["height"]), p["urls"][cfg.get("download_size", "raw")],
-        (p.get("links") or {}).get("html", ""), user.get("name", ""), (user.get("links") or {}).get("html", ""), query,
+        "unsplash",
+        str(p["id"]),
+        int(p["width"]),
+        int(p["height"]),
+        p["urls"][cfg.get("download_size", "raw")],
+        (p.get("links") or {}).get("html", ""),
+        user.get("name", ""),
+        (user.get("links") or {}).get("html", ""),
+        query,
         (p.get("links") or {}).get("download_location", ""),
     )
 
@@ -533,7 +602,9 @@ def download(api: ApiSession, photo: Photo, folder: Path, max_megapixels: float)
         content_type = resp.headers.get("Content-Type", "")
         if not content_type.lower().startswith("image/"):
             resp.close()
-            raise DownloadRejected("not_an_image", f"content type {content_type!r} from {_host_path(photo.download_url)}")
+            raise DownloadRejected(
+                "not_an_image", f"content type {content_type!r} from {_host_path(photo.download_url)}"
+            )
         ext = _ext_for(content_type, photo.download_url)
         tmp = folder / f".{photo.photo_id}.download{ext}"
         expected = resp.headers.get("Content-Length")
@@ -546,7 +617,9 @@ def download(api: ApiSession, photo: Photo, folder: Path, max_megapixels: float)
         except Exception as exc:  # a connection broken mid-body: start the file again
             tmp.unlink(missing_ok=True)
             if attempt == retries:
-                raise DownloadRejected("truncated", f"download broke off after {written} bytes: {type(exc).__name__}") from None
+                raise DownloadRejected(
+                    "truncated", f"download broke off after {written} bytes: {type(exc).__name__}"
+                ) from None
             api.sleep(api._backoff(attempt))
             continue
         finally:
@@ -653,8 +726,17 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
     limits = {"hourly_limit": cfg.get("hourly_limit"), "monthly_limit": cfg.get("monthly_limit")}
     horizon = MONTH_S if limits["monthly_limit"] else HOUR_S + float(config["collect"]["http"]["exhausted_wait_s"])
     call_log = CallLog(folder / f".collect-{source}.calls.jsonl", clock, horizon)
-    api = ApiSession(cfg["api_base"], AUTH[source](key), config["collect"]["http"], limits, log=log, sleep=sleep,
-                     clock=clock, call_log=call_log, source=source)
+    api = ApiSession(
+        cfg["api_base"],
+        AUTH[source](key),
+        config["collect"]["http"],
+        limits,
+        log=log,
+        sleep=sleep,
+        clock=clock,
+        call_log=call_log,
+        source=source,
+    )
     journal = Journal(folder / f".collect-{source}.jsonl")
     fetched = 0
     base = {"root": cfg["root"], "licence": licence, "licence_url": licence_url, "terms_acknowledgement": ack}
@@ -663,26 +745,45 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
     def first_page(query, listing):
         page = journal.first_page(query, listing)
         if page != 1:
-            log(f"{source} '{query}': " + ("finished in an earlier run" if page is None else f"resuming at page {page}"))
+            log(
+                f"{source} '{query}': " + ("finished in an earlier run" if page is None else f"resuming at page {page}")
+            )
         return page
 
     bar = tqdm(desc=f"{source} photos", unit="photo", mininterval=2)
     try:
         for listed in LISTINGS[source](api, cfg, first_page):
             if listed.flagged:
-                journal.add({"kind": "page", "query": listed.query, "listing": listed.listing, "page": listed.page,
-                             "last": True, "flagged": listed.flagged, "photos": 0})
+                journal.add(
+                    {
+                        "kind": "page",
+                        "query": listed.query,
+                        "listing": listed.listing,
+                        "page": listed.page,
+                        "last": True,
+                        "flagged": listed.flagged,
+                        "photos": 0,
+                    }
+                )
                 log(f"{source} '{listed.query}': skipped ({listed.flagged})")
                 continue
             for photo in listed.photos:
                 bar.update(1)
                 if journal.done(photo.photo_id, folder):
                     continue  # finished in an earlier run, or seen on an earlier page
-                row = {**asdict(photo), **base, "page": listed.page,
-                       "attribution": f"Photo by {photo.author} on {source.capitalize()}", "relpath": "", "bytes": 0}
+                row = {
+                    **asdict(photo),
+                    **base,
+                    "page": listed.page,
+                    "attribution": f"Photo by {photo.author} on {source.capitalize()}",
+                    "relpath": "",
+                    "bytes": 0,
+                }
                 name, code, detail = check_resolution(photo.width, photo.height, criteria)
                 if name is None:
-                    journal.add({**row, "passed": False, "reason": code, "reason_detail": f"from the API's size: {detail}"})
+                    journal.add(
+                        {**row, "passed": False, "reason": code, "reason_detail": f"from the API's size: {detail}"}
+                    )
                     continue
                 try:
                     if photo.track_url:
@@ -697,20 +798,47 @@ def collect(source: str, config: dict, base_dir=".", log=print, sleep=time.sleep
                     log(f"{source} {photo.photo_id}: rejected ({exc.code}: {exc.detail})")
                     continue
                 fetched += 1
-                journal.add({**row, "relpath": relpath, "bytes": nbytes, "passed": True, "reason": "", "reason_detail": ""})
+                journal.add(
+                    {**row, "relpath": relpath, "bytes": nbytes, "passed": True, "reason": "", "reason_detail": ""}
+                )
             # every photo of the page is in the journal: a resumed run starts after this page
-            journal.add({"kind": "page", "query": listed.query, "listing": listed.listing, "page": listed.page,
-                         "last": listed.last, "photos": len(listed.photos)})
+            journal.add(
+                {
+                    "kind": "page",
+                    "query": listed.query,
+                    "listing": listed.listing,
+                    "page": listed.page,
+                    "last": listed.last,
+                    "photos": len(listed.photos),
+                }
+            )
             log(f"{source} '{listed.query}' page {listed.page}: {len(listed.photos)} photos listed")
     finally:
         bar.close()
         journal.close()
         call_log.close()
-    log(f"{source}: {fetched} downloaded in this run, {api.api_calls} API calls, {api.rate_waited_s:.0f} s waited for quotas")
+    log(
+        f"{source}: {fetched} downloaded in this run, {api.api_calls} API calls, {api.rate_waited_s:.0f} s waited for quotas"
+    )
     flagged = [
-        {"source": source, "photo_id": "", "width": 0, "height": 0, "page_url": "", "author": "", "author_url": "",
-         "query": r["query"], "page": r["page"], **base, "attribution": "", "relpath": "", "bytes": 0,
-         "passed": False, "reason": "query_flagged", "reason_detail": r["flagged"]}
+        {
+            "source": source,
+            "photo_id": "",
+            "width": 0,
+            "height": 0,
+            "page_url": "",
+            "author": "",
+            "author_url": "",
+            "query": r["query"],
+            "page": r["page"],
+            **base,
+            "attribution": "",
+            "relpath": "",
+            "bytes": 0,
+            "passed": False,
+            "reason": "query_flagged",
+            "reason_detail": r["flagged"],
+        }
         for r in journal.flagged.values()
     ]
     table = pd.DataFrame(flagged + sorted(journal.rows.values(), key=lambda r: r["photo_id"]))

@@ -105,23 +105,56 @@ def write_prompts(config: dict, judge, template_path, log=print):
     results = judge.run_many(requests)
     req_rows, candidates = [], []
     for (_, request_id, _, _), res in zip(requests, results, strict=True):
-        req_rows.append({"request_id": request_id, "status": res.status, "attempts": res.attempts, "error": res.error,
-                         "raw_replies": json.dumps(res.raw_replies), "request_options": res.request_options,
-                         "template_sha": template_sha, "smoke": bool(judge.smoke)})
+        req_rows.append(
+            {
+                "request_id": request_id,
+                "status": res.status,
+                "attempts": res.attempts,
+                "error": res.error,
+                "raw_replies": json.dumps(res.raw_replies),
+                "request_options": res.request_options,
+                "template_sha": template_sha,
+                "smoke": bool(judge.smoke),
+            }
+        )
         if res.status == "ok":
             category = request_id.rsplit("#", 1)[0]
             candidates += [(category, request_id, p.strip()) for p in res.parsed["prompts"] if p.strip()]
     decisions = near_duplicates([p for _, _, p in candidates], float(cfg["near_duplicate_jaccard"]))
     rows = []
     for (category, request_id, prompt), (reason, dup_of, sim) in zip(candidates, decisions, strict=True):
-        rows.append({"prompt_id": prompt_id(prompt), "category": category, "request_id": request_id, "prompt": prompt,
-                     "passed": reason == "", "reason": reason, "duplicate_of": dup_of, "max_similarity": sim,
-                     "smoke": bool(judge.smoke)})
-    table = pd.DataFrame(rows, columns=["prompt_id", "category", "request_id", "prompt", "passed", "reason",
-                                        "duplicate_of", "max_similarity", "smoke"])
+        rows.append(
+            {
+                "prompt_id": prompt_id(prompt),
+                "category": category,
+                "request_id": request_id,
+                "prompt": prompt,
+                "passed": reason == "",
+                "reason": reason,
+                "duplicate_of": dup_of,
+                "max_similarity": sim,
+                "smoke": bool(judge.smoke),
+            }
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "prompt_id",
+            "category",
+            "request_id",
+            "prompt",
+            "passed",
+            "reason",
+            "duplicate_of",
+            "max_similarity",
+            "smoke",
+        ],
+    )
     failed = sum(r["status"] != "ok" for r in req_rows)
-    log(f"synthetic prompts: {len(requests)} requests ({failed} without a valid reply), {len(table)} prompts, "
-        f"{int(table['passed'].sum()) if len(table) else 0} kept")
+    log(
+        f"synthetic prompts: {len(requests)} requests ({failed} without a valid reply), {len(table)} prompts, "
+        f"{int(table['passed'].sum()) if len(table) else 0} kept"
+    )
     return table, pd.DataFrame(req_rows)
 
 
@@ -151,7 +184,9 @@ class DiffusersT2I:
 
         kwargs = {"guidance_scale": self.guidance} if self.guidance is not None else {}
         generator = torch.Generator(self.device).manual_seed(seed)
-        image = self.pipe(prompt, height=height, width=width, num_inference_steps=self.steps, generator=generator, **kwargs).images[0]
+        image = self.pipe(
+            prompt, height=height, width=width, num_inference_steps=self.steps, generator=generator, **kwargs
+        ).images[0]
         image.save(dest, format="PNG")
 
 
@@ -167,8 +202,10 @@ class CommandT2I:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as fh:
             fh.write(prompt)
         try:
-            argv = [a.format(prompt_file=fh.name, seed=seed, width=width, height=height, output=str(dest))
-                    for a in shlex.split(self.template)]
+            argv = [
+                a.format(prompt_file=fh.name, seed=seed, width=width, height=height, output=str(dest))
+                for a in shlex.split(self.template)
+            ]
             try:
                 res = subprocess.run(argv, capture_output=True, text=True)
             except OSError as exc:  # no such program / not executable: every render would fail
@@ -176,7 +213,9 @@ class CommandT2I:
         finally:
             os.unlink(fh.name)
         if res.returncode in (126, 127):
-            raise T2IUnavailable(f"config key synthetic.command.template: cannot run {argv[0]!r}: {res.stderr.strip()[-300:]}")
+            raise T2IUnavailable(
+                f"config key synthetic.command.template: cannot run {argv[0]!r}: {res.stderr.strip()[-300:]}"
+            )
         if res.returncode != 0 or not dest.is_file():
             raise RuntimeError(f"generator exited {res.returncode}: {res.stderr.strip()[-300:]}")
 
@@ -189,12 +228,19 @@ def build_t2i(cfg: dict):
         d = cfg.get("diffusers") or {}
         if not d.get("model"):
             raise T2IUnavailable("config key synthetic.diffusers.model: set a local folder or hub id")
-        return DiffusersT2I(d["model"], resolve_device(d.get("device", "auto")), d.get("dtype", "bfloat16"),
-                            int(d.get("steps", 28)), d.get("guidance"))
+        return DiffusersT2I(
+            d["model"],
+            resolve_device(d.get("device", "auto")),
+            d.get("dtype", "bfloat16"),
+            int(d.get("steps", 28)),
+            d.get("guidance"),
+        )
     if backend == "command":
         c = cfg.get("command") or {}
         if not c.get("template"):
-            raise T2IUnavailable("config key synthetic.command.template: backend `command` needs the generator's invocation")
+            raise T2IUnavailable(
+                "config key synthetic.command.template: backend `command` needs the generator's invocation"
+            )
         return CommandT2I(c["template"], c.get("model", "external"))
     if backend == "tiny":
         from pixverve.models.tiny_models import build_tiny_sd_pipeline
@@ -224,11 +270,23 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
     for rec in tqdm(kept.to_dict("records"), desc="render", unit="img", mininterval=2):
         seed = int(cfg["seed"]) + int(rec["prompt_id"][:8], 16)
         name = f"{rec['prompt_id']}.png"
-        row = {"prompt_id": rec["prompt_id"], "category": rec["category"], "prompt": rec["prompt"],
-               "root": cfg["root"], "relpath": name,
-               "backend": cfg["backend"], "model": t2i.model, "seed": seed, "width": width, "height": height,
-               "steps": getattr(t2i, "steps", None), "smoke": bool(t2i.smoke or rec.get("smoke", False)),
-               "passed": True, "reason": "", "reason_detail": ""}
+        row = {
+            "prompt_id": rec["prompt_id"],
+            "category": rec["category"],
+            "prompt": rec["prompt"],
+            "root": cfg["root"],
+            "relpath": name,
+            "backend": cfg["backend"],
+            "model": t2i.model,
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "steps": getattr(t2i, "steps", None),
+            "smoke": bool(t2i.smoke or rec.get("smoke", False)),
+            "passed": True,
+            "reason": "",
+            "reason_detail": "",
+        }
         final = folder / name
         if not final.is_file():
             tmp = folder / f".{rec['prompt_id']}.rendering.png"
@@ -245,6 +303,13 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
                 log(f"render {rec['prompt_id']} failed: {row['reason_detail']}")
         rows.append(row)
         if row["passed"]:
-            manifest.append({"path": name, "source": "synthetic", "licence": cfg["licence"], "url": "",
-                             "author": f"{cfg['backend']}: {t2i.model} (seed {seed})"})
+            manifest.append(
+                {
+                    "path": name,
+                    "source": "synthetic",
+                    "licence": cfg["licence"],
+                    "url": "",
+                    "author": f"{cfg['backend']}: {t2i.model} (seed {seed})",
+                }
+            )
     return pd.DataFrame(rows), manifest

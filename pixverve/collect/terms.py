@@ -16,20 +16,73 @@ MIN_WORDS = 3
 BARE_YES = {"yes", "y", "true", "ok", "okay", "agree", "agreed", "i agree", "accept", "accepted", "ack", "1"}
 # A negation or a placeholder anywhere in the statement: "I do not have permission", "none", "TBD".
 REFUSED_WORDS = {
-    "no", "not", "none", "nope", "never", "without", "lack", "lacking", "missing", "unknown", "nothing",
-    "don't", "dont", "doesn't", "doesnt", "haven't", "havent", "hasn't", "hasnt", "didn't", "didnt",
-    "isn't", "isnt", "can't", "cant", "cannot", "won't", "wont", "n/a", "na", "nil", "null", "tbd", "tba",
-    "todo", "fixme", "xxx", "edit_me", "editme", "edit-me", "placeholder", "example", "pending",
+    "no",
+    "not",
+    "none",
+    "nope",
+    "never",
+    "without",
+    "lack",
+    "lacking",
+    "missing",
+    "unknown",
+    "nothing",
+    "don't",
+    "dont",
+    "doesn't",
+    "doesnt",
+    "haven't",
+    "havent",
+    "hasn't",
+    "hasnt",
+    "didn't",
+    "didnt",
+    "isn't",
+    "isnt",
+    "can't",
+    "cant",
+    "cannot",
+    "won't",
+    "wont",
+    "n/a",
+    "na",
+    "nil",
+    "null",
+    "tbd",
+    "tba",
+    "todo",
+    "fixme",
+    "xxx",
+    "edit_me",
+    "editme",
+    "edit-me",
+    "placeholder",
+    "example",
+    "pending",
 }
 # One of these (or a word starting with one) must name the permission held.
-PERMISSION_WORDS = ("permission", "permitted", "licence", "license", "licensed", "agreement", "contract",
-                    "consent", "approval", "approved", "authoris", "authoriz", "granted", "waiver")
+PERMISSION_WORDS = (
+    "permission",
+    "permitted",
+    "licence",
+    "license",
+    "licensed",
+    "agreement",
+    "contract",
+    "consent",
+    "approval",
+    "approved",
+    "authoris",
+    "authoriz",
+    "granted",
+    "waiver",
+)
 TERMS = {
     "pexels": "Pexels' API terms forbid collecting its photos or metadata with the API to build datasets or to "
-              "train, fine-tune or evaluate ML/AI models unless Pexels has given you explicit permission",
+    "train, fine-tune or evaluate ML/AI models unless Pexels has given you explicit permission",
     "unsplash": "Unsplash's licence and API guidelines restrict using its photos for machine learning / AI and "
-                "automated, non-authentic use of the API; Unsplash directs such uses to its data programme "
-                "(https://unsplash.com/data)",
+    "automated, non-authentic use of the API; Unsplash directs such uses to its data programme "
+    "(https://unsplash.com/data)",
 }
 
 
@@ -67,7 +120,7 @@ def terms_acknowledgement(cfg: dict, source: str) -> str:
             f"config key collect.{source}.terms_acknowledgement {problem}. {TERMS[source]}. Set it to a statement "
             f"of the permission you hold: at least {MIN_WORDS} words, one naming it (permission, licence, "
             f"agreement, contract, consent, approval), no negation or placeholder (no, not, none, n/a, tbd, todo, "
-            f"<...>), e.g. \"written permission from {source.capitalize()}, 2026-05-01, ticket 1234\"; it is "
+            f'<...>), e.g. "written permission from {source.capitalize()}, 2026-05-01, ticket 1234"; it is '
             f"recorded in results/collect/{source}.parquet. See README, 'Stage 1 sources'."
         )
     return value.strip()

@@ -125,9 +125,15 @@ def check_resolution(width: int, height: int, criteria: list[ScreeningCriterion]
     rules = "; ".join(c.describe() for c in criteria)
     if in_range:
         c = in_range[0]
-        return None, "short_side", (
-            f"{width}x{height} ({mp:.3g} MP): shorter side {short} px < {c.min_side_px} px required by ({c.name}); rules: {rules}"
+        return (
+            None,
+            "short_side",
+            (
+                f"{width}x{height} ({mp:.3g} MP): shorter side {short} px < {c.min_side_px} px required by ({c.name}); rules: {rules}"
+            ),
         )
-    return None, "below_min_pixels" if pixels <= min(c.min_pixels for c in criteria) else "outside_pixel_ranges", (
-        f"{width}x{height} ({mp:.3g} MP) matches no pixel range; rules: {rules}"
+    return (
+        None,
+        "below_min_pixels" if pixels <= min(c.min_pixels for c in criteria) else "outside_pixel_ranges",
+        (f"{width}x{height} ({mp:.3g} MP) matches no pixel range; rules: {rules}"),
     )

@@ -25,7 +25,9 @@ def _thumbnail(path, max_megapixels: float) -> np.ndarray | None:
     return rgb
 
 
-def fig4_purification(decisions: pd.DataFrame, cutoffs: pd.DataFrame, resolve_path, max_megapixels: float, out_png, out_pdf):
+def fig4_purification(
+    decisions: pd.DataFrame, cutoffs: pd.DataFrame, resolve_path, max_megapixels: float, out_png, out_pdf
+):
     """Per filter: the pool's score distribution with its threshold, and the lowest/highest image.
 
     ``resolve_path(root, relpath)`` gives the file of an image (for thumbnails).
@@ -38,10 +40,38 @@ def fig4_purification(decisions: pd.DataFrame, cutoffs: pd.DataFrame, resolve_pa
 
     df = decisions[decisions["reason"].isin(["", "exposure", "sharpness", "flatness", "entropy", "aesthetics"])]
     panels = [
-        ("exposure", "exposure_share", "share of pixels > 250 or < 5", float(df["exposure_max_share"].iloc[0]), "above", False),
-        ("sharpness", "laplacian_var", "Laplacian variance", float(df["sharpness_min_laplacian_var"].iloc[0]), "below", True),
-        ("flatness", "flat_share", "share of smooth patches", float(df["flatness_max_smooth_share"].iloc[0]), "above", False),
-        ("entropy", "entropy_bits", "Shannon entropy (bits)", float(cutoffs.set_index("score").loc["entropy_bits", "cutoff"]), "below", False),
+        (
+            "exposure",
+            "exposure_share",
+            "share of pixels > 250 or < 5",
+            float(df["exposure_max_share"].iloc[0]),
+            "above",
+            False,
+        ),
+        (
+            "sharpness",
+            "laplacian_var",
+            "Laplacian variance",
+            float(df["sharpness_min_laplacian_var"].iloc[0]),
+            "below",
+            True,
+        ),
+        (
+            "flatness",
+            "flat_share",
+            "share of smooth patches",
+            float(df["flatness_max_smooth_share"].iloc[0]),
+            "above",
+            False,
+        ),
+        (
+            "entropy",
+            "entropy_bits",
+            "Shannon entropy (bits)",
+            float(cutoffs.set_index("score").loc["entropy_bits", "cutoff"]),
+            "below",
+            False,
+        ),
     ]
     for row in cutoffs[cutoffs["filter"] == "aesthetics"].itertuples():
         label = f"{row.score} ({'SMOKE: tiny model' if row.smoke else 'model score'})"

@@ -62,8 +62,15 @@ class StepFailed(Exception):
     not turn a job stop into one image's row."""
 
 
-def check_step_health(step: str, statuses, errors, max_failed_fraction: float, invalid_policy: str = "drop",
-                      who: str = "", config_key: str = "") -> int:
+def check_step_health(
+    step: str,
+    statuses,
+    errors,
+    max_failed_fraction: float,
+    invalid_policy: str = "drop",
+    who: str = "",
+    config_key: str = "",
+) -> int:
     """Raise :class:`StepFailed` when more than ``max_failed_fraction`` of a step's images failed
     (and more than one, unless the fraction is 0: one bad image in a small shard is its row).
 
@@ -93,4 +100,3 @@ def gate_table(table, step: str, status_col: str, error_col: str, config: dict, 
     policy = config.get("vlm", {}).get("invalid_policy", "drop")
     errors = table[error_col] if error_col in table else [""] * len(table)
     return check_step_health(step, table[status_col], errors, fraction, policy, who, f"{stage}.max_failed_fraction")
-

@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 HASH_CHUNK = 4 << 20
 
 

@@ -17,9 +17,9 @@ most one tile row of output (tile_px x output width x 3 float32), never the whol
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -34,7 +34,9 @@ class TileGrid:
 
     def __post_init__(self):
         if self.tile_px % self.scale or self.stride_px % self.scale:
-            raise ValueError(f"tile {self.tile_px} and stride {self.stride_px} must be multiples of the scale {self.scale}")
+            raise ValueError(
+                f"tile {self.tile_px} and stride {self.stride_px} must be multiples of the scale {self.scale}"
+            )
         if not 0 < self.stride_px <= self.tile_px:
             raise ValueError("stride must be in (0, tile]")
 
@@ -84,7 +86,9 @@ def feather(length: int, ramp: int, first: bool, last: bool) -> np.ndarray:
 UpscaleFn = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
-def upscale_bands(image: np.ndarray, grid: TileGrid, upscale: UpscaleFn, batch: int = 4, progress=None) -> Iterator[np.ndarray]:
+def upscale_bands(
+    image: np.ndarray, grid: TileGrid, upscale: UpscaleFn, batch: int = 4, progress=None
+) -> Iterator[np.ndarray]:
     """Yield the upscaled image as consecutive uint8 row bands (top to bottom).
 
     ``upscale(tiles)`` maps a list of equal-size uint8 HxWx3 input tiles to output tiles exactly
@@ -140,7 +144,10 @@ def naive_full_canvas(image: np.ndarray, grid: TileGrid, upscale: UpscaleFn, bat
         chunk = coords[start : start + batch]
         outs = upscale([np.ascontiguousarray(image[y : y + th, x : x + tw]) for _, _, y, x in chunk])
         for (r, j, y, x), out in zip(chunk, outs):
-            w2 = feather(th * s, ramp, r == 0, r == len(rows) - 1)[:, None] * feather(tw * s, ramp, j == 0, j == len(cols) - 1)[None, :]
+            w2 = (
+                feather(th * s, ramp, r == 0, r == len(rows) - 1)[:, None]
+                * feather(tw * s, ramp, j == 0, j == len(cols) - 1)[None, :]
+            )
             acc[y * s : (y + th) * s, x * s : (x + tw) * s] += out.astype(np.float32) * w2[..., None]
             wacc[y * s : (y + th) * s, x * s : (x + tw) * s] += w2
     return np.clip(acc / wacc[..., None] + 0.5, 0, 255).astype(np.uint8)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------- boxes
 
 
@@ -154,7 +153,9 @@ def highlight(view: np.ndarray, mask: np.ndarray, dim: float = 0.35) -> np.ndarr
     import cv2
 
     if mask.shape != view.shape[:2]:
-        mask = cv2.resize(mask.astype(np.uint8), (view.shape[1], view.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+        mask = cv2.resize(
+            mask.astype(np.uint8), (view.shape[1], view.shape[0]), interpolation=cv2.INTER_NEAREST
+        ).astype(bool)
     out = view.copy()
     out[~mask] = (out[~mask] * dim).astype(np.uint8)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

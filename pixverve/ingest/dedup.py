@@ -149,7 +149,8 @@ def deduplicate(screened: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     needed = ["image_id", "root", "relpath", "shard", "width", "height", "bytes", "phash"]
     if screened.empty:  # no image read at all (zero shards): an empty table with its columns
         screened = screened.reindex(columns=list(dict.fromkeys([*screened.columns, *needed]))).astype(
-            {c: ("int64" if c in ("width", "height", "bytes") else "object") for c in needed})
+            {c: ("int64" if c in ("width", "height", "bytes") else "object") for c in needed}
+        )
     df = screened.sort_values(["image_id", "root", "relpath"], kind="mergesort").reset_index(drop=True)
     out = df[needed].copy()
     out["passed"] = True
@@ -215,9 +216,19 @@ def deduplicate(screened: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     out.loc[dropped, "duplicate_of"] = keepers
     out.loc[dropped, "hamming_to_kept"] = ids.map(info["distance"]).astype(np.int64)
     out.loc[dropped, "reason_detail"] = (
-        "pHash within " + str(max_distance) + " bits of a group of " + ids.map(info["group_size"]).astype(str)
-        + "; kept " + keepers + " (" + kept_txt + ") over this " + size_txt
-        + " (distance to kept " + out.loc[dropped, "hamming_to_kept"].astype(str) + ")"
+        "pHash within "
+        + str(max_distance)
+        + " bits of a group of "
+        + ids.map(info["group_size"]).astype(str)
+        + "; kept "
+        + keepers
+        + " ("
+        + kept_txt
+        + ") over this "
+        + size_txt
+        + " (distance to kept "
+        + out.loc[dropped, "hamming_to_kept"].astype(str)
+        + ")"
     )
     return out
 

@@ -241,7 +241,9 @@ def _write_case(case: DemoCase, path: Path, target_megapixels: float, bomb_megap
         Image.fromarray(rgb).save(path, **kw)
 
 
-def build(out_dir: str | Path, manifest_path: str | Path, target_megapixels: float, bomb_megapixels: float) -> list[dict]:
+def build(
+    out_dir: str | Path, manifest_path: str | Path, target_megapixels: float, bomb_megapixels: float
+) -> list[dict]:
     """Write every case into ``out_dir`` and a sources manifest; return the manifest rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

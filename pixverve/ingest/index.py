@@ -70,7 +70,9 @@ def _scan_root(root: Root, extensions: set[str], log) -> list[Candidate]:
     def unreadable_folder(exc: OSError):
         # a sub-folder the scan may not list: one row with the reason, the scan goes on
         rel = os.path.relpath(exc.filename or str(root.path), root.path)
-        found.append(Candidate(root.name, rel, root.source, root.licence, problem=("unreadable", f"folder not listable: {exc}")))
+        found.append(
+            Candidate(root.name, rel, root.source, root.licence, problem=("unreadable", f"folder not listable: {exc}"))
+        )
 
     for dirpath, dirnames, filenames in os.walk(root.path, onerror=unreadable_folder):
         # hidden entries are never images of the pool: collector journals and temp downloads,

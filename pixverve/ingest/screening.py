@@ -76,7 +76,9 @@ def _screen_one(rec: dict, path: Path | None, criteria, tiers, max_megapixels: f
     if changed:
         return fail(row, *changed)
     try:
-        rgb, info = images.read_rgb(path, max_megapixels, reduce_to_min_side=HASH_DECODE_MIN_SIDE, background=background)
+        rgb, info = images.read_rgb(
+            path, max_megapixels, reduce_to_min_side=HASH_DECODE_MIN_SIDE, background=background
+        )
     except images.ImageError as exc:
         return fail(row, exc.code, exc.detail)
     row["decoded_height"], row["decoded_width"] = rgb.shape[:2]
@@ -107,4 +109,3 @@ def screen_shard(shard: pd.DataFrame, config: dict, base_dir=".", threads: int =
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         rows = list(tqdm(pool.map(work, recs), total=len(recs), desc="screen", unit="img", mininterval=2))
     return pd.DataFrame(rows)
-

@@ -172,8 +172,16 @@ class PredictorInfo:
 class LaionPredictor:
     """CLIP image embedding -> L2 normalise -> MLP; one score per image."""
 
-    def __init__(self, vision, processor, mlp, info: PredictorInfo, device: str = "cpu", batch_size: int = 8,
-                 preprocess: str = "openai_clip"):
+    def __init__(
+        self,
+        vision,
+        processor,
+        mlp,
+        info: PredictorInfo,
+        device: str = "cpu",
+        batch_size: int = 8,
+        preprocess: str = "openai_clip",
+    ):
         torch = _torch()
         if preprocess not in ("openai_clip", "processor"):
             raise ValueError(f"LAION preprocess must be openai_clip or processor, got {preprocess!r}")
@@ -248,16 +256,24 @@ class ArtiMusePredictor:
 
         from PIL import Image
 
-        square = Image.fromarray(np.ascontiguousarray(rgb)).resize((ARTIMUSE_INPUT_PX, ARTIMUSE_INPUT_PX), Image.BICUBIC)
+        square = Image.fromarray(np.ascontiguousarray(rgb)).resize(
+            (ARTIMUSE_INPUT_PX, ARTIMUSE_INPUT_PX), Image.BICUBIC
+        )
         buf = io.BytesIO()
         square.save(buf, format="PNG")  # lossless: the server sees exactly these pixels
         url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": self.question}]}]
+        return [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": self.question}],
+            }
+        ]
 
     def score(self, rgb_images: list[np.ndarray]) -> np.ndarray:
         """One score per image (NaN where none); ``statuses``/``details`` say why per image."""
-        requests = [("artimuse", f"artimuse#{i}", self.messages(im), None, self.top_logprobs) for i, im in enumerate(rgb_images)]
+        requests = [
+            ("artimuse", f"artimuse#{i}", self.messages(im), None, self.top_logprobs) for i, im in enumerate(rgb_images)
+        ]
         results = self.backend.run_many(requests)
         scores, self.details, self.statuses = [], [], []
         for res in results:
@@ -269,8 +285,9 @@ class ArtiMusePredictor:
             value, found, mass = artimuse_expectation(res.parsed)
             scores.append(value)
             self.statuses.append("ok" if found else "no_answer_token")
-            self.details.append({"tokens_found": found, "token_mass": round(mass, 6),
-                                 "error": "" if found else NO_ANSWER_TOKEN})
+            self.details.append(
+                {"tokens_found": found, "token_mass": round(mass, 6), "error": "" if found else NO_ANSWER_TOKEN}
+            )
         return np.asarray(scores, dtype=np.float64)
 
     def probe_problem(self, result) -> str:
@@ -278,8 +295,10 @@ class ArtiMusePredictor:
         not render ArtiMuse's conversation answers with something else)."""
         if isinstance(result.parsed, dict) and artimuse_expectation(result.parsed)[1]:
             return ""
-        return (NO_ANSWER_TOKEN + ": the server is not rendering ArtiMuse's conversation template. Start vLLM with "
-                "--chat-template FILE (python -m pixverve artimuse-template) or --trust-request-chat-template")
+        return (
+            NO_ANSWER_TOKEN + ": the server is not rendering ArtiMuse's conversation template. Start vLLM with "
+            "--chat-template FILE (python -m pixverve artimuse-template) or --trust-request-chat-template"
+        )
 
 
 NO_ANSWER_TOKEN = "no ArtiMuse answer token among the top log-probabilities"
@@ -360,7 +379,12 @@ def build_predictor(name: str, spec: dict):
         info = PredictorInfo(name, "laion", False, f"{spec['clip_model']} + sha256:{digest[:16]}")
     else:
         raise ModelUnavailable(f"purify.aesthetics.predictors.{name}.backend: unknown backend {backend!r}")
-    return LaionPredictor(vision, processor, mlp, info, device=device, batch_size=int(spec.get("batch_size", 8)),
-                          preprocess=spec.get("preprocess", "openai_clip"))
-
-
+    return LaionPredictor(
+        vision,
+        processor,
+        mlp,
+        info,
+        device=device,
+        batch_size=int(spec.get("batch_size", 8)),
+        preprocess=spec.get("preprocess", "openai_clip"),
+    )

@@ -29,7 +29,9 @@ class UpstreamUnavailable(RuntimeError):
 
 def _tree(root, rel: str, key: str = KEY) -> ast.Module:
     if not root:
-        raise UpstreamUnavailable(f"config key {key}: not set; `{CLONE}` and set it to the checkout (its prompts are read from there)")
+        raise UpstreamUnavailable(
+            f"config key {key}: not set; `{CLONE}` and set it to the checkout (its prompts are read from there)"
+        )
     path = Path(root) / rel
     if not path.is_file():
         raise UpstreamUnavailable(f"config key {key}: {path} not found; is {root} a checkout of ArtiMuse? (`{CLONE}`)")
@@ -41,8 +43,12 @@ def rating_question(root, key: str = KEY) -> str:
     for node in ast.walk(_tree(root, MODELING, key)):
         if isinstance(node, ast.FunctionDef) and node.name == "score":
             for stmt in ast.walk(node):
-                if (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "question" for t in stmt.targets)
-                        and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                if (
+                    isinstance(stmt, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "question" for t in stmt.targets)
+                    and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, str)
+                ):
                     return stmt.value.value
     raise UpstreamUnavailable(f"config key {key}: no rating question found in score() of {Path(root) / MODELING}")
 
@@ -53,14 +59,18 @@ def attribute_prompts(root, key: str = KEY) -> dict[str, str]:
     tree = _tree(root, EVAL_IMAGE, key)
     attributes, template = None, None
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "AESTHETIC_ATTRIBUTES" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "AESTHETIC_ATTRIBUTES" for t in node.targets
+        ):
             attributes = ast.literal_eval(node.value)
         if isinstance(node, ast.JoinedStr) and template is None:
             holes = [v for v in node.values if isinstance(v, ast.FormattedValue)]
             if len(holes) == 1 and isinstance(holes[0].value, ast.Name) and holes[0].value.id == "aspect":
                 template = [v.value if isinstance(v, ast.Constant) else None for v in node.values]
     if not attributes or template is None:
-        raise UpstreamUnavailable(f"config key {key}: no AESTHETIC_ATTRIBUTES / per-aspect prompt in {Path(root) / EVAL_IMAGE}")
+        raise UpstreamUnavailable(
+            f"config key {key}: no AESTHETIC_ATTRIBUTES / per-aspect prompt in {Path(root) / EVAL_IMAGE}"
+        )
     return {a: "".join(a if part is None else part for part in template) for a in attributes}
 
 
@@ -74,16 +84,21 @@ def conversation(root, name: str, key: str = KEY) -> dict:
                 kwargs[kw.arg] = kw.value.attr if isinstance(kw.value, ast.Attribute) else ast.literal_eval(kw.value)
             if kwargs.get("name") == name:
                 return kwargs
-    raise UpstreamUnavailable(f"config key {key}: conversation template {name!r} not in {Path(root) / CONVERSATION} "
-                              "(purify.aesthetics.predictors.artimuse.template: the checkpoint's config.json 'template')")
+    raise UpstreamUnavailable(
+        f"config key {key}: conversation template {name!r} not in {Path(root) / CONVERSATION} "
+        "(purify.aesthetics.predictors.artimuse.template: the checkpoint's config.json 'template')"
+    )
 
 
 def render(conv: dict, system_message: str | None, user_text: str) -> str:
     """The prompt upstream builds for one user turn and an open assistant turn (MPT separator style)."""
     if conv.get("sep_style") != "MPT":
-        raise UpstreamUnavailable(f"conversation template {conv.get('name')!r}: separator style {conv.get('sep_style')} is not supported")
+        raise UpstreamUnavailable(
+            f"conversation template {conv.get('name')!r}: separator style {conv.get('sep_style')} is not supported"
+        )
     system = conv.get("system_template", "{system_message}").format(
-        system_message=conv.get("system_message", "") if system_message is None else system_message)
+        system_message=conv.get("system_message", "") if system_message is None else system_message
+    )
     user, assistant = conv["roles"]
     return system + conv["sep"] + user + user_text + conv["sep"] + assistant
 
@@ -92,15 +107,30 @@ def chat_template(conv: dict, system_message: str | None) -> str:
     """A Jinja chat template that renders :func:`render`'s prompt for vLLM's chat endpoint (a
     system message in the request is ignored: the model's own is used, as upstream does)."""
     system = conv.get("system_template", "{system_message}").format(
-        system_message=conv.get("system_message", "") if system_message is None else system_message)
+        system_message=conv.get("system_message", "") if system_message is None else system_message
+    )
     user, assistant = conv["roles"]
     parts = [system + conv["sep"], user, assistant, conv["sep"]]
     if any(mark in p for p in parts for mark in ("{{", "{%", "{#", "}}", "%}", "#}")):
-        raise UpstreamUnavailable("the conversation template holds Jinja markup; pass vlm.extra_body.chat_template yourself")
+        raise UpstreamUnavailable(
+            "the conversation template holds Jinja markup; pass vlm.extra_body.chat_template yourself"
+        )
     head, u, a, sep = parts
-    return (head + "{% for m in messages %}{% if m['role'] == 'user' %}" + u + "{{ m['content'] }}" + sep
-            + "{% elif m['role'] == 'assistant' %}" + a + "{{ m['content'] }}" + sep + "{% endif %}{% endfor %}"
-            + "{% if add_generation_prompt %}" + a + "{% endif %}")
+    return (
+        head
+        + "{% for m in messages %}{% if m['role'] == 'user' %}"
+        + u
+        + "{{ m['content'] }}"
+        + sep
+        + "{% elif m['role'] == 'assistant' %}"
+        + a
+        + "{{ m['content'] }}"
+        + sep
+        + "{% endif %}{% endfor %}"
+        + "{% if add_generation_prompt %}"
+        + a
+        + "{% endif %}"
+    )
 
 
 def stop_strings(conv: dict) -> list[str]:
@@ -117,10 +147,16 @@ def main(argv: list[str]) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m pixverve artimuse-template", description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pixverve artimuse-template", description=main.__doc__.splitlines()[0]
+    )
     parser.add_argument("--upstream", required=True, help="your ArtiMuse checkout (thunderbolt215/ArtiMuse)")
-    parser.add_argument("--template", default="internvl2_5", help="the checkpoint's config.json 'template' (default internvl2_5)")
-    parser.add_argument("--system-message", default=None, help="replace the template's system message (default: upstream's)")
+    parser.add_argument(
+        "--template", default="internvl2_5", help="the checkpoint's config.json 'template' (default internvl2_5)"
+    )
+    parser.add_argument(
+        "--system-message", default=None, help="replace the template's system message (default: upstream's)"
+    )
     parser.add_argument("--out", default=None, help="write here (default: stdout)")
     args = parser.parse_args(argv)
     try:

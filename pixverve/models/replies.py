@@ -27,7 +27,9 @@ def current_cache() -> str | None:
 
 def fingerprint(model: str, messages: list[dict], request_options: str, schema) -> str:
     """The identity of a request: model, messages (images included) and every option sent."""
-    body = json.dumps({"model": model, "messages": messages, "options": request_options, "schema": schema}, sort_keys=True)
+    body = json.dumps(
+        {"model": model, "messages": messages, "options": request_options, "schema": schema}, sort_keys=True
+    )
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -50,7 +52,13 @@ class ReplyCache:
 
     def put(self, key: str, result) -> None:
         """Keep an ok ``VLMResult``: its parsed value, raw replies and attempts."""
-        entry = {"key": key, "task": result.task, "parsed": result.parsed, "raw_replies": result.raw_replies, "attempts": result.attempts}
+        entry = {
+            "key": key,
+            "task": result.task,
+            "parsed": result.parsed,
+            "raw_replies": result.raw_replies,
+            "attempts": result.attempts,
+        }
         self.entries[key] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:

@@ -62,7 +62,15 @@ def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tokenizer = tiny_clip_tokenizer(folder / "tokenizer-build")
     text = tiny_clip_text_model(tokenizer).config.to_dict()
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, projection_dim=32)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).eval()
     processor = CLIPProcessor(
@@ -106,16 +114,39 @@ def build_tiny_grounding_dino(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tokenizer, vocab_size = _tiny_bert_tokenizer(folder / "tokenizer-build")
     backbone = SwinConfig(
-        window_size=7, embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], image_size=32,
-        out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4],
+        window_size=7,
+        embed_dim=32,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        image_size=32,
+        out_features=["stage2", "stage3", "stage4"],
+        out_indices=[2, 3, 4],
     )
-    text = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=64)
+    text = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     config = GroundingDinoConfig(
-        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        num_queries=12, num_feature_levels=3, encoder_n_points=2, decoder_n_points=2, max_text_len=64,
-        use_timm_backbone=False, use_pretrained_backbone=False,
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=12,
+        num_feature_levels=3,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=64,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
     )
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()
@@ -140,25 +171,42 @@ def build_tiny_sam2(folder: str | Path, seed: int = 0) -> Path:
     )
 
     hiera = Sam2HieraDetConfig(
-        hidden_size=12, num_attention_heads=1, image_size=[128, 128], patch_kernel_size=[7, 7], patch_stride=[4, 4],
-        patch_padding=[3, 3], query_stride=[2, 2], window_positional_embedding_background_size=[4, 4],
-        num_query_pool_stages=3, blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[12, 24, 48, 96],
-        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 4],
+        hidden_size=12,
+        num_attention_heads=1,
+        image_size=[128, 128],
+        patch_kernel_size=[7, 7],
+        patch_stride=[4, 4],
+        patch_padding=[3, 3],
+        query_stride=[2, 2],
+        window_positional_embedding_background_size=[4, 4],
+        num_query_pool_stages=3,
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[12, 24, 48, 96],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 4, 4],
         global_attention_blocks=[3],  # not a query-pooling block: transformers divides by its window there
         mlp_ratio=2.0,
     )
-    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[96, 48, 24, 12],
-                              backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=32)
+    vision = Sam2VisionConfig(
+        backbone_config=hiera,
+        backbone_channel_list=[96, 48, 24, 12],
+        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+        fpn_hidden_size=32,
+    )
     config = Sam2Config(
         vision_config=vision,
-        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
-                                                  iou_head_hidden_dim=16),
+        prompt_encoder_config=Sam2PromptEncoderConfig(
+            hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=32, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16
+        ),
     )
     torch.manual_seed(seed)
     model = Sam2Model(config).eval()
-    processor = Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": 128, "width": 128},
-                                                                mask_size={"height": 32, "width": 32}))
+    processor = Sam2Processor(
+        image_processor=Sam2ImageProcessor(size={"height": 128, "width": 128}, mask_size={"height": 32, "width": 32})
+    )
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -169,19 +217,42 @@ def build_tiny_siglip2(folder: str | Path, seed: int = 0) -> Path:
     """Save a randomly initialised tiny Siglip2Model (NaFlex: variable patch budget) with its
     processor: the stand-in for FG-CLIP2, whose image side is SigLIP 2-style."""
     import torch
-    from transformers import PreTrainedTokenizerFast, Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Siglip2Config,
+        Siglip2ImageProcessor,
+        Siglip2Model,
+        Siglip2Processor,
+    )
 
     backend = byte_level_backend(("<pad>", "<eos>", "<unk>"), unk_token="<unk>")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
     config = Siglip2Config(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=196, projection_size=32),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, patch_size=16,
-                           num_patches=64),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=196,
+            projection_size=32,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            patch_size=16,
+            num_patches=64,
+        ),
     )
     torch.manual_seed(seed)
     model = Siglip2Model(config).eval()
-    processor = Siglip2Processor(image_processor=Siglip2ImageProcessor(patch_size=16, max_num_patches=256), tokenizer=tokenizer)
+    processor = Siglip2Processor(
+        image_processor=Siglip2ImageProcessor(patch_size=16, max_num_patches=256), tokenizer=tokenizer
+    )
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -35,6 +35,7 @@ def uses_vllm_env(config: dict) -> bool:
     """Whether some job starts vLLM from envs/vllm.yaml: a ``serve`` block anywhere in the config
     (``vlm.serve`` or a step's ``vlm:`` override) with ``enabled`` and ``vllm_env`` true and a
     command that starts with a bare ``vllm``."""
+
     def walk(node):
         if isinstance(node, dict):
             serve = node.get("serve")
@@ -60,9 +61,11 @@ def serve_command(serve: dict, model: str, port: int) -> list[str]:
     if _from_env(serve):
         path = Path(VLLM_PATH_FILE)
         if not path.is_file() or not path.read_text().strip():
-            raise ServerFailed(f"{VLLM_PATH_FILE} (rule vllm_path: the `vllm` of envs/vllm.yaml) is missing or empty; "
-                               "it is an input of every job with vlm.serve.enabled -- or set vlm.serve.vllm_env: false "
-                               "to run `vllm` from PATH (a site module)")
+            raise ServerFailed(
+                f"{VLLM_PATH_FILE} (rule vllm_path: the `vllm` of envs/vllm.yaml) is missing or empty; "
+                "it is an input of every job with vlm.serve.enabled -- or set vlm.serve.vllm_env: false "
+                "to run `vllm` from PATH (a site module)"
+            )
         words[0] = path.read_text().strip()
     return [*words, model, "--host", "127.0.0.1", "--port", str(port), *map(str, serve.get("args") or [])]
 
@@ -112,14 +115,18 @@ def served(serve: dict, model: str, log_path: str | Path, api_key: str | None = 
             deadline = time.monotonic() + timeout
             while True:
                 if proc.poll() is not None:
-                    raise ServerFailed(f"{' '.join(argv[:3])} exited with code {proc.returncode} before it was ready; last lines of {log_path}:\n{_tail(log_path)}")
+                    raise ServerFailed(
+                        f"{' '.join(argv[:3])} exited with code {proc.returncode} before it was ready; last lines of {log_path}:\n{_tail(log_path)}"
+                    )
                 try:
                     if served_name in _listed_models(base_url, headers):
                         break
                 except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
                     pass
                 if time.monotonic() > deadline:
-                    raise ServerFailed(f"the VLM server did not list {served_name!r} at {base_url}/models within {timeout:g} s (vlm.serve.startup_timeout_s); last lines of {log_path}:\n{_tail(log_path)}")
+                    raise ServerFailed(
+                        f"the VLM server did not list {served_name!r} at {base_url}/models within {timeout:g} s (vlm.serve.startup_timeout_s); last lines of {log_path}:\n{_tail(log_path)}"
+                    )
                 time.sleep(float(serve.get("poll_s", 5)))
             yield base_url
         finally:

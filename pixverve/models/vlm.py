@@ -72,7 +72,7 @@ class VLMSettings:
     probe: bool = True  # the first request goes alone and its answer is checked before the rest
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "VLMSettings":
+    def from_config(cls, cfg: dict) -> VLMSettings:
         if not cfg.get("base_url"):
             raise VLMConfigError("config key vlm.base_url: no endpoint configured (e.g. http://host:8000/v1)")
         known = {f for f in cls.__dataclass_fields__}
@@ -85,7 +85,9 @@ class VLMSettings:
             raise VLMConfigError("config key vlm.extra_body: must be a mapping of request-body fields")
         reserved = {"model", "messages", "temperature", "max_tokens", "response_format", "logprobs", "top_logprobs"}
         if reserved & set(settings.extra_body):
-            raise VLMConfigError(f"config key vlm.extra_body: {sorted(reserved & set(settings.extra_body))} have their own vlm keys")
+            raise VLMConfigError(
+                f"config key vlm.extra_body: {sorted(reserved & set(settings.extra_body))} have their own vlm keys"
+            )
         return settings
 
     def response_format_field(self, schema=None, top_logprobs: int | None = None) -> dict | None:
@@ -285,7 +287,9 @@ class VLMClient:
                 "start it (or set vlm.serve.enabled) before this job runs"
             ) from None
         if models and self.settings.model not in models:
-            raise VLMConfigError(f"config key {config_key}.model: {self.settings.model!r} is not served at {url} (it serves {models})")
+            raise VLMConfigError(
+                f"config key {config_key}.model: {self.settings.model!r} is not served at {url} (it serves {models})"
+            )
 
     async def _once(self, messages: list[dict], schema: dict | None, top_logprobs: int | None = None) -> str:
         import openai
@@ -308,7 +312,9 @@ class VLMClient:
                 **kwargs,
             )
         except openai.APIStatusError as exc:
-            raise _Retryable(exc.status_code, _retry_after(exc)) if _retryable_status(exc.status_code) else exc
+            if _retryable_status(exc.status_code):
+                raise _Retryable(exc.status_code, _retry_after(exc)) from exc
+            raise
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise _Retryable(None, None, type(exc).__name__) from None
         if top_logprobs:
@@ -322,7 +328,12 @@ class VLMClient:
         return reply.choices[0].message.content or ""
 
     async def ask(
-        self, task: str, request_id: str, messages: list[dict], schema: dict | None = None, top_logprobs: int | None = None
+        self,
+        task: str,
+        request_id: str,
+        messages: list[dict],
+        schema: dict | None = None,
+        top_logprobs: int | None = None,
     ) -> VLMResult:
         """One request with retries; the result keeps every raw reply.
 
@@ -336,8 +347,18 @@ class VLMClient:
         key = replies.fingerprint(self.settings.model, messages, result.request_options, schema)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.cache_hits += 1
-            return VLMResult(task, request_id, "ok", hit["parsed"], hit["raw_replies"], hit["attempts"], "", 0.0,
-                             result.request_options, cached=True)
+            return VLMResult(
+                task,
+                request_id,
+                "ok",
+                hit["parsed"],
+                hit["raw_replies"],
+                hit["attempts"],
+                "",
+                0.0,
+                result.request_options,
+                cached=True,
+            )
         t0 = time.perf_counter()
         rng = random.Random(request_id)  # jitter, reproducible per request
         async with self._semaphore:
@@ -419,8 +440,10 @@ class VLMClient:
             self._probed = True
             problem = self.probe_problem(results[start - 1])
             if problem:
-                raise StepFailed(f"probe of model server {self.settings.base_url} (model {self.settings.model!r}, "
-                                 f"task {results[start - 1].task}): {problem}")
+                raise StepFailed(
+                    f"probe of model server {self.settings.base_url} (model {self.settings.model!r}, "
+                    f"task {results[start - 1].task}): {problem}"
+                )
         try:
             async with asyncio.TaskGroup() as group:
                 for i in range(start, len(requests)):
@@ -464,15 +487,21 @@ def probe_hint(result: VLMResult, settings: VLMSettings) -> str:
     options = json.loads(result.request_options or "{}")
     # vLLM >= 0.11: "Chat template is passed with request, but --trust-request-chat-template is not set"
     if "chat template" in error or "chat_template" in error or ("chat_template" in options and "400" in error):
-        return (" -- the request carries a chat template (the ArtiMuse setting chat_template: upstream); vLLM >= 0.11 "
-                "refuses that unless started with --trust-request-chat-template. Start it so, or start it with "
-                "--chat-template FILE (`python -m pixverve artimuse-template --upstream CHECKOUT`) and set chat_template: server")
+        return (
+            " -- the request carries a chat template (the ArtiMuse setting chat_template: upstream); vLLM >= 0.11 "
+            "refuses that unless started with --trust-request-chat-template. Start it so, or start it with "
+            "--chat-template FILE (`python -m pixverve artimuse-template --upstream CHECKOUT`) and set chat_template: server"
+        )
     if result.status == "no_logprobs":
         return " -- start vLLM with --max-logprobs at least top_logprobs"
     if "404" in error or "does not exist" in error:
-        return f" -- is {settings.model!r} the served model name? (GET {settings.base_url.rstrip('/')}/models lists them)"
+        return (
+            f" -- is {settings.model!r} the served model name? (GET {settings.base_url.rstrip('/')}/models lists them)"
+        )
     if result.status in ("unparseable", "invalid"):
-        return " -- the model did not answer in the asked JSON: is this the model the step expects? response_format helps"
+        return (
+            " -- the model did not answer in the asked JSON: is this the model the step expects? response_format helps"
+        )
     if result.status == "refusal":
         return " -- the model declined the task: check the model and the prompt"
     return ""

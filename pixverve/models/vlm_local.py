@@ -23,7 +23,13 @@ from pixverve.models.tiny_text import TINY_CHAT_TEMPLATE, byte_level_backend
 from pixverve.models.vlm import VLMResult, decode_data_url, parse_reply
 
 TINY_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 
 
@@ -111,8 +117,15 @@ def _chat_for_processor(messages: list[dict]) -> tuple[list[dict], list]:
 class TransformersVLM:
     """A chat VLM run locally; ``run_many`` mirrors :class:`pixverve.models.vlm.VLMClient`."""
 
-    def __init__(self, model_id: str, device: str = "cpu", dtype: str = "auto", max_new_tokens: int = 1024, smoke: bool = False,
-                 extra_body: dict | None = None):
+    def __init__(
+        self,
+        model_id: str,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_new_tokens: int = 1024,
+        smoke: bool = False,
+        extra_body: dict | None = None,
+    ):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.smoke = smoke
@@ -143,7 +156,9 @@ class TransformersVLM:
         text = self.processor.apply_chat_template(chat, add_generation_prompt=True, **self.template_kwargs)
         inputs = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **self.generate_kwargs)
+            out = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **self.generate_kwargs
+            )
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=self.skip_special_tokens)[0]
 
@@ -201,9 +216,16 @@ def build_judge(config: dict):
     if backend == "transformers":
         spec = vlm.get("transformers") or {}
         if not spec.get("model"):
-            raise VLMUnavailable("config key vlm.transformers.model: set a local folder or hub id for backend transformers")
-        return TransformersVLM(spec["model"], resolve_device(spec.get("device", "auto")), spec.get("dtype", "auto"), max_new,
-                               extra_body=vlm.get("extra_body"))
+            raise VLMUnavailable(
+                "config key vlm.transformers.model: set a local folder or hub id for backend transformers"
+            )
+        return TransformersVLM(
+            spec["model"],
+            resolve_device(spec.get("device", "auto")),
+            spec.get("dtype", "auto"),
+            max_new,
+            extra_body=vlm.get("extra_body"),
+        )
     if backend == "tiny":
         spec = vlm.get("tiny") or {}
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-vlm-") as folder:

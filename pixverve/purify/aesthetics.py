@@ -41,7 +41,10 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
             row = {"image_id": rec["image_id"], "root": rec["root"], "relpath": rec["relpath"], "shard": rec["shard"]}
             try:
                 rgb, _ = images.read_rgb(
-                    image_path(roots, rec["root"], rec["relpath"]), cap, reduce_to_min_side=DECODE_MIN_SIDE, background=background
+                    image_path(roots, rec["root"], rec["relpath"]),
+                    cap,
+                    reduce_to_min_side=DECODE_MIN_SIDE,
+                    background=background,
                 )
                 row.update(passed=True, reason="", reason_detail="")
                 chunk_images.append(rgb)
@@ -70,8 +73,14 @@ def score_aesthetics_shard(rows, config: dict, base_dir=".", threads: int = 1, p
     for name, pred in predictors.items():
         decoded = table[table["passed"]] if len(table) else table
         if len(decoded):
-            check_step_health(f"purify_aesthetics/{name}", decoded[f"{name}_status"], decoded[f"{name}_error"], fraction,
-                              who=pred.info.weights, config_key="purify.max_failed_fraction")
+            check_step_health(
+                f"purify_aesthetics/{name}",
+                decoded[f"{name}_status"],
+                decoded[f"{name}_error"],
+                fraction,
+                who=pred.info.weights,
+                config_key="purify.max_failed_fraction",
+            )
     return table
 
 

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pixverve.core.health import MODEL_FAILED, required_steps
-
 from pixverve.core.config import side_scale
+from pixverve.core.health import MODEL_FAILED, required_steps
 
 LAPLACIAN_KSIZE = 1  # OpenCV's ksize=1 is the 3x3 kernel [[0,1,0],[1,-4,1],[0,1,0]]
 
@@ -256,7 +255,9 @@ def score_classical_shard(rows, config: dict, base_dir=".", threads: int = 1):
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         out = list(tqdm(pool.map(work, recs), total=len(recs), desc="purify", unit="img", mininterval=2))
     # no image in the shard: the same columns, so the pool-level decision reads an empty table
-    return pd.DataFrame(out, columns=list(ok(blank(dict.fromkeys(("image_id", "root", "relpath", "shard"), ""))).keys()))
+    return pd.DataFrame(
+        out, columns=list(ok(blank(dict.fromkeys(("image_id", "root", "relpath", "shard"), ""))).keys())
+    )
 
 
 def _explain(row: dict, failed: list[str]) -> str:
@@ -268,7 +269,9 @@ def _explain(row: dict, failed: list[str]) -> str:
                 f"{row['exposure_low_value']} (max {row['exposure_max_share']:.0%})"
             )
         elif f == "sharpness":
-            parts.append(f"sharpness: Laplacian variance {row['laplacian_var']:.3g} < {row['sharpness_min_laplacian_var']:g}")
+            parts.append(
+                f"sharpness: Laplacian variance {row['laplacian_var']:.3g} < {row['sharpness_min_laplacian_var']:g}"
+            )
         elif f == "flatness":
             parts.append(
                 f"flatness: {row['flat_share']:.1%} of {row['total_patches']} patches of {row['flatness_patch_px']} px are "
@@ -296,12 +299,16 @@ def decide(classical, aesthetics, config: dict):
     )
     df["entropy_ok"] = ent_keep & readable.to_numpy()
     df["entropy_cutoff"] = ent_cut
-    cutoffs.append(_cut_row("entropy", "entropy_bits", ent_cut, p["entropy"]["keep_top_fraction"], len(df), ent_keep.sum(), False))
+    cutoffs.append(
+        _cut_row("entropy", "entropy_bits", ent_cut, p["entropy"]["keep_top_fraction"], len(df), ent_keep.sum(), False)
+    )
 
     frac = p["aesthetics"]["keep_top_fraction"]
     score_cols = []
     if aesthetics is not None and len(aesthetics):
-        keep_cols = [c for c in aesthetics.columns if c.endswith(("_score", "_smoke", "_status", "_error")) or c == "image_id"]
+        keep_cols = [
+            c for c in aesthetics.columns if c.endswith(("_score", "_smoke", "_status", "_error")) or c == "image_id"
+        ]
         df = df.merge(aesthetics[keep_cols], on="image_id", how="left")
         score_cols = [c for c in aesthetics.columns if c.endswith("_score")]
     required = required_steps(p, [c.removesuffix("_score") for c in score_cols], "purify")
@@ -309,8 +316,11 @@ def decide(classical, aesthetics, config: dict):
     model_failed = [[] for _ in range(len(df))]  # per image: "predictor: status: error" of each failed required one
     for col in score_cols:
         name = col.removesuffix("_score")
-        status = df[f"{name}_status"].fillna("not_scored") if f"{name}_status" in df else pd.Series(
-            np.where(df[col].isna(), "not_scored", "ok"), index=df.index)
+        status = (
+            df[f"{name}_status"].fillna("not_scored")
+            if f"{name}_status" in df
+            else pd.Series(np.where(df[col].isna(), "not_scored", "ok"), index=df.index)
+        )
         good = (status == "ok").to_numpy() & ~df[col].isna().to_numpy()
         kept, cut = top_fraction(np.where(good, df[col].to_numpy(float), np.nan), ids, frac)
         df[f"{col}_top"] = kept
@@ -344,9 +354,15 @@ def decide(classical, aesthetics, config: dict):
         reasons.append(fl[0] if fl else "")
         text = [_explain(rec, [f for f in fl if f in ("exposure", "sharpness", "flatness")])] if fl else []
         if "entropy" in fl:
-            text.append(f"entropy: {rec['entropy_bits']:.3f} bits below the pool's top-{p['entropy']['keep_top_fraction']:.0%} cut-off {ent_cut:.3f}")
+            text.append(
+                f"entropy: {rec['entropy_bits']:.3f} bits below the pool's top-{p['entropy']['keep_top_fraction']:.0%} cut-off {ent_cut:.3f}"
+            )
         if "aesthetics" in fl:
-            text.append("aesthetics: " + ", ".join(f"{c} {rec[c]:.3f}" for c in score_cols) + f" all outside the pool's top {frac:.0%}")
+            text.append(
+                "aesthetics: "
+                + ", ".join(f"{c} {rec[c]:.3f}" for c in score_cols)
+                + f" all outside the pool's top {frac:.0%}"
+            )
         details.append("; ".join(t for t in text if t))
     df["passed"] = passed
     df["reason"] = reasons

@@ -21,10 +21,16 @@ def resolve_run(config: dict, run: str, resolution: int) -> dict:
     spec = copy.deepcopy(train["defaults"])
     spec.update(copy.deepcopy(train["runs"][run]))
     family = FAMILIES[spec["scheme"]]
-    spec.update(name=run, resolution=int(resolution), family=family, base=copy.deepcopy(train["bases"][family]),
-                text=copy.deepcopy(train["text"][family]), data=copy.deepcopy(train["data"]),
-                distributed=dict(copy.deepcopy(train["distributed"]), **spec.get("distributed", {})),
-                resources=dict(copy.deepcopy(train["resources"]), **spec.get("resources", {})))
+    spec.update(
+        name=run,
+        resolution=int(resolution),
+        family=family,
+        base=copy.deepcopy(train["bases"][family]),
+        text=copy.deepcopy(train["text"][family]),
+        data=copy.deepcopy(train["data"]),
+        distributed=dict(copy.deepcopy(train["distributed"]), **spec.get("distributed", {})),
+        resources=dict(copy.deepcopy(train["resources"]), **spec.get("resources", {})),
+    )
     if spec["scheme"] == "l2p":
         spec["l2p"] = dict(spec["l2p"], resolutions=[int(r) for r in spec["resolutions"]])
     spec.setdefault("lora", None)
@@ -40,8 +46,10 @@ def sizes_at(sizes, resolution: int, run: str) -> str:
         return sizes
     mode = sizes.get(str(resolution), sizes.get(resolution))
     if mode is None:
-        raise ValueError(f"config key train.runs.{run}.sizes has no entry for resolution {resolution} "
-                         f"(has {sorted(sizes)}): add one (buckets | square | max_pixels)")
+        raise ValueError(
+            f"config key train.runs.{run}.sizes has no entry for resolution {resolution} "
+            f"(has {sorted(sizes)}): add one (buckets | square | max_pixels)"
+        )
     return mode
 
 
@@ -65,7 +73,7 @@ def bucket_multiple(spec: dict) -> int:
         import math
 
         levels = len((spec["l2p"].get("unet") or {}).get("widths") or (16, 32, 64, 128, 256, 512))
-        return math.lcm(spec["resolution"] // int(spec["l2p"]["token_grid"]), 2 ** levels)
+        return math.lcm(spec["resolution"] // int(spec["l2p"]["token_grid"]), 2**levels)
     return 16
 
 
@@ -86,7 +94,9 @@ def check_train_config(config: dict) -> None:
         if gen["run"] not in train["runs"]:
             raise ValueError(f"{key}.run: {gen['run']!r} is not one of train.runs {sorted(train['runs'])}")
         if int(gen["train_resolution"]) not in [int(r) for r in train["runs"][gen["run"]]["resolutions"]]:
-            raise ValueError(f"{key}.train_resolution: {gen['train_resolution']} is not a resolution of run {gen['run']}")
+            raise ValueError(
+                f"{key}.train_resolution: {gen['train_resolution']} is not a resolution of run {gen['run']}"
+            )
     for run in train.get("enabled", []):
         if run not in train["runs"]:
             raise ValueError(f"config key train.enabled: {run!r} is not one of train.runs {sorted(train['runs'])}")
@@ -96,19 +106,27 @@ def check_train_config(config: dict) -> None:
             grid = int(merged["l2p"]["token_grid"])
             bad = [r for r in spec["resolutions"] if int(r) % grid]
             if bad:
-                raise ValueError(f"config key train.runs.{run}.resolutions: {bad} not multiples of l2p.token_grid {grid}")
+                raise ValueError(
+                    f"config key train.runs.{run}.resolutions: {bad} not multiples of l2p.token_grid {grid}"
+                )
         elif spec.get("progressive"):
             raise ValueError(f"config key train.runs.{run}.progressive: only l2p runs start from a smaller resolution")
         for res in spec["resolutions"]:
             sizes_at(merged.get("sizes", "buckets"), int(res), run)  # a mapping covers every resolution
         if merged["eval_every"] % merged["log_every"]:
-            raise ValueError(f"config key train eval_every ({merged['eval_every']}) of run {run}: must be a multiple of "
-                             f"log_every ({merged['log_every']}): the fixed-batch loss is computed on logged steps")
+            raise ValueError(
+                f"config key train eval_every ({merged['eval_every']}) of run {run}: must be a multiple of "
+                f"log_every ({merged['log_every']}): the fixed-batch loss is computed on logged steps"
+            )
         if merged["vae_tile_stride"] > merged["vae_tile"]:
-            raise ValueError(f"config key train vae_tile_stride ({merged['vae_tile_stride']}) of run {run}: larger than "
-                             f"vae_tile ({merged['vae_tile']}) would leave gaps between VAE tiles")
+            raise ValueError(
+                f"config key train vae_tile_stride ({merged['vae_tile_stride']}) of run {run}: larger than "
+                f"vae_tile ({merged['vae_tile']}) would leave gaps between VAE tiles"
+            )
         if spec["scheme"] == "l2p" and merged.get("lora"):
-            raise ValueError(f"config key train.runs.{run}.lora: LoRA is offered for the FLUX.2 schemes (I, II), not L2P")
+            raise ValueError(
+                f"config key train.runs.{run}.lora: LoRA is offered for the FLUX.2 schemes (I, II), not L2P"
+            )
         if spec["scheme"] == "window":
             from pixverve.train.patterns import AUTO, auto_pattern, window_settings
 
@@ -159,28 +177,68 @@ def launch_command(spec: dict, worker_args: list[str]) -> list[str]:
     if spec["device"] == "cpu" or int(spec["resources"]["gpus_per_node"]) == 0:
         # CPU processes (tests, a laptop): torchrun; accelerate picks gloo from its environment
         # (accelerate launch --cpu would need MPI for more than one process)
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(per_node), "--master_port",
-                str(port), "-m", "pixverve.train.worker", *worker_args]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nodes * per_node),
-           "--num_machines", str(nodes), "--dynamo_backend", "no", "--mixed_precision", spec["mixed_precision"]]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(per_node),
+            "--master_port",
+            str(port),
+            "-m",
+            "pixverve.train.worker",
+            *worker_args,
+        ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(nodes * per_node),
+        "--num_machines",
+        str(nodes),
+        "--dynamo_backend",
+        "no",
+        "--mixed_precision",
+        spec["mixed_precision"],
+    ]
     if nodes * per_node > 1 and dist["strategy"] == "ddp":
         cmd += ["--multi_gpu"]
     if dist["strategy"] == "fsdp":
-        cmd += ["--use_fsdp", "--fsdp_sharding_strategy", str(dist.get("fsdp_sharding", "FULL_SHARD")),
-                "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP"]
+        cmd += [
+            "--use_fsdp",
+            "--fsdp_sharding_strategy",
+            str(dist.get("fsdp_sharding", "FULL_SHARD")),
+            "--fsdp_auto_wrap_policy",
+            "TRANSFORMER_BASED_WRAP",
+        ]
     elif dist["strategy"] == "deepspeed":
-        cmd += ["--use_deepspeed", "--zero_stage", str(int(dist["zero_stage"])),
-                "--gradient_accumulation_steps", str(int(spec["gradient_accumulation"]))]
+        cmd += [
+            "--use_deepspeed",
+            "--zero_stage",
+            str(int(dist["zero_stage"])),
+            "--gradient_accumulation_steps",
+            str(int(spec["gradient_accumulation"])),
+        ]
     cmd += ["--main_process_port", str(port)]
     if nodes > 1:
         cmd += ["--machine_rank", "$SLURM_NODEID", "--main_process_ip", "$PIXVERVE_MASTER", "--rdzv_backend", "static"]
     cmd += ["--module", "pixverve.train.worker", *worker_args]
     if nodes > 1:  # one launcher per node; the master is the first host of the allocation
         inner = " ".join(a if a.startswith("$") else shlex.quote(a) for a in cmd)
-        script = ("export PIXVERVE_MASTER=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1); " + inner)
+        script = 'export PIXVERVE_MASTER=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); ' + inner
         # explicit geometry: an inherited SLURM_NTASKS=1 would otherwise start rank 0 only; and the
         # node's CPUs for its launcher (the job step would otherwise get 1 CPU per task)
         cpus = int(spec["resources"].get("cpus_per_gpu", 1)) * per_node
-        return ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}",
-                "bash", "-c", script]
+        return [
+            "srun",
+            "--overlap",
+            f"--nodes={nodes}",
+            f"--ntasks={nodes}",
+            "--ntasks-per-node=1",
+            f"--cpus-per-task={cpus}",
+            "bash",
+            "-c",
+            script,
+        ]
     return cmd

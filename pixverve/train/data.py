@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 
-def aspect_buckets(resolution: int, multiple: int = 32, max_ratio: float = 4.0, steps: int = 8) -> list[tuple[int, int]]:
+def aspect_buckets(
+    resolution: int, multiple: int = 32, max_ratio: float = 4.0, steps: int = 8
+) -> list[tuple[int, int]]:
     """Buckets (w, h) of about ``resolution``^2 pixels, sides multiples of ``multiple``, sorted by w/h."""
     out = set()
     area = resolution * resolution
@@ -77,8 +79,14 @@ class CaptionMissing(ValueError):
     pass
 
 
-def samples_from_records(records: list[dict], resolution: int, caption: str = "long", multiple: int = 32,
-                         max_ratio: float = 4.0, sizes: str = "buckets") -> list[Sample]:
+def samples_from_records(
+    records: list[dict],
+    resolution: int,
+    caption: str = "long",
+    multiple: int = 32,
+    max_ratio: float = 4.0,
+    sizes: str = "buckets",
+) -> list[Sample]:
     """Samples of the records that have the chosen caption; raises listing any that do not (a
     training set must not silently shrink).  ``sizes``: how each sample's size is chosen."""
     if caption not in ("long", "short"):
@@ -97,11 +105,21 @@ def samples_from_records(records: list[dict], resolution: int, caption: str = "l
 
     missing = [r["image_id"] for r in records if not r.get(f"{caption}_caption")]
     if missing:
-        raise CaptionMissing(f"{len(missing)} record(s) have no {caption} caption: {missing[:10]} -- drop them from the "
-                             "training set explicitly or caption them")
-    return [Sample(r["image_id"], Path(r["provenance"]["sr_output"]), int(r["width"]), int(r["height"]),
-                   size_of(r), r[f"{caption}_caption"])
-            for r in sorted(records, key=lambda r: r["image_id"])]
+        raise CaptionMissing(
+            f"{len(missing)} record(s) have no {caption} caption: {missing[:10]} -- drop them from the "
+            "training set explicitly or caption them"
+        )
+    return [
+        Sample(
+            r["image_id"],
+            Path(r["provenance"]["sr_output"]),
+            int(r["width"]),
+            int(r["height"]),
+            size_of(r),
+            r[f"{caption}_caption"],
+        )
+        for r in sorted(records, key=lambda r: r["image_id"])
+    ]
 
 
 def records_from_metadata(metadata, split: str = "train") -> list[dict]:
@@ -110,9 +128,17 @@ def records_from_metadata(metadata, split: str = "train") -> list[dict]:
     if metadata.empty:  # no image reached the dataset (an empty export has no columns to select on)
         return []
     rows = metadata[metadata["split"] == split]
-    return [{"image_id": r.image_id, "width": int(r.width), "height": int(r.height),
-             "long_caption": r.long_caption, "short_caption": r.short_caption,
-             "provenance": {"sr_output": r.prov_sr_output}} for r in rows.itertuples()]
+    return [
+        {
+            "image_id": r.image_id,
+            "width": int(r.width),
+            "height": int(r.height),
+            "long_caption": r.long_caption,
+            "short_caption": r.short_caption,
+            "provenance": {"sr_output": r.prov_sr_output},
+        }
+        for r in rows.itertuples()
+    ]
 
 
 class TrainSamples:
@@ -160,8 +186,15 @@ class TrainSamples:
         return pixels, s.caption, box
 
 
-def bucket_batches(samples: list[Sample], batch_size: int, epoch: int, seed: int = 0, rank: int = 0,
-                   world_size: int = 1, drop_last: bool = True) -> list[list[int]]:
+def bucket_batches(
+    samples: list[Sample],
+    batch_size: int,
+    epoch: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+) -> list[list[int]]:
     """This rank's batches of sample indices for one epoch; every batch holds one bucket."""
     rng = random.Random(f"{seed}:{epoch}")
     by_bucket: dict[tuple[int, int], list[int]] = {}

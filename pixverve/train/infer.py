@@ -50,25 +50,35 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential
             from peft.utils import set_peft_model_state_dict
 
             lora = info["lora"]
-            transformer.add_adapter(LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]),
-                                               target_modules=list(lora["target_modules"])))
-            weights = {k: v for k, v in load_file(final_dir / "transformer_lora.safetensors").items()
-                       if not k.endswith(".alpha")}  # alpha: for the published loader; peft has it in its config
+            transformer.add_adapter(
+                LoraConfig(
+                    r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), target_modules=list(lora["target_modules"])
+                )
+            )
+            weights = {
+                k: v
+                for k, v in load_file(final_dir / "transformer_lora.safetensors").items()
+                if not k.endswith(".alpha")
+            }  # alpha: for the published loader; peft has it in its config
             result = set_peft_model_state_dict(transformer, weights)
             if getattr(result, "unexpected_keys", None):
                 raise tm.ModelUnavailable(f"LoRA weights do not fit the base model: {result.unexpected_keys[:5]}")
         else:
             transformer.load_state_dict(load_file(final_dir / "transformer.safetensors"))
         if tm.needs_own_processors(info["scheme"], info.get("seq_chunk")):  # settings saved by training
-            tm.install_window_attention(transformer, info["window"] if info["scheme"] == "window" else None,
-                                        info.get("seq_chunk"))
+            tm.install_window_attention(
+                transformer, info["window"] if info["scheme"] == "window" else None, info.get("seq_chunk")
+            )
         tm.configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
         if sequential:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe = pipe.to(device)
-        tm.check_probe(load_file(final_dir / "probe.safetensors")["output"], tm.probe_output("flux2", transformer),
-                       _probe_dtype(info, dtype))
+        tm.check_probe(
+            load_file(final_dir / "probe.safetensors")["output"],
+            tm.probe_output("flux2", transformer),
+            _probe_dtype(info, dtype),
+        )
         return info, pipe
     pipe = tm.load_pipeline("zimage", info["base"], dtype, work)
     l2p = info["l2p"]
@@ -77,12 +87,17 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential
     missing, unexpected = model.load_state_dict(trained, strict=False)
     frozen = tuple(f"transformer.layers.{i}." for i in l2p["frozen_layers"])
     if unexpected or [k for k in missing if not k.startswith(frozen)]:
-        raise tm.ModelUnavailable(f"L2P checkpoint does not fit the base model: missing "
-                                  f"{[k for k in missing if not k.startswith(frozen)][:5]}, unexpected {unexpected[:5]}")
+        raise tm.ModelUnavailable(
+            f"L2P checkpoint does not fit the base model: missing "
+            f"{[k for k in missing if not k.startswith(frozen)][:5]}, unexpected {unexpected[:5]}"
+        )
     pipe.transformer, pipe.vae = None, None
     model = model.to(device, dtype).eval()
-    tm.check_probe(load_file(final_dir / "probe.safetensors")["output"],
-                   tm.probe_output("zimage", model, info["probe_patch"]), _probe_dtype(info, dtype))
+    tm.check_probe(
+        load_file(final_dir / "probe.safetensors")["output"],
+        tm.probe_output("zimage", model, info["probe_patch"]),
+        _probe_dtype(info, dtype),
+    )
     return info, {"pipe": pipe.to(device), "model": model}
 
 
@@ -125,7 +140,9 @@ def checkpoint_sample_mu(info: dict, width: int, height: int, steps: int, settin
     if mode not in SAMPLE_SHIFTS:
         raise ValueError(f"sampling shift {mode!r}: one of {', '.join(SAMPLE_SHIFTS)}")
     if mode == "published":
-        return flux2_sample_mu(width, height, steps, settings.get("dynamic_shift", True), settings.get("dynamic_shift_len"))
+        return flux2_sample_mu(
+            width, height, steps, settings.get("dynamic_shift", True), settings.get("dynamic_shift_len")
+        )
     shift = trained_shift(info)
     # trained at the dynamic fit (per crop's tokens): the pipeline's own fit at the image's tokens is that rule
     return shift["mu"] if shift["mode"] == "static" else None
@@ -139,11 +156,25 @@ def sample_shift_record(info: dict, width: int, height: int, steps: int, setting
     mu = checkpoint_sample_mu(info, width, height, steps, settings)
     if mu is None:  # what the pipeline computes: its latent sequence is (H/16)(W/16) tokens
         mu = tm.flux2_mu((height // tm.TOKEN_PIXELS_FLUX2) * (width // tm.TOKEN_PIXELS_FLUX2), int(steps))
-    return {"sample_shift": settings.get("shift") or "trained", "sample_mu": float(mu), "train_shift": trained_shift(info)}
+    return {
+        "sample_shift": settings.get("shift") or "trained",
+        "sample_mu": float(mu),
+        "train_shift": trained_shift(info),
+    }
 
 
-def generate(info, loaded, prompt: str, width: int, height: int, steps: int, guidance: float, seed: int,
-             device: str = "cpu", shift: dict | None = None) -> np.ndarray:
+def generate(
+    info,
+    loaded,
+    prompt: str,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    device: str = "cpu",
+    shift: dict | None = None,
+) -> np.ndarray:
     """One uint8 RGB image (height, width, 3).  ``shift``: the FLUX.2 sampling-shift keys
     (:func:`checkpoint_sample_mu`; None = those saved with the checkpoint)."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -155,13 +186,25 @@ def generate(info, loaded, prompt: str, width: int, height: int, steps: int, gui
         if mu is not None:  # a fixed mu: pre-shifted sigmas through an identity-shift copy of the scheduler
             from diffusers import FlowMatchEulerDiscreteScheduler
 
-            loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, use_dynamic_shifting=False,
-                                                                           shift=1.0)
-            kwargs["sigmas"] = tm.shift_sigmas(torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64), mu).tolist()
+            loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+                scheduler.config, use_dynamic_shifting=False, shift=1.0
+            )
+            kwargs["sigmas"] = tm.shift_sigmas(
+                torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64), mu
+            ).tolist()
         try:
-            out = loaded(prompt=prompt, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
-                         generator=generator, output_type="np", max_sequence_length=int(text["max_length"]),
-                         text_encoder_out_layers=tuple(text["out_layers"]), **kwargs)
+            out = loaded(
+                prompt=prompt,
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                output_type="np",
+                max_sequence_length=int(text["max_length"]),
+                text_encoder_out_layers=tuple(text["out_layers"]),
+                **kwargs,
+            )
         finally:
             loaded.scheduler = scheduler
         return np.clip(out.images[0] * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -172,8 +215,13 @@ def generate(info, loaded, prompt: str, width: int, height: int, steps: int, gui
         raise ValueError(f"L2P at {info['resolution']}: width and height must be multiples of the patch {patch}")
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
-        cond, uncond = pipe.encode_prompt([prompt], device=device, do_classifier_free_guidance=True,
-                                          negative_prompt=[""], max_sequence_length=int(text["max_length"]))
+        cond, uncond = pipe.encode_prompt(
+            [prompt],
+            device=device,
+            do_classifier_free_guidance=True,
+            negative_prompt=[""],
+            max_sequence_length=int(text["max_length"]),
+        )
         # DiffSynth's Z-Image schedule (published L2P): linspace(1, 0, N + 1)[:-1], static shift
         sigmas = tm.shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), math.log(float(l2p.get("shift", 3.0))))
         sigmas[-1] = 0.0

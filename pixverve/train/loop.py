@@ -35,9 +35,23 @@ from pixverve.train import models as tm
 from pixverve.train.data import TrainSamples, bucket_batches
 
 FAMILY = {"full_attention": "flux2", "window": "flux2", "l2p": "zimage"}
-LOG_FIELDS = ["step", "epoch", "loss", "eval_loss", "lr", "images_per_s", "peak_mem_mb", "grad_norm",
-              "grad_norm_spread", "param_spread", "rank_loss_spread", "ranks_stepped", "sigma_q05", "sigma_q50",
-              "sigma_q95"]
+LOG_FIELDS = [
+    "step",
+    "epoch",
+    "loss",
+    "eval_loss",
+    "lr",
+    "images_per_s",
+    "peak_mem_mb",
+    "grad_norm",
+    "grad_norm_spread",
+    "param_spread",
+    "rank_loss_spread",
+    "ranks_stepped",
+    "sigma_q05",
+    "sigma_q50",
+    "sigma_q95",
+]
 SIGMA_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
@@ -98,9 +112,12 @@ class Flux2Adapter:
 
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
-            emb, ids = self.pipe.encode_prompt(captions, device=self.device,
-                                               max_sequence_length=int(self.spec["text"]["max_length"]),
-                                               text_encoder_out_layers=self.text_layers)
+            emb, ids = self.pipe.encode_prompt(
+                captions,
+                device=self.device,
+                max_sequence_length=int(self.spec["text"]["max_length"]),
+                text_encoder_out_layers=self.text_layers,
+            )
         return emb, ids
 
     def encode_images(self, pixels: torch.Tensor):
@@ -120,8 +137,15 @@ class Flux2Adapter:
         s = sigmas.to(x0)[:, None, None]
         xt = (1 - s) * x0 + s * noise
         dt = next(model.parameters()).dtype  # bf16 master weights: inputs in bf16 (no autocast on the CPU)
-        pred = model(hidden_states=xt.to(dt), encoder_hidden_states=emb.to(dt), timestep=sigmas.to(x0.device, dt),
-                     img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+        pred = model(
+            hidden_states=xt.to(dt),
+            encoder_hidden_states=emb.to(dt),
+            timestep=sigmas.to(x0.device, dt),
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=None,
+            return_dict=False,
+        )[0]
         return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
 
 
@@ -141,8 +165,10 @@ class L2PAdapter:
         self.frozen = tm.l2p_frozen_layers(len(self.model.transformer.layers), int(l2p.get("train_edge_layers", 5)))
         if init_from is not None:  # progressive: the previous resolution's trained weights, by name and shape
             loaded, skipped = tm.load_matching(self.model, load_file(init_from / "l2p_trained.safetensors"))
-            log(f"L2P initialised from {init_from} (progressive): {len(loaded)} tensors carried, "
-                f"{len(skipped)} new at this resolution ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})")
+            log(
+                f"L2P initialised from {init_from} (progressive): {len(loaded)} tensors carried, "
+                f"{len(skipped)} new at this resolution ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})"
+            )
         pipe.transformer, pipe.vae = None, None  # no VAE in pixel space; the latent DiT was copied
         self.shift = float(l2p.get("shift", 3.0))
         self.grid_steps = int(l2p.get("timestep_grid", 1000))
@@ -155,8 +181,12 @@ class L2PAdapter:
 
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
-            return self.text_pipe.encode_prompt(captions, device=self.device, do_classifier_free_guidance=False,
-                                                max_sequence_length=int(self.spec["text"]["max_length"]))[0]
+            return self.text_pipe.encode_prompt(
+                captions,
+                device=self.device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=int(self.spec["text"]["max_length"]),
+            )[0]
 
     def loss(self, model, pixels, captions, generator, sigmas=None):
         x0 = pixels.to(self.device, next(model.parameters()).dtype)
@@ -220,8 +250,12 @@ def sigma_stats(values) -> dict:
     arr = np.asarray(values, dtype=np.float64)
     if not arr.size:
         return {"count": 0}
-    return {"count": int(arr.size), "mean": float(arr.mean()), "frac_above_0.99": float((arr > 0.99).mean()),
-            **{f"q{int(q * 100):02d}": float(np.quantile(arr, q)) for q in SIGMA_QUANTILES}}
+    return {
+        "count": int(arr.size),
+        "mean": float(arr.mean()),
+        "frac_above_0.99": float((arr > 0.99).mean()),
+        **{f"q{int(q * 100):02d}": float(np.quantile(arr, q)) for q in SIGMA_QUANTILES},
+    }
 
 
 def trainable_model(model, spec: dict):
@@ -233,8 +267,14 @@ def trainable_model(model, spec: dict):
     from peft import LoraConfig
 
     model.requires_grad_(False)
-    model.add_adapter(LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), init_lora_weights="gaussian",
-                                 target_modules=list(lora["target_modules"])))
+    model.add_adapter(
+        LoraConfig(
+            r=int(lora["rank"]),
+            lora_alpha=float(lora["alpha"]),
+            init_lora_weights="gaussian",
+            target_modules=list(lora["target_modules"]),
+        )
+    )
     return model
 
 
@@ -243,16 +283,26 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    info = {"scheme": spec["scheme"], "family": FAMILY[spec["scheme"]], "resolution": int(spec["resolution"]),
-            "base": spec["base"], "steps": steps, "smoke": smoke, "lora": spec.get("lora") or None,
-            "window": tm.window_settings(spec["window"], spec["resolution"]) if spec["scheme"] == "window" else None,
-            "text": spec["text"], "sample": spec.get("sample"),
-            # resolved, so sampling finds the shift the weights were trained at (infer.checkpoint_sample_mu)
-            "train_shift": tm.train_shift(spec) if FAMILY[spec["scheme"]] == "flux2" else None,
-            "vae_tile": spec["vae_tile"], "vae_tile_stride": spec["vae_tile_stride"],
-            "master_weights": spec.get("master_weights", "fp32"),
-            "seq_chunk": dict(zip(("seq_chunk_single", "seq_chunk_double"), tm.seq_chunk_sizes(spec.get("memory"))))
-            if spec["scheme"] != "l2p" else None}
+    info = {
+        "scheme": spec["scheme"],
+        "family": FAMILY[spec["scheme"]],
+        "resolution": int(spec["resolution"]),
+        "base": spec["base"],
+        "steps": steps,
+        "smoke": smoke,
+        "lora": spec.get("lora") or None,
+        "window": tm.window_settings(spec["window"], spec["resolution"]) if spec["scheme"] == "window" else None,
+        "text": spec["text"],
+        "sample": spec.get("sample"),
+        # resolved, so sampling finds the shift the weights were trained at (infer.checkpoint_sample_mu)
+        "train_shift": tm.train_shift(spec) if FAMILY[spec["scheme"]] == "flux2" else None,
+        "vae_tile": spec["vae_tile"],
+        "vae_tile_stride": spec["vae_tile_stride"],
+        "master_weights": spec.get("master_weights", "fp32"),
+        "seq_chunk": dict(zip(("seq_chunk_single", "seq_chunk_double"), tm.seq_chunk_sizes(spec.get("memory"))))
+        if spec["scheme"] != "l2p"
+        else None,
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if spec["scheme"] == "l2p":  # the trained subset only (frozen layers come from the base, as published)
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -265,7 +315,9 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
         # "<module>.alpha" beside lora_A/lora_B: the published flux2_infer loader (GeneralLoRALoader) scales
         # A by alpha / rank when present, which is peft's scaling, so --lora_alpha 1.0 reproduces this model
         alpha = torch.tensor(float(spec["lora"]["alpha"]))
-        lora.update({k[: -len(".lora_A.weight")] + ".alpha": alpha.clone() for k in list(lora) if k.endswith(".lora_A.weight")})
+        lora.update(
+            {k[: -len(".lora_A.weight")] + ".alpha": alpha.clone() for k in list(lora) if k.endswith(".lora_A.weight")}
+        )
         save_file(lora, out / "transformer_lora.safetensors")
     else:
         save_file(state, out / "transformer.safetensors")  # the base's config rebuilds it
@@ -295,8 +347,11 @@ def _batch_pixels(data: TrainSamples, indices: list[int], epoch: int) -> tuple[t
 def release_cache_between_blocks(model, scheme: str) -> int:
     """torch.cuda.empty_cache() after every transformer block (published flux2_infer does it between
     blocks with local attention): less fragmentation at 4K-10K for some speed."""
-    blocks = (list(model.transformer.layers) if scheme == "l2p"
-              else list(model.transformer_blocks) + list(model.single_transformer_blocks))
+    blocks = (
+        list(model.transformer.layers)
+        if scheme == "l2p"
+        else list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    )
     for block in blocks:
         block.register_forward_hook(lambda *a: torch.cuda.empty_cache())
     return len(blocks)
@@ -314,8 +369,9 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
     cpu = spec["device"] == "cpu" or not torch.cuda.is_available()
     if spec["device"] == "cuda" and not torch.cuda.is_available():
         raise TrainError("train.device is cuda but no GPU is visible to this job")
-    accelerator = Accelerator(mixed_precision=spec["mixed_precision"], cpu=cpu,
-                              gradient_accumulation_steps=int(spec["gradient_accumulation"]))
+    accelerator = Accelerator(
+        mixed_precision=spec["mixed_precision"], cpu=cpu, gradient_accumulation_steps=int(spec["gradient_accumulation"])
+    )
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(int(spec["seed"]))
     device = accelerator.device
@@ -337,8 +393,9 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
     if (spec.get("memory") or {}).get("empty_cache_between_blocks") and device.type == "cuda":
         release_cache_between_blocks(model, spec["scheme"])
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(spec["lr"]), betas=tuple(spec["adam_betas"]),
-                                  weight_decay=float(spec["weight_decay"]))
+    optimizer = torch.optim.AdamW(
+        params, lr=float(spec["lr"]), betas=tuple(spec["adam_betas"]), weight_decay=float(spec["weight_decay"])
+    )
     warmup = int(spec["warmup_steps"])
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
@@ -365,9 +422,11 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
     # trained on in an epoch (with `sizes: max_pixels` nearly every image has its own size)
     used = sum(len(b) for b in bucket_batches(samples, batch_size, 0, seed)) if accelerator.is_main_process else 0
     if accelerator.is_main_process and used < len(samples):
-        log(f"an epoch trains on {used} of {len(samples)} images: {len(samples) - used} sit in sizes with fewer "
+        log(
+            f"an epoch trains on {used} of {len(samples)} images: {len(samples) - used} sit in sizes with fewer "
             f"than batch_size={batch_size} images left over (sizes {spec.get('sizes', 'buckets')}; batch_size 1 "
-            "uses every image)")
+            "uses every image)"
+        )
 
     def batch_for(step):
         if spec.get("overfit_batches"):
@@ -377,8 +436,10 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
             if epoch not in epoch_batches:
                 epoch_batches[epoch] = bucket_batches(samples, batch_size, epoch, seed, rank, world)
                 if not epoch_batches[epoch]:
-                    raise TrainError(f"no full batch of {batch_size} for rank {rank}/{world}: {len(samples)} samples "
-                                     "(lower train batch_size, or use fewer processes)")
+                    raise TrainError(
+                        f"no full batch of {batch_size} for rank {rank}/{world}: {len(samples)} samples "
+                        "(lower train batch_size, or use fewer processes)"
+                    )
             n = len(epoch_batches[epoch])
             if step < n:
                 return epoch, epoch_batches[epoch][step]
@@ -386,7 +447,9 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
             epoch += 1
 
     dist = spec.get("distributed") or {}
-    sharded = dist.get("strategy") == "fsdp" or (dist.get("strategy") == "deepspeed" and int(dist.get("zero_stage", 0)) == 3)
+    sharded = dist.get("strategy") == "fsdp" or (
+        dist.get("strategy") == "deepspeed" and int(dist.get("zero_stage", 0)) == 3
+    )
     eval_every = int(spec["eval_every"])
     eval_batch = _batch_pixels(data, batch_for(0)[1], batch_for(0)[0]) if eval_every else None
     eval_sigmas = torch.tensor([0.25, 0.5, 0.75])
@@ -395,14 +458,22 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
         model.eval()
         with torch.no_grad(), accelerator.autocast():
             gen = step_generator(seed, 0, 0, stream=7)
-            vals = [adapter.loss(model, eval_batch[0], eval_batch[1], gen, s.repeat(eval_batch[0].shape[0])).item()
-                    for s in eval_sigmas]
+            vals = [
+                adapter.loss(model, eval_batch[0], eval_batch[1], gen, s.repeat(eval_batch[0].shape[0])).item()
+                for s in eval_sigmas
+            ]
         model.train()
         return float(np.mean(vals))
 
     model.train()
-    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {spec['name']}", unit="step",
-               disable=not accelerator.is_main_process)
+    bar = tqdm(
+        range(start, total),
+        initial=start,
+        total=total,
+        desc=f"train {spec['name']}",
+        unit="step",
+        disable=not accelerator.is_main_process,
+    )
     last = time.perf_counter()
     for step in bar:
         epoch, indices = batch_for(step)
@@ -411,8 +482,11 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
             loss = adapter.loss(model, pixels, captions, step_generator(seed, step, rank))
             interval += [float(v) for v in adapter.last_sigmas]
             accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(params, float(spec["max_grad_norm"])) \
-                if accelerator.sync_gradients else None
+            grad_norm = (
+                accelerator.clip_grad_norm_(params, float(spec["max_grad_norm"]))
+                if accelerator.sync_gradients
+                else None
+            )
             grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed clips inside its engine
             optimizer.step()
             lr_sched.step()
@@ -420,22 +494,30 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
         done = step + 1
         if done % int(spec["log_every"]) == 0 or done == total:
             now = time.perf_counter()
-            checks = torch.tensor([float(grad_norm), float(sum(p.detach().double().sum() for p in params)), 1.0],
-                                  device=device, dtype=torch.float64)
+            checks = torch.tensor(
+                [float(grad_norm), float(sum(p.detach().double().sum() for p in params)), 1.0],
+                device=device,
+                dtype=torch.float64,
+            )
             gathered = accelerator.gather(checks[None]).reshape(-1, 3).cpu()
             rank_losses = accelerator.gather(loss.detach().float()[None]).cpu()
             mean_loss = rank_losses.mean().item()
-            row = {"step": done, "epoch": epoch, "loss": f"{mean_loss:.6g}",
-                   "eval_loss": f"{eval_loss():.6g}" if eval_every and done % eval_every == 0 else "",
-                   "lr": f"{lr_sched.get_last_lr()[0]:.3g}",
-                   "images_per_s": f"{batch_size * world * int(spec['log_every']) / (now - last):.4g}",
-                   "peak_mem_mb": f"{peak_memory_mb(device):.0f}", "grad_norm": f"{float(grad_norm):.6g}",
-                   "grad_norm_spread": f"{float(gathered[:, 0].max() - gathered[:, 0].min()):.3g}",
-                   # sharded strategies hold different parameter shards per rank: no replica to compare
-                   "param_spread": "" if sharded else f"{float(gathered[:, 1].max() - gathered[:, 1].min()):.3g}",
-                   "rank_loss_spread": f"{float(rank_losses.max() - rank_losses.min()):.3g}",  # > 0: ranks saw different data
-                   "ranks_stepped": int(gathered[:, 2].sum()),
-                   **{f"sigma_q{int(q * 100):02d}": f"{np.quantile(interval, q):.4g}" for q in (0.05, 0.5, 0.95)}}
+            row = {
+                "step": done,
+                "epoch": epoch,
+                "loss": f"{mean_loss:.6g}",
+                "eval_loss": f"{eval_loss():.6g}" if eval_every and done % eval_every == 0 else "",
+                "lr": f"{lr_sched.get_last_lr()[0]:.3g}",
+                "images_per_s": f"{batch_size * world * int(spec['log_every']) / (now - last):.4g}",
+                "peak_mem_mb": f"{peak_memory_mb(device):.0f}",
+                "grad_norm": f"{float(grad_norm):.6g}",
+                "grad_norm_spread": f"{float(gathered[:, 0].max() - gathered[:, 0].min()):.3g}",
+                # sharded strategies hold different parameter shards per rank: no replica to compare
+                "param_spread": "" if sharded else f"{float(gathered[:, 1].max() - gathered[:, 1].min()):.3g}",
+                "rank_loss_spread": f"{float(rank_losses.max() - rank_losses.min()):.3g}",  # > 0: ranks saw different data
+                "ranks_stepped": int(gathered[:, 2].sum()),
+                **{f"sigma_q{int(q * 100):02d}": f"{np.quantile(interval, q):.4g}" for q in (0.05, 0.5, 0.95)},
+            }
             sigmas_seen += [(done, v) for v in interval]
             interval = []
             last = now

@@ -43,8 +43,13 @@ from torch import nn
 from pixverve.models.loading import ModelUnavailable
 
 # scheme II pattern parsing lives in a torch-free module (the config check runs in every env)
-from pixverve.train.patterns import (AUTO, PATTERN_PRESETS, auto_pattern, block_factors, default_pattern,  # noqa: F401
-                             parse_pattern, window_settings)
+from pixverve.train.patterns import (
+    AUTO,
+    auto_pattern,
+    block_factors,
+    default_pattern,  # noqa: F401
+    parse_pattern,
+)
 
 TOKEN_PIXELS_FLUX2 = 16  # VAE factor 8 x 2x2 patchify
 
@@ -87,7 +92,10 @@ def scheduler_mu(scheduler_config, tokens: int) -> float:
     """mu of the base scheduler: dynamic (Flux-style line through base/max sequence lengths) or
     the static ``shift`` (s' = shift s / (1 + (shift - 1) s) is the exponential shift with mu = ln shift)."""
     if scheduler_config.get("use_dynamic_shifting"):
-        base_len, max_len = scheduler_config.get("base_image_seq_len", 256), scheduler_config.get("max_image_seq_len", 4096)
+        base_len, max_len = (
+            scheduler_config.get("base_image_seq_len", 256),
+            scheduler_config.get("max_image_seq_len", 4096),
+        )
         b0, b1 = scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15)
         return b0 + (b1 - b0) * (tokens - base_len) / (max_len - base_len)
     return math.log(float(scheduler_config.get("shift", 1.0)))
@@ -111,31 +119,69 @@ def _tiny_qwen3(hidden: int, layers: int, seed: int):
 
     from pixverve.models.tiny_text import TINY_CHAT_TEMPLATE, byte_level_backend
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level_backend(), eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        additional_special_tokens=["<|im_start|>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_level_backend(),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     torch.manual_seed(seed)
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2,
-                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden // 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return Qwen3ForCausalLM(config).eval(), tokenizer
 
 
 def build_tiny_flux2(folder, seed: int = 0) -> Path:
     """A ~0.1 M-parameter Flux2KleinPipeline (real classes, random weights) saved in ``folder``."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
 
     text_encoder, tokenizer = _tiny_qwen3(hidden=16, layers=3, seed=seed)
     torch.manual_seed(seed)
-    vae = AutoencoderKLFlux2(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
-                             sample_size=64, mid_block_add_attention=False)
-    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2,
-                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=3 * 16,
-                                          timestep_guidance_channels=16, mlp_ratio=2.0, axes_dims_rope=(2, 2, 2, 2),
-                                          guidance_embeds=False)
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+        mid_block_add_attention=False,
+    )
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=3 * 16,
+        timestep_guidance_channels=16,
+        mlp_ratio=2.0,
+        axes_dims_rope=(2, 2, 2, 2),
+        guidance_embeds=False,
+    )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
-    pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              transformer=transformer, is_distilled=False)
+    pipe = Flux2KleinPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=False,
+    )
     pipe.save_pretrained(folder)
     return Path(folder)
 
@@ -147,12 +193,23 @@ def build_tiny_zimage(folder, seed: int = 0) -> Path:
     text_encoder, tokenizer = _tiny_qwen3(hidden=16, layers=2, seed=seed)
     torch.manual_seed(seed)
     vae = AutoencoderKL(block_out_channels=(8,), latent_channels=4, norm_num_groups=4, sample_size=32)
-    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32,
-                                           n_layers=3, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
-                                           axes_dims=[4, 6, 6], axes_lens=[256, 64, 64])
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=4,
+        dim=32,
+        n_layers=3,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=16,
+        axes_dims=[4, 6, 6],
+        axes_lens=[256, 64, 64],
+    )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
-    ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                   transformer=transformer).save_pretrained(folder)
+    ZImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    ).save_pretrained(folder)
     return Path(folder)
 
 
@@ -193,12 +250,14 @@ def load_pipeline(family: str, base: dict, dtype, work_dir: Path):
 # scheme II: close + remote local attention (checked against flux2_infer/models/flux2_dit.py and
 # flux2_infer/local_attention.py of HaojunChen663/PixVerve-95K)
 
+
 def _edges(size: int, parts: int) -> list[int]:
     return [i * size // parts for i in range(parts + 1)]  # uneven splits, no padding
 
 
-def close_remote_partitions(grid: tuple[int, int], factors: tuple[int, int] | None = None,
-                            window: tuple[int, int] | None = None) -> dict[str, list[torch.Tensor]]:
+def close_remote_partitions(
+    grid: tuple[int, int], factors: tuple[int, int] | None = None, window: tuple[int, int] | None = None
+) -> dict[str, list[torch.Tensor]]:
     """Index sets over the row-major (gh, gw) image grid, grouped by size into (n, size) tensors.
 
     ``factors`` (fh, fw): fh x fw close windows of about gh/fh x gw/fw tokens; remote sets are
@@ -218,7 +277,7 @@ def close_remote_partitions(grid: tuple[int, int], factors: tuple[int, int] | No
         he, we = _edges(gh, fh), _edges(gw, fw)
         for i in range(fh):
             for j in range(fw):
-                add(close, tok[he[i]:he[i + 1], we[j]:we[j + 1]])
+                add(close, tok[he[i] : he[i + 1], we[j] : we[j + 1]])
         if (fh, fw) != (1, 1):
             for i in range(fh):
                 for j in range(fw):
@@ -227,7 +286,7 @@ def close_remote_partitions(grid: tuple[int, int], factors: tuple[int, int] | No
         wh, ww = window
         for r in range(0, gh, wh):
             for c in range(0, gw, ww):
-                add(close, tok[r:r + wh, c:c + ww])
+                add(close, tok[r : r + wh, c : c + ww])
         if wh < gh or ww < gw:
             for i in range(min(wh, gh)):
                 for j in range(min(ww, gw)):
@@ -245,7 +304,7 @@ def _branch_attention(qi, ki, vi, kt, vt, buckets, max_windows: int, checkpoint:
         bucket = bucket.to(qi.device)
         step = bucket.shape[0] if max_windows <= 0 else max_windows
         for start in range(0, bucket.shape[0], step):
-            sets = bucket[start:start + step]
+            sets = bucket[start : start + step]
             w, size = sets.shape
 
             def chunk(q_, k_, v_, kt_, vt_, sets_=sets, w_=w, size_=size):
@@ -267,8 +326,7 @@ def _branch_attention(qi, ki, vi, kt, vt, buckets, max_windows: int, checkpoint:
     return out
 
 
-def local_attention(query, key, value, num_txt: int, partitions: dict, max_windows: int = 4,
-                    checkpoint: bool = True):
+def local_attention(query, key, value, num_txt: int, partitions: dict, max_windows: int = 4, checkpoint: bool = True):
     """Scheme II attention over (B, S, H, D) tensors laid out [text, image]: text queries attend
     to every key (one SDPA); image queries attend in the close and the remote branch (each over
     all text keys + the branch's set), the two outputs averaged (close only when there is no
@@ -278,8 +336,11 @@ def local_attention(query, key, value, num_txt: int, partitions: dict, max_windo
     txt = F.scaled_dot_product_attention(tq.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
     qi, ki, vi = query[:, num_txt:], key[:, num_txt:], value[:, num_txt:]
     kt, vt = key[:, :num_txt], value[:, :num_txt]
-    branches = [_branch_attention(qi, ki, vi, kt, vt, partitions[name], max_windows, checkpoint)
-                for name in ("close", "remote") if partitions.get(name)]
+    branches = [
+        _branch_attention(qi, ki, vi, kt, vt, partitions[name], max_windows, checkpoint)
+        for name in ("close", "remote")
+        if partitions.get(name)
+    ]
     img = branches[0] if len(branches) == 1 else sum(branches) / len(branches)
     return torch.cat([txt, img], dim=1)
 
@@ -321,13 +382,13 @@ def run_in_chunks(fn, inputs, chunk: int, checkpoint: bool):
     n = inputs[0].shape[1]
     outs = None
     for start in range(0, n, chunk):
-        parts = [t[:, start:start + chunk] for t in inputs]
+        parts = [t[:, start : start + chunk] for t in inputs]
         y = torch.utils.checkpoint.checkpoint(fn, *parts, use_reentrant=False) if checkpoint else fn(*parts)
         y = y if isinstance(y, tuple) else (y,)
         if outs is None:
             outs = [t.new_empty((t.shape[0], n, *t.shape[2:])) for t in y]
         for o, t in zip(outs, y):
-            o[:, start:start + chunk] = t
+            o[:, start : start + chunk] = t
     return tuple(outs)
 
 
@@ -349,8 +410,9 @@ def _linear_rows(layer, h, start: int, end: int):
 
 
 class _LocalMixin:
-    def __init__(self, context: WindowContext, factors, max_windows: int = 4, checkpoint: bool = True,
-                 seq_chunk: int = 0):
+    def __init__(
+        self, context: WindowContext, factors, max_windows: int = 4, checkpoint: bool = True, seq_chunk: int = 0
+    ):
         self.context, self.factors = context, (tuple(factors) if factors else None)  # ("auto", i) kept as is
         self.max_windows, self.checkpoint = int(max_windows), bool(checkpoint)
         self.seq_chunk = int(seq_chunk or 0)
@@ -365,8 +427,13 @@ class _LocalMixin:
         gh, gw = self.context.grid
         if query.shape[1] != num_txt + gh * gw:
             raise ValueError(f"sequence {query.shape[1]} != {num_txt} text + {gh}x{gw} image tokens")
-        return local_attention(query, key, value, num_txt, self.context.partitions(self.factors), self.max_windows,
-                               self.checkpoint).flatten(2, 3).to(query.dtype)
+        return (
+            local_attention(
+                query, key, value, num_txt, self.context.partitions(self.factors), self.max_windows, self.checkpoint
+            )
+            .flatten(2, 3)
+            .to(query.dtype)
+        )
 
 
 class WindowAttnProcessor(_LocalMixin):
@@ -392,8 +459,11 @@ class WindowAttnProcessor(_LocalMixin):
 
         if self.seq_chunk:
             query, key, value = self._image_qkv(attn, hidden_states)
-            eq, ek, ev = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
-                          attn.add_v_proj(encoder_hidden_states))
+            eq, ek, ev = (
+                attn.add_q_proj(encoder_hidden_states),
+                attn.add_k_proj(encoder_hidden_states),
+                attn.add_v_proj(encoder_hidden_states),
+            )
         else:
             query, key, value, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
             query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
@@ -489,12 +559,15 @@ def install_window_attention(transformer, settings: dict | None, memory: dict | 
     pattern = parse_pattern(settings.get("pattern")) if local else None  # AUTO: resolved per grid by the context
     context = WindowContext(tuple(settings.get("window_size") or (24, 24)))
     doubles, singles = list(transformer.transformer_blocks), list(transformer.single_transformer_blocks)
-    factors = block_factors(len(doubles) + len(singles), pattern) if local else [(GLOBAL,)] * (len(doubles) + len(singles))
+    factors = (
+        block_factors(len(doubles) + len(singles), pattern) if local else [(GLOBAL,)] * (len(doubles) + len(singles))
+    )
     max_windows, checkpoint = settings.get("max_windows_per_batch", 4), settings.get("checkpoint_chunks", True)
     for i, block in enumerate(doubles + singles):
         cls = WindowAttnProcessor if i < len(doubles) else WindowParallelAttnProcessor
-        block.attn.set_processor(cls(context, factors[i], max_windows, checkpoint,
-                                     double_chunk if i < len(doubles) else single_chunk))
+        block.attn.set_processor(
+            cls(context, factors[i], max_windows, checkpoint, double_chunk if i < len(doubles) else single_chunk)
+        )
         if i < len(doubles) and double_chunk:
             chunk_feed_forward(block.ff, double_chunk, checkpoint)
 
@@ -533,7 +606,7 @@ def l2p_variant(patch: int, widths) -> str:
     outer level, one level fewer, the bottleneck at resolution / 2^levels with the token
     features upsampled to it)."""
     levels = len(widths)
-    if patch == 2 ** levels:
+    if patch == 2**levels:
         return "4k"
     if patch == 2 ** (levels + 1):
         return "8k"
@@ -559,8 +632,9 @@ class PixelUNet(nn.Module):
     outer level, the levels without the deepest one, token features resized (nearest) to the
     bottleneck; every stage recomputed in the backward pass when ``checkpoint_stages``."""
 
-    def __init__(self, in_channels: int, feature_dim: int, variant: str, widths=UNET_WIDTHS,
-                 checkpoint_stages: bool = True):
+    def __init__(
+        self, in_channels: int, feature_dim: int, variant: str, widths=UNET_WIDTHS, checkpoint_stages: bool = True
+    ):
         super().__init__()
         self.variant, self.checkpoint_stages = variant, checkpoint_stages
         w = list(widths)
@@ -595,7 +669,9 @@ class PixelUNet(nn.Module):
             x = F.max_pool2d(s, 2)
         if features.shape[-2:] != x.shape[-2:]:
             if self.variant != "10k":
-                raise ValueError(f"L2P U-Net: bottleneck {tuple(x.shape[-2:])} != token grid {tuple(features.shape[-2:])}")
+                raise ValueError(
+                    f"L2P U-Net: bottleneck {tuple(x.shape[-2:])} != token grid {tuple(features.shape[-2:])}"
+                )
             features = F.interpolate(features, size=x.shape[-2:], mode="nearest")
         x = self._stage(lambda a, b: self.bottleneck(torch.cat([a, b], 1)), x, features.to(x.dtype))
         for i in reversed(range(len(self.enc))):
@@ -668,15 +744,19 @@ def l2p_build(latent_transformer, patch: int, unet: dict) -> L2PModel:
     cfg = {k: v for k, v in dict(latent_transformer.config).items() if not k.startswith("_")}
     cfg.update(in_channels=3, all_patch_size=(int(patch),), all_f_patch_size=(1,))
     pixel = ZImageTransformer2DModel(**cfg).to(latent_transformer.dtype)
-    state = {k: v for k, v in latent_transformer.state_dict().items()
-             if not k.startswith(("all_x_embedder.", "all_final_layer."))}
+    state = {
+        k: v
+        for k, v in latent_transformer.state_dict().items()
+        if not k.startswith(("all_x_embedder.", "all_final_layer."))
+    }
     missing, unexpected = pixel.load_state_dict(state, strict=False)
     new = [k for k in missing if not k.startswith(("all_x_embedder.", "all_final_layer."))]
     if new or unexpected:
         raise ModelUnavailable(f"L2P init: unmatched weights {new[:5]} / {unexpected[:5]}")
     widths = tuple(unet.get("widths") or UNET_WIDTHS)
-    net = PixelUNet(3, int(cfg["dim"]), l2p_variant(int(patch), widths), widths,
-                    bool(unet.get("checkpoint_stages", True))).to(latent_transformer.dtype)
+    net = PixelUNet(
+        3, int(cfg["dim"]), l2p_variant(int(patch), widths), widths, bool(unet.get("checkpoint_stages", True))
+    ).to(latent_transformer.dtype)
     return L2PModel(pixel, net)
 
 
@@ -707,8 +787,15 @@ def probe_output(family: str, model, patch_size: int | None = None) -> torch.Ten
             text = torch.randn(1, 8, cfg.joint_attention_dim, generator=g)
             img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(grid), torch.arange(grid), torch.arange(1))
             txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(8))
-            out = model(hidden_states=hidden.to(p), encoder_hidden_states=text.to(p), timestep=torch.tensor([0.5]).to(p),
-                        img_ids=img_ids.to(p.device), txt_ids=txt_ids.to(p.device), guidance=None, return_dict=False)[0]
+            out = model(
+                hidden_states=hidden.to(p),
+                encoder_hidden_states=text.to(p),
+                timestep=torch.tensor([0.5]).to(p),
+                img_ids=img_ids.to(p.device),
+                txt_ids=txt_ids.to(p.device),
+                guidance=None,
+                return_dict=False,
+            )[0]
         else:
             x = torch.randn(1, 3, 2 * patch_size, 2 * patch_size, generator=g)
             cap = torch.randn(8, model.transformer.config.cap_feat_dim, generator=g)
@@ -721,5 +808,7 @@ def check_probe(expected: torch.Tensor, got: torch.Tensor, dtype) -> None:
     scale = float(expected.abs().max()) + 1e-6
     diff = float((expected - got).abs().max())
     if diff > tol * scale:
-        raise ModelUnavailable(f"the reloaded checkpoint does not reproduce its saved probe output "
-                               f"(max difference {diff:.3g} vs scale {scale:.3g})")
+        raise ModelUnavailable(
+            f"the reloaded checkpoint does not reproduce its saved probe output "
+            f"(max difference {diff:.3g} vs scale {scale:.3g})"
+        )

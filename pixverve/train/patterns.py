@@ -8,9 +8,11 @@ import functools
 import math
 
 # published presets (local_attention.py; scripts/infer.sh picks 4k for 4K, 8k for 8K and 10K)
-PATTERN_PRESETS = {"4k": ((1, 1), (8, 16), (16, 8), (4, 32), (32, 4)),
-                   "8k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8)),
-                   "10k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8))}
+PATTERN_PRESETS = {
+    "4k": ((1, 1), (8, 16), (16, 8), (4, 32), (32, 4)),
+    "8k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8)),
+    "10k": ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8)),
+}
 
 
 def parse_pattern(value) -> tuple[tuple[int, int], ...] | None:
@@ -62,16 +64,25 @@ def auto_pattern(grid: tuple[int, int], window: tuple[int, int], length: int = 5
             ratio = wh * ww / target_area
             if (fh, fw) == (1, 1) or not 0.125 <= ratio <= 8.0:
                 continue
-            candidates.append({"factors": (fh, fw), "area": abs(math.log(ratio)), "aspect": max(wh / ww, 1e-6),
-                               "gcd": math.log2(math.gcd(fh, wh)) + math.log2(math.gcd(fw, ww))})
+            candidates.append(
+                {
+                    "factors": (fh, fw),
+                    "area": abs(math.log(ratio)),
+                    "aspect": max(wh / ww, 1e-6),
+                    "gcd": math.log2(math.gcd(fh, wh)) + math.log2(math.gcd(fw, ww)),
+                }
+            )
     if not candidates:
         raise ValueError(f"no auto window pattern for a {gh}x{gw} token grid and a {th}x{tw} target window")
     chosen: list[tuple[int, int]] = []
     for aspect in (target_aspect, target_aspect / 2, target_aspect * 2, target_aspect / 4, target_aspect * 4):
         free = [c for c in candidates if c["factors"] not in chosen]
         if free:
-            chosen.append(min(free, key=lambda c: 1.5 * c["area"] + 0.6 * abs(math.log(c["aspect"] / aspect))
-                              + 0.15 * c["gcd"])["factors"])
+            chosen.append(
+                min(free, key=lambda c: 1.5 * c["area"] + 0.6 * abs(math.log(c["aspect"] / aspect)) + 0.15 * c["gcd"])[
+                    "factors"
+                ]
+            )
         if len(chosen) >= length:
             break
     for c in sorted(candidates, key=lambda c: (c["area"], c["gcd"])):
@@ -107,6 +118,9 @@ def window_settings(window: dict, resolution: int) -> dict:
         pattern_out = AUTO
     else:
         pattern_out = [list(p) for p in pattern] if pattern else None
-    return {"pattern": pattern_out, "window_size": list(size),
-            "max_windows_per_batch": int(window.get("max_windows_per_batch", 4)),
-            "checkpoint_chunks": bool(window.get("checkpoint_chunks", True))}
+    return {
+        "pattern": pattern_out,
+        "window_size": list(size),
+        "max_windows_per_batch": int(window.get("max_windows_per_batch", 4)),
+        "checkpoint_chunks": bool(window.get("checkpoint_chunks", True)),
+    }

@@ -19,12 +19,21 @@ def samples_for(spec: dict):
 
     records = records_from_metadata(pd.read_parquet(spec["data"]["metadata"]))
     if not records:
-        raise SystemExit(f"no training images: {spec['data']['metadata']} has no rows in split 'train' (every image "
-                         "may have been dropped by an earlier stage: paper_figures/table1_data_flow.csv shows where)")
-    logging.getLogger("pixverve.train.loop").info("%d training images (split train of %s)", len(records),
-                                             spec["data"]["metadata"])
-    return samples_from_records(records, int(spec["resolution"]), spec["data"]["caption"], bucket_multiple(spec),
-                                float(spec["data"]["bucket_max_ratio"]), sizes=spec["sizes"])
+        raise SystemExit(
+            f"no training images: {spec['data']['metadata']} has no rows in split 'train' (every image "
+            "may have been dropped by an earlier stage: paper_figures/table1_data_flow.csv shows where)"
+        )
+    logging.getLogger("pixverve.train.loop").info(
+        "%d training images (split train of %s)", len(records), spec["data"]["metadata"]
+    )
+    return samples_from_records(
+        records,
+        int(spec["resolution"]),
+        spec["data"]["caption"],
+        bucket_multiple(spec),
+        float(spec["data"]["bucket_max_ratio"]),
+        sizes=spec["sizes"],
+    )
 
 
 def main(argv=None) -> int:
@@ -39,8 +48,10 @@ def main(argv=None) -> int:
         try:
             import deepspeed  # noqa: F401
         except ImportError as exc:
-            raise SystemExit(f"train.distributed.strategy is deepspeed but DeepSpeed is not installed ({exc}); "
-                             "use the train conda env (envs/train.yaml) or strategy ddp/fsdp") from exc
+            raise SystemExit(
+                f"train.distributed.strategy is deepspeed but DeepSpeed is not installed ({exc}); "
+                "use the train conda env (envs/train.yaml) or strategy ddp/fsdp"
+            ) from exc
     memory = spec.get("memory") or {}
     if memory.get("expandable_segments"):  # read by torch at the first CUDA allocation (published at L2P 8K/10K)
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -1,2 +1,1 @@
-"""Stage 3, super-resolution (rules/upscale.smk): tiered tiled SR, the SR weights, the ODTSR runner.
-"""
+"""Stage 3, super-resolution (rules/upscale.smk): tiered tiled SR, the SR weights, the ODTSR runner."""

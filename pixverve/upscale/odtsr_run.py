@@ -48,9 +48,15 @@ def weight_files(qwen_path: Path) -> str:
     transformer = sorted(str(p) for p in (qwen_path / "transformer").glob("diffusion_pytorch_model-*.safetensors"))
     text = sorted(str(p) for p in (qwen_path / "text_encoder").glob("model-*.safetensors"))
     vae = qwen_path / "vae" / "diffusion_pytorch_model.safetensors"
-    missing = [name for name, ok in (("transformer shards", transformer), ("text encoder shards", text), (str(vae), vae.is_file())) if not ok]
+    missing = [
+        name
+        for name, ok in (("transformer shards", transformer), ("text encoder shards", text), (str(vae), vae.is_file()))
+        if not ok
+    ]
     if missing:
-        raise SystemExit(f"upscale.command.options.qwen_path: {qwen_path} lacks {', '.join(missing)} (a Qwen-Image download)")
+        raise SystemExit(
+            f"upscale.command.options.qwen_path: {qwen_path} lacks {', '.join(missing)} (a Qwen-Image download)"
+        )
     return json.dumps([transformer, text, str(vae)])
 
 
@@ -61,16 +67,24 @@ def load(options: dict):
             raise SystemExit(f"config key upscale.command.options.{key} is not set")
     example = Path(options["checkout"]) / "examples" / "qwen_image"
     if not (example / "generator.py").is_file():
-        raise SystemExit(f"upscale.command.options.checkout: {example / 'generator.py'} not found "
-                         "(git clone https://github.com/RedMediaTech/ODTSR)")
+        raise SystemExit(
+            f"upscale.command.options.checkout: {example / 'generator.py'} not found "
+            "(git clone https://github.com/RedMediaTech/ODTSR)"
+        )
     sys.path[:0] = [str(example), str(Path(options["checkout"]))]
     import torch
     from generator import Generator
     from wavelet_color_fix import adain_color_fix, wavelet_color_fix
 
     qwen = Path(options["qwen_path"])
-    model = Generator(torch_dtype=torch.bfloat16, pretrained_weights=weight_files(qwen), tokenizer_path=str(qwen / "tokenizer"),
-                      learning_rate=0, use_gradient_checkpointing=False, pretrained_ckpt_path_gen=options["trained_ckpt"])
+    model = Generator(
+        torch_dtype=torch.bfloat16,
+        pretrained_weights=weight_files(qwen),
+        tokenizer_path=str(qwen / "tokenizer"),
+        learning_rate=0,
+        use_gradient_checkpointing=False,
+        pretrained_ckpt_path_gen=options["trained_ckpt"],
+    )
     model.pipe.requires_grad_(False)
     device = options.get("device", "cuda")
     model = model.to(device=device)
@@ -91,10 +105,25 @@ def upscale_one(model, fixes: dict, job: dict, options: dict) -> None:
         img = im.convert("RGB")
     w, h = round(img.width * float(job["scale"])), round(img.height * float(job["scale"]))
     upsampled = img.resize((w, h), Image.BICUBIC)
-    canvas = Image.new("RGB", (padded_size(w, tile * VAE_FACTOR, stride * VAE_FACTOR), padded_size(h, tile * VAE_FACTOR, stride * VAE_FACTOR)), 0)
+    canvas = Image.new(
+        "RGB",
+        (
+            padded_size(w, tile * VAE_FACTOR, stride * VAE_FACTOR),
+            padded_size(h, tile * VAE_FACTOR, stride * VAE_FACTOR),
+        ),
+        0,
+    )
     canvas.paste(upsampled, (0, 0))
-    out = model.infer(prompt=job["prompt"], negative_prompt="", condition_image=canvas, cfg_scale=float(options["cfg"]),
-                      fidelity=float(options["fidelity"]), tiled=True, tile_size=tile, tile_stride=stride)
+    out = model.infer(
+        prompt=job["prompt"],
+        negative_prompt="",
+        condition_image=canvas,
+        cfg_scale=float(options["cfg"]),
+        fidelity=float(options["fidelity"]),
+        tiled=True,
+        tile_size=tile,
+        tile_stride=stride,
+    )
     out = out.crop((0, 0, w, h))
     fix = options["color_fix"]
     if fix != "none":

@@ -93,7 +93,9 @@ class SRBackend:
     whole_image: Callable[[Path, Path, int, str], None] | None = field(default=None, repr=False)
     # shard-batched command: (jobs still to do, io settings) -> (image_id, record or exception,
     # seconds) per image as each is finished, before the per-image loop
-    batch: Callable[[list[dict], dict], Iterator[tuple[str, dict | Exception, float]]] | None = field(default=None, repr=False)
+    batch: Callable[[list[dict], dict], Iterator[tuple[str, dict | Exception, float]]] | None = field(
+        default=None, repr=False
+    )
 
 
 def command_output(dst: Path) -> Path:
@@ -141,8 +143,11 @@ def _retile_checked(raw: Path, dst: Path, size: tuple[int, int], scale: int, io:
         code = "sr_wrong_size" if exc.code == "over_pixel_cap" else "sr_bad_output"
         raise SRImageFailed(f"SR output {raw.name} refused ({exc}); expected {want[0]}x{want[1]}", code) from exc
     if (got.width, got.height) != want:
-        raise SRImageFailed(f"SR output is {got.width}x{got.height}, expected {want[0]}x{want[1]} "
-                            f"(x{scale} of the {w}x{h} input after EXIF orientation)", "sr_wrong_size")
+        raise SRImageFailed(
+            f"SR output is {got.width}x{got.height}, expected {want[0]}x{want[1]} "
+            f"(x{scale} of the {w}x{h} input after EXIF orientation)",
+            "sr_wrong_size",
+        )
     try:
         rgb, _ = read_rgb(raw, cap, background=io["background"])
     except ImageError as exc:
@@ -258,15 +263,27 @@ def command_backend(template: str) -> SRBackend:
     input, the output checked by ``store_output``."""
 
     def whole_image(src: Path, dst: Path, scale: int, prompt: str) -> None:
-        cmd = template.format(input=shlex.quote(str(src)), output=shlex.quote(str(dst)), scale=scale,
-                              prompt=shlex.quote(prompt), workflow=WORKFLOW_ARG)
+        cmd = template.format(
+            input=shlex.quote(str(src)),
+            output=shlex.quote(str(dst)),
+            scale=scale,
+            prompt=shlex.quote(prompt),
+            workflow=WORKFLOW_ARG,
+        )
         res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
         if res.returncode in (126, 127):  # the shell could not find or run the program: every image would fail
             raise SRUnavailable(f"SR command cannot be run ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
         if res.returncode != 0:
             raise SRImageFailed(f"SR command failed ({res.returncode}): {cmd}\n{res.stderr[-2000:]}")
 
-    return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided="{prompt}" in template, whole_image=whole_image)
+    return SRBackend(
+        "command",
+        None,
+        None,
+        weights=template.split()[0] if template else "",
+        prompt_guided="{prompt}" in template,
+        whole_image=whole_image,
+    )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -284,10 +301,12 @@ def check_live_streams(template: str) -> None:
     words = shlex.split(template)
     runs = any(re.fullmatch(r"(.*/)?conda", a) and b == "run" for a, b in itertools.pairwise(words))
     if runs and not {"--no-capture-output", "--live-stream"} & set(words):
-        raise SRUnavailable("config key upscale.command.batch_template: `conda run` needs --no-capture-output here "
-                            "(e.g. conda run --no-capture-output -n odtsr python "
-                            "{workflow}/pixverve/upscale/odtsr_run.py {jobs}); "
-                            "the runner gets its jobs on stdin and answers on stdout while it runs")
+        raise SRUnavailable(
+            "config key upscale.command.batch_template: `conda run` needs --no-capture-output here "
+            "(e.g. conda run --no-capture-output -n odtsr python "
+            "{workflow}/pixverve/upscale/odtsr_run.py {jobs}); "
+            "the runner gets its jobs on stdin and answers on stdout while it runs"
+        )
 
 
 def command_batch_backend(template: str, options: dict | None = None) -> SRBackend:
@@ -315,7 +334,9 @@ def command_batch_backend(template: str, options: dict | None = None) -> SRBacke
         finally:
             runner.close()
 
-    return SRBackend("command", None, None, weights=template.split()[0] if template else "", prompt_guided=True, batch=batch)
+    return SRBackend(
+        "command", None, None, weights=template.split()[0] if template else "", prompt_guided=True, batch=batch
+    )
 
 
 class BatchRunner:
@@ -331,8 +352,15 @@ class BatchRunner:
         # while we wait for its stdout; the file's tail explains a crash
         self.stderr = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 -- closed by close()
         # same process group as this job: Ctrl-C or a cancelled job reaches the runner too
-        self.proc = subprocess.Popen(self.cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+        )
         self.answered = 0
         self.exited = ""  # why the rest is not run, once the runner has exited mid-shard
 
@@ -346,8 +374,15 @@ class BatchRunner:
             leftover.unlink(missing_ok=True)
         size = prepare_input(Path(job["src"]), inp, io)
         try:
-            answer = self.ask({"image_id": job["image_id"], "input": str(inp), "output": str(raw), "scale": job["scale"],
-                               "prompt": job["prompt"]})
+            answer = self.ask(
+                {
+                    "image_id": job["image_id"],
+                    "input": str(inp),
+                    "output": str(raw),
+                    "scale": job["scale"],
+                    "prompt": job["prompt"],
+                }
+            )
         finally:
             inp.unlink(missing_ok=True)
         if not answer.startswith("ok "):
@@ -419,15 +454,21 @@ def build_backend(spec: dict) -> SRBackend:
     if backend == "realesrgan":
         return spandrel_backend(spec["realesrgan"]["weights"], device=resolve_device(spec.get("device", "auto")))
     if backend == "sd-x4":
-        return sd_x4_backend(dict(spec["sd_x4"], prompt=spec.get("prompt", "")), device=resolve_device(spec.get("device", "auto")))
+        return sd_x4_backend(
+            dict(spec["sd_x4"], prompt=spec.get("prompt", "")), device=resolve_device(spec.get("device", "auto"))
+        )
     if backend == "command":
         command = spec.get("command") or {}
         if command.get("batch_template"):
             if "{jobs}" not in command["batch_template"]:
-                raise SRUnavailable("config key upscale.command.batch_template: must contain {jobs} (the JSON job list)")
+                raise SRUnavailable(
+                    "config key upscale.command.batch_template: must contain {jobs} (the JSON job list)"
+                )
             return command_batch_backend(command["batch_template"], command.get("options"))
         if not command.get("template"):
-            raise SRUnavailable("upscale.backend is command but neither upscale.command.template nor batch_template is set")
+            raise SRUnavailable(
+                "upscale.backend is command but neither upscale.command.template nor batch_template is set"
+            )
         return command_backend(command["template"])
     raise SRUnavailable(f"upscale.backend: unknown backend {backend!r}")
 
@@ -444,7 +485,9 @@ def tile_function(backend: SRBackend, scale: int) -> Callable[[list[np.ndarray]]
 
         def down(tiles):
             outs = backend.run(tiles, m)
-            return [cv2.resize(o, (o.shape[1] // factor, o.shape[0] // factor), interpolation=cv2.INTER_AREA) for o in outs]
+            return [
+                cv2.resize(o, (o.shape[1] // factor, o.shape[0] // factor), interpolation=cv2.INTER_AREA) for o in outs
+            ]
 
         return down
     raise SRUnavailable(f"backend {backend.name} upscales x{m}; it cannot make a x{scale} tier")
@@ -464,7 +507,9 @@ def command_image(src: Path, dst: Path, scale: int, backend: SRBackend, io: dict
     return store_output(raw, dst, size, scale, io)
 
 
-def upscale_image(src: Path, dst: Path, scale: int, backend: SRBackend, spec: dict, max_megapixels: float, background, progress=None) -> dict:
+def upscale_image(
+    src: Path, dst: Path, scale: int, backend: SRBackend, spec: dict, max_megapixels: float, background, progress=None
+) -> dict:
     """Upscale (or archive, scale 1) one image into a tiled BigTIFF at ``dst``; return its record."""
     out_cfg = spec["output"]
     tile_px, stride_px = int(spec["tile_px"]), int(spec["stride_px"])
@@ -500,12 +545,22 @@ def _apply(row: dict, result: dict | Exception) -> str:
         row.update(result)
         return "done"
     code = result.code if isinstance(result, (ImageError, SRImageFailed)) else "sr_failed"
-    row.update(passed=False, reason=code, reason_detail=f"{type(result).__name__}: {result}", out_width=0, out_height=0,
-               tile_px=0, stride_px=0, tiles=0)
+    row.update(
+        passed=False,
+        reason=code,
+        reason_detail=f"{type(result).__name__}: {result}",
+        out_width=0,
+        out_height=0,
+        tile_px=0,
+        stride_px=0,
+        tiles=0,
+    )
     return "failed"
 
 
-def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int = 1, backend: SRBackend | None = None, log=print):
+def upscale_shard(
+    rows, config: dict, out_dir: Path, base_dir=".", threads: int = 1, backend: SRBackend | None = None, log=print
+):
     """SR every candidate of one shard; images whose output exists are skipped (resume).
 
     ``rows`` needs image_id, root, relpath, shard, sr_tier, sr_scale.  Returns (table, timings):
@@ -534,14 +589,24 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
     records, timings = [], []
     batched = {}  # image_id -> (record or exception, seconds) from a batch command
     if backend is not None and backend.batch is not None:  # one process for the shard's images still to do
-        jobs = [{"image_id": r["image_id"], "src": str(image_path(roots, r["root"], r["relpath"])),
-                 "dst": str(out_dir / f"{r['image_id']}.tif"), "scale": int(r["sr_scale"]), "prompt": spec.get("prompt", "")}
-                for r in rows.to_dict("records") if int(r["sr_scale"]) > 1 and not (out_dir / f"{r['image_id']}.tif").exists()]
+        jobs = [
+            {
+                "image_id": r["image_id"],
+                "src": str(image_path(roots, r["root"], r["relpath"])),
+                "dst": str(out_dir / f"{r['image_id']}.tif"),
+                "scale": int(r["sr_scale"]),
+                "prompt": spec.get("prompt", ""),
+            }
+            for r in rows.to_dict("records")
+            if int(r["sr_scale"]) > 1 and not (out_dir / f"{r['image_id']}.tif").exists()
+        ]
         log(f"SR batch command: {len(jobs)} images in one process")
         io = {"max_megapixels": cap, "background": background, "output": spec["output"]}
         for n, (image_id, result, seconds) in enumerate(backend.batch(jobs, io), 1):
             batched[image_id] = (result, seconds)
-            log(f"SR batch {n}/{len(jobs)}: {image_id} {'done' if isinstance(result, dict) else f'failed ({result})'} in {seconds:.1f} s")
+            log(
+                f"SR batch {n}/{len(jobs)}: {image_id} {'done' if isinstance(result, dict) else f'failed ({result})'} in {seconds:.1f} s"
+            )
     for rec in tqdm(rows.to_dict("records"), desc="upscale", unit="img", mininterval=2):
         scale = int(rec["sr_scale"])
         dst = out_dir / f"{rec['image_id']}.tif"
@@ -581,7 +646,11 @@ def upscale_shard(rows, config: dict, out_dir: Path, base_dir=".", threads: int 
             status = "existing"
         else:
             try:
-                row.update(upscale_image(image_path(roots, rec["root"], rec["relpath"]), dst, scale, used, spec, cap, background))
+                row.update(
+                    upscale_image(
+                        image_path(roots, rec["root"], rec["relpath"]), dst, scale, used, spec, cap, background
+                    )
+                )
                 status = "done"
             except SRUnavailable:
                 raise  # a broken backend is the job's error, not one image's

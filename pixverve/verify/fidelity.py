@@ -179,7 +179,11 @@ def lpips_tiled(model, a: np.ndarray, b: np.ndarray, tile_px: int = 1024, device
             for x0, x1 in zip(xs, xs[1:]):
                 ta, tb = (
                     torch.from_numpy(np.array(im[y0:y1, x0:x1]))  # a small tile copy (the source may be read-only)
-                    .to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
+                    .to(device)
+                    .permute(2, 0, 1)[None]
+                    .float()
+                    / 127.5
+                    - 1
                     for im in (a, b)
                 )
                 total += float(model(ta, tb).item()) * (y1 - y0) * (x1 - x0)
@@ -262,8 +266,12 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
             )
             if ratios:
                 axis, pos, worst = max(ratios, key=lambda t: t[2])
-                row.update(n_seams=len(ratios), max_seam_ratio=round(worst, 6), worst_seam=f"{axis}={pos}",
-                           seams=json.dumps([[a, int(q), round(float(r), 4)] for a, q, r in ratios]))
+                row.update(
+                    n_seams=len(ratios),
+                    max_seam_ratio=round(worst, 6),
+                    worst_seam=f"{axis}={pos}",
+                    seams=json.dumps([[a, int(q), round(float(r), 4)] for a, q, r in ratios]),
+                )
         row["seam_ok"] = row["max_seam_ratio"] <= row["seam_max_ratio"]
         back = downsample_to(sr, src.shape[1], src.shape[0]) if sr.shape[:2] != src.shape[:2] else sr
         del sr
@@ -272,15 +280,27 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
         lpips_ok = max_lpips is None or math.isnan(row["lpips"]) or row["lpips"] <= max_lpips  # null: recorded only
         row["consistency_ok"] = row["psnr"] >= row["min_psnr"] and row["ssim"] >= row["min_ssim"] and lpips_ok
         if not row["seam_ok"]:
-            rows.append(fail(row, "seam", f"seam at {row['worst_seam']} px: step ratio {row['max_seam_ratio']:.2f} > {row['seam_max_ratio']:g}"))
+            rows.append(
+                fail(
+                    row,
+                    "seam",
+                    f"seam at {row['worst_seam']} px: step ratio {row['max_seam_ratio']:.2f} > {row['seam_max_ratio']:g}",
+                )
+            )
         elif not row["consistency_ok"]:
             rows.append(
-                fail(row, "consistency", f"downsampled SR vs source: PSNR {row['psnr']:.2f} dB (min {row['min_psnr']:g}), "
-                     f"SSIM {row['ssim']:.3f} (min {row['min_ssim']:g}), LPIPS {row['lpips']:.3f} (max {row['max_lpips']:g})")
+                fail(
+                    row,
+                    "consistency",
+                    f"downsampled SR vs source: PSNR {row['psnr']:.2f} dB (min {row['min_psnr']:g}), "
+                    f"SSIM {row['ssim']:.3f} (min {row['min_ssim']:g}), LPIPS {row['lpips']:.3f} (max {row['max_lpips']:g})",
+                )
             )
         else:
             rows.append(ok(row))
-        log(f"{rec['relpath']}: seam {row['max_seam_ratio']:.2f}, PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.3f}, LPIPS {row['lpips']:.3f} -> {rows[-1]['reason'] or 'ok'}")
+        log(
+            f"{rec['relpath']}: seam {row['max_seam_ratio']:.2f}, PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.3f}, LPIPS {row['lpips']:.3f} -> {rows[-1]['reason'] or 'ok'}"
+        )
     return pd.DataFrame(rows)
 
 
@@ -308,11 +328,19 @@ def decide_stage4(verify, regions, upscaled):
         row["output_path"] = out_paths.get(v["image_id"], "")
         if not v["passed"]:
             check = next(c for c, table, codes in STAGE4_CHECKS if table == "verify" and v["reason"] in codes)
-            row.update(passed=False, failed_check=check, reason=v["reason"], reason_detail=v["reason_detail"], judge_smoke=False)
+            row.update(
+                passed=False,
+                failed_check=check,
+                reason=v["reason"],
+                reason_detail=v["reason_detail"],
+                judge_smoke=False,
+            )
         else:
             r = regions_by_id.get(v["image_id"])
             if r is None:
-                raise ValueError(f"image {v['image_id']} passed seam/consistency but has no region judgment: the regions tables are incomplete")
+                raise ValueError(
+                    f"image {v['image_id']} passed seam/consistency but has no region judgment: the regions tables are incomplete"
+                )
             row.update(
                 passed=bool(r["passed"]),
                 failed_check="" if r["passed"] else "regions",
@@ -321,8 +349,22 @@ def decide_stage4(verify, regions, upscaled):
                 judge_smoke=bool(r["smoke"]),
             )
         rows.append(row)
-    decisions = pd.DataFrame(rows, columns=["image_id", "root", "relpath", "shard", "scale", "output_path", "passed",
-                                            "failed_check", "reason", "reason_detail", "judge_smoke"])
+    decisions = pd.DataFrame(
+        rows,
+        columns=[
+            "image_id",
+            "root",
+            "relpath",
+            "shard",
+            "scale",
+            "output_path",
+            "passed",
+            "failed_check",
+            "reason",
+            "reason_detail",
+            "judge_smoke",
+        ],
+    )
     counts, remaining = [], len(decisions)
     for check, _, _ in STAGE4_CHECKS:
         dropped = int((decisions["failed_check"] == check).sum())

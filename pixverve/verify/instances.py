@@ -37,9 +37,19 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     for chunk in tqdm(list(chunks(recs, 4)), desc="judge instances", unit="batch", mininterval=2):
         requests, meta = [], []
         for rec in chunk:
-            images[rec["image_id"]] = id_columns(rec) | {"n_instances": 0, "n_flagged": 0, "n_unjudged": 0, "n_failed": 0, "judge_status": "skipped", "judge_error": "", "max_flagged": max_flagged,
-                                                    "invalid_policy": policy, "judge_model": judge.model_name, "prompt_sha": sha,
-                                                    "smoke": bool(judge.smoke)}
+            images[rec["image_id"]] = id_columns(rec) | {
+                "n_instances": 0,
+                "n_flagged": 0,
+                "n_unjudged": 0,
+                "n_failed": 0,
+                "judge_status": "skipped",
+                "judge_error": "",
+                "max_flagged": max_flagged,
+                "invalid_policy": policy,
+                "judge_model": judge.model_name,
+                "prompt_sha": sha,
+                "smoke": bool(judge.smoke),
+            }
             if not view_file(views_dir, rec["image_id"]).exists():  # caption_tags could not read it
                 images[rec["image_id"]]["unreadable"] = True
                 continue
@@ -54,17 +64,41 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
             with TiledImage(out_paths[rec["image_id"]]) as tiled:
                 for inst in instances:
                     crop, region = instance_crop(tiled, view, inst["box"], pad, int(spec["crop_px"]))
-                    requests.append(("instance_artifact", f"{rec['image_id']}:{inst['instance']}", [user_message(prompt, [crop])], REGION_SCHEMA))
-                    meta.append({"image_id": rec["image_id"], "shard": rec["shard"], "instance": inst["instance"], "label": inst["label"],
-                                 "crop_x": region[0], "crop_y": region[1], "crop_w": region[2], "crop_h": region[3]})
+                    requests.append(
+                        (
+                            "instance_artifact",
+                            f"{rec['image_id']}:{inst['instance']}",
+                            [user_message(prompt, [crop])],
+                            REGION_SCHEMA,
+                        )
+                    )
+                    meta.append(
+                        {
+                            "image_id": rec["image_id"],
+                            "shard": rec["shard"],
+                            "instance": inst["instance"],
+                            "label": inst["label"],
+                            "crop_x": region[0],
+                            "crop_y": region[1],
+                            "crop_w": region[2],
+                            "crop_h": region[3],
+                        }
+                    )
         for m, res in zip(meta, judge.run_many(requests) if requests else [], strict=True):
             flagged = res.status == "ok" and bool(res.parsed["flagged"])
-            inst_rows.append(m | {
-                "status": res.status, "flagged": flagged,
-                "judge_reason": str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else "",
-                "replies": json.dumps(res.raw_replies), "request_options": res.request_options,
-                "error": res.error, "attempts": res.attempts, "smoke": bool(judge.smoke),
-            })
+            inst_rows.append(
+                m
+                | {
+                    "status": res.status,
+                    "flagged": flagged,
+                    "judge_reason": str(res.parsed.get("reason", "")) if isinstance(res.parsed, dict) else "",
+                    "replies": json.dumps(res.raw_replies),
+                    "request_options": res.request_options,
+                    "error": res.error,
+                    "attempts": res.attempts,
+                    "smoke": bool(judge.smoke),
+                }
+            )
             row = images[m["image_id"]]
             row["n_instances"] += 1
             row["n_flagged"] += int(flagged)
@@ -75,16 +109,70 @@ def judge_instances_shard(masks, config: dict, views_dir, upscaled, judge, promp
     for row in images.values():
         error = row.pop("model_error", None)
         if row.pop("unreadable", False):
-            out.append(fail(row, "unreadable", "the SR output could not be read for its analysis copy (see caption_tags)"))
+            out.append(
+                fail(row, "unreadable", "the SR output could not be read for its analysis copy (see caption_tags)")
+            )
         elif error is not None:
-            out.append(fail(row, MODEL_FAILED, f"an earlier stage-5 step failed on the image, its instances are unknown: {error[:400]}"))
+            out.append(
+                fail(
+                    row,
+                    MODEL_FAILED,
+                    f"an earlier stage-5 step failed on the image, its instances are unknown: {error[:400]}",
+                )
+            )
         else:
-            out.append(judged_outcome(row, row["n_instances"], "instance_artifacts", "instance crops", policy,
-                                      failures.get(row["image_id"], [])))
-        log(f"{row['relpath']}: {row['n_flagged']}/{row['n_instances']} instance crops flagged, {row['n_unjudged']} unjudged -> {out[-1]['reason'] or 'ok'}")
-    gate_table(pd.DataFrame(out), "verify_instances", "judge_status", "judge_error", config, "verify", backend_name(judge))
-    columns = ["image_id", "shard", "instance", "label", "crop_x", "crop_y", "crop_w", "crop_h", "status", "flagged", "judge_reason",
-               "replies", "request_options", "error", "attempts", "smoke"]
-    image_columns = ["image_id", "passed", "reason", "reason_detail", "root", "relpath", "shard", "n_instances", "n_flagged",
-                     "n_unjudged", "n_failed", "judge_status", "judge_error", "max_flagged", "invalid_policy", "judge_model", "prompt_sha", "smoke"]
+            out.append(
+                judged_outcome(
+                    row,
+                    row["n_instances"],
+                    "instance_artifacts",
+                    "instance crops",
+                    policy,
+                    failures.get(row["image_id"], []),
+                )
+            )
+        log(
+            f"{row['relpath']}: {row['n_flagged']}/{row['n_instances']} instance crops flagged, {row['n_unjudged']} unjudged -> {out[-1]['reason'] or 'ok'}"
+        )
+    gate_table(
+        pd.DataFrame(out), "verify_instances", "judge_status", "judge_error", config, "verify", backend_name(judge)
+    )
+    columns = [
+        "image_id",
+        "shard",
+        "instance",
+        "label",
+        "crop_x",
+        "crop_y",
+        "crop_w",
+        "crop_h",
+        "status",
+        "flagged",
+        "judge_reason",
+        "replies",
+        "request_options",
+        "error",
+        "attempts",
+        "smoke",
+    ]
+    image_columns = [
+        "image_id",
+        "passed",
+        "reason",
+        "reason_detail",
+        "root",
+        "relpath",
+        "shard",
+        "n_instances",
+        "n_flagged",
+        "n_unjudged",
+        "n_failed",
+        "judge_status",
+        "judge_error",
+        "max_flagged",
+        "invalid_policy",
+        "judge_model",
+        "prompt_sha",
+        "smoke",
+    ]
     return pd.DataFrame(out, columns=image_columns), pd.DataFrame(inst_rows, columns=columns)

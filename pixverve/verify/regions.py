@@ -74,7 +74,9 @@ def choose_patches(variances: np.ndarray, image_id: str, n_sobel: int, n_random:
     return [(i, "sobel") for i in top] + [(int(i), "random") for i in drawn]
 
 
-def judged_outcome(row: dict, n_judged: int, code: str, what: str, policy: str, failures: list[tuple[str, str]] = ()) -> dict:
+def judged_outcome(
+    row: dict, n_judged: int, code: str, what: str, policy: str, failures: list[tuple[str, str]] = ()
+) -> dict:
     """An image's verdict from its judged items (patches, instance crops): too many flagged is
     ``code``; an item the judge failed on (HTTP error, timeout, empty or refusal-like answer)
     rejects it as ``judge_failed`` -- a check that did not run is never a pass -- and one without
@@ -90,9 +92,17 @@ def judged_outcome(row: dict, n_judged: int, code: str, what: str, policy: str, 
     if row["n_flagged"] > row["max_flagged"]:
         return fail(row, code, f"{row['n_flagged']} of {n_judged} {what} flagged (max {row['max_flagged']})")
     if hard:
-        return fail(row, "judge_failed", f"the judge failed on {len(hard)} of {n_judged} {what}; first: {hard[0][0]}: {hard[0][1][:300]}")
+        return fail(
+            row,
+            "judge_failed",
+            f"the judge failed on {len(hard)} of {n_judged} {what}; first: {hard[0][0]}: {hard[0][1][:300]}",
+        )
     if row["n_unjudged"] and policy == "drop":
-        return fail(row, "judge_unparseable", f"{row['n_unjudged']} of {n_judged} {what} got no valid reply (vlm.invalid_policy: drop)")
+        return fail(
+            row,
+            "judge_unparseable",
+            f"{row['n_unjudged']} of {n_judged} {what} got no valid reply (vlm.invalid_policy: drop)",
+        )
     return ok(row)
 
 
@@ -162,7 +172,9 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
             for index, why in choose_patches(variances, rec["image_id"], int(r["n_sobel"]), int(r["n_random"])):
                 x, y, w, h = boxes[index]
                 request_id = f"{rec['image_id']}:{x},{y}"
-                requests.append(("region_artifact", request_id, [user_message(prompt, [sr[y : y + h, x : x + w]])], REGION_SCHEMA))
+                requests.append(
+                    ("region_artifact", request_id, [user_message(prompt, [sr[y : y + h, x : x + w]])], REGION_SCHEMA)
+                )
                 chunk_rows.append(
                     {
                         "image_id": rec["image_id"],
@@ -208,9 +220,38 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
         if "passed" in row:  # already decided (unreadable)
             images.append(row)
         else:
-            images.append(judged_outcome(row, row["n_judged"], "region_artifacts", "patches", policy, failures.get(row["image_id"], [])))
-        log(f"{row['relpath']}: {row['n_flagged']}/{row['n_judged']} flagged, {row['n_unjudged']} unjudged -> {images[-1]['reason'] or 'ok'}")
-    gate_table(pd.DataFrame(images), "verify_regions", "judge_status", "judge_error", config, "verify", backend_name(judge))
-    columns = ["image_id", "shard", "patch_index", "x", "y", "w", "h", "sobel_var", "picked", "status", "flagged",
-               "judge_reason", "parsed", "raw_replies", "request_options", "attempts", "error", "smoke", "passed", "reason", "reason_detail"]
+            images.append(
+                judged_outcome(
+                    row, row["n_judged"], "region_artifacts", "patches", policy, failures.get(row["image_id"], [])
+                )
+            )
+        log(
+            f"{row['relpath']}: {row['n_flagged']}/{row['n_judged']} flagged, {row['n_unjudged']} unjudged -> {images[-1]['reason'] or 'ok'}"
+        )
+    gate_table(
+        pd.DataFrame(images), "verify_regions", "judge_status", "judge_error", config, "verify", backend_name(judge)
+    )
+    columns = [
+        "image_id",
+        "shard",
+        "patch_index",
+        "x",
+        "y",
+        "w",
+        "h",
+        "sobel_var",
+        "picked",
+        "status",
+        "flagged",
+        "judge_reason",
+        "parsed",
+        "raw_replies",
+        "request_options",
+        "attempts",
+        "error",
+        "smoke",
+        "passed",
+        "reason",
+        "reason_detail",
+    ]
     return pd.DataFrame(images), pd.DataFrame(patch_rows, columns=columns)
