@@ -43,12 +43,15 @@ from torch import nn
 from pixverve.models.loading import ModelUnavailable
 
 # scheme II pattern parsing lives in a torch-free module (the config check runs in every env)
-from pixverve.train.patterns import (
+# (re-exported: callers use tm.window_settings, tm.PATTERN_PRESETS, ...)
+from pixverve.train.patterns import (  # noqa: F401
     AUTO,
+    PATTERN_PRESETS,
     auto_pattern,
     block_factors,
-    default_pattern,  # noqa: F401
+    default_pattern,
     parse_pattern,
+    window_settings,
 )
 
 TOKEN_PIXELS_FLUX2 = 16  # VAE factor 8 x 2x2 patchify
