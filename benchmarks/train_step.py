@@ -132,17 +132,15 @@ REAL_RES = {"4k": 4096, "8k": 8192, "10k": 10240}
 QUICK_RES = {"4k": 256, "8k": 512, "10k": 640}  # L2P: the same 4 x 4 token grid at patch 64/128/160
 
 
-def real_step(args) -> dict:
+def build_real(args, device, dtype) -> dict:
+    """The --real-shapes model of one scheme and preset with its inputs: model, forward(), target,
+    resolution, tokens.  On the meta device it allocates nothing (tests/test_benchmarks_quick.py
+    builds every preset at the real shapes that way, so the mode cannot rot unseen)."""
     import torch
-    import torch.nn.functional as F
     from diffusers import Flux2Transformer2DModel, ZImageTransformer2DModel
 
     from pixverve.train import models as tm
-    from pixverve.train.loop import peak_memory_mb
 
-    device = torch.device(args.device)
-    # bf16 weights (and Adam states) as in the published runs; fp32 on a CPU (no fast bf16 matmul there)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     res = (QUICK_RES if args.quick else REAL_RES)[args.preset]
     torch.manual_seed(0)
     if args.scheme == "scheme3_l2p":
@@ -201,6 +199,20 @@ def real_step(args) -> dict:
             )[0]
 
         target = torch.randn_like(hidden)
+    return {"model": model, "forward": forward, "target": target, "resolution": res, "tokens": tokens}
+
+
+def real_step(args) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from pixverve.train.loop import peak_memory_mb
+
+    device = torch.device(args.device)
+    # bf16 weights (and Adam states) as in the published runs; fp32 on a CPU (no fast bf16 matmul there)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    built = build_real(args, device, dtype)
+    model, forward, target, res, tokens = (built[k] for k in ("model", "forward", "target", "resolution", "tokens"))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01)
     times = []
@@ -228,6 +240,7 @@ def real_table(args) -> None:
     print(
         f"{'scheme':<16} {'preset':>6} {'px':>6} {'tokens':>7} {'params M':>10} {'trainable M':>12} {'s/step':>9} {'peak MB':>9}"
     )
+    failed = []
     for preset in args.presets:
         for scheme in REAL_SCHEMES:
             cmd = [
@@ -250,6 +263,7 @@ def real_table(args) -> None:
                 print(
                     f"{scheme:<16} {preset:>6} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
                 )
+                failed.append(f"{scheme} {preset}: {out.stderr[-2000:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
@@ -257,6 +271,8 @@ def real_table(args) -> None:
                 f"{r['trainable_m']:>12.1f} {r['step_s']:>9.3f} {r['peak_mb']:>9.0f}",
                 flush=True,
             )
+    if failed and args.quick:  # on a GPU a preset may not fit (a result); in CI's tiny mode a failure is a bug
+        raise SystemExit("\n".join(failed))
 
 
 def main() -> None:
