@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: demo test lint report clean-demo slurm-profile envs
+.PHONY: demo test lint docs report clean-demo slurm-profile envs
 
 $(BIN)/.installed: requirements.txt constraints.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ lint: $(BIN)/.installed
 	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The docs site (mkdocs.yml, docs/): config-key tables generated from config.yaml and its schema;
+# --strict fails on a broken link or a page missing from the nav.  Output in site/ (git-ignored).
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 report: $(BIN)/.installed
 	$(BIN)/snakemake --configfile configs/demo.yaml --report results/report.html

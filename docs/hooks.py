@@ -1,12 +1,12 @@
 """mkdocs hook: config-key tables generated from config.yaml and schemas/config.schema.yaml.
 
-A page holds a marker such as ``<!-- config-keys: purify -->`` (or several prefixes,
-``<!-- config-keys: sr_tiers upscale -->``); at build time it becomes a table with one row per leaf
+A page holds a marker line such as ``<!-- config-keys: purify -->`` (or several prefixes,
+``<!-- config-keys: sr_tiers upscale -->``), alone on its line; at build time it becomes a table with one row per leaf
 key under those prefixes: the key path, its type and constraints (from the schema), the value in
 ``config.yaml`` (the paper's run) and ``configs/demo.yaml`` where the demo differs, and a
 description. The description is the key's own comment in config.yaml (inline, else the comment
-block right above it), else the schema's ``description``, else the comment that covers it (a
-comment above a run of keys, or the line a flow mapping sits on). Values come from
+block right above it), else the schema's ``description``, else the comment of the line a flow
+mapping holding it sits on, else the nearest schema ``description`` above it. Values come from
 ``yaml.safe_load`` only; comments are read line by line, never evaluated. So the docs cannot
 drift from the code: tests/test_docs.py checks that every leaf key of config.yaml is in a table
 with a description.
@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"<!--\s*config-keys:\s*([^>]*?)\s*-->")
+MARKER = re.compile(r"^<!--\s*config-keys:\s*([^>]*?)\s*-->[ \t]*$", re.M)
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<dash>- )?(?P<key>\"[^\"]+\"|[A-Za-z0-9_.]+):(?:\s+|$)(?P<rest>.*)$")
 
 
@@ -60,13 +60,11 @@ def _depth(text: str) -> int:
 
 
 def config_comments(path: Path) -> dict[str, dict[str, str]]:
-    """Per key path (``a.b``, ``a.list[].c``): its inline comment, the comment block above it, and the
-    comment that covers it (the block above the run of sibling keys it belongs to)."""
+    """Per key path (``a.b``, ``a.list[].c``): its inline comment and the comment block right above it."""
     out: dict[str, dict[str, str]] = {}
     stack: list[tuple[int, str]] = []  # (column, name)
     pending: list[str] = []  # comment lines above the next key
-    covering: dict[int, str] = {}  # column -> block comment of the run of keys at that column
-    open_flow, block_scalar_col = 0, None
+    open_flow, block_scalar_col, record = 0, None, None
     for raw in path.read_text().splitlines():
         stripped = raw.strip()
         col = len(raw) - len(raw.lstrip())
@@ -74,11 +72,14 @@ def config_comments(path: Path) -> dict[str, dict[str, str]]:
             if not stripped or col > block_scalar_col:
                 continue
             block_scalar_col = None
-        if open_flow > 0:
-            open_flow += _depth(_split_comment(raw)[0])
+        if open_flow > 0:  # a flow mapping/list over several lines: its comment may end the last one
+            text, comment = _split_comment(raw)
+            open_flow += _depth(text)
+            if comment and record is not None and not record["inline"]:
+                record["inline"] = comment
             continue
         if not stripped:
-            pending, covering = [], {}
+            pending = []
             continue
         if stripped.startswith("#"):
             pending.append(stripped.lstrip("#").strip())
@@ -98,12 +99,8 @@ def config_comments(path: Path) -> dict[str, dict[str, str]]:
         stack.append((key_col, name))
         value, inline = _split_comment(m["rest"])
         above = " ".join(pending)
-        for c in [c for c in covering if c > key_col]:
-            del covering[c]
-        if above:
-            covering[key_col] = above
         dotted = ".".join(n for _, n in stack).replace(".[]", "[]")
-        out.setdefault(dotted, {"inline": inline, "above": above, "covering": covering.get(key_col, "")})
+        record = out.setdefault(dotted, {"inline": inline, "above": above})
         pending = []
         if value.startswith((">", "|")):
             block_scalar_col = key_col
