@@ -7,7 +7,7 @@ import os
 # Threads, memory (mem_mb) and runtime (minutes) of every job are in its rule (rules/*.smk); a
 # site changes any of them per rule in its own profile (set-threads / set-resources), and adds
 # partition, constraint or GPU model there (profiles/slurm/config.yaml).  profiles/default holds
-# the groups and retries (README "Running the paper's configuration on a cluster").
+# the groups and retries (docs/cluster.md).
 
 # A git module (snakefile: github(...) / gitlab(...) / gitfile(...)) is not supported: the
 # workflow imports its pixverve package and runs its scripts from a folder on disk.
@@ -16,7 +16,7 @@ if not isinstance(workflow.current_basedir, os.PathLike):
         f"pixverve is used as a module from {workflow.current_basedir}, a git source: not "
         "supported (the pixverve package, scripts and envs must be files on disk). Clone it "
         "and point the module at the clone: snakefile: <clone>/Snakefile, and on a cluster "
-        "add --workflow-profile <clone>/profiles/default (README, 'Running outside the checkout')."
+        "add --workflow-profile <clone>/profiles/default (docs/cluster.md, 'Running outside the checkout')."
     )
 
 

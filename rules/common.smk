@@ -39,10 +39,10 @@ check_config(config)
 # conda-forge's CUDA builds of pytorch need the virtual package __cuda, which conda detects from
 # the GPU driver: on a GPU-less submit host (where Snakemake creates the envs, also mid-run after
 # the checkpoint) software.cuda_override declares it for every conda this process starts; the
-# user's own CONDA_OVERRIDE_CUDA (even empty) wins (rules/envs.smk, README "make envs").
+# user's own CONDA_OVERRIDE_CUDA (even empty) wins (rules/envs.smk, docs/cluster.md "Software: per-rule conda envs").
 set_cuda_override(config)
 # config values naming shipped files (prompts/..., schemas/...): the working directory's copy
-# when it has one, else the workflow folder's (README, "Running outside the checkout")
+# when it has one, else the workflow folder's (docs/cluster.md, "Running outside the checkout")
 resolve_shipped_files(config, WORKFLOW_DIR)
 
 

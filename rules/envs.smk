@@ -1,5 +1,5 @@
 # The conda envs (envs/*.yaml) as jobs of their own, so that all of them can be made before a run
-# (README "Software: per-rule conda envs"):
+# (docs/cluster.md, "Software: per-rule conda envs"):
 #   make envs    # = snakemake --sdm conda --conda-create-envs-only conda_envs (+ your --profile)
 # Snakemake names an env's folder by the md5 of the conda prefix, the env file's content and its
 # post-deploy script (snakemake/deployment/conda.py, Env._get_hash), never by the rule or the

@@ -1,5 +1,5 @@
-"""Small PNGs of an atlas (index, one image page, the bench page) for the README, taken in the
-headless Chromium the tests use (playwright driving the system's chromium, no browser download).
+"""Small PNGs of an atlas (index, one image page, the bench page) for the README and docs/atlas.md,
+taken in the headless Chromium the tests use (playwright driving the system's chromium, no browser download).
 
     python -m pixverve.atlas.screenshots results/atlas docs/atlas [--image IMAGE_ID]
 """

@@ -2,7 +2,7 @@
 
 Nothing is requested until ``collect.<source>.terms_acknowledgement`` names the permission the
 user holds for this use (both APIs' terms restrict building datasets / training models from
-their content; README, "Stage 1 sources"); the text is kept on every row of the collect table.
+their content; docs/stages/collect.md); the text is kept on every row of the collect table.
 
 Each collector walks its API listings (search queries and the curated/editorial list, page by
 page to the end or ``max_pages``), screens every photo by the API's width and height *before*

@@ -121,6 +121,6 @@ def terms_acknowledgement(cfg: dict, source: str) -> str:
             f"of the permission you hold: at least {MIN_WORDS} words, one naming it (permission, licence, "
             f"agreement, contract, consent, approval), no negation or placeholder (no, not, none, n/a, tbd, todo, "
             f'<...>), e.g. "written permission from {source.capitalize()}, 2026-05-01, ticket 1234"; it is '
-            f"recorded in results/collect/{source}.parquet. See README, 'Stage 1 sources'."
+            f"recorded in results/collect/{source}.parquet. See docs/stages/collect.md, 'Pexels and Unsplash'."
         )
     return value.strip()

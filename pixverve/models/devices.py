@@ -46,6 +46,6 @@ def resolve_device(setting: str) -> str:
     raise RuntimeError(
         f"{why} but torch {torch.__version__} sees no CUDA device (torch.version.cuda = "
         f"{torch.version.cuda}): a CPU build of pytorch in this env, or no driver on the node. "
-        "Build the conda envs with CONDA_OVERRIDE_CUDA set on a GPU-less submit host (README), "
+        "Build the conda envs with CONDA_OVERRIDE_CUDA set on a GPU-less submit host (docs/cluster.md), "
         f"set the step's `device: cpu` to run on the CPU, or {ALLOW_CPU_ENV}=1 to allow the CPU."
     )

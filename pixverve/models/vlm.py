@@ -404,8 +404,8 @@ class VLMClient:
             first = next(iter(self._failing_images.values()))
             raise StepFailed(
                 f"model server {self.settings.base_url} (model {self.settings.model!r}): every request of {limit} images in a "
-                f"row failed; first ({first.task}): {first.status}: {first.error[:400]}. Fix the server (see the README's "
-                "fail-safe section), then rerun: finished answers are kept in the reply cache"
+                f"row failed; first ({first.task}): {first.status}: {first.error[:400]}. Fix the server (see docs/troubleshooting.md, "
+                "'Model server'), then rerun: finished answers are kept in the reply cache"
             )
 
     def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
