@@ -231,15 +231,14 @@ def rows(prefixes: list[str], root: Path = ROOT) -> list[dict[str, str]]:
         for path, value in leaves(get_path(config, prefix), prefix):
             node = schema.node(path)
             found = comments.get(path, {})
-            holder = next(
-                (comments[p] for p in _ancestors(path) if comments.get(p, {}).get("inline")),
-                {},
-            )
+            held = [c["inline"] or c["above"] for c in (comments.get(a, {}) for a in _ancestors(path)) if c]
+            held = [t for t in held if t]
+            holder = next((t for t in held if _names(t, path)), held[0] if held else "")
             description = (
                 found.get("inline")
                 or found.get("above")
                 or node.get("description", "")
-                or holder.get("inline", "")
+                or _about(holder, path)
                 or next((d for d in (schema.node(a).get("description") for a in _ancestors(path)) if d), "")
             )
             try:
@@ -257,6 +256,22 @@ def rows(prefixes: list[str], root: Path = ROOT) -> list[dict[str, str]]:
                 }
             )
     return out
+
+
+def _leaf(path: str) -> str:
+    return re.split(r"\.(?![^\[]*\])", path)[-1].removesuffix("[]")
+
+
+def _names(text: str, path: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(_leaf(path))}(?!\w)", text) is not None
+
+
+def _about(text: str, path: str) -> str:
+    """The sentences of a comment that name the key (a comment above a flow mapping describes its keys
+    one by one, each sentence starting ``key:``), else the whole comment."""
+    sentences = re.split(r"(?<=\.)\s+(?=[A-Za-z_][\w.]*(?:\s*/\s*[\w.]+)*:\s)", text)
+    named = [s for s in sentences if _names(s, path)]
+    return " ".join(named) if named and len(sentences) > 1 else text
 
 
 def _ancestors(path: str) -> list[str]:
