@@ -296,14 +296,20 @@ def _code(text: str) -> str:
     return f"<code>{_cell(text)}</code>" if text else ""
 
 
+def _key(path: str) -> str:
+    """A key path that breaks only after its dots (one unbroken run per segment)."""
+    parts = [f"<span>{_cell(p)}</span>" for p in path.split(".")]
+    return '<code class="config-key">' + ".<wbr>".join(parts) + "</code>"
+
+
 def table(prefixes: list[str], root: Path = ROOT) -> str:
     lines = [
-        "| key | type | paper run (`config.yaml`) | demo | description |",
+        "| key | type | paper run | demo | description |",
         "|---|---|---|---|---|",
     ]
     for row in rows(prefixes, root):
         lines.append(
-            f"| {_code(row['key'])} | {_cell(row['type'])} | {_code(row['paper'])} | {_code(row['demo'])} "
+            f"| {_key(row['key'])} | {_cell(row['type'])} | {_code(row['paper'])} | {_code(row['demo'])} "
             f"| {_cell(row['description'])} |"
         )
     return "\n".join(lines)
