@@ -135,4 +135,4 @@ def test_mkdocs_build_strict(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "site/stages/purify/index.html").is_file()
     html = (tmp_path / "site/stages/purify/index.html").read_text()
-    assert "purify.exposure.high_value" in html and "config-keys:" not in html
+    assert "<span>exposure</span>.<wbr><span>high_value</span>" in html and "config-keys:" not in html
