@@ -593,11 +593,11 @@ def test_each_scheme_overfits_one_batch_and_reloads(run, res, changes, demo_data
     if run == "scheme3_l2p":  # published: main layers train_edge .. n - train_edge frozen, only the rest saved
         from safetensors.torch import load_file
 
-        saved = load_file(final / "l2p_trained.safetensors")
-        assert info["l2p"]["frozen_layers"] == [1]
-        assert (
-            not any(k.startswith("transformer.layers.1.") for k in saved)
-            and "transformer.layers.0.attention.to_q.weight" in saved
+        saved = load_file(final / "l2p_trained.safetensors")  # in the published ZImageDiT names (the default)
+        assert info["l2p"]["frozen_layers"] == [1] and info["l2p"]["checkpoint_format"] == "published"
+        assert not any(k.startswith("layers.1.") for k in saved) and "layers.0.attention.to_q.weight" in saved
+        assert "local_decoder.enc0.0.weight" in saved and not any(
+            k.startswith(("transformer.", "unet.")) for k in saved
         )
         base = tm.load_pipeline("zimage", {"backend": "tiny"}, torch.float32, tmp_path / "checkpoints").transformer
         trained = loaded["model"].transformer
@@ -674,6 +674,46 @@ def test_l2p_trains_with_bf16_master_weights_as_published(demo_data, tmp_path):
     )
     assert generate(info, loaded, "a red car", 64, 64, 2, 4.0, seed=1).shape == (64, 64, 3)
     load_checkpoint(tmp_path / "final")  # fp32 reload of bf16 weights: the probe still matches
+
+
+def test_l2p_checkpoints_in_either_names_export_to_the_released_format(demo_data, tmp_path):
+    """checkpoint_format published (default) / ours: the trained subset in the authors' ZImageDiT
+    names or ours, both reload; the next resolution starts from either (progressive); the export
+    is one file of the whole model in the released PixVerve-L2P format, which the released-weights
+    loader rebuilds into the same model."""
+    from safetensors.torch import load_file
+
+    from pixverve.train.config import bucket_multiple
+    from pixverve.train.infer import export_l2p_published, load_checkpoint, load_released
+    from pixverve.train.loop import train_run
+
+    finals = {}
+    for res, names, previous in [(64, "published", None), (128, "ours", 64)]:
+        spec = demo_spec("scheme3_l2p", res, max_steps=2, log_every=1, eval_every=0, checkpoint_every=2)
+        spec["l2p"]["checkpoint_format"] = names
+        spec["sizes"], spec["data"]["crop_mode"] = "buckets", "crop"
+        lines = []
+        samples = samples_from_records(demo_data, res, "long", bucket_multiple(spec))
+        train_run(spec, samples, tmp_path / str(res), init_from=finals.get(previous), log=lines.append)
+        finals[res] = tmp_path / str(res) / "final"
+        saved = load_file(finals[res] / "l2p_trained.safetensors")
+        ours = all(k.startswith(("transformer.", "unet.")) for k in saved)
+        assert ours == (names == "ours") and (names == "ours" or "local_decoder.enc0.0.weight" in saved)
+        load_checkpoint(finals[res])  # reloads (the probe matches)
+        if previous:  # the 4k-variant net's weights carried into the 8k-variant net, by name and shape
+            carried = [m for m in lines if "tensors carried" in m]
+            assert carried and int(carried[0].split(": ")[1].split()[0]) > 0
+    out = export_l2p_published(finals[64], tmp_path / "export" / "l2p_sft.safetensors")
+    whole = load_file(out)
+    assert "layers.1.attention.to_q.weight" in whole  # the frozen layer too (published merge_weights.py)
+    assert not any(k.startswith(("transformer.", "unet.")) for k in whole)
+    info, loaded = load_checkpoint(finals[64])
+    rinfo, released = load_released({"kind": "l2p", "path": str(out), "text": {"max_length": 32}}, {"backend": "tiny"})
+    assert rinfo["l2p"]["patch"] == info["l2p"]["patch"]
+    assert torch.equal(
+        tm.probe_output("zimage", released["model"], info["probe_patch"]),
+        tm.probe_output("zimage", loaded["model"], info["probe_patch"]),
+    )
 
 
 def test_sequential_loading_puts_each_flux2_model_on_the_device_in_turn(demo_data, tmp_path):

@@ -5,6 +5,11 @@ Backends (``bench.methods.<name>.generate.backend``):
   checkpoint of ours saved as a pipeline, or a base model sampled directly at high resolution --
   the training-free baseline); the long caption is the prompt (as the published code does), one
   seed per image derived from its name, tiled VAE decode when the pipeline offers it.
+  With ``released`` (docs/checkpoints.md), ``model`` is the base and the authors' released
+  weights replace or adapt its model: ``kind: full`` (a FLUX.2 transformer file, published
+  flux2_infer ``--checkpoint_path``), ``lora`` (a LoRA file, ``--lora_path``, ``lora_scale`` =
+  ``--lora_alpha``), both sampled with the published shift rule; ``l2p`` (a PixVerve-L2P file on
+  the Z-Image base, the L2P sampler); ``format: published`` (default) | ``ours``.
 * ``tiny``: a tiny random StableDiffusionPipeline through the same code (smoke output).
 * ``checkpoint``: a checkpoint of ours from rule train (``run``, ``train_resolution``), through
   pixverve.train.infer (schemes I/II: the Flux2KleinPipeline with tiled VAE decode; III: the L2P
@@ -93,6 +98,8 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec["backend"] == "checkpoint":
         spec = _checkpoint_settings(spec)
+    elif spec.get("released"):
+        spec = _released_settings(spec)
     settings = out_dir / "settings.json"
     wanted = json.dumps(spec, sort_keys=True)
     if settings.exists() and settings.read_text() != wanted:
@@ -115,6 +122,8 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
         return {"model": f"real image down/up x{f} (sanity baseline)", "smoke": False, "generated": len(todo)}
     if spec["backend"] == "checkpoint":
         return _generate_from_checkpoint(todo, spec, out_dir, log)
+    if spec.get("released"):
+        return _generate_from_released(todo, spec, out_dir, log)
     if not todo:
         return {"model": spec.get("model") or spec["backend"], "smoke": spec["backend"] == "tiny", "generated": 0}
     pipe, device, model_name = load_pipeline(spec)
@@ -204,3 +213,54 @@ def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) 
         f"generated {len(todo)} images from {spec['checkpoint_dir']} (shift {record['sample_shift']}, mu {record['sample_mu']:.3f})"
     )
     return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device, **record}
+
+
+def _released_settings(spec: dict) -> dict:
+    """A released-weights method's settings plus the file it reads (resolved path, size, mtime),
+    so another file -- or a newer step in a folder -- regenerates."""
+    from pixverve.train.published import resolve_checkpoint_file
+
+    released = spec["released"]
+    path = resolve_checkpoint_file(released["path"], f"bench released {released.get('kind')} checkpoint")
+    stat = path.stat()
+    return dict(spec, released_file={"path": str(path.resolve()), "bytes": stat.st_size, "mtime": stat.st_mtime})
+
+
+def _generate_from_released(todo: list[dict], spec: dict, out_dir: Path, log) -> dict:
+    from tqdm import tqdm
+
+    from pixverve.models.devices import resolve_device
+    from pixverve.train.infer import SHIFT_KEYS, generate, load_released
+
+    released = spec["released"]
+    name = f"released {released['kind']} {spec['released_file']['path']} on {spec.get('model')}"
+    if not todo:
+        return {"model": name, "smoke": False, "generated": 0}
+    if not spec.get("model"):
+        raise GeneratorUnavailable("bench method generate.model: the base pipeline the released weights go into")
+    device = resolve_device(spec.get("device", "auto"))
+    info, loaded = load_released(
+        released,
+        {"backend": "diffusers", "model": spec["model"]},
+        device=device,
+        dtype=torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype"),
+        sequential=bool(spec.get("sequential_loading", True)),
+    )
+    # FLUX.2: the published shift rule (dynamic_shift / dynamic_shift_len as the method sets them)
+    shift = dict({k: spec[k] for k in SHIFT_KEYS if k in spec}, shift="published")
+    for r in tqdm(todo, desc="generate", unit="img"):
+        rgb = generate(
+            info,
+            loaded,
+            r["long_caption"],
+            int(spec["width"]),
+            int(spec["height"]),
+            int(spec["steps"]),
+            float(spec.get("guidance") or 1.0),
+            image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
+            device=device,
+            shift=shift,
+        )
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+    log(f"generated {len(todo)} images from {spec['released_file']['path']}")
+    return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device}

@@ -21,6 +21,17 @@ import numpy as np
 import torch
 
 from pixverve.train import models as tm
+from pixverve.train.published import (
+    CHECKPOINT_FORMATS,
+    RELEASED_KINDS,
+    fuse_published_lora,
+    l2p_layout,
+    l2p_to_ours,
+    l2p_to_published,
+    load_strict,
+    lora_target_names,
+    resolve_checkpoint_file,
+)
 
 
 def load_checkpoint(final_dir, device: str = "cpu", dtype=torch.float32, sequential: bool = False):
@@ -52,7 +63,9 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential
             lora = info["lora"]
             transformer.add_adapter(
                 LoraConfig(
-                    r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), target_modules=list(lora["target_modules"])
+                    r=int(lora["rank"]),
+                    lora_alpha=float(lora["alpha"]),
+                    target_modules=lora_target_names(transformer, lora["target_modules"]),
                 )
             )
             weights = {
@@ -69,11 +82,7 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential
             tm.install_window_attention(
                 transformer, info["window"] if info["scheme"] == "window" else None, info.get("seq_chunk")
             )
-        tm.configure_vae_tiling(pipe.vae, info["vae_tile"], info["vae_tile_stride"])
-        if sequential:
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe = pipe.to(device)
+        pipe = _place_flux2(pipe, info["vae_tile"], info["vae_tile_stride"], device, sequential)
         tm.check_probe(
             load_file(final_dir / "probe.safetensors")["output"],
             tm.probe_output("flux2", transformer),
@@ -83,14 +92,12 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential
     pipe = tm.load_pipeline("zimage", info["base"], dtype, work)
     l2p = info["l2p"]
     model = tm.l2p_build(pipe.transformer, int(l2p["patch"]), l2p.get("unet") or {})
-    trained = load_file(final_dir / "l2p_trained.safetensors")  # the trained subset; frozen layers from the base
-    missing, unexpected = model.load_state_dict(trained, strict=False)
+    # the trained subset (published or our key names; checkpoints before the key: ours); frozen layers from the base
+    trained = l2p_to_ours(
+        load_file(final_dir / "l2p_trained.safetensors"), l2p.get("checkpoint_format") or "ours", "L2P checkpoint"
+    )
     frozen = tuple(f"transformer.layers.{i}." for i in l2p["frozen_layers"])
-    if unexpected or [k for k in missing if not k.startswith(frozen)]:
-        raise tm.ModelUnavailable(
-            f"L2P checkpoint does not fit the base model: missing "
-            f"{[k for k in missing if not k.startswith(frozen)][:5]}, unexpected {unexpected[:5]}"
-        )
+    load_strict(model, trained, "L2P checkpoint", may_miss=frozen)
     pipe.transformer, pipe.vae = None, None
     model = model.to(device, dtype).eval()
     tm.check_probe(
@@ -99,6 +106,113 @@ def _load_checkpoint(final_dir: Path, device: str, dtype, work: Path, sequential
         _probe_dtype(info, dtype),
     )
     return info, {"pipe": pipe.to(device), "model": model}
+
+
+def _place_flux2(pipe, vae_tile: int, vae_tile_stride: int, device: str, sequential: bool):
+    tm.configure_vae_tiling(pipe.vae, vae_tile, vae_tile_stride)
+    if sequential:
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
+    return pipe.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# the authors' released checkpoints (docs/checkpoints.md; formats: pixverve.train.published)
+
+FLUX2_TEXT = {"max_length": 512, "out_layers": [9, 18, 27]}  # Flux2KleinPipeline's defaults (train.text.flux2)
+ZIMAGE_TEXT = {"max_length": 512}  # ZImagePipeline's default (train.text.zimage)
+RELEASED_L2P_SHIFT = 3.0  # published L2P pipeline: DiffSynth's Z-Image schedule, static shift 3
+
+
+def released_family(released: dict) -> str:
+    kind = released.get("kind")
+    if kind not in RELEASED_KINDS:
+        raise ValueError(f"released.kind {kind!r}: one of {', '.join(RELEASED_KINDS)}")
+    return "zimage" if kind == "l2p" else "flux2"
+
+
+def load_released(released: dict, base: dict, device: str = "cpu", dtype=torch.float32, sequential: bool = False):
+    """(info, loaded) for :func:`generate` from a checkpoint file in the authors' published format
+    (``released``: the bench key ``generate.released``) on the base pipeline ``base``
+    (:func:`pixverve.train.models.load_pipeline`; its text encoder, VAE and transformer config).
+
+    ``kind: full``: a FLUX.2 transformer file (flux2_infer ``--checkpoint_path``: a file, or a
+    folder's newest step-N file), loaded strictly.  ``kind: lora``: a LoRA file (``--lora_path``)
+    fused into the base transformer, ``lora_scale`` = ``--lora_alpha`` (default 1).  Both sample
+    with the published shift rule.  ``kind: l2p``: a PixVerve-L2P file (the whole pixel DiT + U-Net;
+    patch size, U-Net variant and widths read from it), sampled as the published L2P pipeline
+    (shift 3).  ``format``: ``published`` (default) or ``ours`` (an L2P file in our L2PModel names);
+    a file of the other format is an error.  ``text``: the prompt encoding (as ``train.text``; default
+    the pipelines' own: 512 tokens, FLUX.2 hidden layers 9, 18, 27)."""
+    from safetensors.torch import load_file
+
+    family = released_family(released)
+    fmt = released.get("format") or "published"
+    if fmt not in CHECKPOINT_FORMATS:
+        raise ValueError(f"released.format {fmt!r}: one of {', '.join(CHECKPOINT_FORMATS)}")
+    path = resolve_checkpoint_file(released["path"], f"released {released['kind']} checkpoint")
+    state = load_file(path)
+    with tempfile.TemporaryDirectory(prefix="pixverve-base-") as work:
+        pipe = tm.load_pipeline(family, base, dtype, Path(work))
+    if family == "flux2":
+        if released["kind"] == "full":
+            if fmt != "published":
+                raise ValueError("released.format: a FLUX.2 transformer file has one format (published = ours)")
+            load_strict(pipe.transformer, state, f"FLUX.2 transformer file {path}")
+        else:
+            fuse_published_lora(pipe.transformer, state, float(released.get("lora_scale", 1.0)))
+        pipe = _place_flux2(
+            pipe, int(released.get("vae_tile", 512)), int(released.get("vae_tile_stride", 256)), device, sequential
+        )
+        info = {
+            "family": "flux2",
+            "scheme": f"released {released['kind']}",
+            "text": dict(FLUX2_TEXT, **(released.get("text") or {})),
+            "sample": {"shift": "published"},
+            "smoke": base.get("backend") == "tiny",
+            "checkpoint_file": str(path),
+        }
+        return info, pipe
+    ours = l2p_to_ours(state, fmt, f"L2P file {path}")
+    layout = l2p_layout(l2p_to_published(ours))
+    model = tm.l2p_build(pipe.transformer, layout["patch"], {"widths": layout["widths"], "checkpoint_stages": False})
+    if model.unet.variant != layout["variant"]:
+        raise tm.ModelUnavailable(
+            f"L2P file {path}: patch {layout['patch']} with U-Net widths {layout['widths']} makes the "
+            f"{model.unet.variant} U-Net, but the file has the {layout['variant']} one"
+        )
+    load_strict(model, ours, f"L2P file {path}")
+    pipe.transformer, pipe.vae = None, None
+    model = model.to(device, dtype).eval()
+    shift = float(released.get("shift", RELEASED_L2P_SHIFT))
+    info = {
+        "family": "zimage",
+        "scheme": "released l2p",
+        "text": dict(ZIMAGE_TEXT, **(released.get("text") or {})),
+        "resolution": f"patch {layout['patch']}",
+        "l2p": {"patch": layout["patch"], "shift": shift, "unet": {"widths": layout["widths"]}},
+        "smoke": base.get("backend") == "tiny",
+        "checkpoint_file": str(path),
+    }
+    return info, {"pipe": pipe.to(device), "model": model}
+
+
+def export_l2p_published(final_dir, out_file, dtype=None) -> Path:
+    """Our L2P checkpoint (``final_dir`` of rule train) as one file in the published format of the
+    released PixVerve-L2P checkpoints: the whole pixel DiT + U-Net (the frozen layers from the
+    base; published merge_weights.py) under the published ZImageDiT names."""
+    from safetensors.torch import save_file
+
+    _, loaded = load_checkpoint(final_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in loaded["model"].state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(l2p_to_published(state), tmp)
+    tmp.replace(out)
+    return out
 
 
 STATIC_SAMPLE_MU = 0.8  # the published sampler's mu with --disable_dynamic_shift (flux2_infer/runtime.py)

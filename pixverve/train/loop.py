@@ -33,6 +33,7 @@ import torch
 
 from pixverve.train import models as tm
 from pixverve.train.data import TrainSamples, bucket_batches
+from pixverve.train.published import l2p_to_ours, l2p_to_published, lora_target_names, published_lora_state
 
 FAMILY = {"full_attention": "flux2", "window": "flux2", "l2p": "zimage"}
 LOG_FIELDS = [
@@ -164,7 +165,8 @@ class L2PAdapter:
         self.model = tm.l2p_build(pipe.transformer, self.patch, l2p.get("unet") or {})
         self.frozen = tm.l2p_frozen_layers(len(self.model.transformer.layers), int(l2p.get("train_edge_layers", 5)))
         if init_from is not None:  # progressive: the previous resolution's trained weights, by name and shape
-            loaded, skipped = tm.load_matching(self.model, load_file(init_from / "l2p_trained.safetensors"))
+            previous = l2p_to_ours(load_file(init_from / "l2p_trained.safetensors"))  # either format
+            loaded, skipped = tm.load_matching(self.model, previous)
             log(
                 f"L2P initialised from {init_from} (progressive): {len(loaded)} tensors carried, "
                 f"{len(skipped)} new at this resolution ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})"
@@ -272,7 +274,8 @@ def trainable_model(model, spec: dict):
             r=int(lora["rank"]),
             lora_alpha=float(lora["alpha"]),
             init_lora_weights="gaussian",
-            target_modules=list(lora["target_modules"]),
+            # exact names: a "*" entry is any block index; each entry must pick linear layers only
+            target_modules=lora_target_names(model, lora["target_modules"]),
         )
     )
     return model
@@ -306,20 +309,21 @@ def save_final(adapter, model, spec: dict, out: Path, steps: int, smoke: bool) -
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if spec["scheme"] == "l2p":  # the trained subset only (frozen layers come from the base, as published)
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
-        save_file({k: v for k, v in state.items() if k in trained}, out / "l2p_trained.safetensors")
-        info["l2p"] = dict(spec["l2p"], patch=adapter.patch, frozen_layers=adapter.frozen)
+        subset = {k: v for k, v in state.items() if k in trained}
+        names = spec["l2p"].get("checkpoint_format") or "published"
+        # published: the names of the authors' ZImageDiT (their train_L2P.py step-N.safetensors);
+        # export_l2p_published (pixverve.train.infer) writes the whole model, as their released files
+        save_file(l2p_to_published(subset) if names == "published" else subset, out / "l2p_trained.safetensors")
+        info["l2p"] = dict(spec["l2p"], patch=adapter.patch, frozen_layers=adapter.frozen, checkpoint_format=names)
     elif spec.get("lora"):
         from peft.utils import get_peft_model_state_dict
 
-        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        # "<module>.alpha" beside lora_A/lora_B: the published flux2_infer loader (GeneralLoRALoader) scales
-        # A by alpha / rank when present, which is peft's scaling, so --lora_alpha 1.0 reproduces this model
-        alpha = torch.tensor(float(spec["lora"]["alpha"]))
-        lora.update(
-            {k[: -len(".lora_A.weight")] + ".alpha": alpha.clone() for k in list(lora) if k.endswith(".lora_A.weight")}
-        )
+        # the published flux2_infer LoRA format: <module>.lora_A/lora_B.weight + <module>.alpha (A scaled
+        # by alpha / rank, peft's scaling), so its --lora_alpha 1.0 reproduces this model
+        lora = published_lora_state(get_peft_model_state_dict(model), float(spec["lora"]["alpha"]))
         save_file(lora, out / "transformer_lora.safetensors")
     else:
+        # the whole transformer under diffusers' names = the published Flux2DiT's (flux2_infer --checkpoint_path)
         save_file(state, out / "transformer.safetensors")  # the base's config rebuilds it
     probe_patch = adapter.patch if spec["scheme"] == "l2p" else None
     was_training = model.training
