@@ -168,12 +168,13 @@ def build_real(args, device, dtype) -> dict:
         if not args.quick:
             model.enable_gradient_checkpointing()
         if args.scheme == "scheme1_lora":
-            from peft import LoraConfig
+            import yaml
 
-            model.requires_grad_(False)
-            model.add_adapter(
-                LoraConfig(r=64, lora_alpha=64, target_modules=["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"])
-            )
+            from pixverve.train.loop import trainable_model
+
+            # the paper config's scheme I LoRA (rank, alpha, targets), added as rule train adds it
+            lora = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["runs"]["scheme1_lora"]["lora"]
+            model = trainable_model(model, {"lora": lora})
         if args.scheme in ("scheme2_window", "scheme2_chunked"):
             chunk = args.seq_chunk if not args.quick else (res // 16) ** 2 // 4
             memory = {"seq_chunk_single": chunk} if args.scheme == "scheme2_chunked" else None

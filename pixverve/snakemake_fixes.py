@@ -25,7 +25,7 @@ member at once, each as its own ``srun`` job step; SLURM then starts a step only
 allocation has its CPUs, memory and GPUs free, so members never oversubscribe it and every GPU
 step gets its own card.  For that each step asks for its own memory (``--mem``): a step that
 names none is given the whole allocation's, and the next step waits for it to end
-(measured on SLURM 22.05, NOTES.md "#28 allocations").  And the jobstep's ``run_job`` waits for
+(measured on SLURM 22.05, NOTES.md "Cluster").  And the jobstep's ``run_job`` waits for
 its step to end before it returns, so the inner Snakemake could start the next member only then:
 it runs in a thread of its own.
 """

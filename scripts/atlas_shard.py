@@ -12,7 +12,7 @@ from pixverve.workflow import start_script  # noqa: E402
 
 sm = snakemake  # noqa: F821
 log = start_script(sm, "atlas_shard")
-set_threads(sm.threads)  # libvips' memory grows with its threads (NOTES #29 atlas pyramids)
+set_threads(sm.threads)  # libvips' memory grows with its threads (NOTES.md, "Measured")
 results = Path(sm.input[0]).parents[1]  # results/index/index.parquet
 tiles = Path(sm.output.tiles)
 tiles.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from pixverve.atlas import entries, records
 from pixverve.atlas.pyramid import PyramidError, build_pyramid, build_thumbnail, thumbnail_from_pyramid
 
-TILE_SIZE = 510  # atlas.tile_size: a quarter of the files of 254 px tiles, as fast to view (NOTES #29)
+TILE_SIZE = 510  # atlas.tile_size: a quarter of the files of 254 px tiles, as fast to view (NOTES.md, "Measured")
 
 UNSHARDED = "unsharded"  # images the index rejected have no shard
 

@@ -25,7 +25,7 @@ def set_threads(threads: int | None) -> None:
     """libvips' worker threads in this process (a shard job: its rule's ``threads``).
 
     libvips' default is one per core the process may run on, and each thread holds its own tile
-    buffers: measured with ``benchmarks/atlas.py`` on a 100 MP JPEG (NOTES.md, #29; 2 cores), peak
+    buffers: measured with ``benchmarks/atlas.py`` on a 100 MP JPEG (NOTES.md, "Measured": atlas pyramids; 2 cores), peak
     RSS 99 MB with 1 thread, 248 MB with 8, 383 MB with 32 (1.3x one decoded RGB copy, 286 MB).
     ``VIPS_CONCURRENCY`` in the environment wins, as in libvips itself; None leaves libvips' default.
     """
@@ -85,7 +85,7 @@ def build_pyramid(
     descriptor: the tile source an OpenSeadragon viewer opens without fetching the .dzi.
 
     Files per 100 MP image: 2,147 tiles at 254 px, 548 at 510 px, which also builds faster where
-    creating a file is dear (benchmarks/atlas.py; NOTES.md, #29)."""
+    creating a file is dear (benchmarks/atlas.py; NOTES.md, "Measured": atlas pyramids)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / f"{name}_files", ignore_errors=True)  # a rerun replaces, never mixes
@@ -94,7 +94,7 @@ def build_pyramid(
         # no `suffix`: libvips then writes each tile with libjpeg straight from the strip ("direct
         # mode", libvips >= 8.15), metadata stripped; a suffix such as ".jpg[Q=85]" runs a
         # jpegsave pipeline per tile instead: 3.4-3.6 CPU s against 1.9-2.4 for a 100 MP JPEG on
-        # one thread here (NOTES.md, #29). Its tiles are named .jpeg, hence "format": "jpeg" in
+        # one thread here (NOTES.md, "Measured": atlas pyramids). Its tiles are named .jpeg, hence "format": "jpeg" in
         # the descriptor and the .dzi.
         image.dzsave(
             str(out_dir / name),
@@ -144,7 +144,7 @@ def build_thumbnail(src, dest, max_megapixels: float | None = None, px: int = TH
 def thumbnail_from_pyramid(out_dir, descriptor: dict, dest, px: int = THUMB_PX) -> tuple[int, int] | None:
     """The thumbnail from a pyramid just written: its largest level that one tile holds whole,
     shrunk to a long edge of ``px`` -- no second decode of the full image (on a 100 MP BigTIFF SR
-    output ``build_thumbnail`` costs half the pyramid again: NOTES.md, #29).  None when that
+    output ``build_thumbnail`` costs half the pyramid again: NOTES.md, "Measured": atlas pyramids).  None when that
     level is smaller than ``px`` (tiles under ``px``): then ``build_thumbnail`` is the way."""
     import math
 
