@@ -1,0 +1,556 @@
+"""Published formulas and thresholds pinned to known answers (issue #30 item 5, mutation testing).
+
+Each test feeds a small, hand-computable input and checks the exact published value or the side of
+a boundary (< vs <=), so a flipped sign, a transposed crop or a moved boundary fails here; the
+property tests elsewhere (the loss falls, FID(set, set) = 0) let such changes pass.
+``benchmarks/mutation.sh`` measures how many hand-made changes the tests catch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+# ------------------------------------------------------------------------------------ training
+
+torch = pytest.importorskip("torch")
+
+
+def tm():
+    from pixverve.train import models
+
+    return models
+
+
+def test_exponential_shift_known_values():
+    s = torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    assert tm().shift_sigmas(s, 0.0).tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])  # mu 0: no shift
+    # mu = ln 3 is the static shift 3: s' = 3 s / (1 + 2 s)
+    assert tm().shift_sigmas(s, math.log(3.0)).tolist() == pytest.approx([0.5, 0.75, 0.9, 1.0])
+    # sigma 0 is clamped to 1e-6 (no division by zero): e^0 / (1 + 1e6 - 1)
+    assert tm().shift_sigmas(torch.tensor([0.0], dtype=torch.float64), 0.0).item() == pytest.approx(1e-6)
+
+
+def test_training_sigmas_are_logit_normal_then_shifted():
+    g = torch.Generator().manual_seed(0)
+    # std 0: every u = sigmoid(mean); the mean and the std are not swapped, the shift applies after
+    assert tm().sample_sigmas(3, g, math.log(3.0), 0.0, 0.0).tolist() == pytest.approx([0.75] * 3)
+    assert tm().sample_sigmas(3, g, 0.0, math.log(3.0), 0.0).tolist() == pytest.approx([0.75] * 3)
+    assert tm().sample_sigmas(3, g, math.log(3.0), math.log(3.0), 0.0).tolist() == pytest.approx([0.9] * 3)
+    # std 1: the same draws as sigmoid(randn * std + mean) from the generator
+    a = tm().sample_sigmas(5, torch.Generator().manual_seed(7), 0.0, 0.5, 2.0)
+    u = torch.sigmoid(torch.randn(5, generator=torch.Generator().manual_seed(7)) * 2.0 + 0.5)
+    assert torch.allclose(a, u)
+
+
+def test_l2p_sigmas_are_the_shifted_grid_without_zero():
+    s = tm().l2p_sample_sigmas(400, torch.Generator().manual_seed(0), 3.0, 4)
+    assert s.dtype == torch.float32 and s.shape == (400,)
+    # grid 1 - i/4 for i < 4 = 1, .75, .5, .25; shifted by 3: 1, .9, .75, .5 (sigma 0 never drawn)
+    assert sorted({round(v, 6) for v in s.tolist()}) == [0.5, 0.75, 0.9, 1.0]
+
+
+def test_training_shift_defaults_and_modes():
+    assert tm().train_shift({}) == {"mode": "static", "mu": 0.8}
+    assert tm().train_shift({"train_shift": None}) == {"mode": "static", "mu": 0.8}
+    assert tm().train_shift({"train_shift": {"mode": "static"}}) == {"mode": "static", "mu": 0.8}
+    assert tm().train_shift({"train_shift": {"mode": "static", "mu": 1.5}}) == {"mode": "static", "mu": 1.5}
+    assert tm().train_shift({"train_shift": {"mode": "dynamic", "mu": 1.5}}) == {"mode": "dynamic"}
+
+
+def test_flux2_training_mu_static_and_dynamic():
+    from pixverve.train.loop import flux2_train_mu
+
+    assert flux2_train_mu({"inference_steps": 40}, 256 * 256) == 0.8
+    spec = {"train_shift": {"mode": "dynamic"}, "inference_steps": 40}
+    assert flux2_train_mu(spec, 256 * 256) == pytest.approx(tm().flux2_mu(256 * 256, 40))
+
+
+def test_flux2_empirical_mu_is_the_papers_at_4k_and_8k():
+    # PAPER.md: the published sampler's mu is 11.55 at 4K and 44.8 at 8K ((H/16)(W/16) tokens, 40 steps)
+    assert tm().flux2_mu(256 * 256, 40) == pytest.approx(11.55, abs=0.01)
+    assert tm().flux2_mu(512 * 512, 40) == pytest.approx(44.8, abs=0.05)
+
+
+def test_scheduler_mu_line_and_static_shift():
+    dyn = {"use_dynamic_shifting": True}  # Flux defaults: 256 -> 0.5, 4096 -> 1.15
+    assert tm().scheduler_mu(dyn, 256) == pytest.approx(0.5)
+    assert tm().scheduler_mu(dyn, 4096) == pytest.approx(1.15)
+    assert tm().scheduler_mu(dyn, 2176) == pytest.approx(0.825)
+    own = {"use_dynamic_shifting": True, "base_image_seq_len": 100, "max_image_seq_len": 300}
+    own |= {"base_shift": 1.0, "max_shift": 2.0}
+    assert tm().scheduler_mu(own, 200) == pytest.approx(1.5)
+    assert tm().scheduler_mu({"shift": 3.0}, 999) == pytest.approx(math.log(3.0))
+    assert tm().scheduler_mu({}, 999) == 0.0
+
+
+def test_l2p_frozen_layers_are_the_published_5_to_24():
+    assert tm().l2p_frozen_layers(30, 5) == list(range(5, 25))
+
+
+class Oracle(torch.nn.Module):
+    """A model that knows x0: from x_t and its sigma it recovers the noise and returns noise - x0,
+    the rectified-flow target (FLUX / diffusers / Z-Image train v = noise - x0).  With the right
+    target and the right x_t = (1 - s) x0 + s noise, the loss is exactly 0."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def v(self, xt, sigma):
+        s = sigma.reshape(-1, *([1] * (xt.dim() - 1))).to(xt)
+        noise = (xt - (1 - s) * self.x0) / s
+        return noise - self.x0
+
+    def forward(self, *args, **kwargs):
+        if kwargs:  # the FLUX.2 transformer's call
+            return (self.v(kwargs["hidden_states"], kwargs["timestep"]),)
+        xt, sigma = args[0], args[1]  # the L2P model's call
+        return self.v(xt, sigma)
+
+
+def flux2_adapter(x0):
+    from pixverve.train.loop import Flux2Adapter
+
+    adapter = object.__new__(Flux2Adapter)  # no pipeline: the loss's own arithmetic only
+    adapter.spec = {"logit_mean": 0.0, "logit_std": 1.0, "train_shift": {"mode": "static", "mu": 0.8}}
+    adapter.device = "cpu"
+    adapter.last_sigmas = None
+    adapter.encode_images = lambda pixels: (x0, torch.zeros(x0.shape[1], 4))
+    adapter.encode_text = lambda captions: (torch.zeros(x0.shape[0], 3, 8), torch.zeros(3, 4))
+    return adapter
+
+
+def test_flux2_loss_target_is_noise_minus_data():
+    x0 = torch.linspace(-1, 1, 2 * 6 * 4).reshape(2, 6, 4)
+    adapter = flux2_adapter(x0)
+    sigmas = torch.tensor([0.3, 0.7])
+    assert adapter.loss(Oracle(x0), None, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() < 1e-10
+    # a model predicting the opposite sign (x0 - noise) is far off: 4 E[(noise - x0)^2]
+    flipped = Oracle(x0)
+    flipped.v = lambda xt, sigma: -Oracle.v(flipped, xt, sigma)  # predicts x0 - noise
+    assert adapter.loss(flipped, None, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() > 1.0
+
+
+def test_flux2_loss_draws_its_sigmas_at_the_training_mu():
+    x0 = torch.linspace(-1, 1, 2 * 6 * 4).reshape(2, 6, 4)
+    adapter = flux2_adapter(x0)
+    loss = adapter.loss(Oracle(x0), None, ["a", "b"], torch.Generator().manual_seed(3))
+    assert loss.item() < 1e-8
+    expected = tm().sample_sigmas(2, torch.Generator().manual_seed(3), 0.8, 0.0, 1.0)
+    assert torch.allclose(adapter.last_sigmas, expected)
+
+
+def test_l2p_loss_target_is_noise_minus_data():
+    from pixverve.train.loop import L2PAdapter
+
+    x0 = torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    adapter = object.__new__(L2PAdapter)
+    adapter.device, adapter.patch, adapter.shift, adapter.grid_steps, adapter.last_sigmas = "cpu", 2, 3.0, 4, None
+    adapter.encode_text = lambda captions: [torch.zeros(3, 8) for _ in captions]
+    sigmas = torch.tensor([0.25, 0.9])
+    assert adapter.loss(Oracle(x0), x0, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() < 1e-10
+    flipped = Oracle(x0)
+    flipped.v = lambda xt, sigma: -Oracle.v(flipped, xt, sigma)
+    assert adapter.loss(flipped, x0, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() > 1.0
+    # no sigmas given: drawn from the shifted grid (shift 3, 4 steps)
+    assert adapter.loss(Oracle(x0), x0, ["a", "b"], torch.Generator().manual_seed(2)).item() < 1e-8
+    assert {round(v, 6) for v in adapter.last_sigmas.tolist()} <= {0.5, 0.75, 0.9, 1.0}
+
+
+# --------------------------------------------------------------------------------------- bench
+
+
+def test_fid_patch_draws_top_before_left_and_crops_rows_then_columns(monkeypatch):
+    """Published: top = randint(0, size - 299) drawn before left = randint(...);
+    TF.crop(img, top, left, ...) = img[top : top + 299, left : left + 299]."""
+    from pixverve.bench import evaluate, fid
+
+    size, crop, per_pair = 12, 3, 4
+    rng = random.Random(42)
+    draws = [[(rng.randint(0, size - crop), rng.randint(0, size - crop)) for _ in range(per_pair)] for _ in range(2)]
+    coords = evaluate.fid_patch_coordinates(2, size, crop, per_pair, 42)
+    assert coords == [[(left, top) for top, left in pair] for pair in draws]  # (x, y) = (left, top)
+    assert any(x != y for pair in coords for x, y in pair)  # so a transposed crop differs
+
+    # the crop taken from each image: an image whose pixel holds (row, column)
+    rows, cols = np.mgrid[0:size, 0:size]
+    image = np.stack([rows, cols, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    seen = []
+
+    class Recorder:
+        def update(self, batch, real):
+            seen.append((real, batch.permute(0, 2, 3, 1).numpy()))
+
+        def compute(self):
+            return torch.tensor(0.0)
+
+    monkeypatch.setattr(fid, "frechet_inception_distance", lambda *a, **k: Recorder())
+    monkeypatch.setattr(fid, "square_uint8", lambda *a, **k: image)
+
+    class Item:
+        real = generated = "unused"
+
+    evaluate.fid_patch([Item(), Item()], "w", size, crop, per_pair, 42)
+    assert [real for real, _ in seen] == [True, False, True, False]
+    for (_, crops), pair in zip(seen, [draws[0], draws[0], draws[1], draws[1]]):
+        for c, (top, left) in zip(crops, pair):
+            assert c[0, 0, 0] == top and c[0, 0, 1] == left and c.shape == (crop, crop, 3)
+
+
+def test_fid_patch_crops_reach_every_edge_position():
+    from pixverve.bench.evaluate import fid_patch_coordinates
+
+    assert fid_patch_coordinates(1, 5, 5, 3, 42) == [[(0, 0)] * 3]  # crop = size: one place
+    seen = {c for pair in fid_patch_coordinates(50, 6, 5, 4, 1) for xy in pair for c in xy}
+    assert seen == {0, 1}  # randint's upper end (size - crop) is inclusive
+
+
+@pytest.mark.parametrize(
+    "cells, budget",
+    [(128, 128), (129, 256), (256, 256), (257, 576), (576, 576), (577, 784), (784, 784), (785, 1024), (5000, 1024)],
+)
+def test_fgclip2_patch_budget_boundaries_as_published(cells, budget):
+    """eval/metrics.py determine_max_value: > 784 -> 1024, > 576 -> 784, > 256 -> 576, > 128 -> 256."""
+    from pixverve.bench.evaluate import fgclip2_patch_budget
+
+    assert fgclip2_patch_budget(16 * cells, 16) == budget
+    assert fgclip2_patch_budget(16 * cells + 15, 31) == budget  # w // 16, h // 16
+
+
+class _Batch(dict):
+    def to(self, device):
+        return self
+
+
+def test_fgclip2_call_as_published():
+    """fg-clip2: the image with its patch budget, the caption lower-cased, padded to max length 196,
+    the text in "long" mode; score 100 x max(cos, 0)."""
+    from pixverve.bench.evaluate import FGClip2Scorer
+
+    calls = {}
+
+    class Model:
+        def get_image_features(self, **kw):
+            calls["image_features"] = kw
+            return torch.tensor([[1.0, 0.0]])
+
+        def get_text_features(self, **kw):
+            calls["text_features"] = kw
+            return torch.tensor([calls["direction"]])
+
+    scorer = object.__new__(FGClip2Scorer)
+    scorer.device, scorer.long_mode, scorer.model = "cpu", True, Model()
+    scorer.image_processor = lambda **kw: calls.setdefault("image", kw) and _Batch(pixel_values=1)
+    scorer.tokenizer = lambda texts, **kw: calls.setdefault("text", (texts, kw)) and _Batch(input_ids=2)
+    calls["direction"] = [0.6, 0.8]
+    assert scorer.score(np.zeros((480, 320, 3), np.uint8), "A Red Fox") == pytest.approx(60.0)
+    assert calls["image"]["max_num_patches"] == 784  # (320 // 16) * (480 // 16) = 600 -> 784
+    texts, kw = calls["text"]
+    assert texts == ["a red fox"] and kw["padding"] == "max_length" and kw["max_length"] == 196 and kw["truncation"]
+    assert calls["text_features"] == {"input_ids": 2, "walk_type": "long"}
+    assert calls["image_features"] == {"pixel_values": 1}
+    calls["direction"] = [-0.6, 0.8]  # cos -0.6: clamped at 0
+    assert scorer.score(np.zeros((16, 16, 3), np.uint8), "x") == 0.0
+
+
+def test_clip_score_clamps_each_batch_mean_not_each_image():
+    from pixverve.bench.evaluate import clip_score_of_batches
+
+    # batch 1: mean (10 - 30 + 5 + 5) / 4 = -2.5 -> 0; batch 2: 8 -> mean of batch values 4
+    assert clip_score_of_batches([10, -30, 5, 5, 8]) == pytest.approx(4.0)
+    assert clip_score_of_batches([10, -2, 5, 5], batch=2) == pytest.approx(4.5)  # (4 + 5) / 2; per image: 5
+    assert math.isnan(clip_score_of_batches([]))
+
+
+def test_msfi_patch_side_boundary():
+    from pixverve.bench.scores import msfi_patch_size
+
+    assert msfi_patch_size(7680, 100) == 1024 and msfi_patch_size(100, 7680) == 1024  # long edge >= 7680
+    assert msfi_patch_size(7679, 7679) == 512
+
+
+def test_ics_view_only_shrinks_and_truncates():
+    from PIL import Image
+
+    from pixverve.bench.scores import ics_view
+
+    small = Image.new("RGB", (3072, 1000))
+    assert ics_view(small) is small  # long edge = 3072: left as it is
+    assert ics_view(Image.new("RGB", (3073, 1001))).size == (3072, 1000)  # 1001 * 3072 / 3073 = 1000.67
+    assert ics_view(Image.new("RGB", (1001, 6146))).size == (500, 3072)  # 1001 / 2 = 500.5
+
+
+def test_long_edge_copy_square_and_truncation():
+    from PIL import Image
+
+    from pixverve.bench.scores import long_edge_copy
+
+    assert long_edge_copy(Image.new("RGB", (3000, 2000)), 2048).size == (2048, 1365)  # 1365.33
+    assert long_edge_copy(Image.new("RGB", (2000, 3000)), 2048).size == (1365, 2048)
+    assert long_edge_copy(Image.new("RGB", (300, 300)), 2048).size == (2048, 2048)
+
+
+def test_sobel_variance_known_answer():
+    from pixverve.bench.scores import sobel_variance
+
+    assert sobel_variance(np.zeros((8, 8), np.uint8)) == 0.0
+    # a horizontal ramp of 1 per column: |gx| = 8 inside, 0 on the edge columns (reflect-101 mirrors
+    # the neighbour: equal values on both sides)
+    ramp = np.tile(np.arange(6, dtype=np.uint8), (6, 1))
+    mag = np.array([0, 8, 8, 8, 8, 0], float)
+    assert sobel_variance(ramp) == pytest.approx(np.var(np.tile(mag, (6, 1))))
+
+
+# ------------------------------------------------------------------------------- verify, core
+
+
+def test_psnr_known_values_across_bands():
+    from pixverve.verify.fidelity import psnr
+
+    a = np.zeros((600, 3, 3), np.uint8)  # 600 rows: two 512-row bands
+    assert psnr(a, a) == math.inf
+    assert psnr(a, a + 1) == pytest.approx(10 * math.log10(255.0**2))  # MSE 1: 48.13 dB
+    assert psnr(a, a + 255) == pytest.approx(0.0)
+    b = a.copy()
+    b[550:] = 10  # only in the second band: MSE = 100 * 50 / 600
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255.0**2 / (100 * 50 / 600)))
+
+
+def test_ssim_equals_scikit_image_in_small_bands():
+    from skimage.metrics import structural_similarity
+
+    from pixverve.verify.fidelity import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
+    ref = structural_similarity(a, b, channel_axis=-1, data_range=255)
+    for band in (5, 7, 512):
+        assert ssim(a, b, band_rows=band) == pytest.approx(ref, abs=1e-12)
+    assert ssim(a[..., 0], b[..., 0]) == pytest.approx(structural_similarity(a[..., 0], b[..., 0], data_range=255))
+    assert ssim(a, a) == pytest.approx(1.0)
+
+
+def test_seam_ratio_known_answers_and_edges():
+    from pixverve.verify.fidelity import seam_ratios
+
+    x = np.arange(40)
+    grey = np.tile(np.where(x < 20, x, x + 9), (5, 1)).astype(np.uint8)  # steps of 1, 10 across column 20
+    assert seam_ratios(grey, [20], [], beside=6) == [("x", 20, pytest.approx(10.0))]
+    assert seam_ratios(grey.T, [], [20], beside=6) == [("y", 20, pytest.approx(10.0))]
+    flat = np.tile(np.where(x < 20, 100, 103), (5, 1)).astype(np.uint8)  # no steps beside: floored at min_step
+    assert seam_ratios(flat, [20], [], beside=6) == [("x", 20, pytest.approx(3.0))]
+    assert seam_ratios(flat, [20], [], beside=6, min_step=2.0) == [("x", 20, pytest.approx(1.5))]
+    # a seam needs beside + 1 lines before it and beside lines from it on
+    assert [p for _, p, _ in seam_ratios(grey, [6, 7, 33, 34], [], beside=6)] == [7, 33]
+
+
+def test_verify_thresholds_drop_only_beyond_them(tmp_path):
+    """A measure exactly at its threshold passes: seam ratio <= max_ratio, PSNR >= min_psnr,
+    SSIM >= min_ssim, LPIPS <= max; just beyond any one of them fails on that check."""
+    from test_verify import _shard_fixture  # the source + lanczos SR fixture (tests/ is on sys.path)
+
+    from pixverve.verify.fidelity import load_lpips, verify_shard
+
+    table, config = _shard_fixture(tmp_path, lambda sr: sr)
+    model = load_lpips(config["verify"]["consistency"]["lpips"])
+    row = verify_shard(table, config, tmp_path, log=lambda *_: None, lpips_model=model).iloc[0]
+    ratio, p, s, lp = row["max_seam_ratio"], row["psnr"], row["ssim"], row["lpips"]
+    assert row["passed"] and 0 < ratio and lp > 0
+
+    def run(ratio=ratio, p=p, s=s, lp=lp):
+        config["verify"]["seam"]["max_ratio"] = ratio
+        c = config["verify"]["consistency"]
+        c["min_psnr"], c["min_ssim"], c["lpips"]["max"] = p, s, lp
+        return verify_shard(table, config, tmp_path, log=lambda *_: None, lpips_model=model).iloc[0]
+
+    at = run()
+    assert at["passed"] and at["seam_ok"] and at["consistency_ok"]
+    assert run(ratio=ratio * (1 - 1e-9))["reason"] == "seam"
+    for beyond in ({"p": p + 1e-6}, {"s": s + 1e-7}, {"lp": lp - 1e-7}):
+        out = run(**beyond)
+        assert out["reason"] == "consistency" and out["seam_ok"] and not out["consistency_ok"], beyond
+
+
+def test_seam_positions_of_a_small_grid():
+    from pixverve.core.tiling import TileGrid
+    from pixverve.verify.fidelity import seam_positions
+
+    # scale 2, tiles of 8 px every 6 px (output): input tiles 4, stride 3; 10 wide -> starts 0, 3, 6
+    grid = TileGrid(in_h=4, in_w=10, scale=2, tile_px=8, stride_px=6)
+    assert grid.cols() == [0, 3, 6] and grid.rows() == [0]
+    assert seam_positions(grid) == ([6, 8, 12, 14], [])
+
+
+def test_tile_grid_of_the_paper_and_its_edges():
+    from pixverve.core.tiling import TileGrid
+
+    g = TileGrid(in_h=512, in_w=1000, scale=1)  # ODTSR: 512 px tiles, 384 px stride
+    assert g.cols() == [0, 384, 488] and g.rows() == [0] and g.n_tiles == 3
+    g4 = TileGrid(in_h=128, in_w=300, scale=4)  # 4x: 128 px input tiles every 96 px
+    assert g4.tile_in(300) == 128 and g4.cols() == [0, 96, 172] and g4.out_w == 1200 and g4.out_h == 512
+    assert TileGrid(in_h=129, in_w=100, scale=4).rows() == [0, 1]  # one pixel over: a second tile
+    assert TileGrid(in_h=100, in_w=50, scale=4).tile_in(50) == 50  # smaller than a tile: one tile
+    TileGrid(in_h=10, in_w=10, scale=2, tile_px=8, stride_px=8)  # stride = tile is allowed
+    for bad in ({"tile_px": 8, "stride_px": 10}, {"tile_px": 8, "stride_px": 0}, {"tile_px": 9, "stride_px": 6}):
+        with pytest.raises(ValueError):
+            TileGrid(in_h=10, in_w=10, scale=2, **bad)
+
+
+def test_feather_ramps():
+    from pixverve.core.tiling import feather
+
+    r = [0.125, 0.375, 0.625, 0.875]
+    assert feather(8, 4, False, False).tolist() == r + r[::-1]
+    assert feather(8, 4, True, False).tolist() == [1, 1, 1, 1] + r[::-1]
+    assert feather(8, 4, False, True).tolist() == r + [1, 1, 1, 1]
+    assert feather(8, 0, False, False).tolist() == [1] * 8
+    assert feather(2, 4, False, True).tolist() == [0.125, 0.375]  # ramp longer than the tile
+
+
+def test_bands_of_a_wide_image():
+    from pixverve.core.tiling import bands_of
+
+    image = np.zeros((5, 40, 3), np.uint8)
+    assert [b.shape[0] for b in bands_of(image, rows=2)] == [2, 2, 1]
+
+
+# -------------------------------------------------------------------------------------- purify
+
+
+def test_purify_thresholds_drop_only_beyond_the_published_cut_offs(tmp_path, demo_config):
+    """Paper: dropped if the exposure share > 20 %, the Laplacian variance < 10, the smooth share
+    > 97.5 %: a value exactly at the threshold passes."""
+    import copy
+
+    import pandas as pd
+    from PIL import Image
+
+    from pixverve.purify.classical import score_classical_shard
+
+    rng = np.random.default_rng(0)
+    grey = np.full((96, 96), 128, np.uint8)
+    grey[:40] = rng.integers(0, 256, (40, 96), dtype=np.uint8)  # noise on top, flat below
+    grey[90:] = 255  # some over-exposed rows
+    (tmp_path / "src").mkdir()
+    Image.fromarray(grey, "L").save(tmp_path / "src" / "a.png")
+    rows = pd.DataFrame([{"image_id": "a" * 16, "root": "r", "relpath": "a.png", "shard": "s00000"}])
+
+    def run(**cut):
+        config = copy.deepcopy(demo_config)
+        config["sources"] = {"roots": [{"name": "r", "path": str(tmp_path / "src")}]}
+        p = config["purify"]
+        p["flatness"]["patch_px"] = 16 / math.sqrt(config["target_megapixels"] / 100)  # 16 px patches here
+        p["exposure"]["max_share"] = cut.get("exposure", 0.2)
+        p["sharpness"]["min_laplacian_var"] = cut.get("sharpness", 10)
+        p["flatness"]["max_smooth_share"] = cut.get("flatness", 0.975)
+        return score_classical_shard(rows, config, tmp_path).iloc[0]
+
+    row = run()
+    assert row["flatness_patch_px"] == 16 and row["total_patches"] == 36
+    assert row["exposure_low_value"] == 5 and row["exposure_high_value"] == 250
+    share, lap, flat = row["exposure_share"], row["laplacian_var"], row["flat_share"]
+    assert 0 < share < 0.2 and lap > 10 and 0 < flat < 0.975 and row["passed"]
+    at = run(exposure=share, sharpness=lap, flatness=flat)  # every measure exactly at its threshold
+    assert at["passed"] and at["exposure_ok"] and at["sharpness_ok"] and at["flatness_ok"]
+    over = run(exposure=share * (1 - 1e-9), sharpness=lap, flatness=flat)
+    assert not over["passed"] and over["reason"] == "exposure" and not over["exposure_ok"]
+    over = run(exposure=share, sharpness=lap * (1 + 1e-9), flatness=flat)
+    assert over["reason"] == "sharpness" and not over["sharpness_ok"] and over["exposure_ok"]
+    over = run(exposure=share, sharpness=lap, flatness=flat * (1 - 1e-9))
+    assert over["reason"] == "flatness" and not over["flatness_ok"] and over["sharpness_ok"]
+    assert "flatness:" in over["reason_detail"] and "exposure" not in over["reason_detail"]
+
+
+def test_classical_measures_known_answers():
+    from pixverve.purify.classical import ClassicalParams, classical_scores
+
+    p = ClassicalParams(patch_px=4, smooth_variance=800.0)
+    spot = np.zeros((5, 5), np.uint8)
+    spot[2, 2] = 10  # Laplacian: -40 at the spot, +10 at its 4 neighbours: var = (1600 + 400) / 25
+    s = classical_scores(spot, p)
+    assert s.laplacian_var == pytest.approx(80.0)
+    assert s.exposure_share == pytest.approx(24 / 25)  # 24 zeros are < 5; 10 is not
+    assert s.entropy_bits == pytest.approx(-(24 / 25) * math.log2(24 / 25) - (1 / 25) * math.log2(1 / 25))
+    edge = np.array([[4, 5, 250, 251]] * 4, np.uint8)  # < 5 and > 250 only
+    assert classical_scores(edge, p).exposure_share == 0.5
+    flat = np.full((8, 8), 100, np.uint8)  # Sobel variance 0: smooth only when 0 < threshold
+    assert classical_scores(flat, ClassicalParams(patch_px=4, smooth_variance=0.0)).flat_share == 0.0
+    assert classical_scores(flat, ClassicalParams(patch_px=4, smooth_variance=1e-9)).flat_share == 1.0
+    assert classical_scores(np.zeros((3, 3), np.uint8), p).flat_share == 1.0  # no whole patch
+
+
+def test_top_fraction_keeps_ceil_of_the_share_without_float_creep():
+    from pixverve.purify.classical import top_fraction
+
+    ids = np.array(list("abcde"))
+    kept, cut = top_fraction(np.array([5.0, 4, 3, 2, 1]), ids, 0.6)  # 0.6 * 5 = 3.0000000000000004: 3, not 4
+    assert kept.tolist() == [True, True, True, False, False] and cut == 3.0
+    kept, cut = top_fraction(np.array([5.0, 4, 3, 2, 1]), ids, 0.61)  # 3.05: 4
+    assert kept.sum() == 4 and cut == 2.0
+    kept, cut = top_fraction(np.array([1.0, 2, 2, np.nan, 0]), ids, 0.5)  # 4 scored: 2 kept, tie by id
+    assert kept.tolist() == [False, True, True, False, False] and cut == 2.0
+    kept, cut = top_fraction(np.array([1.0, 2]), ids[:2], 0.0)
+    assert not kept.any() and math.isnan(cut)
+
+
+def test_tiled_tiff_is_a_zlib_rgb_bigtiff_written_in_place_at_the_end(tmp_path):
+    import tifffile
+
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    out = tmp_path / "new" / "dir" / "a.tif"  # parent folders are made
+    TiledTiffWriter(out, 40, 70, tile=16).write(bands_of(image, rows=7))
+    assert list(out.parent.iterdir()) == [out]  # no .tmp left
+    with tifffile.TiffFile(out) as tif:
+        page = tif.pages[0]
+        assert tif.is_bigtiff and page.photometric == tifffile.PHOTOMETRIC.RGB
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE and page.is_tiled
+        assert (page.tilelength, page.tilewidth) == (16, 16)
+        assert np.array_equal(page.asarray(), image)
+    with pytest.raises(ValueError, match="bands gave 35 rows, expected 40"):
+        TiledTiffWriter(tmp_path / "b.tif", 40, 70, tile=16).write(bands_of(image[:35], rows=7))
+
+
+def test_glcm_layout_and_values_are_the_published_ones():
+    """eval/metrics.py: grey // 4 (64 levels), 64 px patches, graycomatrix(distances [1, 2, 3, 4],
+    angles [0, 45, 90, 135] degrees, levels 64, symmetric, normed), shannon_entropy of it all."""
+    from skimage.feature import graycomatrix
+    from skimage.measure import shannon_entropy
+
+    from pixverve.bench import glcm, glcm_layout
+
+    assert (glcm_layout.PATCH, glcm_layout.LEVELS, glcm_layout.DISTANCES) == (64, 64, (1, 2, 3, 4))
+    assert glcm_layout.ANGLES == pytest.approx((0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4))
+    assert glcm_layout.quantise(np.array([0, 3, 4, 255], np.uint8)).tolist() == [0, 0, 1, 63]
+    # a constant patch: each of the 16 slices holds one 1.0 among 64 x 64 zeros
+    a = 16 / (64 * 64 * 16)
+    known = -(a * math.log2(a) + (1 - a) * math.log2(1 - a))
+    assert glcm.patch_entropies(np.full((64, 64), 77, np.uint8)).tolist() == pytest.approx([known])
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (64, 128), dtype=np.uint8)
+    grey[:, 64:] //= 3  # another range
+    published = [
+        shannon_entropy(
+            graycomatrix(
+                grey[:, x : x + 64] // 4,
+                [1, 2, 3, 4],
+                [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
+                levels=64,
+                symmetric=True,
+                normed=True,
+            )
+        )
+        for x in (0, 64)
+    ]
+    assert glcm.patch_entropies(grey).tolist() == pytest.approx(published, abs=1e-12)
+    assert glcm.reference_patch_entropies(grey).tolist() == pytest.approx(published, abs=1e-12)
+    assert glcm.glcm_score(grey) == pytest.approx(sum(published) / 2)
+    assert len(glcm.patch_entropies(np.zeros((64, 127), np.uint8))) == 1  # 64 x 64 is a whole patch
