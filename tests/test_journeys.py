@@ -31,9 +31,6 @@ FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.S | re.M)
 TITLE = re.compile(r'title="([^"]+)"')
 SHOWN_ONLY = {"text", "yaml", "console"}  # blocks shown to the reader, neither run nor saved
 
-pytestmark = pytest.mark.e2e
-
-
 # -- reading and running a page ----------------------------------------------------------------
 
 
@@ -211,6 +208,7 @@ def bench_layout(work: Path) -> list[str]:
     return list(real)
 
 
+@pytest.mark.e2e
 def test_bench_journey(tmp_path):
     home = user_home(tmp_path)
     work = home / "pixverve-bench"
@@ -231,6 +229,8 @@ def test_bench_journey(tmp_path):
     ics = scores.ics({"IEV": 8, "AAA": 7, "SRA": 6})
     assert float(row["msfi"]) == pytest.approx(msfi, abs=1e-3) and float(row["ics"]) == pytest.approx(ics, abs=1e-3)
     assert "my-model" in outputs[-1] and (work / "paper_figures" / "bench_crops.png").is_file()
+    # only the trial's three tiny scorers are marked smoke: FID, FID_patch, GLCM and the judge are real
+    assert row["smoke_columns"] == "aesthetics,clip,fgclip2"
     judged = pd.read_parquet(work / "results" / "bench" / "my-model" / "judged.parquet")
     assert sorted(judged["name"]) == sorted(stems)
     # the judge got the published prompts from the user's clone (a global, an ICS and one call per
@@ -279,6 +279,7 @@ def curated(tmp_path_factory):
     return home, sizes, outputs
 
 
+@pytest.mark.e2e
 def test_curate_journey(curated):
     home, sizes, outputs = curated
     work = home / "pixverve-curate"
@@ -308,6 +309,7 @@ def test_curate_journey(curated):
     assert not (ROOT / "results" / "dataset" / "metadata.parquet").is_symlink()
 
 
+@pytest.mark.e2e
 def test_train_journey(curated):
     home, _, _ = curated
     work = home / "pixverve-curate"
@@ -330,7 +332,7 @@ def test_train_journey(curated):
     assert sorted(table["method"]) == ["flux2_i_full", "flux2_i_lora", "flux2_ii", "l2p_iii"]
     assert set(table["images"]) == {2}
     for method in table["method"]:
-        assert len(list((work / "results" / "bench" / "generated" / method).glob("*.*"))) == 2
+        assert len(list((work / "results" / "bench" / "generated" / method).glob("*.jpg"))) == 2
     assert "flux2_i_lora" in outputs[-1]
     # the curation was not redone
     assert (work / "results" / "dataset" / "metadata.parquet").stat().st_mtime_ns == before
