@@ -245,6 +245,7 @@ def test_bench_journey(tmp_path):
     assert {b["model"] for b in server.bodies} == {JUDGE_MODEL}
     # results stayed in the working folder, none in the checkout
     assert (work / "resources" / "weights" / "fid_inception_v3.pth").is_file()
+    assert not (ROOT / "results" / "bench" / "my-model").exists()
 
 
 # -- journey: curate your own UHR images, then train the schemes on them -------------------------
@@ -307,8 +308,8 @@ def test_curate_journey(curated):
     index = (work / "results" / "atlas" / "index.html").read_text()
     assert "<html" in index.lower()
     assert (work / "results" / "atlas" / "shards").is_dir()
-    # nothing went into the checkout
-    assert not (ROOT / "results" / "dataset" / "metadata.parquet").is_symlink()
+    # Snakemake's own state went to the working folder too (--directory)
+    assert (work / ".snakemake").is_dir() and (work / "logs").is_dir()
 
 
 @pytest.mark.e2e
