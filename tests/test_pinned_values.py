@@ -438,8 +438,14 @@ def test_purify_thresholds_drop_only_beyond_the_published_cut_offs(tmp_path, dem
     grey[:40] = rng.integers(0, 256, (40, 96), dtype=np.uint8)  # noise on top, flat below
     grey[90:] = 255  # some over-exposed rows
     (tmp_path / "src").mkdir()
-    Image.fromarray(grey, "L").save(tmp_path / "src" / "a.png")
-    rows = pd.DataFrame([{"image_id": "a" * 16, "root": "r", "relpath": "a.png", "shard": "s00000"}])
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(tmp_path / "src" / "a.png")
+    (tmp_path / "src" / "b.png").write_text("not an image")
+    rows = pd.DataFrame(
+        [
+            {"image_id": "a" * 16, "root": "r", "relpath": "a.png", "shard": "s00000"},
+            {"image_id": "b" * 16, "root": "r", "relpath": "b.png", "shard": "s00000"},
+        ]
+    )
 
     def run(**cut):
         config = copy.deepcopy(demo_config)
@@ -451,11 +457,20 @@ def test_purify_thresholds_drop_only_beyond_the_published_cut_offs(tmp_path, dem
         p["flatness"]["max_smooth_share"] = cut.get("flatness", 0.975)
         return score_classical_shard(rows, config, tmp_path).iloc[0]
 
+    bad = score_classical_shard(rows, demo_config | {"sources": {"roots": [{"name": "r", "path": "src"}]}}, tmp_path)
+    bad = bad.iloc[1].to_dict()
+    assert not bad["passed"] and bad["reason"] != "" and bad["reason_detail"] != "" and bad["grey_source"] == ""
+    assert (bad["flat_patches"], bad["total_patches"]) == (0, 0) and math.isnan(bad["exposure_share"])
+    assert not (bad["exposure_ok"] or bad["sharpness_ok"] or bad["flatness_ok"])
+    assert (bad["image_id"], bad["root"], bad["relpath"], bad["shard"]) == ("b" * 16, "r", "b.png", "s00000")
     row = run()
+    assert (row["image_id"], row["root"], row["relpath"], row["shard"]) == ("a" * 16, "r", "a.png", "s00000")
+    assert row["grey_source"] == "bt601 luma of rgb"
     assert row["flatness_patch_px"] == 16 and row["total_patches"] == 36
     assert row["exposure_low_value"] == 5 and row["exposure_high_value"] == 250
     share, lap, flat = row["exposure_share"], row["laplacian_var"], row["flat_share"]
     assert 0 < share < 0.2 and lap > 10 and 0 < flat < 0.975 and row["passed"]
+    assert row["flat_patches"] == flat * 36 and row["entropy_bits"] > 1
     at = run(exposure=share, sharpness=lap, flatness=flat)  # every measure exactly at its threshold
     assert at["passed"] and at["exposure_ok"] and at["sharpness_ok"] and at["flatness_ok"]
     over = run(exposure=share * (1 - 1e-9), sharpness=lap, flatness=flat)
@@ -554,3 +569,81 @@ def test_glcm_layout_and_values_are_the_published_ones():
     assert glcm.reference_patch_entropies(grey).tolist() == pytest.approx(published, abs=1e-12)
     assert glcm.glcm_score(grey) == pytest.approx(sum(published) / 2)
     assert len(glcm.patch_entropies(np.zeros((64, 127), np.uint8))) == 1  # 64 x 64 is a whole patch
+
+
+def test_classical_params_scale_the_patch_with_the_side():
+    from pixverve.purify.classical import classical_params
+
+    def params(target, patch):
+        purify = {
+            "exposure": {"low_value": 5, "high_value": 250},
+            "flatness": {"patch_px": patch, "smooth_variance": 800},
+        }
+        return classical_params({"target_megapixels": target, "purify": purify})
+
+    p = params(100, 240)  # the 100 MP reference: the configured 240 px
+    assert (p.exposure_low, p.exposure_high, p.patch_px, p.smooth_variance) == (5, 250, 240, 800.0)
+    assert params(25, 240).patch_px == 120  # a quarter of the pixels: half the side
+    assert params(400, 240).patch_px == 480
+    assert params(100, 8).patch_px == 8 and params(100, 3).patch_px == 8  # never below 8 px
+
+
+def test_stage4_decision_takes_the_checks_in_the_papers_order():
+    """Seam, then consistency (verify table), then the region judge: each image leaves at its
+    first failed check, and the counts chain (what one check keeps, the next receives)."""
+    import pandas as pd
+
+    from pixverve.verify.fidelity import decide_stage4
+
+    def v(i, passed, reason=""):
+        return {"image_id": i, "root": "r", "relpath": f"{i}.png", "shard": "s0", "scale": 2, "passed": passed}, {
+            "reason": reason,
+            "reason_detail": f"{reason} of {i}" if reason else "",
+        }
+
+    verify = pd.DataFrame(
+        [
+            a | b
+            for a, b in [
+                v("a", True),
+                v("b", False, "seam"),
+                v("c", False, "consistency"),
+                v("d", False, "no_sr_output"),
+                v("e", True),
+                v("f", False, "unreadable"),
+            ]
+        ]
+    )
+    regions = pd.DataFrame(
+        [
+            {"image_id": "a", "passed": True, "reason": "", "reason_detail": "", "smoke": False},
+            {"image_id": "e", "passed": False, "reason": "region_artifacts", "reason_detail": "2 of 10", "smoke": True},
+        ]
+    )
+    upscaled = pd.DataFrame({"image_id": list("abcdef"), "output_path": [f"/sr/{i}.tif" for i in "abcdef"]})
+    decisions, counts = decide_stage4(verify, regions, upscaled)
+    d = decisions.set_index("image_id")
+    assert d["failed_check"].to_dict() == {
+        "a": "",
+        "b": "seam",
+        "c": "consistency",
+        "d": "sr_output",
+        "e": "regions",
+        "f": "sr_output",
+    }
+    assert d["passed"].to_dict() == {"a": True, "b": False, "c": False, "d": False, "e": False, "f": False}
+    assert d.loc["b", "reason"] == "seam" and d.loc["b", "reason_detail"] == "seam of b"
+    assert d.loc["e", "reason"] == "region_artifacts" and d.loc["e", "reason_detail"] == "2 of 10"
+    assert d["judge_smoke"].to_dict() == {"a": False, "b": False, "c": False, "d": False, "e": True, "f": False}
+    assert d.loc["c", "output_path"] == "/sr/c.tif" and d.loc["a", "relpath"] == "a.png" and d.loc["a", "scale"] == 2
+    assert list(decisions.columns[:6]) == ["image_id", "root", "relpath", "shard", "scale", "output_path"]
+    assert counts.to_dict("records") == [
+        {"check": "sr_output", "entering": 6, "dropped": 2, "kept": 4},
+        {"check": "seam", "entering": 4, "dropped": 1, "kept": 3},
+        {"check": "consistency", "entering": 3, "dropped": 1, "kept": 2},
+        {"check": "regions", "entering": 2, "dropped": 1, "kept": 1},
+    ]
+    with pytest.raises(ValueError, match="image e passed seam/consistency but has no region judgment"):
+        decide_stage4(verify, regions.iloc[:1], upscaled)
+    empty, counts = decide_stage4(verify.iloc[:0], regions.iloc[:0], upscaled.iloc[:0])
+    assert len(empty) == 0 and counts["entering"].tolist() == [0, 0, 0, 0]
