@@ -91,6 +91,43 @@ def test_l2p_frozen_layers_are_the_published_5_to_24():
     assert tm().l2p_frozen_layers(30, 5) == list(range(5, 25))
 
 
+def test_l2p_model_sees_model_time_and_returns_the_negated_unet():
+    """Published L2P: the network sees t = 1 - sigma and predicts -v: forward returns -unet(...);
+    the first (H/p)(W/p) output tokens, row-major, are the U-Net's bottleneck feature map."""
+    from pixverve.train.models import L2PModel
+
+    class Transformer:
+        class config:
+            all_patch_size = [2]
+
+        def __init__(self):
+            self.all_final_layer, self.calls = {}, []
+
+        def __call__(self, xs, t, caps, patch_size, return_dict):
+            self.calls.append((xs, t, caps, patch_size))
+            tokens = torch.arange(2 * 7 * 5, dtype=torch.float32).reshape(2, 7, 5)  # 4 image + 3 text tokens
+            self.all_final_layer["2-1"].hidden = tokens
+
+    class UNet(torch.nn.Module):
+        def forward(self, noisy, features):
+            self.features = features
+            return noisy * 2
+
+    transformer, unet = Transformer(), UNet()
+    model = L2PModel(transformer, unet)
+    noisy = torch.randn(2, 3, 4, 4)
+    out = model(noisy, torch.tensor([0.25, 0.5]), ["caps"], 2)
+    assert torch.equal(out, -2 * noisy)
+    xs, t, caps, patch = transformer.calls[0]
+    assert t.tolist() == [0.75, 0.5] and caps == ["caps"] and patch == 2 and xs[0].shape == (3, 1, 4, 4)
+    tokens = torch.arange(2 * 7 * 5, dtype=torch.float32).reshape(2, 7, 5)
+    assert unet.features.shape == (2, 5, 2, 2)
+    assert torch.equal(unet.features[1, :, 1, 0], tokens[1, 2])  # token row 1, column 0 = index 1 * 2 + 0
+    assert transformer.all_final_layer["2-1"].hidden is None
+    with pytest.raises(ValueError, match="patch 2, asked for 4"):
+        model(noisy, torch.tensor([0.25, 0.5]), ["caps"], 4)
+
+
 class Oracle(torch.nn.Module):
     """A model that knows x0: from x_t and its sigma it recovers the noise and returns noise - x0,
     the rectified-flow target (FLUX / diffusers / Z-Image train v = noise - x0).  With the right
@@ -647,3 +684,22 @@ def test_stage4_decision_takes_the_checks_in_the_papers_order():
         decide_stage4(verify, regions.iloc[:1], upscaled)
     empty, counts = decide_stage4(verify.iloc[:0], regions.iloc[:0], upscaled.iloc[:0])
     assert len(empty) == 0 and counts["entering"].tolist() == [0, 0, 0, 0]
+
+
+def test_the_shipped_config_holds_the_papers_numbers(repo_root):
+    """config.yaml's values marked "paper" (PAPER.md): a changed number there changes the reproduction."""
+    import yaml
+
+    c = yaml.safe_load((repo_root / "config.yaml").read_text())
+    p = c["purify"]
+    assert c["target_megapixels"] == 100
+    assert (p["exposure"]["low_value"], p["exposure"]["high_value"], p["exposure"]["max_share"]) == (5, 250, 0.2)
+    assert p["sharpness"]["min_laplacian_var"] == 10 and p["flatness"]["max_smooth_share"] == 0.975
+    assert p["entropy"]["keep_top_fraction"] == 0.6 and p["aesthetics"]["keep_top_fraction"] == 0.6
+    assert (c["upscale"]["tile_px"], c["upscale"]["stride_px"]) == (512, 384)
+    r = c["verify"]["regions"]
+    assert (r["patch_px"], r["n_sobel"], r["n_random"], r["max_flagged"]) == (768, 6, 4, 1)
+    assert c["verify"]["instances"]["max_flagged"] == 0
+    assert c["caption"]["instances"]["padding"] == 0.05 and c["caption"]["export"]["benchmark_size"] == 200
+    assert (c["bench"]["judge"]["msfi"]["n_sobel"], c["bench"]["judge"]["msfi"]["n_random"]) == (6, 4)
+    assert (c["train"]["defaults"]["vae_tile"], c["train"]["defaults"]["vae_tile_stride"]) == (512, 256)
