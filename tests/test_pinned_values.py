@@ -330,6 +330,11 @@ def test_long_edge_copy_square_and_truncation():
     assert long_edge_copy(Image.new("RGB", (3000, 2000)), 2048).size == (2048, 1365)  # 1365.33
     assert long_edge_copy(Image.new("RGB", (2000, 3000)), 2048).size == (1365, 2048)
     assert long_edge_copy(Image.new("RGB", (300, 300)), 2048).size == (2048, 2048)
+    # a square takes the "height is the long edge" branch: int(103 * (2048 / 103)) = 2047 is the width
+    assert long_edge_copy(Image.new("RGB", (103, 103)), 2048).size == (2047, 2048)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(long_edge_copy(img, 90)), np.asarray(img.resize((90, 60), Image.LANCZOS)))
 
 
 def test_sobel_variance_known_answer():
@@ -341,6 +346,39 @@ def test_sobel_variance_known_answer():
     ramp = np.tile(np.arange(6, dtype=np.uint8), (6, 1))
     mag = np.array([0, 8, 8, 8, 8, 0], float)
     assert sobel_variance(ramp) == pytest.approx(np.var(np.tile(mag, (6, 1))))
+    # float64 Sobel, negative gradients kept: the 3x3 Sobel magnitude with reflect-101 (scipy's "mirror")
+    from scipy import ndimage
+
+    g = np.random.default_rng(1).integers(0, 256, (12, 9), dtype=np.uint8)
+    f = g.astype(np.float64)
+    ref = np.hypot(ndimage.sobel(f, axis=1, mode="mirror"), ndimage.sobel(f, axis=0, mode="mirror"))
+    assert sobel_variance(g) == pytest.approx(float(np.var(ref)), rel=1e-12)
+
+
+def test_msfi_cells_are_whole_squares_and_relative_boxes_have_six_decimals():
+    from PIL import Image
+
+    from pixverve.bench.scores import msfi_layout
+
+    rng = np.random.default_rng(0)
+
+    def layout(w, h):
+        return msfi_layout(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), seed=0)[1]
+
+    # long edge 2048: scale 1, 512 px squares; one pixel short of a second row / column: no partial square
+    assert sorted(p["box"] for p in layout(2048, 1023)) == [(x, 0, x + 512, 512) for x in (0, 512, 1024, 1536)]
+    assert sorted(p["box"] for p in layout(1023, 2048)) == [(0, y, 512, y + 512) for y in (0, 512, 1024, 1536)]
+    patches = layout(2048, 1500)  # rows at 0 and 512: 512 / 1500 = 0.341333...
+    assert len(patches) == 8 and {p["box"][1] for p in patches} == {0, 512}
+    for p in patches:
+        left, top, right, bottom = p["box"]
+        assert p["relative"] == [
+            round(left / 2048, 6),
+            round(top / 1500, 6),
+            round(right / 2048, 6),
+            round(bottom / 1500, 6),
+        ]
+    assert 0.341333 in {p["relative"][1] for p in patches}
 
 
 # ------------------------------------------------------------------------------- verify, core
@@ -703,3 +741,13 @@ def test_the_shipped_config_holds_the_papers_numbers(repo_root):
     assert c["caption"]["instances"]["padding"] == 0.05 and c["caption"]["export"]["benchmark_size"] == 200
     assert (c["bench"]["judge"]["msfi"]["n_sobel"], c["bench"]["judge"]["msfi"]["n_random"]) == (6, 4)
     assert (c["train"]["defaults"]["vae_tile"], c["train"]["defaults"]["vae_tile_stride"]) == (512, 256)
+
+
+def test_msfi_left_out_image_record():
+    from pixverve.bench.scores import msfi
+
+    out = msfi(None, [{"NGE": 5}, None])
+    assert not out["included"] and math.isnan(out["msfi"]) and math.isnan(out["s_global"])
+    assert (out["defaulted_global"], out["defaulted_local"], out["valid_patches"]) == ([], 0, 1)
+    out = msfi({"SC-global": 5}, [{"NGE": 5}, {"TF": 1, "GA": 2}])  # missing keys count 3, and are counted
+    assert out["defaulted_global"] == ["PI", "LC", "CH"] and out["defaulted_local"] == 4 + 3
