@@ -751,3 +751,15 @@ def test_msfi_left_out_image_record():
     assert (out["defaulted_global"], out["defaulted_local"], out["valid_patches"]) == ([], 0, 1)
     out = msfi({"SC-global": 5}, [{"NGE": 5}, {"TF": 1, "GA": 2}])  # missing keys count 3, and are counted
     assert out["defaulted_global"] == ["PI", "LC", "CH"] and out["defaulted_local"] == 4 + 3
+
+
+def test_published_fid_defaults():
+    import inspect
+
+    from pixverve.bench.evaluate import fid_patch_coordinates
+    from pixverve.bench.fid import fid_for_pairs
+
+    assert inspect.signature(fid_for_pairs).parameters["size"].default == 4096
+    assert inspect.signature(fid_for_pairs).parameters["resample"].default == "bilinear"
+    defaults = {k: v.default for k, v in inspect.signature(fid_patch_coordinates).parameters.items()}
+    assert (defaults["crop"], defaults["per_pair"], defaults["seed"], defaults["order"]) == (299, 20, 42, "yx")
