@@ -763,3 +763,34 @@ def test_published_fid_defaults():
     assert inspect.signature(fid_for_pairs).parameters["resample"].default == "bilinear"
     defaults = {k: v.default for k, v in inspect.signature(fid_patch_coordinates).parameters.items()}
     assert (defaults["crop"], defaults["per_pair"], defaults["seed"], defaults["order"]) == (299, 20, 42, "yx")
+
+
+def _sets(buckets):
+    return sorted(sorted(row.tolist()) for t in buckets for row in t)
+
+
+def test_close_and_remote_index_sets_known_answers():
+    """Published local attention: fh x fw close windows, remote = the strided grid[i::fh, j::fw];
+    1x1 = one global window and no remote; without a pattern, a window (wh, ww) that is also the stride."""
+    part = tm().close_remote_partitions
+    # 4 x 6 tokens (row-major ids), factors 2 x 3: close 2x2 blocks, remote grid[i::2, j::3]
+    p = part((4, 6), factors=(2, 3))
+    assert _sets(p["close"])[:2] == [[0, 1, 6, 7], [2, 3, 8, 9]] and len(_sets(p["close"])) == 6
+    assert _sets(p["remote"]) == sorted(
+        sorted((r * 6 + c) for r in range(i, 4, 2) for c in range(j, 6, 3)) for i in range(2) for j in range(3)
+    )
+    assert _sets(p["remote"])[0] == [0, 3, 12, 15]
+    one = part((3, 4), factors=(1, 1))
+    assert _sets(one["close"]) == [list(range(12))] and one["remote"] == []
+    assert _sets(part((2, 4), factors=(1, 2))["remote"]) == [[0, 2, 4, 6], [1, 3, 5, 7]]  # (1, 2) has remote sets
+    ragged = part((5, 2), factors=(2, 1))  # 5 rows in 2 windows: rows 0-1 and 2-4 (i * 5 // 2), no padding
+    assert _sets(ragged["close"]) == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    # no pattern: window (2, 2) on 3 x 4 (ragged: a last row of 1); remote stride 2
+    w = part((3, 4), window=(2, 2))
+    assert _sets(w["close"]) == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9], [10, 11]]
+    assert _sets(w["remote"]) == [[0, 2, 8, 10], [1, 3, 9, 11], [4, 6], [5, 7]]
+    assert [t.shape for t in w["close"]] == [(2, 2), (2, 4)]  # grouped by size, smallest first
+    whole = part((2, 2), window=(2, 2))  # the window covers the grid: global, no remote
+    assert _sets(whole["close"]) == [[0, 1, 2, 3]] and whole["remote"] == []
+    wide = part((2, 4), window=(2, 2))  # covers the rows only: still remote sets (along columns)
+    assert _sets(wide["remote"]) == [[0, 2], [1, 3], [4, 6], [5, 7]]
