@@ -533,8 +533,15 @@ def test_purify_thresholds_drop_only_beyond_the_published_cut_offs(tmp_path, dem
         return score_classical_shard(rows, config, tmp_path).iloc[0]
 
     bad = score_classical_shard(rows, demo_config | {"sources": {"roots": [{"name": "r", "path": "src"}]}}, tmp_path)
+    assert bad.iloc[0]["passed"]  # the root's relative path is read against base_dir
     bad = bad.iloc[1].to_dict()
-    assert not bad["passed"] and bad["reason"] != "" and bad["reason_detail"] != "" and bad["grey_source"] == ""
+    assert not bad["passed"] and bad["grey_source"] == ""
+    assert (
+        isinstance(bad["reason"], str)
+        and bad["reason"]
+        and isinstance(bad["reason_detail"], str)
+        and bad["reason_detail"]
+    )
     assert (bad["flat_patches"], bad["total_patches"]) == (0, 0) and math.isnan(bad["exposure_share"])
     assert not (bad["exposure_ok"] or bad["sharpness_ok"] or bad["flatness_ok"])
     assert (bad["image_id"], bad["root"], bad["relpath"], bad["shard"]) == ("b" * 16, "r", "b.png", "s00000")
@@ -651,13 +658,13 @@ def test_classical_params_scale_the_patch_with_the_side():
 
     def params(target, patch):
         purify = {
-            "exposure": {"low_value": 5, "high_value": 250},
-            "flatness": {"patch_px": patch, "smooth_variance": 800},
+            "exposure": {"low_value": 7, "high_value": 240},  # not the dataclass defaults: read from the config
+            "flatness": {"patch_px": patch, "smooth_variance": 500},
         }
         return classical_params({"target_megapixels": target, "purify": purify})
 
     p = params(100, 240)  # the 100 MP reference: the configured 240 px
-    assert (p.exposure_low, p.exposure_high, p.patch_px, p.smooth_variance) == (5, 250, 240, 800.0)
+    assert (p.exposure_low, p.exposure_high, p.patch_px, p.smooth_variance) == (7, 240, 240, 500.0)
     assert params(25, 240).patch_px == 120  # a quarter of the pixels: half the side
     assert params(400, 240).patch_px == 480
     assert params(100, 8).patch_px == 8 and params(100, 3).patch_px == 8  # never below 8 px
