@@ -320,6 +320,9 @@ def test_ics_view_only_shrinks_and_truncates():
     assert ics_view(small) is small  # long edge = 3072: left as it is
     assert ics_view(Image.new("RGB", (3073, 1001))).size == (3072, 1000)  # 1001 * 3072 / 3073 = 1000.67
     assert ics_view(Image.new("RGB", (1001, 6146))).size == (500, 3072)  # 1001 / 2 = 500.5
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 3100, 3), dtype=np.uint8))
+    lanczos = noise.resize((3072, 19), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(ics_view(noise)), np.asarray(lanczos))
 
 
 def test_long_edge_copy_square_and_truncation():
