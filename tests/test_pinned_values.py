@@ -144,10 +144,24 @@ class Oracle(torch.nn.Module):
         return noise - self.x0
 
     def forward(self, *args, **kwargs):
+        self.seen = (args, kwargs)
         if kwargs:  # the FLUX.2 transformer's call
             return (self.v(kwargs["hidden_states"], kwargs["timestep"]),)
         xt, sigma = args[0], args[1]  # the L2P model's call
         return self.v(xt, sigma)
+
+
+class Zero(torch.nn.Module):
+    """Predicts 0: the loss is then E[(noise - x0)^2], so it shows which noise was drawn."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args, **kwargs):
+        xt = kwargs["hidden_states"] if kwargs else args[0]
+        out = torch.zeros_like(xt)
+        return (out,) if kwargs else out
 
 
 def flux2_adapter(x0):
@@ -157,8 +171,8 @@ def flux2_adapter(x0):
     adapter.spec = {"logit_mean": 0.0, "logit_std": 1.0, "train_shift": {"mode": "static", "mu": 0.8}}
     adapter.device = "cpu"
     adapter.last_sigmas = None
-    adapter.encode_images = lambda pixels: (x0, torch.zeros(x0.shape[1], 4))
-    adapter.encode_text = lambda captions: (torch.zeros(x0.shape[0], 3, 8), torch.zeros(3, 4))
+    adapter.encode_images = lambda pixels: (x0, torch.full((x0.shape[1], 4), 7.0))
+    adapter.encode_text = lambda captions: (torch.full((x0.shape[0], 3, 8), float(len(captions))), torch.ones(3, 4))
     return adapter
 
 
@@ -171,14 +185,30 @@ def test_flux2_loss_target_is_noise_minus_data():
     flipped = Oracle(x0)
     flipped.v = lambda xt, sigma: -Oracle.v(flipped, xt, sigma)  # predicts x0 - noise
     assert adapter.loss(flipped, None, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() > 1.0
+    # what the transformer is given: x_t, the text states and ids, sigma as the timestep, no guidance
+    oracle = Oracle(x0)
+    adapter.loss(oracle, None, ["a", "b"], torch.Generator().manual_seed(1), sigmas)
+    kw = oracle.seen[1]
+    assert torch.equal(kw["encoder_hidden_states"], torch.full((2, 3, 8), 2.0)) and torch.equal(
+        kw["txt_ids"], torch.ones(3, 4)
+    )
+    assert torch.equal(kw["img_ids"], torch.full((6, 4), 7.0)) and torch.equal(kw["timestep"], sigmas)
+    assert kw["guidance"] is None and kw["return_dict"] is False
+    # the noise is the step generator's draw (reproducible per step), not the global RNG's
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(0)
+    zero = adapter.loss(Zero(), None, ["a", "b"], torch.Generator().manual_seed(5), sigmas)
+    assert zero.item() == pytest.approx(((noise - x0) ** 2).mean().item(), rel=1e-6)
 
 
 def test_flux2_loss_draws_its_sigmas_at_the_training_mu():
     x0 = torch.linspace(-1, 1, 2 * 6 * 4).reshape(2, 6, 4)
     adapter = flux2_adapter(x0)
+    adapter.spec = {"logit_mean": 0.3, "logit_std": 0.5, "train_shift": {"mode": "dynamic"}, "inference_steps": 40}
     loss = adapter.loss(Oracle(x0), None, ["a", "b"], torch.Generator().manual_seed(3))
-    assert loss.item() < 1e-8
-    expected = tm().sample_sigmas(2, torch.Generator().manual_seed(3), 0.8, 0.0, 1.0)
+    assert loss.item() < 1e-6
+    mu = tm().flux2_mu(6, 40)  # dynamic: FLUX.2's fit at the batch's 6 tokens
+    expected = tm().sample_sigmas(2, torch.Generator().manual_seed(3), mu, 0.3, 0.5)
     assert torch.allclose(adapter.last_sigmas, expected)
 
 
@@ -194,7 +224,17 @@ def test_l2p_loss_target_is_noise_minus_data():
     flipped = Oracle(x0)
     flipped.v = lambda xt, sigma: -Oracle.v(flipped, xt, sigma)
     assert adapter.loss(flipped, x0, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() > 1.0
-    # no sigmas given: drawn from the shifted grid (shift 3, 4 steps)
+    oracle = Oracle(x0)
+    adapter.loss(oracle, x0, ["a", "b"], torch.Generator().manual_seed(1), sigmas)
+    assert len(oracle.seen[0][2]) == 2 and oracle.seen[0][3] == 2  # the captions' features, the patch
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(0)
+    zero = adapter.loss(Zero(), x0, ["a", "b"], torch.Generator().manual_seed(5), sigmas)
+    assert zero.item() == pytest.approx(((noise - x0) ** 2).mean().item(), rel=1e-6)
+    # no sigmas given: drawn from the shifted grid (shift 3, 4 steps) with the step generator
+    adapter.loss(Oracle(x0), x0, ["a", "b"], torch.Generator().manual_seed(9))
+    grid = tm().l2p_sample_sigmas(2, torch.Generator().manual_seed(9), 3.0, 4)
+    assert torch.equal(adapter.last_sigmas, grid)
     assert adapter.loss(Oracle(x0), x0, ["a", "b"], torch.Generator().manual_seed(2)).item() < 1e-8
     assert {round(v, 6) for v in adapter.last_sigmas.tolist()} <= {0.5, 0.75, 0.9, 1.0}
 
