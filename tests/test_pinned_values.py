@@ -51,6 +51,11 @@ def test_l2p_sigmas_are_the_shifted_grid_without_zero():
     assert s.dtype == torch.float32 and s.shape == (400,)
     # grid 1 - i/4 for i < 4 = 1, .75, .5, .25; shifted by 3: 1, .9, .75, .5 (sigma 0 never drawn)
     assert sorted({round(v, 6) for v in s.tolist()}) == [0.5, 0.75, 0.9, 1.0]
+    # the published grid has 1000 steps; the patch keeps the 64 x 64 token grid
+    default = tm().l2p_sample_sigmas(64, torch.Generator().manual_seed(4), 3.0)
+    assert torch.equal(default, tm().l2p_sample_sigmas(64, torch.Generator().manual_seed(4), 3.0, 1000))
+    assert [tm().l2p_patch_size(r, 64) for r in (4096, 8192, 10240)] == [64, 128, 160]
+    assert all(type(tm().l2p_patch_size(r, 64)) is int for r in (4096, 8192))
 
 
 def test_training_shift_defaults_and_modes():
@@ -104,6 +109,7 @@ def test_l2p_model_sees_model_time_and_returns_the_negated_unet():
             self.all_final_layer, self.calls = {}, []
 
         def __call__(self, xs, t, caps, patch_size, return_dict):
+            assert return_dict is False
             self.calls.append((xs, t, caps, patch_size))
             tokens = torch.arange(2 * 7 * 5, dtype=torch.float32).reshape(2, 7, 5)  # 4 image + 3 text tokens
             self.all_final_layer["2-1"].hidden = tokens
