@@ -629,6 +629,9 @@ def test_classical_measures_known_answers():
     assert classical_scores(flat, ClassicalParams(patch_px=4, smooth_variance=0.0)).flat_share == 0.0
     assert classical_scores(flat, ClassicalParams(patch_px=4, smooth_variance=1e-9)).flat_share == 1.0
     assert classical_scores(np.zeros((3, 3), np.uint8), p).flat_share == 1.0  # no whole patch
+    for bad in (np.zeros((8, 8), np.uint16), np.zeros((8, 8, 3), np.uint8)):  # either is refused
+        with pytest.raises(ValueError, match="2-D uint8"):
+            classical_scores(bad, p)
 
 
 def test_top_fraction_keeps_ceil_of_the_share_without_float_creep():
