@@ -853,3 +853,30 @@ def test_close_and_remote_index_sets_known_answers():
     assert _sets(whole["close"]) == [[0, 1, 2, 3]] and whole["remote"] == []
     wide = part((2, 4), window=(2, 2))  # covers the rows only: still remote sets (along columns)
     assert _sets(wide["remote"]) == [[0, 2], [1, 3], [4, 6], [5, 7]]
+
+
+def test_verify_rows_of_a_failed_sr_and_an_unreadable_output(tmp_path):
+    import pandas as pd
+    from test_verify import _shard_fixture
+
+    from pixverve.verify.fidelity import load_lpips, verify_shard
+
+    table, config = _shard_fixture(tmp_path, lambda sr: sr)
+    failed = table.iloc[0].to_dict() | {"image_id": "b" * 16, "passed": False, "reason": "sr_failed"}
+    missing = table.iloc[0].to_dict() | {"image_id": "c" * 16, "output_path": str(tmp_path / "none.tif")}
+    rows = verify_shard(
+        pd.DataFrame([failed, missing]),
+        config,
+        tmp_path,
+        log=lambda *_: None,
+        lpips_model=load_lpips(config["verify"]["consistency"]["lpips"]),
+    )
+    b, c = rows.iloc[0].to_dict(), rows.iloc[1].to_dict()
+    assert (b["reason"], b["reason_detail"]) == ("no_sr_output", "SR failed: sr_failed") and not b["passed"]
+    assert c["reason"] == "unreadable" and "none.tif" in c["reason_detail"] and not c["passed"]
+    for r in (b, c):
+        assert (r["n_seams"], r["max_seam_ratio"], r["worst_seam"], r["seams"]) == (0, 0.0, "", "[]")
+        assert not r["seam_ok"] and not r["consistency_ok"] and math.isnan(r["psnr"]) and math.isnan(r["lpips"])
+        assert (r["root"], r["relpath"], r["shard"], r["scale"]) == ("r", "a.png", "s00000", 4)
+        assert math.isnan(r["ssim"]) and math.isnan(r["max_lpips"]) and r["seam_max_ratio"] == 2.0
+    assert [r["image_id"] for r in (b, c)] == ["b" * 16, "c" * 16]
