@@ -9,6 +9,9 @@
 #   RESUME=1 benchmarks/mutation.sh purify    # keep the last run's results; refresh tests/ and run the
 #                                             # mutants a capped run did not reach
 #   WITHOUT=tests/test_pinned_values.py benchmarks/mutation.sh purify   # leave test files out (a baseline)
+#   RERUN=1 ONLY='pixverve.train.models.*,pixverve.train.patterns.*' benchmarks/mutation.sh train
+#                                             # RERUN only the survivors whose names match (fnmatch);
+#                                             # with RESUME=1: run every mutant whose name matches
 #
 # Not a CI job: hours of CPU for all packages (each mutant re-runs the tests that reach the mutated
 # function).  Nothing here touches the working tree: each package runs in its own copy under
@@ -37,9 +40,10 @@ fi
 RERUN=${RERUN:-0}
 RESUME=${RESUME:-0}
 WITHOUT=${WITHOUT:-}
-export ROOT WORK CAP_S FULL VENV RERUN RESUME WITHOUT
+ONLY=${ONLY:-}
+export ROOT WORK CAP_S FULL VENV RERUN RESUME WITHOUT ONLY
 exec "$VENV/bin/python" - "$@" <<'PY'
-import os, re, shutil, subprocess, sys, time
+import fnmatch, os, re, shutil, subprocess, sys, time
 from collections import Counter
 from pathlib import Path
 
@@ -48,6 +52,7 @@ CAP_S, FULL = int(os.environ["CAP_S"]), os.environ["FULL"] == "1"
 RERUN = os.environ.get("RERUN", "0") == "1"
 RESUME = os.environ.get("RESUME", "0") == "1"
 WITHOUT = set(filter(None, os.environ.get("WITHOUT", "").split(",")))
+ONLY = list(filter(None, os.environ.get("ONLY", "").split(",")))
 
 # package: (formula modules, whole-package glob, fast unit test files that cover it)
 PACKAGES = {
@@ -64,17 +69,28 @@ PACKAGES = {
                "tests/test_pinned_values.py"]),
     "train": (["pixverve/train/models.py", "pixverve/train/patterns.py", "pixverve/train/loop.py"], "pixverve/train/*",
               ["tests/test_train.py", "tests/test_train_data.py", "tests/test_pinned_values.py"]),
-    "upscale": (["pixverve/upscale/sr.py"], "pixverve/upscale/*", ["tests/test_upscale.py", "tests/test_sd_x4.py"]),
-    "caption": (["pixverve/caption/steps.py"], "pixverve/caption/*", ["tests/test_caption.py", "tests/test_annotate.py"]),
+    "upscale": (["pixverve/upscale/sr.py"], "pixverve/upscale/*",
+                ["tests/test_upscale.py", "tests/test_sd_x4.py", "tests/test_pinned_values.py"]),
+    # caption: the Rex-Omni box parser and tag matching, and the core view helpers stage 5 uses (box / mask
+    # NMS, RLE, view-to-canvas boxes); steps.py (the chain's bookkeeping) only with FULL=1
+    "caption": (["pixverve/caption/models.py", "pixverve/core/views.py"], "pixverve/caption/*",
+                ["tests/test_annotate.py", "tests/test_caption.py", "tests/test_pinned_values.py"]),
 }
 # tests of other work in progress to leave out of a package's run (the clean run must pass)
 EXTRA_PYTEST = {
-    # train: also the slow end-to-end training tests (4-16 s each, the fast ones take ~15 s together) and
+    # train: the slow end-to-end training tests (4-16 s each, the fast ones take ~15 s together; the
+    # overfit-one-batch schemes 21-68 s each and the resume test 14 s under nice on this 2-core machine) and
     # the Snakemake dry run (a subprocess that hits mutmut's trampolines outside its folder)
-    "train": ["-k", "not published_pattern_presets and not auto_pattern_resolves and not overfits_one_batch"
+    "train": ["-k", "not overfits_one_batch"
               " and not resume_continues and not two_processes and not checkpoints_in_either_names"
               " and not sequential_loading and not l2p_trains_with_bf16 and not reload_that_misses"
               " and not lora_file_fuses and not 1x1_is_full_attention and not paper_config_train_rules_dry_run"],
+    # upscale: the real Real-ESRGAN runs and the memory test (11-50 s each; they check weights and memory, not
+    # the tiling formulas, which core/tiling.py's run covers)
+    "upscale": ["-k", "not real_esrgan_through_the_engine and not real_esrgan_weights_from_the_wheel"
+                " and not memory_is_bounded_by_the_band"],
+    # caption: the tiny-model runs of the tagger / detector wrappers (8-12 s each)
+    "caption": ["-k", "not tiny_models_run_the_real_code_paths and not grounding_dino_splits_a_long_tag_list"],
 }
 # numba-compiled kernels cannot run through mutmut's trampolines; their pure-Python twins are mutated
 NEVER = ["pixverve/bench/glcm_kernel.py"]
@@ -101,7 +117,12 @@ for pkg in wanted:
     work = WORK / pkg
     if RERUN or RESUME:
         again = [line.split("\t")[0] for line in (work / "survivors.txt").read_text().splitlines() if line]
-        again = again if RERUN else []  # no names: mutmut runs only the mutants without a result
+        again = [n for n in again if not ONLY or any(fnmatch.fnmatch(n, p) for p in ONLY)]
+        # no names: mutmut runs only the mutants without a result; RESUME with ONLY: every mutant matching
+        # (mutmut reruns named mutants, those with a result too)
+        again = again if RERUN else ONLY
+        if RERUN and not again:
+            sys.exit(f"{pkg}: no survivors to rerun (ONLY={ONLY})")
         for f in files:
             if f.startswith("tests/"):
                 for dest in (work / f, work / "mutants" / f):

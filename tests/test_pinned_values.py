@@ -855,6 +855,132 @@ def test_close_and_remote_index_sets_known_answers():
     assert _sets(wide["remote"]) == [[0, 2], [1, 3], [4, 6], [5, 7]]
 
 
+def test_window_fallback_and_auto_factors_per_block():
+    """Without a pattern a block attends in (wh, ww) windows with the same stride for the remote sets
+    (the published fallback); ("auto", i) is entry i mod 5 of the auto pattern for the current grid."""
+    from pixverve.train import patterns
+
+    ctx = tm().WindowContext((2, 2))
+    ctx.grid = (3, 4)
+    fallback = ctx.partitions(None)
+    assert _sets(fallback["close"]) == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9], [10, 11]]
+    assert _sets(fallback["remote"]) == [[0, 2, 8, 10], [1, 3, 9, 11], [4, 6], [5, 7]]
+    assert _sets(ctx.partitions((1, 2))["close"]) == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11]]
+    ctx.grid = (12, 18)
+    auto = patterns.auto_pattern.__wrapped__((12, 18), (2, 2))  # the lru cache bypassed
+    assert [ctx.resolve(("auto", i)) for i in range(7)] == [auto[i % 5] for i in range(7)]
+    assert ctx.resolve(None) is None and ctx.resolve((2, 3)) == (2, 3)
+
+
+def test_auto_pattern_divisors_and_the_preset_per_resolution():
+    """auto_pattern's candidates are all divisor pairs (1 and n included); infer.sh's presets: 4k below
+    8192, 8k from 8192 on (8K and 10K); a block without a pattern gets None (the window fallback)."""
+    from pixverve.train import patterns
+
+    assert patterns._divisors(12) == [1, 2, 3, 4, 6, 12]
+    assert patterns._divisors(1) == [1] and patterns._divisors(7) == [1, 7]
+    # published (test_train.PUBLISHED_AUTO), computed without the cache so the divisors are used
+    assert patterns.auto_pattern.__wrapped__((12, 18), (4, 4)) == ((4, 3), (6, 2), (2, 6), (4, 2), (2, 9))
+    assert patterns.auto_pattern.__wrapped__((64, 64), (16, 8)) == ((4, 8), (8, 4), (2, 16), (16, 2), (1, 32))
+    presets = patterns.PATTERN_PRESETS
+    assert presets["4k"] == ((1, 1), (8, 16), (16, 8), (4, 32), (32, 4))
+    assert presets["8k"] == presets["10k"] == ((1, 1), (16, 32), (32, 16), (8, 64), (64, 8))
+    assert patterns.default_pattern(4096) == patterns.default_pattern(8191) == presets["4k"]
+    assert patterns.default_pattern(8192) == patterns.default_pattern(10240) == presets["8k"]
+    assert patterns.block_factors(3, None) == [None, None, None]
+    assert patterns.block_factors(7, ((1, 1), (2, 3))) == [(1, 1), (2, 3)] * 3 + [(1, 1)]
+
+
+def test_local_attention_with_more_windows_than_tokens_per_window():
+    """4 x 4 tokens with factors 4 x 4: 16 one-token close windows and 16 one-token remote sets, in
+    chunks of max_windows: each image query attends to the text keys + itself in both branches."""
+    g = torch.Generator().manual_seed(0)
+    num_txt, n, h, d = 2, 16, 2, 4
+    q, k, v = (torch.randn(1, num_txt + n, h, d, generator=g, dtype=torch.float64) for _ in range(3))
+    got = tm().local_attention(q, k, v, num_txt, tm().close_remote_partitions((4, 4), (4, 4)), max_windows=3)
+    for t in range(n):
+        keys = [0, 1, num_txt + t]
+        w = torch.softmax(torch.einsum("hd,nhd->hn", q[0, num_txt + t], k[0, keys]) / math.sqrt(d), dim=-1)
+        assert torch.allclose(got[0, num_txt + t], torch.einsum("hn,nhd->hd", w, v[0, keys]), atol=1e-12)
+
+
+def _unet_layers(module):
+    out = []
+    for layer in module if isinstance(module, torch.nn.Sequential) else [module]:
+        if isinstance(layer, torch.nn.Conv2d):
+            out.append(("conv", layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.padding[0]))
+        elif isinstance(layer, torch.nn.Upsample):
+            out.append(("up", layer.scale_factor, layer.mode))
+        else:
+            out.append(type(layer).__name__)
+    return out
+
+
+def _published_unet(variant, d):
+    """MicroDiffusionModel (L2P-ZImage-HR/diffsynth/models/z_image_dit_L2P.py) in this project's names:
+    enc0, enc0b, enc1..enc4 = enc[0..5]; up0, up0b, up1..up4 = up[0..5]; dec likewise."""
+
+    def conv(cin, cout, k=3):
+        return [("conv", cin, cout, k, k // 2), "SiLU"]
+
+    def up(cin, cout):
+        return [("up", 2.0, "nearest"), ("conv", cin, cout, 3, 1)]
+
+    w = [16, 32, 64, 128, 256, 512] if variant != "10k" else [16, 32, 64, 128, 256]
+    net = {f"enc.{i}": conv(3 if i == 0 else w[i - 1], w[i]) for i in range(len(w))}
+    net["bottleneck"] = conv(w[-1] + d, 512, k=1)
+    for i in range(len(w)):
+        net[f"up.{i}"] = up(512 if i == len(w) - 1 else w[i], w[i])
+        net[f"dec.{i}"] = conv(2 * w[i], w[max(i - 1, 0)])
+    if variant != "4k":
+        net[f"outer_{variant}_enc"] = conv(3, 3)
+        net[f"outer_{variant}_up"] = up(16, 16)
+        net[f"outer_{variant}_dec"] = conv(16 + 3, 16)
+    net["out_conv"] = [("conv", 16, 3, 1, 0)]
+    return net
+
+
+@pytest.mark.parametrize("variant", ["4k", "8k", "10k"])
+def test_l2p_unet_layers_are_the_published_ones(variant):
+    """Every U-Net layer of the published 4K / 8K / 10K local decoder: 3x3 conv (padding 1) + SiLU per
+    encoder level, 1x1 conv + SiLU bottleneck on [deepest level, token features], nearest 2x upsample +
+    3x3 conv (no activation) then 3x3 conv + SiLU on [up, skip], 1x1 output conv."""
+    unet = tm().PixelUNet(3, 24, variant)
+    got = {
+        name: _unet_layers(m)
+        for name, m in unet.named_modules()
+        if name
+        and name.count(".") == (1 if name.split(".")[0] in ("enc", "up", "dec") else 0)
+        and not isinstance(m, torch.nn.ModuleList)
+    }
+    assert got == _published_unet(variant, 24)
+
+
+def test_l2p_unet_recomputes_each_stage_only_at_10k(monkeypatch):
+    """Published: the 10K decoder wraps every stage in gradient checkpointing (4K / 8K do not); the
+    recomputation changes memory only, the gradients are those of the plain forward."""
+    import torch.utils.checkpoint as ckpt
+
+    real, calls = ckpt.checkpoint, []
+    monkeypatch.setattr(ckpt, "checkpoint", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    torch.manual_seed(0)
+    x, feats = torch.randn(1, 3, 16, 16), torch.randn(1, 5, 2, 2)
+    for variant, size in (("4k", 16), ("8k", 32)):
+        tm().PixelUNet(3, 5, variant, widths=(4, 8, 16))(torch.randn(1, 3, size, size), feats).sum().backward()
+    assert calls == []
+    net = tm().PixelUNet(3, 5, "10k", widths=(4, 8, 16))
+    net(x, feats).sum().backward()
+    assert len(calls) == 7 and all(
+        kw == {"use_reentrant": False} for kw in calls
+    )  # outer, 2 enc, bottleneck, 2 dec, outer
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    net.checkpoint_stages = False
+    net(x, feats).sum().backward()
+    assert len(calls) == 7
+    assert all(torch.allclose(p.grad, grads[n], atol=1e-6) for n, p in net.named_parameters())
+
+
 def test_verify_rows_of_a_failed_sr_and_an_unreadable_output(tmp_path):
     import pandas as pd
     from test_verify import _shard_fixture
