@@ -1006,3 +1006,156 @@ def test_verify_rows_of_a_failed_sr_and_an_unreadable_output(tmp_path):
         assert (r["root"], r["relpath"], r["shard"], r["scale"]) == ("r", "a.png", "s00000", 4)
         assert math.isnan(r["ssim"]) and math.isnan(r["max_lpips"]) and r["seam_max_ratio"] == 2.0
     assert [r["image_id"] for r in (b, c)] == ["b" * 16, "c" * 16]
+
+
+# ------------------------------------------------------------------------------------ super-resolution (stage 3)
+
+
+def test_sr_tiles_reflect_pad_to_the_models_multiple():
+    """A tile is padded at its bottom / right edge (reflected, not zeros) to the next multiple the
+    model needs, and the original size is returned so the output can be cropped back."""
+    from pixverve.upscale.sr import _pad_to
+
+    tile = np.arange(3 * 5, dtype=np.uint8).reshape(3, 5, 1)
+    padded, h, w = _pad_to(tile, 4)
+    assert (h, w) == (3, 5) and padded.shape == (4, 8, 1)
+    assert np.array_equal(padded[:3, :5], tile)
+    assert padded[3, :5, 0].tolist() == tile[1, :, 0].tolist()  # row 3 reflects row 1
+    assert padded[:3, 5:, 0].tolist() == tile[:, [3, 2, 1], 0].tolist()  # columns 5-7 reflect 3, 2, 1
+    for shape, want in (((4, 6, 1), (4, 8, 1)), ((5, 4, 1), (8, 4, 1))):  # one side a multiple: the other padded
+        padded, h, w = _pad_to(np.ones(shape, np.uint8), 4)
+        assert padded.shape == want and (h, w) == shape[:2]
+    same, h, w = _pad_to(np.ones((4, 8, 1), np.uint8), 4)
+    assert same.shape == (4, 8, 1) and (h, w) == (4, 8)
+
+
+def test_a_models_larger_scale_is_area_averaged_down_to_the_tier():
+    """A x8 model serving a x2 tier: its output is shrunk by 4 with area averaging (block means) to
+    exactly x2; a scale that does not divide the model's is refused."""
+    from pixverve.upscale.sr import SRBackend, SRUnavailable, tile_function
+
+    block = np.array([9, -3, -3, -3])  # zero mean over 4, not over the 2 centre samples bilinear uses
+    offsets = (block[:, None] + block[None, :])[..., None]
+
+    def run(tiles, scale):
+        assert scale == 8
+        outs = []
+        for t in tiles:
+            base = np.kron(t.astype(int), np.ones((8, 8, 1), int))
+            outs.append((base + np.tile(offsets, (2 * t.shape[0], 2 * t.shape[1], 1))).astype(np.uint8))
+        return outs
+
+    tile = np.repeat(np.array([[40, 80, 120], [160, 200, 100]], np.uint8)[..., None], 3, axis=2)  # 2 x 3 RGB
+    (out,) = tile_function(SRBackend("x8", 8, run), 2)([tile])
+    assert out.shape == (4, 6, 3)
+    assert np.array_equal(out, np.kron(tile, np.ones((2, 2, 1), np.uint8)))
+    assert tile_function(SRBackend("x2", 2, lambda t, s: ["same"]), 2)([tile]) == ["same"]
+    with pytest.raises(SRUnavailable):
+        tile_function(SRBackend("x3", 3, run), 2)
+    with pytest.raises(SRUnavailable):
+        tile_function(SRBackend("x2", 2, run), 4)
+
+
+def test_sr_tile_geometry_of_a_row():
+    """The geometry recorded per image: none for an archived copy (x1) or a whole-image program; the
+    configured tile and stride otherwise."""
+    from pixverve.core.tiling import TileGrid
+    from pixverve.upscale.sr import SRBackend, _geometry
+
+    rec, spec = {"height": 600, "width": 1000}, {"tile_px": 512, "stride_px": 256}
+    tiled = SRBackend("t", 4, lambda t, s: t)
+    none = {"tile_px": 0, "stride_px": 0, "tiles": 0}
+    assert _geometry(rec, 1, tiled, spec) == none
+    assert _geometry(rec, 4, None, spec) == none
+    assert _geometry(rec, 4, SRBackend("cmd", 4, None), spec) == none
+    tiles = TileGrid(600, 1000, 4, 512, 256).n_tiles
+    assert tiles != TileGrid(600, 1000, 4, 512).n_tiles  # the stride matters here
+    assert _geometry(rec, 4, tiled, spec) == {"tile_px": 512, "stride_px": 256, "tiles": tiles}
+
+
+# ------------------------------------------------------------------------------------ captions (stage 5)
+
+
+def test_rex_omni_bins_map_to_pixels_as_published():
+    """Rex-Omni (rex_omni/parser.py): bin / (bins - 1) * size, groups of exactly four bins, a reply cut by
+    the token limit keeps its complete boxes, everything after <|im_end|> is ignored."""
+    from pixverve.caption.models import parse_rex_boxes
+
+    ref = "<|object_ref_start|> Red Sofa <|object_ref_end|><|box_start|>"
+    boxes = parse_rex_boxes(ref + "<0><0><999><999>, <333><111><666><222><|box_end|>", 999, 1998)
+    assert [b["box"] for b in boxes] == [[0.0, 0.0, 999.0, 1998.0], [333.0, 222.0, 666.0, 444.0]]
+    assert boxes[0]["label"] == "red sofa" and boxes[0]["phrase"] == "Red Sofa" and boxes[0]["score"] == 1.0
+    assert parse_rex_boxes(ref + "<0><0><9><9><|box_end|>", 90, 45, bins=10)[0]["box"] == [0.0, 0.0, 90.0, 45.0]
+    assert parse_rex_boxes(ref + "<5><5><6><6><|box_end|>", 900, 900, bins=10)[0]["box"] == [500.0, 500.0, 600.0, 600.0]
+    # three or five bins, a zero-width or zero-height box: skipped
+    assert parse_rex_boxes(ref + "<1><2><3>, <1><2><3><4><5>, <5><1><5><9>, <1><5><9><5><|box_end|>", 999, 999) == []
+    # cut off mid-box: the complete box stays; after <|im_end|>: ignored
+    cut = parse_rex_boxes(ref + "<0><0><10><10>, <20><2", 999, 999)
+    assert [b["box"] for b in cut] == [[0.0, 0.0, 10.0, 10.0]]
+    tail = ref + "<0><0><10><10><|box_end|><|im_end|>" + ref + "<0><0><20><20><|box_end|>"
+    assert len(parse_rex_boxes(tail, 999, 999)) == 1
+
+
+def test_box_nms_keeps_an_iou_equal_to_the_threshold():
+    """Greedy box NMS: highest score first (ties by index); a box is dropped only when its IoU with a kept
+    box exceeds the threshold (IoU == threshold is kept)."""
+    from pixverve.core.views import box_iou, box_nms
+
+    a, b = [0, 0, 3, 1], [1, 0, 4, 1]  # overlap 2, union 4: IoU exactly 0.5
+    assert box_iou(a, b) == 0.5 and box_iou(b, a) == 0.5
+    assert box_iou([0, 0, 2, 2], [2, 0, 4, 2]) == 0.0 and box_iou([0, 0, 2, 2], [3, 3, 5, 5]) == 0.0
+    assert box_iou([1, 1, 1, 1], [1, 1, 1, 1]) == 0.0  # empty union
+    assert box_iou([0, 0, 4, 2], [1, 0, 2, 1]) == 1 / 8
+    assert box_nms([a, b], [0.5, 0.9], 0.5) == [1, 0]
+    assert box_nms([a, b], [0.5, 0.9], 0.4999) == [1]
+    assert box_nms([a, b], [0.7, 0.7], 0.4999) == [0]  # a tie: the lower index wins
+    assert box_nms([], [], 0.5) == []
+
+
+def test_mask_nms_boundaries_and_reasons():
+    """Mask NMS: IoU == threshold is kept, > dropped as a duplicate of the kept mask; an area fraction
+    == min_area_fraction is kept, < dropped as small; kept indices returned sorted."""
+    from pixverve.core.views import mask_iou, mask_nms
+
+    a = np.zeros((4, 4), bool)
+    a[:, :2] = True  # 8 px
+    b = np.zeros((4, 4), bool)
+    b[:, 1:3] = True  # 8 px, overlap 4, union 12: IoU 1/3
+    c = np.zeros((4, 4), bool)
+    c[0, 3] = True  # 1 px = 1/16 of the image
+    assert mask_iou(a, b) == 1 / 3 and mask_iou(a, np.zeros((4, 4), bool)) == 0.0
+    assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 0.0
+    kept, dropped = mask_nms([a, b, c], [0.2, 0.9, 0.5], iou_threshold=1 / 3, min_area_fraction=1 / 16)
+    assert kept == [0, 1, 2] and dropped == {}
+    kept, dropped = mask_nms([a, b, c], [0.2, 0.9, 0.5], iou_threshold=0.333, min_area_fraction=0.0626)
+    assert kept == [1]
+    assert dropped == {
+        0: "overlap: IoU 0.333 > 0.333 with instance 1",
+        2: "small: area 0.06250 < 0.0626",
+    }
+    kept, dropped = mask_nms([a, b], [0.5, 0.5], iou_threshold=0.3)
+    assert kept == [0] and dropped[1].endswith("with instance 0")  # a tie: the lower index wins
+
+
+def test_rle_is_cocos_column_major_uncompressed_form():
+    """COCO uncompressed RLE: column-major runs, the first one of zeros (0 when the mask starts set);
+    decoding gives the mask back and refuses counts that do not fill h x w."""
+    from pixverve.core.views import rle_decode, rle_encode
+
+    m = np.array([[1, 0, 0], [1, 1, 0]], bool)  # column-major: 1 1 0 1 0 0
+    assert rle_encode(m) == {"size": [2, 3], "counts": [0, 2, 1, 1, 2]}
+    assert rle_encode(~m) == {"size": [2, 3], "counts": [2, 1, 1, 2]}
+    for mask in (m, ~m, np.ones((3, 1), bool), np.zeros((1, 4), bool)):
+        assert np.array_equal(rle_decode(rle_encode(mask)), mask)
+    assert rle_decode({"size": [2, 3], "counts": [0, 2, 1, 1, 2]}).dtype == bool
+    with pytest.raises(ValueError):
+        rle_decode({"size": [2, 3], "counts": [0, 2, 1, 1, 1]})
+
+
+def test_a_view_box_maps_back_to_full_resolution_pixels():
+    """map_box: scale by region / view size per axis, add the region's offset, clip to the region."""
+    from pixverve.core.views import map_box
+
+    assert map_box([10, 20, 30, 40], (100, 50), (1000, 2000, 400, 100)) == [1040.0, 2040.0, 1120.0, 2080.0]
+    assert map_box([-10, -5, 110, 60], (100, 50), (1000, 2000, 400, 100)) == [1000.0, 2000.0, 1400.0, 2100.0]
+    assert map_box([50, 25, 150, 75], (100, 50), (0, 0, 200, 100)) == [100.0, 50.0, 200.0, 100.0]
