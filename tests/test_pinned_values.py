@@ -1159,3 +1159,14 @@ def test_a_view_box_maps_back_to_full_resolution_pixels():
     assert map_box([10, 20, 30, 40], (100, 50), (1000, 2000, 400, 100)) == [1040.0, 2040.0, 1120.0, 2080.0]
     assert map_box([-10, -5, 110, 60], (100, 50), (1000, 2000, 400, 100)) == [1000.0, 2000.0, 1400.0, 2100.0]
     assert map_box([50, 25, 150, 75], (100, 50), (0, 0, 200, 100)) == [100.0, 50.0, 200.0, 100.0]
+
+
+def test_detector_tiles_default_overlap_and_even_spread():
+    """grid x grid tiles of ceil(side / grid * 1.1) (10 % overlap by default), the first at 0, the last at
+    the far edge, the ones between spread evenly (rounded)."""
+    from pixverve.core.views import tile_regions
+
+    xs, ys = (0, 316, 633), (0, 222, 443)  # (1000 - 367) / 2 = 316.5, (700 - 257) / 2 = 221.5
+    assert tile_regions(1000, 700, 3) == [(x, y, 367, 257) for y in ys for x in xs]
+    assert tile_regions(1000, 700, 2) == [(x, y, 550, 386) for y in (0, 314) for x in (0, 450)]
+    assert tile_regions(1000, 700, 1) == tile_regions(1000, 700, 0) == [(0, 0, 1000, 700)]
