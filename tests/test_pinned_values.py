@@ -1089,6 +1089,8 @@ def test_rex_omni_bins_map_to_pixels_as_published():
     assert parse_rex_boxes(ref + "<5><5><6><6><|box_end|>", 900, 900, bins=10)[0]["box"] == [500.0, 500.0, 600.0, 600.0]
     # three or five bins, a zero-width or zero-height box: skipped
     assert parse_rex_boxes(ref + "<1><2><3>, <1><2><3><4><5>, <5><1><5><9>, <1><5><9><5><|box_end|>", 999, 999) == []
+    broken_first = parse_rex_boxes(ref + "<1><2><3>, <0><0><10><10><|box_end|>", 999, 999)
+    assert [b["box"] for b in broken_first] == [[0.0, 0.0, 10.0, 10.0]]  # a broken group does not end the list
     # cut off mid-box: the complete box stays; after <|im_end|>: ignored
     cut = parse_rex_boxes(ref + "<0><0><10><10>, <20><2", 999, 999)
     assert [b["box"] for b in cut] == [[0.0, 0.0, 10.0, 10.0]]
@@ -1106,6 +1108,9 @@ def test_box_nms_keeps_an_iou_equal_to_the_threshold():
     assert box_iou([0, 0, 2, 2], [2, 0, 4, 2]) == 0.0 and box_iou([0, 0, 2, 2], [3, 3, 5, 5]) == 0.0
     assert box_iou([1, 1, 1, 1], [1, 1, 1, 1]) == 0.0  # empty union
     assert box_iou([0, 0, 4, 2], [1, 0, 2, 1]) == 1 / 8
+    assert box_iou([0, 1, 2, 3], [0, 2, 2, 4]) == 1 / 3  # y offsets: overlap 2 x 1, union 6
+    assert box_iou([0, 0, 2, 2], [1, 3, 3, 5]) == 0.0  # overlapping columns, disjoint rows
+    assert box_iou([0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]) == 1.0  # a union below one pixel
     assert box_nms([a, b], [0.5, 0.9], 0.5) == [1, 0]
     assert box_nms([a, b], [0.5, 0.9], 0.4999) == [1]
     assert box_nms([a, b], [0.7, 0.7], 0.4999) == [0]  # a tie: the lower index wins
@@ -1148,8 +1153,19 @@ def test_rle_is_cocos_column_major_uncompressed_form():
     for mask in (m, ~m, np.ones((3, 1), bool), np.zeros((1, 4), bool)):
         assert np.array_equal(rle_decode(rle_encode(mask)), mask)
     assert rle_decode({"size": [2, 3], "counts": [0, 2, 1, 1, 2]}).dtype == bool
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sum to 5, expected 6"):
         rle_decode({"size": [2, 3], "counts": [0, 2, 1, 1, 1]})
+
+
+def test_instance_crop_is_the_box_plus_5_percent_a_side_rounded_up():
+    """The paper's instance crop: the box grown by 5 % of its size on each side (ceil, after rounding
+    the product to 6 decimals so 100 * 1.1 is 110 pixels), at least 1 pixel, centred, kept inside."""
+    from pixverve.core.views import padded_crop_box
+
+    assert padded_crop_box([100, 100, 200, 300], 1000, 1000) == (95, 90, 110, 220)  # the default pad
+    assert padded_crop_box([0, 0, 15, 15], 100, 100) == (0, 0, 17, 17)  # 16.5 -> 17, not rounded to 16
+    assert padded_crop_box([0, 0, 100.0000004, 100.0000004], 1000, 1000) == (0, 0, 110, 110)  # 110.00000044
+    assert padded_crop_box([5, 5, 5, 5], 100, 100) == (4, 4, 1, 1)  # an empty box: one pixel
 
 
 def test_a_view_box_maps_back_to_full_resolution_pixels():
