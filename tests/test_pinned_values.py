@@ -1186,3 +1186,37 @@ def test_detector_tiles_default_overlap_and_even_spread():
     assert tile_regions(1000, 700, 3) == [(x, y, 367, 257) for y in ys for x in xs]
     assert tile_regions(1000, 700, 2) == [(x, y, 550, 386) for y in (0, 314) for x in (0, 450)]
     assert tile_regions(1000, 700, 1) == tile_regions(1000, 700, 0) == [(0, 0, 1000, 700)]
+
+
+def test_scheme2_window_settings_defaults_and_pattern_spelling():
+    """train.runs.*.window: the published 24 x 24 window and the resolution's preset by default; patterns
+    spelled "FHxFW" / "FH*FW" / "N", separated by "," or ";"; none / off / "" = no pattern (the fallback)."""
+    from pixverve.train import patterns
+
+    assert patterns.window_settings({}, 4096) == {
+        "pattern": [[1, 1], [8, 16], [16, 8], [4, 32], [32, 4]],
+        "window_size": [24, 24],
+        "max_windows_per_batch": 4,
+        "checkpoint_chunks": True,
+    }
+    own = {"window_size": [16, 32], "pattern": {"8192": "off"}, "max_windows_per_batch": 2, "checkpoint_chunks": False}
+    assert patterns.window_settings(own, 8192) == {
+        "pattern": None,
+        "window_size": [16, 32],
+        "max_windows_per_batch": 2,
+        "checkpoint_chunks": False,
+    }
+    assert patterns.window_settings({"window_size": 12}, 8192)["window_size"] == [12, 12]
+    assert patterns.parse_pattern("2*3; 4x1,3") == ((2, 3), (4, 1), (3, 3))
+    assert patterns.parse_pattern([3, [1, 2]]) == ((3, 3), (1, 2))
+    for off in ("", "none", "OFF", None):
+        assert patterns.parse_pattern(off) is None
+    for bad in ("2x0", "0x2", "-1"):
+        with pytest.raises(ValueError, match="positive"):
+            patterns.parse_pattern(bad)
+
+
+def test_training_sigmas_default_to_the_standard_logit_normal():
+    """sample_sigmas' defaults are the spec's logit-normal mean 0, std 1."""
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(tm().sample_sigmas(64, g1, 1.5), tm().sample_sigmas(64, g2, 1.5, 0.0, 1.0))
