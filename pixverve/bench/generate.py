@@ -177,10 +177,8 @@ def _checkpoint_settings(spec: dict) -> dict:
 def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) -> dict:
     import json
 
-    from tqdm import tqdm
-
     from pixverve.models.devices import resolve_device
-    from pixverve.train.infer import generate, load_checkpoint
+    from pixverve.train.infer import load_checkpoint
 
     info = json.loads((Path(spec["checkpoint_dir"]) / "model.json").read_text())
     name = f"ours: {spec['run']} @ {spec['train_resolution']} px ({info['scheme']}, {info['steps']} steps)"
@@ -195,6 +193,20 @@ def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) 
         dtype=torch_dtype(spec.get("dtype"), "bench.methods.<method>.generate.dtype"),
         sequential=bool(spec.get("sequential_loading", True)),
     )
+    _sample_each(todo, info, loaded, spec, out_dir, device, shift)
+    log(
+        f"generated {len(todo)} images from {spec['checkpoint_dir']} (shift {record['sample_shift']}, mu {record['sample_mu']:.3f})"
+    )
+    return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device, **record}
+
+
+def _sample_each(todo: list[dict], info: dict, loaded, spec: dict, out_dir: Path, device: str, shift: dict) -> None:
+    """One image per benchmark row from a loaded checkpoint (ours or a released one), seeded by
+    the row's file stem, saved as ``<stem>.jpg``."""
+    from tqdm import tqdm
+
+    from pixverve.train.infer import generate
+
     for r in tqdm(todo, desc="generate", unit="img"):
         rgb = generate(
             info,
@@ -209,10 +221,6 @@ def _generate_from_checkpoint(todo: list[dict], spec: dict, out_dir: Path, log) 
             shift=shift,
         )
         _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
-    log(
-        f"generated {len(todo)} images from {spec['checkpoint_dir']} (shift {record['sample_shift']}, mu {record['sample_mu']:.3f})"
-    )
-    return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device, **record}
 
 
 def _released_settings(spec: dict) -> dict:
@@ -227,10 +235,8 @@ def _released_settings(spec: dict) -> dict:
 
 
 def _generate_from_released(todo: list[dict], spec: dict, out_dir: Path, log) -> dict:
-    from tqdm import tqdm
-
     from pixverve.models.devices import resolve_device
-    from pixverve.train.infer import SHIFT_KEYS, generate, load_released
+    from pixverve.train.infer import SHIFT_KEYS, load_released
 
     released = spec["released"]
     name = f"released {released['kind']} {spec['released_file']['path']} on {spec.get('model')}"
@@ -248,19 +254,6 @@ def _generate_from_released(todo: list[dict], spec: dict, out_dir: Path, log) ->
     )
     # FLUX.2: the published shift rule (dynamic_shift / dynamic_shift_len as the method sets them)
     shift = dict({k: spec[k] for k in SHIFT_KEYS if k in spec}, shift="published")
-    for r in tqdm(todo, desc="generate", unit="img"):
-        rgb = generate(
-            info,
-            loaded,
-            r["long_caption"],
-            int(spec["width"]),
-            int(spec["height"]),
-            int(spec["steps"]),
-            float(spec.get("guidance") or 1.0),
-            image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
-            device=device,
-            shift=shift,
-        )
-        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+    _sample_each(todo, info, loaded, spec, out_dir, device, shift)
     log(f"generated {len(todo)} images from {spec['released_file']['path']}")
     return {"model": name, "smoke": info["smoke"], "generated": len(todo), "device": device}
