@@ -146,8 +146,9 @@ def build_real(args, device, dtype) -> dict:
     if args.scheme == "scheme3_l2p":
         cfg = dict(QUICK_ZIMAGE) if args.quick else {}
         patch = {"4k": 64, "8k": 128, "10k": 160}[args.preset]
-        latent = ZImageTransformer2DModel(**cfg)
-        model = tm.l2p_build(latent, patch, {"checkpoint_stages": True}).to(device, dtype)
+        with torch.device(device):  # built where it runs: a random fp32 init of 6B on a CPU takes minutes
+            latent = ZImageTransformer2DModel(**cfg)
+            model = tm.l2p_build(latent, patch, {"checkpoint_stages": True}).to(device, dtype)
         del latent
         if not args.quick:
             model.transformer.enable_gradient_checkpointing()
@@ -164,7 +165,8 @@ def build_real(args, device, dtype) -> dict:
         target = torch.randn_like(x)
     else:
         cfg = dict(KLEIN_4B, **(QUICK_FLUX2 if args.quick else {}))
-        model = Flux2Transformer2DModel(**cfg).to(device, dtype)
+        with torch.device(device):
+            model = Flux2Transformer2DModel(**cfg).to(device, dtype)
         if not args.quick:
             model.enable_gradient_checkpointing()
         if args.scheme == "scheme1_lora":
@@ -213,6 +215,8 @@ def real_step(args) -> dict:
     # bf16 weights (and Adam states) as in the published runs; fp32 on a CPU (no fast bf16 matmul there)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     built = build_real(args, device, dtype)
+    if device.type == "cuda":  # the peak of training, not of the fp32 init before the bf16 cast
+        torch.cuda.reset_peak_memory_stats(device)
     model, forward, target, res, tokens = (built[k] for k in ("model", "forward", "target", "resolution", "tokens"))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01)
@@ -243,7 +247,7 @@ def real_table(args) -> None:
     )
     failed = []
     for preset in args.presets:
-        for scheme in REAL_SCHEMES:
+        for scheme in args.schemes:
             cmd = [
                 sys.executable,
                 __file__,
@@ -302,6 +306,9 @@ def main() -> None:
         type=int,
         default=16384,
         help="tokens per projection/FFN chunk of the scheme2_chunked row (--real-shapes; quick: a quarter of the grid)",
+    )
+    parser.add_argument(
+        "--schemes", nargs="+", default=REAL_SCHEMES, choices=REAL_SCHEMES, help="--real-shapes rows to run"
     )
     parser.add_argument("--preset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scheme", default=None, help=argparse.SUPPRESS)  # internal: one scheme per process
