@@ -11,7 +11,8 @@
 #   WITHOUT=tests/test_pinned_values.py benchmarks/mutation.sh purify   # leave test files out (a baseline)
 #   RERUN=1 ONLY='pixverve.train.models.*,pixverve.train.patterns.*' benchmarks/mutation.sh train
 #                                             # RERUN only the survivors whose names match (fnmatch);
-#                                             # with RESUME=1: run every mutant whose name matches
+#                                             # with RESUME=1 or a fresh run: every mutant whose name matches
+#   ONLY='pixverve.train.models.xǁWindow*' benchmarks/mutation.sh train   # one class's methods, fresh
 #
 # Not a CI job: hours of CPU for all packages (each mutant re-runs the tests that reach the mutated
 # function).  Nothing here touches the working tree: each package runs in its own copy under
@@ -66,7 +67,7 @@ PACKAGES = {
     # mutants with the fastest tests first, and evaluate's crowd the formula modules out of a capped run
     "bench": (["pixverve/bench/scores.py", "pixverve/bench/fid.py", "pixverve/bench/glcm.py"], "pixverve/bench/*",
               ["tests/test_bench_scores.py", "tests/test_fid.py", "tests/test_glcm.py", "tests/test_bench_inputs.py", "tests/test_bench.py",
-               "tests/test_pinned_values.py"]),
+               "tests/test_bench_failsafe.py", "tests/test_pinned_values.py"]),
     "train": (["pixverve/train/models.py", "pixverve/train/patterns.py", "pixverve/train/loop.py"], "pixverve/train/*",
               ["tests/test_train.py", "tests/test_train_data.py", "tests/test_pinned_values.py"]),
     "upscale": (["pixverve/upscale/sr.py"], "pixverve/upscale/*",
@@ -74,7 +75,7 @@ PACKAGES = {
     # caption: the Rex-Omni box parser and tag matching, and the core view helpers stage 5 uses (box / mask
     # NMS, RLE, view-to-canvas boxes); steps.py (the chain's bookkeeping) only with FULL=1
     "caption": (["pixverve/caption/models.py", "pixverve/core/views.py"], "pixverve/caption/*",
-                ["tests/test_annotate.py", "tests/test_caption.py", "tests/test_pinned_values.py"]),
+                ["tests/test_annotate.py", "tests/test_caption.py", "tests/test_failsafe.py", "tests/test_pinned_values.py"]),
 }
 # tests of other work in progress to leave out of a package's run (the clean run must pass)
 EXTRA_PYTEST = {
@@ -131,7 +132,7 @@ for pkg in wanted:
         for stale in (work / "mutants").glob("mutmut-stats.json"):
             stale.unlink()  # new tests: map tests to functions again
     else:
-        again = []
+        again = ONLY  # a fresh run with ONLY: only the mutants whose names match
         shutil.rmtree(work, ignore_errors=True)
         for f in files:
             (work / f).parent.mkdir(parents=True, exist_ok=True)

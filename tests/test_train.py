@@ -177,6 +177,35 @@ def test_window_processors_in_the_real_model(tiny_flux2):
     assert procs == [(1, 1), (2, 3), (4, 1)]  # block index mod pattern: double-stream block first
 
 
+@pytest.mark.parametrize("memory", [None, {"seq_chunk_single": 7, "seq_chunk_double": 5}])
+def test_window_processors_equal_diffusers_blocks_with_the_explicit_local_attention(tiny_flux2, monkeypatch, memory):
+    """Scheme II's processors, whole: diffusers' own Flux2 blocks with their attention call
+    replaced by the explicit close + remote definition give the same output.  So the projections,
+    the q/k norms, the rotary embedding, the [text, image] order, the split and both blocks'
+    output projections are checked, chunked over the sequence or not, not only the attention."""
+    import copy
+
+    from diffusers.models.transformers import transformer_flux2 as diffusers_flux2
+
+    grid, factors = (4, 6), (2, 3)
+    ours = copy.deepcopy(tiny_flux2)
+    tm.install_window_attention(ours.transformer, {"pattern": "2x3", "max_windows_per_batch": 2}, memory)
+    got = _flux2_forward(ours, grid)
+
+    def explicit(query, key, value, *args, **kwargs):  # diffusers' layout: (batch, sequence, heads, dim)
+        return explicit_close_remote(query, key, value, 5, grid, factors)
+
+    monkeypatch.setattr(diffusers_flux2, "dispatch_attention_fn", explicit)
+    want = _flux2_forward(tiny_flux2, grid)
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+    assert (want - _flux2_forward_full(tiny_flux2, grid, monkeypatch)).abs().max() > 1e-3  # the windows matter
+
+
+def _flux2_forward_full(pipe, grid, monkeypatch):
+    monkeypatch.undo()
+    return _flux2_forward(pipe, grid)
+
+
 # what the published _flux2_auto_factor_pattern (flux2_infer/models/flux2_dit.py) returns for these
 # (grid, target window) pairs, computed by running the published function outside this project
 PUBLISHED_AUTO = [
