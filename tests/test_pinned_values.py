@@ -1220,3 +1220,56 @@ def test_training_sigmas_default_to_the_standard_logit_normal():
     """sample_sigmas' defaults are the spec's logit-normal mean 0, std 1."""
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(tm().sample_sigmas(64, g1, 1.5), tm().sample_sigmas(64, g2, 1.5, 0.0, 1.0))
+
+
+def test_local_attention_calls_per_window_batch_and_its_recomputation(monkeypatch):
+    """Published --max_windows_per_batch: each SDPA call takes at most that many index sets (<= 0:
+    all of a size at once); a chunk is recomputed in the backward pass (non-reentrant checkpoint)
+    only when asked and something needs its gradient.  The results are the same either way, so
+    only the calls show these settings."""
+    import torch.nn.functional as F
+    import torch.utils.checkpoint
+
+    models = tm()
+    sdpa, ckpt = F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint
+    calls, recomputed = [], []
+
+    def counted_sdpa(q, *args, **kwargs):
+        calls.append(q.shape[0])  # batch x index sets in this call
+        return sdpa(q, *args, **kwargs)
+
+    def counted_checkpoint(fn, *args, **kwargs):
+        recomputed.append(kwargs)
+        return ckpt(fn, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted_sdpa)
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counted_checkpoint)
+    assert models._edges(5, 2) == [0, 2, 5] and models._edges(6, 3) == [0, 2, 4, 6]
+    parts = models.close_remote_partitions((4, 6), (2, 3))  # 6 close windows and 6 remote sets of 4 tokens
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 3 + 24, 2, 4, generator=g) for _ in range(3))
+
+    def run(max_windows, checkpoint, grad=True):
+        calls.clear(), recomputed.clear()
+        qq = q.clone().requires_grad_(grad)
+        models.local_attention(qq, k, v, 3, parts, max_windows, checkpoint)
+        return list(calls), len(recomputed)
+
+    assert run(4, False) == ([1, 4, 2, 4, 2], 0)  # text, then per branch: 4 sets + the other 2
+    assert run(1, False) == ([1] + [1] * 12, 0)
+    assert run(0, False) == ([1, 6, 6], 0)
+    assert run(-1, False) == ([1, 6, 6], 0)
+    assert run(4, True) == ([1, 4, 2, 4, 2], 4) and recomputed == [{"use_reentrant": False}] * 4
+    assert run(4, True, grad=False)[1] == 0  # nothing needs the gradient of q
+    with torch.no_grad():
+        assert run(4, True)[1] == 0
+    # a processor passes its own max_windows and checkpoint through
+    ctx = models.WindowContext()
+    ctx.grid, ctx.num_txt = (4, 6), 3
+    for checkpoint, expected in ((False, 0), (True, 4)):
+        proc = models.WindowAttnProcessor(ctx, (2, 3), max_windows=4, checkpoint=checkpoint)
+        calls.clear(), recomputed.clear()
+        out = proc._attend(q.clone().requires_grad_(True), k, v, 3)
+        assert calls == [1, 4, 2, 4, 2] and len(recomputed) == expected and out.shape == (1, 27, 8)
+    with pytest.raises(ValueError, match=r"sequence 26 != 3 text \+ 4x6 image tokens"):
+        proc._attend(q[:, 1:], k[:, 1:], v[:, 1:], 3)
