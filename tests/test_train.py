@@ -985,6 +985,62 @@ def test_lora_file_fuses_as_the_published_loader_reads_it(demo_data, tmp_path):
     assert not torch.allclose(_flux2_forward(base), want, atol=1e-5)  # the adapter moved the model
 
 
+def test_sequence_chunking_boundaries_and_recomputation(tiny_flux2, monkeypatch):
+    """Published --flux2_*_seq_chunk_size: a chunk size >= the sequence (or 0) runs each layer whole;
+    size 1 runs every token alone.  A chunk is recomputed in the backward pass (non-reentrant
+    checkpoint) only while something trains: never under no_grad or with every weight frozen.
+    The results are the same either way (test above), so only the calls show it."""
+    import copy
+
+    import torch.utils.checkpoint
+
+    ckpt, rows = torch.utils.checkpoint.checkpoint, tm._linear_rows
+    recomputed, fused = [], []
+    monkeypatch.setattr(
+        torch.utils.checkpoint, "checkpoint", lambda fn, *a, **kw: recomputed.append(kw) or ckpt(fn, *a, **kw)
+    )
+    monkeypatch.setattr(tm, "_linear_rows", lambda *a: fused.append(a[2:]) or rows(*a))
+    n_single, n_double = (
+        len(tiny_flux2.transformer.single_transformer_blocks),
+        len(tiny_flux2.transformer.transformer_blocks),
+    )
+
+    def run(single, double, mode="train"):
+        pipe = copy.deepcopy(tiny_flux2)  # full attention (no window settings): only the chunking recomputes
+        tm.install_window_attention(pipe.transformer, None, {"seq_chunk_single": single, "seq_chunk_double": double})
+        if mode == "frozen":
+            pipe.transformer.requires_grad_(False)
+        recomputed.clear(), fused.clear()
+        if mode == "eval":
+            _flux2_forward(pipe)
+        else:
+            pipe.transformer.requires_grad_(mode != "frozen")
+            out = _flux2_call(pipe, (4, 6), seed=3)  # 5 text + 24 image tokens
+            if out.requires_grad:
+                out.sum().backward()
+        return len(fused), len(recomputed)
+
+    assert run(29, 24) == (0, 0)  # the whole sequence in one chunk: the layers run whole
+    # every token alone: per single-stream block 29 chunks in each of its two passes, per double-stream
+    # block 24 image tokens through the QKV, the output projection and the FFN; forward + recompute
+    assert run(1, 1) == (n_single * 29 * 2 * 2, n_single * 29 * 2 + n_double * 24 * 3)
+    assert recomputed == [{"use_reentrant": False}] * (n_single * 29 * 2 + n_double * 24 * 3)
+    assert run(1, 1, "frozen") == (n_single * 29 * 2, 0)
+    assert run(1, 1, "eval") == (n_single * 29 * 2, 0)
+    assert run(28, 0)[0] == n_single * 2 * 2 * 2  # 28 + 1 tokens
+    # the published defaults of a processor, and the window fallback's processor (no factors)
+    proc = tm.WindowAttnProcessor(tm.WindowContext(), None)
+    assert (proc.factors, proc.max_windows, proc.checkpoint, proc.seq_chunk) == (None, 4, True, 0)
+    assert tm.needs_own_processors("window", None) and not tm.needs_own_processors("full_attention", None)
+    # a linear layer with a bias (a LoRA base may have one): its rows with their bias
+    layer = torch.nn.Linear(6, 9)
+    h = torch.randn(2, 3, 6)
+    assert torch.allclose(rows(layer, h, 2, 7), layer(h)[..., 2:7])
+    chunked = tm.WindowAttnProcessor(tm.WindowContext(), (2, 3), seq_chunk=2)
+    with pytest.raises(ValueError, match="sequence chunking needs unfused projections"):
+        chunked._image_qkv(type("FusedAttention", (), {"fused_projections": True})(), torch.zeros(1, 5, 4))
+
+
 def test_sequence_chunking_keeps_a_lora_on_the_fused_projection(tiny_flux2):
     """A peft LoRA wraps to_qkv_mlp_proj: the chunked path calls it whole per chunk, so the adapter
     still applies (weight rows of the base layer alone would drop it)."""
