@@ -1041,6 +1041,60 @@ def test_sequence_chunking_boundaries_and_recomputation(tiny_flux2, monkeypatch)
         chunked._image_qkv(type("FusedAttention", (), {"fused_projections": True})(), torch.zeros(1, 5, 4))
 
 
+def test_window_settings_reach_every_processor_with_the_published_defaults(tiny_flux2, monkeypatch):
+    """install_window_attention: published defaults (fallback window 24 x 24, 4 index sets per
+    call, recomputed chunks), the config keys that change them (the FFN chunks too), full attention
+    in every block without window settings, batched (3-D) position ids, negative chunk sizes refused."""
+    import copy
+
+    import torch.utils.checkpoint
+
+    def processors(pipe):
+        blocks = list(pipe.transformer.transformer_blocks) + list(pipe.transformer.single_transformer_blocks)
+        return [b.attn.processor for b in blocks]
+
+    pipe = copy.deepcopy(tiny_flux2)
+    context = tm.install_window_attention(pipe.transformer, {"pattern": "2x3"})
+    assert context.window == (24, 24)
+    assert {(p.max_windows, p.checkpoint, p.seq_chunk) for p in processors(pipe)} == {(4, True, 0)}
+    pipe = copy.deepcopy(tiny_flux2)
+    settings = {"pattern": "2x3", "max_windows_per_batch": 3, "checkpoint_chunks": False, "window_size": [2, 5]}
+    context = tm.install_window_attention(pipe.transformer, settings, {"seq_chunk_single": 1})
+    assert context.window == (2, 5)
+    assert {(p.max_windows, p.checkpoint) for p in processors(pipe)} == {(3, False)}
+    ckpt, recomputed = torch.utils.checkpoint.checkpoint, []
+    monkeypatch.setattr(
+        torch.utils.checkpoint, "checkpoint", lambda fn, *a, **kw: recomputed.append(1) or ckpt(fn, *a, **kw)
+    )
+    _flux2_call(pipe, (4, 6), seed=3).sum().backward()  # chunked (double size = single) but nothing recomputed
+    assert recomputed == []
+    # no window settings: every block keeps full attention (sequence chunking alone)
+    pipe = copy.deepcopy(tiny_flux2)
+    tm.install_window_attention(pipe.transformer, None, {"seq_chunk_single": 4})
+    assert {p.factors for p in processors(pipe)} == {(tm.GLOBAL,)}
+    # batched position ids (batch, tokens, 4), as diffusers accepts them
+    pipe = copy.deepcopy(tiny_flux2)
+    context = tm.install_window_attention(pipe.transformer, {"pattern": "2x3"})
+    g = torch.Generator().manual_seed(0)
+    cfg = pipe.transformer.config
+    img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(3), torch.arange(5), torch.arange(1))
+    txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(4))
+    with torch.no_grad():
+        pipe.transformer(
+            hidden_states=torch.randn(1, 15, cfg.in_channels, generator=g),
+            encoder_hidden_states=torch.randn(1, 4, cfg.joint_attention_dim, generator=g),
+            timestep=torch.tensor([0.4]),
+            img_ids=img_ids[None],
+            txt_ids=txt_ids[None],
+            guidance=None,
+            return_dict=False,
+        )
+    assert (context.grid, context.num_txt) == ((3, 5), 4)
+    for memory in ({"seq_chunk_single": -1}, {"seq_chunk_single": 4, "seq_chunk_double": -1}):
+        with pytest.raises(ValueError, match="sequence chunk sizes must be >= 0"):
+            tm.seq_chunk_sizes(memory)
+
+
 def test_sequence_chunking_keeps_a_lora_on_the_fused_projection(tiny_flux2):
     """A peft LoRA wraps to_qkv_mlp_proj: the chunked path calls it whole per chunk, so the adapter
     still applies (weight rows of the base layer alone would drop it)."""
