@@ -1261,6 +1261,9 @@ def test_local_attention_calls_per_window_batch_and_its_recomputation(monkeypatc
     assert run(-1, False) == ([1, 6, 6], 0)
     assert run(4, True) == ([1, 4, 2, 4, 2], 4) and recomputed == [{"use_reentrant": False}] * 4
     assert run(4, True, grad=False)[1] == 0  # nothing needs the gradient of q
+    calls.clear(), recomputed.clear()
+    models.local_attention(q.clone().requires_grad_(True), k, v, 3, parts)  # the defaults: 4 sets, recomputed
+    assert (calls, len(recomputed)) == ([1, 4, 2, 4, 2], 4)
     with torch.no_grad():
         assert run(4, True)[1] == 0
     # a processor passes its own max_windows and checkpoint through

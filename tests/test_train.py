@@ -1028,6 +1028,7 @@ def test_sequence_chunking_boundaries_and_recomputation(tiny_flux2, monkeypatch)
     assert run(1, 1, "frozen") == (n_single * 29 * 2, 0)
     assert run(1, 1, "eval") == (n_single * 29 * 2, 0)
     assert run(28, 0)[0] == n_single * 2 * 2 * 2  # 28 + 1 tokens
+    assert run(29, 20) == (0, n_double * 2 * 3)  # 20 + 4 image tokens (a size between the width 16 and 24)
     # the published defaults of a processor, and the window fallback's processor (no factors)
     proc = tm.WindowAttnProcessor(tm.WindowContext(), None)
     assert (proc.factors, proc.max_windows, proc.checkpoint, proc.seq_chunk) == (None, 4, True, 0)
@@ -1037,7 +1038,12 @@ def test_sequence_chunking_boundaries_and_recomputation(tiny_flux2, monkeypatch)
     h = torch.randn(2, 3, 6)
     assert torch.allclose(rows(layer, h, 2, 7), layer(h)[..., 2:7])
     chunked = tm.WindowAttnProcessor(tm.WindowContext(), (2, 3), seq_chunk=2)
-    with pytest.raises(ValueError, match="sequence chunking needs unfused projections"):
+    ff = torch.nn.Linear(4, 4)  # the FFN's chunks are recomputed by default
+    tm.chunk_feed_forward(ff, 2)
+    recomputed.clear()
+    ff(torch.randn(1, 5, 4)).sum().backward()
+    assert len(recomputed) == 3
+    with pytest.raises(ValueError, match=r"^sequence chunking needs unfused projections \(to_q / to_k / to_v\)$"):
         chunked._image_qkv(type("FusedAttention", (), {"fused_projections": True})(), torch.zeros(1, 5, 4))
 
 
