@@ -170,6 +170,9 @@ class Zero(torch.nn.Module):
         return (out,) if kwargs else out
 
 
+PIXELS = torch.zeros(2, 3, 8, 8)
+
+
 def flux2_adapter(x0):
     from pixverve.train.loop import Flux2Adapter
 
@@ -177,7 +180,8 @@ def flux2_adapter(x0):
     adapter.spec = {"logit_mean": 0.0, "logit_std": 1.0, "train_shift": {"mode": "static", "mu": 0.8}}
     adapter.device = "cpu"
     adapter.last_sigmas = None
-    adapter.encode_images = lambda pixels: (x0, torch.full((x0.shape[1], 4), 7.0))
+    # the latents of the pixels the loss was given (PIXELS stands for a batch)
+    adapter.encode_images = lambda pixels: (x0 if pixels is PIXELS else None, torch.full((x0.shape[1], 4), 7.0))
     adapter.encode_text = lambda captions: (torch.full((x0.shape[0], 3, 8), float(len(captions))), torch.ones(3, 4))
     return adapter
 
@@ -186,14 +190,14 @@ def test_flux2_loss_target_is_noise_minus_data():
     x0 = torch.linspace(-1, 1, 2 * 6 * 4).reshape(2, 6, 4)
     adapter = flux2_adapter(x0)
     sigmas = torch.tensor([0.3, 0.7])
-    assert adapter.loss(Oracle(x0), None, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() < 1e-10
+    assert adapter.loss(Oracle(x0), PIXELS, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() < 1e-10
     # a model predicting the opposite sign (x0 - noise) is far off: 4 E[(noise - x0)^2]
     flipped = Oracle(x0)
     flipped.v = lambda xt, sigma: -Oracle.v(flipped, xt, sigma)  # predicts x0 - noise
-    assert adapter.loss(flipped, None, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() > 1.0
+    assert adapter.loss(flipped, PIXELS, ["a", "b"], torch.Generator().manual_seed(1), sigmas).item() > 1.0
     # what the transformer is given: x_t, the text states and ids, sigma as the timestep, no guidance
     oracle = Oracle(x0)
-    adapter.loss(oracle, None, ["a", "b"], torch.Generator().manual_seed(1), sigmas)
+    adapter.loss(oracle, PIXELS, ["a", "b"], torch.Generator().manual_seed(1), sigmas)
     kw = oracle.seen[1]
     assert torch.equal(kw["encoder_hidden_states"], torch.full((2, 3, 8), 2.0)) and torch.equal(
         kw["txt_ids"], torch.ones(3, 4)
@@ -203,7 +207,7 @@ def test_flux2_loss_target_is_noise_minus_data():
     # the noise is the step generator's draw (reproducible per step), not the global RNG's
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
     torch.manual_seed(0)
-    zero = adapter.loss(Zero(), None, ["a", "b"], torch.Generator().manual_seed(5), sigmas)
+    zero = adapter.loss(Zero(), PIXELS, ["a", "b"], torch.Generator().manual_seed(5), sigmas)
     assert zero.item() == pytest.approx(((noise - x0) ** 2).mean().item(), rel=1e-6)
 
 
@@ -211,7 +215,7 @@ def test_flux2_loss_draws_its_sigmas_at_the_training_mu():
     x0 = torch.linspace(-1, 1, 2 * 6 * 4).reshape(2, 6, 4)
     adapter = flux2_adapter(x0)
     adapter.spec = {"logit_mean": 0.3, "logit_std": 0.5, "train_shift": {"mode": "dynamic"}, "inference_steps": 40}
-    loss = adapter.loss(Oracle(x0), None, ["a", "b"], torch.Generator().manual_seed(3))
+    loss = adapter.loss(Oracle(x0), PIXELS, ["a", "b"], torch.Generator().manual_seed(3))
     assert loss.item() < 1e-6
     mu = tm().flux2_mu(6, 40)  # dynamic: FLUX.2's fit at the batch's 6 tokens
     expected = tm().sample_sigmas(2, torch.Generator().manual_seed(3), mu, 0.3, 0.5)
@@ -1276,3 +1280,20 @@ def test_local_attention_calls_per_window_batch_and_its_recomputation(monkeypatc
         assert calls == [1, 4, 2, 4, 2] and len(recomputed) == expected and out.shape == (1, 27, 8)
     with pytest.raises(ValueError, match=r"sequence 26 != 3 text \+ 4x6 image tokens"):
         proc._attend(q[:, 1:], k[:, 1:], v[:, 1:], 3)
+
+
+def test_l2p_adapter_freezes_the_published_middle_layers():
+    """Published train_run_ds.sh: of Z-Image's 30 main layers, 5-24 are frozen (and kept in eval
+    mode), the first and last 5 train."""
+    from pixverve.train.loop import L2PAdapter
+
+    adapter = object.__new__(L2PAdapter)
+    adapter.frozen = tm().l2p_frozen_layers(30, 5)
+    model = torch.nn.Module()
+    model.transformer = torch.nn.Module()
+    model.transformer.layers = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(30))
+    model.train()
+    adapter.freeze(model)
+    layers = model.transformer.layers
+    assert [i for i, layer in enumerate(layers) if not layer.weight.requires_grad] == list(range(5, 25))
+    assert [i for i, layer in enumerate(layers) if not layer.training] == list(range(5, 25))
