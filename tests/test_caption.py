@@ -866,3 +866,50 @@ def test_an_undescribed_instance_or_a_missing_status_is_not_a_pass(shard):
     no_column = out | {"aesthetics": out["aesthetics"].drop(columns=["judge_status"])}
     records, rejected = _records(shard, no_column)
     assert records == [] and set(rejected["failed_steps"]) == {"aesthetics"}
+
+
+def test_rejections_by_reason_edges_and_table_1_stage_names():
+    """Stage 1's "reason: n" list split at the last colon (a reason may hold one), parts without
+    a reason or a count skipped; a stage table that is empty or has no verdicts is skipped, not
+    the end; a rejection without a reason is "(none)"; no ingest summary, no stage 1 rows."""
+    ingest = pd.DataFrame([{"stage": "screen", "reasons": "decode:truncated: 2; : 4; junk; too_small: 3"}])
+    empty, no_verdicts = pd.DataFrame(), pd.DataFrame({"reason": ["x"]})
+    verify = pd.DataFrame({"passed": [False, True, False], "reason": [None, "", "seam"]})
+    stages = [("3 super-resolution", empty), ("3b", no_verdicts), ("4 verification", verify)]
+    table = dataset.rejections_by_reason(stages, ingest)
+    assert list(table.columns) == ["stage", "reason", "failed_steps", "images"]
+    got = {(r["stage"], r["reason"], r["failed_steps"]): r["images"] for r in table.to_dict("records")}
+    assert got == {
+        ("1 screen", "decode:truncated", ""): 2,
+        ("1 screen", "too_small", ""): 3,
+        ("4 verification", "(none)", ""): 1,
+        ("4 verification", "seam", ""): 1,
+    }
+    assert dataset.rejections_by_reason(stages).to_dict("records") == [
+        r for r in table.to_dict("records") if not r["stage"].startswith("1 ")
+    ]
+    none = dataset.rejections_by_reason([], None)
+    assert list(none.columns) == ["stage", "reason", "failed_steps", "images"] and none.empty
+    # Table 1's rows are named by the paper's stages, in the pipeline's order
+    flow = dataset.data_flow(
+        pd.DataFrame([{"stage": "index", "entered": 4, "passed": 3}]),
+        pd.DataFrame({"passed": [True, True, False], "reason": ["", "", "entropy"], "entropy_ok": [True, True, False]}),
+        pd.DataFrame({"passed": [True, True]}),
+        pd.DataFrame(
+            [{"check": "sr_output", "entering": 2, "kept": 2}, {"check": "regions", "entering": 2, "kept": 2}]
+        ),
+        pd.DataFrame({"passed": [True, True]}),
+        [{"long_caption": "a", "short_caption": "b"}, {"long_caption": "c", "short_caption": ""}],
+    )
+    assert flow["stage"].drop_duplicates().tolist() == [
+        "1 collection",
+        "2 purification",
+        "3 super-resolution",
+        "4 verification",
+        "5 captioning",
+    ]
+    by_step = flow.set_index("step")
+    assert by_step.loc["index", ["entering", "kept"]].tolist() == [4, 3]
+    assert by_step.loc["filter: entropy", ["entering", "kept"]].tolist() == [3, 2]
+    assert by_step.loc["model steps ok (required steps)", ["entering", "kept"]].tolist() == [2, 2]
+    assert by_step.loc["long + short caption", "kept"] == 1 and "sr_output" not in by_step.index
