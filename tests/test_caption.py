@@ -913,3 +913,75 @@ def test_rejections_by_reason_edges_and_table_1_stage_names():
     assert by_step.loc["filter: entropy", ["entering", "kept"]].tolist() == [3, 2]
     assert by_step.loc["model steps ok (required steps)", ["entering", "kept"]].tolist() == [2, 2]
     assert by_step.loc["long + short caption", "kept"] == 1 and "sr_output" not in by_step.index
+
+
+def test_export_holds_out_the_smallest_hashes_and_writes_each_record_exactly():
+    """The held-out split: the ``size`` captioned ids with the smallest sha256("seed:id") (stable
+    when images are added); every metadata column of a record, as the dataset page documents it."""
+    import hashlib
+
+    def record(i, long="a long caption here", short="short one", aesthetics=None):
+        return {
+            "image_id": f"{i:016x}",
+            "file_name": f"{i:016x}.tif",
+            "width": 12345,
+            "height": 6789,
+            "provenance": {"source": "demo", "licence": "CC0"},
+            "scores": {"laion": 6.5},
+            "tags": ["cat", "sofa"],
+            "instances": [{"description": "a cat"}, {"description": ""}, {"description": "a sofa"}],
+            "aesthetics": aesthetics,
+            "long_caption": long,
+            "short_caption": short,
+            "smoke": True,
+            "smoke_steps": ["tags", "boxes"],
+        }
+
+    dims = [key for key, _ in caption.AESTHETIC_DIMENSIONS]
+    aesthetics = {key: {"score": 10.0 * n, "analysis": "..."} for n, key in enumerate(dims)}
+    records = [record(i) for i in range(6)] + [record(6, long=None), record(7, short="")]
+    records[2]["aesthetics"] = aesthetics
+    ids = [r["image_id"] for r in records[:6]]
+    rank = sorted(ids, key=lambda i: hashlib.sha256(f"7:{i}".encode()).hexdigest())
+    meta, train, bench = dataset.export_dataset(records, 2, seed=7)
+    split = dict(zip(meta["image_id"], meta["split"]))
+    assert {i for i, s in split.items() if s == "benchmark"} == set(rank[:2])
+    assert {i for i, s in split.items() if s == "train"} == set(rank[2:])
+    assert split[records[6]["image_id"]] == split[records[7]["image_id"]] == "uncaptioned"
+    assert sorted(p["file_name"] for p in bench) == sorted(f"{i}.tif" for i in rank[:2])
+    assert sorted(p["file_name"] for p in train) == sorted(f"{i}.tif" for i in rank[2:])
+    assert bench[0] == {
+        "file_name": bench[0]["file_name"],
+        "short_caption": "short one",
+        "long_caption": "a long caption here",
+    }
+    # added images do not move the held-out ones (unless they hash smaller)
+    more, _, _ = dataset.export_dataset(records + [record(i) for i in range(8, 40)], 2, seed=7)
+    assert set(more.loc[more["split"] == "benchmark", "image_id"]) & set(ids) <= set(rank[:2])
+    row = meta.set_index("image_id").loc[records[2]["image_id"]].to_dict()
+    assert row == {
+        "file_name": f"{2:016x}.tif",
+        "split": split[records[2]["image_id"]],
+        "width": 12345,
+        "height": 6789,
+        "megapixels": 83.81,  # 12345 x 6789 = 83,810,205 pixels
+        "prov_source": "demo",
+        "prov_licence": "CC0",
+        "laion": 6.5,
+        "tags": '["cat", "sofa"]',
+        "n_tags": 2,
+        "n_instances": 3,
+        "n_described": 2,
+        "long_caption": "a long caption here",
+        "short_caption": "short one",
+        "long_words": 4,
+        "short_words": 2,
+        "has_aesthetics": True,
+        "smoke": True,
+        "smoke_steps": "tags,boxes",
+        **{f"aes_{key}": 10.0 * n for n, key in enumerate(dims)},
+    }
+    plain = meta.set_index("image_id").loc[records[6]["image_id"]]
+    assert not plain["has_aesthetics"] and pd.isna(plain["aes_technical_execution"])
+    assert (plain["long_words"], plain["short_words"]) == (0, 2)
+    assert meta.set_index("image_id").loc[records[7]["image_id"], "short_words"] == 0
