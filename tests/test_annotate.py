@@ -166,3 +166,59 @@ def test_nearest_tag_maps_detector_phrases_to_prompt_tags():
     assert nearest_tag("", tags) == "object"
     assert nearest_tag("cat. red sofa. [SEP]", tags) == "red sofa"  # run-together phrases: the longest tag in it
     assert nearest_tag("##sof", tags) == "red sofa"
+
+
+def test_nearest_tag_each_rule_in_turn():
+    """A detected phrase -> its prompt tag: BERT markers and sub-word joins removed, lower case,
+    trailing dots stripped; exact; else the longest tag inside it as a whole word (ties: prompt
+    order); else the first tag containing it; else the closest spelling; "object" when nothing."""
+    tags = ["cat", "black cat", "sofa", "tv monitor", "tv stand", "kitchen"]
+    assert nearest_tag("[CLS] Black  Cat [SEP] .", tags) == "black cat"
+    assert nearest_tag("so##fa.", tags) == "sofa"
+    assert nearest_tag("a black cat on a sofa", tags) == "black cat"  # longest inside
+    assert nearest_tag("sofa and cat", ["sofa", "cat", "dog"]) == "sofa"  # longest (4 > 3)
+    assert nearest_tag("dog cat", ["cat", "dog"]) == "cat"  # equal length: prompt order
+    assert nearest_tag("concatenate", ["cat", "concatenation"]) == "concatenation"  # "cat" is no whole word
+    assert nearest_tag("tv", tags) == "tv monitor"  # inside a tag: the first such
+    assert nearest_tag("kitten", tags) == "kitchen"  # closest spelling
+    assert nearest_tag("zzz", ["cat"]) == "cat"  # any tag beats "object" while there is one
+    assert nearest_tag("zzz", []) == "object"
+    assert nearest_tag(" [SEP] [CLS] ## . ", tags) == "object"
+
+
+def test_build_tagger_passes_each_key_and_keeps_the_published_ram_defaults(monkeypatch, tmp_path):
+    """caption.tags -> the tagger: vlm -> none (the VLM client asks); ram_plus with recognize-
+    anything's defaults (384 px, swin_l); clip with its threshold and top k; unknown -> an error."""
+    import inspect
+
+    from pixverve.caption import models
+    from pixverve.models.loading import ModelUnavailable
+
+    defaults = inspect.signature(models.RamPlusTagger.__init__).parameters
+    assert (defaults["image_size"].default, defaults["vit"].default) == (384, "swin_l")
+    made = []
+    monkeypatch.setattr(models, "RamPlusTagger", lambda *a: made.append(("ram", *a)) or "ram")
+    monkeypatch.setattr(models, "ClipTagger", lambda *a, **k: made.append(("clip", *a)) or "clip")
+    monkeypatch.setattr(models, "model_device", lambda spec: f"device of {sorted(spec)}")
+    assert models.build_tagger({"backend": "vlm"}) is None and made == []
+    assert models.build_tagger({"backend": "ram_plus"}) == "ram"
+    assert made[-1] == ("ram", None, 384, "swin_l", "device of []")
+    spec = {"weights": "w.pth", "image_size": "448", "vit": "swin_b"}
+    models.build_tagger({"backend": "ram_plus", "ram_plus": spec})
+    assert made[-1] == ("ram", "w.pth", 448, "swin_b", "device of ['image_size', 'vit', 'weights']")
+    vocabulary = tmp_path / "vocabulary.txt"
+    vocabulary.write_text("# a comment\ncat\n\n  sofa  \n")
+    clip = {"vocabulary": str(vocabulary), "threshold": "0.25", "top_k": "7"}
+    with pytest.raises(ModelUnavailable, match="caption.tags.clip.model"):
+        models.build_tagger({"backend": "clip", "clip": clip})
+    models.build_tagger({"backend": "clip", "clip": clip | {"model": "m"}})
+    assert made[-1] == (
+        "clip",
+        "m",
+        ["cat", "sofa"],
+        0.25,
+        7,
+        "device of ['model', 'threshold', 'top_k', 'vocabulary']",
+    )
+    with pytest.raises(ModelUnavailable, match="unknown backend 'owl'"):
+        models.build_tagger({"backend": "owl", "clip": clip})
