@@ -1297,3 +1297,17 @@ def test_l2p_adapter_freezes_the_published_middle_layers():
     layers = model.transformer.layers
     assert [i for i, layer in enumerate(layers) if not layer.weight.requires_grad] == list(range(5, 25))
     assert [i for i, layer in enumerate(layers) if not layer.training] == list(range(5, 25))
+
+
+def test_sigma_stats_names_and_values():
+    """What model.json records of the noise levels a run trained on: count, mean, the share above
+    0.99 (strictly) and the quantiles q01 .. q99 (NOTES "Measured" quotes these names)."""
+    from pixverve.train.loop import sigma_stats
+
+    values = [0.2, 0.5, 0.99, 0.995, 1.0]
+    got = sigma_stats(values)
+    assert list(got) == ["count", "mean", "frac_above_0.99", "q01", "q05", "q25", "q50", "q75", "q95", "q99"]
+    assert got["count"] == 5 and got["mean"] == pytest.approx(0.737) and got["frac_above_0.99"] == 0.4
+    assert got["q50"] == 0.99 and got["q25"] == 0.5 and got["q99"] == pytest.approx(0.9998)
+    assert sigma_stats([]) == {"count": 0}
+    assert isinstance(sigma_stats([1, 0])["mean"], float) and sigma_stats([1, 0])["mean"] == 0.5  # ints as floats

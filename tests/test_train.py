@@ -1101,6 +1101,41 @@ def test_window_settings_reach_every_processor_with_the_published_defaults(tiny_
             tm.seq_chunk_sizes(memory)
 
 
+def test_trainable_model_full_or_a_gaussian_lora_of_the_configured_rank(tiny_flux2):
+    """Full fine-tuning trains every parameter; the LoRA variant freezes the base and adds peft
+    adapters of rank r with scale alpha / r, A drawn from N(0, 1/r) ("gaussian") and B zero, so
+    the adapted model starts equal to the base."""
+    import copy
+
+    from pixverve.train.loop import trainable_model
+
+    model = copy.deepcopy(tiny_flux2.transformer)
+    model.requires_grad_(False)
+    assert trainable_model(model, {}) is model and all(p.requires_grad for p in model.parameters())
+    model = copy.deepcopy(tiny_flux2.transformer)
+    before = _flux2_forward(tiny_flux2)
+    lora = {"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "single_transformer_blocks.*.attn.to_out"]}
+    trainable_model(model, {"lora": lora})
+    adapted = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    # single-stream blocks have no to_q / to_k (one fused projection): only their output projection
+    assert sorted(adapted) == [
+        "single_transformer_blocks.0.attn.to_out",
+        "single_transformer_blocks.1.attn.to_out",
+        "transformer_blocks.0.attn.to_k",
+        "transformer_blocks.0.attn.to_q",
+    ]
+    for name, module in adapted.items():
+        a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+        assert a.shape[0] == 4 and b.shape[1] == 4 and module.scaling["default"] == 2.0, name
+        assert torch.count_nonzero(b) == 0 and a.std().item() == pytest.approx(0.25, rel=0.5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len(trainable) == 2 * len(adapted)
+    pipe = copy.copy(tiny_flux2)
+    pipe.transformer = model
+    assert torch.allclose(_flux2_forward(pipe), before, atol=1e-6)  # B = 0: the base model's output
+
+
 def test_sequence_chunking_keeps_a_lora_on_the_fused_projection(tiny_flux2):
     """A peft LoRA wraps to_qkv_mlp_proj: the chunked path calls it whole per chunk, so the adapter
     still applies (weight rows of the base layer alone would drop it)."""
