@@ -577,6 +577,38 @@ def demo_spec(run: str, resolution: int, **changes) -> dict:
     return spec
 
 
+def test_adapters_set_up_the_published_pieces_from_the_run_spec(tmp_path, monkeypatch):
+    """What each adapter takes from its run: FLUX.2 -- the text encoder's output layers, frozen
+    encoders, tiled VAE (tile / stride), window processors only for scheme II; L2P -- the patch
+    (resolution / token grid), main layers 5-24 of 30 frozen, shift 3 and a 1000-step timestep
+    grid, the published values also when the keys are left out."""
+    from pixverve.train.loop import Flux2Adapter, L2PAdapter
+
+    spec = demo_spec("scheme2_window", 128, vae_tile=64, vae_tile_stride=48)
+    flux2 = Flux2Adapter(spec, tmp_path, "cpu", torch.float32)
+    assert flux2.text_layers == tuple(spec["text"]["out_layers"]) and flux2.model is flux2.pipe.transformer
+    assert not any(p.requires_grad for p in flux2.pipe.text_encoder.parameters())
+    assert not any(p.requires_grad for p in flux2.pipe.vae.parameters())
+    vae = flux2.pipe.vae
+    assert vae.use_tiling and vae.tile_sample_min_size == 64 and vae.tile_overlap_factor == 0.25
+    assert {type(b.attn.processor).__name__ for b in flux2.model.transformer_blocks} == {"WindowAttnProcessor"}
+    full = Flux2Adapter(demo_spec("scheme1_full", 128), tmp_path, "cpu", torch.float32)
+    assert "Window" not in type(full.model.transformer_blocks[0].attn.processor).__name__
+    l2p_spec = demo_spec("scheme3_l2p", 64)
+    l2p_spec["l2p"] = dict(l2p_spec["l2p"], token_grid=4, shift=2.5, timestep_grid=500, train_edge_layers=1)
+    l2p = L2PAdapter(l2p_spec, tmp_path, "cpu", torch.float32)
+    n = len(l2p.model.transformer.layers)
+    assert (l2p.patch, l2p.shift, l2p.grid_steps, l2p.frozen) == (16, 2.5, 500, tm.l2p_frozen_layers(n, 1))
+    assert l2p.text_pipe.transformer is None and l2p.text_pipe.vae is None  # only its text encoder is kept
+    assert not any(p.requires_grad for p in l2p.text_pipe.text_encoder.parameters())
+    l2p_spec["l2p"] = {"token_grid": 4}  # the published values by default
+    edges = []
+    frozen_layers = tm.l2p_frozen_layers
+    monkeypatch.setattr(tm, "l2p_frozen_layers", lambda n, edge: edges.append((n, edge)) or frozen_layers(n, edge))
+    l2p = L2PAdapter(l2p_spec, tmp_path, "cpu", torch.float32)
+    assert (l2p.shift, l2p.grid_steps, edges) == (3.0, 1000, [(n, 5)])  # the tiny model has 3 layers: none frozen
+
+
 def read_log(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
