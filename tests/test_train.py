@@ -592,11 +592,34 @@ def test_adapters_set_up_the_published_pieces_from_the_run_spec(tmp_path, monkey
     vae = flux2.pipe.vae
     assert vae.use_tiling and vae.tile_sample_min_size == 64 and vae.tile_overlap_factor == 0.25
     assert {type(b.attn.processor).__name__ for b in flux2.model.transformer_blocks} == {"WindowAttnProcessor"}
+    blocks = list(flux2.model.transformer_blocks) + list(flux2.model.single_transformer_blocks)
+    pattern = tm.parse_pattern(tm.window_settings(spec["window"], 128)["pattern"])
+    assert [b.attn.processor.factors for b in blocks] == tm.block_factors(len(blocks), pattern)
+    chunked = Flux2Adapter(
+        dict(spec, memory={"seq_chunk_single": 6, "seq_chunk_double": 4}), tmp_path, "cpu", torch.float32
+    )
+    assert [b.attn.processor.seq_chunk for b in chunked.model.transformer_blocks] == [4]
+    assert {b.attn.processor.seq_chunk for b in chunked.model.single_transformer_blocks} == {6}
+    scheme1_chunked = Flux2Adapter(
+        demo_spec("scheme1_full", 128, memory={"seq_chunk_single": 6}), tmp_path, "cpu", torch.float32
+    )
+    assert {b.attn.processor.factors for b in scheme1_chunked.model.single_transformer_blocks} == {(tm.GLOBAL,)}
     full = Flux2Adapter(demo_spec("scheme1_full", 128), tmp_path, "cpu", torch.float32)
     assert "Window" not in type(full.model.transformer_blocks[0].attn.processor).__name__
     l2p_spec = demo_spec("scheme3_l2p", 64)
     l2p_spec["l2p"] = dict(l2p_spec["l2p"], token_grid=4, shift=2.5, timestep_grid=500, train_edge_layers=1)
+    l2p_spec["l2p"]["unet"] = {"widths": [4, 8, 16, 32], "checkpoint_stages": False}
     l2p = L2PAdapter(l2p_spec, tmp_path, "cpu", torch.float32)
+    assert [c[0].out_channels for c in l2p.model.unet.enc] == [4, 8, 16, 32] and not l2p.model.unet.checkpoint_stages
+    # progressive: the next resolution starts from the weights the previous one saved (by name and shape)
+    from safetensors.torch import save_file
+
+    saved = {k: torch.full_like(v, 0.125) for k, v in l2p.model.state_dict().items()}
+    save_file(saved, str(tmp_path / "l2p_trained.safetensors"))
+    logged = []
+    again = L2PAdapter(l2p_spec, tmp_path, "cpu", torch.float32, init_from=tmp_path, log=logged.append)
+    assert all(torch.equal(v, saved[k]) for k, v in again.model.state_dict().items())
+    assert logged and f"{len(saved)} tensors carried, 0 new" in logged[0]
     n = len(l2p.model.transformer.layers)
     assert (l2p.patch, l2p.shift, l2p.grid_steps, l2p.frozen) == (16, 2.5, 500, tm.l2p_frozen_layers(n, 1))
     assert l2p.text_pipe.transformer is None and l2p.text_pipe.vae is None  # only its text encoder is kept
@@ -1135,7 +1158,7 @@ def test_window_settings_reach_every_processor_with_the_published_defaults(tiny_
 
 def test_trainable_model_full_or_a_gaussian_lora_of_the_configured_rank(tiny_flux2):
     """Full fine-tuning trains every parameter; the LoRA variant freezes the base and adds peft
-    adapters of rank r with scale alpha / r, A drawn from N(0, 1/r) ("gaussian") and B zero, so
+    adapters of rank r with scale alpha / r (12 / 4), A drawn from N(0, 1/r) ("gaussian") and B zero, so
     the adapted model starts equal to the base."""
     import copy
 
@@ -1146,7 +1169,7 @@ def test_trainable_model_full_or_a_gaussian_lora_of_the_configured_rank(tiny_flu
     assert trainable_model(model, {}) is model and all(p.requires_grad for p in model.parameters())
     model = copy.deepcopy(tiny_flux2.transformer)
     before = _flux2_forward(tiny_flux2)
-    lora = {"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "single_transformer_blocks.*.attn.to_out"]}
+    lora = {"rank": 4, "alpha": 12, "target_modules": ["to_q", "to_k", "single_transformer_blocks.*.attn.to_out"]}
     trainable_model(model, {"lora": lora})
     adapted = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A")}
     # single-stream blocks have no to_q / to_k (one fused projection): only their output projection
@@ -1158,7 +1181,7 @@ def test_trainable_model_full_or_a_gaussian_lora_of_the_configured_rank(tiny_flu
     ]
     for name, module in adapted.items():
         a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
-        assert a.shape[0] == 4 and b.shape[1] == 4 and module.scaling["default"] == 2.0, name
+        assert a.shape[0] == 4 and b.shape[1] == 4 and module.scaling["default"] == 3.0, name
         assert torch.count_nonzero(b) == 0 and a.std().item() == pytest.approx(0.25, rel=0.5)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
