@@ -222,3 +222,34 @@ def test_build_tagger_passes_each_key_and_keeps_the_published_ram_defaults(monke
     )
     with pytest.raises(ModelUnavailable, match="unknown backend 'owl'"):
         models.build_tagger({"backend": "owl", "clip": clip})
+
+
+def test_build_detector_and_segmenter_pass_each_key(monkeypatch):
+    """caption.boxes / caption.masks -> the models: rex_omni -> none (the VLM client), Grounding DINO
+    with its box / text thresholds and tags per prompt, SAM 2 with its box chunk (64 by default),
+    box masks without a model; a missing model folder or an unknown backend is an error naming the key."""
+    from pixverve.caption import models
+    from pixverve.models.loading import ModelUnavailable
+
+    made = []
+    monkeypatch.setattr(models, "GroundingDinoDetector", lambda *a, **k: made.append(("gd", a, k)) or "gd")
+    monkeypatch.setattr(models, "Sam2Segmenter", lambda *a, **k: made.append(("sam2", a, k)) or "sam2")
+    monkeypatch.setattr(models, "model_device", lambda spec: f"device of {sorted(spec)}")
+    assert models.build_detector({"backend": "rex_omni"}) is None and made == []
+    gd = {"box_threshold": "0.35", "text_threshold": "0.25", "tags_per_prompt": "12"}
+    with pytest.raises(ModelUnavailable, match=r"^config key caption.boxes.grounding_dino.model: set a local"):
+        models.build_detector({"backend": "grounding_dino", "grounding_dino": gd})
+    assert models.build_detector({"backend": "grounding_dino", "grounding_dino": gd | {"model": "m"}}) == "gd"
+    device = "device of ['box_threshold', 'model', 'tags_per_prompt', 'text_threshold']"
+    assert made[-1] == ("gd", ("m", 0.35, 0.25, 12), {"device": device})
+    with pytest.raises(ModelUnavailable, match=r"caption.boxes.backend: unknown backend 'yolo'"):
+        models.build_detector({"backend": "yolo", "grounding_dino": gd})
+    assert isinstance(models.build_segmenter({"backend": "box"}), models.BoxSegmenter)
+    with pytest.raises(ModelUnavailable, match=r"^config key caption.masks.sam2.model: set a local"):
+        models.build_segmenter({"backend": "sam2"})
+    assert models.build_segmenter({"backend": "sam2", "sam2": {"model": "s"}}) == "sam2"
+    assert made[-1] == ("sam2", ("s", "device of ['model']"), {"box_chunk": 64})
+    models.build_segmenter({"backend": "sam2", "sam2": {"model": "s"}, "box_chunk": "16"})
+    assert made[-1][2] == {"box_chunk": 16}
+    with pytest.raises(ModelUnavailable, match=r"caption.masks.backend: unknown backend 'grabcut'"):
+        models.build_segmenter({"backend": "grabcut"})
