@@ -985,3 +985,46 @@ def test_export_holds_out_the_smallest_hashes_and_writes_each_record_exactly():
     assert not plain["has_aesthetics"] and pd.isna(plain["aes_technical_execution"])
     assert (plain["long_words"], plain["short_words"]) == (0, 2)
     assert meta.set_index("image_id").loc[records[7]["image_id"], "short_words"] == 0
+
+
+def test_step_statuses_of_one_image_exactly():
+    """Each stage-5 step's (status, error) as the record keeps it: a step without a row for the
+    image or without a status column is ``missing`` (never a pass); descriptions: the first failed
+    one with the count, ``missing`` when kept instances have no row, ``no_instances`` when none was kept."""
+    kept2 = json.dumps([{"kept": True}, {"kept": False}, {"kept": True}])
+    t = {"tags_status": "ok", "tags_error": "", "prune_status": "unparseable", "prune_error": "prose"}
+    b, m = {"status": "ok", "error": ""}, {"status": "ok", "error": "", "instances": kept2}
+    a = {"judge_status": "refused", "judge_error": "HTTP 400: no"}
+    c = {"long_status": "ok", "long_error": "", "short_status": "empty", "short_error": "empty reply"}
+    ok = {"status": "ok"}
+    assert dataset.step_statuses(t, b, m, [ok, ok], a, c) == {
+        "tags": ("ok", ""),
+        "prune": ("unparseable", "prose"),
+        "boxes": ("ok", ""),
+        "masks": ("ok", ""),
+        "descriptions": ("ok", ""),
+        "aesthetics": ("refused", "HTTP 400: no"),
+        "long_caption": ("ok", ""),
+        "short_caption": ("empty", "empty reply"),
+    }
+    failed = [ok, {"status": "timeout", "error": "after 60 s"}, {"status": "refused"}]
+    got = dataset.step_statuses({}, {"error": "x"}, {"instances": kept2 + " "}, failed, None, None)
+    missing = ("missing", "no row for the image")
+    assert got == {
+        "tags": ("missing", ""),  # a row without its status column
+        "prune": ("missing", ""),
+        "boxes": ("missing", "x"),
+        "masks": ("missing", ""),
+        "descriptions": ("timeout", "2 of 2 instances: after 60 s"),
+        "aesthetics": missing,
+        "long_caption": missing,
+        "short_caption": missing,
+    }
+    assert dataset.step_statuses(t, b, m, [ok], a, c)["descriptions"] == (
+        "missing",
+        "1 of 2 kept instances have no description row",
+    )
+    none_kept = dataset.step_statuses(t, b, {"status": "ok", "instances": None}, [], a, c)
+    assert none_kept["descriptions"] == ("no_instances", "")
+    bad_first = [{"status": "unparseable"}, {"status": "ok"}]
+    assert dataset.step_statuses(t, b, m, bad_first, a, c)["descriptions"] == ("unparseable", "1 of 2 instances: ")
