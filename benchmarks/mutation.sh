@@ -57,8 +57,10 @@ ONLY = list(filter(None, os.environ.get("ONLY", "").split(",")))
 
 # package: (formula modules, whole-package glob, fast unit test files that cover it)
 PACKAGES = {
-    "core": (["pixverve/core/tiling.py"], "pixverve/core/*",
-             ["tests/test_upscale.py", "tests/test_verify.py", "tests/test_images.py", "tests/test_pinned_values.py"]),
+    # core: the tiling and the fail-safe policy (health.py: which statuses keep an image out, the job gates)
+    "core": (["pixverve/core/tiling.py", "pixverve/core/health.py"], "pixverve/core/*",
+             ["tests/test_upscale.py", "tests/test_verify.py", "tests/test_images.py", "tests/test_failsafe.py",
+              "tests/test_bench_failsafe.py", "tests/test_pinned_values.py"]),
     "purify": (["pixverve/purify/classical.py"], "pixverve/purify/*",
                ["tests/test_purify.py", "tests/test_aesthetics.py", "tests/test_pinned_values.py"]),
     "verify": (["pixverve/verify/fidelity.py"], "pixverve/verify/*",
@@ -90,6 +92,7 @@ EXTRA_PYTEST = {
     # the tiling formulas, which core/tiling.py's run covers)
     "upscale": ["-k", "not real_esrgan_through_the_engine and not real_esrgan_weights_from_the_wheel"
                 " and not memory_is_bounded_by_the_band"],
+    "core": ["-k", "not test_retry_"],  # the retry command's subprocess (see caption)
     # caption: the tiny-model runs of the tagger / detector wrappers (8-12 s each) and the retry command's
     # tests (a `python -m pixverve retry` subprocess, which hits mutmut's trampolines outside its folder)
     "caption": ["-k", "not tiny_models_run_the_real_code_paths and not grounding_dino_splits_a_long_tag_list"
