@@ -393,3 +393,34 @@ def test_retry_covers_the_bench_judge_and_its_sibling_outputs(tmp_path):
         "scores.parquet.before-retry",
         "sets.json.before-retry",
     ]
+
+
+def test_gate_table_reads_the_stage_fraction_the_policy_and_the_errors():
+    """gate_table: one step's table against ``<stage>.max_failed_fraction`` (0.05 when unset) and
+    ``vlm.invalid_policy``; a table without the status column (the step was off) is not gated;
+    required_steps names the unknown steps of a list."""
+    import pandas as pd
+
+    from pixverve.core.health import StepFailed, gate_table, required_steps
+
+    table = pd.DataFrame(
+        {"status": ["ok"] * 17 + ["unparseable", "refused", "no_instances"], "error": [""] * 17 + ["prose", "400", ""]}
+    )
+    config = {"caption": {"max_failed_fraction": 0.1}, "vlm": {"invalid_policy": "drop"}}
+    assert gate_table(table, "caption_boxes", "status", "error", config, "caption") == 2  # 2 of 20 <= 10 %
+    assert gate_table(table, "caption_boxes", "status", "error", {"vlm": {"invalid_policy": "keep"}}, "caption") == 1
+    with pytest.raises(StepFailed) as stop:  # 2 of 20 > 5 % (the default fraction)
+        gate_table(table, "caption_boxes", "status", "error", {}, "caption", "model server X")
+    assert str(stop.value).startswith(
+        "caption_boxes: 2 of 20 images failed (more than caption.max_failed_fraction=0.05) at model server X; "
+        "first: unparseable: prose."
+    )
+    no_errors = table.drop(columns="error")
+    with pytest.raises(StepFailed, match="first: unparseable: \\. "):
+        gate_table(no_errors, "caption_boxes", "status", "error", {"caption": {"max_failed_fraction": 0}}, "caption")
+    assert gate_table(table, "caption_boxes", "judge_status", "error", {}, "caption") == 0  # the step was off
+    assert gate_table(table.iloc[:0], "caption_boxes", "status", "error", {}, "caption") == 0
+    assert required_steps({}, ["a", "b"], "purify") == {"a", "b"}
+    assert required_steps({"required_steps": ["b"]}, ["a", "b"], "purify") == {"b"}
+    with pytest.raises(ValueError, match=r"^config key purify.required_steps: \['c', 'd'\] are not among its steps"):
+        required_steps({"required_steps": ["d", "b", "c"]}, ["a", "b"], "purify")
