@@ -288,3 +288,52 @@ def test_max_failed_fraction_is_a_validated_config_key(repo_root):
     cfg["bench"]["max_failed_fraction"] = 1.5
     with pytest.raises(WorkflowError, match="max_failed_fraction"):
         validate(cfg, schema)
+
+
+def test_msfi_and_ics_statuses_of_one_image_exactly():
+    """The judge's per-image record: MSFI is ok only with a score, else the global call's failure
+    first, an empty global object, the first failed local call, or no patch at all; ICS keeps its
+    call's status, and a parsed reply without the three numbers is ``invalid``, never a score."""
+    from pixverve.models.vlm import VLMResult
+
+    def result(status="ok", parsed=None, error=""):
+        return VLMResult("t", "r", status, parsed, error=error)
+
+    good, empty = result(parsed={"a": 1}), result(parsed={})
+    local_ok, local_bad = result(parsed={"x": 1}), result("refused", None, "HTTP 400: no")
+    assert bench.msfi_status(good, [local_ok], {"included": True}) == ("ok", "")
+    assert bench.msfi_status(result("timeout", None, "60 s"), [local_ok], {"included": False}) == (
+        "timeout",
+        "global call: 60 s",
+    )
+    assert bench.msfi_status(empty, [local_ok], {"included": False}) == (
+        "empty",
+        "global call: the reply is an empty JSON object",
+    )
+    assert bench.msfi_status(good, [local_bad, result("invalid", None, "schema")], {"included": False}) == (
+        "refused",
+        "all 2 local calls failed; first: HTTP 400: no",
+    )
+    assert bench.msfi_status(good, [], {"included": False}) == ("no_patches", "no MSFI patch fits the image")
+    scores = {"IEV": 10, "AAA": 5, "SRA": 10}
+    assert bench.ics_result(result(parsed=scores)) == (pytest.approx(7.0), "ok", "")
+    value, status, error = bench.ics_result(result("unparseable", None, "prose"))
+    assert math.isnan(value) and (status, error) == ("unparseable", "prose")
+    value, status, error = bench.ics_result(result(parsed={"IEV": 10, "AAA": 5}))
+    assert math.isnan(value) and status == "invalid"
+    assert error == "ICS needs IEV, AAA, SRA in the reply, got {'IEV': 10, 'AAA': 5}"
+    value, status, error = bench.ics_result(result(parsed={"IEV": "ten", "AAA": 5, "SRA": 1}))
+    assert math.isnan(value) and status == "invalid" and error.startswith("ICS needs numbers for IEV, AAA, SRA: ")
+
+
+def test_the_judge_gate_counts_ics_failures_too_and_names_the_judge():
+    """The gate after each image: failures of either metric count (ICS as much as MSFI), the images
+    not judged yet count as ok, and the error names the judge."""
+    ok = {"msfi_status": "ok", "msfi_error": "", "ics_status": "ok", "ics_error": ""}
+    ics_failed = dict(ok, ics_status="refused", ics_error="HTTP 400")
+    bench.judge_gate([ok] * 3 + [ics_failed], 40, 0.05, "judge J")  # 1 failure of 40: allowed (>= 1)
+    with pytest.raises(StepFailed, match=r"ics.* 3 of 40 images failed .* at judge J; first: refused: HTTP 400"):
+        bench.judge_gate([ok, ics_failed, ics_failed, ics_failed], 40, 0.05, "judge J")
+    msfi_failed = dict(ok, msfi_status="timeout", msfi_error="60 s")
+    with pytest.raises(StepFailed, match=r"msfi.* at judge J; first: timeout: 60 s"):
+        bench.judge_gate([msfi_failed] * 3, 40, 0.05, "judge J")
