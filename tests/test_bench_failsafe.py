@@ -337,3 +337,62 @@ def test_the_judge_gate_counts_ics_failures_too_and_names_the_judge():
     msfi_failed = dict(ok, msfi_status="timeout", msfi_error="60 s")
     with pytest.raises(StepFailed, match=r"msfi.* at judge J; first: timeout: 60 s"):
         bench.judge_gate([msfi_failed] * 3, 40, 0.05, "judge J")
+
+
+def test_judge_requests_of_one_image_exactly():
+    """1 global + 10 local MSFI calls and 1 ICS call per image, each one user turn (prompt, then the
+    images as JPEG at quality 98 unless set); request ids name the image and the patch; the random
+    patches are drawn from the first 16 hex digits of sha256(image name), so a rerun asks the same
+    (the reply cache's keys); the patch rows are the boxes as x, y, w, h."""
+    import base64
+    import hashlib
+
+    from pixverve.bench.scores import ics_view, msfi_layout
+
+    class Prompts:
+        msfi_global = staticmethod(lambda: "G")
+        msfi_local = staticmethod(lambda relative: f"L {relative}")
+        ics = staticmethod(lambda caption: f"I {caption}")
+
+    item = BenchItem(name="0007", real=None, generated=None, short_caption="fox", long_caption="a red fox")
+    rgb = np.random.default_rng(3).integers(0, 255, (1536, 2048, 3), dtype=np.uint8)  # 4 x 3 patches of 512
+    spec = {
+        "msfi": {"n_sobel": 6, "n_random": 4, "analysis_long_edge": 2048, "global_long_edge": 768},
+        "ics": {"long_edge": 640},
+    }
+    msfi_calls, ics_call, rows = bench.judge_requests(item, rgb, Prompts, spec)
+    img = Image.fromarray(rgb)
+    seed = int(hashlib.sha256(b"0007").hexdigest()[:16], 16)
+    global_view, patches = msfi_layout(img, seed, 6, 4, 2048, 768)
+    assert len(msfi_calls) == 11 and len(rows) == 10 == len(patches)
+
+    def sent(call):  # (task, id, prompt, decoded images' sizes, the urls)
+        task, rid, messages, schema = call
+        (message,) = messages
+        assert message["role"] == "user" and schema is None
+        text, *images = message["content"]
+        urls = [i["image_url"]["url"] for i in images]
+        return task, rid, text["text"], urls
+
+    assert sent(msfi_calls[0]) == ("msfi_global", "0007:global", "G", [bench.jpeg_data_url(global_view, 98)])
+    for call, patch, row in zip(msfi_calls[1:], patches, rows):
+        left, top, right, bottom = patch["box"]
+        crop = img.crop(patch["box"])
+        assert sent(call) == (
+            "msfi_local",
+            f"0007:{left},{top}",
+            f"L {patch['relative']}",
+            [bench.jpeg_data_url(crop, 98), bench.jpeg_data_url(global_view, 98)],
+        )
+        assert row == {
+            "x": left,
+            "y": top,
+            "w": right - left,
+            "h": bottom - top,
+            "relative": patch["relative"],
+            "picked": patch["picked"],
+        }
+    assert sent(ics_call) == ("ics", "0007:ics", "I a red fox", [bench.jpeg_data_url(ics_view(img, 640), 98)])
+    assert base64.b64decode(sent(ics_call)[3][0].split(",", 1)[1])[:2] == b"\xff\xd8"  # a JPEG
+    lower, _, _ = bench.judge_requests(item, rgb, Prompts, spec | {"jpeg_quality": 60})
+    assert sent(lower[0])[3] == [bench.jpeg_data_url(global_view, 60)]
