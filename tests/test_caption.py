@@ -890,29 +890,58 @@ def test_rejections_by_reason_edges_and_table_1_stage_names():
     ]
     none = dataset.rejections_by_reason([], None)
     assert list(none.columns) == ["stage", "reason", "failed_steps", "images"] and none.empty
-    # Table 1's rows are named by the paper's stages, in the pipeline's order
+    # Table 1, row by row: the paper's stages in the pipeline's order; stage 2's filters all see the pool
+    purify = pd.DataFrame(
+        {
+            "passed": [True, False, False],
+            "reason": ["", "model_failed", "entropy"],
+            "entropy_ok": [True, True, False],
+        }
+    )
+    verify_counts = pd.DataFrame(
+        [{"check": "sr_output", "entering": 2, "kept": 2}, {"check": "regions", "entering": 2, "kept": 2}]
+    )
+    records = [{"long_caption": "a", "short_caption": "b"}, {"long_caption": "c", "short_caption": ""}]
     flow = dataset.data_flow(
         pd.DataFrame([{"stage": "index", "entered": 4, "passed": 3}]),
-        pd.DataFrame({"passed": [True, True, False], "reason": ["", "", "entropy"], "entropy_ok": [True, True, False]}),
-        pd.DataFrame({"passed": [True, True]}),
-        pd.DataFrame(
-            [{"check": "sr_output", "entering": 2, "kept": 2}, {"check": "regions", "entering": 2, "kept": 2}]
-        ),
-        pd.DataFrame({"passed": [True, True]}),
-        [{"long_caption": "a", "short_caption": "b"}, {"long_caption": "c", "short_caption": ""}],
+        purify,
+        pd.DataFrame({"passed": [True, False]}),
+        verify_counts,
+        pd.DataFrame({"passed": [True, False]}),
+        records,
+        pd.DataFrame({"image_id": ["x"]}),
     )
-    assert flow["stage"].drop_duplicates().tolist() == [
-        "1 collection",
-        "2 purification",
-        "3 super-resolution",
-        "4 verification",
-        "5 captioning",
+    assert list(flow.columns) == ["stage", "step", "entering", "dropped", "kept", "sequential"]
+    assert [tuple(r) for r in flow.itertuples(index=False)] == [
+        ("1 collection", "index", 4, 1, 3, True),
+        ("2 purification", "filter: exposure", 3, 0, 3, False),
+        ("2 purification", "filter: sharpness", 3, 0, 3, False),
+        ("2 purification", "filter: flatness", 3, 0, 3, False),
+        ("2 purification", "filter: entropy", 3, 1, 2, False),
+        ("2 purification", "filter: aesthetics", 3, 0, 3, False),
+        ("2 purification", "model steps ok (aesthetic predictors)", 3, 1, 2, False),
+        ("2 purification", "candidates (all five)", 3, 2, 1, True),
+        ("3 super-resolution", "SR output written", 2, 1, 1, True),
+        ("4 verification", "regions", 2, 0, 2, True),
+        ("4 verification", "instances", 2, 1, 1, True),
+        ("5 captioning", "model steps ok (required steps)", 3, 1, 2, True),
+        ("5 captioning", "annotation record", 2, 0, 2, True),
+        ("5 captioning", "long + short caption", 2, 1, 1, True),
     ]
-    by_step = flow.set_index("step")
-    assert by_step.loc["index", ["entering", "kept"]].tolist() == [4, 3]
-    assert by_step.loc["filter: entropy", ["entering", "kept"]].tolist() == [3, 2]
-    assert by_step.loc["model steps ok (required steps)", ["entering", "kept"]].tolist() == [2, 2]
-    assert by_step.loc["long + short caption", "kept"] == 1 and "sr_output" not in by_step.index
+    # nothing ran after stage 2 (no reason column, no SR, no instance checks, nothing rejected)
+    flow = dataset.data_flow(
+        pd.DataFrame([{"stage": "index", "entered": 1, "passed": 1}]),
+        pd.DataFrame({"passed": [False]}),
+        pd.DataFrame(),
+        verify_counts.iloc[:0],
+        pd.DataFrame(),
+        [],
+    )
+    steps = flow.set_index("step")
+    assert steps.loc["model steps ok (aesthetic predictors)", ["entering", "kept"]].tolist() == [1, 1]
+    assert steps.loc["SR output written", ["entering", "kept"]].tolist() == [0, 0]
+    assert steps.loc["instances", ["entering", "kept"]].tolist() == [0, 0]
+    assert steps.loc["model steps ok (required steps)", ["entering", "kept"]].tolist() == [0, 0]
 
 
 def test_export_holds_out_the_smallest_hashes_and_writes_each_record_exactly():
