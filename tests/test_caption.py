@@ -1055,5 +1055,45 @@ def test_step_statuses_of_one_image_exactly():
     )
     none_kept = dataset.step_statuses(t, b, {"status": "ok", "instances": None}, [], a, c)
     assert none_kept["descriptions"] == ("no_instances", "")
+    failing = {"tags_status": "timeout", "tags_error": "60 s", "prune_status": "ok", "prune_error": ""}
+    m_failed = {"status": "refused", "error": "HTTP 400", "instances": kept2}
+    c_failed = {"long_status": "empty", "long_error": "no text", "short_status": "ok", "short_error": ""}
+    got = dataset.step_statuses(failing, b, m_failed, [ok, ok], a, c_failed)
+    assert (got["tags"], got["masks"], got["long_caption"]) == (
+        ("timeout", "60 s"),
+        ("refused", "HTTP 400"),
+        ("empty", "no text"),
+    )
     bad_first = [{"status": "unparseable"}, {"status": "ok"}]
     assert dataset.step_statuses(t, b, m, bad_first, a, c)["descriptions"] == ("unparseable", "1 of 2 instances: ")
+
+
+def test_caption_metadata_orders_instances_by_importance_and_carries_the_source():
+    """What the long-caption prompt is given besides the image: the size, the tags, the described
+    instances most important first (ties: instance order; no importance counts as 0), the aesthetic
+    analysis, and the source and its caption when known."""
+    tags_row = {"width": 12000, "height": 8000, "tags": '["cat", "sofa"]'}
+    instances = [
+        {"instance": 0, "label": "sofa", "importance": 2, "description": "a grey sofa"},
+        {"instance": 1, "label": "cat", "importance": 5, "description": "a cat"},
+        {"instance": 2, "label": "lamp", "importance": None, "description": "a lamp"},
+        {"instance": 3, "label": "rug", "importance": 5, "description": "a rug"},
+        {"instance": 4, "label": "cup", "importance": 9, "description": ""},  # undescribed: left out
+        {"instance": 5, "label": "book", "importance": -1, "description": "a book"},
+    ]
+    meta = caption.caption_metadata(tags_row, instances, '{"overall": "calm"}', {"source": "pexels", "other": 1})
+    assert meta == {
+        "size": "12000x8000",
+        "tags": ["cat", "sofa"],
+        "instances": [
+            {"label": "cat", "importance": 5, "description": "a cat"},
+            {"label": "rug", "importance": 5, "description": "a rug"},
+            {"label": "sofa", "importance": 2, "description": "a grey sofa"},
+            {"label": "lamp", "importance": None, "description": "a lamp"},
+            {"label": "book", "importance": -1, "description": "a book"},
+        ],
+        "aesthetics": {"overall": "calm"},
+        "source": "pexels",
+    }
+    both = caption.caption_metadata(tags_row, [], "", {"source": "flickr", "source_caption": "sunset"})
+    assert both["aesthetics"] is None and (both["source"], both["source_caption"]) == ("flickr", "sunset")
