@@ -121,3 +121,33 @@ def test_fewer_than_two_images_is_a_clear_error_naming_method_and_count(fid_weig
         fid_for_pairs(items, fid_weights, size=64, method="m-x")
     with pytest.raises(TooFewImages, match=r"FID_patch of method 'm-x' .* got 0"):
         bench.fid_patch([], fid_weights, 320, 299, 2, 42, method="m-x")
+
+
+def test_fid_for_pairs_equals_torchmetrics_fed_one_pair_at_a_time(fid_weights, tmp_path):
+    """The published loop (eval.py): per pair, the real then the generated image, resized to size x
+    size, into one torchmetrics FID.  Ours batches ``batch`` pairs: every pair counted once, the
+    same value up to float summation order, whatever the batch; the published 4096 by default."""
+    import inspect
+
+    import torch
+    from PIL import Image
+
+    from pixverve.bench.fid import fid_for_pairs, frechet_inception_distance, square_uint8
+    from pixverve.bench.inputs import BenchItem
+
+    photos = _photos(5, 96).permute(0, 2, 3, 1).numpy()
+    items = []
+    for k, im in enumerate(photos):
+        real, generated = tmp_path / f"r{k}.png", tmp_path / f"g{k}.png"
+        Image.fromarray(im).save(real)
+        Image.fromarray(np.ascontiguousarray(np.roll(im, 7 * (k + 1), axis=1))).save(generated)
+        items.append(BenchItem(f"{k}", real, generated, "", ""))
+    reference = frechet_inception_distance(fid_weights)
+    for item in items:
+        for path, real in ((item.real, True), (item.generated, False)):
+            arr = square_uint8(path, 80, "bilinear", 1000.0)[None]
+            reference.update(torch.from_numpy(arr).permute(0, 3, 1, 2), real=real)
+    want = float(reference.compute())
+    for batch in (1, 4):  # 4: a full batch, then a last one of 1
+        assert fid_for_pairs(items, fid_weights, size=80, batch=batch) == pytest.approx(want, rel=1e-5), batch
+    assert inspect.signature(fid_for_pairs).parameters["size"].default == 4096
