@@ -1097,3 +1097,67 @@ def test_caption_metadata_orders_instances_by_importance_and_carries_the_source(
     }
     both = caption.caption_metadata(tags_row, [], "", {"source": "flickr", "source_caption": "sunset"})
     assert both["aesthetics"] is None and (both["source"], both["source_caption"]) == ("flickr", "sunset")
+
+
+def test_stage5_schemas_tag_cleaning_and_box_merging():
+    """The JSON schemas a stage-5 reply must meet (an off-schema reply is ``invalid``, never a
+    value), tag lists lower-cased / de-duplicated in order, and the boxes of all views merged per
+    label (NMS), highest score first then top, left; rounded; at most ``max_boxes``."""
+    import jsonschema
+
+    def valid(schema, reply):
+        try:
+            jsonschema.validate(reply, schema)
+            return True
+        except jsonschema.ValidationError:
+            return False
+
+    inst = caption.instance_schema(1, 5)
+    assert valid(inst, {"description": "a cat", "importance": 1}) and valid(inst, {"description": "x", "importance": 5})
+    for bad in (
+        {"description": "a cat", "importance": 0},
+        {"description": "a cat", "importance": 6},
+        {"description": "a cat", "importance": 2.5},
+        {"description": "", "importance": 3},
+        {"description": "a cat"},
+        {"importance": 3},
+    ):
+        assert not valid(inst, bad), bad
+    dims = [key for key, _ in caption.AESTHETIC_DIMENSIONS]
+    good = {key: {"score": 50, "analysis": "fine"} for key in dims}
+    aes = caption.aesthetic_schema(0, 100)
+    assert valid(aes, good) and valid(aes, {k: {"score": 0, "analysis": "a"} for k in dims})
+    assert valid(aes, {k: {"score": 100, "analysis": "a"} for k in dims})
+    for key in dims:
+        assert not valid(aes, {k: v for k, v in good.items() if k != key}), key
+    assert not valid(aes, dict(good, **{dims[0]: {"score": 101, "analysis": "a"}}))
+    assert not valid(aes, dict(good, **{dims[1]: {"score": -1, "analysis": "a"}}))
+    assert not valid(aes, dict(good, **{dims[2]: {"score": 5, "analysis": ""}}))
+    assert not valid(aes, dict(good, **{dims[3]: {"score": 5}}))
+    assert not valid(aes, dict(good, **{dims[4]: {"analysis": "a"}}))
+    assert caption._clean_tags(["Cat", " cat ", "Black   Cat", "", "sofa", "SOFA"]) == ["cat", "black cat", "sofa"]
+
+    def box(label, score, x, y, view="v0", size=10.0):
+        return {"label": label, "phrase": label, "score": score, "box": [x, y, x + size, y + size], "view": view}
+
+    found = [
+        box("cat", 0.5, 0.0, 0.0),
+        box("cat", 0.9, 1.0, 1.0, "v1"),  # overlaps the first: IoU 81 / 119 = 0.68
+        box("cat", 0.7, 50.0, 0.0),
+        box("dog", 0.7, 20.0, 30.0),
+        box("dog", 0.7, 30.123456, 20.0),
+        box("dog", 0.6666666666, 1.0, 1.0),  # over a cat: another label, kept
+    ]
+    merged = caption._merge_boxes(found, 0.5, 10)
+    assert [(d["label"], d["score"], d["box"][:2], d["view"]) for d in merged] == [
+        ("cat", 0.9, [1.0, 1.0], "v1"),
+        ("cat", 0.7, [50.0, 0.0], "v0"),  # equal scores: the box nearer the top first, then the left
+        ("dog", 0.7, [30.12, 20.0], "v0"),
+        ("dog", 0.7, [20.0, 30.0], "v0"),
+        ("dog", 0.666667, [1.0, 1.0], "v0"),
+    ]
+    assert set(merged[0]) == {"label", "phrase", "score", "box", "view"}
+    assert len(caption._merge_boxes(found, 0.9, 10)) == 6  # 0.68 < 0.9: both cats stay
+    assert [d["label"] for d in caption._merge_boxes(found, 0.5, 2)] == ["cat", "cat"]
+    same_row = [box("b", 0.5, 40.0, 5.0), box("a", 0.5, 40.0, 5.0, size=2.0), box("c", 0.5, 3.0, 5.0)]
+    assert [d["label"] for d in caption._merge_boxes(same_row, 0.5, 10)] == ["c", "a", "b"]  # left, then label
