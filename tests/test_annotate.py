@@ -183,6 +183,7 @@ def test_nearest_tag_each_rule_in_turn():
     assert nearest_tag("kitten", tags) == "kitchen"  # closest spelling
     assert nearest_tag("zzz", ["cat"]) == "cat"  # any tag beats "object" while there is one
     assert nearest_tag("zzz", []) == "object"
+    assert nearest_tag("Box.", ["box", "bo"]) == "box"  # only dots and spaces are stripped
     assert nearest_tag(" [SEP] [CLS] ## . ", tags) == "object"
 
 
@@ -209,7 +210,7 @@ def test_build_tagger_passes_each_key_and_keeps_the_published_ram_defaults(monke
     vocabulary = tmp_path / "vocabulary.txt"
     vocabulary.write_text("# a comment\ncat\n\n  sofa  \n")
     clip = {"vocabulary": str(vocabulary), "threshold": "0.25", "top_k": "7"}
-    with pytest.raises(ModelUnavailable, match="caption.tags.clip.model"):
+    with pytest.raises(ModelUnavailable, match=r"^config key caption.tags.clip.model: set a local folder or hub id$"):
         models.build_tagger({"backend": "clip", "clip": clip})
     models.build_tagger({"backend": "clip", "clip": clip | {"model": "m"}})
     assert made[-1] == (
