@@ -953,8 +953,8 @@ def test_export_holds_out_the_smallest_hashes_and_writes_each_record_exactly():
         return {
             "image_id": f"{i:016x}",
             "file_name": f"{i:016x}.tif",
-            "width": 12345,
-            "height": 6789,
+            "width": 40000,
+            "height": 25000,
             "provenance": {"source": "demo", "licence": "CC0"},
             "scores": {"laion": 6.5},
             "tags": ["cat", "sofa"],
@@ -991,9 +991,9 @@ def test_export_holds_out_the_smallest_hashes_and_writes_each_record_exactly():
     assert row == {
         "file_name": f"{2:016x}.tif",
         "split": split[records[2]["image_id"]],
-        "width": 12345,
-        "height": 6789,
-        "megapixels": 83.81,  # 12345 x 6789 = 83,810,205 pixels
+        "width": 40000,
+        "height": 25000,
+        "megapixels": 1000.0,  # 40000 x 25000 pixels
         "prov_source": "demo",
         "prov_licence": "CC0",
         "laion": 6.5,
@@ -1080,6 +1080,7 @@ def test_caption_metadata_orders_instances_by_importance_and_carries_the_source(
         {"instance": 3, "label": "rug", "importance": 5, "description": "a rug"},
         {"instance": 4, "label": "cup", "importance": 9, "description": ""},  # undescribed: left out
         {"instance": 5, "label": "book", "importance": -1, "description": "a book"},
+        {"instance": 7, "label": "vase", "importance": 1, "description": "a vase"},
     ]
     meta = caption.caption_metadata(tags_row, instances, '{"overall": "calm"}', {"source": "pexels", "other": 1})
     assert meta == {
@@ -1089,6 +1090,7 @@ def test_caption_metadata_orders_instances_by_importance_and_carries_the_source(
             {"label": "cat", "importance": 5, "description": "a cat"},
             {"label": "rug", "importance": 5, "description": "a rug"},
             {"label": "sofa", "importance": 2, "description": "a grey sofa"},
+            {"label": "vase", "importance": 1, "description": "a vase"},
             {"label": "lamp", "importance": None, "description": "a lamp"},
             {"label": "book", "importance": -1, "description": "a book"},
         ],
@@ -1121,6 +1123,8 @@ def test_stage5_schemas_tag_cleaning_and_box_merging():
         {"description": "", "importance": 3},
         {"description": "a cat"},
         {"importance": 3},
+        {"description": 5, "importance": 3},
+        [{"description": "a cat", "importance": 3}],
     ):
         assert not valid(inst, bad), bad
     dims = [key for key, _ in caption.AESTHETIC_DIMENSIONS]
@@ -1135,6 +1139,9 @@ def test_stage5_schemas_tag_cleaning_and_box_merging():
     assert not valid(aes, dict(good, **{dims[2]: {"score": 5, "analysis": ""}}))
     assert not valid(aes, dict(good, **{dims[3]: {"score": 5}}))
     assert not valid(aes, dict(good, **{dims[4]: {"analysis": "a"}}))
+    assert not valid(aes, dict(good, **{dims[5]: {"score": "5", "analysis": "a"}}))
+    assert not valid(aes, dict(good, **{dims[0]: {"score": 5, "analysis": 7}}))
+    assert not valid(aes, dict(good, **{dims[1]: [5, "a"]})) and not valid(aes, [good])
     assert caption._clean_tags(["Cat", " cat ", "Black   Cat", "", "sofa", "SOFA"]) == ["cat", "black cat", "sofa"]
 
     def box(label, score, x, y, view="v0", size=10.0):
