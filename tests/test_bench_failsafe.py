@@ -355,15 +355,15 @@ def test_judge_requests_of_one_image_exactly():
         ics = staticmethod(lambda caption: f"I {caption}")
 
     item = BenchItem(name="0007", real=None, generated=None, short_caption="fox", long_caption="a red fox")
-    rgb = np.random.default_rng(3).integers(0, 255, (1536, 2048, 3), dtype=np.uint8)  # 4 x 3 patches of 512
+    rgb = np.random.default_rng(3).integers(0, 255, (3072, 4096, 3), dtype=np.uint8)  # 8 x 6 patches of 512
     spec = {
-        "msfi": {"n_sobel": 6, "n_random": 4, "analysis_long_edge": 2048, "global_long_edge": 768},
+        "msfi": {"n_sobel": 6, "n_random": 4, "analysis_long_edge": 4096, "global_long_edge": 768},
         "ics": {"long_edge": 640},
     }
     msfi_calls, ics_call, rows = bench.judge_requests(item, rgb, Prompts, spec)
     img = Image.fromarray(rgb)
     seed = int(hashlib.sha256(b"0007").hexdigest()[:16], 16)
-    global_view, patches = msfi_layout(img, seed, 6, 4, 2048, 768)
+    global_view, patches = msfi_layout(img, seed, 6, 4, 4096, 768)
     assert len(msfi_calls) == 11 and len(rows) == 10 == len(patches)
 
     def sent(call):  # (task, id, prompt, decoded images' sizes, the urls)
@@ -396,3 +396,10 @@ def test_judge_requests_of_one_image_exactly():
     assert base64.b64decode(sent(ics_call)[3][0].split(",", 1)[1])[:2] == b"\xff\xd8"  # a JPEG
     lower, _, _ = bench.judge_requests(item, rgb, Prompts, spec | {"jpeg_quality": 60})
     assert sent(lower[0])[3] == [bench.jpeg_data_url(global_view, 60)]
+    # the data URL itself: PIL's JPEG encoder at quality 98 unless told, base64
+    import io
+
+    buf = io.BytesIO()
+    global_view.save(buf, format="JPEG", quality=98)
+    assert sent(msfi_calls[0])[3] == ["data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()]
+    assert bench.jpeg_data_url(global_view) == sent(msfi_calls[0])[3][0]

@@ -1311,3 +1311,13 @@ def test_sigma_stats_names_and_values():
     assert got["q50"] == 0.99 and got["q25"] == 0.5 and got["q99"] == pytest.approx(0.9998)
     assert sigma_stats([]) == {"count": 0}
     assert isinstance(sigma_stats([1, 0])["mean"], float) and sigma_stats([1, 0])["mean"] == 0.5  # ints as floats
+
+
+def test_fid_patch_defaults_are_the_published_ones():
+    """PixVerve-Bench's FID_patch (PV eval/metrics.py): 299 px crops, 20 per pair, Random(42), top then left."""
+    import inspect
+
+    from pixverve.bench.evaluate import fid_patch_coordinates
+
+    defaults = {k: v.default for k, v in inspect.signature(fid_patch_coordinates).parameters.items()}
+    assert (defaults["crop"], defaults["per_pair"], defaults["seed"], defaults["order"]) == (299, 20, 42, "yx")
