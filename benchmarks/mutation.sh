@@ -14,6 +14,10 @@
 #                                             # with RESUME=1 or a fresh run: every mutant whose name matches
 #   ONLY='pixverve.train.models.xǁWindow*' benchmarks/mutation.sh train   # one class's methods, fresh
 #
+# After a FULL=1 run, RERUN=1 / RESUME=1 were seen to rerun only one module's survivors and to drop the
+# other modules' results (session 13): for final numbers, a fresh run with ONLY= is the reliable way.
+# A RERUN first maps the tests to functions again (every selected test once): minutes before any mutant.
+#
 # Not a CI job: hours of CPU for all packages (each mutant re-runs the tests that reach the mutated
 # function).  Nothing here touches the working tree: each package runs in its own copy under
 # $WORK (default /tmp/pixverve-mutation/<package>), made from the working tree's tracked and
