@@ -1037,7 +1037,7 @@ def test_step_statuses_of_one_image_exactly():
         "short_caption": ("empty", "empty reply"),
     }
     failed = [ok, {"status": "timeout", "error": "after 60 s"}, {"status": "refused"}]
-    got = dataset.step_statuses({}, {"error": "x"}, {"instances": kept2 + " "}, failed, None, None)
+    got = dataset.step_statuses({}, {"error": "x"}, {"instances": kept2}, failed, None, None)
     missing = ("missing", "no row for the image")
     assert got == {
         "tags": ("missing", ""),  # a row without its status column
