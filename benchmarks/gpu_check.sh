@@ -33,7 +33,6 @@ part B && echo "== B: training steps, real shapes, 4K ($(left) s left)" && timeo
     --schemes scheme1_full scheme2_window scheme3_l2p scheme1_lora scheme2_chunked
 part C && echo "== C: Real-ESRGAN x4plus tiling on the GPU ($(left) s left)" && timeout 70 python3 benchmarks/sr_tiling.py --device cuda --megapixels 4 --batch 8 --big-side 256
 L=$(left)
-echo "== D: 8K, one step each (warm-up included), peak memory ($L s left)"
-part D && [ "$L" -gt 40 ] && timeout "$L" python3 benchmarks/train_step.py --real-shapes --device cuda --presets 8k --steps 1 \
+part D && echo "== D: 8K, one step each (warm-up included), peak memory ($L s left)" && [ "$L" -gt 40 ] && timeout "$L" python3 benchmarks/train_step.py --real-shapes --device cuda --presets 8k --steps 1 \
     --schemes scheme2_window scheme3_l2p
 echo "total $(($(date +%s) - T0)) s"
