@@ -11,6 +11,11 @@
    failed ones reach the server.  Stages after it rerun on the recovered images by Snakemake's
    own rules (a newer input).
 4. The report: per step, images retried and recovered, read from the new tables.
+
+``vlm.invalid_policy`` and the results folder are read from the snakemake command line after
+``--`` the way Snakemake reads them: the workflow's own config.yaml, then each ``--configfile``,
+then ``--config`` values; ``--directory`` moves ``results/``.  ``--invalid-policy`` and
+``--results`` override them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixverve.core.health import rejects
+
+WORKFLOW_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -134,11 +141,57 @@ def recovered(results: Path, found: dict, policy: str) -> dict[str, tuple[int, i
     return report
 
 
+def _merge(base: dict, overlay: dict) -> dict:
+    """Snakemake's config overlay: nested mappings are updated key by key, anything else replaced."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def run_settings(snakemake_args: list[str]) -> tuple[str, str, Path | None]:
+    """(invalid_policy, where it came from, --directory) of the snakemake command line ``retry``
+    will run: the workflow's config.yaml, each ``--configfile`` over it (relative to the current
+    folder, as Snakemake reads them), then the ``--config`` values (YAML, as Snakemake parses them)."""
+    import yaml
+
+    from pixverve.core.config import load_yaml
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[])
+    parser.add_argument("--config", "-C", nargs="+", action="extend", default=[])
+    parser.add_argument("--directory", "-d")
+    known, _ = parser.parse_known_args([a for a in snakemake_args if a != "--"])
+    config = load_yaml(WORKFLOW_CONFIG) if WORKFLOW_CONFIG.exists() else {}
+    source = WORKFLOW_CONFIG.name
+    for path in known.configfile:
+        overlay = load_yaml(path)
+        if "invalid_policy" in (overlay.get("vlm") or {}):
+            source = path
+        _merge(config, overlay)
+    for item in known.config:
+        key, _, value = item.partition("=")
+        parsed = yaml.load(value, Loader=yaml.BaseLoader) if value else None  # noqa: S506 (BaseLoader builds only str/list/dict)
+        if key == "vlm" and isinstance(parsed, dict) and "invalid_policy" in parsed:
+            source = f"--config {item}"
+        _merge(config, {key: parsed})
+    policy = (config.get("vlm") or {}).get("invalid_policy", "drop")
+    if policy not in ("drop", "keep"):
+        raise SystemExit(f"retry: vlm.invalid_policy is {policy!r} in {source}; it must be drop or keep")
+    return policy, source, Path(known.directory) if known.directory else None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pixverve retry", description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results", help="the workflow's results folder (default: results)")
     parser.add_argument(
-        "--invalid-policy", default="drop", choices=["drop", "keep"], help="vlm.invalid_policy of the run"
+        "--results", help="the workflow's results folder (default: results/ of the run's --directory or here)"
+    )
+    parser.add_argument(
+        "--invalid-policy",
+        choices=["drop", "keep"],
+        help="vlm.invalid_policy of the run (default: read from the configs of the command after --)",
     )
     parser.add_argument("--dry-run", action="store_true", help="only report what would be retried")
     parser.add_argument(
@@ -147,8 +200,12 @@ def main(argv: list[str]) -> int:
         help="after --: the snakemake command line (default: snakemake --cores all)",
     )
     args = parser.parse_args(argv)
-    results = Path(args.results)
-    found = scan(results, args.invalid_policy)
+    policy, source, directory = run_settings(args.snakemake_args)
+    if args.invalid_policy:
+        policy, source = args.invalid_policy, "--invalid-policy"
+    results = Path(args.results) if args.results else (directory or Path()) / "results"
+    print(f"vlm.invalid_policy: {policy} (from {source}); results: {results}")
+    found = scan(results, policy)
     for name, tables in found.items():
         print(f"{name}: {sum(len(v) for v in tables.values())} failed images in {len(tables)} shards")
     if not found:
@@ -158,7 +215,7 @@ def main(argv: list[str]) -> int:
     move_aside(results, found)
     command = [a for a in args.snakemake_args if a != "--"] or ["snakemake", "--cores", "all"]
     code = subprocess.call(command)  # noqa: S603 (the user's own command line)
-    report = recovered(results, found, args.invalid_policy)
+    report = recovered(results, found, policy)
     print(
         json.dumps(
             {"retried": {k: v[0] for k, v in report.items()}, "recovered": {k: v[1] for k, v in report.items()}},

@@ -424,3 +424,43 @@ def test_gate_table_reads_the_stage_fraction_the_policy_and_the_errors():
     assert required_steps({"required_steps": ["b"]}, ["a", "b"], "purify") == {"b"}
     with pytest.raises(ValueError, match=r"^config key purify.required_steps: \['c', 'd'\] are not among its steps"):
         required_steps({"required_steps": ["d", "b", "c"]}, ["a", "b"], "purify")
+
+
+def test_retry_reads_the_invalid_policy_and_results_folder_of_the_command_it_runs(tmp_path, monkeypatch):
+    """retry's policy is the run's: the workflow's config.yaml (drop), each --configfile over it,
+    then --config; --directory moves results/; a wrong value stops with the file that set it."""
+    from pixverve.retry import run_settings
+
+    monkeypatch.chdir(tmp_path)
+    assert run_settings([]) == ("drop", "config.yaml", None)
+    (tmp_path / "keep.yaml").write_text("vlm:\n  invalid_policy: keep\n")
+    (tmp_path / "other.yaml").write_text("vlm:\n  max_in_flight: 2\n")  # a later overlay that leaves the policy
+    assert run_settings(["--", "snakemake", "--configfile", "keep.yaml", "other.yaml", "-d", "run1"]) == (
+        "keep",
+        "keep.yaml",
+        Path("run1"),
+    )
+    back = ["snakemake", "--configfile", "keep.yaml", "--config", "vlm={invalid_policy: drop}", "--cores", "2"]
+    assert run_settings(back)[:2] == ("drop", "--config vlm={invalid_policy: drop}")
+    (tmp_path / "typo.yaml").write_text("vlm:\n  invalid_policy: kep\n")
+    with pytest.raises(SystemExit, match="'kep' in typo.yaml; it must be drop or keep"):
+        run_settings(["snakemake", "--configfile", "typo.yaml"])
+
+
+def test_retry_uses_the_policy_of_the_configfile_after_the_double_dash(tmp_path):
+    """An unparseable reply is a failure under drop and an answer under keep: the same table is
+    retried or not by the configfile of the command alone."""
+    results = tmp_path / "run/results"
+    _step_table(results / "caption/aesthetics/s00000.parquet", {"a": "ok", "b": "unparseable"})
+    (tmp_path / "keep.yaml").write_text("vlm:\n  invalid_policy: keep\n")
+
+    def dry(*extra):
+        command = [sys.executable, "-m", "pixverve", "retry", "--dry-run", "--", "snakemake", *extra]
+        return subprocess.run(
+            command, capture_output=True, text=True, cwd=tmp_path, check=True
+        ).stdout
+
+    assert "caption_aesthetics: 1 failed images" in dry("-d", "run")
+    kept = dry("-d", "run", "--configfile", "keep.yaml")
+    assert "vlm.invalid_policy: keep (from keep.yaml); results: run/results" in kept
+    assert "caption_aesthetics" not in kept and "no failed images in the step tables" in kept
