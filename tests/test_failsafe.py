@@ -456,9 +456,7 @@ def test_retry_uses_the_policy_of_the_configfile_after_the_double_dash(tmp_path)
 
     def dry(*extra):
         command = [sys.executable, "-m", "pixverve", "retry", "--dry-run", "--", "snakemake", *extra]
-        return subprocess.run(
-            command, capture_output=True, text=True, cwd=tmp_path, check=True
-        ).stdout
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=True).stdout
 
     assert "caption_aesthetics: 1 failed images" in dry("-d", "run")
     kept = dry("-d", "run", "--configfile", "keep.yaml")

@@ -184,10 +184,15 @@ def test_transformers_backend_loads_a_saved_model_folder_and_names_a_missing_one
 
     folder = build_tiny_qwen2_vl(tmp_path / "m", seed=1)
     assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
-    judge = TransformersVLM(str(folder), "cpu", "float32", max_new_tokens=4)
+    judge = TransformersVLM(str(folder), "cpu", "float32", max_new_tokens=4, probe=False)
     image = np.full((40, 50, 3), 128, np.uint8)
     (res,) = judge.run_many([("t", "r", [user_message("judge this", [image])], None)])
     assert res.attempts == 1 and len(res.raw_replies) == 1 and res.status == "unparseable"
+    from pixverve.core.health import StepFailed
+
+    probed = TransformersVLM(str(folder), "cpu", "float32", max_new_tokens=4)  # random tokens: the probe stops it
+    with pytest.raises(StepFailed, match=r"probe of local model .*\(task t\): unparseable: .*vlm.transformers.model"):
+        probed.run_many([("t", "r", [user_message("judge this", [image])], None)])
     with pytest.raises(VLMUnavailable, match="vlm.transformers.model.*nowhere"):
         build_judge(
             {"vlm": {"backend": "transformers", "transformers": {"model": str(tmp_path / "nowhere"), "device": "cpu"}}}
@@ -262,3 +267,46 @@ def test_images_judged_in_several_batches_keep_their_own_verdicts(tmp_path, monk
     by_id = images.set_index("image_id")
     assert by_id.loc["0123456789abcdef", "reason"] == "region_artifacts" and by_id.loc["fedcba9876543210", "passed"]
     assert patches.groupby("image_id")["flagged"].sum().to_dict() == {"0123456789abcdef": 2, "fedcba9876543210": 0}
+
+
+def test_local_vlm_probe_and_failure_streak_as_the_endpoint_client(tmp_path, monkeypatch):
+    """The transformers backend's first answer is checked (drop: an unparseable one stops the job;
+    keep: it passes), a step's probe_check applies, and failures on
+    stop_after_consecutive_failures images in a row stop it -- parts of one image count once, and
+    a usable answer ends the streak."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from pixverve.core.health import StepFailed
+    from pixverve.models.vlm import user_message
+    from pixverve.models.vlm_local import TransformersVLM, build_tiny_qwen2_vl
+
+    folder = build_tiny_qwen2_vl(tmp_path / "m", seed=1)
+    message = [user_message("judge")]
+
+    def judge(replies, **kw):
+        model = TransformersVLM(str(folder), "cpu", "float32", max_new_tokens=2, **kw)
+        answers = iter(replies)
+        model.generate = lambda messages: next(answers)
+        return model
+
+    def requests(*ids):
+        return [("t", i, message, None) for i in ids]
+
+    good, bad = '{"flag": false}', "I cannot judge this."
+    ok = judge([good, bad, bad, good, bad, bad], stop_after_consecutive_failures=3)
+    statuses = [r.status for r in ok.run_many(requests("a", "b", "c", "d", "e", "f"))]
+    assert statuses == ["ok", "unparseable", "unparseable", "ok", "unparseable", "unparseable"]  # never 3 in a row
+    with pytest.raises(StepFailed, match="^probe of local model"):
+        judge([bad]).run_many(requests("a"))
+    assert [r.status for r in judge([bad], invalid_policy="keep").run_many(requests("a"))] == ["unparseable"]
+    checked = judge([good])
+    checked.probe_check = lambda result: "special tokens stripped"
+    with pytest.raises(StepFailed, match="special tokens stripped"):
+        checked.run_many(requests("a"))
+    answers = [good, bad, bad, bad, bad, bad, good]
+    streak = judge(answers, stop_after_consecutive_failures=3)
+    asked = []
+    generate = streak.generate
+    streak.generate = lambda messages: asked.append(1) or generate(messages)
+    with pytest.raises(StepFailed, match=r"every request of 3 images in a row failed; first \(t\): unparseable"):
+        streak.run_many(requests("a", "b:1", "b:2", "c:1", "c:2", "d", "e"))
+    assert len(asked) == 6  # b, c and d failed: the job stops at d, before e is asked

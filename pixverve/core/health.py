@@ -91,6 +91,29 @@ def check_step_health(
     return len(failed)
 
 
+class FailureStreak:
+    """The running health gate: ``limit`` units (images, prompt batches, renders) in a row whose
+    every attempt failed stop the job (an outage, a wrong server or model, a broken env), instead
+    of failing each of the next 500 images the same way.  A unit with one usable answer ends the
+    streak; ``limit`` 0 switches the gate off.  ``describe(first_unit, first_result)`` names the
+    backend and what to do in the message."""
+
+    def __init__(self, limit: int, invalid_policy: str, describe):
+        self.limit = int(limit or 0)
+        self.invalid_policy = invalid_policy
+        self.describe = describe
+        self._failing: dict = {}  # unit -> its first failed result, since the last usable answer
+
+    def see(self, unit, status, result=None) -> None:
+        if not rejects(status, self.invalid_policy):
+            self._failing = {}
+            return
+        self._failing.setdefault(unit, result)
+        if self.limit and len(self._failing) >= self.limit:
+            first_unit, first = next(iter(self._failing.items()))
+            raise StepFailed(self.describe(self.limit, first_unit, first))
+
+
 def gate_table(table, step: str, status_col: str, error_col: str, config: dict, stage: str, who: str = "") -> int:
     """:func:`check_step_health` over one column of a step's table, with the stage's
     ``max_failed_fraction`` and ``vlm.invalid_policy`` from ``config``."""

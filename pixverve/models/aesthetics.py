@@ -351,7 +351,7 @@ def build_artimuse(spec: dict) -> ArtiMusePredictor:
 
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-artimuse-") as folder:
             build_tiny_qwen2_vl(folder, seed=2, extra_tokens=ARTIMUSE_TOKENS)
-            vlm = TransformersVLM(folder, "cpu", "float32", max_new_tokens=1, smoke=True)
+            vlm = TransformersVLM(folder, "cpu", "float32", max_new_tokens=1, smoke=True, probe=False)
         info = PredictorInfo("artimuse", "tiny", True, "tiny random Qwen2-VL with the 101 answer tokens (seed 2)")
         return ArtiMusePredictor(vlm, info, 1024)  # the whole tiny vocabulary: every answer token is seen
     raise ModelUnavailable(f"purify.aesthetics.predictors.artimuse.backend: unknown backend {backend!r}")

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pixverve.core import health
 from pixverve.models import replies
 
 JSON_TAG = re.compile(r"<json>\s*(.*?)\s*</json>", re.S | re.I)
@@ -255,7 +256,9 @@ class VLMClient:
         self.cache_hits = 0
         self.probe_check = None  # a step's own check of its probe answer: result -> problem text or ""
         self._probed = False
-        self._failing_images: dict[str, VLMResult] = {}  # since the last usable answer, by image
+        self._streak = health.FailureStreak(
+            settings.stop_after_consecutive_failures, settings.invalid_policy, self._outage_message
+        )
 
     @property
     def model_name(self) -> str:
@@ -388,25 +391,17 @@ class VLMClient:
         return result
 
     def _watch(self, result: VLMResult) -> None:
-        """The running health gate: rejecting answers for ``stop_after_consecutive_failures``
-        images in a row (the first of a job included) stop it, naming the server, model and first
-        error.  Images, not requests: one image's 10 patches or 11 MSFI crops refused (a content
-        filter, one bad file) is that image's failure, not an outage."""
-        from pixverve.core.health import StepFailed, rejects
+        """The running health gate (``FailureStreak``) over images, not requests: request ids are
+        "<image>:<part>" (a patch, a view, an instance), so one image's 10 patches or 11 MSFI crops
+        refused (a content filter, one bad file) is that image's failure, not an outage."""
+        self._streak.see(result.request_id.split(":", 1)[0], result.status, result)
 
-        limit = int(self.settings.stop_after_consecutive_failures or 0)
-        if not rejects(result.status, self.settings.invalid_policy):
-            self._failing_images = {}
-            return
-        # request ids are "<image>:<part>" (a patch, a view, an instance): the image is the prefix
-        self._failing_images.setdefault(result.request_id.split(":", 1)[0], result)
-        if limit and len(self._failing_images) >= limit:
-            first = next(iter(self._failing_images.values()))
-            raise StepFailed(
-                f"model server {self.settings.base_url} (model {self.settings.model!r}): every request of {limit} images in a "
-                f"row failed; first ({first.task}): {first.status}: {first.error[:400]}. Fix the server (see docs/troubleshooting.md, "
-                "'Model server'), then rerun: finished answers are kept in the reply cache"
-            )
+    def _outage_message(self, limit: int, _image, first: VLMResult) -> str:
+        return (
+            f"model server {self.settings.base_url} (model {self.settings.model!r}): every request of {limit} images in a "
+            f"row failed; first ({first.task}): {first.status}: {first.error[:400]}. Fix the server (see docs/troubleshooting.md, "
+            "'Model server'), then rerun: finished answers are kept in the reply cache"
+        )
 
     def _delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         if retry_after is not None:

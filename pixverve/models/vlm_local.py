@@ -125,10 +125,22 @@ class TransformersVLM:
         max_new_tokens: int = 1024,
         smoke: bool = False,
         extra_body: dict | None = None,
+        invalid_policy: str = "drop",
+        stop_after_consecutive_failures: int = 8,
+        probe: bool = True,
     ):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from pixverve.core.health import FailureStreak
+
         self.smoke = smoke
+        # the endpoint client's fail-safe, locally: the first request is checked before the rest
+        # (probe_problem), and failures on stop_after_consecutive_failures images in a row stop the job
+        self.invalid_policy = invalid_policy
+        self.probe = probe
+        self.probe_check = None  # a step's own check of its probe answer: result -> problem text or ""
+        self._probed = False
+        self._streak = FailureStreak(stop_after_consecutive_failures, invalid_policy, self._failing_message)
         # the vLLM request options that mean the same here (a model such as Rex-Omni answers in
         # special tokens and needs them kept; Qwen3.5 needs enable_thinking off in its template)
         extra = dict(extra_body or {})
@@ -180,6 +192,8 @@ class TransformersVLM:
         return json.dumps({t: round(float(v), 8) for t, v in zip(tokens, values.tolist())})
 
     def run_many(self, requests, progress=None) -> list[VLMResult]:
+        from pixverve.core.health import StepFailed
+
         results = []
         for task, request_id, messages, schema, *rest in requests:
             top_logprobs = rest[0] if rest else None
@@ -191,10 +205,33 @@ class TransformersVLM:
             else:
                 result.raw_replies.append(text)
                 result.status, result.parsed, result.error = parse_reply(text, schema)
+            if self.probe and not self._probed:
+                self._probed = True
+                problem = self.probe_problem(result)
+                if problem:
+                    raise StepFailed(f"probe of local model {self.model_name!r} (task {task}): {problem}")
+            self._streak.see(request_id.split(":", 1)[0], result.status, result)  # per image, as the endpoint's
             results.append(result)
             if progress is not None:
                 progress(1)
         return results
+
+    def probe_problem(self, result: VLMResult) -> str:
+        """What is wrong with the first answer of this model, or "" when it is usable."""
+        from pixverve.core.health import rejects
+
+        if rejects(result.status, self.invalid_policy):
+            return (
+                f"{result.status}: {result.error[:400]}. Check vlm.transformers.model (a chat VLM with its "
+                "processor), vlm.max_tokens and vlm.extra_body (chat_template_kwargs, skip_special_tokens)"
+            )
+        return self.probe_check(result) if self.probe_check is not None else ""
+
+    def _failing_message(self, limit: int, _image, first: VLMResult) -> str:
+        return (
+            f"local model {self.model_name!r}: every request of {limit} images in a row failed; first "
+            f"({first.task}): {first.status}: {first.error[:400]}. Fix the model or its settings, then rerun"
+        )
 
 
 def build_judge(config: dict):
@@ -225,12 +262,24 @@ def build_judge(config: dict):
             spec.get("dtype", "auto"),
             max_new,
             extra_body=vlm.get("extra_body"),
+            invalid_policy=vlm.get("invalid_policy", "drop"),
+            stop_after_consecutive_failures=int(vlm.get("stop_after_consecutive_failures", 8)),
         )
     if backend == "tiny":
         spec = vlm.get("tiny") or {}
         with tempfile.TemporaryDirectory(prefix="pixverve-tiny-vlm-") as folder:
             build_tiny_qwen2_vl(folder, seed=int(spec.get("seed", 0)))
-            judge = TransformersVLM(folder, "cpu", "float32", int(spec.get("max_new_tokens", 16)), smoke=True)
+            # random tokens: the probe could only ever fail; the streak gate still applies
+            judge = TransformersVLM(
+                folder,
+                "cpu",
+                "float32",
+                int(spec.get("max_new_tokens", 16)),
+                smoke=True,
+                invalid_policy=vlm.get("invalid_policy", "drop"),
+                stop_after_consecutive_failures=int(vlm.get("stop_after_consecutive_failures", 8)),
+                probe=False,
+            )
         judge.model_name = f"tiny random Qwen2-VL (seed {int(spec.get('seed', 0))})"
         return judge
     raise VLMUnavailable(f"config key vlm.backend: unknown backend {backend!r} (endpoint | transformers | tiny)")
