@@ -18,7 +18,9 @@ chat request the way a broken vLLM does, or only those for which ``fault_when(bo
   no_logprobs   200, a logprob request answered without log-probabilities
   strip         200, special tokens stripped even when the request asks to keep them
 ``trust_request_chat_template=False`` refuses a request carrying ``chat_template`` with HTTP 400,
-as vLLM >= 0.11 does unless started with --trust-request-chat-template.
+as vLLM >= 0.11 does unless started with --trust-request-chat-template.  A request for more
+``top_logprobs`` than ``max_logprobs`` (20, vLLM's default without --max-logprobs) is a 400 with
+vLLM 0.34.0's message.  Errors come in vLLM 0.34.0's shape: ``{"error": {message, type, param, code}}``.
 Every reply waits ``latency`` seconds first.  The server records the Authorization headers it saw,
 every request body (``bodies``) and the largest number of requests it was answering at once.
 Special tokens (``<|...|>``, Qwen-style) are removed from a text answer unless the request sets
@@ -72,6 +74,11 @@ def vllm_request_error(body: dict) -> str | None:
     return None
 
 
+def vllm_error(message: str, kind: str, code: int) -> dict:
+    """vLLM 0.34.0's error body (ErrorResponse: one ``error`` object)."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
 class FakeOpenAI(LocalServer):
     def __init__(
         self,
@@ -83,10 +90,12 @@ class FakeOpenAI(LocalServer):
         fault: str | None = None,
         fault_when=None,
         trust_request_chat_template: bool = True,
+        max_logprobs: int = 20,
     ):
         self.latency, self.retry_after, self.responder, self.models = latency, retry_after, responder, list(models)
         self.fault, self.fault_when, self.fault_sleep_s = fault, fault_when, 2.0
         self.trust_request_chat_template = trust_request_chat_template
+        self.max_logprobs = max_logprobs
         self.auth_headers: list[str] = []
         self.bodies: list[dict] = []
         self.calls: dict[str, int] = {}
@@ -144,18 +153,18 @@ class FakeOpenAI(LocalServer):
         error = vllm_request_error(body)
         if error is None and body.get("chat_template") is not None and not self.trust_request_chat_template:
             error = "Chat template is passed with request, but --trust-request-chat-template is not set. Refused request with untrusted chat template."
+        if error is None and body.get("logprobs") and int(body.get("top_logprobs") or 0) > self.max_logprobs:
+            error = (
+                f"Requested sample logprobs of {body['top_logprobs']}, which is greater than max allowed: "
+                f"{self.max_logprobs}"
+            )
         if error:
-            return handler._send(400, {"object": "error", "message": error, "type": "BadRequestError", "code": 400})
+            return handler._send(400, vllm_error(error, "BadRequestError", 400))
         fault = self.fault if self.fault and (self.fault_when is None or self.fault_when(body)) else None
         if fault == "refuse":
-            return handler._send(
-                400,
-                {"object": "error", "message": "scripted refusal: bad request", "type": "BadRequestError", "code": 400},
-            )
+            return handler._send(400, vllm_error("scripted refusal: bad request", "BadRequestError", 400))
         if fault == "5xx":
-            return handler._send(
-                500, {"object": "error", "message": "scripted server error", "type": "InternalServerError", "code": 500}
-            )
+            return handler._send(500, vllm_error("scripted server error", "InternalServerError", 500))
         if fault == "timeout":
             time.sleep(self.fault_sleep_s)
         text = ""

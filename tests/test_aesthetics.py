@@ -231,7 +231,7 @@ def test_artimuse_endpoint_backend_scores_from_logprobs(tmp_path, artimuse_check
 
     from pixverve.models.aesthetics import build_predictor
 
-    with FakeOpenAI(responder=_artimuse_server) as server:
+    with FakeOpenAI(responder=_artimuse_server, max_logprobs=128) as server:  # vllm serve --max-logprobs 128
         spec = {
             "backend": "endpoint",
             "base_url": server.base_url,
@@ -297,20 +297,28 @@ def test_artimuse_tiny_backend_scores_through_a_real_model_forward(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "fault, trust, expect",
+    "fault, trust, max_logprobs, expect",
     [
-        ("no_logprobs", True, r"no_logprobs: the server returned no top_logprobs.*--max-logprobs"),
-        (None, False, r"failed: .*400.*--trust-request-chat-template"),  # vLLM >= 0.11 refusing the request's template
+        # a server that answers without log-probabilities (not vLLM's way: it refuses, below)
+        ("no_logprobs", True, 128, r"no_logprobs: the server returned no top_logprobs.*--max-logprobs"),
+        # vLLM >= 0.11 refusing the request's template
+        (None, False, 128, r"failed: .*400.*--trust-request-chat-template"),
+        # vLLM 0.34.0 started without --max-logprobs (20): a 400, not a template problem
+        (None, True, 20, r"failed: .*400.*greater than max allowed: 20 -- start vLLM with --max-logprobs"),
     ],
 )
-def test_a_misconfigured_artimuse_server_stops_at_the_probe_with_the_fix(artimuse_checkout, fault, trust, expect):
+def test_a_misconfigured_artimuse_server_stops_at_the_probe_with_the_fix(
+    artimuse_checkout, fault, trust, max_logprobs, expect
+):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_openai import FakeOpenAI
 
     from pixverve.core.health import StepFailed
     from pixverve.models.aesthetics import build_predictor
 
-    with FakeOpenAI(responder=_artimuse_server, fault=fault, trust_request_chat_template=trust) as server:
+    with FakeOpenAI(
+        responder=_artimuse_server, fault=fault, trust_request_chat_template=trust, max_logprobs=max_logprobs
+    ) as server:
         spec = {
             "backend": "endpoint",
             "base_url": server.base_url,
@@ -344,7 +352,7 @@ def test_artimuse_failures_are_statuses_never_scores(artimuse_checkout):
         with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
             return np.asarray(im).mean() < 128
 
-    with FakeOpenAI(responder=_artimuse_server, fault="refuse", fault_when=dark) as server:
+    with FakeOpenAI(responder=_artimuse_server, fault="refuse", fault_when=dark, max_logprobs=128) as server:
         spec = {
             "backend": "endpoint",
             "base_url": server.base_url,

@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("openai")
 
-from fake_openai import FakeOpenAI  # noqa: E402
+from fake_openai import FakeOpenAI, vllm_error  # noqa: E402
 
 from pixverve.bench import evaluate as bench  # noqa: E402
 from pixverve.bench.inputs import BenchItem  # noqa: E402
@@ -59,7 +59,7 @@ class RefusingServer(FakeOpenAI):
 
     def _answer(self, handler, body):
         if _bright(body):
-            return handler._send(400, {"object": "error", "message": REFUSAL, "type": "BadRequestError", "code": 400})
+            return handler._send(400, vllm_error(REFUSAL, "BadRequestError", 400))
         return super()._answer(handler, body)
 
 
@@ -67,9 +67,7 @@ class BrokenServer(FakeOpenAI):
     """Answers every chat request HTTP 400 (e.g. an option the server refuses)."""
 
     def _answer(self, handler, body):
-        return handler._send(
-            400, {"object": "error", "message": "unsupported option", "type": "BadRequestError", "code": 400}
-        )
+        return handler._send(400, vllm_error("unsupported option", "BadRequestError", 400))
 
 
 def _items(tmp_path, bright: list[bool]) -> list[BenchItem]:

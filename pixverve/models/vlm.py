@@ -479,9 +479,11 @@ class _NoLogprobs(Exception):
 def probe_hint(result: VLMResult, settings: VLMSettings) -> str:
     """What to change on the server or in config, for the probe failures we know."""
     error = result.error.lower()
-    options = json.loads(result.request_options or "{}")
+    # vLLM 0.34.0 (sampling_params.py) refuses more top_logprobs than its --max-logprobs (default 20) with a 400
+    if "greater than max allowed" in error or "sample logprobs" in error:
+        return " -- start vLLM with --max-logprobs at least top_logprobs"
     # vLLM >= 0.11: "Chat template is passed with request, but --trust-request-chat-template is not set"
-    if "chat template" in error or "chat_template" in error or ("chat_template" in options and "400" in error):
+    if "chat template" in error or "trust-request-chat-template" in error:
         return (
             " -- the request carries a chat template (the ArtiMuse setting chat_template: upstream); vLLM >= 0.11 "
             "refuses that unless started with --trust-request-chat-template. Start it so, or start it with "
