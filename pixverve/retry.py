@@ -42,9 +42,26 @@ class StepTable:
     siblings: tuple[tuple[str, str], ...] = ()
     policy: str | None = None  # a fixed vlm.invalid_policy (the bench never keeps an off-format answer)
     id_column: str = "image_id"  # the bench's tables name their images by "name" (the benchmark's file stem)
+    reason_prefix: str = "sr_"  # a "reason" column: the model's own failure codes start so (not an unreadable source)
 
 
 STEP_TABLES = [
+    StepTable(
+        "synth_prompts",
+        "collect/synthetic_requests.parquet",
+        ("status",),
+        (("synthetic_requests.parquet", "synthetic_prompts.parquet"),),
+        "drop",  # a batch without valid prompts gave none
+        "request_id",
+    ),
+    StepTable(
+        "synth_render",
+        "collect/synthetic.parquet",
+        ("reason",),
+        (("synthetic.parquet", "synthetic_manifest.csv"),),
+        id_column="prompt_id",
+        reason_prefix="render_",
+    ),
     StepTable("upscale", "upscale/*.parquet", ("reason",)),  # SR: a failed row's reason is an sr_* code
     StepTable("purify_aesthetics", "purify/aesthetics/*.parquet", ("laion_status", "artimuse_status")),
     StepTable(
@@ -84,8 +101,8 @@ def failed_images(table, step: StepTable, policy: str) -> set[str]:
         if column not in table:
             continue
         for iid, status in zip(table[step.id_column], table[column].fillna("missing"), strict=True):
-            if column == "reason":  # the SR table: only the model's own failures, not an unreadable source
-                if str(status).startswith("sr_"):
+            if column == "reason":  # SR, renders: only the model's own failures, not an unreadable source
+                if str(status).startswith(step.reason_prefix):
                     out.add(iid)
             elif not str(status).startswith("tags_") and rejects(status, policy):
                 out.add(iid)

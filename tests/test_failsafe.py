@@ -344,7 +344,31 @@ def test_retry_finds_failed_super_resolution_but_not_an_unreadable_source(tmp_pa
         path,
     )
     assert scan(tmp_path / "results", "drop") == {"upscale": {path: {"b"}}}
-    assert STEP_TABLES[0].step == "upscale"
+    assert [t.step for t in STEP_TABLES][:3] == ["synth_prompts", "synth_render", "upscale"]  # in stage order
+
+
+def test_retry_covers_the_synthetic_stream_prompts_and_renders(tmp_path):
+    """A prompt batch without prompts and a failed render are retried with their job's other
+    outputs (the prompts table, the manifest); an ok render and an ok batch are not."""
+    from pixverve.retry import move_aside, scan
+
+    results = tmp_path / "results"
+    requests = results / "collect/synthetic_requests.parquet"
+    write_table(pd.DataFrame({"request_id": ["forest#1", "forest#2"], "status": ["ok", "unparseable"]}), requests)
+    renders = results / "collect/synthetic.parquet"
+    write_table(
+        pd.DataFrame({"prompt_id": ["p1", "p2"], "passed": [True, False], "reason": ["", "render_failed"]}), renders
+    )
+    for name in ("synthetic_prompts.parquet", "synthetic_manifest.csv"):
+        (results / "collect" / name).write_text("x")
+    found = scan(results, "keep")  # a batch without prompts gave none, whatever the policy
+    assert found == {"synth_prompts": {requests: {"forest#2"}}, "synth_render": {renders: {"p2"}}}
+    assert sorted(p.name for p in move_aside(results, found)) == [
+        "synthetic.parquet.before-retry",
+        "synthetic_manifest.csv.before-retry",
+        "synthetic_prompts.parquet.before-retry",
+        "synthetic_requests.parquet.before-retry",
+    ]
 
 
 def test_a_failed_judgment_leaves_at_the_region_check_and_is_counted_there():

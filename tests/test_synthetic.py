@@ -161,3 +161,68 @@ def test_command_backend_runs_an_external_generator_and_reports_a_missing_one(tm
     (tmp_path / "synthetic" / table.iloc[0]["relpath"]).unlink()
     with pytest.raises(T2IUnavailable, match="synthetic.command.template"):
         render_prompts(_prompts_table(), config, base_dir=tmp_path, log=lambda *_: None)
+
+
+def test_prompt_requests_without_valid_prompts_stop_the_job_and_the_rerun_asks_only_them(tmp_path):
+    """More than synthetic.max_failed_fraction of the batches refused: the job stops naming the
+    server (no table is written); after the fix the rerun answers the ok ones from the reply cache."""
+    from pixverve.core.health import StepFailed
+    from pixverve.models import replies
+    from pixverve.models.vlm_local import build_judge
+
+    replies.use_reply_cache(tmp_path / "cache.jsonl")
+    try:
+        harbour = lambda body: "Category: harbour" in body["messages"][-1]["content"][-1]["text"]  # noqa: E731
+        with FakeOpenAI(responder=_prompt_server, fault="refuse", fault_when=harbour) as server:
+            config = _config(tmp_path, server.base_url)
+            with pytest.raises(StepFailed) as stop:
+                write_prompts(config, build_judge(config), TEMPLATE, log=lambda *_: None)
+            assert str(stop.value).startswith(
+                f"synth_prompts: 2 of 4 images failed (more than synthetic.max_failed_fraction=0.05) at model server "
+                f"{server.base_url} (model 'fake-vlm'); first: failed: "
+            )
+            server.fault, asked = None, server.requests
+            prompts, requests = write_prompts(config, build_judge(config), TEMPLATE, log=lambda *_: None)
+            # only the two harbour batches reach the server (batch 2 twice: its prose answer is asked again)
+            assert server.requests - asked == 3 and all(harbour(b) for b in server.bodies[asked:])
+        assert list(requests["status"]).count("ok") == 3 and prompts["passed"].sum() == 4
+    finally:
+        replies.use_reply_cache(None)
+
+
+class _FlakyT2I:
+    model, smoke, steps = "flaky", False, 1
+
+    def __init__(self, broken: set[str]):
+        self.broken, self.calls = broken, []
+
+    def render(self, prompt, seed, width, height, dest):
+        self.calls.append(prompt)
+        if prompt in self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        Image.new("RGB", (width, height), (90, 120, 30)).save(dest)
+
+
+def test_failed_renders_stop_synth_render_by_share_and_by_streak(tmp_path):
+    from pixverve.core.health import StepFailed
+
+    config = _config(tmp_path)
+    table = _prompts_table()
+    one_bad = _FlakyT2I({"a pine forest"})
+    config["synthetic"]["max_failed_fraction"] = 0.5  # 1 of 2 is allowed
+    out, manifest = render_prompts(table, config, one_bad, tmp_path, log=lambda *_: None)
+    assert list(out["reason"]) == ["render_failed", ""] and [m["path"] for m in manifest] == [f"{'b' * 16}.png"]
+    assert out["reason_detail"].iloc[0] == "RuntimeError: CUDA error: an illegal memory access"
+    config["synthetic"]["max_failed_fraction"] = 0.0
+    with pytest.raises(
+        StepFailed, match=r"^synth_render: 1 of 2 images failed .* at tiny: flaky; first: render_failed"
+    ):
+        render_prompts(table, config, _FlakyT2I({"a pine forest"}), tmp_path, log=lambda *_: None)
+    three = pd.concat([table, table.assign(prompt_id="c" * 16, prompt="a quay")], ignore_index=True)
+    config["synthetic"].update(max_failed_fraction=1.0, stop_after_consecutive_failures=2)
+    broken = _FlakyT2I({"a pine forest", "a harbour at night", "a quay"})
+    for name in ("a" * 16, "b" * 16):
+        (tmp_path / "synthetic" / f"{name}.png").unlink(missing_ok=True)
+    with pytest.raises(StepFailed, match=r"synth_render: 2 renders in a row failed \(tiny: flaky\); first a{16}"):
+        render_prompts(three, config, broken, tmp_path, log=lambda *_: None)
+    assert broken.calls == ["a pine forest", "a harbour at night"]  # stopped before the third

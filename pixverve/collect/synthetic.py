@@ -14,6 +14,11 @@
    steps, guidance and prompt are recorded per image.  Finished images are skipped on a rerun
    (written under a temp name, then renamed).  The images land in the ``synthetic`` root and go
    through the same screening and deduplication as every other source.
+
+Fail-safe: both jobs stop (naming the model) when more than ``synthetic.max_failed_fraction``
+of their requests / renders failed, synth_render also after ``stop_after_consecutive_failures``
+failed renders in a row; the LLM's ok replies stay in the reply cache, finished renders on disk,
+so the rerun (``python -m pixverve retry``) redoes only the failed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pixverve.core.health import DEFAULT_MAX_FAILED_FRACTION, FailureStreak, check_step_health
 from pixverve.models.loading import ModelUnavailable, torch_dtype
 
 PROMPTS_SCHEMA = {
@@ -155,7 +161,29 @@ def write_prompts(config: dict, judge, template_path, log=print):
         f"synthetic prompts: {len(requests)} requests ({failed} without a valid reply), {len(table)} prompts, "
         f"{int(table['passed'].sum()) if len(table) else 0} kept"
     )
+    kept = table[table["passed"]].groupby("category").size() if len(table) else pd.Series(dtype=int)
+    for category in cfg["categories"]:
+        if int(kept.get(category, 0)) < int(cfg["prompts_per_category"]):
+            log(
+                f"synthetic prompts: {category!r} has {int(kept.get(category, 0))} of {cfg['prompts_per_category']} asked"
+            )
+    # A batch without valid prompts gave none, whatever vlm.invalid_policy says: the gate counts it
+    check_step_health(
+        "synth_prompts",
+        [r["status"] for r in req_rows],
+        [r["error"] for r in req_rows],
+        float(cfg.get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION)),
+        "drop",
+        _who(judge),
+        "synthetic.max_failed_fraction",
+    )
     return table, pd.DataFrame(req_rows)
+
+
+def _who(judge) -> str:
+    url = getattr(getattr(judge, "settings", None), "base_url", "")
+    model = getattr(judge, "model_name", "")
+    return f"model server {url} (model {model!r})" if url else f"local model {model!r}"
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -267,6 +295,14 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
     width, height = int(cfg["width"]), int(cfg["height"])
     rows, manifest = [], []
     kept = prompts[prompts["passed"]] if len(prompts) else prompts
+    streak = FailureStreak(
+        int(cfg.get("stop_after_consecutive_failures", 8)),
+        "drop",
+        lambda limit, first, row: (
+            f"synth_render: {limit} renders in a row failed ({cfg['backend']}: {t2i.model}); first {first}: "
+            f"{row['reason_detail']}. Fix the text-to-image model, then rerun: finished renders are kept"
+        ),
+    )
     for rec in tqdm(kept.to_dict("records"), desc="render", unit="img", mininterval=2):
         seed = int(cfg["seed"]) + int(rec["prompt_id"][:8], 16)
         name = f"{rec['prompt_id']}.png"
@@ -301,6 +337,7 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
                 tmp.unlink(missing_ok=True)
                 row.update(passed=False, reason="render_failed", reason_detail=f"{type(exc).__name__}: {exc}"[:500])
                 log(f"render {rec['prompt_id']} failed: {row['reason_detail']}")
+        streak.see(rec["prompt_id"], "ok" if row["passed"] else row["reason"], row)
         rows.append(row)
         if row["passed"]:
             manifest.append(
@@ -312,4 +349,13 @@ def render_prompts(prompts, config: dict, t2i=None, base_dir=".", log=print):
                     "author": f"{cfg['backend']}: {t2i.model} (seed {seed})",
                 }
             )
+    check_step_health(
+        "synth_render",
+        [r["reason"] or "ok" for r in rows],
+        [r["reason_detail"] for r in rows],
+        float(cfg.get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION)),
+        "drop",
+        f"{cfg['backend']}: {t2i.model}",
+        "synthetic.max_failed_fraction",
+    )
     return pd.DataFrame(rows), manifest
