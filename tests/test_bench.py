@@ -515,3 +515,20 @@ def test_paper_config_defaults_are_the_published_code(repo_root, demo_config):
     assert j["prompts"] == "published" and j["published_eval"] is None and j["jpeg_quality"] == 98
     assert {k: j["vlm"][k] for k in PAPER_JUDGE} == PAPER_JUDGE and j["ics_response_format"] is False
     assert demo_config["bench"]["judge"]["prompts"] == "ours"  # the demo has no published checkout
+
+
+def test_a_partial_value_never_takes_the_bold_from_a_full_one(tmp_path):
+    """Method a's MSFI is higher but left out images whose judge call failed (partial_columns):
+    b's full value is the best; a column where every value is partial has no best at all."""
+    base = {k: 1.0 for k, _ in bench.TABLE_COLUMNS}
+    rows = [
+        {**base, "method": "a", "resolution": "4K", "msfi": 9.0, "ics": 9.0, "partial_columns": "msfi,ics"},
+        {**base, "method": "b", "resolution": "4K", "msfi": 7.0, "ics": 6.0, "partial_columns": "ics"},
+    ]
+    df = pd.DataFrame([{**r, "smoke_columns": "", "images": 3} for r in rows])
+    marks = bench.best_marks(df)
+    assert marks["msfi"] == {1} and marks["ics"] == set() and marks["glcm"] == {0, 1}
+    bench.write_bench_tables(df, tmp_path / "t", "title")
+    md = (tmp_path / "t.md").read_text()
+    assert f"| 9.000{bench.FAILED_MARK} |" in md and "| **7.000** |" in md and f"| 6.000{bench.FAILED_MARK} |" in md
+    assert list(pd.read_csv(tmp_path / "t.csv")["best_in"].str.contains("msfi")) == [False, True]

@@ -126,16 +126,17 @@ def test_refused_images_are_failed_with_the_http_status_and_message_and_counted(
     assert set(row["partial_columns"].split(",")) == {"msfi", "ics"}
     bench.write_bench_tables(pd.DataFrame([row]), tmp_path / "t", "title")
     md, tex = (tmp_path / "t.md").read_text(), (tmp_path / "t.tex").read_text()
-    # one row: every value is the best (bold), then the dagger
+    # one row: every full value is the best (bold); a partial one carries the dagger and is never bold
     assert (
-        f"**{row['msfi']:.3f}**{bench.FAILED_MARK}" in md
+        f"| {row['msfi']:.3f}{bench.FAILED_MARK} |" in md
         and "MSFI 2 of 3 (1 failed)" in md
         and "ICS 2 of 3 (1 failed)" in md
     )
-    assert f"**{row['aesthetics']:.3f}** |" in md  # a metric scored on every image carries no mark
-    assert rf"\textbf{{{row['msfi']:.3f}}}$^\dagger$" in tex and r"$^\dagger$ computed on fewer images" in tex
+    assert f"**{row['aesthetics']:.3f}**" in md  # a metric scored on every image carries no dagger
+    assert rf" {row['msfi']:.3f}$^\dagger$" in tex and r"$^\dagger$ computed on fewer images" in tex
     csv = pd.read_csv(tmp_path / "t.csv")
     assert (csv.loc[0, "msfi_n"], csv.loc[0, "msfi_failed"]) == (2, 1)
+    assert "msfi" not in csv.loc[0, "best_in"].split(",") and "ics" not in csv.loc[0, "best_in"].split(",")
 
 
 @pytest.mark.parametrize("invalid_policy", ["drop", "keep"])

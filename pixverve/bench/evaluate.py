@@ -739,10 +739,13 @@ def is_partial(row: dict, metric: str) -> bool:
 
 
 def best_marks(df) -> dict[str, set[int]]:
-    """Row positions holding the best value of each metric column (ties all marked)."""
+    """Row positions holding the best value of each metric column (ties all marked).  A value
+    computed on fewer images than the benchmark (a dagger) is not comparable with a full one, so
+    it competes for no mark: a failure is never a "best"."""
     marks = {}
     for key, _ in TABLE_COLUMNS:
-        values = df[key].to_numpy(dtype=float)
+        values = df[key].to_numpy(dtype=float).copy()
+        values[[i for i in range(len(df)) if key in partial_columns(df, i)]] = np.nan
         if np.isnan(values).all():
             marks[key] = set()
             continue
@@ -754,8 +757,8 @@ def best_marks(df) -> dict[str, set[int]]:
 
 
 def write_bench_tables(df, stem, title: str) -> list[Path]:
-    """CSV (numbers + ``best_in``), Markdown (best in bold) and LaTeX (best in \\textbf) with the
-    paper's column order; a value a tiny model produced carries a ``*`` and the table a note; a
+    """CSV (numbers + ``best_in``), Markdown (best in bold) and LaTeX (best in \\textbf; among the
+    values computed on every image) with the paper's column order; a value a tiny model produced carries a ``*`` and the table a note; a
     value computed on fewer images than the benchmark (failed calls left out) a dagger and a
     footnote with its counts (``partial_columns``, ``<metric>_n`` / ``<metric>_failed``)."""
     stem = Path(stem)
