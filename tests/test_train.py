@@ -1234,3 +1234,34 @@ def test_the_rendezvous_port_is_free_per_job_and_the_launcher_gets_the_node_cpus
     port = int(cmd[-1].split("--main_process_port ")[1].split()[0])
     with socket.socket() as sock:  # the command's port is one nobody listens on
         sock.bind(("", port))
+
+
+def test_training_finds_a_dataset_curated_in_another_folder(tmp_path, monkeypatch):
+    """The metadata's image paths are relative to the folder the curation ran in: training from
+    elsewhere resolves them there (or at train.data.root), and stops before loading a model when
+    a file is missing, naming the key."""
+    import pandas as pd
+    from PIL import Image
+
+    from pixverve.train.data import dataset_folder
+    from pixverve.train.worker import samples_for
+
+    curation = tmp_path / "curate"
+    image = curation / "results/upscale/images/s00000/abc.tif"
+    image.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(image)
+    metadata = curation / "results/dataset/metadata.parquet"
+    metadata.parent.mkdir(parents=True)
+    row = {"image_id": "abc", "width": 64, "height": 48, "long_caption": "a grey field", "short_caption": "grey"}
+    pd.DataFrame([{**row, "split": "train", "prov_sr_output": "results/upscale/images/s00000/abc.tif"}]).to_parquet(
+        metadata
+    )
+    assert dataset_folder(metadata) == curation and dataset_folder("results/dataset/m.parquet") == Path(".")
+    assert dataset_folder(tmp_path / "m.parquet") == tmp_path and dataset_folder(metadata, "/data") == Path("/data")
+    monkeypatch.chdir(tmp_path)  # the training runs elsewhere
+    data = {"metadata": str(metadata), "caption": "long", "bucket_max_ratio": 4.0, "root": None}
+    spec = {"resolution": 32, "data": data, "sizes": "buckets", "scheme": "full"}  # FLUX.2: 16 px buckets
+    (sample,) = samples_for(spec)
+    assert sample.path == image and sample.caption == "a grey field"
+    with pytest.raises(FileNotFoundError, match=r"1 of 1 training images not found.*set train.data.root"):
+        samples_for({**spec, "data": {**data, "root": str(tmp_path / "elsewhere")}})

@@ -122,6 +122,37 @@ def samples_from_records(
     ]
 
 
+def dataset_folder(metadata_path, root=None) -> Path:
+    """The folder a dataset's relative image paths (``prov_sr_output``) start from: ``root``
+    (``train.data.root``) when given, else the folder the curation ran in -- the one holding the
+    ``results/`` the metadata lies in (``<curation>/results/dataset/metadata.parquet``)."""
+    if root:
+        return Path(root)
+    metadata_path = Path(metadata_path)
+    for parent in metadata_path.parents:
+        if parent.name == "results":
+            return parent.parent
+    return metadata_path.parent
+
+
+def resolve_image_paths(records: list[dict], folder: Path, key: str = "train.data.root") -> list[dict]:
+    """``records`` with each relative ``sr_output`` made to start at ``folder``; every file must
+    exist, or the run stops before the model loads, naming the first missing ones and ``key``."""
+    out, missing = [], []
+    for r in records:
+        path = Path(r["provenance"]["sr_output"])
+        path = path if path.is_absolute() else folder / path
+        if not path.is_file():
+            missing.append(str(path))
+        out.append({**r, "provenance": {**r["provenance"], "sr_output": str(path)}})
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(records)} training images not found, e.g. {missing[:3]}: the dataset's paths "
+            f"start at the folder its curation ran in ({folder}); set {key} to that folder"
+        )
+    return out
+
+
 def records_from_metadata(metadata, split: str = "train") -> list[dict]:
     """The rows of results/dataset/metadata.parquet in ``split`` as the record fields training
     reads (the held-out benchmark images are never trained on)."""

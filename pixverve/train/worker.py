@@ -15,7 +15,7 @@ def samples_for(spec: dict):
     import pandas as pd
 
     from pixverve.train.config import bucket_multiple
-    from pixverve.train.data import records_from_metadata, samples_from_records
+    from pixverve.train.data import dataset_folder, records_from_metadata, resolve_image_paths, samples_from_records
 
     records = records_from_metadata(pd.read_parquet(spec["data"]["metadata"]))
     if not records:
@@ -23,8 +23,10 @@ def samples_for(spec: dict):
             f"no training images: {spec['data']['metadata']} has no rows in split 'train' (every image "
             "may have been dropped by an earlier stage: paper_figures/table1_data_flow.csv shows where)"
         )
+    folder = dataset_folder(spec["data"]["metadata"], spec["data"].get("root"))
+    records = resolve_image_paths(records, folder)
     logging.getLogger("pixverve.train.loop").info(
-        "%d training images (split train of %s)", len(records), spec["data"]["metadata"]
+        "%d training images (split train of %s, paths from %s)", len(records), spec["data"]["metadata"], folder
     )
     return samples_from_records(
         records,
