@@ -10,6 +10,7 @@ stages saw (pixverve.core.images.read_rgb): EXIF orientation applied, alpha on w
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import numpy as np
@@ -287,3 +288,31 @@ def test_thumbnail_from_the_pyramid_equals_one_from_the_file(tmp_path, size):
     small = build_pyramid(src, tmp_path / "q", "final", max_megapixels=CAP, tile_size=126)
     if max(w, h) > 256:
         assert thumbnail_from_pyramid(tmp_path / "q", small, tmp_path / "c.jpg") is None
+
+
+def test_pyramids_unrejected_gives_a_rejected_image_its_thumbnail_only(tmp_path):
+    """atlas.pyramids: unrejected -- a rejected image gets thumb.jpg and no tiles (thumb_only); a
+    kept one its pyramid as with the default; an unknown value names the key."""
+    from pixverve.atlas.build import build_shard, tile_image
+
+    src = tmp_path / "a.png"
+    Image.fromarray(texture(300, 400)).save(src)
+
+    def entry(image_id, status):
+        final = {"path": str(src), "label": "source", "width": 400, "height": 300}
+        return {"image_id": image_id, "shard": "s00000", "status": status, "final": final, "source_image": None,
+                "thumb": None, "pyramid_error": None, "thumb_only": False}  # fmt: skip
+
+    site = tmp_path / "site"
+    rejected = tile_image(entry("r" * 16, "rejected"), site, None, 510, "unrejected")
+    assert rejected["thumb_only"] and rejected["final"] is None and rejected["pyramid_error"] is None
+    folder = site / "tiles/s00000" / ("r" * 16)
+    assert rejected["thumb"] == f"tiles/s00000/{'r' * 16}/thumb.jpg" and sorted(os.listdir(folder)) == ["thumb.jpg"]
+    with Image.open(folder / "thumb.jpg") as im:
+        assert max(im.size) == 256
+    kept = tile_image(entry("k" * 16, "kept"), site, None, 510, "unrejected")
+    assert not kept["thumb_only"] and kept["final"]["url"].endswith("final_files/")
+    everything = tile_image(entry("a" * 16, "rejected"), site, None, 510)  # the default: all
+    assert not everything["thumb_only"] and everything["final"]["width"] == 400
+    with pytest.raises(ValueError, match="atlas.pyramids: 'kept' is not one of"):
+        build_shard(tmp_path / "results", "s00000", {"atlas": {"pyramids": "kept"}, "sources": {"roots": []}}, site)

@@ -22,6 +22,7 @@ EVIL_NAME = f"{XSS}.jpg"
 EVIL_CAPTION = "<script>window.__pwned=1</script> a cat"
 EVIL_REPLY = '<img src=x onerror="window.__pwned=1"> looks fine'
 SR_ID, EVIL_ID, BROKEN_ID = "aa11bb22cc33dd44", "ee55ff6600112233", "0123456789abcdef"
+THUMB_ONLY_ID = "77889900aabbccdd"
 FINAL_W, FINAL_H = 900, 700
 BOX = [300, 280, 420, 360]  # an instance box, pixels of the final image
 # XML namespace identifiers the pages name (never fetched): OpenSeadragon's DZI check and SVG
@@ -199,6 +200,14 @@ def atlas(tmp_path_factory):
         left={"stage": "index", "reason": "unreadable", "detail": "truncated"},
         pyramid_error="cannot read broken.png",
     )
+    thumb_only = _entry(  # atlas.pyramids: unrejected: a rejected image with its thumbnail only
+        THUMB_ONLY_ID,
+        "demo/small.jpg",
+        "rejected",
+        left={"stage": "verify", "reason": "seam", "detail": "ratio 1.9"},
+        thumb=thumb,
+        thumb_only=True,
+    )
     # 230 more kept images: the kept gallery has two pages (200 + 31)
     filler = (_entry(f"f{i:015x}", f"pool/img_{i:04d}.jpg", "kept", thumb=thumb) for i in range(230))
     run = {
@@ -246,7 +255,7 @@ def atlas(tmp_path_factory):
         ],
     }
     # one shard written apart (the cluster's way), the rest streamed through write_site
-    shard_thumbs = atlas_site.write_image_data(out, [broken])
+    shard_thumbs = atlas_site.write_image_data(out, [broken, thumb_only])
     written = atlas_site.write_site(
         out, run, entries=iter([sr, evil, *filler]), bench=bench, vendor_dir=VENDOR, thumbs=shard_thumbs
     )
@@ -283,7 +292,8 @@ def test_layout_galleries_and_search(atlas):
         assert (out / rel).is_file(), rel
     g = run["galleries"]
     assert g["kept"] == {"label": "kept", "count": 231, "pages": 2, "dir": "data/gallery/kept/"}
-    assert g["reason:screen:too_small"]["count"] == 1 and g["stage:index"]["count"] == 1 and g["rejected"]["count"] == 2
+    assert g["reason:screen:too_small"]["count"] == 1 and g["stage:index"]["count"] == 1 and g["rejected"]["count"] == 3
+    assert g["reason:verify:seam"]["count"] == 1  # the thumbnail-only image is in the galleries as any other
     assert len(list((out / "data/gallery/kept").glob("*.js"))) == 2 and run["search_chunks"] == 1
     rows = json.loads(re.search(r"\((\d+),(.*)\);", (out / "data/search/0.js").read_text()).group(2))
     assert [SR_ID, "demo/sr_photo.jpg", "kept", 0] in rows and [
@@ -496,6 +506,15 @@ def test_stages_and_left_shown(page, atlas):
     assert "cannot read broken.png" in page.locator("#pyramid-error").text_content()
     row = page.locator("#stages tbody tr.left-here")
     assert row.count() == 1 and row.locator("th").text_content() == "index"
+
+
+def test_a_thumbnail_only_image_shows_its_thumbnail_and_why(page, atlas):
+    _open(page, atlas, f"image.html?id={THUMB_ONLY_ID}")
+    assert page.locator("#viewer").is_hidden() and page.locator("#pyramid-error").is_hidden()
+    img = page.locator("#thumb-only-img")
+    assert img.is_visible() and img.evaluate("i => i.complete && i.naturalWidth") > 0  # the file loaded
+    assert "atlas.pyramids: unrejected" in page.locator("#thumb-only-note").text_content()
+    assert page.locator("#left").text_content() == "Left at stage verify: seam (ratio 1.9)"
 
 
 def test_markup_stays_inert(page, atlas):

@@ -31,15 +31,31 @@ def _source_path(image: dict, roots) -> Path | None:
         return None  # a root no longer configured, or a path outside it: shown without pixels
 
 
-def tile_image(entry: dict, site_dir: Path, max_megapixels: float | None, tile_size: int = TILE_SIZE) -> dict:
+PYRAMIDS = ("all", "unrejected")  # atlas.pyramids: which images get deep-zoom pyramids (the rest a thumbnail)
+
+
+def tile_image(
+    entry: dict, site_dir: Path, max_megapixels: float | None, tile_size: int = TILE_SIZE, pyramids: str = "all"
+) -> dict:
     """Replace the entry's image paths by tile sources (URLs relative to the site) and add its
-    thumbnail; an image libvips cannot tile keeps no pixels and says why."""
+    thumbnail; an image libvips cannot tile keeps no pixels and says why.  With ``pyramids:
+    unrejected`` a rejected image gets its thumbnail only (``thumb_only``): at paper scale the
+    pyramids of the rejected images are most of the atlas's terabytes."""
     rel = Path("tiles") / shard_folder(entry["shard"]) / entry["image_id"]
     folder = Path(site_dir) / rel
     if entry["final"] is None:
         entry["pyramid_error"] = "no image file to show: its root is not configured, or the path leaves it"
         return entry
     shown_path = entry["final"]["path"]
+    if pyramids == "unrejected" and entry["status"] == "rejected":
+        try:
+            build_thumbnail(shown_path, folder / "thumb.jpg", max_megapixels)
+            entry["thumb"] = f"{rel.as_posix()}/thumb.jpg"
+        except PyramidError as exc:
+            entry["pyramid_error"] = str(exc)
+        entry["final"] = entry["source_image"] = None
+        entry["thumb_only"] = True
+        return entry
     try:
         for key, name in (("final", "final"), ("source_image", "source")):
             shown = entry[key]
@@ -65,13 +81,16 @@ def build_shard(results, shard: str, config: dict, site_dir, log=print) -> tuple
 
     from pixverve.core.paths import roots_from_config
 
+    pyramids = (config.get("atlas") or {}).get("pyramids", "all")
+    if pyramids not in PYRAMIDS:
+        raise ValueError(f"config key atlas.pyramids: {pyramids!r} is not one of {list(PYRAMIDS)}")
     roots = roots_from_config(config)
     images = records.read_shard(results, shard)
     cap = (config.get("io") or {}).get("max_megapixels")
     tile_size = int((config.get("atlas") or {}).get("tile_size", TILE_SIZE))
     out, thumbs = [], []
     for image in tqdm(images.values(), desc=f"atlas {shard_folder(shard)}", unit="img"):
-        entry = tile_image(entries.entry(image, _source_path(image, roots)), site_dir, cap, tile_size)
+        entry = tile_image(entries.entry(image, _source_path(image, roots)), site_dir, cap, tile_size, pyramids)
         if entry["pyramid_error"]:
             log(f"{entry['name']}: {entry['pyramid_error']}")
         out.append(entry)

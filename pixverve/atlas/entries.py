@@ -156,4 +156,5 @@ def entry(image: dict, source_path: Path | None) -> dict:
         else None,
         "aesthetics": record.get("aesthetics"),
         "pyramid_error": None,
+        "thumb_only": False,  # atlas.pyramids: unrejected left this rejected image without pyramids
     }
