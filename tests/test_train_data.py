@@ -117,14 +117,14 @@ def test_square_and_budget_sizes_scale_to_cover_and_keep_the_centre(records):
     """The published L2P reading (scale to cover the target, centre crop) on the tiled image."""
     square = samples_from_records(records, resolution=256, sizes="square")
     assert {s.bucket for s in square} == {(256, 256)}
-    data = TrainSamples(square, mode="cover")
+    data = TrainSamples(square, mode="cover", cover_resample="area")
     pixels, _, box = data[0, 0]  # 450 x 300: the centred 300 x 300 window
     assert box == (75, 0, 300, 300) and pixels.shape == (256, 256, 3)
     assert data.crop_box(0, 0) == data.crop_box(0, 5)  # no randomness: every epoch the same window
     budget = samples_from_records(records, resolution=256, sizes="max_pixels", multiple=64)
     # 450 x 300 under 256^2? no (135000 > 65536): scaled by sqrt(135000 / 65536), then floored to 64
     assert budget[0].bucket == (256, 192) and budget[2].bucket == (320, 128)
-    pixels, _, (x, y, w, h) = TrainSamples(budget, mode="cover")[0, 0]
+    pixels, _, (x, y, w, h) = TrainSamples(budget, mode="cover", cover_resample="area")[0, 0]
     assert pixels.shape == (192, 256, 3) and (w, h) == (400, 300) and (x, y) == (25, 0)
 
 
@@ -154,3 +154,46 @@ def test_budget_sizes_with_batches_of_two_leave_images_out_and_say_so(records):
     assert len({s.bucket for s in budget}) == 3
     assert bucket_batches(budget, 2, epoch=0) == []
     assert sorted(i for b in bucket_batches(budget, 1, epoch=0) for i in b) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "size, target",
+    [
+        ((450, 300), (256, 256)),  # down, landscape: the sides' centre
+        ((300, 451), (128, 192)),  # down, odd side: torchvision's rounding of the offset
+        ((333, 517), (256, 128)),  # down, the other side crops
+        ((200, 180), (256, 256)),  # up (the 10K run on a 100 MP image): Pillow's support stays 1 px
+        ((257, 255), (256, 256)),  # almost 1:1
+    ],
+)
+def test_cover_published_equals_pillow_resize_of_the_whole_image_then_the_centre_crop(tmp_path, size, target):
+    """DiffSynth's ImageCropAndResize as the published L2P run reads an image: torchvision
+    ``resize`` (Pillow bilinear) of the whole image to round(side * scale), then ``center_crop``.
+    Ours reads only the window the crop's filter taps reach, from the tiled SR output."""
+    import torchvision.transforms.functional as tvf
+    from PIL import Image
+
+    from pixverve.train.data import CoverGeometry, Sample
+
+    w, h = size
+    rgb = np.random.default_rng(w * h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgb = (rgb // 2 + np.linspace(0, 127, w, dtype=np.uint8)[None, :, None]).astype(np.uint8)  # texture and a ramp
+    path = tmp_path / "img.tif"
+    TiledTiffWriter(path, h, w, tile=64).write(bands_of(rgb, 64))
+    geometry = CoverGeometry(w, h, target)
+    scale = max(target[0] / w, target[1] / h)
+    published = tvf.resize(
+        Image.fromarray(rgb), [round(h * scale), round(w * scale)], interpolation=tvf.InterpolationMode.BILINEAR
+    )
+    published = np.asarray(tvf.center_crop(published, [target[1], target[0]]))
+    sample = Sample("a", path, w, h, target, "c")
+    pixels, _, window = TrainSamples([sample], mode="cover")[0, 0]
+    # equal up to Pillow's rounding of a box's filter coefficients: 1 grey level on a few pixels
+    diff = np.abs(pixels.astype(int) - published)
+    assert pixels.shape == published.shape and diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert window == geometry.window() and window[2] * window[3] <= w * h  # never more than the image
+    shifted = np.abs(np.roll(pixels, 1, axis=1).astype(int) - published)  # one pixel off: far from equal
+    area, _, _ = TrainSamples([sample], mode="cover", cover_resample="area")[0, 0]
+    assert (shifted > 1).mean() > 0.3 and area.shape == published.shape
+    if scale < 0.9:  # a real reduction: the area filter is another picture (same place)
+        assert (np.abs(area.astype(int) - published) > 1).mean() > 0.05

@@ -14,9 +14,12 @@ captions from the annotation records, aspect-ratio buckets.
   ``max_pixels`` (the image's aspect within a resolution^2 pixel budget, sides floored to the
   multiple) as the published L2P training reads images (DiffSynth's ImageCropAndResize with
   --height/--width at 4K/10K, --max_pixels at 8K): both scale the image to cover the target and
-  take the centre, which ``cover`` mode does on the tiled image (the centred window at full
-  resolution, then an area resize: the same geometry up to a source pixel, area filter instead
-  of bilinear).
+  take the centre, which ``cover`` mode does on the tiled image.  ``cover_resample: published``
+  (the default) gives the published pixels -- Pillow's bilinear resize of the whole image to
+  ``round(side * scale)``, then torchvision's centre crop -- from the window those output pixels
+  read (``published_cover``: Pillow's resize of a source box uses the same filter taps as the
+  whole-image resize), so a 100 MP image is never resized whole; ``area`` (ours) reads the
+  centred window and area-resizes it (the same geometry up to a source pixel, another filter).
 * ``bucket_batches``: batches that each hold one bucket, shuffled per epoch, split across ranks
   (every rank gets the same number of batches, so DDP steps stay in lock-step).
 """
@@ -172,13 +175,71 @@ def records_from_metadata(metadata, split: str = "train") -> list[dict]:
     ]
 
 
+COVER_RESAMPLE = ("published", "area")  # train.data.cover_resample
+
+
+@dataclass(frozen=True)
+class CoverGeometry:
+    """DiffSynth's ImageCropAndResize on a ``width`` x ``height`` image for a ``target`` (w, h):
+    the resized size ``round(side * scale)``, scale = the larger target/side ratio, and
+    torchvision ``center_crop``'s offsets (``int(round((resized - target) / 2))``)."""
+
+    width: int
+    height: int
+    target: tuple[int, int]
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        tw, th = self.target
+        scale = max(tw / self.width, th / self.height)
+        return round(self.width * scale), round(self.height * scale)
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        (rw, rh), (tw, th) = self.resized, self.target
+        return int(round((rw - tw) / 2.0)), int(round((rh - th) / 2.0))
+
+    def source_box(self) -> tuple[float, float, float, float]:
+        """The crop in source pixels (x0, y0, x1, y1), as Pillow maps output pixels back."""
+        (rw, rh), (tw, th), (left, top) = self.resized, self.target, self.offset
+        sx, sy = self.width / rw, self.height / rh
+        return left * sx, top * sy, (left + tw) * sx, (top + th) * sy
+
+    def window(self) -> tuple[int, int, int, int]:
+        """(x, y, w, h): the source pixels Pillow's bilinear taps for the crop can reach -- the
+        box grown by the filter's support (1 output pixel in source pixels, at least 1) and a
+        pixel of rounding, clipped to the image."""
+        x0, y0, x1, y1 = self.source_box()
+        (rw, rh) = self.resized
+        mx, my = max(self.width / rw, 1.0) + 1, max(self.height / rh, 1.0) + 1
+        left, top = max(0, math.floor(x0 - mx)), max(0, math.floor(y0 - my))
+        right, bottom = min(self.width, math.ceil(x1 + mx)), min(self.height, math.ceil(y1 + my))
+        return left, top, right - left, bottom - top
+
+
+def published_cover(window: np.ndarray, geometry: CoverGeometry, window_xy: tuple[int, int]) -> np.ndarray:
+    """The published pixels (Pillow bilinear resize of the whole image, then the centre crop)
+    computed from ``window`` (the pixels of ``geometry.window()``, at ``window_xy``): Pillow's
+    resize of a box computes each output pixel's taps from the box's coordinates within the
+    whole input, so the crop of a resize equals the resize of the crop's source box."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = geometry.source_box()
+    wx, wy = window_xy
+    with Image.fromarray(window) as im:
+        out = im.resize(geometry.target, Image.Resampling.BILINEAR, box=(x0 - wx, y0 - wy, x1 - wx, y1 - wy))
+        return np.asarray(out)
+
+
 class TrainSamples:
     """Indexable training samples: ``ts[i, epoch]`` -> (uint8 RGB array of the bucket's size, caption, crop box)."""
 
-    def __init__(self, samples: list[Sample], mode: str = "crop", seed: int = 0):
+    def __init__(self, samples: list[Sample], mode: str = "crop", seed: int = 0, cover_resample: str = "published"):
         if mode not in ("crop", "resize", "cover"):
             raise ValueError(f"mode must be crop, resize or cover, got {mode!r}")
-        self.samples, self.mode, self.seed = samples, mode, seed
+        if cover_resample not in COVER_RESAMPLE:
+            raise ValueError(f"train.data.cover_resample must be one of {COVER_RESAMPLE}, got {cover_resample!r}")
+        self.samples, self.mode, self.seed, self.cover_resample = samples, mode, seed, cover_resample
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -189,6 +250,8 @@ class TrainSamples:
         bw, bh = s.bucket
         if self.mode == "resize":
             return 0, 0, s.width, s.height
+        if self.mode == "cover" and self.cover_resample == "published":  # the pixels the crop's taps read
+            return CoverGeometry(s.width, s.height, s.bucket).window()
         if self.mode == "cover":  # scale to cover the target, keep the centre (published L2P data)
             scale = max(bw / s.width, bh / s.height)
             w, h = min(s.width, round(bw / scale)), min(s.height, round(bh / scale))
@@ -212,7 +275,9 @@ class TrainSamples:
                 pixels = tiled.read(*box)
             else:  # block means down to about twice the bucket, then an exact area resize
                 pixels = tiled.downscaled(2 * max(s.bucket))
-        if pixels.shape[1] != s.bucket[0] or pixels.shape[0] != s.bucket[1]:
+        if self.mode == "cover" and self.cover_resample == "published":
+            pixels = published_cover(pixels, CoverGeometry(s.width, s.height, s.bucket), box[:2])
+        elif pixels.shape[1] != s.bucket[0] or pixels.shape[0] != s.bucket[1]:
             pixels = cv2.resize(pixels, s.bucket, interpolation=cv2.INTER_AREA)
         return pixels, s.caption, box
 

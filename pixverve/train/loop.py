@@ -419,7 +419,12 @@ def train_run(spec: dict, samples: list, out_dir, init_from=None, log=print) -> 
     sigmas_seen = _read_sigmas(sigma_path, start) if accelerator.is_main_process else []
     interval = []
 
-    data = TrainSamples(samples, mode=spec["data"]["crop_mode"], seed=int(spec["seed"]))
+    data = TrainSamples(
+        samples,
+        mode=spec["data"]["crop_mode"],
+        seed=int(spec["seed"]),
+        cover_resample=spec["data"].get("cover_resample", "published"),
+    )
     batch_size, seed, total = int(spec["batch_size"]), int(spec["seed"]), int(spec["max_steps"])
     epoch_batches = {}
     # a batch holds one size: images of a size with fewer than batch_size left over are not
