@@ -1321,3 +1321,86 @@ def test_fid_patch_defaults_are_the_published_ones():
 
     defaults = {k: v.default for k, v in inspect.signature(fid_patch_coordinates).parameters.items()}
     assert (defaults["crop"], defaults["per_pair"], defaults["seed"], defaults["order"]) == (299, 20, 42, "yx")
+
+
+def test_z_image_table_timesteps_and_the_bf16_noise_pick_as_published():
+    """DiffSynth's Z-Image table in float32: s = linspace(1, 0, N + 1)[:-1], shift s / (1 + (shift - 1) s);
+    the model's timestep is s * 1000 cast to the run's dtype (bf16: multiples of 4 above 512), and
+    add_noise mixes with the table entry nearest that rounded timestep."""
+    models = tm()
+    table = models.z_image_sigmas(4, 3.0)
+    assert torch.equal(table, torch.tensor([1.0, 0.9, 0.75, 0.5]))  # float32
+    big = models.z_image_sigmas(1000, 3.0)
+    assert big[0] == 1.0 and len(big) == 1000 and big[-1] > 0  # zero is never a training level
+    t = models.l2p_timestep(torch.tensor([0.7213, 0.25]), torch.bfloat16)
+    assert t.dtype == torch.bfloat16 and t.float().tolist() == [720.0, 250.0]  # 721.3 -> the multiple of 4 below
+    assert torch.equal(models.l2p_noise_sigmas(big, torch.float32, 3.0), big)  # float32: the drawn level itself
+    picked = models.l2p_noise_sigmas(big, torch.bfloat16, 3.0)
+    moved = (picked != big).nonzero().flatten()
+    assert 0 < len(moved) < 1000 and int(moved.min()) < 100  # near t = 1000 the bf16 grid is coarser than the table's
+    i = int(moved[0])
+    rounded = float(models.l2p_timestep(big[i : i + 1], torch.bfloat16))
+    nearest = int((big * 1000 - rounded).abs().argmin())
+    assert picked[i] == big[nearest] and nearest != i
+
+
+def test_l2p_model_time_is_the_published_bf16_timestep():
+    """model_fn_z_image: t = (1000 - timestep) / 1000 on the bf16 timestep -- not 1 - sigma rounded."""
+    from pixverve.train.models import L2PModel
+
+    class Transformer:
+        class config:
+            all_patch_size = [2]
+
+        def __init__(self):
+            self.all_final_layer, self.t = {}, None
+
+        def __call__(self, xs, t, caps, patch_size, return_dict):
+            self.t = t
+            self.all_final_layer["2-1"].hidden = torch.zeros(1, 4, 5, dtype=torch.bfloat16)
+
+    class UNet(torch.nn.Module):
+        def forward(self, noisy, features):
+            return noisy
+
+    transformer = Transformer()
+    model = L2PModel(transformer, UNet())
+    model(torch.zeros(1, 3, 4, 4, dtype=torch.bfloat16), torch.tensor([0.7213]), ["c"], 2)
+    published = (1000 - torch.tensor([721.3]).to(torch.bfloat16)) / 1000
+    assert transformer.t.dtype == torch.bfloat16 and torch.equal(transformer.t, published)
+    assert not torch.equal(transformer.t, 1.0 - torch.tensor([0.7213]).to(torch.bfloat16))  # the old reading differs
+
+
+def test_l2p_sampling_keeps_the_sample_in_float32_as_the_published_pipeline():
+    """z_image_L2P.__call__: float32 noise, each Euler step x + v.float() * (s' - s) in float32 on
+    the Z-Image table then 0, the model fed x in its dtype, guidance mixed in that dtype, and the
+    output ((x + 1) / 2).clamp(0, 1) * 255 rounded half to even."""
+    from pixverve.train.infer import generate
+
+    calls = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.bfloat16))
+
+        def forward(self, x, t, caps, patch):
+            calls.append((x.dtype, t.clone(), caps[0].dtype))
+            return torch.full_like(x, 0.3 if caps[0].sum() > 0 else 0.1)  # conditional 0.3, unconditional 0.1
+
+    class Pipe:
+        def encode_prompt(self, prompts, device, do_classifier_free_guidance, negative_prompt, max_sequence_length):
+            return [torch.ones(2, 4)], [torch.zeros(2, 4)]
+
+    info = {"family": "l2p", "text": {"max_length": 8}, "l2p": {"patch": 2, "shift": 3.0}, "resolution": 4}
+    out = generate(info, {"pipe": Pipe(), "model": Model()}, "p", 4, 2, 4, 2.5, seed=3)
+    sigmas = torch.cat([tm().z_image_sigmas(4, 3.0), torch.zeros(1)])
+    x = torch.randn((1, 3, 2, 4), generator=torch.Generator().manual_seed(3), dtype=torch.float32)
+    u, c = torch.tensor(0.1, dtype=torch.bfloat16), torch.tensor(0.3, dtype=torch.bfloat16)
+    v = (u + 2.5 * (c - u)).float()  # guidance in bf16: 0.6 rounded there
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x = x + v * (s_next - s)
+    want = (((x[0] + 1) / 2).clamp(0, 1) * 255).permute(1, 2, 0).numpy().round().astype(np.uint8)
+    assert out.dtype == np.uint8 and np.array_equal(out, want)
+    assert len(calls) == 8 and all(d == torch.bfloat16 and cd == torch.bfloat16 for d, _, cd in calls)
+    assert [float(t) for _, t, _ in calls[::2]] == pytest.approx(sigmas[:-1].tolist())  # the table's sigma, float32

@@ -336,16 +336,19 @@ def generate(
             negative_prompt=[""],
             max_sequence_length=int(text["max_length"]),
         )
-        # DiffSynth's Z-Image schedule (published L2P): linspace(1, 0, N + 1)[:-1], static shift
-        sigmas = tm.shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), math.log(float(l2p.get("shift", 3.0))))
-        sigmas[-1] = 0.0
-        x = torch.randn((1, 3, height, width), generator=generator).to(device, dtype)
-        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-            t = s.reshape(1).to(device, dtype)
-            v = model(x, t, [c.to(dtype) for c in cond], patch)
+        # DiffSynth's Z-Image schedule (published L2P): linspace(1, 0, N + 1)[:-1], static shift, then 0.
+        # As the published pipeline: the sample stays float32 (noise drawn in float32, each step on
+        # the prediction in float32), the model sees it and its timestep in the run's dtype
+        # (L2PModel.forward), the guidance mixes in that dtype.
+        sigmas = torch.cat([tm.z_image_sigmas(steps, float(l2p.get("shift", 3.0))), torch.zeros(1)])
+        x = torch.randn((1, 3, height, width), generator=generator, dtype=torch.float32).to(device)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+            t = s.reshape(1)
+            v = model(x.to(dtype), t, [c.to(dtype) for c in cond], patch)
             if guidance and guidance != 1.0:
-                v_u = model(x, t, [c.to(dtype) for c in uncond], patch)
+                v_u = model(x.to(dtype), t, [c.to(dtype) for c in uncond], patch)
                 v = v_u + guidance * (v - v_u)
-            x = x + (s_next - s) * v
-    rgb = ((x[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).permute(1, 2, 0).cpu().numpy()
+            x = x + v.float() * (s_next - s)
+    # pixel_output_to_image: (x + 1) / 2 clamped to [0, 1], times 255, rounded half to even
+    rgb = (((x[0] + 1) / 2).clamp(0, 1) * 255).permute(1, 2, 0).cpu().numpy().round()
     return rgb.astype(np.uint8)

@@ -193,13 +193,15 @@ class L2PAdapter:
     def loss(self, model, pixels, captions, generator, sigmas=None):
         x0 = pixels.to(self.device, next(model.parameters()).dtype)
         caps = self.encode_text(captions)
+        mixed = sigmas  # explicit noise levels (the eval loss's) are used as given
         if sigmas is None:
             sigmas = tm.l2p_sample_sigmas(x0.shape[0], generator, self.shift, self.grid_steps)
             self.last_sigmas = sigmas
+            mixed = tm.l2p_noise_sigmas(sigmas, x0.dtype, self.shift, self.grid_steps)  # add_noise's table pick
         noise = torch.randn(x0.shape, generator=generator).to(x0)
-        s = sigmas.to(x0)[:, None, None, None]
-        xt = (1 - s) * x0 + s * noise
-        pred = model(xt, sigmas.to(x0), [c.to(x0.dtype) for c in caps], self.patch)
+        # per sample with a 0-dim float32 sigma, as the published add_noise mixes (batch 1): same roundings
+        xt = torch.stack([(1 - s) * x + s * n for s, x, n in zip(mixed.float().cpu(), x0, noise, strict=True)])
+        pred = model(xt, sigmas.to(x0.device), [c.to(x0.dtype) for c in caps], self.patch)
         return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
 
 

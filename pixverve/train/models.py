@@ -716,7 +716,11 @@ class L2PModel(nn.Module):
             raise ValueError(f"L2P model has patch {p}, asked for {patch_size}")
         b, _, h, w = noisy.shape
         tap = self.transformer.all_final_layer[f"{p}-1"]
-        self.transformer([n.unsqueeze(1) for n in noisy], 1.0 - sigma, cap_feats, patch_size=p, return_dict=False)
+        # the published model_fn: t = (1000 - timestep) / 1000 on the timestep in the run's dtype
+        timestep = l2p_timestep(torch.as_tensor(sigma, device=noisy.device), noisy.dtype)
+        self.transformer(
+            [n.unsqueeze(1) for n in noisy], (1000 - timestep) / 1000, cap_feats, patch_size=p, return_dict=False
+        )
         gh, gw = h // p, w // p
         tokens = tap.hidden[:, : gh * gw]  # image tokens come first in the unified sequence
         tap.hidden = None
@@ -724,12 +728,33 @@ class L2PModel(nn.Module):
         return -self.unet(noisy, features)
 
 
+def z_image_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """DiffSynth's Z-Image table (FlowMatchScheduler "Z-Image", denoising strength 1), in float32
+    and in its order of operations: s = linspace(1, 0, steps + 1)[:-1], then shift s / (1 + (shift - 1) s)."""
+    s = torch.linspace(1.0, 0.0, int(steps) + 1)[:-1]
+    return float(shift) * s / (1 + (float(shift) - 1) * s)
+
+
+def l2p_timestep(sigma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The timestep the published L2P pipeline hands its model: the scheduler's sigma * 1000
+    (float32) cast to the run's dtype -- in bf16 a multiple of 4 above 512."""
+    return (sigma.float() * 1000).to(dtype)
+
+
 def l2p_sample_sigmas(n: int, generator: torch.Generator, shift: float, grid_steps: int = 1000) -> torch.Tensor:
-    """L2P training noise levels: a uniform draw from the shifted grid s_i = 1 - i/N (i < N),
-    s' = shift s / (1 + (shift - 1) s) -- DiffSynth's Z-Image schedule with training=True, as the
-    published FlowMatchSFTLoss samples it."""
+    """L2P training noise levels: a uniform draw from DiffSynth's Z-Image table of ``grid_steps``
+    (``z_image_sigmas``), as the published FlowMatchSFTLoss draws its timestep id."""
     idx = torch.randint(0, int(grid_steps), (n,), generator=generator)
-    return shift_sigmas(1.0 - idx.double() / int(grid_steps), math.log(float(shift))).float()
+    return z_image_sigmas(grid_steps, shift)[idx]
+
+
+def l2p_noise_sigmas(sigmas: torch.Tensor, dtype: torch.dtype, shift: float, grid_steps: int = 1000) -> torch.Tensor:
+    """The noise level the published loss mixes with for each drawn sigma: ``add_noise`` takes the
+    table entry nearest the timestep as cast to the run's dtype (``l2p_timestep``), so in bf16 it
+    can be a neighbour of the drawn one; in float32 it is the drawn one."""
+    table = z_image_sigmas(grid_steps, shift)
+    t = l2p_timestep(sigmas, dtype).float().cpu()
+    return table[(table[None, :] * 1000 - t[:, None]).abs().argmin(dim=1)]
 
 
 def l2p_frozen_layers(n_layers: int, train_edge: int) -> list[int]:
