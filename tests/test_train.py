@@ -352,7 +352,7 @@ def test_timestep_shift_matches_the_diffusers_scheduler():
     mu = tm.flux2_mu(256 * 256, 40)  # 4K: (4096/16)^2 tokens
     sched.set_timesteps(sigmas=base, mu=mu)
     ours = tm.shift_sigmas(torch.tensor(base), mu)
-    assert torch.allclose(ours.float(), sched.sigmas[:-1].float(), atol=1e-6)
+    assert torch.allclose(ours.float(), sched.sigmas[:-1].float(), atol=0)
     assert tm.flux2_mu(512 * 512, 40) > mu  # more tokens, more noise
 
 
@@ -386,32 +386,46 @@ def test_sampling_shift_is_the_published_one():
 class SchedulePipe:
     """Stands in for Flux2KleinPipeline at its timestep step: default sigmas linspace(1, 1/N, N), mu
     = compute_empirical_mu((H/16)(W/16), N), then ``self.scheduler.set_timesteps`` -- so it records
-    the sigmas the real pipeline would sample at, with whatever scheduler generate() installed."""
+    the sigmas the real pipeline would sample at, with whatever scheduler generate() installed --
+    and the call's other arguments (``calls``); its "latents" output is the given noise's first 3
+    channels at 8x, which its VAE returns as the decoded image."""
+
+    vae_scale_factor = 8
 
     def __init__(self):
+        from types import SimpleNamespace
+
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)  # the Flux2 base's kind
-        self.sigmas = []
+        self.sigmas, self.calls, self.freed = [], [], 0
+        self.transformer = SimpleNamespace(config=SimpleNamespace(in_channels=128), dtype=torch.bfloat16)
+        self.vae = torch.nn.Linear(1, 1)  # a module with a device
+        self.vae.decode = lambda latents, return_dict: (latents,)
 
-    def __call__(self, width, height, num_inference_steps, sigmas=None, **_):
+    def maybe_free_model_hooks(self):
+        self.freed += 1
+
+    def __call__(self, width, height, num_inference_steps, sigmas=None, latents=None, **kwargs):
         from types import SimpleNamespace
 
         n = num_inference_steps
         sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
         self.scheduler.set_timesteps(sigmas=sigmas, mu=tm.flux2_mu((height // 16) * (width // 16), n))
         self.sigmas.append(self.scheduler.sigmas[:-1].double())
-        return SimpleNamespace(images=[np.zeros((height, width, 3), np.float32)])
+        self.calls.append(dict(kwargs, latents=latents, sigmas=sigmas))
+        image = latents[:, :3].repeat_interleave(16, 2).repeat_interleave(16, 3)  # (1, 3, H, W), in [-1, 1]-ish
+        return SimpleNamespace(images=image)
 
 
 def published_sigmas(width, height, steps, mu=None):
-    """flux2_infer/runtime.py Flux2Scheduler.set_timesteps, written out: linspace(1, 1/N, N), mu
-    from dynamic_shift_len = (H/16)(W/16) tokens (infer.py's default) or given, exponential shift."""
+    """flux2_infer/runtime.py Flux2Scheduler.set_timesteps, written out in its float32: linspace(1, 1/N, N),
+    mu from dynamic_shift_len = (H/16)(W/16) tokens (infer.py's default) or given, exponential shift."""
     import math
 
     mu = tm.flux2_mu((height // 16) * (width // 16), steps) if mu is None else mu
-    s = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
-    return math.exp(mu) / (math.exp(mu) + (1 / s - 1))
+    s = torch.linspace(1.0, 1.0 / steps, steps)
+    return (math.exp(mu) / (math.exp(mu) + (1 / s - 1))).double()
 
 
 def flux2_info(**changes):
@@ -433,7 +447,7 @@ def test_a_checkpoint_samples_at_the_shift_it_was_trained_with():
     for side in (4096, 8192):  # the sample settings saved with it (no `shift` key, dynamic_shift true) -> trained
         assert checkpoint_sample_mu(info, side, side, 40) == 0.8
         generate(info, pipe, "p", side, side, 40, 4.0, seed=0)
-        assert torch.allclose(pipe.sigmas[-1], published_sigmas(side, side, 40, mu=0.8), atol=1e-6)
+        assert torch.allclose(pipe.sigmas[-1], published_sigmas(side, side, 40, mu=0.8), atol=0)
     assert pipe.sigmas[-1].median() < 0.8 and pipe.sigmas[-1].min() < 0.06  # spread, as in training
     assert pipe.scheduler.config.use_dynamic_shifting  # the pipeline's own scheduler is back after the call
     record = sample_shift_record(info, 4096, 4096, 40)
@@ -441,9 +455,7 @@ def test_a_checkpoint_samples_at_the_shift_it_was_trained_with():
 
     published = {"shift": "published", "dynamic_shift": True, "dynamic_shift_len": None}
     generate(info, pipe, "p", 4096, 4096, 40, 4.0, seed=0, shift=published)
-    assert (
-        torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40), atol=1e-6) and pipe.sigmas[-1].min() >= 0.9996
-    )
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40), atol=0) and pipe.sigmas[-1].min() >= 0.9996
     generate(info, pipe, "p", 8192, 8192, 40, 4.0, seed=0, shift=published)
     assert torch.all(pipe.sigmas[-1] == 1.0)
     disabled = dict(published, dynamic_shift=False)  # --disable_dynamic_shift: mu 0.8
@@ -451,7 +463,7 @@ def test_a_checkpoint_samples_at_the_shift_it_was_trained_with():
 
     other = flux2_info(train_shift={"mode": "static", "mu": 1.5})  # another trained mu is read, not assumed
     generate(other, pipe, "p", 4096, 4096, 40, 4.0, seed=0)
-    assert torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40, mu=1.5), atol=1e-6)
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(4096, 4096, 40, mu=1.5), atol=0)
     dynamic = flux2_info(train_shift={"mode": "dynamic"})  # trained at the dynamic fit: sampled at it
     assert checkpoint_sample_mu(dynamic, 4096, 4096, 40) is None
     old = {k: v for k, v in info.items() if k != "train_shift"}  # model.json from before train_shift was recorded
@@ -487,13 +499,13 @@ def test_the_bench_checkpoint_backend_samples_as_trained(tmp_path, monkeypatch):
     }
     out = tmp_path / "gen"
     summary = generate_method(rows, spec, out, tmp_path, 100.0, log=lambda m: None)
-    assert torch.allclose(pipe.sigmas[-1], published_sigmas(64, 64, 4, mu=0.8), atol=1e-6)
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(64, 64, 4, mu=0.8), atol=0)
     assert summary["sample_shift"] == "trained" and summary["sample_mu"] == 0.8 and (out / "a.jpg").exists()
     assert json.loads((out / "settings.json").read_text())["sample_mu"] == 0.8
 
     summary = generate_method(rows, dict(spec, shift="published"), out, tmp_path, 100.0, log=lambda m: None)
     assert summary["generated"] == 1 and len(pipe.sigmas) == 2  # a changed shift regenerates
-    assert torch.allclose(pipe.sigmas[-1], published_sigmas(64, 64, 4), atol=1e-6)
+    assert torch.allclose(pipe.sigmas[-1], published_sigmas(64, 64, 4), atol=0)
     assert summary["sample_mu"] == pytest.approx(tm.flux2_mu(16, 4))
 
 
@@ -807,15 +819,18 @@ def test_sequential_loading_puts_each_flux2_model_on_the_device_in_turn(demo_dat
     info, together = load_checkpoint(tmp_path / "final")
     expected = generate(info, together, "a red car", 64, 64, 2, 4.0, seed=3)
     info, pipe = load_checkpoint(tmp_path / "final", sequential=True)
-    moves = []
-    for name in ("text_encoder", "transformer", "vae"):
+    used = []
+    for name, method in (("text_encoder", "forward"), ("transformer", "forward"), ("vae", "decode")):
         module = getattr(pipe, name)
-        module.to = lambda *a, _to=module.to, _name=name, **k: (moves.append(_name), _to(*a, **k))[1]
+        assert hasattr(module, "_hf_hook")  # diffusers' model offload: moved to the device when it runs
+        call = getattr(module, method)
+        setattr(module, method, lambda *a, _call=call, _name=name, **k: (used.append(_name), _call(*a, **k))[1])
     got = generate(info, pipe, "a red car", 64, 64, 2, 4.0, seed=3)
     diff = np.abs(got.astype(int) - expected)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # the same image up to float rounding
-    first = [moves.index(name) for name in ("text_encoder", "transformer", "vae")]
-    assert first == sorted(first), moves  # moved onto the device as each is needed, in the published order
+    first = [used.index(name) for name in ("text_encoder", "transformer", "vae")]
+    assert first == sorted(first), used  # each runs (and is loaded) in turn, in the published order
+    assert all(hasattr(getattr(pipe, n), "_hf_hook") for n in ("text_encoder", "transformer", "vae"))  # offloaded again
 
 
 def test_resume_continues_at_the_right_step_with_the_same_result(demo_data, tmp_path):
@@ -846,7 +861,7 @@ def test_resume_continues_at_the_right_step_with_the_same_result(demo_data, tmp_
     assert [r["loss"] for r in log] == [r["loss"] for r in read_log(tmp_path / "straight" / "train_log.csv")]
     a = load_file(tmp_path / "straight" / "final" / "transformer.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "transformer.safetensors")
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=0) for k in a)
 
 
 def test_two_processes_step_together(demo_data, tmp_path):
@@ -1184,7 +1199,7 @@ def test_trainable_model_full_or_a_gaussian_lora_of_the_configured_rank(tiny_flu
     assert len(trainable) == 2 * len(adapted)
     pipe = copy.copy(tiny_flux2)
     pipe.transformer = model
-    assert torch.allclose(_flux2_forward(pipe), before, atol=1e-6)  # B = 0: the base model's output
+    assert torch.allclose(_flux2_forward(pipe), before, atol=0)  # B = 0: the base model's output
 
 
 def test_sequence_chunking_keeps_a_lora_on_the_fused_projection(tiny_flux2):
@@ -1265,3 +1280,24 @@ def test_training_finds_a_dataset_curated_in_another_folder(tmp_path, monkeypatc
     assert sample.path == image and sample.caption == "a grey field"
     with pytest.raises(FileNotFoundError, match=r"1 of 1 training images not found.*set train.data.root"):
         samples_for({**spec, "data": {**data, "root": str(tmp_path / "elsewhere")}})
+
+
+def test_a_flux2_checkpoint_samples_with_flux2_infers_noise_sigmas_and_pixels():
+    """flux2_infer: noise drawn on the run's device in the model's dtype, (1, 128, H/16, W/16); its
+    float32 sigmas (exactly); the VAE's output to uint8 as (x + 1) * 255 / 2, clipped, truncated."""
+    import math
+
+    from pixverve.train.infer import flux2_published_image, generate
+
+    pipe = SchedulePipe()
+    image = generate(flux2_info(), pipe, "p", 64, 32, 4, 4.0, seed=7, device="cpu")
+    call = pipe.calls[-1]
+    noise = torch.randn((1, 128, 2, 4), generator=torch.Generator().manual_seed(7), dtype=torch.bfloat16)
+    assert call["latents"].dtype == torch.bfloat16 and torch.equal(call["latents"], noise)
+    s = torch.linspace(1.0, 0.25, 4)
+    assert call["sigmas"] == (math.exp(0.8) / (math.exp(0.8) + (1 / s - 1))).tolist()  # mu 0.8, as trained
+    assert call["output_type"] == "latent" and image.shape == (32, 64, 3) and image.dtype == np.uint8
+    assert pipe.freed == 1  # the VAE offloaded again after the decode
+    pipe.vae.decode = lambda latents, return_dict: (latents,)
+    x = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, -3.0], dtype=torch.bfloat16).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)
+    assert flux2_published_image(pipe, x)[0, :, 0].tolist() == [0, 127, 191, 255, 255, 0]  # 127.5 -> 127

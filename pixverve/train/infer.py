@@ -277,6 +277,34 @@ def sample_shift_record(info: dict, width: int, height: int, steps: int, setting
     }
 
 
+def flux2_published_sigmas(steps: int, mu: float) -> torch.Tensor:
+    """flux2_infer's Flux2Scheduler sigmas in its float32 arithmetic: linspace from
+    1/N + (1 - 1/N) down to 1/N, N values, then the exponential shift by ``mu``."""
+    low = 1 / int(steps)
+    return tm.shift_sigmas(torch.linspace(low + (1.0 - low) * 1.0, low, int(steps)), float(mu))
+
+
+def flux2_published_noise(pipe, width: int, height: int, seed: int, device: str) -> torch.Tensor:
+    """flux2_infer's initial noise: drawn on the run's device (its RAND_DEVICE) in the model's
+    dtype, unpacked (1, C, H/16, W/16); the pipeline packs it row-major, as flux2_infer does."""
+    grid = 2 * pipe.vae_scale_factor
+    shape = (1, int(pipe.transformer.config.in_channels), height // grid, width // grid)
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, device=device, dtype=pipe.transformer.dtype)
+
+
+def flux2_published_image(pipe, latents: torch.Tensor) -> np.ndarray:
+    """flux2_infer's decode and uint8 conversion: the VAE's output x (in its dtype) to
+    (x + 1) * 255 / 2 clipped to [0, 255], then cast to uint8 (truncating)."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    with torch.no_grad():
+        x = pipe.vae.decode(latents.to(get_module_execution_device(pipe.vae)), return_dict=False)[0]
+    pipe.maybe_free_model_hooks()
+    pixels = ((x[0].permute(1, 2, 0) - (-1)) * (255 / 2)).clip(0, 255)
+    return pixels.to(device="cpu", dtype=torch.uint8).numpy()
+
+
 def generate(
     info,
     loaded,
@@ -291,21 +319,18 @@ def generate(
 ) -> np.ndarray:
     """One uint8 RGB image (height, width, 3).  ``shift``: the FLUX.2 sampling-shift keys
     (:func:`checkpoint_sample_mu`; None = those saved with the checkpoint)."""
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     text = info["text"]
     if info["family"] == "flux2":
-        mu = checkpoint_sample_mu(info, width, height, steps, shift)
-        scheduler = loaded.scheduler
-        kwargs = {}
-        if mu is not None:  # a fixed mu: pre-shifted sigmas through an identity-shift copy of the scheduler
-            from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers import FlowMatchEulerDiscreteScheduler
 
-            loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-                scheduler.config, use_dynamic_shifting=False, shift=1.0
-            )
-            kwargs["sigmas"] = tm.shift_sigmas(
-                torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64), mu
-            ).tolist()
+        mu = checkpoint_sample_mu(info, width, height, steps, shift)
+        if mu is None:  # the dynamic fit at (H/16)(W/16) tokens, computed here as flux2_infer does
+            mu = tm.flux2_mu((height // tm.TOKEN_PIXELS_FLUX2) * (width // tm.TOKEN_PIXELS_FLUX2), int(steps))
+        scheduler = loaded.scheduler
+        # flux2_infer's sigmas, passed through an identity-shift copy of the pipeline's scheduler
+        loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            scheduler.config, use_dynamic_shifting=False, shift=1.0
+        )
         try:
             out = loaded(
                 prompt=prompt,
@@ -313,15 +338,15 @@ def generate(
                 height=height,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                generator=generator,
-                output_type="np",
+                latents=flux2_published_noise(loaded, width, height, seed, device),
+                sigmas=flux2_published_sigmas(steps, mu).tolist(),
+                output_type="latent",
                 max_sequence_length=int(text["max_length"]),
                 text_encoder_out_layers=tuple(text["out_layers"]),
-                **kwargs,
             )
         finally:
             loaded.scheduler = scheduler
-        return np.clip(out.images[0] * 255 + 0.5, 0, 255).astype(np.uint8)
+        return flux2_published_image(loaded, out.images)
     pipe, model = loaded["pipe"], loaded["model"]
     l2p = info["l2p"]
     patch = int(l2p["patch"])
@@ -341,7 +366,9 @@ def generate(
         # the prediction in float32), the model sees it and its timestep in the run's dtype
         # (L2PModel.forward), the guidance mixes in that dtype.
         sigmas = torch.cat([tm.z_image_sigmas(steps, float(l2p.get("shift", 3.0))), torch.zeros(1)])
-        x = torch.randn((1, 3, height, width), generator=generator, dtype=torch.float32).to(device)
+        # the released batch script draws its float32 noise on the run's device (rand_device=device)
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        x = torch.randn((1, 3, height, width), generator=generator, device=device, dtype=torch.float32)
         for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
             t = s.reshape(1)
             v = model(x.to(dtype), t, [c.to(dtype) for c in cond], patch)
