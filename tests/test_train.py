@@ -1301,3 +1301,29 @@ def test_a_flux2_checkpoint_samples_with_flux2_infers_noise_sigmas_and_pixels():
     pipe.vae.decode = lambda latents, return_dict: (latents,)
     x = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, -3.0], dtype=torch.bfloat16).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)
     assert flux2_published_image(pipe, x)[0, :, 0].tolist() == [0, 127, 191, 255, 255, 0]  # 127.5 -> 127
+
+
+def test_flux2_steps_are_flux2_infers_arithmetic():
+    """flux2_infer's step: sample + v * (sigma_next - sigma) with bf16 tensors and a float32 CPU
+    scalar (two bf16 roundings), in schedule order; diffusers' own step rounds once from float32."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from pixverve.train.infer import flux2_infer_scheduler, flux2_published_sigmas
+
+    base = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    ours = flux2_infer_scheduler(base.config)
+    stock = FlowMatchEulerDiscreteScheduler.from_config(base.config, use_dynamic_shifting=False, shift=1.0)
+    sigmas = flux2_published_sigmas(8, 0.8).tolist()
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 64, 16, generator=gen).to(torch.bfloat16)
+    vs = [torch.randn(1, 64, 16, generator=gen).to(torch.bfloat16) for _ in sigmas]
+    for scheduler in (ours, stock):
+        scheduler.set_timesteps(sigmas=sigmas)
+    x, y, want = x0, x0, x0
+    table = torch.tensor(sigmas + [0.0])
+    for i, (t, v) in enumerate(zip(ours.timesteps, vs, strict=True)):
+        x = ours.step(v, t, x, return_dict=False)[0]
+        y = stock.step(v, t, y, return_dict=False)[0]
+        want = want + v * (table[i + 1] - table[i])  # flux2_infer: bf16 latents, CPU float32 sigma difference
+    assert x.dtype == torch.bfloat16 and torch.equal(x, want)
+    assert not torch.equal(y, want)  # the stock step's single rounding gives other bf16 values

@@ -284,6 +284,27 @@ def flux2_published_sigmas(steps: int, mu: float) -> torch.Tensor:
     return tm.shift_sigmas(torch.linspace(low + (1.0 - low) * 1.0, low, int(steps)), float(mu))
 
 
+def flux2_infer_scheduler(config):
+    """A FlowMatchEulerDiscreteScheduler (identity shift: the sigmas come pre-shifted) whose step is
+    flux2_infer's: ``x + v * (sigma_next - sigma)`` in the sample's dtype, the sigma difference a
+    float32 CPU scalar (diffusers upcasts the sample to float32 and rounds once).  Steps are taken in
+    schedule order (flux2_infer looks each up by its bf16 timestep: the same order wherever its
+    timesteps are distinct in bf16)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
+
+    class Flux2InferSteps(FlowMatchEulerDiscreteScheduler):
+        def step(self, model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+            if self.step_index is None:
+                self._init_step_index(timestep)
+            sigma, sigma_next = self.sigmas[self.step_index].cpu(), self.sigmas[self.step_index + 1].cpu()
+            prev = sample + model_output * (sigma_next - sigma)
+            self._step_index += 1
+            return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    return Flux2InferSteps.from_config(config, use_dynamic_shifting=False, shift=1.0)
+
+
 def flux2_published_noise(pipe, width: int, height: int, seed: int, device: str) -> torch.Tensor:
     """flux2_infer's initial noise: drawn on the run's device (its RAND_DEVICE) in the model's
     dtype, unpacked (1, C, H/16, W/16); the pipeline packs it row-major, as flux2_infer does."""
@@ -321,16 +342,12 @@ def generate(
     (:func:`checkpoint_sample_mu`; None = those saved with the checkpoint)."""
     text = info["text"]
     if info["family"] == "flux2":
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
         mu = checkpoint_sample_mu(info, width, height, steps, shift)
         if mu is None:  # the dynamic fit at (H/16)(W/16) tokens, computed here as flux2_infer does
             mu = tm.flux2_mu((height // tm.TOKEN_PIXELS_FLUX2) * (width // tm.TOKEN_PIXELS_FLUX2), int(steps))
         scheduler = loaded.scheduler
-        # flux2_infer's sigmas, passed through an identity-shift copy of the pipeline's scheduler
-        loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-            scheduler.config, use_dynamic_shifting=False, shift=1.0
-        )
+        # flux2_infer's sigmas and step arithmetic, through an identity-shift copy of the pipeline's scheduler
+        loaded.scheduler = flux2_infer_scheduler(scheduler.config)
         try:
             out = loaded(
                 prompt=prompt,
