@@ -225,7 +225,7 @@ def test_flux2_loss_draws_its_sigmas_at_the_training_mu():
 def test_l2p_loss_target_is_noise_minus_data():
     from pixverve.train.loop import L2PAdapter
 
-    x0 = torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    x0 = (torch.arange(2 * 3 * 4 * 4) * 2 % 256).float().reshape(2, 3, 4, 4) / 127.5 - 1  # 8-bit levels, as read
     adapter = object.__new__(L2PAdapter)
     adapter.device, adapter.patch, adapter.shift, adapter.grid_steps, adapter.last_sigmas = "cpu", 2, 3.0, 4, None
     adapter.encode_text = lambda captions: [torch.zeros(3, 8) for _ in captions]
@@ -1404,3 +1404,40 @@ def test_l2p_sampling_keeps_the_sample_in_float32_as_the_published_pipeline():
     assert out.dtype == np.uint8 and np.array_equal(out, want)
     assert len(calls) == 8 and all(d == torch.bfloat16 and cd == torch.bfloat16 for d, _, cd in calls)
     assert [float(t) for _, t, _ in calls[::2]] == pytest.approx(sigmas[:-1].tolist())  # the table's sigma, float32
+    for guidance, n_calls in ((1.0, 4), (None, 4), (0.0, 8)):  # cfg_guided_model_fn: any scale but 1 mixes
+        calls.clear()
+        generate(info, {"pipe": Pipe(), "model": Model()}, "p", 4, 2, 4, guidance, seed=3)
+        assert len(calls) == n_calls
+
+
+def test_l2p_pixels_are_diffsynths_preprocess_in_the_run_dtype():
+    """preprocess_image: levels in the run's dtype, * 2/255 + (-1) there (two bf16 roundings), then
+    float32: in bf16 half the 256 levels land one bf16 step away from level / 127.5 - 1."""
+    from pixverve.train.loop import published_l2p_pixels
+
+    levels = torch.arange(256, dtype=torch.float32)
+    pixels = levels / 127.5 - 1
+    exact = published_l2p_pixels(pixels, "cpu", torch.float32)
+    assert exact.dtype == torch.float32 and torch.allclose(exact, pixels, atol=1e-6)
+    bf16 = published_l2p_pixels(pixels, "cpu", torch.bfloat16)
+    published = (levels.to(torch.bfloat16) * (2 / 255) + (-1)).float()
+    assert torch.equal(bf16, published) and float(bf16[64]) == -0.49609375
+    assert int((bf16 != pixels.to(torch.bfloat16).float()).sum()) == 128  # not one rounding of our float32 value
+
+
+def test_l2p_text_encoding_leaves_the_callers_captions_alone():
+    """ZImagePipeline.encode_prompt writes each chat-templated prompt back into the list it is given:
+    the eval batch's captions, encoded at every eval, must not grow a template per call."""
+    from pixverve.train.loop import L2PAdapter
+
+    class Pipe:
+        def encode_prompt(self, prompt, **kwargs):
+            for i, p in enumerate(prompt):
+                prompt[i] = f"<u>{p}</u>"  # what diffusers does with its chat template
+            return [list(prompt)], None
+
+    adapter = object.__new__(L2PAdapter)
+    adapter.text_pipe, adapter.device, adapter.spec = Pipe(), "cpu", {"text": {"max_length": 8}}
+    captions = ["a cat"]
+    assert adapter.encode_text(captions) == [["<u>a cat</u>"]] and adapter.encode_text(captions) == [["<u>a cat</u>"]]
+    assert captions == ["a cat"]

@@ -383,15 +383,16 @@ def generate(
         # the prediction in float32), the model sees it and its timestep in the run's dtype
         # (L2PModel.forward), the guidance mixes in that dtype.
         sigmas = torch.cat([tm.z_image_sigmas(steps, float(l2p.get("shift", 3.0))), torch.zeros(1)])
+        cfg = 1.0 if guidance is None else float(guidance)  # the published pipeline's default cfg_scale 1
         # the released batch script draws its float32 noise on the run's device (rand_device=device)
         generator = torch.Generator(device=device).manual_seed(int(seed))
         x = torch.randn((1, 3, height, width), generator=generator, device=device, dtype=torch.float32)
         for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
             t = s.reshape(1)
             v = model(x.to(dtype), t, [c.to(dtype) for c in cond], patch)
-            if guidance and guidance != 1.0:
+            if cfg != 1.0:  # cfg_guided_model_fn: any scale but 1 mixes in the empty prompt's prediction
                 v_u = model(x.to(dtype), t, [c.to(dtype) for c in uncond], patch)
-                v = v_u + guidance * (v - v_u)
+                v = v_u + cfg * (v - v_u)
             x = x + v.float() * (s_next - s)
     # pixel_output_to_image: (x + 1) / 2 clamped to [0, 1], times 255, rounded half to even
     rgb = (((x[0] + 1) / 2).clamp(0, 1) * 255).permute(1, 2, 0).cpu().numpy().round()

@@ -184,25 +184,35 @@ class L2PAdapter:
     def encode_text(self, captions: list[str]):
         with torch.no_grad():
             return self.text_pipe.encode_prompt(
-                captions,
+                list(captions),  # a copy: ZImagePipeline.encode_prompt writes the templated text into its list
                 device=self.device,
                 do_classifier_free_guidance=False,
                 max_sequence_length=int(self.spec["text"]["max_length"]),
             )[0]
 
     def loss(self, model, pixels, captions, generator, sigmas=None):
-        x0 = pixels.to(self.device, next(model.parameters()).dtype)
+        dtype = next(model.parameters()).dtype
+        x0 = published_l2p_pixels(pixels, self.device, dtype)
         caps = self.encode_text(captions)
         mixed = sigmas  # explicit noise levels (the eval loss's) are used as given
         if sigmas is None:
             sigmas = tm.l2p_sample_sigmas(x0.shape[0], generator, self.shift, self.grid_steps)
             self.last_sigmas = sigmas
-            mixed = tm.l2p_noise_sigmas(sigmas, x0.dtype, self.shift, self.grid_steps)  # add_noise's table pick
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
-        # per sample with a 0-dim float32 sigma, as the published add_noise mixes (batch 1): same roundings
+            mixed = tm.l2p_noise_sigmas(sigmas, dtype, self.shift, self.grid_steps)  # add_noise's table pick
+        # as the published FlowMatchSFTLoss: float32 noise, mix and target; the model sees x_t in its dtype.
+        # Per sample with a 0-dim float32 sigma, as add_noise mixes its batch of 1: the same roundings.
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         xt = torch.stack([(1 - s) * x + s * n for s, x, n in zip(mixed.float().cpu(), x0, noise, strict=True)])
-        pred = model(xt, sigmas.to(x0.device), [c.to(x0.dtype) for c in caps], self.patch)
-        return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
+        pred = model(xt.to(dtype), sigmas.to(x0.device), [c.to(dtype) for c in caps], self.patch)
+        return torch.nn.functional.mse_loss(pred.float(), noise - x0)
+
+
+def published_l2p_pixels(pixels: torch.Tensor, device, dtype) -> torch.Tensor:
+    """DiffSynth's ``preprocess_image`` for the L2P loss: the 0-255 levels in the run's dtype,
+    times 2/255 minus 1 in that dtype (two roundings in bf16), then float32 as the published
+    loss holds them.  ``pixels`` are our [-1, 1] batch (level / 127.5 - 1), whose levels are exact."""
+    levels = ((pixels + 1) * 127.5).round()
+    return (levels.to(device, dtype) * ((1 - (-1)) / 255) + (-1)).float()
 
 
 # ---------------------------------------------------------------------------------------------
