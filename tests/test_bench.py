@@ -532,3 +532,23 @@ def test_a_partial_value_never_takes_the_bold_from_a_full_one(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert f"| 9.000{bench.FAILED_MARK} |" in md and "| **7.000** |" in md and f"| 6.000{bench.FAILED_MARK} |" in md
     assert list(pd.read_csv(tmp_path / "t.csv")["best_in"].str.contains("msfi")) == [False, True]
+
+
+def test_generated_images_take_the_published_seed_and_jpeg_quality_by_default(tmp_path):
+    """The published inference scripts give every prompt seed 42 and save with Pillow's default
+    quality (75); per_image seeds and another quality are keys."""
+    import io
+
+    from pixverve.bench.generate import _save_jpeg, image_seed, seed_for
+
+    assert seed_for({}, "a.png") == 42 and seed_for({"seed": 7}, "b.png") == 7
+    assert seed_for({"seed_mode": "per_image", "seed": 7}, "dir/cat.png") == image_seed("cat", 7)
+    with pytest.raises(ValueError, match="seed_mode: 'random'"):
+        seed_for({"seed_mode": "random"}, "a.png")
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    _save_jpeg(rgb, tmp_path / "d.jpg")
+    _save_jpeg(rgb, tmp_path / "q.jpg", 95)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG")  # Pillow's default quality
+    assert (tmp_path / "d.jpg").read_bytes() == buffer.getvalue()
+    assert (tmp_path / "q.jpg").stat().st_size > (tmp_path / "d.jpg").stat().st_size

@@ -3,8 +3,8 @@
 Backends (``bench.methods.<name>.generate.backend``):
 * ``diffusers``: any diffusers text-to-image pipeline from a local folder or cached hub id (a
   checkpoint of ours saved as a pipeline, or a base model sampled directly at high resolution --
-  the training-free baseline); the long caption is the prompt (as the published code does), one
-  seed per image derived from its name, tiled VAE decode when the pipeline offers it.
+  the training-free baseline); the long caption is the prompt (as the published code does), tiled
+  VAE decode when the pipeline offers it.
   With ``released`` (docs/checkpoints.md), ``model`` is the base and the authors' released
   weights replace or adapt its model: ``kind: full`` (a FLUX.2 transformer file, published
   flux2_infer ``--checkpoint_path``), ``lora`` (a LoRA file, ``--lora_path``, ``lora_scale`` =
@@ -20,8 +20,10 @@ Backends (``bench.methods.<name>.generate.backend``):
   fingerprint of the checkpoint's weights, so retraining regenerates.
 * ``degrade``: the real image shrunk by ``factor`` and blown back up (bicubic) -- a sanity
   baseline that must score between the real images and noise; not a method of the paper.
-Each image is written as ``<basename>.jpg`` (quality 95) atomically; a rerun skips images already
-written, so a killed generation job resumes where it stopped.  The folder keeps the generation
+Seeds: ``seed_mode: fixed`` (default, as the published inference scripts: every prompt with
+``seed``, 42) or ``per_image`` (ours: ``seed`` plus a hash of the image's name).  Each image is
+written as ``<basename>.jpg`` at ``jpeg_quality`` (default 75: Pillow's default, with which the
+published scripts save) atomically; a rerun skips images already written, so a killed generation job resumes where it stopped.  The folder keeps the generation
 settings it was filled with (``settings.json``): when they change, its images are deleted first,
 so a new model never inherits an old model's images.
 """
@@ -41,15 +43,31 @@ class GeneratorUnavailable(ModelUnavailable):
     pass
 
 
+PUBLISHED_SEED = 42  # flux2_infer's infer.sh and the L2P batch script: every prompt with seed 42
+PUBLISHED_JPEG_QUALITY = 75  # Pillow's default, with which both scripts save their .jpg images
+
+
 def image_seed(name: str, base: int) -> int:
     return (int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) + base) % (2**31)
 
 
-def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
+def seed_for(spec: dict, file_name: str) -> int:
+    """The seed of one benchmark image: ``seed`` itself (``seed_mode: fixed``, published) or
+    ``seed`` plus a hash of the file's stem (``per_image``, ours)."""
+    base = int(spec.get("seed", PUBLISHED_SEED))
+    mode = spec.get("seed_mode", "fixed")
+    if mode == "fixed":
+        return base
+    if mode == "per_image":
+        return image_seed(Path(file_name).stem, base)
+    raise ValueError(f"bench.methods.<method>.generate.seed_mode: {mode!r} is not fixed or per_image")
+
+
+def _save_jpeg(rgb: np.ndarray, path: Path, quality: int = PUBLISHED_JPEG_QUALITY) -> None:
     from PIL import Image
 
     tmp = path.with_name(path.name + ".tmp.jpg")
-    Image.fromarray(rgb).save(tmp, quality=95)
+    Image.fromarray(rgb).save(tmp, quality=int(quality))
     tmp.replace(path)
 
 
@@ -117,7 +135,9 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
             h, w = rgb.shape[:2]
             small = Image.fromarray(rgb).resize((max(1, w // f), max(1, h // f)), Image.Resampling.BICUBIC)
             _save_jpeg(
-                np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)), out_dir / f"{Path(r['file_name']).stem}.jpg"
+                np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)),
+                out_dir / f"{Path(r['file_name']).stem}.jpg",
+                spec.get("jpeg_quality", PUBLISHED_JPEG_QUALITY),
             )
         return {"model": f"real image down/up x{f} (sanity baseline)", "smoke": False, "generated": len(todo)}
     if spec["backend"] == "checkpoint":
@@ -131,9 +151,7 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
         pipe.vae.enable_tiling()  # UHR decode in tiles
     pipe.set_progress_bar_config(disable=True)
     for r in tqdm(todo, desc="generate", unit="img"):
-        generator = torch.Generator(device="cpu").manual_seed(
-            image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0)))
-        )
+        generator = torch.Generator(device="cpu").manual_seed(seed_for(spec, r["file_name"]))
         kwargs = {
             "height": int(spec["height"]),
             "width": int(spec["width"]),
@@ -145,7 +163,7 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
             kwargs["guidance_scale"] = float(spec["guidance"])
         out = pipe(r["long_caption"], **kwargs).images[0]
         rgb = np.clip(np.asarray(out) * 255 + 0.5, 0, 255).astype(np.uint8)
-        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg", spec.get("jpeg_quality", PUBLISHED_JPEG_QUALITY))
     return {"model": model_name, "smoke": spec["backend"] == "tiny", "generated": len(todo), "device": device}
 
 
@@ -215,12 +233,12 @@ def _sample_each(todo: list[dict], info: dict, loaded, spec: dict, out_dir: Path
             int(spec["width"]),
             int(spec["height"]),
             int(spec["steps"]),
-            float(spec.get("guidance") or 1.0),
-            image_seed(Path(r["file_name"]).stem, int(spec.get("seed", 0))),
+            1.0 if spec.get("guidance") is None else float(spec["guidance"]),
+            seed_for(spec, r["file_name"]),
             device=device,
             shift=shift,
         )
-        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg")
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg", spec.get("jpeg_quality", PUBLISHED_JPEG_QUALITY))
 
 
 def _released_settings(spec: dict) -> dict:
