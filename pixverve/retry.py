@@ -158,21 +158,12 @@ def recovered(results: Path, found: dict, policy: str) -> dict[str, tuple[int, i
     return report
 
 
-def _merge(base: dict, overlay: dict) -> dict:
-    """Snakemake's config overlay: nested mappings are updated key by key, anything else replaced."""
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def run_settings(snakemake_args: list[str]) -> tuple[str, str, Path | None]:
     """(invalid_policy, where it came from, --directory) of the snakemake command line ``retry``
     will run: the workflow's config.yaml, each ``--configfile`` over it (relative to the current
     folder, as Snakemake reads them), then the ``--config`` values (YAML, as Snakemake parses them)."""
     import yaml
+    from snakemake.utils import update_config  # Snakemake's own overlay: nested keys one by one
 
     from pixverve.core.config import load_yaml
 
@@ -187,13 +178,13 @@ def run_settings(snakemake_args: list[str]) -> tuple[str, str, Path | None]:
         overlay = load_yaml(path)
         if "invalid_policy" in (overlay.get("vlm") or {}):
             source = path
-        _merge(config, overlay)
+        update_config(config, overlay)
     for item in known.config:
         key, _, value = item.partition("=")
         parsed = yaml.load(value, Loader=yaml.BaseLoader) if value else None  # noqa: S506 (BaseLoader builds only str/list/dict)
         if key == "vlm" and isinstance(parsed, dict) and "invalid_policy" in parsed:
             source = f"--config {item}"
-        _merge(config, {key: parsed})
+        update_config(config, {key: parsed})
     policy = (config.get("vlm") or {}).get("invalid_policy", "drop")
     if policy not in ("drop", "keep"):
         raise SystemExit(f"retry: vlm.invalid_policy is {policy!r} in {source}; it must be drop or keep")

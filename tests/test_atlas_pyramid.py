@@ -314,5 +314,7 @@ def test_pyramids_unrejected_gives_a_rejected_image_its_thumbnail_only(tmp_path)
     assert not kept["thumb_only"] and kept["final"]["url"].endswith("final_files/")
     everything = tile_image(entry("a" * 16, "rejected"), site, None, 510)  # the default: all
     assert not everything["thumb_only"] and everything["final"]["width"] == 400
+    tile_image(entry("a" * 16, "rejected"), site, None, 510, "unrejected")  # rebuilt: the old pyramid goes
+    assert sorted(os.listdir(site / "tiles/s00000" / ("a" * 16))) == ["thumb.jpg"]
     with pytest.raises(ValueError, match="atlas.pyramids: 'kept' is not one of"):
         build_shard(tmp_path / "results", "s00000", {"atlas": {"pyramids": "kept"}, "sources": {"roots": []}}, site)

@@ -546,8 +546,8 @@ def test_generated_images_take_the_published_seed_and_jpeg_quality_by_default(tm
     with pytest.raises(ValueError, match="seed_mode: 'random'"):
         seed_for({"seed_mode": "random"}, "a.png")
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    _save_jpeg(rgb, tmp_path / "d.jpg")
-    _save_jpeg(rgb, tmp_path / "q.jpg", 95)
+    _save_jpeg(rgb, tmp_path / "d.jpg", {})
+    _save_jpeg(rgb, tmp_path / "q.jpg", {"jpeg_quality": 95})
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG")  # Pillow's default quality
     assert (tmp_path / "d.jpg").read_bytes() == buffer.getvalue()

@@ -10,7 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixverve.atlas import entries, records
-from pixverve.atlas.pyramid import PyramidError, build_pyramid, build_thumbnail, thumbnail_from_pyramid
+from pixverve.atlas.pyramid import (
+    PyramidError,
+    build_pyramid,
+    build_thumbnail,
+    remove_pyramid,
+    thumbnail_from_pyramid,
+)
 
 TILE_SIZE = 510  # atlas.tile_size: a quarter of the files of 254 px tiles, as fast to view (NOTES.md, "Measured")
 
@@ -48,6 +54,8 @@ def tile_image(
         return entry
     shown_path = entry["final"]["path"]
     if pyramids == "unrejected" and entry["status"] == "rejected":
+        for name in ("final", "source"):  # an earlier `all` build's pyramids: the disk this option saves
+            remove_pyramid(folder, name)
         try:
             build_thumbnail(shown_path, folder / "thumb.jpg", max_megapixels)
             entry["thumb"] = f"{rel.as_posix()}/thumb.jpg"

@@ -105,8 +105,7 @@ def build_pyramid(
             layout="dz",
         )
     except Exception as exc:  # pyvips.Error: a truncated file shows only when its pixels are read
-        shutil.rmtree(out_dir / f"{name}_files", ignore_errors=True)  # no half pyramid is left behind
-        (out_dir / f"{name}.dzi").unlink(missing_ok=True)
+        remove_pyramid(out_dir, name)  # no half pyramid is left behind
         raise PyramidError(f"cannot tile {Path(src).name}: {_why(exc)}") from exc
     # dzsave's own metadata dump (loader, resolution, a date): nothing OpenSeadragon reads, and the
     # site publishes only tiles and what the atlas writes itself
@@ -119,6 +118,12 @@ def build_pyramid(
         "format": TILE_FORMAT,
         "files": f"{name}_files/",
     }
+
+
+def remove_pyramid(out_dir, name: str) -> None:
+    """Delete ``out_dir/<name>_files/`` and ``<name>.dzi`` if they are there."""
+    shutil.rmtree(Path(out_dir) / f"{name}_files", ignore_errors=True)
+    (Path(out_dir) / f"{name}.dzi").unlink(missing_ok=True)
 
 
 def build_thumbnail(src, dest, max_megapixels: float | None = None, px: int = THUMB_PX) -> tuple[int, int]:

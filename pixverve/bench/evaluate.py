@@ -757,10 +757,11 @@ def best_marks(df) -> dict[str, set[int]]:
 
 
 def write_bench_tables(df, stem, title: str) -> list[Path]:
-    """CSV (numbers + ``best_in``), Markdown (best in bold) and LaTeX (best in \\textbf; among the
-    values computed on every image) with the paper's column order; a value a tiny model produced carries a ``*`` and the table a note; a
-    value computed on fewer images than the benchmark (failed calls left out) a dagger and a
-    footnote with its counts (``partial_columns``, ``<metric>_n`` / ``<metric>_failed``)."""
+    """CSV (numbers + ``best_in``), Markdown (best in bold) and LaTeX (best in \\textbf) with the
+    paper's column order, the best taken among the values computed on every image; a value a tiny
+    model produced carries a ``*`` and the table a note; a value computed on fewer images than the
+    benchmark (failed calls left out) a dagger and a footnote with its counts (``partial_columns``,
+    ``<metric>_n`` / ``<metric>_failed``)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     df = df.reset_index(drop=True)

@@ -23,7 +23,8 @@ Backends (``bench.methods.<name>.generate.backend``):
 Seeds: ``seed_mode: fixed`` (default, as the published inference scripts: every prompt with
 ``seed``, 42) or ``per_image`` (ours: ``seed`` plus a hash of the image's name).  Each image is
 written as ``<basename>.jpg`` at ``jpeg_quality`` (default 75: Pillow's default, with which the
-published scripts save) atomically; a rerun skips images already written, so a killed generation job resumes where it stopped.  The folder keeps the generation
+published scripts save) atomically; a rerun skips images already written, so a killed generation
+job resumes where it stopped.  The folder keeps the generation
 settings it was filled with (``settings.json``): when they change, its images are deleted first,
 so a new model never inherits an old model's images.
 """
@@ -63,11 +64,12 @@ def seed_for(spec: dict, file_name: str) -> int:
     raise ValueError(f"bench.methods.<method>.generate.seed_mode: {mode!r} is not fixed or per_image")
 
 
-def _save_jpeg(rgb: np.ndarray, path: Path, quality: int = PUBLISHED_JPEG_QUALITY) -> None:
+def _save_jpeg(rgb: np.ndarray, path: Path, spec: dict) -> None:
+    """``rgb`` as ``path`` at the method's ``jpeg_quality`` (published 75), written atomically."""
     from PIL import Image
 
     tmp = path.with_name(path.name + ".tmp.jpg")
-    Image.fromarray(rgb).save(tmp, quality=int(quality))
+    Image.fromarray(rgb).save(tmp, quality=int(spec.get("jpeg_quality", PUBLISHED_JPEG_QUALITY)))
     tmp.replace(path)
 
 
@@ -137,7 +139,7 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
             _save_jpeg(
                 np.asarray(small.resize((w, h), Image.Resampling.BICUBIC)),
                 out_dir / f"{Path(r['file_name']).stem}.jpg",
-                spec.get("jpeg_quality", PUBLISHED_JPEG_QUALITY),
+                spec,
             )
         return {"model": f"real image down/up x{f} (sanity baseline)", "smoke": False, "generated": len(todo)}
     if spec["backend"] == "checkpoint":
@@ -163,7 +165,7 @@ def generate_method(rows: list[dict], spec: dict, out_dir, real_dir, max_megapix
             kwargs["guidance_scale"] = float(spec["guidance"])
         out = pipe(r["long_caption"], **kwargs).images[0]
         rgb = np.clip(np.asarray(out) * 255 + 0.5, 0, 255).astype(np.uint8)
-        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg", spec.get("jpeg_quality", PUBLISHED_JPEG_QUALITY))
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg", spec)
     return {"model": model_name, "smoke": spec["backend"] == "tiny", "generated": len(todo), "device": device}
 
 
@@ -238,7 +240,7 @@ def _sample_each(todo: list[dict], info: dict, loaded, spec: dict, out_dir: Path
             device=device,
             shift=shift,
         )
-        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg", spec.get("jpeg_quality", PUBLISHED_JPEG_QUALITY))
+        _save_jpeg(rgb, out_dir / f"{Path(r['file_name']).stem}.jpg", spec)
 
 
 def _released_settings(spec: dict) -> dict:

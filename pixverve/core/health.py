@@ -95,8 +95,8 @@ class FailureStreak:
     """The running health gate: ``limit`` units (images, prompt batches, renders) in a row whose
     every attempt failed stop the job (an outage, a wrong server or model, a broken env), instead
     of failing each of the next 500 images the same way.  A unit with one usable answer ends the
-    streak; ``limit`` 0 switches the gate off.  ``describe(first_unit, first_result)`` names the
-    backend and what to do in the message."""
+    streak; ``limit`` 0 switches the gate off.  ``describe(limit, first_unit, first_result)`` gives
+    the message: the backend and what to do."""
 
     def __init__(self, limit: int, invalid_policy: str, describe):
         self.limit = int(limit or 0)

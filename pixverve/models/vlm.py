@@ -448,14 +448,8 @@ class VLMClient:
         return results
 
     def probe_problem(self, result: VLMResult) -> str:
-        """What is wrong with the probe's answer, with what to change, or "" when it is usable.
-        ``self.probe_check(result) -> str`` adds a step's own test (ArtiMuse's answer tokens,
-        Rex-Omni's special tokens)."""
-        from pixverve.core.health import rejects
-
-        if rejects(result.status, self.settings.invalid_policy):
-            return f"{result.status}: {result.error[:400]}" + probe_hint(result, self.settings)
-        return self.probe_check(result) if self.probe_check is not None else ""
+        """What is wrong with the probe's answer, with what to change, or "" when it is usable."""
+        return answer_problem(result, self.settings.invalid_policy, self.probe_check, probe_hint(result, self.settings))
 
     def run_many(self, requests, progress=None) -> list[VLMResult]:
         return asyncio.run(self._run_and_close(requests, progress))
@@ -474,6 +468,15 @@ class VLMClient:
 
 class _NoLogprobs(Exception):
     """A logprob request answered without log-probabilities (not retried: the server is set up so)."""
+
+
+def answer_problem(result: VLMResult, invalid_policy: str, probe_check=None, hint: str = "") -> str:
+    """The probe's verdict on a client's first answer (endpoint or local): a failure the policy
+    rejects, with ``hint`` (what to change), or the step's own ``probe_check(result) -> str``
+    (ArtiMuse's answer tokens, Rex-Omni's special tokens); "" when the answer is usable."""
+    if health.rejects(result.status, invalid_policy):
+        return f"{result.status}: {result.error[:400]}{hint}"
+    return probe_check(result) if probe_check is not None else ""
 
 
 def probe_hint(result: VLMResult, settings: VLMSettings) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pixverve.models.loading import ModelUnavailable, torch_dtype
 from pixverve.models.tiny_text import TINY_CHAT_TEMPLATE, byte_level_backend
-from pixverve.models.vlm import VLMResult, decode_data_url, parse_reply
+from pixverve.models.vlm import VLMResult, answer_problem, decode_data_url, parse_reply
 
 TINY_SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -218,14 +218,11 @@ class TransformersVLM:
 
     def probe_problem(self, result: VLMResult) -> str:
         """What is wrong with the first answer of this model, or "" when it is usable."""
-        from pixverve.core.health import rejects
-
-        if rejects(result.status, self.invalid_policy):
-            return (
-                f"{result.status}: {result.error[:400]}. Check vlm.transformers.model (a chat VLM with its "
-                "processor), vlm.max_tokens and vlm.extra_body (chat_template_kwargs, skip_special_tokens)"
-            )
-        return self.probe_check(result) if self.probe_check is not None else ""
+        hint = (
+            ". Check vlm.transformers.model (a chat VLM with its processor), vlm.max_tokens and "
+            "vlm.extra_body (chat_template_kwargs, skip_special_tokens)"
+        )
+        return answer_problem(result, self.invalid_policy, self.probe_check, hint)
 
     def _failing_message(self, limit: int, _image, first: VLMResult) -> str:
         return (

@@ -150,8 +150,8 @@ def resolve_image_paths(records: list[dict], folder: Path, key: str = "train.dat
         out.append({**r, "provenance": {**r["provenance"], "sr_output": str(path)}})
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of {len(records)} training images not found, e.g. {missing[:3]}: the dataset's paths "
-            f"start at the folder its curation ran in ({folder}); set {key} to that folder"
+            f"{len(missing)} of {len(records)} training images not found, e.g. {missing[:3]}: the dataset's image "
+            f"paths are relative to the folder its curation ran in, looked for under {folder}; set {key} to that folder"
         )
     return out
 
