@@ -18,7 +18,7 @@ rule verify:
     threads: 2
     resources:
         gpu=lambda wc: int(config["verify"]["consistency"]["lpips"]["device"] != "cpu"),
-        mem_mb=16000,  # one 400 MP SR output as uint8 (1.2 GB), its source and the downsampled copy
+        mem_mb=6000,  # the SR output is read in bands; a 400 MP source (scale 1) and its area copy are 2 x 1.2 GB
         runtime=120,
     params:
         verify=config["verify"],
@@ -46,7 +46,7 @@ rule verify_regions:
     threads: 8
     resources:  # the VLM judge: a GPU only with vlm.serve (vLLM in the job) or transformers
         gpu=lambda wc: int(judge_uses_gpu()),
-        mem_mb=64000,  # a 400 MP SR output as uint8 + vLLM's host memory for a 30B-A3B model
+        mem_mb=64000,  # vLLM's host memory for a 30B-A3B model (the SR output is read one patch row at a time)
         runtime=480,  # vLLM start-up (model load) + 10 patches per image
     params:
         verify=config["verify"],

@@ -42,6 +42,7 @@ SIZE_ONLY_QUICK = {
     "glcm": {"megapixels"},
     "near_duplicates": {"n", "brute_n", "k"},
     "purify_100mp": {"megapixels", "patch"},
+    "verify_100mp": {"megapixels"},
     "sr_tiling": {"megapixels", "big_side"},
     "vlm_client": {"latency", "levels"},
     "window_attention": {"grids", "window", "text", "repeats"},

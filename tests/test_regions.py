@@ -37,7 +37,31 @@ def test_banded_sobel_variance_equals_the_whole_image_computation():
     f = grey.astype(np.float32)
     mag = cv2.magnitude(cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3))
     expected = [mag[y : y + h, x : x + w].astype(np.float64).var() for x, y, w, h in boxes]
-    np.testing.assert_allclose(sobel_variances(grey, boxes), expected, rtol=1e-6)
+    np.testing.assert_allclose(sobel_variances(lambda lo, hi: grey[lo:hi], 230, boxes), expected, rtol=1e-6)
+
+
+def test_patches_read_from_the_tiles_equal_the_whole_image_path(tmp_path):
+    """Sobel variances from the tiled file (one patch row at a time) and the judged crops are the
+    whole decoded image's, bit for bit."""
+    import cv2
+
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
+    from pixverve.verify.regions import _patches_to_judge
+
+    rng = np.random.default_rng(2)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (260, 330, 3), dtype=np.uint8), (0, 0), 1.5)
+    rgb[100:150, 200:260] = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)  # one busy patch
+    path = tmp_path / "sr.tif"
+    TiledTiffWriter(path, 260, 330, tile=48).write(bands_of(rgb, rows=70))
+    boxes, variances, chosen, crops = _patches_to_judge(path, "0123456789abcdef", 64, {"n_sobel": 3, "n_random": 2})
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    assert boxes == patch_boxes(260, 330, 64)
+    assert np.array_equal(variances, sobel_variances(lambda lo, hi: grey[lo:hi], 260, boxes))
+    assert chosen == choose_patches(variances, "0123456789abcdef", 3, 2)
+    assert boxes[chosen[0][0]] == (192, 64, 64, 64)  # the busy region's patch ranks first
+    for (index, _), crop in zip(chosen, crops, strict=True):
+        x, y, w, h = boxes[index]
+        assert np.array_equal(crop, rgb[y : y + h, x : x + w])
 
 
 def test_six_by_sobel_variance_and_four_random_seeded_by_the_image_id():

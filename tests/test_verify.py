@@ -46,7 +46,7 @@ def test_psnr_and_banded_ssim_equal_scikit_image():
     b = np.clip(a.astype(int) + rng.normal(0, 8, a.shape), 0, 255).astype(np.uint8)
     assert psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), rel=1e-12)
     ref = structural_similarity(a, b, channel_axis=-1, data_range=255)
-    for band in (64, 512, 5000):
+    for band in (None, 16, 64, 512, 5000):
         assert ssim(a, b, band_rows=band) == pytest.approx(ref, rel=1e-10)
     assert psnr(a, a) == math.inf and ssim(a, a) == pytest.approx(1.0)
 
@@ -218,3 +218,109 @@ def test_verify_rejects_on_lpips_when_a_maximum_is_set(tmp_path):
     config["verify"]["consistency"]["lpips"]["max"] = -1.0  # nothing can pass: the threshold is applied
     row = verify_shard(table, config, tmp_path, log=lambda *_: None).iloc[0]
     assert row["reason"] == "consistency" and row["psnr"] > 30 and row["lpips"] >= 0 and row["lpips_smoke"]
+
+
+def _reference_seam_ratios(grey, xs, ys, beside=6, min_step=1.0):
+    """The seam ratio written out on the whole image, as a reviewer would: mean |step| per line pair."""
+    g = grey.astype(np.int64)
+    out = []
+    for axis, positions in (("x", xs), ("y", ys)):
+        for p in positions:
+            n = g.shape[1] if axis == "x" else g.shape[0]
+            if p - beside - 1 < 0 or p + beside >= n:
+                continue
+            lines = [g[:, q] if axis == "x" else g[q, :] for q in range(p - beside - 1, p + beside + 1)]
+            steps = [float(np.abs(b - a).mean()) for a, b in zip(lines, lines[1:])]
+            side = np.mean(steps[: beside - 1] + steps[beside + 2 :])
+            out.append((axis, p, steps[beside] / max(side, min_step)))
+    return out
+
+
+@pytest.mark.parametrize("band", [1, 7, 13, 64, 1000])
+def test_seam_steps_in_bands_equal_the_whole_image(band):
+    from pixverve.verify.fidelity import SeamSteps
+
+    rng = np.random.default_rng(5)
+    grey = rng.integers(60, 70, (300, 260), dtype=np.uint8)
+    grey[:, 130:] += 60  # real steps at x = 130 and y = 150
+    grey[150:] += 40
+    xs, ys = [3, 40, 130, 255, 259], [2, 20, 100, 150, 293, 299]  # edge ones are not measured
+    steps = SeamSteps(300, 260, xs, ys, beside=6, min_step=1.0)
+    for top in range(0, 300, band):
+        steps.add(grey[top : top + band])
+    got = steps.ratios()
+    want = _reference_seam_ratios(grey, xs, ys)
+    assert [(a, p) for a, p, _ in got] == [("x", 40), ("x", 130), ("y", 20), ("y", 100), ("y", 150), ("y", 293)]
+    assert [(a, p) for a, p, _ in want] == [(a, p) for a, p, _ in got]
+    np.testing.assert_allclose([r for *_, r in got], [r for *_, r in want], rtol=1e-12)
+    worst = max(got, key=lambda t: t[2])
+    assert worst[:2] in {("x", 130), ("y", 150)} and worst[2] > 3
+    with pytest.raises(ValueError, match="saw 0 of 300 rows"):
+        SeamSteps(300, 260, xs, ys).ratios()
+
+
+@pytest.mark.parametrize("factor, band_rows", [(1, 1), (2, 256), (3, 100), (4, 5000)])
+def test_banded_measures_read_the_tiled_output_as_one_resize(tmp_path, factor, band_rows):
+    """The area copy made band by band is the whole-image cv2 resize, bit for bit, and the seams fed
+    from the tiles are the seams of the whole grey image."""
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
+    from pixverve.core.views import TiledImage
+    from pixverve.verify.fidelity import SeamSteps, banded_measures
+
+    rng = np.random.default_rng(factor)
+    h, w = 71, 93
+    sr = rng.integers(0, 256, (h * factor, w * factor, 3), dtype=np.uint8)
+    path = tmp_path / "sr.tif"
+    TiledTiffWriter(path, *sr.shape[:2], tile=32).write(bands_of(sr, rows=50))
+    xs, ys = [w * factor // 2], [h * factor // 3]
+    seams = SeamSteps(*sr.shape[:2], xs, ys, beside=2)
+    with TiledImage(path) as tiled:
+        back = banded_measures(tiled, (h, w), seams, band_rows=band_rows)
+    want = sr if factor == 1 else cv2.resize(sr, (w, h), interpolation=cv2.INTER_AREA)
+    assert back.shape == (h, w, 3) and np.array_equal(back, want)
+    grey = cv2.cvtColor(sr, cv2.COLOR_RGB2GRAY)
+    assert seams.ratios() == seam_ratios(grey, xs, ys, beside=2)
+
+
+def test_banded_measures_refuse_an_output_of_the_wrong_size(tmp_path):
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
+    from pixverve.core.views import TiledImage
+    from pixverve.verify.fidelity import SeamSteps, WrongSize, banded_measures
+
+    path = tmp_path / "sr.tif"
+    TiledTiffWriter(path, 64, 60, tile=16).write(bands_of(np.zeros((64, 60, 3), np.uint8)))
+    with TiledImage(path) as tiled:
+        with pytest.raises(WrongSize, match="60x64, not a whole multiple of the 15x15 source"):
+            banded_measures(tiled, (15, 15), None)  # 4x in height, 4x in width would be 60x60
+        with pytest.raises(WrongSize, match="its tile grid 120x128"):
+            banded_measures(tiled, (32, 30), SeamSteps(128, 120, [], []))  # the record says x4, the file is x2
+
+
+def test_verify_records_an_output_of_the_wrong_size(tmp_path):
+    from pixverve.verify.fidelity import STAGE4_CHECKS
+
+    row = _verify(tmp_path, lambda sr: sr[:-4])  # the SR program lost the last rows
+    assert row["reason"] == "sr_wrong_size" and not row["passed"]
+    assert "720x596, not a whole multiple of the 180x150 source" in row["reason_detail"]
+    assert "sr_wrong_size" in dict((c, codes) for c, _, codes in STAGE4_CHECKS)["sr_output"]
+
+
+def test_tiled_image_reads_equal_the_array_and_share_tiles_between_neighbours(tmp_path):
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
+    from pixverve.core.views import TiledImage
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (100, 70, 3), dtype=np.uint8)
+    path = tmp_path / "t.tif"
+    TiledTiffWriter(path, 100, 70, tile=16).write(bands_of(img, rows=30))
+    with TiledImage(path) as tiled:
+        decoded = []
+        real = tiled.page.decode
+        tiled.page.decode = lambda data, index: decoded.append(index) or real(data, index)
+        bands = list(tiled.row_bands(48))
+        assert [t for t, _ in bands] == [0, 48, 96] and np.array_equal(np.concatenate([b for _, b in bands]), img)
+        assert sorted(decoded) == list(range(7 * 5))  # 7 tile rows x 5 tile columns, each decoded once
+        decoded.clear()
+        assert np.array_equal(tiled.read(10, 40, 20, 9), img[40:49, 10:30])  # tile rows 2-3, cols 0-1
+        assert np.array_equal(tiled.read(10, 47, 20, 20), img[47:67, 10:30])  # tile rows 2-4: 2 and 3 kept
+        assert sorted(decoded) == [10, 11, 15, 16, 20, 21]

@@ -180,6 +180,9 @@ class TiledImage:
             raise ValueError(f"{self.path}: expected a tiled 8-bit RGB TIFF (an SR output)")
         self.tw, self.th = int(self.page.tilewidth), int(self.page.tilelength)
         self.across = math.ceil(self.width / self.tw)
+        # the decoded tiles of the last read: a next read that shares a tile row (a band with a
+        # halo, the next patch row) decodes it once; never more than one read's worth is kept
+        self._tiles: dict[tuple[int, int], np.ndarray] = {}
 
     def close(self) -> None:
         self._tif.close()
@@ -191,26 +194,40 @@ class TiledImage:
         self.close()
 
     def _tile(self, row: int, col: int) -> np.ndarray:
+        tile = self._tiles.get((row, col))
+        if tile is not None:
+            return tile
         index = row * self.across + col
         fh = self._tif.filehandle
         fh.seek(self.page.dataoffsets[index])
         data = fh.read(self.page.databytecounts[index])
         tile, _, _ = self.page.decode(data, index)
-        return tile.reshape(self.th, self.tw, 3)
+        tile = tile.reshape(self.th, self.tw, 3)
+        self._tiles[(row, col)] = tile
+        return tile
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Pixels [y, y+h) x [x, x+w) decoded from the tiles they overlap only."""
         if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > self.width or y + h > self.height:
             raise ValueError(f"region {(x, y, w, h)} outside the {self.width}x{self.height} image")
         out = np.empty((h, w, 3), np.uint8)
-        for row in range(y // self.th, (y + h - 1) // self.th + 1):
-            for col in range(x // self.tw, (x + w - 1) // self.tw + 1):
+        rows = range(y // self.th, (y + h - 1) // self.th + 1)
+        cols = range(x // self.tw, (x + w - 1) // self.tw + 1)
+        self._tiles = {k: t for k, t in self._tiles.items() if k[0] in rows and k[1] in cols}
+        for row in rows:
+            for col in cols:
                 tile = self._tile(row, col)
                 ty, tx = row * self.th, col * self.tw
                 y0, y1 = max(y, ty), min(y + h, ty + self.th)
                 x0, x1 = max(x, tx), min(x + w, tx + self.tw)
                 out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[y0 - ty : y1 - ty, x0 - tx : x1 - tx]
         return out
+
+    def row_bands(self, rows: int):
+        """(top, pixels) of consecutive full-width bands of ``rows`` rows (the last may be shorter),
+        top to bottom; a band height that is a multiple of the tile height decodes each tile once."""
+        for top in range(0, self.height, rows):
+            yield top, self.read(0, top, self.width, min(rows, self.height - top))
 
     def downscaled(self, max_side: int) -> np.ndarray:
         """A copy whose long side is at most ``max_side``: block means over f x f pixels

@@ -49,28 +49,59 @@ def seam_positions(grid: TileGrid) -> tuple[list[int], list[int]]:
     )
 
 
-def seam_ratios(
-    grey: np.ndarray, xs: list[int], ys: list[int], beside: int = 6, min_step: float = 1.0
-) -> list[tuple[str, int, float]]:
-    """(axis, position, ratio) for every seam; the steps are averaged along the whole seam line.
+class SeamSteps:
+    """Seam ratios of a grey image fed top to bottom in row bands of any height (a 400 MP SR
+    output is never one array): the steps across and beside every seam, averaged along its line.
 
     The typical step beside a seam is floored at ``min_step`` grey levels: in a flat sky the steps
     are tiny, and a sub-level difference across a seam (invisible) must not become a big ratio.
+    Steps are summed as integers, so any banding gives the same ratios as the whole image.
     """
-    g = grey.astype(np.int16, copy=False)
-    out = []
-    for axis, positions in (("x", xs), ("y", ys)):
-        for p in positions:
-            lo, hi = p - beside - 1, p + beside
-            if lo < 0 or hi >= (g.shape[1] if axis == "x" else g.shape[0]):
-                continue
-            strip = g[:, lo : hi + 1] if axis == "x" else g[lo : hi + 1, :].T
-            steps = np.abs(np.diff(strip, axis=1)).mean(axis=0)  # mean step between neighbouring lines
-            centre = beside  # the step from line p-1 to line p
-            across = steps[centre]
-            side = np.concatenate([steps[: centre - 1], steps[centre + 2 :]]).mean()
-            out.append((axis, p, float(across / max(side, min_step))))
-    return out
+
+    def __init__(self, height: int, width: int, xs, ys, beside: int = 6, min_step: float = 1.0):
+        self.height, self.width, self.beside, self.min_step = height, width, beside, min_step
+        # a seam whose strip (``beside`` lines each side) leaves the image is not measured
+        self.xs = [p for p in xs if p - beside - 1 >= 0 and p + beside < width]
+        self.ys = [p for p in ys if p - beside - 1 >= 0 and p + beside < height]
+        self._x_sums = {p: np.zeros(2 * beside + 1, np.int64) for p in self.xs}
+        self._y_steps: dict[int, np.ndarray] = {}
+        self._carry = np.empty((0, width), np.int16)  # the last rows, for a y strip across bands
+        self._rows_seen = 0
+
+    def add(self, band: np.ndarray) -> None:
+        """The next ``band`` of grey rows (uint8, full width)."""
+        b, g = self.beside, band.astype(np.int16)
+        for p in self.xs:
+            self._x_sums[p] += np.abs(np.diff(g[:, p - b - 1 : p + b + 1], axis=1)).sum(axis=0)
+        rows = np.concatenate([self._carry, g]) if len(self._carry) else g
+        top = self._rows_seen - len(self._carry)  # image row of rows[0]
+        for p in self.ys:
+            lo, hi = p - b - 1, p + b  # the strip's first and last line
+            if p not in self._y_steps and lo >= top and hi < top + len(rows):
+                self._y_steps[p] = np.abs(np.diff(rows[lo - top : hi - top + 1], axis=0)).mean(axis=1)
+        self._rows_seen += len(g)
+        self._carry = rows[-(2 * b + 1) :].copy()
+
+    def _ratio(self, steps: np.ndarray) -> float:
+        centre = self.beside  # the step from line p-1 to line p
+        side = np.concatenate([steps[: centre - 1], steps[centre + 2 :]]).mean()
+        return float(steps[centre] / max(side, self.min_step))
+
+    def ratios(self) -> list[tuple[str, int, float]]:
+        """(axis, position, ratio) for every measured seam, x seams first; needs every row fed."""
+        if self._rows_seen != self.height:
+            raise ValueError(f"seam steps saw {self._rows_seen} of {self.height} rows")
+        out = [("x", p, self._ratio(self._x_sums[p] / self.height)) for p in self.xs]
+        return out + [("y", p, self._ratio(self._y_steps[p])) for p in self.ys]
+
+
+def seam_ratios(
+    grey: np.ndarray, xs: list[int], ys: list[int], beside: int = 6, min_step: float = 1.0
+) -> list[tuple[str, int, float]]:
+    """(axis, position, ratio) for every seam of a whole grey image (see :class:`SeamSteps`)."""
+    steps = SeamSteps(*grey.shape[:2], xs, ys, beside, min_step)
+    steps.add(grey)
+    return steps.ratios()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,11 +127,13 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
 
 
-def ssim(a: np.ndarray, b: np.ndarray, band_rows: int = 512) -> float:
+def ssim(a: np.ndarray, b: np.ndarray, band_rows: int | None = None) -> float:
     """Mean SSIM of two uint8 RGB (or grey) images, equal to skimage's structural_similarity
-    (channel_axis=-1, data_range=255), computed in row bands with a halo of the window's size."""
+    (channel_axis=-1, data_range=255), computed in row bands with a halo of the window's size.
+    The default band holds about 1 M pixels (a dozen float64 maps of it: ~100 MB at any width)."""
     pad = (SSIM_WIN - 1) // 2
     h, w = a.shape[:2]
+    band_rows = band_rows or max(16, 2**20 // w)
     a3 = a if a.ndim == 3 else a[..., None]
     b3 = b if b.ndim == 3 else b[..., None]
     total, count = 0.0, 0
@@ -196,6 +229,44 @@ def downsample_to(sr: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(sr, (width, height), interpolation=cv2.INTER_AREA)
 
 
+class WrongSize(ValueError):
+    """The SR output is not an integer multiple of its source's size."""
+
+
+def output_factor(sr_size: tuple[int, int], src_size: tuple[int, int]) -> int:
+    """The integer factor f with SR (h, w) = f * source (h, w); anything else is an error."""
+    (sh, sw), (h, w) = sr_size, src_size
+    f = sh // h
+    if f < 1 or (sh, sw) != (f * h, f * w):
+        raise WrongSize(f"SR output is {sw}x{sh}, not a whole multiple of the {w}x{h} source")
+    return f
+
+
+def banded_measures(tiled, src_size: tuple[int, int], seams: SeamSteps | None, band_rows: int = 1024):
+    """One pass over a tiled SR output in row bands: feeds ``seams`` the grey rows and returns the
+    output area-downsampled to ``src_size`` (h, w), the only full copy made (source-sized).
+
+    Bands hold a whole number of output blocks (and of TIFF tile rows), so the area resize of each
+    band is the resize of the whole image (OpenCV's integer-factor area path averages each block
+    on its own).
+    """
+    import cv2
+
+    h, w = src_size
+    f = output_factor((tiled.height, tiled.width), src_size)
+    if seams is not None and (seams.height, seams.width) != (tiled.height, tiled.width):
+        raise WrongSize(f"SR output is {tiled.width}x{tiled.height}, its tile grid {seams.width}x{seams.height}")
+    unit = math.lcm(f, tiled.th)
+    rows = unit * max(1, band_rows // unit)
+    back = np.empty((h, w, 3), np.uint8)
+    for top, band in tiled.row_bands(rows):
+        if seams is not None:
+            seams.add(cv2.cvtColor(band, cv2.COLOR_RGB2GRAY))
+        back[top // f : (top + len(band)) // f] = band if f == 1 else downsample_to(band, w, len(band) // f)
+        del band
+    return back
+
+
 def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=None):
     """Seam continuity then post-SR consistency for one shard's SR outputs (the paper's order).
 
@@ -203,14 +274,13 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
     source's decoded size (what SR saw).  Every image gets every measure that could be computed
     and the thresholds used.  ``lpips_model``: a loaded LPIPS (else loaded from config).
     """
-    import cv2
     import pandas as pd
-    import tifffile
     from tqdm import tqdm
 
     from pixverve.core import images
     from pixverve.core.paths import image_path, roots_from_config
     from pixverve.core.tables import fail, ok
+    from pixverve.core.views import TiledImage
     from pixverve.models.devices import resolve_device
 
     v = config["verify"]
@@ -251,19 +321,27 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
             continue
         try:
             src, _ = images.read_rgb(image_path(roots, rec["root"], rec["relpath"]), cap, background=background)
-            sr = tifffile.imread(rec["output_path"])
+            h, w = src.shape[:2]
+            seams = None
+            if row["scale"] > 1 and rec["tile_px"]:
+                grid = TileGrid(h, w, row["scale"], int(rec["tile_px"]), int(rec["stride_px"]))
+                seams = SeamSteps(
+                    grid.out_h,
+                    grid.out_w,
+                    *seam_positions(grid),
+                    beside=int(v["seam"]["beside_px"]),
+                    min_step=float(v["seam"]["min_step"]),
+                )
+            with TiledImage(rec["output_path"]) as tiled:
+                back = banded_measures(tiled, (h, w), seams)
+        except WrongSize as exc:
+            rows.append(fail(row, "sr_wrong_size", str(exc)))
+            continue
         except (images.ImageError, OSError, ValueError) as exc:
             rows.append(fail(row, "unreadable", str(exc)))
             continue
-        h, w = src.shape[:2]
-        if row["scale"] > 1 and rec["tile_px"]:
-            grid = TileGrid(h, w, row["scale"], int(rec["tile_px"]), int(rec["stride_px"]))
-            ratios = seam_ratios(
-                cv2.cvtColor(sr, cv2.COLOR_RGB2GRAY),
-                *seam_positions(grid),
-                beside=int(v["seam"]["beside_px"]),
-                min_step=float(v["seam"]["min_step"]),
-            )
+        if seams is not None:
+            ratios = seams.ratios()
             if ratios:
                 axis, pos, worst = max(ratios, key=lambda t: t[2])
                 row.update(
@@ -273,8 +351,6 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
                     seams=json.dumps([[a, int(q), round(float(r), 4)] for a, q, r in ratios]),
                 )
         row["seam_ok"] = row["max_seam_ratio"] <= row["seam_max_ratio"]
-        back = downsample_to(sr, src.shape[1], src.shape[0]) if sr.shape[:2] != src.shape[:2] else sr
-        del sr
         row["psnr"], row["ssim"] = round(psnr(back, src), 6), round(ssim(back, src), 6)
         row["lpips"] = round(lpips_tiled(lpips_model, back, src, int(lp.get("tile_px", 1024)), device), 6)
         lpips_ok = max_lpips is None or math.isnan(row["lpips"]) or row["lpips"] <= max_lpips  # null: recorded only
@@ -306,7 +382,7 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
 
 # Stage 4's checks in the paper's order, with the reason codes each table uses.
 STAGE4_CHECKS = [
-    ("sr_output", "verify", {"no_sr_output", "unreadable"}),
+    ("sr_output", "verify", {"no_sr_output", "unreadable", "sr_wrong_size"}),
     ("seam", "verify", {"seam"}),
     ("consistency", "verify", {"consistency"}),
     ("regions", "regions", {"unreadable", "region_artifacts", "judge_unparseable", "judge_failed"}),

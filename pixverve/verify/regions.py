@@ -39,29 +39,37 @@ def patch_boxes(height: int, width: int, patch: int) -> list[tuple[int, int, int
     return [(x, y, pw, ph) for y in range(0, height - ph + 1, ph) for x in range(0, width - pw + 1, pw)]
 
 
-def sobel_variances(grey: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """Variance of the Sobel gradient magnitude inside each box (boxes on one grid), banded."""
+def sobel_variances(grey_rows, height: int, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Variance of the Sobel gradient magnitude inside each box (boxes on one grid), one patch row at
+    a time: ``grey_rows(lo, hi)`` gives grey rows [lo, hi) (a 100 MP image is never one array)."""
     import cv2
 
     out = np.zeros(len(boxes), dtype=np.float64)
     by_row: dict[int, list[int]] = {}
     for i, (_, y, _, _) in enumerate(boxes):
         by_row.setdefault(y, []).append(i)
-    h = grey.shape[0]
     for y, members in by_row.items():
         ph = boxes[members[0]][3]
-        lo, hi = max(0, y - 1), min(h, y + ph + 1)  # a 1-pixel halo: the kernel's reach
-        band = grey[lo:hi]
+        lo, hi = max(0, y - 1), min(height, y + ph + 1)  # a 1-pixel halo: the kernel's reach
+        band = grey_rows(lo, hi)
         # int16 Sobel of uint8 is exact; the magnitude in float64 with numpy (correctly rounded)
         # gives the same bits on every machine -- cv2.magnitude's SIMD paths do not.
         gx = cv2.Sobel(band, cv2.CV_16S, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT_101)[y - lo : y - lo + ph]
         gy = cv2.Sobel(band, cv2.CV_16S, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT_101)[y - lo : y - lo + ph]
+        del band
         magnitude = np.sqrt(gx.astype(np.float64) ** 2 + gy.astype(np.float64) ** 2)
         del gx, gy
         for i in members:
             x, _, pw, _ = boxes[i]
             out[i] = float(magnitude[:, x : x + pw].var())
     return out
+
+
+def tiled_grey_rows(tiled):
+    """``grey_rows`` for :func:`sobel_variances` read from a tiled SR output."""
+    import cv2
+
+    return lambda lo, hi: cv2.cvtColor(tiled.read(0, lo, tiled.width, hi - lo), cv2.COLOR_RGB2GRAY)
 
 
 def choose_patches(variances: np.ndarray, image_id: str, n_sobel: int, n_random: int) -> list[tuple[int, str]]:
@@ -106,15 +114,24 @@ def judged_outcome(
     return ok(row)
 
 
+def _patches_to_judge(path, image_id: str, patch: int, spec: dict):
+    """(boxes, Sobel variances, chosen (index, why), their crops) of one tiled SR output."""
+    from pixverve.core.views import TiledImage
+
+    with TiledImage(path) as tiled:
+        boxes = patch_boxes(tiled.height, tiled.width, patch)
+        variances = sobel_variances(tiled_grey_rows(tiled), tiled.height, boxes)
+        chosen = choose_patches(variances, image_id, int(spec["n_sobel"]), int(spec["n_random"]))
+        return boxes, variances, chosen, [tiled.read(*boxes[index]) for index, _ in chosen]
+
+
 def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, log=print):
     """Judge the chosen patches of every image that passed checks 1-2; returns (images, patches).
 
     ``verified``/``upscaled``: the shard's ``verify`` and ``upscale`` tables; ``judge``: a backend from
     :func:`pixverve.models.vlm_local.build_judge` (``run_many`` + ``smoke``).
     """
-    import cv2
     import pandas as pd
-    import tifffile
     from tqdm import tqdm
 
     from pixverve.core.config import side_scale
@@ -160,21 +177,17 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
             }
             image_rows[rec["image_id"]] = row
             try:
-                sr = tifffile.imread(sr_paths[rec["image_id"]])
+                boxes, variances, chosen, crops = _patches_to_judge(
+                    sr_paths[rec["image_id"]], rec["image_id"], patch, r
+                )
             except (OSError, ValueError, KeyError) as exc:
                 image_rows[rec["image_id"]] = fail(row, "unreadable", f"SR output: {exc}")
                 continue
-            grey = cv2.cvtColor(sr, cv2.COLOR_RGB2GRAY)
-            boxes = patch_boxes(*grey.shape, patch)
-            variances = sobel_variances(grey, boxes)
-            del grey
             row["n_patches"] = len(boxes)
-            for index, why in choose_patches(variances, rec["image_id"], int(r["n_sobel"]), int(r["n_random"])):
+            for (index, why), crop in zip(chosen, crops, strict=True):
                 x, y, w, h = boxes[index]
                 request_id = f"{rec['image_id']}:{x},{y}"
-                requests.append(
-                    ("region_artifact", request_id, [user_message(prompt, [sr[y : y + h, x : x + w]])], REGION_SCHEMA)
-                )
+                requests.append(("region_artifact", request_id, [user_message(prompt, [crop])], REGION_SCHEMA))
                 chunk_rows.append(
                     {
                         "image_id": rec["image_id"],
@@ -188,7 +201,7 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
                         "picked": why,
                     }
                 )
-            del sr
+            del crops
         for prow, res in zip(chunk_rows, judge.run_many(requests), strict=True):
             flagged = res.status == "ok" and bool(res.parsed["flagged"])
             prow.update(
