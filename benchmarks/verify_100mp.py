@@ -11,7 +11,7 @@ is its own (VmHWM: interpreter, imports and the decoded source included):
   verify, whole       before: whole SR decode, grey copy, seam_ratios, one cv2 area resize
   verify, banded      ours: pixverve.verify.fidelity.banded_measures (row bands of the tiles)
   regions, whole      before: whole SR decode, grey copy, Sobel variances, the 10 crops
-  regions, banded     ours: pixverve.verify.regions._patches_to_judge (one patch row at a time)
+  regions, banded     ours: pixverve.verify.regions.patches_to_judge (one patch row at a time)
 and prints seconds, peak RSS and peak / one decoded RGB copy of the SR output, and whether the
 banded results equal the whole-image ones (seam ratios, the downsampled copy, the variances and
 the crops: they must, bit for bit).
@@ -72,7 +72,7 @@ def _child(task: str, src: str, sr: str, queue) -> None:
     from pixverve.core.tiling import TileGrid
     from pixverve.core.views import TiledImage
     from pixverve.verify.fidelity import SeamSteps, banded_measures, seam_positions, seam_ratios
-    from pixverve.verify.regions import _patches_to_judge, choose_patches, patch_boxes, sobel_variances
+    from pixverve.verify.regions import choose_patches, patch_boxes, patches_to_judge, sobel_variances
 
     images.set_pixel_cap(1000)
     source, _ = images.read_rgb(src, 1000)
@@ -101,7 +101,7 @@ def _child(task: str, src: str, sr: str, queue) -> None:
         out["variances"] = _digest(variances)
         out["crops"] = [_digest(whole[y : y + ph, x : x + pw]) for x, y, pw, ph in (boxes[i] for i, _ in chosen)]
     elif task == "regions_banded":
-        _, variances, _, crops = _patches_to_judge(sr, "0123456789abcdef", PATCH, REGIONS)
+        _, variances, _, crops = patches_to_judge(sr, "0123456789abcdef", PATCH, REGIONS)
         out["variances"] = _digest(variances)
         out["crops"] = [_digest(c) for c in crops]
     out["seconds"] = time.perf_counter() - t0

@@ -260,6 +260,37 @@ rule dataset_export:
         "../scripts/dataset_export.py"
 
 
+rule dataset_samples:
+    input:
+        metadata="results/dataset/metadata.parquet",
+        patches=all_shards("results/verify/patches/{shard}.parquet"),
+    output:
+        png=report(
+            "paper_figures/fig5_samples.png",
+            caption="../report/samples.rst",
+            category="Stage 5: dataset",
+            labels={"figure": "Fig. 5: samples"},
+        ),
+        pdf="paper_figures/fig5_samples.pdf",
+    log:
+        "logs/dataset_samples.log",
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,  # tile reads + one source decode (<= 100 MP for an SR'd image: 300 MB)
+        runtime=30,
+    params:
+        export=config["caption"]["export"],
+        patch_px=config["verify"]["regions"]["patch_px"],
+        target_megapixels=config["target_megapixels"],
+        sources={r["name"]: r["path"] for r in config["sources"]["roots"]},
+        io=config["io"],
+    script:
+        "../scripts/dataset_samples.py"
+
+
 rule caption_all:
     input:
         rules.dataset_export.output,
+        rules.dataset_samples.output,

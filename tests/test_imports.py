@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -40,28 +41,55 @@ def _config(folder: Path) -> dict:
     return config
 
 
-def test_imagefolder_preset_keeps_captions_and_checks_every_file(tmp_path):
-    folder = _dataset(
-        tmp_path,
-        "metadata.jsonl",
-        [
-            {"file_name": "imgs/a.jpg", "caption": "a dark square"},
-            {"file_name": "imgs/b.jpg", "caption": "a grey square"},
-            {"file_name": "imgs/missing.jpg", "caption": "gone"},
-            {"file_name": "imgs/a.jpg", "caption": "again"},
-            {"file_name": "../../etc/passwd", "caption": "escape"},
-        ],
-    )
+def test_ultrahr_preset_reads_the_diffsynth_layout_and_checks_every_file(tmp_path):
+    """UltraHR-100K as the PixVerve authors' L2P training reads it: ``metadata.csv`` (image, prompt)
+    beside ``images/``, paths relative to ``images/``."""
+    folder = tmp_path / "ds"
+    (folder / "images" / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "sub/b.jpg"]):
+        Image.fromarray(np.full((60, 80, 3), 40 * i, np.uint8)).save(folder / "images" / name)
+    rows = [
+        ("a.jpg", "a dark square"),
+        ("sub/b.jpg", "a grey square, with a comma"),
+        ("missing.jpg", "gone"),
+        ("a.jpg", "again"),
+        ("../../../etc/passwd", "escape"),
+    ]
+    with open(folder / "metadata.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("image", "prompt"), *rows])
     table, manifest = import_dataset(
         "ultrahr_100k", {"preset": "ultrahr_100k", "root": "ds"}, _config(folder), tmp_path, log=lambda *_: None
     )
-    rows = table.set_index("relpath", drop=False)
+    by_path = table.set_index("relpath", drop=False)
     assert list(table["reason"]) == ["", "", "missing_file", "listed_twice", "outside_roots"]
-    assert rows.loc["imgs/a.jpg"].iloc[0]["caption"] == "a dark square"
+    assert by_path.loc["images/sub/b.jpg"]["caption"] == "a grey square, with a comma"
     assert set(table["licence"]) == {"UltraHR-100K licence: see the dataset card"}
-    assert [m["path"] for m in manifest] == ["imgs/a.jpg", "imgs/b.jpg"] and {m["source"] for m in manifest} == {
-        "ultrahr_100k"
-    }
+    assert [m["path"] for m in manifest] == ["images/a.jpg", "images/sub/b.jpg"]
+    assert {m["source"] for m in manifest} == {"ultrahr_100k"}
+    # a copy laid out differently: the keys say where the paths start and which columns to read
+    (folder / "flat.jsonl").write_text(json.dumps({"file_name": "images/a.jpg", "caption": "x"}) + "\n")
+    spec = {"preset": "ultrahr_100k", "root": "ds", "metadata": str(folder / "flat.jsonl"), "images_dir": ""}
+    with pytest.raises(
+        ValueError, match=r"path -> 'image'.*caption -> 'prompt'.* the file has \['caption', 'file_name'\]"
+    ):
+        import_dataset("u", spec, _config(folder), tmp_path, log=lambda *_: None)
+    spec["columns"] = {"path": "file_name", "caption": "caption"}
+    table, _ = import_dataset("u", spec, _config(folder), tmp_path, log=lambda *_: None)
+    assert list(table["relpath"]) == ["images/a.jpg"] and list(table["passed"]) == [True]
+
+
+def test_aesthetic_preset_reads_file_name_and_text_from_metadata_jsonl(tmp_path):
+    """Aesthetic-Train-V2 as the Diffusion-4K authors' training script reads it."""
+    folder = _dataset(
+        tmp_path,
+        "metadata.jsonl",
+        [{"file_name": "imgs/a.jpg", "text": "a dark square"}, {"file_name": "imgs/b.jpg", "text": "a grey square"}],
+    )
+    table, manifest = import_dataset(
+        "a", {"preset": "aesthetic_train_v2", "root": "ds"}, _config(folder), tmp_path, log=lambda *_: None
+    )
+    assert list(table["caption"]) == ["a dark square", "a grey square"] and all(table["passed"])
+    assert [m["path"] for m in manifest] == ["imgs/a.jpg", "imgs/b.jpg"]
 
 
 def test_generic_csv_with_a_column_mapping_and_a_clear_error_for_a_wrong_one(tmp_path):

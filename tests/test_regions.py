@@ -46,14 +46,14 @@ def test_patches_read_from_the_tiles_equal_the_whole_image_path(tmp_path):
     import cv2
 
     from pixverve.core.tiling import TiledTiffWriter, bands_of
-    from pixverve.verify.regions import _patches_to_judge
+    from pixverve.verify.regions import patches_to_judge
 
     rng = np.random.default_rng(2)
     rgb = cv2.GaussianBlur(rng.integers(0, 256, (260, 330, 3), dtype=np.uint8), (0, 0), 1.5)
     rgb[100:150, 200:260] = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)  # one busy patch
     path = tmp_path / "sr.tif"
     TiledTiffWriter(path, 260, 330, tile=48).write(bands_of(rgb, rows=70))
-    boxes, variances, chosen, crops = _patches_to_judge(path, "0123456789abcdef", 64, {"n_sobel": 3, "n_random": 2})
+    boxes, variances, chosen, crops = patches_to_judge(path, "0123456789abcdef", 64, {"n_sobel": 3, "n_random": 2})
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     assert boxes == patch_boxes(260, 330, 64)
     assert np.array_equal(variances, sobel_variances(lambda lo, hi: grey[lo:hi], 260, boxes))

@@ -245,6 +245,7 @@ def test_resume_redoes_only_the_lost_shard(run_a):
         "caption_records": 1,
         "caption_bundle": 1,
         "dataset_export": 1,
+        "dataset_samples": 1,
         "caption_all": 1,
     }
     snakemake(run_a, "--rerun-incomplete", "caption_all")

@@ -8,10 +8,20 @@ licences in its own table (``results/collect/import_<name>.parquet``, joined to 
 root + relpath) and writes a manifest in the index's format, so the images then go through the
 same screening and cross-source deduplication as every other source.
 
-Presets (``preset:`` in config; any key can be overridden with ``columns:``) assume the Hugging
-Face "imagefolder" layout the datasets are distributed in -- a ``metadata.jsonl`` beside the images
-with a ``file_name`` column.  The caption column names are our reading of the dataset cards:
-check them against your copy (a missing column is an error naming the columns the file has).
+Presets (``preset:`` in config; ``metadata:``, ``images_dir:`` and ``columns:`` override them) follow
+the layout each dataset's own users read it in, from their published code:
+
+* ``aesthetic_train_v2``: ``metadata.jsonl`` at the root, ``file_name`` (relative to the root) and
+  ``text``, as the Diffusion-4K authors' training script reads it (zhang0jhon/diffusion-4k
+  ``train_flux_4k_wavelet.py``, ``CustomDataset``).  The release ships its images as tar parts:
+  extract them first; a copy whose file is ``metadata_v2.jsonl`` sets ``metadata:``.
+* ``ultrahr_100k``: ``metadata.csv`` at the root beside ``images/``, DiffSynth-Studio's columns
+  ``image`` (relative to ``images/``) and ``prompt``, as the PixVerve authors' own L2P training reads
+  it (PixVerve-95K ``L2P-ZImage-HR/train_run_ds.sh`` and its README's dataset format).  The release
+  is a split zip: join and extract it first.
+
+Neither release was opened here (no hub access): a missing column is an error naming the columns
+the file has, and a missing file a row with its reason.
 """
 
 from __future__ import annotations
@@ -24,15 +34,17 @@ from pathlib import Path
 PRESETS = {
     "aesthetic_train_v2": {
         "metadata": "metadata.jsonl",
+        "images_dir": "",
         "columns": {"path": "file_name", "caption": "text"},
         "licence": "Aesthetic-4K (Aesthetic-Train-V2) licence: see the dataset card",
     },
     "ultrahr_100k": {
-        "metadata": "metadata.jsonl",
-        "columns": {"path": "file_name", "caption": "caption"},
+        "metadata": "metadata.csv",
+        "images_dir": "images",
+        "columns": {"path": "image", "caption": "prompt"},
         "licence": "UltraHR-100K licence: see the dataset card",
     },
-    "generic": {"metadata": "metadata.csv", "columns": {"path": "path"}, "licence": ""},
+    "generic": {"metadata": "metadata.csv", "images_dir": "", "columns": {"path": "path"}, "licence": ""},
 }
 FIELDS = ("path", "caption", "licence", "url", "author")
 
@@ -71,6 +83,7 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
     if not metadata.is_file():
         raise FileNotFoundError(f"config key imports.{name}.metadata: {metadata} does not exist")
     default_licence = spec.get("licence") or preset["licence"] or root.licence
+    images_dir = spec.get("images_dir", preset["images_dir"])  # the folder the path column is relative to
     rows, seen = [], set()
     for n, rec in enumerate(_rows(metadata), 1):
         if n == 1:
@@ -81,7 +94,7 @@ def import_dataset(name: str, spec: dict, config: dict, base_dir=".", log=print)
                     f"(set imports.{name}.columns)"
                 )
         value = {field: str(rec.get(col) or "") for field, col in columns.items()}
-        rel = os.path.normpath(value["path"])
+        rel = os.path.normpath(os.path.join(images_dir, value["path"]))
         row = {
             "dataset": name,
             "root": root.name,

@@ -114,7 +114,7 @@ def judged_outcome(
     return ok(row)
 
 
-def _patches_to_judge(path, image_id: str, patch: int, spec: dict):
+def patches_to_judge(path, image_id: str, patch: int, spec: dict):
     """(boxes, Sobel variances, chosen (index, why), their crops) of one tiled SR output."""
     from pixverve.core.views import TiledImage
 
@@ -177,9 +177,7 @@ def judge_regions_shard(verified, upscaled, config: dict, judge, prompt_path, lo
             }
             image_rows[rec["image_id"]] = row
             try:
-                boxes, variances, chosen, crops = _patches_to_judge(
-                    sr_paths[rec["image_id"]], rec["image_id"], patch, r
-                )
+                boxes, variances, chosen, crops = patches_to_judge(sr_paths[rec["image_id"]], rec["image_id"], patch, r)
             except (OSError, ValueError, KeyError) as exc:
                 image_rows[rec["image_id"]] = fail(row, "unreadable", f"SR output: {exc}")
                 continue
