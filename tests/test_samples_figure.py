@@ -49,6 +49,21 @@ def test_the_zoom_region_is_the_most_detailed_judged_patch_else_the_centre():
     assert zoom_box(patches, "a", 224, 160, 32) == (32, 0, 32, 32)  # a tie: the lower patch index
     assert zoom_box(patches, "c", 224, 160, 32) == (96, 64, 32, 32)  # never judged: centred
     assert zoom_box(_patches([]), "c", 20, 160, 32) == (0, 64, 20, 32)  # narrower than a patch
+    big = _patches([("a", 0, 768, 1536, 768, 768, 1.0)])  # a 100 MP patch: its centre 512 px
+    assert zoom_box(big, "a", 10000, 10000, 768) == (768 + 128, 1536 + 128, 512, 512)
+
+
+def test_a_512_px_zoom_gets_a_figure_pixel_per_image_pixel(tmp_path):
+    rec = _image(tmp_path, "ab12" * 4, 4, "x")
+    rec["prov_sr_scale"] = 1  # treat the 224x160 output as native: no source panel needed
+    rec.update(prov_sr_output=str(tmp_path / "big.tif"))
+    big = np.random.default_rng(0).integers(0, 256, (600, 640, 3), dtype=np.uint8)
+    TiledTiffWriter(tmp_path / "big.tif", 600, 640, tile=64).write(bands_of(big))
+    png = tmp_path / "f.png"
+    fig5_samples(pd.DataFrame([rec]), _patches([]), None, 1, 0, 10, 700, png, tmp_path / "f.pdf")
+    dpi = Image.open(png).info["dpi"][0]
+    # three panels in 15 inches: ~4.2 in each, so 512 px need more than the base 110 dpi
+    assert 512 / 4.5 < dpi < 512 / 3.5 and abs(Image.open(png).size[0] - 15 * dpi) < 2
 
 
 def test_panels_show_the_stored_pixels_and_the_source_at_the_same_place(tmp_path):

@@ -117,6 +117,7 @@ def rec_ok(rec, name: str) -> bool:
 # ----------------------------------------------------------------------------- Fig. 5
 
 FIG5_OVERVIEW_PX = 900  # long side of each sample's whole-image view
+FIG5_ZOOM_MAX_PX = 512  # the zoom region's longest side: the centre of a larger patch (keeps the PNG ~4 MB)
 
 
 def fig5_order(image_ids, seed: int) -> list[str]:
@@ -128,13 +129,16 @@ def fig5_order(image_ids, seed: int) -> list[str]:
 
 def zoom_box(patches: pd.DataFrame, image_id: str, width: int, height: int, patch_px: int) -> tuple[int, int, int, int]:
     """(x, y, w, h) shown at 100 %: the stage 4 patch with the highest Sobel variance (the most
-    detailed region the judge saw), else a centred patch."""
+    detailed region the judge saw), else a centred patch; its centre ``FIG5_ZOOM_MAX_PX`` at most."""
     rows = patches[patches["image_id"] == image_id] if len(patches) else patches
     if len(rows):
         best = rows.sort_values(["sobel_var", "patch_index"], ascending=[False, True], kind="mergesort").iloc[0]
-        return int(best["x"]), int(best["y"]), int(best["w"]), int(best["h"])
-    w, h = min(patch_px, width), min(patch_px, height)
-    return (width - w) // 2, (height - h) // 2, w, h
+        x, y, w, h = int(best["x"]), int(best["y"]), int(best["w"]), int(best["h"])
+    else:
+        w, h = min(patch_px, width), min(patch_px, height)
+        x, y = (width - w) // 2, (height - h) // 2
+    zw, zh = min(w, FIG5_ZOOM_MAX_PX), min(h, FIG5_ZOOM_MAX_PX)
+    return x + (w - zw) // 2, y + (h - zh) // 2, zw, zh
 
 
 def fig5_panels(meta_row: dict, patches: pd.DataFrame, resolve_source, max_megapixels: float, patch_px: int) -> dict:
@@ -193,6 +197,7 @@ def fig5_samples(
     smoke = any(bool(rows[i]["smoke"]) for i in chosen)
     fig, axes = plt.subplots(max(1, len(chosen)), 3, figsize=(15, 4.6 * max(1, len(chosen))), squeeze=False)
     plain = {"parse_math": False}
+    zoom_px = 0
     if not chosen:
         for ax in axes[0]:
             ax.axis("off")
@@ -222,7 +227,8 @@ def fig5_samples(
         ax = axes[r, 2]
         ax.axis("off")
         ax.imshow(p["crop"], interpolation="nearest")
-        ax.set_title(f"100 %: {w}x{h} px at ({x}, {y})", fontsize=9, **plain)
+        ax.set_title(f"{w}x{h} px at ({x}, {y}), 100 % or larger (no smoothing)", fontsize=9, **plain)
+        zoom_px = max(zoom_px, w, h)
     if smoke:
         fig.suptitle(
             "SMOKE OUTPUT: tiny random models wrote these captions (and maybe the SR); not a result",
@@ -230,8 +236,10 @@ def fig5_samples(
             fontsize=12,
             **plain,
         )
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if smoke else (0, 0, 1, 1))
+    # the resolution at which the zoom panels show every image pixel on at least one figure pixel
+    panel_in = axes[0, 2].get_position().width * fig.get_figwidth()
+    fig.savefig(out_png, dpi=max(110, math.ceil(zoom_px / panel_in)))
     fig.savefig(out_pdf, metadata={"CreationDate": None})
     plt.close(fig)
     return chosen
