@@ -630,3 +630,78 @@ def test_odtsr_runner_through_the_shard_job(tmp_path):
     bicubic = np.asarray(Image.fromarray(upright).resize((180, 240), Image.BICUBIC))  # what the stand-in model returns
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{0:016x}.tif"), bicubic)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.tif" for i in _ids(0, 1)]
+
+
+def _pillow_tiff(path, rgb, **kw):
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path, format="TIFF", **kw)
+    return path
+
+
+@pytest.mark.parametrize("rows", [1, 7, 256, 5000])
+def test_plain_tiff_bands_read_pillow_and_multi_strip_tiffs_as_stored(tmp_path, rows):
+    from pixverve.core.tiling import plain_tiff_bands
+
+    rgb = np.random.default_rng(rows).integers(0, 256, (301, 123, 3), dtype=np.uint8)
+    single = _pillow_tiff(tmp_path / "pil.tif", rgb)  # what ODTSR's runner writes: one strip
+    multi = tmp_path / "strips.tif"
+    tifffile.imwrite(multi, rgb, photometric="rgb", rowsperstrip=7, metadata=None)
+    for path in (single, multi):
+        bands = list(plain_tiff_bands(path, rows))
+        assert all(len(b) == min(rows, 301 - i * rows) for i, b in enumerate(bands))
+        np.testing.assert_array_equal(np.concatenate(bands), rgb)
+
+
+def test_plain_tiff_bands_leave_every_other_file_to_the_decoder(tmp_path):
+    from PIL import Image
+
+    from pixverve.core.tiling import plain_tiff_bands
+
+    rgb = np.zeros((40, 30, 3), np.uint8)
+    others = {
+        "zlib.tif": lambda p: tifffile.imwrite(p, rgb, photometric="rgb", compression="zlib"),
+        "tiled.tif": lambda p: tifffile.imwrite(p, rgb, photometric="rgb", tile=(16, 16)),
+        "rgba.tif": lambda p: _pillow_tiff(p, np.zeros((40, 30, 4), np.uint8)),
+        "grey.tif": lambda p: _pillow_tiff(p, np.zeros((40, 30), np.uint8)),
+        "16bit.tif": lambda p: tifffile.imwrite(p, rgb.astype(np.uint16), photometric="rgb"),
+        "rotated.tif": lambda p: tifffile.imwrite(p, rgb, photometric="rgb", extratags=[(274, 3, 1, 6, True)]),
+        "png.tif": lambda p: Image.fromarray(rgb).save(p, format="PNG"),
+    }
+    for name, write in others.items():
+        write(tmp_path / name)
+        assert plain_tiff_bands(tmp_path / name) is None, name
+    straight = tmp_path / "straight.tif"
+    tifffile.imwrite(straight, rgb, photometric="rgb", extratags=[(274, 3, 1, 1, True)])
+    assert plain_tiff_bands(straight) is not None  # orientation 1 is no orientation
+
+
+def test_a_truncated_command_output_fails_the_image_and_leaves_no_file(tmp_path):
+    from pixverve.upscale.sr import SRImageFailed, store_output
+
+    rgb = np.random.default_rng(0).integers(0, 256, (200, 160, 3), dtype=np.uint8)
+    raw = _pillow_tiff(tmp_path / "a.tif.cmd.tif", rgb)
+    raw.write_bytes(raw.read_bytes()[: -160 * 3 * 50])  # the last 50 rows lost
+    io = {"max_megapixels": 10, "background": (255, 255, 255), "output": {"tiff_tile": 64, "compression": "zlib"}}
+    with pytest.raises(SRImageFailed) as err:
+        store_output(raw, tmp_path / "a.tif", (80, 100), 2, io)
+    assert err.value.code == "sr_bad_output" and "truncated" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no raw, no output, no .tmp
+
+
+def test_a_command_output_is_retiled_in_bands(tmp_path):
+    """A 500 x 4000 Pillow TIFF (6 MB) re-tiled with numpy holding a few 256-row bands at a time."""
+    import tracemalloc
+
+    from pixverve.upscale.sr import store_output
+
+    rgb = np.random.default_rng(1).integers(0, 256, (4000, 500, 3), dtype=np.uint8)
+    raw = _pillow_tiff(tmp_path / "a.tif.cmd.tif", rgb)
+    io = {"max_megapixels": 10, "background": (255, 255, 255), "output": {"tiff_tile": 256, "compression": None}}
+    tracemalloc.start()
+    record = store_output(raw, tmp_path / "a.tif", (250, 2000), 2, io)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (record["out_width"], record["out_height"]) == (500, 4000) and not raw.exists()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"), rgb)
+    assert peak < rgb.nbytes / 4, f"peak {peak / 1e6:.1f} MB for a {rgb.nbytes / 1e6:.1f} MB image"

@@ -164,17 +164,21 @@ class TiledTiffWriter:
 
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(
-            tmp,
-            self._tiles(bands),
-            shape=(self.height, self.width, 3),
-            dtype=np.uint8,
-            tile=(self.tile, self.tile),
-            photometric="rgb",
-            compression=self.compression,
-            bigtiff=True,
-            metadata=None,
-        )
+        try:
+            tifffile.imwrite(
+                tmp,
+                self._tiles(bands),
+                shape=(self.height, self.width, 3),
+                dtype=np.uint8,
+                tile=(self.tile, self.tile),
+                photometric="rgb",
+                compression=self.compression,
+                bigtiff=True,
+                metadata=None,
+            )
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # bands that failed half-way leave nothing behind
+            raise
         tmp.replace(self.path)  # the output exists only when complete: a killed job leaves none
 
     def _tiles(self, bands: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -206,3 +210,52 @@ def bands_of(image: np.ndarray, rows: int = 256) -> Iterator[np.ndarray]:
     """An in-memory image as row bands (for archiving native-tier images as tiled TIFF)."""
     for top in range(0, image.shape[0], rows):
         yield image[top : top + rows]
+
+
+def plain_tiff_bands(path: str | Path, rows: int = 256) -> Iterator[np.ndarray] | None:
+    """Row bands of an uncompressed 8-bit RGB strip TIFF, read straight from the file -- what an SR
+    program writes with Pillow's ``save(format="TIFF")`` (one strip of the whole image) -- or None
+    for any other file, which the caller decodes whole.  A 400 MP output is never one array."""
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+    page = tif.pages[0]
+    orientation = page.tags.get(274)
+    plain = (
+        not page.is_tiled
+        and page.compression == 1
+        and page.dtype == np.uint8
+        and page.samplesperpixel == 3
+        and page.photometric == tifffile.PHOTOMETRIC.RGB
+        and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
+        and page.fillorder == 1
+        and (orientation is None or orientation.value == 1)
+    )
+    height, width = int(page.imagelength), int(page.imagewidth)
+    row_bytes, per_strip = width * 3, int(page.rowsperstrip) or height
+    need = [min(per_strip, height - s * per_strip) * row_bytes for s in range(math.ceil(height / per_strip))]
+    if not plain or list(page.databytecounts)[: len(need)] < need or len(page.dataoffsets) < len(need):
+        tif.close()
+        return None
+    offsets = list(page.dataoffsets)
+
+    def bands() -> Iterator[np.ndarray]:
+        with tif:
+            fh = tif.filehandle
+            for top in range(0, height, rows):
+                band = np.empty((min(rows, height - top), width, 3), np.uint8)
+                row = top
+                while row < top + len(band):
+                    strip, within = divmod(row, per_strip)
+                    take = min(per_strip - within, top + len(band) - row)
+                    fh.seek(offsets[strip] + within * row_bytes)
+                    rows_view = band[row - top : row - top + take].reshape(-1)  # whole rows: contiguous
+                    if fh.readinto(rows_view) != take * row_bytes:
+                        raise ValueError(f"{path}: the file ends inside row {row} (truncated)")
+                    row += take
+                yield band
+
+    return bands()

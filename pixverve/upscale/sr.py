@@ -61,7 +61,7 @@ import numpy as np
 
 from pixverve.core.images import ImageError, probe, read_rgb
 from pixverve.core.paths import file_sha256
-from pixverve.core.tiling import TiledTiffWriter, TileGrid, bands_of, upscale_bands
+from pixverve.core.tiling import TiledTiffWriter, TileGrid, bands_of, plain_tiff_bands, upscale_bands
 from pixverve.models.devices import resolve_device
 from pixverve.models.loading import ModelUnavailable
 
@@ -148,13 +148,17 @@ def _retile_checked(raw: Path, dst: Path, size: tuple[int, int], scale: int, io:
             f"(x{scale} of the {w}x{h} input after EXIF orientation)",
             "sr_wrong_size",
         )
-    try:
-        rgb, _ = read_rgb(raw, cap, background=io["background"])
-    except ImageError as exc:
-        raise SRImageFailed(f"SR output {raw.name} cannot be decoded: {exc}", "sr_bad_output") from exc
     out = io["output"]
-    TiledTiffWriter(dst, *rgb.shape[:2], tile=out["tiff_tile"], compression=out["compression"]).write(bands_of(rgb))
-    return {"tile_px": 0, "stride_px": 0, "tiles": 0, "out_width": rgb.shape[1], "out_height": rgb.shape[0]}
+    size = (got.height, got.width)
+    bands = plain_tiff_bands(raw)  # ODTSR's Pillow TIFF: streamed in bands; anything else: decoded whole
+    try:
+        if bands is None:
+            rgb, _ = read_rgb(raw, cap, background=io["background"])
+            size, bands = rgb.shape[:2], bands_of(rgb)
+        TiledTiffWriter(dst, *size, tile=out["tiff_tile"], compression=out["compression"]).write(bands)
+    except (ImageError, ValueError) as exc:
+        raise SRImageFailed(f"SR output {raw.name} cannot be decoded: {exc}", "sr_bad_output") from exc
+    return {"tile_px": 0, "stride_px": 0, "tiles": 0, "out_width": size[1], "out_height": size[0]}
 
 
 def lanczos_tiles(tiles, scale):
