@@ -671,6 +671,12 @@ def test_plain_tiff_bands_leave_every_other_file_to_the_decoder(tmp_path):
     for name, write in others.items():
         write(tmp_path / name)
         assert plain_tiff_bands(tmp_path / name) is None, name
+    short = tmp_path / "short.tif"  # a strip that declares fewer bytes than its rows need
+    tifffile.imwrite(short, rgb, photometric="rgb", rowsperstrip=16, metadata=None)
+    with tifffile.TiffFile(short, mode="r+b") as tif:
+        counts = list(tif.pages[0].databytecounts)
+        tif.pages[0].tags["StripByteCounts"].overwrite([counts[0] + 5, counts[1] - 3, counts[2]])
+    assert plain_tiff_bands(short) is None
     straight = tmp_path / "straight.tif"
     tifffile.imwrite(straight, rgb, photometric="rgb", extratags=[(274, 3, 1, 1, True)])
     assert plain_tiff_bands(straight) is not None  # orientation 1 is no orientation

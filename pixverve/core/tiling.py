@@ -237,7 +237,8 @@ def plain_tiff_bands(path: str | Path, rows: int = 256) -> Iterator[np.ndarray] 
     height, width = int(page.imagelength), int(page.imagewidth)
     row_bytes, per_strip = width * 3, int(page.rowsperstrip) or height
     need = [min(per_strip, height - s * per_strip) * row_bytes for s in range(math.ceil(height / per_strip))]
-    if not plain or list(page.databytecounts)[: len(need)] < need or len(page.dataoffsets) < len(need):
+    counts = list(page.databytecounts)
+    if not plain or len(counts) < len(need) or any(c < n for c, n in zip(counts, need, strict=False)):
         tif.close()
         return None
     offsets = list(page.dataoffsets)
