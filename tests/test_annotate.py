@@ -115,12 +115,14 @@ def test_tiled_region_reads_match_the_image(tiled):
             t.read(690, 0, 20, 10)
 
 
-def test_tiled_downscale_is_the_block_mean(tiled):
+@pytest.mark.parametrize("max_side, f", [(100, 7), (90, 8), (30, 24), (700, 1)])
+def test_tiled_downscale_is_the_block_mean(tiled, max_side, f):
+    """f = ceil(700 / max_side); 8 and 24 leave partial blocks at the right and bottom edges, and
+    24 straddles the tile rows."""
     path, image = tiled
     with TiledImage(path) as t:
-        small = t.downscaled(100)
-    f = 7  # ceil(700 / 100)
-    assert small.shape == (math.ceil(530 / f), 100, 3)
+        small = t.downscaled(max_side)
+    assert small.shape == (math.ceil(530 / f), math.ceil(700 / f), 3)
     ref = np.empty_like(small)
     for i in range(small.shape[0]):
         for j in range(small.shape[1]):

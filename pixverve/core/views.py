@@ -232,29 +232,31 @@ class TiledImage:
     def downscaled(self, max_side: int) -> np.ndarray:
         """A copy whose long side is at most ``max_side``: block means over f x f pixels
         (f = ceil(long side / max_side)), one tile row in memory at a time; edge blocks that
-        are partial average the pixels they have."""
+        are partial average the pixels they have.  Sums are integers (exact in any order), so the
+        result is the block mean rounded half up, whatever the tile size."""
         f = max(1, math.ceil(max(self.width, self.height) / max_side))
         if f == 1:
             return self.read(0, 0, self.width, self.height)
         out_w, out_h = math.ceil(self.width / f), math.ceil(self.height / f)
         out = np.empty((out_h, out_w, 3), np.uint8)
-        col_sums = np.zeros((out_w, 3), np.float64)
-        rows_in_block, out_row = 0, 0
-        pad_w = out_w * f - self.width
         counts_w = np.full(out_w, f, np.float64)
-        counts_w[-1] = f - pad_w
-        for row in range(math.ceil(self.height / self.th)):
-            band_h = min(self.th, self.height - row * self.th)
-            band = self.read(0, row * self.th, self.width, band_h).astype(np.float64)
-            for line in band:
-                col_sums += np.add.reduceat(line, np.arange(0, self.width, f), axis=0)
-                rows_in_block += 1
+        counts_w[-1] = self.width - (out_w - 1) * f
+        col_starts = np.arange(0, self.width, f)
+        block = np.zeros((out_w, 3), np.uint64)  # the sums of the block row being filled
+        rows_in_block, out_row = 0, 0
+        for _, band in self.row_bands(self.th):
+            columns = np.add.reduceat(band, col_starts, axis=1, dtype=np.uint32)  # (rows, out_w, 3)
+            i = 0
+            while i < len(columns):
+                take = min(f - rows_in_block, len(columns) - i)
+                block += columns[i : i + take].sum(axis=0, dtype=np.uint64)
+                rows_in_block, i = rows_in_block + take, i + take
                 if rows_in_block == f:
-                    out[out_row] = np.floor(col_sums / (counts_w[:, None] * f) + 0.5)
-                    col_sums[:] = 0
+                    out[out_row] = np.floor(block / (counts_w[:, None] * f) + 0.5)
+                    block[:] = 0
                     rows_in_block, out_row = 0, out_row + 1
         if rows_in_block:
-            out[out_row] = np.floor(col_sums / (counts_w[:, None] * rows_in_block) + 0.5)
+            out[out_row] = np.floor(block / (counts_w[:, None] * rows_in_block) + 0.5)
         return out
 
 
