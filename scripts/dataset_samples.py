@@ -24,5 +24,6 @@ drawn = fig5_samples(
     round(sm.params.patch_px * side_scale({"target_megapixels": sm.params.target_megapixels})),
     sm.output.png,
     sm.output.pdf,
+    tuple(sm.params.io["alpha_background"]),
 )
 log.info(f"Fig. 5: {len(drawn)} image(s): {', '.join(drawn)}")

@@ -119,3 +119,23 @@ def test_sample_order_is_stable_when_images_are_added(seed):
     first = fig5_order(ids, seed)[:4]
     more = fig5_order(ids + [f"{i:016x}" for i in range(1000, 1100)], seed)
     assert [i for i in more if i in set(ids)][:4] == first
+
+
+def test_a_tall_zoom_sets_the_resolution_by_its_height(tmp_path):
+    """A 300 x 512 zoom (an image narrower than a patch): its box is limited by the row's height,
+    so the figure needs ~130 dpi, not the ~220 its narrow width alone would ask for."""
+    rec = _image(tmp_path, "ab12" * 4, 1, "x")
+    tall = np.random.default_rng(0).integers(0, 256, (1000, 300, 3), dtype=np.uint8)
+    TiledTiffWriter(tmp_path / "tall.tif", 1000, 300, tile=64).write(bands_of(tall))
+    rec["prov_sr_output"] = str(tmp_path / "tall.tif")
+    png = tmp_path / "f.png"
+    fig5_samples(pd.DataFrame([rec]), _patches([]), None, 1, 0, 10, 700, png, tmp_path / "f.pdf")
+    assert 512 / 4.6 < Image.open(png).info["dpi"][0] < 160
+
+
+def test_the_source_panel_composites_alpha_as_sr_read_it(tmp_path):
+    rec = _image(tmp_path, "ab12" * 4, 4, "x")
+    rgba = np.zeros((40, 56, 4), np.uint8)  # fully transparent
+    Image.fromarray(rgba).save(tmp_path / "src" / rec["prov_relpath"])
+    p = fig5_panels(rec, _patches([]), lambda root, rel: tmp_path / "src" / rel, 10, 32, background=(0, 128, 255))
+    assert (p["source_crop"].reshape(-1, 3) == (0, 128, 255)).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -324,3 +325,53 @@ def test_tiled_image_reads_equal_the_array_and_share_tiles_between_neighbours(tm
         assert np.array_equal(tiled.read(10, 40, 20, 9), img[40:49, 10:30])  # tile rows 2-3, cols 0-1
         assert np.array_equal(tiled.read(10, 47, 20, 20), img[47:67, 10:30])  # tile rows 2-4: 2 and 3 kept
         assert sorted(decoded) == [10, 11, 15, 16, 20, 21]
+        assert {row for row, _ in tiled._tiles} == {3, 4}  # only the last read's two bottom tile rows
+
+
+def _damage_a_tile(path, index):
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].dataoffsets[index]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 40] = b"\xff" * 40  # the zlib stream of that tile is garbage
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_tile_is_a_value_error_naming_the_file(tmp_path):
+    from pixverve.core.tiling import TiledTiffWriter, bands_of
+    from pixverve.core.views import TiledImage
+
+    path = tmp_path / "t.tif"
+    TiledTiffWriter(path, 64, 64, tile=16).write(bands_of(np.full((64, 64, 3), 7, np.uint8)))
+    _damage_a_tile(path, 5)
+    with TiledImage(path) as tiled:
+        assert np.array_equal(tiled.read(0, 0, 64, 16), np.full((16, 64, 3), 7, np.uint8))  # tile row 0 is fine
+        with pytest.raises(ValueError, match=r"t\.tif: tile 5 cannot be decoded \(error"):
+            tiled.read(0, 16, 64, 16)
+
+
+def test_verify_records_a_damaged_output_and_goes_on(tmp_path):
+    def damaged(sr):
+        return sr
+
+    table, config = _shard_fixture(tmp_path, damaged)
+    _damage_a_tile(Path(table.iloc[0]["output_path"]), 3)
+    from pixverve.verify.fidelity import verify_shard
+
+    row = verify_shard(table, config, tmp_path, log=lambda *_: None).iloc[0]
+    assert row["reason"] == "unreadable" and "tile 3 cannot be decoded" in row["reason_detail"]
+
+
+def test_a_file_that_is_no_sr_output_is_refused_and_closed(tmp_path, monkeypatch):
+    import tifffile
+
+    from pixverve.core.views import TiledImage
+
+    closed = []
+    real = tifffile.TiffFile.close
+    monkeypatch.setattr(tifffile.TiffFile, "close", lambda self: closed.append(1) or real(self))
+    tifffile.imwrite(tmp_path / "strips.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match="expected a tiled 8-bit RGB TIFF"):
+        TiledImage(tmp_path / "strips.tif")
+    assert closed == [1]

@@ -141,7 +141,14 @@ def zoom_box(patches: pd.DataFrame, image_id: str, width: int, height: int, patc
     return x + (w - zw) // 2, y + (h - zh) // 2, zw, zh
 
 
-def fig5_panels(meta_row: dict, patches: pd.DataFrame, resolve_source, max_megapixels: float, patch_px: int) -> dict:
+def fig5_panels(
+    meta_row: dict,
+    patches: pd.DataFrame,
+    resolve_source,
+    max_megapixels: float,
+    patch_px: int,
+    background=(255, 255, 255),
+) -> dict:
     """The pixels of one sample: the whole image (downscaled), the zoom region at 100 % from the
     tiled output, and the same region of the source before SR (nearest-neighbour, so the SR's
     added detail is what differs).  Reads tiles and one source decode, never the whole output."""
@@ -158,7 +165,8 @@ def fig5_panels(meta_row: dict, patches: pd.DataFrame, resolve_source, max_megap
     scale = int(meta_row["prov_sr_scale"])
     source_crop = None
     if scale > 1:
-        src, _ = images.read_rgb(resolve_source(meta_row["prov_root"], meta_row["prov_relpath"]), max_megapixels)
+        path = resolve_source(meta_row["prov_root"], meta_row["prov_relpath"])
+        src, _ = images.read_rgb(path, max_megapixels, background=background)  # as SR read it
         x, y, w, h = box
         region = src[y // scale : -(-(y + h) // scale), x // scale : -(-(x + w) // scale)]
         del src
@@ -179,6 +187,7 @@ def fig5_samples(
     patch_px: int,
     out_png,
     out_pdf,
+    background=(255, 255, 255),
 ) -> list[str]:
     """The paper's Fig. 5 ("best viewed zoomed-in"): ``n`` dataset images, each whole with its zoom
     region marked, that region at 100 %, and the source there before SR.  Returns the image ids
@@ -197,14 +206,14 @@ def fig5_samples(
     smoke = any(bool(rows[i]["smoke"]) for i in chosen)
     fig, axes = plt.subplots(max(1, len(chosen)), 3, figsize=(15, 4.6 * max(1, len(chosen))), squeeze=False)
     plain = {"parse_math": False}
-    zoom_px = 0
+    zooms = []  # (axes, width px, height px) of every 100 % panel
     if not chosen:
         for ax in axes[0]:
             ax.axis("off")
         axes[0, 1].text(0.5, 0.5, "no captioned image in the dataset", ha="center", va="center", **plain)
     for r, image_id in enumerate(chosen):
         rec = rows[image_id]
-        p = fig5_panels(rec, patches, resolve_source, max_megapixels, patch_px)
+        p = fig5_panels(rec, patches, resolve_source, max_megapixels, patch_px, background)
         width, height = p["size"]
         f = width / p["overview"].shape[1]
         x, y, w, h = p["box"]
@@ -228,7 +237,7 @@ def fig5_samples(
         ax.axis("off")
         ax.imshow(p["crop"], interpolation="nearest")
         ax.set_title(f"{w}x{h} px at ({x}, {y}), 100 % or larger (no smoothing)", fontsize=9, **plain)
-        zoom_px = max(zoom_px, w, h)
+        zooms.append((ax, w, h))
     if smoke:
         fig.suptitle(
             "SMOKE OUTPUT: tiny random models wrote these captions (and maybe the SR); not a result",
@@ -237,9 +246,13 @@ def fig5_samples(
             **plain,
         )
     fig.tight_layout(rect=(0, 0, 1, 0.97) if smoke else (0, 0, 1, 1))
-    # the resolution at which the zoom panels show every image pixel on at least one figure pixel
-    panel_in = axes[0, 2].get_position().width * fig.get_figwidth()
-    fig.savefig(out_png, dpi=max(110, math.ceil(zoom_px / panel_in)))
+    fig.canvas.draw()  # each image's axes box takes its final (aspect-kept) size
+    # the resolution at which every zoom panel shows each image pixel on at least one figure pixel
+    per_inch = [
+        max(w / (ax.get_position().width * fig.get_figwidth()), h / (ax.get_position().height * fig.get_figheight()))
+        for ax, w, h in zooms
+    ]
+    fig.savefig(out_png, dpi=max([110] + [math.ceil(p) for p in per_inch]))
     fig.savefig(out_pdf, metadata={"CreationDate": None})
     plt.close(fig)
     return chosen

@@ -215,37 +215,36 @@ def bands_of(image: np.ndarray, rows: int = 256) -> Iterator[np.ndarray]:
 def plain_tiff_bands(path: str | Path, rows: int = 256) -> Iterator[np.ndarray] | None:
     """Row bands of an uncompressed 8-bit RGB strip TIFF, read straight from the file -- what an SR
     program writes with Pillow's ``save(format="TIFF")`` (one strip of the whole image) -- or None
-    for any other file, which the caller decodes whole.  A 400 MP output is never one array."""
+    for any other file (or one whose header cannot be read), which the caller decodes whole.  A
+    400 MP output is never one array.  Reading raises OSError or ValueError (truncated)."""
     import tifffile
 
     try:
-        tif = tifffile.TiffFile(path)
-    except (OSError, ValueError, tifffile.TiffFileError):
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            orientation = page.tags.get(274)
+            plain = (
+                not page.is_tiled
+                and page.compression == 1
+                and page.dtype == np.uint8
+                and page.samplesperpixel == 3
+                and page.photometric == tifffile.PHOTOMETRIC.RGB
+                and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
+                and page.fillorder == 1
+                and (orientation is None or orientation.value == 1)
+            )
+            height, width = int(page.imagelength), int(page.imagewidth)
+            per_strip = int(page.rowsperstrip) or height
+            offsets, counts = list(page.dataoffsets), list(page.databytecounts)
+    except Exception:  # not a TIFF, a damaged header: the decoder gives the reason
         return None
-    page = tif.pages[0]
-    orientation = page.tags.get(274)
-    plain = (
-        not page.is_tiled
-        and page.compression == 1
-        and page.dtype == np.uint8
-        and page.samplesperpixel == 3
-        and page.photometric == tifffile.PHOTOMETRIC.RGB
-        and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
-        and page.fillorder == 1
-        and (orientation is None or orientation.value == 1)
-    )
-    height, width = int(page.imagelength), int(page.imagewidth)
-    row_bytes, per_strip = width * 3, int(page.rowsperstrip) or height
+    row_bytes = width * 3
     need = [min(per_strip, height - s * per_strip) * row_bytes for s in range(math.ceil(height / per_strip))]
-    counts = list(page.databytecounts)
     if not plain or len(counts) < len(need) or any(c < n for c, n in zip(counts, need, strict=False)):
-        tif.close()
         return None
-    offsets = list(page.dataoffsets)
 
     def bands() -> Iterator[np.ndarray]:
-        with tif:
-            fh = tif.filehandle
+        with open(path, "rb") as fh:
             for top in range(0, height, rows):
                 band = np.empty((min(rows, height - top), width, 3), np.uint8)
                 row = top

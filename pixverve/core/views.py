@@ -174,17 +174,22 @@ class TiledImage:
 
         self.path = Path(path)
         self._tif = tifffile.TiffFile(self.path)
-        self.page = self._tif.pages[0]
-        self.height, self.width = int(self.page.imagelength), int(self.page.imagewidth)
-        if not self.page.is_tiled or self.page.samplesperpixel != 3 or self.page.dtype != np.uint8:
-            raise ValueError(f"{self.path}: expected a tiled 8-bit RGB TIFF (an SR output)")
+        try:
+            self.page = self._tif.pages[0]
+            self.height, self.width = int(self.page.imagelength), int(self.page.imagewidth)
+            if not self.page.is_tiled or self.page.samplesperpixel != 3 or self.page.dtype != np.uint8:
+                raise ValueError(f"{self.path}: expected a tiled 8-bit RGB TIFF (an SR output)")
+        except BaseException:
+            self._tif.close()  # the caller's `with` never got the object
+            raise
         self.tw, self.th = int(self.page.tilewidth), int(self.page.tilelength)
         self.across = math.ceil(self.width / self.tw)
-        # the decoded tiles of the last read: a next read that shares a tile row (a band with a
-        # halo, the next patch row) decodes it once; never more than one read's worth is kept
+        # the decoded tiles of the last read's two bottom tile rows: the next read that starts there
+        # (a band with a 1-pixel halo above, the next patch row) decodes them once; nothing else is kept
         self._tiles: dict[tuple[int, int], np.ndarray] = {}
 
     def close(self) -> None:
+        self._tiles = {}
         self._tif.close()
 
     def __enter__(self):
@@ -194,17 +199,15 @@ class TiledImage:
         self.close()
 
     def _tile(self, row: int, col: int) -> np.ndarray:
-        tile = self._tiles.get((row, col))
-        if tile is not None:
-            return tile
         index = row * self.across + col
         fh = self._tif.filehandle
         fh.seek(self.page.dataoffsets[index])
         data = fh.read(self.page.databytecounts[index])
-        tile, _, _ = self.page.decode(data, index)
-        tile = tile.reshape(self.th, self.tw, 3)
-        self._tiles[(row, col)] = tile
-        return tile
+        try:
+            tile, _, _ = self.page.decode(data, index)
+            return tile.reshape(self.th, self.tw, 3)
+        except Exception as exc:  # zlib.error, imagecodecs' errors, a short read: the file is damaged
+            raise ValueError(f"{self.path}: tile {index} cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Pixels [y, y+h) x [x, x+w) decoded from the tiles they overlap only."""
@@ -213,14 +216,19 @@ class TiledImage:
         out = np.empty((h, w, 3), np.uint8)
         rows = range(y // self.th, (y + h - 1) // self.th + 1)
         cols = range(x // self.tw, (x + w - 1) // self.tw + 1)
-        self._tiles = {k: t for k, t in self._tiles.items() if k[0] in rows and k[1] in cols}
+        kept, self._tiles = self._tiles, {}
         for row in rows:
             for col in cols:
-                tile = self._tile(row, col)
+                tile = kept.get((row, col))
+                tile = self._tile(row, col) if tile is None else tile
+                if row >= rows[-1] - 1:
+                    self._tiles[(row, col)] = tile
                 ty, tx = row * self.th, col * self.tw
                 y0, y1 = max(y, ty), min(y + h, ty + self.th)
                 x0, x1 = max(x, tx), min(x + w, tx + self.tw)
                 out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[y0 - ty : y1 - ty, x0 - tx : x1 - tx]
+            if row >= rows[0] + 1:
+                kept = {}  # only the first two rows can have been kept from the last read
         return out
 
     def row_bands(self, rows: int):

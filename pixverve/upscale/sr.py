@@ -150,13 +150,13 @@ def _retile_checked(raw: Path, dst: Path, size: tuple[int, int], scale: int, io:
         )
     out = io["output"]
     size = (got.height, got.width)
-    bands = plain_tiff_bands(raw)  # ODTSR's Pillow TIFF: streamed in bands; anything else: decoded whole
     try:
+        bands = plain_tiff_bands(raw)  # ODTSR's Pillow TIFF: streamed in bands; anything else: decoded whole
         if bands is None:
             rgb, _ = read_rgb(raw, cap, background=io["background"])
             size, bands = rgb.shape[:2], bands_of(rgb)
         TiledTiffWriter(dst, *size, tile=out["tiff_tile"], compression=out["compression"]).write(bands)
-    except (ImageError, ValueError) as exc:
+    except (ImageError, ValueError, OSError) as exc:
         raise SRImageFailed(f"SR output {raw.name} cannot be decoded: {exc}", "sr_bad_output") from exc
     return {"tile_px": 0, "stride_px": 0, "tiles": 0, "out_width": size[1], "out_height": size[0]}
 
