@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pixverve.core.memory import peak_rss_mb  # noqa: E402 (standard library only)
+from pixverve.core.memory import in_fresh_process, peak_rss_mb  # noqa: E402 (standard library only)
 
 
 def make_jpeg(path: Path, megapixels: float) -> None:
@@ -80,13 +79,8 @@ def _child(task: str, path: str, patch: int, queue) -> None:
 
 
 def run(task: str, path: Path, patch: int) -> dict:
-    ctx = mp.get_context("spawn")  # a fresh interpreter: peak RSS is this task's alone
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(task, str(path), patch, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    """``_child`` in a fresh interpreter: its peak RSS is this task's alone."""
+    return in_fresh_process(_child, task, str(path), patch)
 
 
 def main() -> None:

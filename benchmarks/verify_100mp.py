@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pixverve.core.memory import peak_rss_mb  # noqa: E402 (standard library only)
+from pixverve.core.memory import in_fresh_process, peak_rss_mb  # noqa: E402 (standard library only)
 
 SCALE = 2
 PATCH = 768  # the paper's region patch at 100 MP
@@ -89,7 +88,7 @@ def _child(task: str, src: str, sr: str, queue) -> None:
     elif task == "verify_banded":
         seams = SeamSteps(grid.out_h, grid.out_w, *seam_positions(grid))
         with TiledImage(sr) as tiled:
-            out["back"] = _digest(banded_measures(tiled, (h, w), seams))
+            out["back"] = _digest(banded_measures(tiled, (h, w), SCALE, seams))
         out["ratios"] = seams.ratios()
     elif task == "regions_whole":
         whole = tifffile.imread(sr)
@@ -110,13 +109,8 @@ def _child(task: str, src: str, sr: str, queue) -> None:
 
 
 def run(task: str, src: Path, sr: Path) -> dict:
-    ctx = mp.get_context("spawn")  # a fresh interpreter: peak RSS is this task's alone
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(task, str(src), str(sr), queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    """``_child`` in a fresh interpreter: its peak RSS is this task's alone."""
+    return in_fresh_process(_child, task, str(src), str(sr))
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 from pixverve.core.config import side_scale  # noqa: E402
-from pixverve.core.figures import fig5_samples  # noqa: E402
+from pixverve.core.figures import FIG5_METADATA_COLUMNS, FIG5_PATCH_COLUMNS, fig5_samples  # noqa: E402
 from pixverve.core.paths import resolve_inside  # noqa: E402
 from pixverve.core.tables import read_table, read_tables  # noqa: E402
 from pixverve.workflow import start_script  # noqa: E402
@@ -15,8 +15,8 @@ log = start_script(sm, "dataset_samples")
 roots = {name: Path(path).resolve() for name, path in sm.params.sources.items()}
 export = sm.params.export
 drawn = fig5_samples(
-    read_table(sm.input.metadata),
-    read_tables(sm.input.patches),
+    read_table(sm.input.metadata, FIG5_METADATA_COLUMNS),
+    read_tables(sm.input.patches, FIG5_PATCH_COLUMNS),
     lambda root, rel: resolve_inside(roots[root], rel),
     int(export.get("samples", 4)),
     int(export["seed"]),

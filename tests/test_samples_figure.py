@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pixverve.core.figures import fig5_order, fig5_panels, fig5_samples, zoom_box
+from pixverve.core.figures import (
+    FIG5_METADATA_COLUMNS,
+    FIG5_PATCH_COLUMNS,
+    fig5_order,
+    fig5_panels,
+    fig5_samples,
+    zoom_box,
+)
 from pixverve.core.tiling import TiledTiffWriter, bands_of
 
 
@@ -33,8 +40,7 @@ def _image(tmp_path, image_id: str, scale: int, caption: str, smoke: bool = Fals
 
 
 def _patches(rows):
-    cols = ["image_id", "patch_index", "x", "y", "w", "h", "sobel_var"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=FIG5_PATCH_COLUMNS)  # only what the rule reads
 
 
 def test_the_zoom_region_is_the_most_detailed_judged_patch_else_the_centre():
@@ -87,7 +93,7 @@ def test_figure_draws_the_seeded_samples_with_captions_as_plain_text(tmp_path):
         _image(tmp_path, "ef56" * 4, 2, "third"),
         {**_image(tmp_path, "0077" * 4, 2, ""), "split": "uncaptioned"},
     ]
-    meta = pd.DataFrame(recs)
+    meta = pd.DataFrame(recs)[FIG5_METADATA_COLUMNS]  # only what the rule reads
     png, pdf = tmp_path / "fig5.png", tmp_path / "fig5.pdf"
     drawn = fig5_samples(meta, _patches([]), lambda root, rel: tmp_path / "src" / rel, 2, 0, 10, 32, png, pdf)
     assert drawn == fig5_order(["ab12" * 4, "cd34" * 4, "ef56" * 4], 0)[:2]  # the uncaptioned one never

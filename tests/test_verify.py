@@ -276,7 +276,7 @@ def test_banded_measures_read_the_tiled_output_as_one_resize(tmp_path, factor, b
     xs, ys = [w * factor // 2], [h * factor // 3]
     seams = SeamSteps(*sr.shape[:2], xs, ys, beside=2)
     with TiledImage(path) as tiled:
-        back = banded_measures(tiled, (h, w), seams, band_rows=band_rows)
+        back = banded_measures(tiled, (h, w), factor, seams, band_rows=band_rows)
     want = sr if factor == 1 else cv2.resize(sr, (w, h), interpolation=cv2.INTER_AREA)
     assert back.shape == (h, w, 3) and np.array_equal(back, want)
     grey = cv2.cvtColor(sr, cv2.COLOR_RGB2GRAY)
@@ -292,9 +292,9 @@ def test_banded_measures_refuse_an_output_of_the_wrong_size(tmp_path):
     TiledTiffWriter(path, 64, 60, tile=16).write(bands_of(np.zeros((64, 60, 3), np.uint8)))
     with TiledImage(path) as tiled:
         with pytest.raises(WrongSize, match="60x64, not a whole multiple of the 15x15 source"):
-            banded_measures(tiled, (15, 15), None)  # 4x in height, 4x in width would be 60x60
-        with pytest.raises(WrongSize, match="its tile grid 120x128"):
-            banded_measures(tiled, (32, 30), SeamSteps(128, 120, [], []))  # the record says x4, the file is x2
+            banded_measures(tiled, (15, 15), 4, None)  # 4x in height, 4x in width would be 60x60
+        with pytest.raises(WrongSize, match="60x64: x2 of the 30x32 source, its record says x4"):
+            banded_measures(tiled, (32, 30), 4, SeamSteps(128, 120, [], []))  # a stale x2 file
 
 
 def test_verify_records_an_output_of_the_wrong_size(tmp_path):

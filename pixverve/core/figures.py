@@ -118,6 +118,19 @@ def rec_ok(rec, name: str) -> bool:
 
 FIG5_OVERVIEW_PX = 900  # long side of each sample's whole-image view
 FIG5_ZOOM_MAX_PX = 512  # the zoom region's longest side: the centre of a larger patch (keeps the PNG ~4 MB)
+# the table columns Fig. 5 reads (the patches' raw replies and the long captions stay on disk)
+FIG5_METADATA_COLUMNS = [
+    "image_id",
+    "split",
+    "smoke",
+    "short_caption",
+    "prov_sr_output",
+    "prov_sr_scale",
+    "prov_sr_backend",
+    "prov_root",
+    "prov_relpath",
+]
+FIG5_PATCH_COLUMNS = ["image_id", "patch_index", "x", "y", "w", "h", "sobel_var"]
 
 
 def fig5_order(image_ids, seed: int) -> list[str]:

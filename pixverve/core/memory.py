@@ -1,5 +1,5 @@
-"""This process's own peak resident memory (standard library only: cheap to import in a child
-process that measures itself)."""
+"""This process's own peak resident memory, and a task run in a fresh interpreter so that its peak
+is its own (standard library only: cheap to import in a child process that measures itself)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,16 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(target, *args):
+    """``target(*args, queue)`` in a new interpreter (spawn); returns what it put on ``queue``."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result

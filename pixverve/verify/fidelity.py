@@ -242,9 +242,10 @@ def output_factor(sr_size: tuple[int, int], src_size: tuple[int, int]) -> int:
     return f
 
 
-def banded_measures(tiled, src_size: tuple[int, int], seams: SeamSteps | None, band_rows: int = 1024):
+def banded_measures(tiled, src_size: tuple[int, int], scale: int, seams: SeamSteps | None, band_rows: int = 1024):
     """One pass over a tiled SR output in row bands: feeds ``seams`` the grey rows and returns the
-    output area-downsampled to ``src_size`` (h, w), the only full copy made (source-sized).
+    output area-downsampled to ``src_size`` (h, w), the only full copy made (source-sized).  The
+    output must be ``scale`` (its SR record's) times the source.
 
     Bands hold a whole number of output blocks (and of TIFF tile rows), so the area resize of each
     band is the resize of the whole image (OpenCV's integer-factor area path averages each block
@@ -254,8 +255,10 @@ def banded_measures(tiled, src_size: tuple[int, int], seams: SeamSteps | None, b
 
     h, w = src_size
     f = output_factor((tiled.height, tiled.width), src_size)
-    if seams is not None and (seams.height, seams.width) != (tiled.height, tiled.width):
-        raise WrongSize(f"SR output is {tiled.width}x{tiled.height}, its tile grid {seams.width}x{seams.height}")
+    if f != scale:  # a stale file from another tier or run
+        raise WrongSize(
+            f"SR output is {tiled.width}x{tiled.height}: x{f} of the {w}x{h} source, its record says x{scale}"
+        )
     unit = math.lcm(f, tiled.th)
     rows = unit * max(1, band_rows // unit)
     back = np.empty((h, w, 3), np.uint8)
@@ -333,7 +336,7 @@ def verify_shard(upscaled, config: dict, base_dir=".", log=print, lpips_model=No
                     min_step=float(v["seam"]["min_step"]),
                 )
             with TiledImage(rec["output_path"]) as tiled:
-                back = banded_measures(tiled, (h, w), seams)
+                back = banded_measures(tiled, (h, w), row["scale"], seams)
         except WrongSize as exc:
             rows.append(fail(row, "sr_wrong_size", str(exc)))
             continue
